@@ -1,0 +1,1 @@
+//! The analyzer core: read traces and logs, build episodes, render reports.

@@ -1,0 +1,1 @@
+//! TODO(sim): the simulated guest

@@ -1,0 +1,1 @@
+//! TODO(vhost): vhost-user front end

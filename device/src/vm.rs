@@ -1,0 +1,1 @@
+//! TODO(vm): the VM runner
