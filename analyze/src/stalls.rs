@@ -26,8 +26,13 @@ pub fn render_text(stalls: &[Timeline], threshold_ns: i64) -> String {
     let never = stalls.iter().filter(|t| t.episode.end_ns.is_none()).count();
     let _ = writeln!(
         out,
-        "{} episodes of {} or longer, {} never resolved",
+        "{} {} of {} or longer, {} never resolved",
         stalls.len() - never,
+        if stalls.len() - never == 1 {
+            "episode"
+        } else {
+            "episodes"
+        },
         timeline::offset(threshold_ns).trim_start_matches('+'),
         never
     );
