@@ -18,6 +18,10 @@ struct Bucket {
 pub struct IntervalRow {
     pub start_s: f64,
     pub end_s: f64,
+    /// `start-end` in a unit that suits the interval width (`10s-20s`, `200us-400us`).
+    pub label: String,
+    /// The input ended inside this interval; its rates are over the whole width.
+    pub partial: bool,
     pub episodes: u64,
     pub episodes_per_s: f64,
     pub tx_frames_per_s: f64,
@@ -94,16 +98,15 @@ impl Intervals {
             .enumerate()
             .map(|(i, b)| {
                 let start = i as i64 * self.width;
-                // The last bucket covers only up to the last event.
-                let end = if i + 1 == n {
-                    (self.last_offset).clamp(start + 1, start + self.width)
-                } else {
-                    start + self.width
-                };
-                let secs = (end - start) as f64 / 1e9;
+                let end = start + self.width;
+                // Rates over the full width everywhere, so rows compare; the last row says
+                // when the input stopped inside it.
+                let secs = self.width as f64 / 1e9;
                 IntervalRow {
                     start_s: start as f64 / 1e9,
                     end_s: end as f64 / 1e9,
+                    label: format!("{}-{}", span(start, self.width), span(end, self.width)),
+                    partial: i + 1 == n && self.last_offset + 1 < end,
                     episodes: b.episodes,
                     episodes_per_s: b.episodes as f64 / secs,
                     tx_frames_per_s: b.tx_frames as f64 / secs,
@@ -113,6 +116,19 @@ impl Intervals {
                 }
             })
             .collect()
+    }
+}
+
+/// An offset in the largest unit that divides the interval width.
+fn span(ns: i64, width: i64) -> String {
+    if width % 1_000_000_000 == 0 {
+        format!("{}s", ns / 1_000_000_000)
+    } else if width % 1_000_000 == 0 {
+        format!("{}ms", ns / 1_000_000)
+    } else if width % 1_000 == 0 {
+        format!("{}us", ns / 1_000)
+    } else {
+        format!("{ns}ns")
     }
 }
 

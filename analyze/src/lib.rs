@@ -3,6 +3,8 @@
 //!
 //! Entry point for other crates: [`render_report`].
 
+pub mod chrome;
+pub mod compare;
 pub mod episodes;
 pub mod error;
 pub mod event;
@@ -13,7 +15,9 @@ pub mod log;
 pub mod pipeline;
 pub mod render;
 pub mod report;
+pub mod stalls;
 pub mod stats;
+pub mod timeline;
 pub mod trace;
 
 pub use error::Error;

@@ -104,9 +104,9 @@ pub fn render(report: &Report, unit: Unit) -> String {
         for r in rows {
             let _ = writeln!(
                 out,
-                "| {}s-{}s | {:.1} | {:.0} | {:.0} | {:.3} | {:.3} |",
-                super::text::trim_float(r.start_s),
-                super::text::trim_float(r.end_s),
+                "| {}{} | {:.1} | {:.0} | {:.0} | {:.3} | {:.3} |",
+                r.label,
+                if r.partial { " (end)" } else { "" },
                 r.episodes_per_s,
                 r.tx_frames_per_s,
                 r.rx_frames_per_s,

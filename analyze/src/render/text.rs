@@ -160,14 +160,18 @@ fn extras(out: &mut String, report: &Report, unit: Unit) {
         out.push('\n');
         let _ = writeln!(
             out,
-            "{:>17}{:>11}{:>12}{:>12}{:>10}{:>10}",
+            "{:>19}{:>12}{:>13}{:>13}{:>11}{:>11}",
             "Interval", "Episodes/s", "TX frames/s", "RX frames/s", "TX Gbit/s", "RX Gbit/s"
         );
         for r in rows {
             let _ = writeln!(
                 out,
-                "{:>17}{:>11.1}{:>12.0}{:>12.0}{:>10.3}{:>10.3}",
-                format!("{}s-{}s", trim_float(r.start_s), trim_float(r.end_s)),
+                "{:>19}{:>12.1}{:>13.0}{:>13.0}{:>11.3}{:>11.3}",
+                if r.partial {
+                    format!("{} (end)", r.label)
+                } else {
+                    r.label.clone()
+                },
                 r.episodes_per_s,
                 r.tx_frames_per_s,
                 r.rx_frames_per_s,
@@ -187,10 +191,4 @@ fn extras(out: &mut String, report: &Report, unit: Unit) {
 
 fn short(source: &str) -> &str {
     source.rsplit('/').next().unwrap_or(source)
-}
-
-pub fn trim_float(v: f64) -> String {
-    let s = format!("{v:.3}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    s.to_string()
 }
