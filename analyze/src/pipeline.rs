@@ -221,7 +221,7 @@ pub fn run(
             })();
             match result {
                 Ok(()) => Ok(true),
-                Err(e) if !complete && e.is_line_error() => {
+                Err(e) if !complete && e.is_line_error() && !matches!(e, Error::Binary { .. }) => {
                     // The capture was killed mid-line: report what is there.
                     summary.truncated.push(format!(
                         "{name}:{line_no}: last line is cut off (no newline); ignored: {e}"
