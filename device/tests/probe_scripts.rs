@@ -349,6 +349,12 @@ fn capture_scripts_write_the_design_csv() {
 }
 
 #[test]
+fn design_header_is_the_recorders() {
+    // The in-process recorder is the third producer of the same CSV.
+    assert_eq!(HEADER, vnet_device::recorder::HEADER);
+}
+
+#[test]
 fn clause_parser_reads_predicates_and_multi_probe_heads() {
     let prog = "BEGIN { printf(\"a,b\\n\", x); }\n\
                 usdt:$1:vnet:tx_frame,\nusdt:$1:vnet:rx_frame\n/$2 != 0/\n{ @n[probe] = count(); }\n\
