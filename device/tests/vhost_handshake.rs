@@ -288,10 +288,17 @@ fn qemu_order_with_early_enable_then_frames_flow_both_ways() {
     r.sync();
     assert_eq!(r.stats().worker_starts, 2);
     let again = frame(60, 9);
-    mem.write_slice(&again, GuestAddress(DATA + 0x3000 + NET_HDR_LEN as u64)).unwrap();
-    mem.write_slice(&[0u8; NET_HDR_LEN], GuestAddress(DATA + 0x3000)).unwrap();
+    mem.write_slice(&again, GuestAddress(DATA + 0x3000 + NET_HDR_LEN as u64))
+        .unwrap();
+    mem.write_slice(&[0u8; NET_HDR_LEN], GuestAddress(DATA + 0x3000))
+        .unwrap();
     txq.add_desc_chains(
-        &[RawDescriptor::from(Descriptor::new(DATA + 0x3000, (NET_HDR_LEN + again.len()) as u32, 0, 0))],
+        &[RawDescriptor::from(Descriptor::new(
+            DATA + 0x3000,
+            (NET_HDR_LEN + again.len()) as u32,
+            0,
+            0,
+        ))],
         2,
     )
     .unwrap();

@@ -139,11 +139,9 @@ pub fn connect_handler(
     worker: WorkerOptions,
     metrics: Arc<Metrics>,
 ) -> Result<VhostNetHandler, DaemonError> {
-    VhostNetHandler::new(proxy, opts, worker, metrics).map_err(|source| {
-        DaemonError::Proxy {
-            proxy: proxy.to_string(),
-            source,
-        }
+    VhostNetHandler::new(proxy, opts, worker, metrics).map_err(|source| DaemonError::Proxy {
+        proxy: proxy.to_string(),
+        source,
     })
 }
 
