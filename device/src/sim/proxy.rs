@@ -71,6 +71,9 @@ pub struct BuiltinProxy {
     reader: JoinHandle<io::Result<Checker>>,
     writer: JoinHandle<io::Result<()>>,
     wake: Notifier,
+    /// Keeps the connection open after both threads finish, until the run has stopped the
+    /// device: a closed peer would look like a proxy crash to it.
+    _keep: PeerSocket,
 }
 
 /// How long a blocking socket call waits before the thread re-checks the stop flag.
@@ -106,6 +109,7 @@ impl BuiltinProxy {
                 .name("sim-proxy-rx".into())
                 .spawn(move || read_loop(sock, opts, shared, wake, acks))?
         };
+        let keep = sock.try_clone()?;
         let writer = {
             let shared = shared.clone();
             let sched = Scheduler::new(workload, false, start);
@@ -118,6 +122,7 @@ impl BuiltinProxy {
             reader,
             writer,
             wake,
+            _keep: keep,
         })
     }
 

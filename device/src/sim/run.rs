@@ -139,6 +139,19 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         )));
     }
 
+    let largest_rx = crate::net::NET_HDR_LEN
+        + if real {
+            MAX_FRAME
+        } else {
+            workload.rx_size.max(workload.ack_size)
+        };
+    if u64::from(cfg.rx_buf_len) * u64::from(cfg.queue_size) < largest_rx as u64 {
+        return Err(SimError::Workload(format!(
+            "--queue-size {} x --rx-buf-len {} cannot hold a {largest_rx}-byte frame \
+             (virtio header included): the device would wait for buffers forever",
+            cfg.queue_size, cfg.rx_buf_len
+        )));
+    }
     let layout = GuestLayout::new(cfg.queue_size, MAX_FRAME, cfg.rx_buf_len)?;
     let mem = layout.memory().map_err(io("guest memory"))?;
     let event_idx = true;
@@ -177,7 +190,12 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         Some(None)
     } else if let Some(d) = cfg.retry_delay {
         Some(Some(d))
-    } else if cfg.lose_write_events && backend.retry_delay().is_none() {
+    } else if (cfg.lose_write_events || cfg.fault.enobufs_every > 0)
+        && backend.retry_delay().is_none()
+    {
+        // Injected ENOBUFS stands for macOS, whose datagram backend retries on a 50 µs
+        // timer; lost write events are the case the timer exists for. (Linux's backend
+        // relies on write events alone, and --no-timer shows what that does here.)
         Some(Some(RESCUE_DELAY))
     } else {
         None
