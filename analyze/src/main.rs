@@ -1,1 +1,264 @@
-fn main() {}
+//! `analyze`: thin CLI over the analyze library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use analyze::chrome::ChromeOptions;
+use analyze::interval::parse_duration;
+use analyze::stalls::StallOptions;
+use analyze::timeline::{AtTime, Selection, TimelineOptions};
+use analyze::{Error, OutputFormat, ReadOptions, ReportOptions, Unit};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "analyze",
+    version,
+    about = "Retry tables, episode timelines and Perfetto traces from a vnetscope trace CSV or a reference VMM log"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct InputArgs {
+    /// Trace CSV or log files; `-` reads stdin; gzip is detected and decompressed.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Skip and count bad lines instead of stopping at the first.
+    #[arg(long)]
+    lenient: bool,
+    /// How far back in time an event may arrive and still be put in order (e.g. 10ms).
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    reorder_window: i64,
+}
+
+impl InputArgs {
+    fn read(&self) -> ReadOptions {
+        ReadOptions {
+            lenient: self.lenient,
+            reorder_window_ns: self.reorder_window,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The PR's retry-count table, overall line and histogram, plus open episodes and splits.
+    Report {
+        #[command(flatten)]
+        input: InputArgs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+        #[arg(long, value_enum, default_value_t = Unit::Us)]
+        unit: Unit,
+        /// Title of the table (default: the file names).
+        #[arg(long)]
+        name: Option<String>,
+        /// Add a per-interval table (episodes/s, frames/s, Gbit/s), e.g. 10s.
+        #[arg(long, value_parser = parse_duration)]
+        by_interval: Option<i64>,
+    },
+    /// Every event around one episode, with the wake-ups that explain its retries.
+    Timeline {
+        #[command(flatten)]
+        input: InputArgs,
+        /// The N-th episode (1-based, in order of first failure).
+        #[arg(long, conflicts_with_all = ["slowest", "at"])]
+        episode: Option<u64>,
+        /// The K longest resolved episodes.
+        #[arg(long, conflicts_with = "at")]
+        slowest: Option<usize>,
+        /// The episode open at TIME (or the next one): `+12.5s` from the start, an RFC 3339
+        /// time, or a ts_ns value.
+        #[arg(long)]
+        at: Option<AtTime>,
+        /// How much time before the first failure to show.
+        #[arg(long, default_value = "100us", value_parser = parse_duration)]
+        before: i64,
+        /// text or json.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// A Chrome trace-event JSON file for Perfetto (ui.perfetto.dev) or chrome://tracing.
+    Chrome {
+        #[command(flatten)]
+        input: InputArgs,
+        /// Output file (default: stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Also emit every frame read/written as an instant.
+        #[arg(long)]
+        frames: bool,
+    },
+    /// Two reports side by side with the change per row.
+    Compare {
+        /// The baseline (one file, or several joined with a comma).
+        a: PathBuf,
+        /// The other side.
+        b: PathBuf,
+        #[arg(long)]
+        lenient: bool,
+        #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+        reorder_window: i64,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+        #[arg(long, value_enum, default_value_t = Unit::Us)]
+        unit: Unit,
+        /// Names for A and B (default: the file names).
+        #[arg(long)]
+        name_a: Option<String>,
+        #[arg(long)]
+        name_b: Option<String>,
+    },
+    /// Episodes longer than the threshold and episodes never resolved, with their timelines.
+    Stalls {
+        #[command(flatten)]
+        input: InputArgs,
+        #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+        threshold: i64,
+        #[arg(long, default_value = "100us", value_parser = parse_duration)]
+        before: i64,
+        /// text or json.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Report {
+            input,
+            format,
+            unit,
+            name,
+            by_interval,
+        } => {
+            let opts = ReportOptions {
+                format,
+                unit,
+                name,
+                by_interval_ns: by_interval,
+                read: input.read(),
+            };
+            analyze::render_report(&input.files, &opts)
+        }
+        Cmd::Timeline {
+            input,
+            episode,
+            slowest,
+            at,
+            before,
+            format,
+        } => {
+            let select = match (episode, slowest, at) {
+                (Some(n), _, _) => Selection::Id(n),
+                (_, Some(k), _) => Selection::Slowest(k),
+                (_, _, Some(t)) => Selection::At(t),
+                _ => Selection::Slowest(1),
+            };
+            let mut opts = TimelineOptions::new(select);
+            opts.before_ns = before;
+            opts.read = input.read();
+            analyze::timeline::collect(&input.files, &opts).and_then(|(t, summary)| {
+                if t.is_empty() {
+                    return Err(Error::Usage(format!(
+                        "no matching episode ({} events read)",
+                        summary.events
+                    )));
+                }
+                Ok(match format {
+                    OutputFormat::Json => analyze::timeline::render_json(&t),
+                    _ => analyze::timeline::render_text(&t),
+                })
+            })
+        }
+        Cmd::Chrome {
+            input,
+            output,
+            frames,
+        } => {
+            let opts = ChromeOptions {
+                frames,
+                read: input.read(),
+            };
+            let result = match &output {
+                Some(path) => std::fs::File::create(path)
+                    .map_err(|e| Error::io(&path.display().to_string(), e))
+                    .and_then(|f| {
+                        let mut w = std::io::BufWriter::new(f);
+                        analyze::chrome::write_chrome(&input.files, &opts, &mut w)
+                    }),
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut w = std::io::BufWriter::new(stdout.lock());
+                    analyze::chrome::write_chrome(&input.files, &opts, &mut w)
+                }
+            };
+            result.map(|(n, _)| match &output {
+                Some(p) => {
+                    eprintln!("analyze: wrote {n} trace events to {}", p.display());
+                    String::new()
+                }
+                None => String::new(),
+            })
+        }
+        Cmd::Compare {
+            a,
+            b,
+            lenient,
+            reorder_window,
+            format,
+            unit,
+            name_a,
+            name_b,
+        } => {
+            let read = ReadOptions {
+                lenient,
+                reorder_window_ns: reorder_window,
+            };
+            let build = |p: &PathBuf, name: Option<String>| {
+                let paths: Vec<PathBuf> =
+                    p.to_string_lossy().split(',').map(PathBuf::from).collect();
+                let opts = ReportOptions {
+                    name,
+                    read: read.clone(),
+                    ..Default::default()
+                };
+                analyze::build_report(&paths, &opts)
+            };
+            build(&a, name_a).and_then(|ra| {
+                let rb = build(&b, name_b)?;
+                Ok(analyze::compare::render(&ra, &rb, format, unit))
+            })
+        }
+        Cmd::Stalls {
+            input,
+            threshold,
+            before,
+            format,
+        } => {
+            let opts = StallOptions {
+                threshold_ns: threshold,
+                before_ns: before,
+                read: input.read(),
+            };
+            analyze::stalls::find(&input.files, &opts).map(|t| match format {
+                OutputFormat::Json => analyze::timeline::render_json(&t),
+                _ => analyze::stalls::render_text(&t, threshold),
+            })
+        }
+    };
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("analyze: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

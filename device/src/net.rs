@@ -2,3 +2,344 @@
 // INTERFACE (fixed): pub const DEVICE_FEATURES: u64 (VERSION_1 | MAC | EVENT_IDX | MRG_RXBUF);
 //   pub const NET_HDR_LEN: usize = 12; pub fn config_space(mac: [u8; 6]) -> Vec<u8>;
 //   pub const RX_QUEUE: u16 = 0; pub const TX_QUEUE: u16 = 1; pub const MAX_FRAME: usize = 65550
+//
+// Everything here is plain functions over guest memory and a `Queue`, with no sockets, so
+// the mock-queue tests exercise exactly the code the worker runs.
+
+use std::collections::VecDeque;
+
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_S_LINK_UP};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+
+pub const DEVICE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
+    | (1 << VIRTIO_NET_F_MAC)
+    | (1 << VIRTIO_RING_F_EVENT_IDX)
+    | (1 << VIRTIO_NET_F_MRG_RXBUF);
+pub const NET_HDR_LEN: usize = 12;
+pub const RX_QUEUE: u16 = 0;
+pub const TX_QUEUE: u16 = 1;
+/// Largest Ethernet frame carried (65562-byte guest buffer minus the header).
+pub const MAX_FRAME: usize = 65550;
+
+pub const FEATURE_EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
+pub const FEATURE_MRG_RXBUF: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
+
+/// The virtio_net_config the device exposes: mac, status (link up), max_virtqueue_pairs.
+pub fn config_space(mac: [u8; 6]) -> Vec<u8> {
+    let mut c = Vec::with_capacity(10);
+    c.extend_from_slice(&mac);
+    c.extend_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+    c.extend_from_slice(&1u16.to_le_bytes());
+    c
+}
+
+/// A virtio_net_hdr_v1 with no offloads; only `num_buffers` varies.
+pub fn rx_header(num_buffers: u16) -> [u8; NET_HDR_LEN] {
+    let mut h = [0u8; NET_HDR_LEN];
+    h[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+    h
+}
+
+/// How a guest descriptor chain was wrong. The chain is returned with length 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("descriptor chain is empty")]
+    Empty,
+    #[error("descriptor chain holds {len} bytes, too short for the {NET_HDR_LEN}-byte virtio_net_hdr_v1 and a frame")]
+    TooShort { len: usize },
+    #[error("TX chain of {len} bytes exceeds the {NET_HDR_LEN}-byte header plus a {MAX_FRAME}-byte frame")]
+    TooLong { len: usize },
+    #[error("descriptor {addr:#x}+{len} lies outside guest memory")]
+    OutOfBounds { addr: u64, len: u32 },
+    #[error("TX chain has a device-writable descriptor at {addr:#x} where the device must read")]
+    WriteOnlyInTx { addr: u64 },
+    #[error("RX chain has a device-readable descriptor at {addr:#x} where the device must write")]
+    ReadOnlyInRx { addr: u64 },
+}
+
+/// Reads a TX chain into `out` (the Ethernet frame, header skipped). Returns the chain's
+/// total length in bytes.
+pub fn read_tx_chain<M: GuestMemory>(
+    mem: &M,
+    descs: impl Iterator<Item = Descriptor>,
+    out: &mut Vec<u8>,
+) -> Result<usize, ChainError> {
+    let mut segs: Vec<(GuestAddress, usize)> = Vec::new();
+    let mut total = 0usize;
+    for d in descs {
+        if d.is_write_only() {
+            return Err(ChainError::WriteOnlyInTx { addr: d.addr().0 });
+        }
+        if d.len() > 0 && !mem.check_range(d.addr(), d.len() as usize, Permissions::Read) {
+            return Err(ChainError::OutOfBounds {
+                addr: d.addr().0,
+                len: d.len(),
+            });
+        }
+        total += d.len() as usize;
+        if total > NET_HDR_LEN + MAX_FRAME {
+            return Err(ChainError::TooLong { len: total });
+        }
+        segs.push((d.addr(), d.len() as usize));
+    }
+    if segs.is_empty() {
+        return Err(ChainError::Empty);
+    }
+    if total <= NET_HDR_LEN {
+        return Err(ChainError::TooShort { len: total });
+    }
+    out.clear();
+    out.resize(total - NET_HDR_LEN, 0);
+    // The header may be split across descriptors and share one with frame bytes.
+    let mut skip = NET_HDR_LEN;
+    let mut pos = 0;
+    for (addr, len) in segs {
+        let (addr, len) = if skip >= len {
+            skip -= len;
+            continue;
+        } else {
+            let a = (addr.0 + skip as u64, len - skip);
+            skip = 0;
+            a
+        };
+        mem.read_slice(&mut out[pos..pos + len], GuestAddress(addr))
+            .map_err(|_| ChainError::OutOfBounds {
+                addr,
+                len: len as u32,
+            })?;
+        pos += len;
+    }
+    Ok(total)
+}
+
+/// A writable guest buffer (one RX chain), checked and ready to be filled.
+#[derive(Debug, Clone)]
+pub struct RxBuffer {
+    pub head: u16,
+    segs: Vec<(GuestAddress, usize)>,
+    pub capacity: usize,
+    /// Descriptors in the chain (bounds how many chains the ring can hold).
+    pub descs: usize,
+}
+
+/// Checks an RX chain: every descriptor device-writable and inside guest memory, room for
+/// at least the header.
+pub fn parse_rx_chain<M: GuestMemory>(
+    mem: &M,
+    head: u16,
+    descs: impl Iterator<Item = Descriptor>,
+) -> Result<RxBuffer, ChainError> {
+    let mut b = RxBuffer {
+        head,
+        segs: Vec::new(),
+        capacity: 0,
+        descs: 0,
+    };
+    for d in descs {
+        if !d.is_write_only() {
+            return Err(ChainError::ReadOnlyInRx { addr: d.addr().0 });
+        }
+        if d.len() > 0 && !mem.check_range(d.addr(), d.len() as usize, Permissions::Write) {
+            return Err(ChainError::OutOfBounds {
+                addr: d.addr().0,
+                len: d.len(),
+            });
+        }
+        b.capacity = b.capacity.saturating_add(d.len() as usize);
+        b.descs += 1;
+        b.segs.push((d.addr(), d.len() as usize));
+    }
+    if b.descs == 0 {
+        return Err(ChainError::Empty);
+    }
+    if b.capacity < NET_HDR_LEN {
+        return Err(ChainError::TooShort { len: b.capacity });
+    }
+    Ok(b)
+}
+
+impl RxBuffer {
+    /// Writes `parts` back to back from the start of the buffer; returns bytes written.
+    fn fill<M: GuestMemory>(&self, mem: &M, parts: &mut [&[u8]]) -> Result<usize, ChainError> {
+        let mut written = 0;
+        for &(addr, len) in &self.segs {
+            let mut off = 0;
+            while off < len {
+                let Some(part) = parts.iter_mut().find(|p| !p.is_empty()) else {
+                    return Ok(written);
+                };
+                let n = part.len().min(len - off);
+                let a = GuestAddress(addr.0 + off as u64);
+                mem.write_slice(&part[..n], a)
+                    .map_err(|_| ChainError::OutOfBounds {
+                        addr: a.0,
+                        len: n as u32,
+                    })?;
+                *part = &part[n..];
+                off += n;
+                written += n;
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// What happened to a frame offered to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxOutcome {
+    /// Written into `buffers` guest buffers (num_buffers in the header).
+    Delivered { buffers: u16 },
+    /// The guest has not posted enough buffers yet: keep the frame, wait for an RX kick.
+    NoBuffers,
+    /// The frame can never fit (see [`crate::probes::DropReason::RxNoRoom`]).
+    NoRoom,
+}
+
+/// A malformed chain taken off a queue and handed back with length 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected {
+    pub head: u16,
+    pub error: ChainError,
+}
+
+/// RX side state: buffers popped from the avail ring but not yet filled. Holding them
+/// (instead of rewinding the ring) keeps "wait for more buffers" free of re-parsing and
+/// makes rejected chains in between harmless.
+#[derive(Debug, Default)]
+pub struct RxBuffers {
+    reserved: VecDeque<RxBuffer>,
+}
+
+impl RxBuffers {
+    pub fn reserved(&self) -> usize {
+        self.reserved.len()
+    }
+
+    fn reserved_capacity(&self) -> usize {
+        self.reserved.iter().map(|b| b.capacity).sum()
+    }
+
+    /// Pops one more usable chain into the reserve; rejected chains go back used with
+    /// length 0 and are reported through `rejected`. False when the ring is empty.
+    fn reserve_one<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<bool, virtio_queue::Error> {
+        loop {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                return Ok(false);
+            };
+            let head = chain.head_index();
+            match parse_rx_chain(mem, head, chain) {
+                Ok(b) => {
+                    self.reserved.push_back(b);
+                    return Ok(true);
+                }
+                Err(error) => {
+                    queue.add_used(mem, head, 0)?;
+                    rejected.push(Rejected { head, error });
+                }
+            }
+        }
+    }
+
+    /// Offers `frame` to the guest: header (with num_buffers) plus frame, spanning several
+    /// buffers when `mergeable` (VIRTIO_NET_F_MRG_RXBUF), else one buffer.
+    pub fn deliver<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        frame: &[u8],
+        mergeable: bool,
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<RxOutcome, virtio_queue::Error> {
+        let needed = NET_HDR_LEN + frame.len();
+        if !mergeable {
+            if self.reserved.is_empty() && !self.reserve_one(queue, mem, rejected)? {
+                return Ok(RxOutcome::NoBuffers);
+            }
+            if self.reserved[0].capacity < needed {
+                // The buffer stays reserved for the next (smaller) frame.
+                return Ok(RxOutcome::NoRoom);
+            }
+            let b = self.reserved.pop_front().expect("reserved above");
+            return self.write(queue, mem, frame, vec![b], rejected);
+        }
+        while self.reserved_capacity() < needed {
+            if !self.reserve_one(queue, mem, rejected)? {
+                let descs: usize = self.reserved.iter().map(|b| b.descs).sum();
+                // Every descriptor of the ring is already reserved: no kick can help.
+                if descs >= usize::from(queue.size()) {
+                    return Ok(RxOutcome::NoRoom);
+                }
+                return Ok(RxOutcome::NoBuffers);
+            }
+        }
+        let mut take = Vec::new();
+        let mut cap = 0;
+        while cap < needed {
+            let b = self.reserved.pop_front().expect("capacity checked");
+            cap += b.capacity;
+            take.push(b);
+        }
+        self.write(queue, mem, frame, take, rejected)
+    }
+
+    fn write<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        frame: &[u8],
+        bufs: Vec<RxBuffer>,
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<RxOutcome, virtio_queue::Error> {
+        let n = bufs.len() as u16;
+        let hdr = rx_header(n);
+        let mut parts: [&[u8]; 2] = [&hdr, frame];
+        let mut lens = Vec::with_capacity(bufs.len());
+        for b in &bufs {
+            match b.fill(mem, &mut parts) {
+                Ok(w) => lens.push(w),
+                Err(error) => {
+                    // Memory went away under a checked chain (hot-unplug): hand every
+                    // buffer back empty rather than publish a partial frame.
+                    for b in &bufs {
+                        queue.add_used(mem, b.head, 0)?;
+                    }
+                    rejected.push(Rejected {
+                        head: b.head,
+                        error,
+                    });
+                    return Ok(RxOutcome::NoRoom);
+                }
+            }
+        }
+        for (b, len) in bufs.iter().zip(lens) {
+            queue.add_used(mem, b.head, len as u32)?;
+        }
+        Ok(RxOutcome::Delivered { buffers: n })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_and_config() {
+        assert_eq!(
+            DEVICE_FEATURES,
+            (1 << 32) | (1 << 5) | (1 << 29) | (1 << 15)
+        );
+        let c = config_space([2, 0, 0, 0, 0, 1]);
+        assert_eq!(&c[..6], &[2, 0, 0, 0, 0, 1]);
+        assert_eq!(u16::from_le_bytes([c[6], c[7]]), 1);
+        assert_eq!(rx_header(3)[10..], [3, 0]);
+    }
+}

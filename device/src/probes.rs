@@ -1,1 +1,377 @@
-//! TODO(device)
+//! The probe contract of `dtrace/vnet.d`: one function per probe.
+//!
+//! Each function fires the USDT probe (when the `probes` feature is on) and, when an
+//! in-process [`Recorder`] is installed, records a trace CSV row. With no tracer attached
+//! and no recorder, a probe site costs the USDT semaphore load plus one relaxed atomic load
+//! (`benches/probe_cost.rs` measures it). With the `probes` feature off, the USDT half is
+//! compiled out and only the recorder check remains, so runs without root still produce a
+//! trace; the sim benchmark compares the two builds.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+pub use crate::recorder::Recorder;
+
+#[cfg(feature = "probes")]
+include!(concat!(env!("OUT_DIR"), "/vnet.rs"));
+
+/// Why a frame was dropped: the `reason` argument of `frame_drop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[repr(i64)]
+pub enum DropReason {
+    /// 1: a frame from the proxy was larger than [`crate::net::MAX_FRAME`] (datagram
+    /// truncated, or a stream length prefix too large to be a frame).
+    RxOversize = 1,
+    /// 2: the guest's RX queue cannot hold the frame even when every buffer is used
+    /// (without MRG_RXBUF: the single buffer is too small).
+    RxNoRoom = 2,
+    /// 3: a TX descriptor chain from the guest was malformed; its bytes are not sent.
+    TxBadChain = 3,
+    /// 4: a zero-length frame from the proxy (nothing to deliver).
+    RxEmpty = 4,
+    /// 5: the frame was still waiting for the proxy when the proxy went away.
+    PeerGone = 5,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 5] = [
+        DropReason::RxOversize,
+        DropReason::RxNoRoom,
+        DropReason::TxBadChain,
+        DropReason::RxEmpty,
+        DropReason::PeerGone,
+    ];
+
+    pub fn code(self) -> i64 {
+        self as i64
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::RxOversize => "rx_oversize",
+            DropReason::RxNoRoom => "rx_no_room",
+            DropReason::TxBadChain => "tx_bad_chain",
+            DropReason::RxEmpty => "rx_empty",
+            DropReason::PeerGone => "peer_gone",
+        }
+    }
+}
+
+/// The probes of the contract, in `vnet.d` order; the recorder writes these names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    EnobufsBegin,
+    EnobufsRetry,
+    EnobufsResolved,
+    KeventWrite,
+    KeventRead,
+    TimerFired,
+    TxFrame,
+    RxFrame,
+    GuestKick,
+    GuestIrq,
+    FrameDrop,
+}
+
+impl Probe {
+    pub const ALL: [Probe; 11] = [
+        Probe::EnobufsBegin,
+        Probe::EnobufsRetry,
+        Probe::EnobufsResolved,
+        Probe::KeventWrite,
+        Probe::KeventRead,
+        Probe::TimerFired,
+        Probe::TxFrame,
+        Probe::RxFrame,
+        Probe::GuestKick,
+        Probe::GuestIrq,
+        Probe::FrameDrop,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Probe::EnobufsBegin => "enobufs_begin",
+            Probe::EnobufsRetry => "enobufs_retry",
+            Probe::EnobufsResolved => "enobufs_resolved",
+            Probe::KeventWrite => "kevent_write",
+            Probe::KeventRead => "kevent_read",
+            Probe::TimerFired => "timer_fired",
+            Probe::TxFrame => "tx_frame",
+            Probe::RxFrame => "rx_frame",
+            Probe::GuestKick => "guest_kick",
+            Probe::GuestIrq => "guest_irq",
+            Probe::FrameDrop => "frame_drop",
+        }
+    }
+}
+
+/// One trace row before formatting; `None` is an empty CSV field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row {
+    pub ts_ns: u64,
+    pub tid: i64,
+    pub probe: Probe,
+    pub fd: Option<i64>,
+    pub queue: Option<i64>,
+    pub len: Option<i64>,
+    pub data: Option<i64>,
+    pub retries: Option<i64>,
+    pub wait_ns: Option<i64>,
+    pub errno: Option<i64>,
+}
+
+impl Row {
+    fn new(probe: Probe) -> Row {
+        Row {
+            ts_ns: mono_ns(),
+            tid: current_tid(),
+            probe,
+            fd: None,
+            queue: None,
+            len: None,
+            data: None,
+            retries: None,
+            wait_ns: None,
+            errno: None,
+        }
+    }
+}
+
+static RECORDING: AtomicBool = AtomicBool::new(false);
+static RECORDER: Mutex<Option<Recorder>> = Mutex::new(None);
+
+/// Calls `usdt::register_probes()`; call once at the start of each binary. (A no-op on
+/// Linux's stapsdt backend, required on macOS/illumos.)
+pub fn register() {
+    #[cfg(feature = "probes")]
+    if let Err(e) = usdt::register_probes() {
+        tracing::warn!("registering USDT probes failed: {e}");
+    }
+}
+
+/// Starts recording every probe firing of this process into `rec`, replacing any
+/// recorder installed before (the old one is finished and flushed).
+pub fn install_recorder(rec: Recorder) {
+    let old = RECORDER
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace(rec);
+    RECORDING.store(true, Ordering::Release);
+    if let Some(old) = old {
+        let _ = old.finish();
+    }
+}
+
+/// Stops recording and hands the recorder back; call [`Recorder::finish`] to flush it.
+pub fn take_recorder() -> Option<Recorder> {
+    RECORDING.store(false, Ordering::Release);
+    RECORDER.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+/// True while a recorder is installed.
+#[inline(always)]
+pub fn recording() -> bool {
+    RECORDING.load(Ordering::Relaxed)
+}
+
+#[cold]
+#[inline(never)]
+fn record(row: Row) {
+    if let Some(rec) = RECORDER.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        rec.write_row(&row);
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `ts_ns`, bpftrace's `nsecs` and episode
+/// wait times.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The kernel thread id (what DTrace's `tid` and bpftrace's `tid` report).
+pub fn current_tid() -> i64 {
+    thread_local! {
+        static TID: i64 = os_tid();
+    }
+    TID.with(|t| *t)
+}
+
+#[cfg(target_os = "linux")]
+fn os_tid() -> i64 {
+    // SAFETY: gettid has no preconditions.
+    i64::from(unsafe { libc::gettid() })
+}
+
+#[cfg(target_os = "macos")]
+fn os_tid() -> i64 {
+    let mut tid = 0u64;
+    // SAFETY: a null thread means the calling thread; tid is valid for the write.
+    unsafe { libc::pthread_threadid_np(0, &mut tid) };
+    tid as i64
+}
+
+// Each probe function: the USDT site first (its arguments are only evaluated when a tracer
+// enabled it), then the recorder check.
+
+#[inline(always)]
+pub fn enobufs_begin(fd: i64, frame_len: i64, errno: i64) {
+    #[cfg(feature = "probes")]
+    vnet::enobufs_begin!(|| (fd, frame_len, errno));
+    if recording() {
+        record(Row {
+            fd: Some(fd),
+            len: Some(frame_len),
+            errno: Some(errno),
+            ..Row::new(Probe::EnobufsBegin)
+        });
+    }
+}
+
+#[inline(always)]
+pub fn enobufs_retry(fd: i64, attempt: i64, errno: i64) {
+    #[cfg(feature = "probes")]
+    vnet::enobufs_retry!(|| (fd, attempt, errno));
+    if recording() {
+        record(Row {
+            fd: Some(fd),
+            retries: Some(attempt),
+            errno: Some(errno),
+            ..Row::new(Probe::EnobufsRetry)
+        });
+    }
+}
+
+#[inline(always)]
+pub fn enobufs_resolved(fd: i64, retries: i64, wait_ns: i64, frame_len: i64) {
+    #[cfg(feature = "probes")]
+    vnet::enobufs_resolved!(|| (fd, retries, wait_ns, frame_len));
+    if recording() {
+        record(Row {
+            fd: Some(fd),
+            retries: Some(retries),
+            wait_ns: Some(wait_ns),
+            len: Some(frame_len),
+            ..Row::new(Probe::EnobufsResolved)
+        });
+    }
+}
+
+#[inline(always)]
+pub fn kevent_write(fd: i64, data: i64) {
+    kevent_write_with(fd, || data)
+}
+
+/// `kevent_write` whose `data` is computed (a syscall on Linux) only when someone listens.
+#[inline(always)]
+pub fn kevent_write_with(fd: i64, data: impl Fn() -> i64) {
+    #[cfg(feature = "probes")]
+    vnet::kevent_write!(|| (fd, data()));
+    if recording() {
+        record(Row {
+            fd: Some(fd),
+            data: Some(data()),
+            ..Row::new(Probe::KeventWrite)
+        });
+    }
+}
+
+#[inline(always)]
+pub fn kevent_read(fd: i64, data: i64) {
+    kevent_read_with(fd, || data)
+}
+
+/// `kevent_read` whose `data` is computed only when someone listens.
+#[inline(always)]
+pub fn kevent_read_with(fd: i64, data: impl Fn() -> i64) {
+    #[cfg(feature = "probes")]
+    vnet::kevent_read!(|| (fd, data()));
+    if recording() {
+        record(Row {
+            fd: Some(fd),
+            data: Some(data()),
+            ..Row::new(Probe::KeventRead)
+        });
+    }
+}
+
+#[inline(always)]
+pub fn timer_fired(delay_us: i64) {
+    #[cfg(feature = "probes")]
+    vnet::timer_fired!(|| delay_us);
+    if recording() {
+        record(Row {
+            data: Some(delay_us),
+            ..Row::new(Probe::TimerFired)
+        });
+    }
+}
+
+#[inline(always)]
+pub fn tx_frame(fd: i64, len: i64) {
+    #[cfg(feature = "probes")]
+    vnet::tx_frame!(|| (fd, len));
+    if recording() {
+        record(Row {
+            fd: Some(fd),
+            len: Some(len),
+            ..Row::new(Probe::TxFrame)
+        });
+    }
+}
+
+#[inline(always)]
+pub fn rx_frame(fd: i64, len: i64) {
+    #[cfg(feature = "probes")]
+    vnet::rx_frame!(|| (fd, len));
+    if recording() {
+        record(Row {
+            fd: Some(fd),
+            len: Some(len),
+            ..Row::new(Probe::RxFrame)
+        });
+    }
+}
+
+#[inline(always)]
+pub fn guest_kick(queue: i64) {
+    #[cfg(feature = "probes")]
+    vnet::guest_kick!(|| queue);
+    if recording() {
+        record(Row {
+            queue: Some(queue),
+            ..Row::new(Probe::GuestKick)
+        });
+    }
+}
+
+#[inline(always)]
+pub fn guest_irq(queue: i64) {
+    #[cfg(feature = "probes")]
+    vnet::guest_irq!(|| queue);
+    if recording() {
+        record(Row {
+            queue: Some(queue),
+            ..Row::new(Probe::GuestIrq)
+        });
+    }
+}
+
+#[inline(always)]
+pub fn frame_drop(fd: i64, len: i64, reason: i64) {
+    #[cfg(feature = "probes")]
+    vnet::frame_drop!(|| (fd, len, reason));
+    if recording() {
+        record(Row {
+            fd: Some(fd),
+            len: Some(len),
+            data: Some(reason),
+            ..Row::new(Probe::FrameDrop)
+        });
+    }
+}

@@ -1,0 +1,279 @@
+//! Pairing enobufs_begin / retry / resolved per (file, fd) into episodes, and counting the
+//! wake-ups each episode saw.
+
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::event::{Event, Kind};
+
+/// Wake-ups seen while an episode was open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Wakeups {
+    /// Write wake-ups on the episode's socket.
+    pub write: u64,
+    /// ... of which reported less free space than the pending frame needs.
+    pub write_low_room: u64,
+    /// ... of which did not report the free space (data = -1), or the frame size is unknown.
+    pub write_unknown_room: u64,
+    pub read: u64,
+    pub guest_kick: u64,
+    pub timer: u64,
+}
+
+/// One ENOBUFS/EAGAIN episode: first failed send of a frame until it went out.
+#[derive(Clone, Debug, Serialize)]
+pub struct Episode {
+    /// 1-based, in order of the episode's first failure across all inputs.
+    pub id: u64,
+    pub file: u32,
+    pub fd: Option<i64>,
+    pub start_ns: i64,
+    /// `None`: still open at the end of the input.
+    pub end_ns: Option<i64>,
+    /// Last event seen while the episode was open (for open episodes: how long so far).
+    pub last_ns: i64,
+    /// Failed sends, the first included, as the resolution reported it.
+    pub retries: Option<i64>,
+    /// Failure events seen (begin + retry rows; logs only log the first in newer builds).
+    pub failures_seen: i64,
+    pub errno: Option<i64>,
+    pub frame_len: Option<i64>,
+    /// The device's own measure of the wait, when the input has it (trace CSV).
+    pub wait_ns: Option<i64>,
+    pub begin_line: u64,
+    pub end_line: Option<u64>,
+    pub wakeups: Wakeups,
+    /// Closed because a new episode began on the same fd without a resolution.
+    pub abandoned: bool,
+    #[serde(skip)]
+    unclassified_writes: Vec<i64>,
+}
+
+impl Episode {
+    pub fn duration_ns(&self) -> Option<i64> {
+        self.end_ns.map(|e| e - self.start_ns)
+    }
+
+    fn classify_write(&mut self, data: Option<i64>) {
+        self.wakeups.write += 1;
+        match (data, self.frame_len) {
+            (Some(d), Some(len)) if d >= 0 => {
+                if d < len {
+                    self.wakeups.write_low_room += 1;
+                }
+            }
+            (Some(d), None) if d >= 0 && self.unclassified_writes.len() < 4096 => {
+                self.unclassified_writes.push(d)
+            }
+            _ => self.wakeups.write_unknown_room += 1,
+        }
+    }
+
+    /// Once the frame size is known (logs: from the frame line after the resolution),
+    /// decide the write wake-ups seen before.
+    fn settle(&mut self) {
+        let pending = std::mem::take(&mut self.unclassified_writes);
+        for d in pending {
+            match self.frame_len {
+                Some(len) if d < len => self.wakeups.write_low_room += 1,
+                Some(_) => {}
+                None => self.wakeups.write_unknown_room += 1,
+            }
+        }
+    }
+}
+
+/// Receives episodes as they start and end.
+pub trait EpisodeSink {
+    fn episode_begin(&mut self, _id: u64, _ev: &Event) {}
+    fn episode_end(&mut self, _ep: &Episode) {}
+}
+
+/// Odd but explainable pairings, reported as notes.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Anomalies {
+    /// Resolutions whose begin came before the capture started (first event for the fd).
+    pub resolved_before_capture: u64,
+    /// Retry rows without an open episode.
+    pub retry_without_begin: u64,
+    /// A begin while the same fd had an open episode (the earlier one is reported abandoned).
+    pub begin_while_open: u64,
+}
+
+pub struct Tracker {
+    open: Vec<Episode>,
+    /// Resolved log episodes waiting for the frame line that tells their size.
+    awaiting_len: Vec<Episode>,
+    /// (file, fd) keys that have had any begin or resolution.
+    seen: std::collections::HashSet<(u32, Option<i64>)>,
+    next_id: u64,
+    pub anomalies: Anomalies,
+    sources: Vec<String>,
+}
+
+fn same_socket(ep: &Episode, ev: &Event) -> bool {
+    ep.file == ev.file && (ep.fd.is_none() || ev.fd.is_none() || ep.fd == ev.fd)
+}
+
+impl Tracker {
+    pub fn new(sources: Vec<String>) -> Tracker {
+        Tracker {
+            open: Vec::new(),
+            awaiting_len: Vec::new(),
+            seen: Default::default(),
+            next_id: 1,
+            anomalies: Anomalies::default(),
+            sources,
+        }
+    }
+
+    pub fn feed(&mut self, ev: &Event, sink: &mut dyn EpisodeSink) -> Result<(), Error> {
+        match ev.kind {
+            Kind::EnobufsBegin => {
+                self.flush_awaiting(ev.file, sink);
+                if let Some(i) = self
+                    .open
+                    .iter()
+                    .position(|e| e.file == ev.file && e.fd == ev.fd)
+                {
+                    let mut old = self.open.swap_remove(i);
+                    old.abandoned = true;
+                    old.settle();
+                    self.anomalies.begin_while_open += 1;
+                    sink.episode_end(&old);
+                }
+                self.seen.insert((ev.file, ev.fd));
+                let ep = Episode {
+                    id: self.next_id,
+                    file: ev.file,
+                    fd: ev.fd,
+                    start_ns: ev.ts_ns,
+                    end_ns: None,
+                    last_ns: ev.ts_ns,
+                    retries: None,
+                    failures_seen: 1,
+                    errno: ev.errno,
+                    frame_len: ev.len,
+                    wait_ns: None,
+                    begin_line: ev.line,
+                    end_line: None,
+                    wakeups: Wakeups::default(),
+                    abandoned: false,
+                    unclassified_writes: Vec::new(),
+                };
+                self.next_id += 1;
+                sink.episode_begin(ep.id, ev);
+                self.open.push(ep);
+            }
+            Kind::EnobufsRetry => {
+                match self
+                    .open
+                    .iter_mut()
+                    .find(|e| e.file == ev.file && e.fd == ev.fd)
+                {
+                    Some(ep) => {
+                        ep.failures_seen += 1;
+                        ep.last_ns = ev.ts_ns;
+                    }
+                    None => self.anomalies.retry_without_begin += 1,
+                }
+            }
+            Kind::EnobufsResolved => {
+                let Some(i) = self
+                    .open
+                    .iter()
+                    .position(|e| e.file == ev.file && e.fd == ev.fd)
+                else {
+                    if self.seen.insert((ev.file, ev.fd)) {
+                        // The capture started while this episode was already under way.
+                        self.anomalies.resolved_before_capture += 1;
+                        return Ok(());
+                    }
+                    return Err(Error::ResolvedWithoutBegin {
+                        file: self.sources[ev.file as usize].clone(),
+                        line: ev.line,
+                        fd: ev.fd.map_or("(unknown)".to_string(), |fd| fd.to_string()),
+                        what: "enobufs_resolved",
+                    });
+                };
+                let mut ep = self.open.swap_remove(i);
+                ep.end_ns = Some(ev.ts_ns);
+                ep.last_ns = ev.ts_ns;
+                ep.end_line = Some(ev.line);
+                ep.retries = ev.retries;
+                ep.wait_ns = ev.wait_ns;
+                if ev.errno.is_some() && ep.errno.is_none() {
+                    ep.errno = ev.errno;
+                }
+                if ep.frame_len.is_none() {
+                    ep.frame_len = ev.len;
+                }
+                if ep.frame_len.is_none() {
+                    // Logs: the size comes with the frame line that follows; keep the episode
+                    // until then so its write wake-ups can be judged against it.
+                    self.awaiting_len.push(ep);
+                } else {
+                    ep.settle();
+                    sink.episode_end(&ep);
+                }
+            }
+            Kind::KeventWrite => {
+                for ep in self.open.iter_mut().filter(|e| same_socket(e, ev)) {
+                    ep.classify_write(ev.data);
+                    ep.last_ns = ev.ts_ns;
+                }
+            }
+            Kind::KeventRead | Kind::GuestKick | Kind::TimerFired => {
+                for ep in self.open.iter_mut().filter(|e| e.file == ev.file) {
+                    match ev.kind {
+                        Kind::KeventRead => ep.wakeups.read += 1,
+                        Kind::GuestKick => ep.wakeups.guest_kick += 1,
+                        _ => ep.wakeups.timer += 1,
+                    }
+                    ep.last_ns = ev.ts_ns;
+                }
+            }
+            Kind::TxFrame if !self.awaiting_len.is_empty() => {
+                if let Some(i) = self.awaiting_len.iter().position(|e| same_socket(e, ev)) {
+                    let mut ep = self.awaiting_len.swap_remove(i);
+                    ep.frame_len = ev.len;
+                    ep.settle();
+                    sink.episode_end(&ep);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn flush_awaiting(&mut self, file: u32, sink: &mut dyn EpisodeSink) {
+        let mut i = 0;
+        while i < self.awaiting_len.len() {
+            if self.awaiting_len[i].file == file {
+                let mut ep = self.awaiting_len.swap_remove(i);
+                ep.settle();
+                sink.episode_end(&ep);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// End of one input file: its resolved episodes are final; its open ones are returned.
+    pub fn finish_file(&mut self, file: u32, sink: &mut dyn EpisodeSink) -> Vec<Episode> {
+        self.flush_awaiting(file, sink);
+        let mut still_open = Vec::new();
+        let mut i = 0;
+        while i < self.open.len() {
+            if self.open[i].file == file {
+                let mut ep = self.open.swap_remove(i);
+                ep.settle();
+                still_open.push(ep);
+            } else {
+                i += 1;
+            }
+        }
+        still_open.sort_by_key(|e| e.id);
+        still_open
+    }
+}

@@ -1,0 +1,73 @@
+//! Everything that can go wrong reading an input; every variant names the file.
+
+use std::io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{file}: {source}")]
+    Io {
+        file: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{file}:{line}: wrong header: expected `{expected}`, found `{found}`")]
+    Header {
+        file: String,
+        line: u64,
+        expected: String,
+        found: String,
+    },
+    #[error("{file}:{line}: field `{field}`: {msg}")]
+    Field {
+        file: String,
+        line: u64,
+        field: &'static str,
+        msg: String,
+    },
+    #[error("{file}:{line}: binary data (byte 0x{byte:02x}); neither a trace CSV nor a text log")]
+    Binary { file: String, line: u64, byte: u8 },
+    #[error(
+        "{file}:{line}: field `ts_ns`: timestamp {ts_ns} is {back_ns} ns earlier than line {prev_line}, \
+         more than the reorder window ({window_ns} ns); raise --reorder-window or use --lenient"
+    )]
+    OutOfOrder {
+        file: String,
+        line: u64,
+        ts_ns: i64,
+        back_ns: i64,
+        prev_line: u64,
+        window_ns: i64,
+    },
+    #[error(
+        "{file}:{line}: {what} on fd {fd} without a matching enobufs_begin after an earlier episode \
+         on that fd (a lost begin); use --lenient to skip and count it"
+    )]
+    ResolvedWithoutBegin {
+        file: String,
+        line: u64,
+        fd: String,
+        what: &'static str,
+    },
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    pub fn io(file: &str, source: io::Error) -> Error {
+        Error::Io {
+            file: file.to_string(),
+            source,
+        }
+    }
+
+    /// Errors that `--lenient` turns into a skipped, counted line.
+    pub fn is_line_error(&self) -> bool {
+        matches!(
+            self,
+            Error::Field { .. }
+                | Error::Binary { .. }
+                | Error::OutOfOrder { .. }
+                | Error::ResolvedWithoutBegin { .. }
+        )
+    }
+}

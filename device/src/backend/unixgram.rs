@@ -1,0 +1,338 @@
+//! Datagram backend: one Ethernet frame per datagram (gvproxy, vmnet-helper, vfkit).
+//!
+//! A send that the kernel refuses for lack of room (ENOBUFS on macOS, EAGAIN on Linux)
+//! writes nothing; it is reported as `Blocked` so the worker defers the frame.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::{
+    is_peer_gone, no_sigpipe, set_buf, Backend, BackendError, BackendOptions, FaultInjector,
+    ReadStatus, WriteStatus, SEND_FLAGS,
+};
+
+/// Receive buffer of the reference VMM.
+pub const DEFAULT_RCVBUF: usize = 7 * 1024 * 1024;
+/// Linux: a large send buffer. macOS: SO_SNDBUF only caps the datagram size, so the
+/// reference sets it to the largest frame.
+#[cfg(target_os = "linux")]
+pub const DEFAULT_SNDBUF: usize = 7 * 1024 * 1024;
+#[cfg(target_os = "macos")]
+pub const DEFAULT_SNDBUF: usize = 65550;
+/// macOS needs a timer because EVFILT_WRITE may never fire again after ENOBUFS (pr-556);
+/// Linux's epoll wakes the writer reliably.
+#[cfg(target_os = "macos")]
+pub const DEFAULT_RETRY_DELAY: Option<Duration> = Some(Duration::from_micros(50));
+#[cfg(target_os = "linux")]
+pub const DEFAULT_RETRY_DELAY: Option<Duration> = None;
+
+/// The vfkit protocol's first datagram.
+pub const VFKT_MAGIC: &[u8; 4] = b"VFKT";
+
+pub struct UnixGram {
+    sock: UnixDatagram,
+    retry_delay: Option<Duration>,
+    fault: FaultInjector,
+    /// Our bound path, unlinked on drop (only when we created it).
+    bound: Option<PathBuf>,
+}
+
+fn default_local_path() -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("vnet-{}-{n}.sock", std::process::id()))
+}
+
+impl UnixGram {
+    /// Binds our own path (so the proxy can reply) and connects to the proxy's.
+    pub fn connect(proxy: &Path, opts: &BackendOptions) -> Result<UnixGram, BackendError> {
+        let local = opts.local_path.clone().unwrap_or_else(default_local_path);
+        // A stale socket file from a crashed run would make bind fail.
+        let _ = std::fs::remove_file(&local);
+        let sock = UnixDatagram::bind(&local).map_err(|source| BackendError::Setup {
+            op: "bind",
+            path: local.clone(),
+            source,
+        })?;
+        let mut me = UnixGram::from_socket(sock, opts)?;
+        me.bound = Some(local);
+        me.sock
+            .connect(proxy)
+            .map_err(|source| BackendError::Setup {
+                op: "connect to proxy",
+                path: proxy.to_path_buf(),
+                source,
+            })?;
+        if opts.vfkit {
+            me.send_magic()?;
+        }
+        Ok(me)
+    }
+
+    /// Wraps a socket that is already connected (a socketpair in tests and the simulator).
+    /// Sends the `VFKT` datagram when `opts.vfkit` is set.
+    pub fn from_socket(
+        sock: UnixDatagram,
+        opts: &BackendOptions,
+    ) -> Result<UnixGram, BackendError> {
+        let fd = sock.as_raw_fd();
+        sock.set_nonblocking(true)
+            .map_err(|source| BackendError::SockOpt {
+                opt: "O_NONBLOCK",
+                source,
+            })?;
+        set_buf(
+            fd,
+            libc::SO_RCVBUF,
+            "SO_RCVBUF",
+            opts.rcvbuf.unwrap_or(DEFAULT_RCVBUF),
+        )?;
+        set_buf(
+            fd,
+            libc::SO_SNDBUF,
+            "SO_SNDBUF",
+            opts.sndbuf.unwrap_or(DEFAULT_SNDBUF),
+        )?;
+        no_sigpipe(fd)?;
+        let me = UnixGram {
+            sock,
+            retry_delay: opts.retry_delay.unwrap_or(DEFAULT_RETRY_DELAY),
+            fault: FaultInjector::new(opts.fault),
+            bound: None,
+        };
+        // connect() sends it itself after connecting; a connected pair can send now.
+        if opts.vfkit && me.sock.peer_addr().is_ok() {
+            me.send_magic()?;
+        }
+        Ok(me)
+    }
+
+    fn send_magic(&self) -> Result<(), BackendError> {
+        // The proxy's queue is empty right after connecting, so this cannot block.
+        self.sock
+            .send(VFKT_MAGIC)
+            .map_err(|source| BackendError::Io {
+                op: "send VFKT",
+                fd: self.raw_fd(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    pub fn local_path(&self) -> Option<&Path> {
+        self.bound.as_deref()
+    }
+}
+
+impl Drop for UnixGram {
+    fn drop(&mut self) {
+        if let Some(p) = &self.bound {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Backend for UnixGram {
+    fn raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    fn retry_delay(&self) -> Option<Duration> {
+        self.retry_delay
+    }
+
+    fn kind(&self) -> &'static str {
+        "unixgram"
+    }
+
+    fn write_frame(&mut self, frame: &[u8]) -> Result<WriteStatus, BackendError> {
+        if self.fault.inject() {
+            return Ok(WriteStatus::Blocked {
+                errno: libc::ENOBUFS,
+                partial: false,
+            });
+        }
+        let fd = self.raw_fd();
+        loop {
+            // SAFETY: frame is valid for its length.
+            let n = unsafe { libc::send(fd, frame.as_ptr().cast(), frame.len(), SEND_FLAGS) };
+            if n >= 0 {
+                // Datagrams are atomic: a successful send carried the whole frame.
+                return Ok(WriteStatus::Sent);
+            }
+            let err = io::Error::last_os_error();
+            let errno = err.raw_os_error().unwrap_or(0);
+            match errno {
+                libc::EINTR => continue,
+                libc::ENOBUFS | libc::EAGAIN => {
+                    return Ok(WriteStatus::Blocked {
+                        errno,
+                        partial: false,
+                    })
+                }
+                e if is_peer_gone(e) => {
+                    return Err(BackendError::PeerGone {
+                        fd,
+                        detail: format!("send: {err}"),
+                    })
+                }
+                _ => {
+                    return Err(BackendError::Io {
+                        op: "send",
+                        fd,
+                        source: err,
+                    })
+                }
+            }
+        }
+    }
+
+    fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
+        let fd = self.raw_fd();
+        loop {
+            // MSG_TRUNC makes recv return the datagram's real length, so an oversized
+            // frame is detected instead of silently cut.
+            // SAFETY: buf is valid for its length.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                let n = n as usize;
+                return Ok(if n > buf.len() {
+                    ReadStatus::Oversize(n)
+                } else {
+                    ReadStatus::Frame(n)
+                });
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error().unwrap_or(0) {
+                libc::EINTR => continue,
+                libc::EAGAIN => return Ok(ReadStatus::WouldBlock),
+                e if is_peer_gone(e) => {
+                    return Err(BackendError::PeerGone {
+                        fd,
+                        detail: format!("recv: {err}"),
+                    })
+                }
+                _ => {
+                    return Err(BackendError::Io {
+                        op: "recv",
+                        fd,
+                        source: err,
+                    })
+                }
+            }
+        }
+    }
+
+    fn injected_faults(&self) -> u64 {
+        self.fault.injected
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{sockopt_int, FaultConfig};
+
+    #[test]
+    fn binds_connects_sends_vfkt_and_unlinks() {
+        let dir = tempdir();
+        let proxy_path = dir.join("proxy.sock");
+        let proxy = UnixDatagram::bind(&proxy_path).unwrap();
+        let local = dir.join("dev.sock");
+        let opts = BackendOptions {
+            vfkit: true,
+            local_path: Some(local.clone()),
+            ..Default::default()
+        };
+        let mut b = UnixGram::connect(&proxy_path, &opts).unwrap();
+        assert!(local.exists());
+        let mut buf = [0u8; 64];
+        let (n, from) = proxy.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], VFKT_MAGIC);
+        assert_eq!(from.as_pathname(), Some(local.as_path()));
+        assert_eq!(b.write_frame(&[7; 60]).unwrap(), WriteStatus::Sent);
+        assert_eq!(proxy.recv(&mut buf).unwrap(), 60);
+        proxy.send_to(&[9; 42], &local).unwrap();
+        let mut big = vec![0u8; crate::net::MAX_FRAME];
+        assert_eq!(b.read_frame(&mut big).unwrap(), ReadStatus::Frame(42));
+        assert_eq!(b.read_frame(&mut big).unwrap(), ReadStatus::WouldBlock);
+        // Linux doubles the value it was given and caps it at wmem_max; either way it is set.
+        assert!(sockopt_int(b.raw_fd(), libc::SO_SNDBUF).unwrap() > 0);
+        drop(b);
+        assert!(!local.exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn oversize_datagram_is_reported_not_cut() {
+        let (a, peer) = UnixDatagram::pair().unwrap();
+        let mut b = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
+        peer.send(&vec![1u8; 2000]).unwrap();
+        let mut small = [0u8; 1000];
+        assert_eq!(
+            b.read_frame(&mut small).unwrap(),
+            ReadStatus::Oversize(2000)
+        );
+    }
+
+    #[test]
+    fn injected_enobufs_writes_nothing() {
+        let (a, peer) = UnixDatagram::pair().unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let opts = BackendOptions {
+            fault: FaultConfig {
+                enobufs_every: 2,
+                enobufs_burst: 1,
+            },
+            ..Default::default()
+        };
+        let mut b = UnixGram::from_socket(a, &opts).unwrap();
+        assert_eq!(b.write_frame(b"one").unwrap(), WriteStatus::Sent);
+        assert_eq!(
+            b.write_frame(b"two").unwrap(),
+            WriteStatus::Blocked {
+                errno: libc::ENOBUFS,
+                partial: false
+            }
+        );
+        assert_eq!(b.write_frame(b"two").unwrap(), WriteStatus::Sent);
+        let mut buf = [0u8; 8];
+        assert_eq!(peer.recv(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"one");
+        assert_eq!(peer.recv(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"two");
+        assert!(peer.recv(&mut buf).is_err());
+        assert_eq!(b.injected_faults(), 1);
+    }
+
+    #[test]
+    fn closed_peer_is_peer_gone() {
+        let (a, peer) = UnixDatagram::pair().unwrap();
+        let mut b = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
+        drop(peer);
+        let e = b.write_frame(&[0; 60]).unwrap_err();
+        assert!(matches!(e, BackendError::PeerGone { .. }), "{e}");
+    }
+
+    pub(crate) fn tempdir() -> PathBuf {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "vnet-ut-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

@@ -1,1 +1,0 @@
-//! TODO(vhost): vhost-user front end

@@ -1,1 +1,0 @@
-//! TODO(vm): the VM runner

@@ -1,0 +1,454 @@
+//! A minimal virtio driver for tests: guest memory, split rings the test fills as a guest
+//! would (with wrap-around, unlike `virtio_queue::mock`), and helpers to read what the
+//! device put in the used rings.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+
+use vnet_device::net::NET_HDR_LEN;
+
+/// Per-descriptor data slot: room for the largest buffer (header + 65550-byte frame).
+pub const SLOT: u64 = 0x11000;
+pub const MEM_SIZE: usize = 48 << 20;
+/// Guest memory ends here; any address beyond is out of bounds.
+pub const MEM_END: u64 = MEM_SIZE as u64;
+
+pub fn memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
+}
+
+/// One segment of a chain the test builds.
+#[derive(Debug, Clone)]
+pub struct Seg {
+    pub len: u32,
+    pub write: bool,
+    /// Bytes to place in the segment (device-readable segments).
+    pub data: Vec<u8>,
+    /// Use this address instead of the descriptor's own slot (out-of-bounds tests).
+    pub addr: Option<u64>,
+}
+
+impl Seg {
+    pub fn read(data: &[u8]) -> Seg {
+        Seg {
+            len: data.len() as u32,
+            write: false,
+            data: data.to_vec(),
+            addr: None,
+        }
+    }
+    pub fn write(len: u32) -> Seg {
+        Seg {
+            len,
+            write: true,
+            data: Vec::new(),
+            addr: None,
+        }
+    }
+}
+
+pub struct DriverQueue {
+    pub size: u16,
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
+    data: GuestAddress,
+    indirect: GuestAddress,
+    free: Vec<u16>,
+    chains: HashMap<u16, Vec<u16>>,
+    avail_idx: u16,
+    used_seen: u16,
+}
+
+/// An entry the device put in a used ring, with the descriptors it covered.
+#[derive(Debug, Clone)]
+pub struct Used {
+    pub head: u16,
+    pub len: u32,
+    pub segs: Vec<(u64, u32)>,
+}
+
+impl DriverQueue {
+    /// Queue `q` (0 = RX, 1 = TX) laid out in its own MiB; data slots after both.
+    pub fn new(q: u64, size: u16) -> DriverQueue {
+        let base = q * 0x10_0000;
+        let data = 0x20_0000 + q * u64::from(size) * SLOT;
+        assert!(
+            data + u64::from(size) * SLOT <= MEM_END - 0x10_0000,
+            "queue too large for test memory"
+        );
+        DriverQueue {
+            size,
+            desc: GuestAddress(base),
+            avail: GuestAddress(base + 0x8000),
+            used: GuestAddress(base + 0x9000),
+            data: GuestAddress(data),
+            // Indirect tables live in the last MiB, one 4 KiB page per queue slot use.
+            indirect: GuestAddress(MEM_END - 0x10_0000 + q * 0x8_0000),
+            free: (0..size).rev().collect(),
+            chains: HashMap::new(),
+            avail_idx: 0,
+            used_seen: 0,
+        }
+    }
+
+    pub fn queue(&self) -> Queue {
+        let mut q = Queue::new(self.size).unwrap();
+        q.set_size(self.size);
+        q.try_set_desc_table_address(self.desc).unwrap();
+        q.try_set_avail_ring_address(self.avail).unwrap();
+        q.try_set_used_ring_address(self.used).unwrap();
+        q.set_ready(true);
+        q
+    }
+
+    pub fn free_descs(&self) -> usize {
+        self.free.len()
+    }
+
+    fn slot(&self, i: u16) -> u64 {
+        self.data.0 + u64::from(i) * SLOT
+    }
+
+    fn write_desc(mem: &GuestMemoryMmap, table: GuestAddress, i: u16, d: Descriptor) {
+        mem.write_obj(d, GuestAddress(table.0 + u64::from(i) * 16))
+            .unwrap();
+    }
+
+    /// Builds a chain from `segs` and makes it available. None if descriptors ran out.
+    pub fn add(&mut self, mem: &GuestMemoryMmap, segs: &[Seg]) -> Option<u16> {
+        if segs.is_empty() || self.free.len() < segs.len() {
+            return None;
+        }
+        let ids: Vec<u16> = (0..segs.len()).map(|_| self.free.pop().unwrap()).collect();
+        for (k, (seg, &id)) in segs.iter().zip(&ids).enumerate() {
+            let addr = seg.addr.unwrap_or_else(|| self.slot(id));
+            if seg.addr.is_none() && !seg.data.is_empty() {
+                mem.write_slice(&seg.data, GuestAddress(addr)).unwrap();
+            }
+            let mut flags = if seg.write {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            };
+            let next = ids.get(k + 1).copied().unwrap_or(0);
+            if k + 1 < ids.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            Self::write_desc(
+                mem,
+                self.desc,
+                id,
+                Descriptor::new(addr, seg.len, flags, next),
+            );
+        }
+        let head = ids[0];
+        self.chains.insert(head, ids);
+        self.publish(mem, head);
+        Some(head)
+    }
+
+    /// Builds a one-descriptor chain pointing at an indirect table holding `segs`.
+    pub fn add_indirect(&mut self, mem: &GuestMemoryMmap, segs: &[Seg]) -> Option<u16> {
+        let id = self.free.pop()?;
+        let table = GuestAddress(self.indirect.0 + u64::from(id) * 0x800);
+        assert!(segs.len() <= 128);
+        for (k, seg) in segs.iter().enumerate() {
+            // Indirect segments point into this descriptor's data slot, back to back.
+            let addr = seg.addr.unwrap_or(self.slot(id) + k as u64 * 0x100);
+            if seg.addr.is_none() && !seg.data.is_empty() {
+                assert!(seg.data.len() <= 0x100);
+                mem.write_slice(&seg.data, GuestAddress(addr)).unwrap();
+            }
+            let mut flags = if seg.write {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            };
+            if k + 1 < segs.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            Self::write_desc(
+                mem,
+                table,
+                k as u16,
+                Descriptor::new(addr, seg.len, flags, k as u16 + 1),
+            );
+        }
+        let d = Descriptor::new(
+            table.0,
+            16 * segs.len() as u32,
+            VRING_DESC_F_INDIRECT as u16,
+            0,
+        );
+        Self::write_desc(mem, self.desc, id, d);
+        self.chains.insert(id, vec![id]);
+        self.publish(mem, id);
+        Some(id)
+    }
+
+    fn publish(&mut self, mem: &GuestMemoryMmap, head: u16) {
+        let slot = GuestAddress(self.avail.0 + 4 + 2 * u64::from(self.avail_idx % self.size));
+        mem.write_obj(head.to_le(), slot).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        mem.store(
+            self.avail_idx.to_le(),
+            GuestAddress(self.avail.0 + 2),
+            Ordering::Release,
+        )
+        .unwrap();
+    }
+
+    /// The device's used index.
+    pub fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
+        u16::from_le(
+            mem.load(GuestAddress(self.used.0 + 2), Ordering::Acquire)
+                .unwrap(),
+        )
+    }
+
+    /// Chains made available and not yet returned.
+    pub fn outstanding(&self) -> usize {
+        self.chains.len()
+    }
+
+    /// EVENT_IDX: interrupt me when the used index passes `v`.
+    pub fn set_used_event(&self, mem: &GuestMemoryMmap, v: u16) {
+        let addr = GuestAddress(self.avail.0 + 4 + 2 * u64::from(self.size));
+        mem.store(v.to_le(), addr, Ordering::Release).unwrap();
+    }
+
+    /// EVENT_IDX: the avail_event the device asked for.
+    pub fn avail_event(&self, mem: &GuestMemoryMmap) -> u16 {
+        let addr = GuestAddress(self.used.0 + 4 + 8 * u64::from(self.size));
+        u16::from_le(mem.load(addr, Ordering::Acquire).unwrap())
+    }
+
+    /// New used entries since the last call; their descriptors become free again.
+    pub fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<Used> {
+        let idx = self.used_idx(mem);
+        let mut out = Vec::new();
+        while self.used_seen != idx {
+            let e = GuestAddress(self.used.0 + 4 + 8 * u64::from(self.used_seen % self.size));
+            let id: u32 = mem.read_obj(e).unwrap();
+            let len: u32 = mem.read_obj(GuestAddress(e.0 + 4)).unwrap();
+            let head = id as u16;
+            let ids = self
+                .chains
+                .remove(&head)
+                .unwrap_or_else(|| panic!("device used unknown head {head}"));
+            let segs = ids
+                .iter()
+                .map(|&i| {
+                    let d: Descriptor = mem
+                        .read_obj(GuestAddress(self.desc.0 + u64::from(i) * 16))
+                        .unwrap();
+                    (d.addr().0, d.len())
+                })
+                .collect();
+            self.free.extend(ids);
+            out.push(Used { head, len, segs });
+            self.used_seen = self.used_seen.wrapping_add(1);
+        }
+        out
+    }
+}
+
+/// Reads the first `len` bytes the device wrote into a used RX buffer.
+pub fn read_used(mem: &GuestMemoryMmap, u: &Used) -> Vec<u8> {
+    let mut out = Vec::with_capacity(u.len as usize);
+    let mut left = u.len as usize;
+    for &(addr, len) in &u.segs {
+        let n = left.min(len as usize);
+        let mut b = vec![0u8; n];
+        mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
+        out.extend(b);
+        left -= n;
+    }
+    assert_eq!(left, 0, "used len larger than the chain");
+    out
+}
+
+/// Reassembles RX frames from used buffers (mergeable: num_buffers entries per frame).
+#[derive(Default)]
+pub struct RxAssembler {
+    cur: Vec<u8>,
+    remaining: u16,
+    pub frames: Vec<Vec<u8>>,
+}
+
+impl RxAssembler {
+    pub fn push(&mut self, mem: &GuestMemoryMmap, u: &Used) {
+        let bytes = read_used(mem, u);
+        if self.remaining == 0 {
+            assert!(
+                bytes.len() >= NET_HDR_LEN,
+                "first buffer lacks the header: {} bytes",
+                bytes.len()
+            );
+            let n = u16::from_le_bytes([bytes[10], bytes[11]]);
+            assert!(n >= 1, "num_buffers 0");
+            assert!(bytes[..10].iter().all(|&b| b == 0), "offload fields set");
+            self.remaining = n;
+            self.cur = bytes[NET_HDR_LEN..].to_vec();
+        } else {
+            self.cur.extend(bytes);
+        }
+        self.remaining -= 1;
+        if self.remaining == 0 {
+            self.frames.push(std::mem::take(&mut self.cur));
+        }
+    }
+}
+
+/// TX chain bytes: the 12-byte header then the frame, cut at `cuts` (segment lengths,
+/// cycled; the last segment takes the rest).
+pub fn tx_segs(frame: &[u8], cuts: &[usize]) -> Vec<Seg> {
+    let mut all = vec![0u8; NET_HDR_LEN];
+    all.extend_from_slice(frame);
+    let mut segs = Vec::new();
+    let mut pos = 0;
+    let mut k = 0;
+    while pos < all.len() {
+        let c = if cuts.is_empty() {
+            all.len()
+        } else {
+            cuts[k % cuts.len()].max(1)
+        };
+        let end = (pos + c).min(all.len());
+        segs.push(Seg::read(&all[pos..end]));
+        pos = end;
+        k += 1;
+    }
+    segs
+}
+
+/// A frame whose bytes encode its sequence number, so loss, duplication, reordering and
+/// corruption are all visible.
+pub fn frame(seq: u32, len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    for (i, b) in f.iter_mut().enumerate() {
+        *b = (seq as usize).wrapping_mul(31).wrapping_add(i) as u8;
+    }
+    if len >= 4 {
+        f[..4].copy_from_slice(&seq.to_be_bytes());
+    }
+    f
+}
+
+pub fn seq_of(f: &[u8]) -> u32 {
+    u32::from_be_bytes([f[0], f[1], f[2], f[3]])
+}
+
+pub fn atomic(mem: &GuestMemoryMmap) -> GuestMemoryAtomic<GuestMemoryMmap> {
+    GuestMemoryAtomic::new(mem.clone())
+}
+
+/// A unique temp directory for sockets (5 helpers run tests at once).
+pub fn tempdir(tag: &str) -> std::path::PathBuf {
+    use std::sync::atomic::AtomicU64;
+    static N: AtomicU64 = AtomicU64::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "vnet-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vnet_device::backend::Backend;
+use vnet_device::metrics::Metrics;
+use vnet_device::notify::Notifier;
+use vnet_device::worker::{spawn, WorkerHandle, WorkerOptions, WorkerSetup};
+
+/// The guest side of a running worker.
+pub struct Guest {
+    pub mem: GuestMemoryMmap,
+    pub rx: DriverQueue,
+    pub tx: DriverQueue,
+    pub rx_kick: Notifier,
+    pub tx_kick: Notifier,
+    pub rx_call: Notifier,
+    pub tx_call: Notifier,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn start(
+    backend: Box<dyn Backend>,
+    features: u64,
+    options: WorkerOptions,
+    qsize: u16,
+) -> (Guest, WorkerHandle) {
+    let mem = memory();
+    let rx = DriverQueue::new(0, qsize);
+    let tx = DriverQueue::new(1, qsize);
+    let (rx_kick, tx_kick, rx_call, tx_call) = (
+        Notifier::new().unwrap(),
+        Notifier::new().unwrap(),
+        Notifier::new().unwrap(),
+        Notifier::new().unwrap(),
+    );
+    let metrics = Arc::new(Metrics::new());
+    let setup = WorkerSetup {
+        mem: atomic(&mem),
+        rx: rx.queue(),
+        tx: tx.queue(),
+        rx_kick: rx_kick.try_clone().unwrap(),
+        tx_kick: tx_kick.try_clone().unwrap(),
+        rx_call: rx_call.try_clone().unwrap(),
+        tx_call: tx_call.try_clone().unwrap(),
+        features,
+        backend,
+        options,
+        metrics: metrics.clone(),
+    };
+    let h = spawn(setup).unwrap();
+    (
+        Guest {
+            mem,
+            rx,
+            tx,
+            rx_kick,
+            tx_kick,
+            rx_call,
+            tx_call,
+            metrics,
+        },
+        h,
+    )
+}
+
+/// Hang guard for tests that wait on another thread: generous, never a speed assertion.
+pub struct Deadline(Instant);
+
+impl Deadline {
+    pub fn new() -> Deadline {
+        Deadline(Instant::now() + Duration::from_secs(120))
+    }
+    #[track_caller]
+    pub fn check(&self, what: &str) {
+        assert!(
+            Instant::now() < self.0,
+            "gave up waiting for {what} (hang guard)"
+        );
+    }
+}
+
+/// Waits (with a hang guard) until `cond` holds, polling every millisecond.
+#[track_caller]
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let d = Deadline::new();
+    while !cond() {
+        d.check(what);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

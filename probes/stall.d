@@ -1,0 +1,117 @@
+#!/usr/sbin/dtrace -s
+/*
+ * stall.d - Catch a deferred-frame hang while it happens (macOS twin of stall.bt).
+ *
+ * Prints a line the moment a backpressure episode (a frame the proxy could
+ * not take) has lasted longer than a threshold, and another when the deferred
+ * frame has seen no write event, no retry timer and no guest kick for that
+ * long: nothing is left that would retry it - the ENOBUFS hang of libkrun
+ * issue 555, caught live instead of after a VM restart. A line follows when
+ * the episode finally resolves. A healthy run prints only the banner.
+ *
+ * USAGE: sudo dtrace -s probes/stall.d [MS] -p PID
+ *        sudo dtrace -s probes/stall.d [MS] -c 'CMD ARGS'
+ *
+ *   MS   threshold in milliseconds (default 10)
+ *
+ * Example: sudo dtrace -s probes/stall.d 10 -p $(pgrep -n krunkit)
+ *
+ * Watches one deferred frame at a time (the first fd that enters an episode;
+ * a device has one proxy socket), checked every millisecond by tick-1ms.
+ * Not run in CI (no DTrace on Linux); the probe names are checked against
+ * dtrace/vnet.d by device/tests/probe_scripts.rs.
+ */
+
+#pragma D option quiet
+#pragma D option defaultargs
+#pragma D option switchrate=100hz
+
+dtrace:::BEGIN
+{
+	thresh = $1 > 0 ? $1 * 1000000 : 10000000;
+	fd = -1;
+	printf("Watching for episodes longer than %d ms and deferred frames nothing retries. Ctrl-C to end.\n",
+	    thresh / 1000000);
+	printf("%-20s %-12s %s\n", "TIME", "EVENT", "DETAILS");
+}
+
+vnet$target:::enobufs_begin
+/fd == -1/
+{
+	fd = arg0;
+	since = timestamp;
+	wake = timestamp;
+	len = arg1;
+	fails = 1;
+	writes = 0;
+	small = 0;
+	timers = 0;
+	kicks = 0;
+	told_long = 0;
+	told_quiet = 0;
+}
+
+vnet$target:::enobufs_retry
+/arg0 == fd/
+{
+	fails = arg1;
+	wake = timestamp;
+}
+
+vnet$target:::kevent_write
+/arg0 == fd/
+{
+	writes++;
+	small += (arg1 >= 0 && arg1 < len) ? 1 : 0;
+	wake = timestamp;
+}
+
+vnet$target:::timer_fired
+/fd != -1/
+{
+	timers++;
+	wake = timestamp;
+}
+
+vnet$target:::guest_kick
+/fd != -1/
+{
+	kicks++;
+	wake = timestamp;
+}
+
+profile:::tick-1ms
+/fd != -1 && told_long == 0 && timestamp - since > thresh/
+{
+	printf("%Y %-12s fd=%d frame=%d deferred %d ms: %d failed sends, %d write events (%d too small), %d timers, %d kicks\n",
+	    walltimestamp, "LONG", fd, len, (timestamp - since) / 1000000, fails, writes, small, timers, kicks);
+	told_long = 1;
+}
+
+profile:::tick-1ms
+/fd != -1 && told_quiet == 0 && timestamp - wake > thresh/
+{
+	printf("%Y %-12s fd=%d frame=%d deferred %d ms, nothing for %d ms: no write event, no timer, no kick will retry it\n",
+	    walltimestamp, "STALL", fd, len, (timestamp - since) / 1000000, (timestamp - wake) / 1000000);
+	told_quiet = 1;
+}
+
+vnet$target:::enobufs_resolved
+/arg0 == fd && (told_long || told_quiet)/
+{
+	printf("%Y %-12s fd=%d after %d retries, waited %d ms\n", walltimestamp, "RESOLVED", arg0, arg1,
+	    arg2 / 1000000);
+}
+
+vnet$target:::enobufs_resolved
+/arg0 == fd/
+{
+	fd = -1;
+}
+
+dtrace:::END
+/fd != -1/
+{
+	printf("at exit: fd=%d still deferred for %d ms (%d failed sends)\n", fd, (timestamp - since) / 1000000,
+	    fails);
+}

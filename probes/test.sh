@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Runs the bpftrace scripts against the simulated VM and checks what they print.
+# Needs root and bpftrace; skips with the reason otherwise. Called by .ci/test.sh.
+#
+#  (a) enobufs.bt: with backpressure and injected ENOBUFS, the CSV has the design.md header,
+#      its enobufs_begin/enobufs_resolved/tx_frame/rx_frame counts equal the run's JSON
+#      summary, `analyze report` reads it, and it has the same rows per probe as the run's
+#      own in-process trace. Again with FRAMES=0: no frame rows, the rest unchanged.
+#  (b) stall.bt: reports the lost-write-event run with the timer off; silent on a healthy one.
+#  (c) enobufs-hist.bt: prints the histograms of a run with episodes.
+# The DTrace scripts cannot run here; device/tests/probe_scripts.rs checks them by reading.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then echo "probes/test.sh: SKIP: needs root (bpftrace attaches uprobes)"; exit 0; fi
+if ! command -v bpftrace >/dev/null; then echo "probes/test.sh: SKIP: bpftrace not installed"; exit 0; fi
+
+# VNET_SIM / ANALYZE point at other builds (e.g. an installed one); default: build ours.
+if [ -z "${VNET_SIM:-}" ] || [ -z "${ANALYZE:-}" ]; then
+  cargo build --release -q -p vnet-device --bin vnet-sim -p analyze --bin analyze
+fi
+sim=${VNET_SIM:-$PWD/target/release/vnet-sim}
+analyze=${ANALYZE:-$PWD/target/release/analyze}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); echo "ok   $*"; }
+bad() { fail=$((fail + 1)); echo "FAIL $*"; }
+# bpftrace's harmless noise on this kernel (no tracefs mount for legacy detach, memlock)
+quiet_bt() { grep -v -e RLIMIT_MEMLOCK -e uprobe_events -e 'failed to detach' >&2 || true; }
+
+# Counts rows per probe in a trace CSV after checking its clock line and header.
+counts() {
+  python3 - "$1" <<'EOF'
+import csv, json, re, sys
+HEADER = "ts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errno".split(",")
+path = sys.argv[1]
+with open(path) as f:
+    lines = f.read().splitlines()
+if not lines or not re.fullmatch(r"# clock mono_ns=\d+ wall_ns=\d+", lines[0]):
+    sys.exit(f"{path}:1: expected '# clock mono_ns=N wall_ns=N', got {lines[:1]}")
+rows = [l for l in lines[1:] if not l.startswith("#")]
+if not rows or rows[0].split(",") != HEADER:
+    sys.exit(f"{path}:2: header {rows[:1]} is not {','.join(HEADER)}")
+n = {}
+for i, r in enumerate(csv.reader(rows[1:]), start=3):
+    if len(r) != len(HEADER):
+        sys.exit(f"{path}:{i}: {len(r)} fields, expected {len(HEADER)}")
+    for col, v in zip(HEADER, r):
+        if col != "probe" and v != "" and not re.fullmatch(r"-?\d+", v):
+            sys.exit(f"{path}:{i}: {col}={v!r} is not an integer")
+    n[r[2]] = n.get(r[2], 0) + 1
+print(json.dumps(n, sort_keys=True))
+EOF
+}
+
+# --- (a) enobufs.bt against the run's own summary and in-process trace ---------------------
+run_capture() { # $1 = FRAMES argument (may be empty), $2 = name
+  local frames=$1 name=$2
+  # backpressure from a proxy that stops reading 5 ms in every 50, plus ENOBUFS on every 50th send
+  bpftrace -q -o "$work/$name.bt.csv" probes/enobufs.bt "$sim" $frames \
+    -c "$sim --duration 3 --proxy-pause-ms 5 --proxy-pause-every-ms 50 --inject-enobufs 50 --trace $work/$name.inproc.csv --json --no-progress" \
+    > "$work/$name.json" 2> >(quiet_bt)
+}
+run_capture "" all
+if bt=$(counts "$work/all.bt.csv") && inproc=$(counts "$work/all.inproc.csv"); then
+  ok "both traces parse with the design.md clock line and header"
+  python3 - "$work/all.json" "$bt" "$inproc" <<'EOF' && ok "bpftrace counts equal the JSON summary and the in-process trace" || bad "counts differ"
+import json, sys
+s = json.load(open(sys.argv[1])); bt = json.loads(sys.argv[2]); inproc = json.loads(sys.argv[3])
+want = {"enobufs_begin": s["episodes"], "enobufs_resolved": s["resolved"], "tx_frame": s["tx_frames"], "rx_frame": s["rx_frames"]}
+print(f"     summary {want}")
+print(f"     bpftrace {bt}")
+ok = s["episodes"] > 0 and s["tx_frames"] > 0 and s["rx_frames"] > 0
+if not ok:
+    print("     the run had no episodes or no frames: nothing was tested")
+for k, v in want.items():
+    if bt.get(k, 0) != v:
+        print(f"     {k}: bpftrace {bt.get(k, 0)} != summary {v}"); ok = False
+if bt != inproc:
+    print(f"     in-process {inproc}"); ok = False
+sys.exit(0 if ok else 1)
+EOF
+else
+  bad "a trace did not parse"
+fi
+if "$analyze" report "$work/all.bt.csv" > "$work/report.txt" 2>&1 && grep -q "Retries" "$work/report.txt"; then
+  ok "analyze report reads the bpftrace trace: $(grep -m1 events "$work/report.txt")"
+else
+  bad "analyze report failed:"; sed 's/^/     /' "$work/report.txt"
+fi
+
+run_capture 0 noframes
+if nf=$(counts "$work/noframes.bt.csv") && nfi=$(counts "$work/noframes.inproc.csv"); then
+  python3 - "$nf" "$nfi" <<'EOF' && ok "FRAMES=0 leaves out exactly tx_frame and rx_frame" || bad "FRAMES=0 rows wrong"
+import json, sys
+bt = json.loads(sys.argv[1]); inproc = json.loads(sys.argv[2])
+want = {k: v for k, v in inproc.items() if k not in ("tx_frame", "rx_frame")}
+print(f"     bpftrace {bt}")
+sys.exit(0 if bt == want and inproc.get("tx_frame", 0) > 0 else 1)
+EOF
+else
+  bad "FRAMES=0 trace did not parse"
+fi
+
+# --- (b) stall.bt -------------------------------------------------------------------------
+# 50 ms rather than the default 10: a busy 2-core CI machine can delay a healthy retry
+# by a few milliseconds, and this check is about silence, not scheduling.
+bpftrace probes/stall.bt "$sim" 50 \
+  -c "$sim --duration 2 --inject-enobufs 50 --lose-write-events --no-timer --stall-timeout 1 --no-progress" \
+  > "$work/stall.out" 2> >(quiet_bt) || true
+if grep -q '^[0-9:]* STALL .*no write event, no timer, no kick' "$work/stall.out" && grep -q ' LONG ' "$work/stall.out"; then
+  ok "stall.bt reports the lost-write-event run without timer:"; grep -E ' (STALL|LONG) ' "$work/stall.out" | sed 's/^/     /'
+else
+  bad "stall.bt did not report the hang:"; sed 's/^/     /' "$work/stall.out"
+fi
+bpftrace probes/stall.bt "$sim" 50 \
+  -c "$sim --duration 2 --inject-enobufs 50 --json --no-progress" > "$work/healthy.out" 2> >(quiet_bt) || true
+episodes=$(sed -n 's/.*"episodes": *\([0-9]*\).*/\1/p' "$work/healthy.out" | head -1)
+if grep -qE ' (STALL|LONG) ' "$work/healthy.out"; then
+  bad "stall.bt reported a healthy run:"; grep -E ' (STALL|LONG) ' "$work/healthy.out" | sed 's/^/     /'
+elif [ "${episodes:-0}" -gt 0 ]; then
+  ok "stall.bt stays quiet on a healthy run with $episodes episodes"
+else
+  bad "healthy run had no episodes (nothing was tested)"
+fi
+
+# --- (c) enobufs-hist.bt ------------------------------------------------------------------
+bpftrace probes/enobufs-hist.bt "$sim" 1 \
+  -c "$sim --duration 2 --inject-enobufs 50 --no-progress" > "$work/hist.out" 2> >(quiet_bt) || true
+if grep -q '^@wait_us:' "$work/hist.out" && grep -q '^@retries:' "$work/hist.out" && grep -q '^\[1, 2) *[1-9]' "$work/hist.out"; then
+  ok "enobufs-hist.bt prints wait and retry histograms"
+else
+  bad "enobufs-hist.bt output lacks histograms:"; sed 's/^/     /' "$work/hist.out" | head -30
+fi
+
+echo "probes: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
