@@ -50,7 +50,11 @@ fn device(kind: BuiltinKind, frame: usize, secs: f64) -> Rate {
     // still checked, payload hashing is not).
     cfg.proxy_opts.verify_crc = false;
     let s = run(&cfg).expect("sim run");
-    assert!(!s.failed(), "bench run failed its integrity checks: {}", s.to_text());
+    assert!(
+        !s.failed(),
+        "bench run failed its integrity checks: {}",
+        s.to_text()
+    );
     Rate {
         bytes_per_s: s.tx_bytes as f64 / s.seconds,
         frames_per_s: s.tx_frames as f64 / s.seconds,
@@ -180,7 +184,11 @@ fn main() {
             BuiltinKind::UnixGram => "unixgram",
             BuiltinKind::UnixStream => "unixstream",
         };
-        let (d, r) = paired(rounds, || device(kind, 65536, secs), || raw(kind, 65536, secs));
+        let (d, r) = paired(
+            rounds,
+            || device(kind, 65536, secs),
+            || raw(kind, 65536, secs),
+        );
         println!(
             "{:<44} {:>7.2} Gb/s {:>7.2} Gb/s {:>7.1}%  (target >= 70%)",
             format!("{name} 64 KiB guest->sink vs raw socketpair"),
@@ -188,7 +196,11 @@ fn main() {
             gbit(r),
             100.0 * d.bytes_per_s / r.bytes_per_s
         );
-        let (d, r) = paired(rounds, || device(kind, 1514, secs), || raw(kind, 1514, secs));
+        let (d, r) = paired(
+            rounds,
+            || device(kind, 1514, secs),
+            || raw(kind, 1514, secs),
+        );
         println!(
             "{:<44} {:>7.0} kf/s {:>7.0} kf/s {:>7.1}%",
             format!("{name} 1514 B guest->sink vs raw socketpair"),

@@ -67,7 +67,10 @@ fn injected_enobufs_episodes_match_the_trace() {
     // A burst of 2 means at least two failed sends per episode.
     assert!(o.u("retries") >= 2 * episodes, "{}", o.json);
     assert_eq!(trace_rows(&trace, "tx_frame"), o.u("tx_frames"));
-    assert_eq!(o.json["device"]["injected_faults"].as_u64(), Some(o.u("retries")));
+    assert_eq!(
+        o.json["device"]["injected_faults"].as_u64(),
+        Some(o.u("retries"))
+    );
 }
 
 /// Injected failures make episodes deterministically; with write events lost, only the
@@ -89,7 +92,11 @@ fn lost_write_events_are_rescued_by_the_timer() {
     assert_eq!(o.u("stalls"), 0);
     assert_eq!(o.errors(), 0);
     assert!(o.u("episodes") > 0);
-    assert!(o.json["device"]["timer_fired"].as_u64().unwrap() > 0, "{}", o.json);
+    assert!(
+        o.json["device"]["timer_fired"].as_u64().unwrap() > 0,
+        "{}",
+        o.json
+    );
     assert_eq!(o.json["to_proxy"]["data_frames"].as_u64(), Some(300));
 }
 

@@ -83,7 +83,16 @@ fn small_frames_no_acks_both_backends() {
         check(
             backend,
             "both",
-            &["--tx-size", "1514", "--rx-size", "1514", "--streams", "2", "--ack-size", "0"],
+            &[
+                "--tx-size",
+                "1514",
+                "--rx-size",
+                "1514",
+                "--streams",
+                "2",
+                "--ack-size",
+                "0",
+            ],
         );
     }
 }
@@ -109,5 +118,8 @@ fn impossible_ring_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--queue-size 64") && err.contains("--rx-buf-len 512"), "{err}");
+    assert!(
+        err.contains("--queue-size 64") && err.contains("--rx-buf-len 512"),
+        "{err}"
+    );
 }

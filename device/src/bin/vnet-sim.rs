@@ -196,7 +196,10 @@ fn real_main(cli: Cli, no_args: bool) -> Result<bool, String> {
     let cfg = config(&cli)?;
     let result = vnet_device::sim::run(&cfg);
     let rows = match probes::take_recorder() {
-        Some(rec) => Some(rec.finish().map_err(|e| format!("writing the trace: {e}"))?),
+        Some(rec) => Some(
+            rec.finish()
+                .map_err(|e| format!("writing the trace: {e}"))?,
+        ),
         None => None,
     };
     drop(chrome_guard);
@@ -274,7 +277,10 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
         }
     }
     if cli.rx_buf_len < 64 {
-        return Err(format!("--rx-buf-len {}: must be at least 64", cli.rx_buf_len));
+        return Err(format!(
+            "--rx-buf-len {}: must be at least 64",
+            cli.rx_buf_len
+        ));
     }
     Ok(cfg)
 }
@@ -311,6 +317,6 @@ fn print_summary(
 
 /// The retry-count report for a recorded trace, through the analyze library.
 fn render_report(path: &Path) -> Result<String, String> {
-    let _ = path;
-    Err("the analyze library is not available in this build yet".into())
+    analyze::render_report(&[path.to_path_buf()], &analyze::ReportOptions::default())
+        .map_err(|e| e.to_string())
 }

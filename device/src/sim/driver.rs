@@ -231,9 +231,10 @@ impl GuestQueue {
             m.write_slice(&d, at).map_err(mem_err(at))?;
         }
         let head = ids[0];
-        let slot = self.layout.avail.unchecked_add(
-            4 + 2 * u64::from(self.next_avail.0 % self.layout.size),
-        );
+        let slot = self
+            .layout
+            .avail
+            .unchecked_add(4 + 2 * u64::from(self.next_avail.0 % self.layout.size));
         m.write_obj(head.to_le(), slot).map_err(mem_err(slot))?;
         self.chains[usize::from(head)] = Some((ids, token));
         self.next_avail += Wrapping(1);
@@ -300,11 +301,7 @@ impl GuestQueue {
         m.read_slice(&mut e, elem).map_err(mem_err(elem))?;
         let id = u32::from_le_bytes(e[0..4].try_into().unwrap());
         let len = u32::from_le_bytes(e[4..8].try_into().unwrap());
-        let Some((ids, token)) = self
-            .chains
-            .get_mut(id as usize)
-            .and_then(|c| c.take())
-        else {
+        let Some((ids, token)) = self.chains.get_mut(id as usize).and_then(|c| c.take()) else {
             return Err(DriverError::BadUsedId { id });
         };
         self.free.extend(ids.iter().rev());

@@ -155,12 +155,7 @@ impl Framer for SimFramer {
         let mut head = [0u8; ETH_HDR + STAMP_LEN];
         head[..ETH_HDR].copy_from_slice(&eth);
         super::integrity::write_stamp(&mut head[ETH_HDR..], &stamp_for(n), p);
-        let err = |a: GuestAddress| {
-            move |source| DriverError::Memory {
-                addr: a.0,
-                source,
-            }
-        };
+        let err = |a: GuestAddress| move |source| DriverError::Memory { addr: a.0, source };
         mem.write_slice(&head, addr).map_err(err(addr))?;
         let body = GuestAddress(addr.0 + head.len() as u64);
         mem.write_slice(p.bytes(), body).map_err(err(body))?;
@@ -348,7 +343,10 @@ impl GuestTx {
                 let addr = self.layout.tx_slot(slot);
                 let m = self.mem.memory();
                 m.write_slice(&[0u8; NET_HDR_LEN], addr)
-                    .map_err(|source| DriverError::Memory { addr: addr.0, source })?;
+                    .map_err(|source| DriverError::Memory {
+                        addr: addr.0,
+                        source,
+                    })?;
                 let at = GuestAddress(addr.0 + NET_HDR_LEN as u64);
                 m.write_slice(&frame, at)
                     .map_err(|source| DriverError::Memory { addr: at.0, source })?;
@@ -368,7 +366,10 @@ impl GuestTx {
                         break;
                     }
                     Err(Idle::DataDone) => {
-                        self.shared.guest_sent.data_done.store(true, Ordering::Release);
+                        self.shared
+                            .guest_sent
+                            .data_done
+                            .store(true, Ordering::Release);
                         break;
                     }
                 };
@@ -388,12 +389,13 @@ impl GuestTx {
                 }
                 let m = self.mem.memory();
                 m.write_slice(&[0u8; NET_HDR_LEN], addr)
-                    .map_err(|source| DriverError::Memory { addr: addr.0, source })?;
-                let len = self.framer.write(
-                    &m,
-                    GuestAddress(addr.0 + NET_HDR_LEN as u64),
-                    &next,
-                )?;
+                    .map_err(|source| DriverError::Memory {
+                        addr: addr.0,
+                        source,
+                    })?;
+                let len =
+                    self.framer
+                        .write(&m, GuestAddress(addr.0 + NET_HDR_LEN as u64), &next)?;
                 debug_assert_eq!(len, next.len);
                 self.queue.add(&chain, slot)?;
                 free_slots.pop();
@@ -425,7 +427,10 @@ impl GuestTx {
                 && self.shared.check_guest_rx_data()
                 && self.shared.guest_acks_owed.load(Ordering::Acquire) == 0
             {
-                self.shared.guest_sent.acks_done.store(true, Ordering::Release);
+                self.shared
+                    .guest_sent
+                    .acks_done
+                    .store(true, Ordering::Release);
                 if self.queue.in_flight() == 0 {
                     break;
                 }
@@ -520,7 +525,10 @@ impl GuestRx {
                 let addr = self.layout.rx_buf(u.token);
                 let len = (u.len as usize).min(buf_len as usize);
                 m.read_slice(&mut scratch[..len], addr)
-                    .map_err(|source| DriverError::Memory { addr: addr.0, source })?;
+                    .map_err(|source| DriverError::Memory {
+                        addr: addr.0,
+                        source,
+                    })?;
                 // Give the buffer straight back, as the driver refills its ring.
                 let b = Buf {
                     addr,
@@ -596,7 +604,9 @@ impl GuestRx {
         }
         self.shared.guest_received.fetch_add(1, Ordering::AcqRel);
         if matches!(stamp, Some(s) if s.kind == Kind::Data) {
-            self.shared.guest_received_data.fetch_add(1, Ordering::AcqRel);
+            self.shared
+                .guest_received_data
+                .fetch_add(1, Ordering::AcqRel);
         }
         if self.send_acks && matches!(stamp, Some(s) if s.kind == Kind::Data) {
             self.shared.guest_acks_owed.fetch_add(1, Ordering::AcqRel);

@@ -253,7 +253,9 @@ fn read_loop(
             checker.observe(&[], 0)
         };
         reader.consume(off, len);
-        shared.proxy_rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        shared
+            .proxy_rx_bytes
+            .fetch_add(len as u64, Ordering::Relaxed);
         if counts_as_received(verdict) {
             shared.proxy_received.fetch_add(1, Ordering::AcqRel);
             if matches!(stamp, Some(s) if s.kind == Kind::Data) {

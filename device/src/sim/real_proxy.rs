@@ -218,7 +218,10 @@ impl Framer for UdpFramer {
             .write(&mut self.scratch, &self.region)
             .expect("writing to a Vec cannot fail");
         mem.write_slice(&self.scratch, addr)
-            .map_err(|source| DriverError::Memory { addr: addr.0, source })?;
+            .map_err(|source| DriverError::Memory {
+                addr: addr.0,
+                source,
+            })?;
         Ok(self.scratch.len())
     }
 

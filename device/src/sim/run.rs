@@ -305,7 +305,8 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
     let (rx_queue, mut guest_checker) = rx_res?;
 
     // Frames that never arrived at the tail count as lost.
-    let to_proxy = proxy_counts.map(|mut c| c.finish(&shared.guest_sent.per_stream(workload.streams)));
+    let to_proxy =
+        proxy_counts.map(|mut c| c.finish(&shared.guest_sent.per_stream(workload.streams)));
     let mut udp_lost = 0;
     let to_guest = if real {
         // Echoes that never came back: UDP may drop them, so they are reported apart.
@@ -447,8 +448,8 @@ fn watch(
         let idle = last_move.elapsed();
         if real {
             let sending_done = shared.guest_sent.all_done();
-            let all_back = shared.guest_received.load(Ordering::Acquire)
-                >= shared.guest_sent.total();
+            let all_back =
+                shared.guest_received.load(Ordering::Acquire) >= shared.guest_sent.total();
             if sending_done && (all_back || idle >= cfg.drain_timeout) {
                 break None;
             }
@@ -478,7 +479,6 @@ fn in_flight(s: &Shared) -> u64 {
     let g = s.guest_sent.total();
     let p = s.proxy_sent.total();
     g.saturating_sub(s.proxy_received.load(Ordering::Acquire))
-        .max(0)
         + p.saturating_sub(s.guest_received.load(Ordering::Acquire))
 }
 

@@ -100,7 +100,7 @@ impl Workload {
                 ));
             }
         }
-        if self.streams == 0 || self.streams >= ACK_STREAM {
+        if self.streams == 0 || self.streams == ACK_STREAM {
             return Err(format!(
                 "--streams {}: must be between 1 and {}",
                 self.streams,

@@ -53,7 +53,9 @@ pub fn sim(args: &[&str], bound: Duration) -> Outcome {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!("vnet-sim {args:?}: stdout is not one JSON object ({e}):\n{stdout}\nstderr:\n{stderr}")
+        panic!(
+            "vnet-sim {args:?}: stdout is not one JSON object ({e}):\n{stdout}\nstderr:\n{stderr}"
+        )
     });
     Outcome {
         code: status.code().unwrap_or(-1),
@@ -80,10 +82,7 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
-        let p = std::env::temp_dir().join(format!(
-            "vnet-sim-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
+        let p = std::env::temp_dir().join(format!("vnet-sim-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&p).expect("create temp dir");
         TempDir(p)
     }
