@@ -150,6 +150,8 @@ pub struct RunResult {
     pub daemon: Option<Value>,
     pub trace: Option<PathBuf>,
     pub out_dir: PathBuf,
+    /// Where this run's `iperf3 -s` listened (lets scripts check it is gone).
+    pub iperf3_port: u16,
 }
 
 /// A mode-1777 directory for the sockets (passt drops to `nobody` before binding).
@@ -272,6 +274,10 @@ fn qemu_command(cfg: &RunConfig, accel: Accel, console: &Path, append: &str) -> 
         Machine::Microvm => "microvm,memory-backend=mem",
     };
     cmd.args(["-M", machine]);
+    if cfg.machine == Machine::Microvm {
+        // virtio-mmio defaults to the legacy interface; the device is a VERSION_1 device.
+        cmd.args(["-global", "virtio-mmio.force-legacy=false"]);
+    }
     match accel {
         Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
         _ => cmd.args(["-accel", "tcg", "-cpu", "max"]),
@@ -530,7 +536,10 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
     let _ = passt.stop(Duration::from_secs(2));
     let _ = iperf.stop(Duration::from_secs(2));
 
-    result(cfg, parsed, wall_s, daemon_json, trace)
+    result(cfg, parsed, wall_s, daemon_json, trace).map(|r| RunResult {
+        iperf3_port: port,
+        ..r
+    })
 }
 
 fn result(
@@ -579,6 +588,7 @@ fn result(
         daemon,
         trace,
         out_dir: cfg.out_dir.clone(),
+        iperf3_port: 0,
     })
 }
 

@@ -79,6 +79,7 @@ impl Summary<'_> {
             m.insert("daemon".into(), d.daemon.clone().unwrap_or(Value::Null));
             m.insert("trace".into(), json!(d.trace));
             m.insert("out_dir".into(), json!(d.out_dir));
+            m.insert("iperf3_port".into(), json!(d.iperf3_port));
         }
         if let Some(b) = self.baseline {
             m.insert("baseline_fwd_gbit_per_s".into(), json!(b.fwd_gbit_per_s));
@@ -171,6 +172,7 @@ mod tests {
             daemon: Some(json!({"device": {"tx_frames": 10, "rx_bytes": 99}})),
             trace: None,
             out_dir: "/tmp/x".into(),
+            iperf3_port: 5201,
         }
     }
 

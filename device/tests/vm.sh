@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# A real VM through the vhost-user daemon: a Debian guest kernel's virtio-net driver on
+# vnet-vhost, passt behind it, iperf3 forward and reverse for a few seconds each.
+# Asserts that traffic moved both ways through the daemon (its counters cover what iperf3
+# moved), that the bpftrace capture has per-frame rows matching the counters, and that
+# nothing the run started is left running. Needs root (bpftrace, and apt-get download on
+# a fresh machine), QEMU, passt and iperf3; skips with the reason otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+skip() { echo "vm.sh: SKIP: $*"; exit 0; }
+[ "$(id -u)" = 0 ] || skip "needs root (bpftrace, apt-get download)"
+for tool in qemu-system-x86_64 passt iperf3 python3; do
+  command -v "$tool" >/dev/null || skip "$tool is not installed (run .ci/setup.sh)"
+done
+
+SECONDS_PER_TEST=${VNET_VM_SECONDS:-3}
+cargo build --release --quiet --bin vnet-vm --bin vnet-vhost
+
+out=$(mktemp -d /tmp/vnet-vm-ci.XXXXXX)
+trap 'rm -rf "$out"' EXIT
+# The runner's socket directory goes under $out (via TMPDIR), so every process of this run
+# has $out in its command line; passt runs as nobody and must reach it.
+chmod 755 "$out"
+mkdir -m 1777 "$out/tmp"
+tracer=()
+if command -v bpftrace >/dev/null; then tracer=(--tracer bpftrace); else echo "vm.sh: bpftrace missing: no trace checks"; fi
+
+status=0
+TMPDIR="$out/tmp" timeout --kill-after=10 240 ./target/release/vnet-vm --tests fwd,rev --seconds "$SECONDS_PER_TEST" \
+  "${tracer[@]}" --json --out "$out" >"$out/stdout.json" 2>"$out/runner.log" &
+runner=$!
+wait $runner || status=$?
+if [ $status -ne 0 ]; then
+  echo "vm.sh: vnet-vm failed ($status):"; cat "$out/runner.log"
+  for f in "$out"/vhost/{daemon.log,qemu.err,passt.err}; do [ -s "$f" ] && { echo "--- $f"; tail -20 "$f"; }; done
+  [ -f "$out/vhost/console.log" ] && { echo "--- console"; tail -30 "$out/vhost/console.log"; }
+  exit 1
+fi
+cat "$out/runner.log"
+
+python3 - "$out/stdout.json" "${#tracer[@]}" "$out" <<'EOF'
+import json, os, sys
+summary = json.load(open(sys.argv[1]))
+traced = sys.argv[2] != "0"
+out_dir = sys.argv[3]
+fail = []
+def check(cond, msg):
+    print(("ok   " if cond else "FAIL ") + msg)
+    if not cond:
+        fail.append(msg)
+
+fwd, rev = summary["fwd_gbit_per_s"], summary["rev_gbit_per_s"]
+check(fwd is not None and fwd > 0, f"forward throughput {fwd} Gbit/s > 0")
+check(rev is not None and rev > 0, f"reverse throughput {rev} Gbit/s > 0")
+d = summary["daemon"]
+check(d is not None and d.get("end") == "disconnected", f"daemon ended on QEMU's disconnect: {d and d.get('end')}")
+tests = {t["name"]: t for t in summary["tests"]}
+sent = tests["fwd"]["fwd"]["bytes_sent"]            # TCP payload the guest sent
+received = tests["rev"]["rev"]["bytes_received"]    # TCP payload the guest received
+# Every payload byte crossed the daemon inside an Ethernet frame: counters must cover them,
+# and not by absurd margins (headers and ACKs add well under 2x at MTU 1500).
+check(d["tx_bytes"] >= sent, f"daemon tx_bytes {d['tx_bytes']} >= guest sent {sent}")
+check(d["rx_bytes"] >= received, f"daemon rx_bytes {d['rx_bytes']} >= guest received {received}")
+check(d["tx_bytes"] < 3 * sent + 50_000_000, f"daemon tx_bytes {d['tx_bytes']} not wildly above {sent}")
+check(d["rx_bytes"] < 3 * received + 50_000_000, f"daemon rx_bytes {d['rx_bytes']} not wildly above {received}")
+check(d["handshake"]["early_enables"] > 0, f"QEMU's early SET_VRING_ENABLE seen ({d['handshake']['early_enables']})")
+check(d["drops"]["total"] == 0, f"no frames dropped ({d['drops']})")
+check(summary["retransmits"] is not None, f"retransmits reported ({summary['retransmits']})")
+
+if traced:
+    counts = {}
+    with open(summary["trace"]) as f:
+        header = None
+        for line in f:
+            if line.startswith("#") or not line.strip():
+                continue
+            if header is None:
+                if line.startswith("ts_ns,"):
+                    header = line.strip().split(",")
+                continue
+            probe = line.split(",", 3)[2]
+            counts[probe] = counts.get(probe, 0) + 1
+    check(header is not None, "trace has the CSV header")
+    check(counts.get("tx_frame", 0) > 0 and counts.get("rx_frame", 0) > 0,
+          f"trace has tx_frame ({counts.get('tx_frame', 0)}) and rx_frame ({counts.get('rx_frame', 0)}) rows")
+    check(counts.get("tx_frame") == d["tx_frames"], f"tx_frame rows {counts.get('tx_frame')} == daemon tx_frames {d['tx_frames']}")
+    check(counts.get("rx_frame") == d["rx_frames"], f"rx_frame rows {counts.get('rx_frame')} == daemon rx_frames {d['rx_frames']}")
+
+# Nothing left behind: every child of the run had $out (sockets, console, trace) or the
+# iperf3 port in its command line.
+marker = out_dir
+port = f"-p {summary['iperf3_port']}"
+left = []
+me = {str(os.getpid()), str(os.getppid())}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if pid in me:
+        continue
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        continue
+    if marker in cmd or ("iperf3" in cmd and port in cmd):
+        left.append(f"{pid}: {cmd}")
+check(not left, f"no leftover processes {left}")
+if fail:
+    sys.exit(1)
+EOF
+echo "vm.sh: ok"
