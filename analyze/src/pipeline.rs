@@ -3,7 +3,6 @@
 //! Memory stays bounded by the number of open episodes and the reorder window, never by the
 //! number of rows.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -66,52 +65,101 @@ pub trait Visitor: EpisodeSink {
 }
 
 /// Puts slightly out-of-order events back in order, within a time window.
+///
+/// A plain vector with a moving head (compacted now and then) rather than a VecDeque: rows
+/// are parsed straight into it and handed out as slices, so the hot path copies nothing.
 struct Reorder {
-    buf: VecDeque<Event>,
+    buf: Vec<Event>,
+    head: usize,
     max_ts: i64,
     max_line: u64,
     window: i64,
 }
 
 impl Reorder {
-    fn push(&mut self, ev: Event, name: &str, reordered: &mut u64) -> Result<(), Error> {
-        if self.buf.is_empty() && ev.ts_ns >= self.max_ts {
-            self.max_ts = ev.ts_ns;
-            self.max_line = ev.line;
-            self.buf.push_back(ev);
+    fn new(window: i64) -> Reorder {
+        Reorder {
+            buf: Vec::with_capacity(8192),
+            head: 0,
+            max_ts: i64::MIN,
+            max_line: 0,
+            window,
+        }
+    }
+
+    /// A fresh slot at the back for the next event to be parsed into.
+    #[inline]
+    fn slot(&mut self) -> &mut Event {
+        self.buf.push(Event::new(crate::event::Kind::TxFrame, 0));
+        self.buf.last_mut().expect("just pushed")
+    }
+
+    /// The slot was not filled (a bad or skipped line).
+    #[inline]
+    fn abort(&mut self) {
+        self.buf.pop();
+    }
+
+    /// Accepts the event in the back slot, moving it into time order if it came late.
+    #[inline]
+    fn commit(&mut self, name: &str, reordered: &mut u64) -> Result<(), Error> {
+        let last = self.buf.len() - 1;
+        let (ts, line) = (self.buf[last].ts_ns, self.buf[last].line);
+        if ts >= self.max_ts {
+            self.max_ts = ts;
+            self.max_line = line;
             return Ok(());
         }
-        if ev.ts_ns < self.max_ts {
-            let back = self.max_ts - ev.ts_ns;
-            if back > self.window {
-                return Err(Error::OutOfOrder {
-                    file: name.to_string(),
-                    line: ev.line,
-                    ts_ns: ev.ts_ns,
-                    back_ns: back,
-                    prev_line: self.max_line,
-                    window_ns: self.window,
-                });
-            }
-            *reordered += 1;
-            // Insert after every event with ts <= this one (stable for equal timestamps).
-            let pos = self.buf.partition_point(|e| e.ts_ns <= ev.ts_ns);
-            self.buf.insert(pos, ev);
-        } else {
-            self.max_ts = ev.ts_ns;
-            self.max_line = ev.line;
-            self.buf.push_back(ev);
+        self.commit_late(name, reordered)
+    }
+
+    #[cold]
+    fn commit_late(&mut self, name: &str, reordered: &mut u64) -> Result<(), Error> {
+        let ev = self.buf.pop().expect("slot exists");
+        let back = self.max_ts - ev.ts_ns;
+        if back > self.window {
+            return Err(Error::OutOfOrder {
+                file: name.to_string(),
+                line: ev.line,
+                ts_ns: ev.ts_ns,
+                back_ns: back,
+                prev_line: self.max_line,
+                window_ns: self.window,
+            });
         }
+        *reordered += 1;
+        // After every event with ts <= this one (stable for equal timestamps). Events already
+        // handed out are older than the window, so the insert lands among pending ones.
+        let pos = self.head + self.buf[self.head..].partition_point(|e| e.ts_ns <= ev.ts_ns);
+        self.buf.insert(pos, ev);
         Ok(())
     }
 
-    /// Events older than the window can no longer be overtaken.
+    /// Pending events old enough that no late event can overtake them any more.
     #[inline]
-    fn ready(&mut self) -> Option<Event> {
-        match self.buf.front() {
-            Some(e) if e.ts_ns < self.max_ts.saturating_sub(self.window) => self.buf.pop_front(),
-            _ => None,
+    fn ready(&self) -> std::ops::Range<usize> {
+        let horizon = self.max_ts.saturating_sub(self.window);
+        let n = self.buf[self.head..].partition_point(|e| e.ts_ns < horizon);
+        self.head..self.head + n
+    }
+
+    /// Everything pending (end of input).
+    fn all(&self) -> std::ops::Range<usize> {
+        self.head..self.buf.len()
+    }
+
+    /// Marks events up to `end` as handed out; compacts once the dead prefix is large.
+    #[inline]
+    fn consume(&mut self, end: usize) {
+        self.head = end;
+        if self.head >= 4096 && self.head * 2 >= self.buf.len() {
+            self.buf.drain(..self.head);
+            self.head = 0;
         }
+    }
+
+    fn pending(&self) -> usize {
+        self.buf.len() - self.head
     }
 }
 
@@ -151,12 +199,7 @@ pub fn run(
         };
         let mut reader = input::open(path)?;
         let mut state = State::Undecided;
-        let mut reorder = Reorder {
-            buf: VecDeque::new(),
-            max_ts: i64::MIN,
-            max_line: 0,
-            window: opts.reorder_window_ns.max(0),
-        };
+        let mut reorder = Reorder::new(opts.reorder_window_ns.max(0));
         let mut started = false;
         let mut counters = (0u64, 0u64, 0u64); // events, skipped, reordered
 
@@ -192,7 +235,7 @@ pub fn run(
                     started = true;
                     visitor.source_start(idx, &info);
                 }
-                let ev = match &mut state {
+                match &mut state {
                     State::Trace => {
                         if line[0] == b'#' {
                             if let Some(off) = trace::parse_clock_comment(line) {
@@ -200,10 +243,14 @@ pub fn run(
                             }
                             return Ok(());
                         }
-                        trace::parse_row(&name, idx, line_no, line)?
+                        let slot = reorder.slot();
+                        if let Err(e) = trace::parse_row_into(slot, &name, idx, line_no, line) {
+                            reorder.abort();
+                            return Err(e);
+                        }
                     }
                     State::Log(parser) => match parser.parse(&name, idx, line_no, line)? {
-                        LogLine::Event(ev) => ev,
+                        LogLine::Event(ev) => *reorder.slot() = ev,
                         LogLine::Skipped => {
                             counters.1 += 1;
                             return Ok(());
@@ -212,10 +259,20 @@ pub fn run(
                     State::Undecided => unreachable!(),
                 };
                 counters.0 += 1;
-                reorder.push(ev, &name, &mut counters.2)?;
-                while let Some(ev) = reorder.ready() {
-                    visitor.event(&ev, &info);
-                    tracker.feed(&ev, &mut SinkRef(visitor))?;
+                reorder.commit(&name, &mut counters.2)?;
+                // Hand out in batches: one search for the ready prefix per 256 events.
+                if reorder.pending() >= 256 {
+                    let range = reorder.ready();
+                    let end = range.end;
+                    for i in range {
+                        let ev = &reorder.buf[i];
+                        visitor.event(ev, &info);
+                        if let Err(e) = tracker.feed(ev, &mut SinkRef(visitor)) {
+                            reorder.consume(i + 1);
+                            return Err(e);
+                        }
+                    }
+                    reorder.consume(end);
                 }
                 Ok(())
             })();
@@ -241,7 +298,8 @@ pub fn run(
         if !started {
             visitor.source_start(idx, &info);
         }
-        while let Some(ev) = reorder.buf.pop_front() {
+        for i in reorder.all() {
+            let ev = reorder.buf[i];
             visitor.event(&ev, &info);
             if let Err(e) = tracker.feed(&ev, &mut SinkRef(visitor)) {
                 if opts.lenient && e.is_line_error() {
