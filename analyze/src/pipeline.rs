@@ -87,19 +87,6 @@ impl Reorder {
         }
     }
 
-    /// A fresh slot at the back for the next event to be parsed into.
-    #[inline]
-    fn slot(&mut self) -> &mut Event {
-        self.buf.push(Event::new(crate::event::Kind::TxFrame, 0));
-        self.buf.last_mut().expect("just pushed")
-    }
-
-    /// The slot was not filled (a bad or skipped line).
-    #[inline]
-    fn abort(&mut self) {
-        self.buf.pop();
-    }
-
     /// Accepts the event in the back slot, moving it into time order if it came late.
     #[inline]
     fn commit(&mut self, name: &str, reordered: &mut u64) -> Result<(), Error> {
@@ -157,10 +144,6 @@ impl Reorder {
             self.head = 0;
         }
     }
-
-    fn pending(&self) -> usize {
-        self.buf.len() - self.head
-    }
 }
 
 /// Lets the tracker call the visitor's episode hooks while the driver also holds it.
@@ -180,6 +163,210 @@ enum State {
     Log(LogParser),
 }
 
+/// What the reading thread hands to the analysing thread, in input order.
+enum Item {
+    Event(Event),
+    /// A log line that is not one of ours.
+    Skipped,
+    /// A bad line; `complete` is false for a last line without a newline.
+    Bad {
+        err: Error,
+        complete: bool,
+    },
+    /// The format is known (first data line); logs carry wall-clock time (offset 0).
+    Format(Format, Option<i64>),
+    /// A `# clock` comment: the wall-clock offset from here on.
+    Clock(i64),
+}
+
+enum Msg {
+    Batch(Vec<Item>),
+    Fatal(Error),
+}
+
+const BATCH: usize = 4096;
+
+/// The reading side: bytes → lines → items, in batches. Runs on its own thread so parsing
+/// overlaps with the analysis (the machine this targets has two cores).
+fn produce(
+    path: &std::path::Path,
+    idx: u32,
+    name: &str,
+    tx: &std::sync::mpsc::SyncSender<Msg>,
+    recycled: &std::sync::mpsc::Receiver<Vec<Item>>,
+) {
+    let mut reader = match input::open(path) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.send(Msg::Fatal(e));
+            return;
+        }
+    };
+    let mut state = State::Undecided;
+    let mut batch: Vec<Item> = Vec::with_capacity(BATCH);
+    let mut receiver_gone = false;
+    let result = input::for_each_line(&mut *reader, name, |line, line_no, complete| {
+        let item = (|| -> Result<Option<Item>, Error> {
+            if line.is_empty() {
+                return Ok(None);
+            }
+            match &mut state {
+                State::Trace => {
+                    if line[0] == b'#' {
+                        return Ok(trace::parse_clock_comment(line).map(Item::Clock));
+                    }
+                    // Parsed in place in the batch: no copy of the event on the way.
+                    batch.push(Item::Event(Event::new(crate::event::Kind::TxFrame, 0)));
+                    let Some(Item::Event(ev)) = batch.last_mut() else {
+                        unreachable!("just pushed")
+                    };
+                    if let Err(e) = trace::parse_row_into(ev, name, idx, line_no, line) {
+                        batch.pop();
+                        return Err(e);
+                    }
+                    Ok(None)
+                }
+                State::Log(parser) => Ok(Some(match parser.parse(name, idx, line_no, line)? {
+                    LogLine::Event(ev) => Item::Event(ev),
+                    LogLine::Skipped => Item::Skipped,
+                })),
+                State::Undecided => {
+                    if let Some(byte) = input::first_binary_byte(line) {
+                        return Err(Error::Binary {
+                            file: name.to_string(),
+                            line: line_no,
+                            byte,
+                        });
+                    }
+                    if line[0] == b'#' {
+                        return Ok(trace::parse_clock_comment(line).map(Item::Clock));
+                    }
+                    match input::detect(line) {
+                        Format::Trace => {
+                            state = State::Trace;
+                            trace::check_header(name, line_no, line)?;
+                            Ok(Some(Item::Format(Format::Trace, None)))
+                        }
+                        Format::Log => {
+                            let mut parser = LogParser::default();
+                            let first = parser.parse(name, idx, line_no, line);
+                            state = State::Log(parser);
+                            batch.push(Item::Format(Format::Log, Some(0)));
+                            Ok(Some(match first? {
+                                LogLine::Event(ev) => Item::Event(ev),
+                                LogLine::Skipped => Item::Skipped,
+                            }))
+                        }
+                    }
+                }
+            }
+        })();
+        match item {
+            Ok(Some(it)) => batch.push(it),
+            Ok(None) => {}
+            Err(err) if err.is_line_error() => batch.push(Item::Bad { err, complete }),
+            Err(err) => return Err(err),
+        }
+        if batch.len() >= BATCH {
+            let next = recycled
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+            if tx
+                .send(Msg::Batch(std::mem::replace(&mut batch, next)))
+                .is_err()
+            {
+                receiver_gone = true;
+                return Ok(false); // the analysis stopped (an error): stop reading
+            }
+        }
+        Ok(true)
+    });
+    if receiver_gone {
+        return;
+    }
+    match result {
+        Ok(()) => {
+            if !batch.is_empty() {
+                let _ = tx.send(Msg::Batch(batch));
+            }
+        }
+        Err(e) => {
+            if !batch.is_empty() {
+                let _ = tx.send(Msg::Batch(batch));
+            }
+            let _ = tx.send(Msg::Fatal(e));
+        }
+    }
+}
+
+/// The analysing side's per-file state.
+struct Consumer<'a> {
+    name: String,
+    info: SourceInfo,
+    reorder: Reorder,
+    started: bool,
+    idx: u32,
+    events: u64,
+    skipped: u64,
+    reordered: u64,
+    opts: &'a ReadOptions,
+}
+
+impl Consumer<'_> {
+    fn start(&mut self, visitor: &mut dyn Visitor) {
+        if !self.started {
+            self.started = true;
+            visitor.source_start(self.idx, &self.info);
+        }
+    }
+
+    /// Lenient mode turns line errors into counted skips; a cut-off last line is a note.
+    fn line_error(
+        &self,
+        err: Error,
+        complete: bool,
+        summary: &mut InputSummary,
+    ) -> Result<(), Error> {
+        if !complete && !matches!(err, Error::Binary { .. }) {
+            let line = match &err {
+                Error::Field { line, .. } | Error::OutOfOrder { line, .. } => *line,
+                _ => 0,
+            };
+            summary.truncated.push(format!(
+                "{}:{line}: last line is cut off (no newline); ignored: {err}",
+                self.name
+            ));
+            return Ok(());
+        }
+        if self.opts.lenient && err.is_line_error() {
+            summary.bad_lines += 1;
+            if summary.bad_examples.len() < 5 {
+                summary.bad_examples.push(err.to_string());
+            }
+            return Ok(());
+        }
+        Err(err)
+    }
+
+    fn hand_out(
+        &mut self,
+        range: std::ops::Range<usize>,
+        visitor: &mut dyn Visitor,
+        tracker: &mut Tracker,
+        summary: &mut InputSummary,
+    ) -> Result<(), Error> {
+        for i in range.clone() {
+            let ev = &self.reorder.buf[i];
+            visitor.event(ev, &self.info);
+            if let Err(e) = tracker.feed(ev, &mut SinkRef(visitor)) {
+                self.line_error(e, true, summary)?;
+            }
+        }
+        self.reorder.consume(range.end);
+        Ok(())
+    }
+}
+
 /// Reads every input in turn and feeds the visitor. Returns what it saw.
 pub fn run(
     paths: &[PathBuf],
@@ -192,135 +379,76 @@ pub fn run(
     for (idx, path) in paths.iter().enumerate() {
         let idx = idx as u32;
         let name = names[idx as usize].clone();
-        let mut info = SourceInfo {
+        let mut c = Consumer {
             name: name.clone(),
-            format: None,
-            wall_offset_ns: None,
+            info: SourceInfo {
+                name: name.clone(),
+                format: None,
+                wall_offset_ns: None,
+            },
+            reorder: Reorder::new(opts.reorder_window_ns.max(0)),
+            started: false,
+            idx,
+            events: 0,
+            skipped: 0,
+            reordered: 0,
+            opts,
         };
-        let mut reader = input::open(path)?;
-        let mut state = State::Undecided;
-        let mut reorder = Reorder::new(opts.reorder_window_ns.max(0));
-        let mut started = false;
-        let mut counters = (0u64, 0u64, 0u64); // events, skipped, reordered
-
-        input::for_each_line(&mut *reader, &name, |line, line_no, complete| {
-            let result = (|| -> Result<(), Error> {
-                if line.is_empty() {
-                    return Ok(());
-                }
-                if let State::Undecided = state {
-                    if let Some(byte) = input::first_binary_byte(line) {
-                        return Err(Error::Binary {
-                            file: name.clone(),
-                            line: line_no,
-                            byte,
-                        });
-                    }
-                    if line[0] == b'#' {
-                        if let Some(off) = trace::parse_clock_comment(line) {
-                            info.wall_offset_ns = Some(off);
-                        }
-                        return Ok(());
-                    }
-                    let format = input::detect(line);
-                    info.format = Some(format);
-                    if format == Format::Trace {
-                        state = State::Trace;
-                        return trace::check_header(&name, line_no, line);
-                    }
-                    info.wall_offset_ns = Some(0);
-                    state = State::Log(LogParser::default());
-                }
-                if !started {
-                    started = true;
-                    visitor.source_start(idx, &info);
-                }
-                match &mut state {
-                    State::Trace => {
-                        if line[0] == b'#' {
-                            if let Some(off) = trace::parse_clock_comment(line) {
-                                info.wall_offset_ns = Some(off);
-                            }
-                            return Ok(());
-                        }
-                        let slot = reorder.slot();
-                        if let Err(e) = trace::parse_row_into(slot, &name, idx, line_no, line) {
-                            reorder.abort();
-                            return Err(e);
-                        }
-                    }
-                    State::Log(parser) => match parser.parse(&name, idx, line_no, line)? {
-                        LogLine::Event(ev) => *reorder.slot() = ev,
-                        LogLine::Skipped => {
-                            counters.1 += 1;
-                            return Ok(());
-                        }
-                    },
-                    State::Undecided => unreachable!(),
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(4);
+        let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<Item>>();
+        let outcome = std::thread::scope(|scope| -> Result<(), Error> {
+            let producer_name = name.clone();
+            scope.spawn(move || produce(path, idx, &producer_name, &tx, &recycle_rx));
+            // Owned here so that returning early drops it: the producer's next send fails
+            // and it stops, instead of blocking the scope's join forever.
+            let rx = rx;
+            for msg in rx.iter() {
+                let mut items = match msg {
+                    Msg::Batch(items) => items,
+                    Msg::Fatal(e) => return Err(e),
                 };
-                counters.0 += 1;
-                reorder.commit(&name, &mut counters.2)?;
-                // Hand out in batches: one search for the ready prefix per 256 events.
-                if reorder.pending() >= 256 {
-                    let range = reorder.ready();
-                    let end = range.end;
-                    for i in range {
-                        let ev = &reorder.buf[i];
-                        visitor.event(ev, &info);
-                        if let Err(e) = tracker.feed(ev, &mut SinkRef(visitor)) {
-                            reorder.consume(i + 1);
-                            return Err(e);
+                for item in items.drain(..) {
+                    match item {
+                        Item::Event(ev) => {
+                            c.events += 1;
+                            c.reorder.buf.push(ev);
+                            if let Err(e) = c.reorder.commit(&name, &mut c.reordered) {
+                                c.line_error(e, true, &mut summary)?;
+                            }
                         }
+                        Item::Skipped => c.skipped += 1,
+                        Item::Bad { err, complete } => c.line_error(err, complete, &mut summary)?,
+                        Item::Format(format, offset) => {
+                            c.info.format = Some(format);
+                            if offset.is_some() {
+                                c.info.wall_offset_ns = offset;
+                            }
+                            c.start(visitor);
+                        }
+                        Item::Clock(offset) => c.info.wall_offset_ns = Some(offset),
                     }
-                    reorder.consume(end);
                 }
-                Ok(())
-            })();
-            match result {
-                Ok(()) => Ok(true),
-                Err(e) if !complete && e.is_line_error() && !matches!(e, Error::Binary { .. }) => {
-                    // The capture was killed mid-line: report what is there.
-                    summary.truncated.push(format!(
-                        "{name}:{line_no}: last line is cut off (no newline); ignored: {e}"
-                    ));
-                    Ok(false)
-                }
-                Err(e) if opts.lenient && e.is_line_error() => {
-                    summary.bad_lines += 1;
-                    if summary.bad_examples.len() < 5 {
-                        summary.bad_examples.push(e.to_string());
-                    }
-                    Ok(true)
-                }
-                Err(e) => Err(e),
+                let _ = recycle_tx.send(items);
+                // Hand out everything old enough that no late event can overtake it.
+                let range = c.reorder.ready();
+                c.hand_out(range, visitor, &mut tracker, &mut summary)?;
             }
-        })?;
-        if !started {
-            visitor.source_start(idx, &info);
-        }
-        for i in reorder.all() {
-            let ev = reorder.buf[i];
-            visitor.event(&ev, &info);
-            if let Err(e) = tracker.feed(&ev, &mut SinkRef(visitor)) {
-                if opts.lenient && e.is_line_error() {
-                    summary.bad_lines += 1;
-                    if summary.bad_examples.len() < 5 {
-                        summary.bad_examples.push(e.to_string());
-                    }
-                } else {
-                    return Err(e);
-                }
-            }
-        }
+            Ok(())
+        });
+        // Dropping the receiver (on error) made the producer stop; the scope joined it.
+        outcome?;
+        c.start(visitor);
+        let rest = c.reorder.all();
+        c.hand_out(rest, visitor, &mut tracker, &mut summary)?;
         for ep in tracker.finish_file(idx, &mut SinkRef(visitor)) {
-            visitor.open_at_end(&ep, &info);
+            visitor.open_at_end(&ep, &c.info);
         }
-        visitor.source_end(idx, &info);
-        summary.events += counters.0;
-        summary.skipped_lines += counters.1;
-        summary.reordered += counters.2;
-        summary.formats.push(info.format);
-        summary.sources.push(info);
+        visitor.source_end(idx, &c.info);
+        summary.events += c.events;
+        summary.skipped_lines += c.skipped;
+        summary.reordered += c.reordered;
+        summary.formats.push(c.info.format);
+        summary.sources.push(c.info);
     }
     summary.anomalies = tracker.anomalies.clone();
     Ok(summary)
