@@ -103,8 +103,26 @@ def run_duckdb(path):
 
 
 if __name__ == "__main__":
+    import json
+
+    import time
+
     engine, path = sys.argv[1], sys.argv[2]
+    # Import outside the timed part: the engine's own time, without interpreter start-up.
+    if engine == "polars":
+        import polars  # noqa: F401
+    else:
+        import duckdb  # noqa: F401
+    t0 = time.perf_counter()
     total, rows, overall, writes, frames = (run_polars if engine == "polars" else run_duckdb)(path)
+    engine_s = time.perf_counter() - t0
+    summary = {
+        "total": total,
+        "by_retries": [[int(r[0]), int(r[1]), round(r[2] / 1000), round(r[3] / 1000), round(r[4] / 1000), round(r[5] / 1000)] for r in rows],
+        "overall_us": [round(v / 1000) for v in overall],
+        "write_wakeups": [int(writes[0]), int(writes[1])],
+        "frames": [[str(f[0]), int(f[1]), int(f[2])] for f in frames],
+    }
     print(f"{engine}: {total} events")
     for r in rows:
         print("  retries={} count={} min_us={:.0f} avg_us={:.0f} p99_us={:.0f} max_us={:.0f}".format(
@@ -113,3 +131,5 @@ if __name__ == "__main__":
         *[v / 1000 for v in overall]))
     print(f"  write wake-ups during episodes={writes[0]} low_room={writes[1]}")
     print(f"  frames={frames}")
+    print(f"ENGINE_SECONDS {engine_s:.4f}")
+    print("RESULT " + json.dumps(summary))
