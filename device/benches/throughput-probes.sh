@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Cost of the USDT probes when no tracer is attached: vnet-sim built with probes compiled
+# in (default features) vs compiled out (--no-default-features), same workload, runs
+# alternated so machine drift hits both; prints the medians and the ratio (target: the
+# probes build within 1% of the no-probes build).
+#
+#   bash device/benches/throughput-probes.sh [ROUNDS (default 5)] [SECS per run (default 3)]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+rounds=${1:-5}
+secs=${2:-3}
+# Same target dir for both builds: only vnet-device itself recompiles when the feature
+# flips, so each binary is copied aside right after its build.
+out=target/probes-bench
+mkdir -p "$out"
+cargo build -q --release -p vnet-device --bin vnet-sim --no-default-features
+cp target/release/vnet-sim "$out/vnet-sim-noprobes"
+cargo build -q --release -p vnet-device --bin vnet-sim
+cp target/release/vnet-sim "$out/vnet-sim-probes"
+with_bin=$out/vnet-sim-probes
+without_bin=$out/vnet-sim-noprobes
+
+# 64 KiB frames guest->sink and 1514-byte frames, no ACKs, no payload hashing: the
+# device's own path dominates.
+measure() { # bin size -> Gbit/s
+  "$1" --direction tx --ack-size 0 --tx-size "$2" --no-checksum --no-progress \
+    --duration "$secs" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["tx_gbit_per_s"])'
+}
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+for size in 65536 1514; do
+  w=(); o=()
+  for _ in $(seq "$rounds"); do
+    w+=("$(measure "$with_bin" "$size")")
+    o+=("$(measure "$without_bin" "$size")")
+  done
+  mw=$(printf '%s\n' "${w[@]}" | median)
+  mo=$(printf '%s\n' "${o[@]}" | median)
+  printf '%-36s probes in %7.3f Gbit/s  compiled out %7.3f Gbit/s  ratio %6.1f%%  (target >= 99%%)\n' \
+    "$size-byte frames, median of $rounds:" "$mw" "$mo" "$(python3 -c "print(100*$mw/$mo)")"
+done

@@ -1,0 +1,333 @@
+//! What traffic a run carries: sizes, streams, direction, rate, and when it ends.
+//!
+//! The default is shaped like `iperf3 --bidir -P 8`: the guest sends 65226-byte TSO frames
+//! on 8 streams, the proxy sends 65550-byte frames back, and each side answers every data
+//! frame it receives with a 66-byte ACK interleaved with its own data.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::integrity::ACK_STREAM;
+
+/// Bytes of Ethernet header in every frame; the integrity stamp follows it.
+pub const ETH_HDR: usize = 14;
+/// Smallest frame that holds an Ethernet header and a stamp.
+pub const MIN_FRAME: usize = ETH_HDR + super::integrity::STAMP_LEN;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Both,
+    /// Guest to proxy only (the proxy still ACKs).
+    Tx,
+    /// Proxy to guest only (the guest still ACKs).
+    Rx,
+}
+
+impl Direction {
+    pub fn guest_sends_data(self) -> bool {
+        matches!(self, Direction::Both | Direction::Tx)
+    }
+    pub fn proxy_sends_data(self) -> bool {
+        matches!(self, Direction::Both | Direction::Rx)
+    }
+}
+
+impl FromStr for Direction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "both" => Ok(Direction::Both),
+            "tx" => Ok(Direction::Tx),
+            "rx" => Ok(Direction::Rx),
+            _ => Err(format!("unknown direction {s:?}: expected both, tx or rx")),
+        }
+    }
+}
+
+/// When the data senders stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Duration(Duration),
+    /// Data frames per sending direction.
+    Frames(u64),
+}
+
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub direction: Direction,
+    /// Guest data frame length (Ethernet frame, no virtio header).
+    pub tx_size: usize,
+    /// ACK frame length; 0 = no ACKs.
+    pub ack_size: usize,
+    /// Proxy data frame length.
+    pub rx_size: usize,
+    pub streams: u16,
+    /// Per-direction data rate cap in Mbit/s (frame bytes); None = as fast as it goes.
+    pub rate_mbit: Option<u64>,
+    pub limit: Limit,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload {
+            direction: Direction::Both,
+            tx_size: 65226,
+            ack_size: 66,
+            rx_size: 65550,
+            streams: 8,
+            rate_mbit: None,
+            limit: Limit::Duration(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl Workload {
+    /// Checks sizes against what a frame must hold and what the device accepts.
+    pub fn validate(&self, max_frame: usize) -> Result<(), String> {
+        for (name, size, allow_zero) in [
+            ("--tx-size", self.tx_size, false),
+            ("--ack-size", self.ack_size, true),
+            ("--rx-size", self.rx_size, false),
+        ] {
+            if allow_zero && size == 0 {
+                continue;
+            }
+            if size < MIN_FRAME || size > max_frame {
+                return Err(format!(
+                    "{name} {size}: must be between {MIN_FRAME} and {max_frame} bytes"
+                ));
+            }
+        }
+        if self.streams == 0 || self.streams == ACK_STREAM {
+            return Err(format!(
+                "--streams {}: must be between 1 and {}",
+                self.streams,
+                ACK_STREAM - 1
+            ));
+        }
+        if self.rate_mbit == Some(0) {
+            return Err("--rate-mbit 0: must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// The sending half of one direction, shared between the sender (which bumps the counts)
+/// and whoever checks completion. Data frames go round-robin over the streams, so the
+/// per-stream totals follow from the data count alone.
+#[derive(Debug, Default)]
+pub struct SendLedger {
+    pub data: AtomicU64,
+    pub acks: AtomicU64,
+    /// The sender will put no more data frames on the wire.
+    pub data_done: AtomicBool,
+    /// The sender will put no more ACKs on the wire.
+    pub acks_done: AtomicBool,
+}
+
+impl SendLedger {
+    /// (stream, frames sent) for every stream, for [`super::integrity::Checker::finish`].
+    pub fn per_stream(&self, streams: u16) -> Vec<(u16, u64)> {
+        let data = self.data.load(Ordering::Acquire);
+        let mut v: Vec<(u16, u64)> = (0..streams)
+            .map(|s| {
+                let s64 = u64::from(s);
+                let n = data / u64::from(streams) + u64::from(s64 < data % u64::from(streams));
+                (s, n)
+            })
+            .collect();
+        v.push((ACK_STREAM, self.acks.load(Ordering::Acquire)));
+        v
+    }
+
+    pub fn total(&self) -> u64 {
+        self.data.load(Ordering::Acquire) + self.acks.load(Ordering::Acquire)
+    }
+
+    pub fn all_done(&self) -> bool {
+        self.data_done.load(Ordering::Acquire) && self.acks_done.load(Ordering::Acquire)
+    }
+}
+
+/// Decides, frame by frame, what one side sends next: an owed ACK first (they are small
+/// and interleave with the data, as a TCP receiver's would), else the next data frame
+/// while the limit and the rate allow.
+pub struct Scheduler {
+    sends_data: bool,
+    data_size: usize,
+    ack_size: usize,
+    streams: u16,
+    limit: Limit,
+    start: Instant,
+    pacer: Option<Pacer>,
+    data_seq: u64,
+    ack_seq: u64,
+}
+
+/// What to put in the next frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Next {
+    pub stream: u16,
+    pub seq: u64,
+    pub ack: bool,
+    pub len: usize,
+}
+
+/// Why nothing can be sent right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// The rate cap wants a pause this long.
+    Paced(Duration),
+    /// No data left to send (the limit was reached); ACKs may still come due.
+    DataDone,
+}
+
+impl Scheduler {
+    pub fn new(w: &Workload, guest: bool, start: Instant) -> Scheduler {
+        let (sends_data, data_size) = if guest {
+            (w.direction.guest_sends_data(), w.tx_size)
+        } else {
+            (w.direction.proxy_sends_data(), w.rx_size)
+        };
+        Scheduler {
+            sends_data,
+            data_size,
+            ack_size: w.ack_size,
+            streams: w.streams,
+            limit: w.limit,
+            start,
+            pacer: w.rate_mbit.map(|m| Pacer::new(m, start)),
+            data_seq: 0,
+            ack_seq: 0,
+        }
+    }
+
+    pub fn acks_enabled(&self) -> bool {
+        self.ack_size > 0
+    }
+
+    /// Whether the data limit has been reached (by count or by time).
+    pub fn data_finished(&self) -> bool {
+        !self.sends_data
+            || match self.limit {
+                Limit::Frames(n) => self.data_seq >= n,
+                Limit::Duration(d) => self.start.elapsed() >= d,
+            }
+    }
+
+    /// The next frame, given how many ACKs are owed; the caller reports what it sent
+    /// with [`Scheduler::sent`].
+    pub fn next(&mut self, acks_owed: u64) -> Result<Next, Idle> {
+        if acks_owed > 0 && self.acks_enabled() {
+            return Ok(Next {
+                stream: ACK_STREAM,
+                seq: self.ack_seq,
+                ack: true,
+                len: self.ack_size,
+            });
+        }
+        if self.data_finished() {
+            return Err(Idle::DataDone);
+        }
+        if let Some(p) = &mut self.pacer {
+            if let Some(wait) = p.wait(self.data_size) {
+                return Err(Idle::Paced(wait));
+            }
+        }
+        let stream = (self.data_seq % u64::from(self.streams)) as u16;
+        Ok(Next {
+            stream,
+            seq: self.data_seq / u64::from(self.streams),
+            ack: false,
+            len: self.data_size,
+        })
+    }
+
+    pub fn sent(&mut self, n: &Next) {
+        if n.ack {
+            self.ack_seq += 1;
+        } else {
+            self.data_seq += 1;
+            if let Some(p) = &mut self.pacer {
+                p.spend(n.len);
+            }
+        }
+    }
+}
+
+/// A token bucket over frame bytes.
+struct Pacer {
+    bytes_per_sec: f64,
+    start: Instant,
+    spent: f64,
+}
+
+impl Pacer {
+    fn new(mbit: u64, start: Instant) -> Pacer {
+        Pacer {
+            bytes_per_sec: mbit as f64 * 1e6 / 8.0,
+            start,
+            spent: 0.0,
+        }
+    }
+
+    fn wait(&self, len: usize) -> Option<Duration> {
+        let allowed = self.start.elapsed().as_secs_f64() * self.bytes_per_sec;
+        let need = self.spent + len as f64;
+        // One frame of burst so a slow start does not pace the very first frame.
+        if need <= allowed + len as f64 {
+            None
+        } else {
+            Some(Duration::from_secs_f64(
+                (need - allowed - len as f64) / self.bytes_per_sec,
+            ))
+        }
+    }
+
+    fn spend(&mut self, len: usize) {
+        self.spent += len as f64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_go_first_and_data_is_round_robin() {
+        let w = Workload {
+            limit: Limit::Frames(3),
+            streams: 2,
+            ..Workload::default()
+        };
+        let mut s = Scheduler::new(&w, true, Instant::now());
+        let a = s.next(1).unwrap();
+        assert!(a.ack && a.len == 66 && a.stream == ACK_STREAM);
+        s.sent(&a);
+        let got: Vec<(u16, u64)> = (0..3)
+            .map(|_| {
+                let n = s.next(0).unwrap();
+                s.sent(&n);
+                (n.stream, n.seq)
+            })
+            .collect();
+        assert_eq!(got, vec![(0, 0), (1, 0), (0, 1)]);
+        assert_eq!(s.next(0), Err(Idle::DataDone));
+        let l = SendLedger::default();
+        l.data.store(3, Ordering::Relaxed);
+        l.acks.store(1, Ordering::Relaxed);
+        assert_eq!(l.per_stream(2), vec![(0, 2), (1, 1), (ACK_STREAM, 1)]);
+    }
+
+    #[test]
+    fn sizes_are_validated() {
+        let w = Workload {
+            tx_size: 10,
+            ..Workload::default()
+        };
+        assert!(w.validate(65550).unwrap_err().contains("--tx-size 10"));
+        assert!(Workload::default().validate(65550).is_ok());
+    }
+}

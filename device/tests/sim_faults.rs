@@ -1,0 +1,119 @@
+//! Episodes on demand: backpressure from a slow proxy, injected ENOBUFS, and lost write
+//! events with and without the retry timer.
+
+mod sim_support;
+use sim_support::{sim, trace_rows, TempDir};
+use std::time::Duration;
+
+const BOUND: Duration = Duration::from_secs(120);
+
+#[test]
+fn slow_proxy_backpressure_has_episodes_and_no_integrity_errors() {
+    for backend in ["unixgram", "unixstream"] {
+        let o = sim(
+            &[
+                "--backend",
+                backend,
+                "--frames",
+                "300",
+                "--direction",
+                "tx",
+                "--proxy-rcvbuf",
+                "4096",
+                "--sndbuf",
+                "131072",
+                "--proxy-read-delay-us",
+                "300",
+                "--proxy-pause-ms",
+                "20",
+                "--proxy-pause-every-ms",
+                "30",
+            ],
+            BOUND,
+        );
+        assert_eq!(o.code, 0, "{backend}: {}\n{}", o.stderr, o.json);
+        assert!(o.u("episodes") > 0, "{backend}: no episodes: {}", o.json);
+        assert_eq!(o.u("resolved"), o.u("episodes"), "{}", o.json);
+        assert!(o.u("retries") >= o.u("episodes"));
+        assert_eq!(o.errors(), 0, "{}", o.json);
+        assert_eq!(o.json["to_proxy"]["data_frames"].as_u64(), Some(300));
+    }
+}
+
+#[test]
+fn injected_enobufs_episodes_match_the_trace() {
+    let dir = TempDir::new("enobufs");
+    let trace = dir.path().join("trace.csv");
+    let o = sim(
+        &[
+            "--frames",
+            "400",
+            "--inject-enobufs",
+            "7",
+            "--inject-enobufs-burst",
+            "2",
+            "--trace",
+            trace.to_str().unwrap(),
+        ],
+        BOUND,
+    );
+    assert_eq!(o.code, 0, "{}\n{}", o.stderr, o.json);
+    assert_eq!(o.errors(), 0);
+    let episodes = o.u("episodes");
+    assert!(episodes > 0, "{}", o.json);
+    assert_eq!(trace_rows(&trace, "enobufs_begin"), episodes);
+    assert_eq!(trace_rows(&trace, "enobufs_resolved"), o.u("resolved"));
+    assert_eq!(o.u("resolved"), episodes);
+    // A burst of 2 means at least two failed sends per episode.
+    assert!(o.u("retries") >= 2 * episodes, "{}", o.json);
+    assert_eq!(trace_rows(&trace, "tx_frame"), o.u("tx_frames"));
+    assert_eq!(
+        o.json["device"]["injected_faults"].as_u64(),
+        Some(o.u("retries"))
+    );
+}
+
+/// Injected failures make episodes deterministically; with write events lost, only the
+/// timer (or a kick) can retry. The guest stops kicking once its ring is full.
+const LOST_EVENTS: &[&str] = &[
+    "--frames",
+    "300",
+    "--direction",
+    "tx",
+    "--inject-enobufs",
+    "5",
+    "--lose-write-events",
+];
+
+#[test]
+fn lost_write_events_are_rescued_by_the_timer() {
+    let o = sim(LOST_EVENTS, BOUND);
+    assert_eq!(o.code, 0, "{}\n{}", o.stderr, o.json);
+    assert_eq!(o.u("stalls"), 0);
+    assert_eq!(o.errors(), 0);
+    assert!(o.u("episodes") > 0);
+    assert!(
+        o.json["device"]["timer_fired"].as_u64().unwrap() > 0,
+        "{}",
+        o.json
+    );
+    assert_eq!(o.json["to_proxy"]["data_frames"].as_u64(), Some(300));
+}
+
+#[test]
+fn lost_write_events_without_timer_stall_and_are_reported() {
+    let mut args = LOST_EVENTS.to_vec();
+    args.extend_from_slice(&["--no-timer", "--stall-timeout", "0.5"]);
+    // The run must end by itself (stall detection), well within the bound.
+    let o = sim(&args, Duration::from_secs(60));
+    assert_eq!(o.code, 1, "a stall must fail the run: {}", o.json);
+    assert_eq!(o.u("stalls"), 1, "{}", o.json);
+    assert!(
+        o.json["stall"].as_str().unwrap().contains("no progress"),
+        "{}",
+        o.json
+    );
+    assert!(o.json["device"]["open_episode"].as_bool().unwrap());
+    assert_eq!(o.json["device"]["timer_fired"].as_u64(), Some(0));
+    assert!(o.json["to_proxy"]["data_frames"].as_u64().unwrap() < 300);
+}
