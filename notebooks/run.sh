@@ -39,16 +39,17 @@ if [ -n "${TRACE:-}" ]; then
 else
   cargo build --release -q -p vnet-device --bin vnet-sim
   sim=$root/target/release/vnet-sim
-  trace_a=$out/traces/unixgram-injected.csv
-  trace_b=$out/traces/unixgram-slow-proxy.csv
-  # A: datagram backend with ENOBUFS injected every 40th send (the macOS behaviour).
+  trace_a=$out/traces/paused-proxy-enobufs.csv
+  trace_b=$out/traces/paused-proxy.csv
+  # Both: a 256 KiB device send buffer and a proxy that stops reading for 5 ms in every 50,
+  # so the socket fills (EAGAIN, ended by a write event, as on Linux).
+  common=(--duration "${SIM_SECS:-4}" --backend unixgram --sndbuf 262144 --proxy-pause-ms 5
+    --proxy-pause-every-ms 50 --no-progress --json)
+  # A adds ENOBUFS on every 40th send (the macOS failure, retried by the 50 us timer).
   say "vnet-sim run A -> $trace_a"
-  "$sim" --duration "${SIM_SECS:-4}" --backend unixgram --inject-enobufs 40 \
-    --trace "$trace_a" --json > "$out/traces/unixgram-injected.json"
-  # B: real backpressure: a small proxy receive buffer and a proxy that reads slowly.
+  "$sim" "${common[@]}" --inject-enobufs 40 --trace "$trace_a" > "${trace_a%.csv}.json"
   say "vnet-sim run B -> $trace_b"
-  "$sim" --duration "${SIM_SECS:-4}" --backend unixgram --proxy-rcvbuf 262144 --proxy-read-delay-us 20 \
-    --trace "$trace_b" --json > "$out/traces/unixgram-slow-proxy.json"
+  "$sim" "${common[@]}" --trace "$trace_b" > "${trace_b%.csv}.json"
 fi
 
 # 3. execute every notebook; nbconvert exits non-zero on the first failing cell.
@@ -61,7 +62,7 @@ run_nb() {
 }
 rm -f "$out"/*.png
 run_nb enobufs TRACE="$trace_a"
-run_nb compare TRACE_A="$trace_a" TRACE_B="$trace_b" LABEL_A="A: injected ENOBUFS" LABEL_B="B: slow proxy"
+run_nb compare TRACE_A="$trace_a" TRACE_B="$trace_b" LABEL_A="A: paused proxy + ENOBUFS" LABEL_B="B: paused proxy"
 
 # 4. every expected figure exists and is not empty.
 expected=(enobufs_1_wait_cdf enobufs_2_retries enobufs_3_wakeup_space enobufs_4_over_time

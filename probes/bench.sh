@@ -5,7 +5,8 @@
 #
 #   sudo probes/bench.sh [SECS per run, default 5] [REPEATS, default 3]
 #
-# Prints a markdown table (median Gbit/s of REPEATS runs per mode, ratio to untraced).
+# Prints a markdown table: median Gbit/s per mode, and the median over rounds of each
+# mode's throughput divided by the untraced run of the same round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
@@ -35,20 +36,23 @@ one() { # mode -> prints Gbit/s of one run
 median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
 modes=(untraced enobufs.bt enobufs.bt-FRAMES=0 recorder debug-log)
-declare -A result
-for m in "${modes[@]}"; do result[$m]=""; done
-# interleave the modes so a slow phase of the machine hits them all alike
+declare -A result ratios
+for m in "${modes[@]}"; do result[$m]=""; ratios[$m]=""; done
+# Interleave the modes and compare each run with the untraced run of its own round: on a
+# shared machine the load drifts between rounds more than it does within one.
 for r in $(seq "$reps"); do
   for m in "${modes[@]}"; do
     g=$(one "$m")
+    [ "$m" = untraced ] && base=$g
     result[$m]+="$g "
-    echo "run $r $m: $g Gbit/s" >&2
+    ratios[$m]+="$(python3 -c "print($g / $base)") "
+    echo "round $r $m: $g Gbit/s" >&2
   done
 done
-base=$(echo "${result[untraced]}" | tr ' ' '\n' | grep . | median)
-echo "| mode | Gbit/s (median of $reps x ${secs}s) | ratio to untraced |"
+echo "| mode | Gbit/s (median of $reps x ${secs}s) | throughput vs untraced (median of per-round ratios) |"
 echo "|---|---|---|"
 for m in "${modes[@]}"; do
   med=$(echo "${result[$m]}" | tr ' ' '\n' | grep . | median)
-  printf '| %s | %.2f | %.2f |\n' "$m" "$med" "$(python3 -c "print($med / $base)")"
+  rat=$(echo "${ratios[$m]}" | tr ' ' '\n' | grep . | median)
+  printf '| %s | %.2f | %.2f |\n' "$m" "$med" "$rat"
 done

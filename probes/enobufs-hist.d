@@ -28,6 +28,9 @@
 #pragma D option defaultargs
 #pragma D option dynvarsize=4m
 
+int64_t pending[int64_t];	/* fd -> size of the frame deferred on it */
+int64_t every, ticks;
+
 dtrace:::BEGIN
 {
 	every = $1 > 0 ? $1 : 1;
@@ -40,20 +43,21 @@ vnet$target:::enobufs_begin
 	pending[arg0] = arg1;
 }
 
+/* args are uint64_t: data=-1 (free space unknown) must compare as signed */
 vnet$target:::kevent_write
-/pending[arg0] && arg1 < 0/
+/pending[arg0] && (int64_t)arg1 < 0/
 {
 	@wakeups["free space unknown"] = count();
 }
 
 vnet$target:::kevent_write
-/pending[arg0] && arg1 >= 0 && arg1 < pending[arg0]/
+/pending[arg0] && (int64_t)arg1 >= 0 && (int64_t)arg1 < pending[arg0]/
 {
 	@wakeups["too little room for the frame"] = count();
 }
 
 vnet$target:::kevent_write
-/pending[arg0] && arg1 >= pending[arg0]/
+/pending[arg0] && (int64_t)arg1 >= pending[arg0]/
 {
 	@wakeups["room for the frame"] = count();
 }

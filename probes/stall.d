@@ -26,19 +26,23 @@
 #pragma D option defaultargs
 #pragma D option switchrate=100hz
 
+/* the one deferred frame being watched; declared so arg0 (uint64_t) compares as signed */
+int64_t dfd, since, wake, len, fails, writes, small, timers, kicks, thresh;
+int told_long, told_quiet;
+
 dtrace:::BEGIN
 {
 	thresh = $1 > 0 ? $1 * 1000000 : 10000000;
-	fd = -1;
+	dfd = -1;
 	printf("Watching for episodes longer than %d ms and deferred frames nothing retries. Ctrl-C to end.\n",
 	    thresh / 1000000);
 	printf("%-20s %-12s %s\n", "TIME", "EVENT", "DETAILS");
 }
 
 vnet$target:::enobufs_begin
-/fd == -1/
+/dfd == -1/
 {
-	fd = arg0;
+	dfd = arg0;
 	since = timestamp;
 	wake = timestamp;
 	len = arg1;
@@ -52,66 +56,67 @@ vnet$target:::enobufs_begin
 }
 
 vnet$target:::enobufs_retry
-/arg0 == fd/
+/arg0 == dfd/
 {
 	fails = arg1;
 	wake = timestamp;
 }
 
 vnet$target:::kevent_write
-/arg0 == fd/
+/arg0 == dfd/
 {
 	writes++;
-	small += (arg1 >= 0 && arg1 < len) ? 1 : 0;
+	/* args are uint64_t: compare as signed so data=-1 (unknown) is not "room" */
+	small += ((int64_t)arg1 >= 0 && (int64_t)arg1 < len) ? 1 : 0;
 	wake = timestamp;
 }
 
 vnet$target:::timer_fired
-/fd != -1/
+/dfd != -1/
 {
 	timers++;
 	wake = timestamp;
 }
 
 vnet$target:::guest_kick
-/fd != -1/
+/dfd != -1/
 {
 	kicks++;
 	wake = timestamp;
 }
 
 profile:::tick-1ms
-/fd != -1 && told_long == 0 && timestamp - since > thresh/
+/dfd != -1 && told_long == 0 && timestamp - since > thresh/
 {
 	printf("%Y %-12s fd=%d frame=%d deferred %d ms: %d failed sends, %d write events (%d too small), %d timers, %d kicks\n",
-	    walltimestamp, "LONG", fd, len, (timestamp - since) / 1000000, fails, writes, small, timers, kicks);
+	    walltimestamp, "LONG", dfd, len, (timestamp - since) / 1000000, fails, writes, small, timers, kicks);
 	told_long = 1;
 }
 
 profile:::tick-1ms
-/fd != -1 && told_quiet == 0 && timestamp - wake > thresh/
+/dfd != -1 && told_quiet == 0 && timestamp - wake > thresh/
 {
 	printf("%Y %-12s fd=%d frame=%d deferred %d ms, nothing for %d ms: no write event, no timer, no kick will retry it\n",
-	    walltimestamp, "STALL", fd, len, (timestamp - since) / 1000000, (timestamp - wake) / 1000000);
+	    walltimestamp, "STALL", dfd, len, (timestamp - since) / 1000000, (timestamp - wake) / 1000000);
 	told_quiet = 1;
 }
 
 vnet$target:::enobufs_resolved
-/arg0 == fd && (told_long || told_quiet)/
+/arg0 == dfd && (told_long || told_quiet)/
 {
 	printf("%Y %-12s fd=%d after %d retries, waited %d ms\n", walltimestamp, "RESOLVED", arg0, arg1,
 	    arg2 / 1000000);
 }
 
 vnet$target:::enobufs_resolved
-/arg0 == fd/
+/arg0 == dfd/
 {
-	fd = -1;
+	dfd = -1;
 }
 
 dtrace:::END
-/fd != -1/
+/dfd != -1/
 {
-	printf("at exit: fd=%d still deferred for %d ms (%d failed sends)\n", fd, (timestamp - since) / 1000000,
+	printf("at exit: fd=%d still deferred for %d ms (%d failed sends)\n", dfd, (timestamp - since) / 1000000,
 	    fails);
 }

@@ -51,22 +51,32 @@ impl Kind {
         }
     }
 
+    /// Probe name to kind; dispatches on length and a distinguishing byte before comparing,
+    /// since this runs once per trace row.
+    #[inline]
     pub fn from_probe_name(name: &[u8]) -> Option<Kind> {
-        // Ordered by how often each probe shows up in a real capture.
-        Some(match name {
-            b"tx_frame" => Kind::TxFrame,
-            b"rx_frame" => Kind::RxFrame,
-            b"kevent_write" => Kind::KeventWrite,
-            b"kevent_read" => Kind::KeventRead,
-            b"guest_kick" => Kind::GuestKick,
-            b"guest_irq" => Kind::GuestIrq,
-            b"enobufs_begin" => Kind::EnobufsBegin,
-            b"enobufs_retry" => Kind::EnobufsRetry,
-            b"enobufs_resolved" => Kind::EnobufsResolved,
-            b"timer_fired" => Kind::TimerFired,
-            b"frame_drop" => Kind::FrameDrop,
+        let kind = match (name.len(), name.first()?) {
+            (8, b't') => Kind::TxFrame,
+            (8, b'r') => Kind::RxFrame,
+            (12, _) => Kind::KeventWrite,
+            (11, b'k') => Kind::KeventRead,
+            (11, b't') => Kind::TimerFired,
+            (10, b'g') => Kind::GuestKick,
+            (10, b'f') => Kind::FrameDrop,
+            (9, _) => Kind::GuestIrq,
+            (13, _) => Kind::EnobufsBegin,
+            (13..=16, _) if name.len() == 13 => Kind::EnobufsRetry,
+            (16, _) => Kind::EnobufsResolved,
             _ => return None,
-        })
+        };
+        // Rare kinds share a length; the full comparison settles them.
+        if kind.probe_name().as_bytes() == name {
+            Some(kind)
+        } else if name == b"enobufs_retry" {
+            Some(Kind::EnobufsRetry)
+        } else {
+            None
+        }
     }
 
     /// Wake-ups are what can trigger a retry of a deferred frame.

@@ -21,6 +21,13 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Output of timeline-like subcommands.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EventsFormat {
+    Text,
+    Json,
+}
+
 #[derive(Args, Clone)]
 struct InputArgs {
     /// Trace CSV or log files; `-` reads stdin; gzip is detected and decompressed.
@@ -77,9 +84,8 @@ enum Cmd {
         /// How much time before the first failure to show.
         #[arg(long, default_value = "100us", value_parser = parse_duration)]
         before: i64,
-        /// text or json.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-        format: OutputFormat,
+        #[arg(long, value_enum, default_value_t = EventsFormat::Text)]
+        format: EventsFormat,
     },
     /// A Chrome trace-event JSON file for Perfetto (ui.perfetto.dev) or chrome://tracing.
     Chrome {
@@ -120,9 +126,8 @@ enum Cmd {
         threshold: i64,
         #[arg(long, default_value = "100us", value_parser = parse_duration)]
         before: i64,
-        /// text or json.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-        format: OutputFormat,
+        #[arg(long, value_enum, default_value_t = EventsFormat::Text)]
+        format: EventsFormat,
     },
 }
 
@@ -170,8 +175,8 @@ fn main() -> ExitCode {
                     )));
                 }
                 Ok(match format {
-                    OutputFormat::Json => analyze::timeline::render_json(&t),
-                    _ => analyze::timeline::render_text(&t),
+                    EventsFormat::Json => analyze::timeline::render_json(&t),
+                    EventsFormat::Text => analyze::timeline::render_text(&t),
                 })
             })
         }
@@ -246,8 +251,8 @@ fn main() -> ExitCode {
                 read: input.read(),
             };
             analyze::stalls::find(&input.files, &opts).map(|t| match format {
-                OutputFormat::Json => analyze::timeline::render_json(&t),
-                _ => analyze::stalls::render_text(&t, threshold),
+                EventsFormat::Json => analyze::timeline::render_json(&t),
+                EventsFormat::Text => analyze::stalls::render_text(&t, threshold),
             })
         }
     };

@@ -3,7 +3,6 @@
 //! Memory stays bounded by the number of open episodes and the reorder window, never by the
 //! number of rows.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -66,51 +65,83 @@ pub trait Visitor: EpisodeSink {
 }
 
 /// Puts slightly out-of-order events back in order, within a time window.
+///
+/// A plain vector with a moving head (compacted now and then) rather than a VecDeque: rows
+/// are parsed straight into it and handed out as slices, so the hot path copies nothing.
 struct Reorder {
-    buf: VecDeque<Event>,
+    buf: Vec<Event>,
+    head: usize,
     max_ts: i64,
     max_line: u64,
     window: i64,
 }
 
 impl Reorder {
-    fn push(&mut self, ev: Event, name: &str, reordered: &mut u64) -> Result<(), Error> {
-        if self.buf.is_empty() && ev.ts_ns >= self.max_ts {
-            self.max_ts = ev.ts_ns;
-            self.max_line = ev.line;
-            self.buf.push_back(ev);
+    fn new(window: i64) -> Reorder {
+        Reorder {
+            buf: Vec::with_capacity(8192),
+            head: 0,
+            max_ts: i64::MIN,
+            max_line: 0,
+            window,
+        }
+    }
+
+    /// Accepts the event in the back slot, moving it into time order if it came late.
+    #[inline]
+    fn commit(&mut self, name: &str, reordered: &mut u64) -> Result<(), Error> {
+        let last = self.buf.len() - 1;
+        let (ts, line) = (self.buf[last].ts_ns, self.buf[last].line);
+        if ts >= self.max_ts {
+            self.max_ts = ts;
+            self.max_line = line;
             return Ok(());
         }
-        if ev.ts_ns < self.max_ts {
-            let back = self.max_ts - ev.ts_ns;
-            if back > self.window {
-                return Err(Error::OutOfOrder {
-                    file: name.to_string(),
-                    line: ev.line,
-                    ts_ns: ev.ts_ns,
-                    back_ns: back,
-                    prev_line: self.max_line,
-                    window_ns: self.window,
-                });
-            }
-            *reordered += 1;
-            // Insert after every event with ts <= this one (stable for equal timestamps).
-            let pos = self.buf.partition_point(|e| e.ts_ns <= ev.ts_ns);
-            self.buf.insert(pos, ev);
-        } else {
-            self.max_ts = ev.ts_ns;
-            self.max_line = ev.line;
-            self.buf.push_back(ev);
+        self.commit_late(name, reordered)
+    }
+
+    #[cold]
+    fn commit_late(&mut self, name: &str, reordered: &mut u64) -> Result<(), Error> {
+        let ev = self.buf.pop().expect("slot exists");
+        let back = self.max_ts - ev.ts_ns;
+        if back > self.window {
+            return Err(Error::OutOfOrder {
+                file: name.to_string(),
+                line: ev.line,
+                ts_ns: ev.ts_ns,
+                back_ns: back,
+                prev_line: self.max_line,
+                window_ns: self.window,
+            });
         }
+        *reordered += 1;
+        // After every event with ts <= this one (stable for equal timestamps). Events already
+        // handed out are older than the window, so the insert lands among pending ones.
+        let pos = self.head + self.buf[self.head..].partition_point(|e| e.ts_ns <= ev.ts_ns);
+        self.buf.insert(pos, ev);
         Ok(())
     }
 
-    /// Events older than the window can no longer be overtaken.
+    /// Pending events old enough that no late event can overtake them any more.
     #[inline]
-    fn ready(&mut self) -> Option<Event> {
-        match self.buf.front() {
-            Some(e) if e.ts_ns < self.max_ts.saturating_sub(self.window) => self.buf.pop_front(),
-            _ => None,
+    fn ready(&self) -> std::ops::Range<usize> {
+        let horizon = self.max_ts.saturating_sub(self.window);
+        let n = self.buf[self.head..].partition_point(|e| e.ts_ns < horizon);
+        self.head..self.head + n
+    }
+
+    /// Everything pending (end of input).
+    fn all(&self) -> std::ops::Range<usize> {
+        self.head..self.buf.len()
+    }
+
+    /// Marks events up to `end` as handed out; compacts once the dead prefix is large.
+    #[inline]
+    fn consume(&mut self, end: usize) {
+        self.head = end;
+        if self.head >= 4096 && self.head * 2 >= self.buf.len() {
+            self.buf.drain(..self.head);
+            self.head = 0;
         }
     }
 }
@@ -132,6 +163,210 @@ enum State {
     Log(LogParser),
 }
 
+/// What the reading thread hands to the analysing thread, in input order.
+enum Item {
+    Event(Event),
+    /// A log line that is not one of ours.
+    Skipped,
+    /// A bad line; `complete` is false for a last line without a newline.
+    Bad {
+        err: Error,
+        complete: bool,
+    },
+    /// The format is known (first data line); logs carry wall-clock time (offset 0).
+    Format(Format, Option<i64>),
+    /// A `# clock` comment: the wall-clock offset from here on.
+    Clock(i64),
+}
+
+enum Msg {
+    Batch(Vec<Item>),
+    Fatal(Error),
+}
+
+const BATCH: usize = 4096;
+
+/// The reading side: bytes → lines → items, in batches. Runs on its own thread so parsing
+/// overlaps with the analysis (the machine this targets has two cores).
+fn produce(
+    path: &std::path::Path,
+    idx: u32,
+    name: &str,
+    tx: &std::sync::mpsc::SyncSender<Msg>,
+    recycled: &std::sync::mpsc::Receiver<Vec<Item>>,
+) {
+    let mut reader = match input::open(path) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.send(Msg::Fatal(e));
+            return;
+        }
+    };
+    let mut state = State::Undecided;
+    let mut batch: Vec<Item> = Vec::with_capacity(BATCH);
+    let mut receiver_gone = false;
+    let result = input::for_each_line(&mut *reader, name, |line, line_no, complete| {
+        let item = (|| -> Result<Option<Item>, Error> {
+            if line.is_empty() {
+                return Ok(None);
+            }
+            match &mut state {
+                State::Trace => {
+                    if line[0] == b'#' {
+                        return Ok(trace::parse_clock_comment(line).map(Item::Clock));
+                    }
+                    // Parsed in place in the batch: no copy of the event on the way.
+                    batch.push(Item::Event(Event::new(crate::event::Kind::TxFrame, 0)));
+                    let Some(Item::Event(ev)) = batch.last_mut() else {
+                        unreachable!("just pushed")
+                    };
+                    if let Err(e) = trace::parse_row_into(ev, name, idx, line_no, line) {
+                        batch.pop();
+                        return Err(e);
+                    }
+                    Ok(None)
+                }
+                State::Log(parser) => Ok(Some(match parser.parse(name, idx, line_no, line)? {
+                    LogLine::Event(ev) => Item::Event(ev),
+                    LogLine::Skipped => Item::Skipped,
+                })),
+                State::Undecided => {
+                    if let Some(byte) = input::first_binary_byte(line) {
+                        return Err(Error::Binary {
+                            file: name.to_string(),
+                            line: line_no,
+                            byte,
+                        });
+                    }
+                    if line[0] == b'#' {
+                        return Ok(trace::parse_clock_comment(line).map(Item::Clock));
+                    }
+                    match input::detect(line) {
+                        Format::Trace => {
+                            state = State::Trace;
+                            trace::check_header(name, line_no, line)?;
+                            Ok(Some(Item::Format(Format::Trace, None)))
+                        }
+                        Format::Log => {
+                            let mut parser = LogParser::default();
+                            let first = parser.parse(name, idx, line_no, line);
+                            state = State::Log(parser);
+                            batch.push(Item::Format(Format::Log, Some(0)));
+                            Ok(Some(match first? {
+                                LogLine::Event(ev) => Item::Event(ev),
+                                LogLine::Skipped => Item::Skipped,
+                            }))
+                        }
+                    }
+                }
+            }
+        })();
+        match item {
+            Ok(Some(it)) => batch.push(it),
+            Ok(None) => {}
+            Err(err) if err.is_line_error() => batch.push(Item::Bad { err, complete }),
+            Err(err) => return Err(err),
+        }
+        if batch.len() >= BATCH {
+            let next = recycled
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+            if tx
+                .send(Msg::Batch(std::mem::replace(&mut batch, next)))
+                .is_err()
+            {
+                receiver_gone = true;
+                return Ok(false); // the analysis stopped (an error): stop reading
+            }
+        }
+        Ok(true)
+    });
+    if receiver_gone {
+        return;
+    }
+    match result {
+        Ok(()) => {
+            if !batch.is_empty() {
+                let _ = tx.send(Msg::Batch(batch));
+            }
+        }
+        Err(e) => {
+            if !batch.is_empty() {
+                let _ = tx.send(Msg::Batch(batch));
+            }
+            let _ = tx.send(Msg::Fatal(e));
+        }
+    }
+}
+
+/// The analysing side's per-file state.
+struct Consumer<'a> {
+    name: String,
+    info: SourceInfo,
+    reorder: Reorder,
+    started: bool,
+    idx: u32,
+    events: u64,
+    skipped: u64,
+    reordered: u64,
+    opts: &'a ReadOptions,
+}
+
+impl Consumer<'_> {
+    fn start(&mut self, visitor: &mut dyn Visitor) {
+        if !self.started {
+            self.started = true;
+            visitor.source_start(self.idx, &self.info);
+        }
+    }
+
+    /// Lenient mode turns line errors into counted skips; a cut-off last line is a note.
+    fn line_error(
+        &self,
+        err: Error,
+        complete: bool,
+        summary: &mut InputSummary,
+    ) -> Result<(), Error> {
+        if !complete && !matches!(err, Error::Binary { .. }) {
+            let line = match &err {
+                Error::Field { line, .. } | Error::OutOfOrder { line, .. } => *line,
+                _ => 0,
+            };
+            summary.truncated.push(format!(
+                "{}:{line}: last line is cut off (no newline); ignored: {err}",
+                self.name
+            ));
+            return Ok(());
+        }
+        if self.opts.lenient && err.is_line_error() {
+            summary.bad_lines += 1;
+            if summary.bad_examples.len() < 5 {
+                summary.bad_examples.push(err.to_string());
+            }
+            return Ok(());
+        }
+        Err(err)
+    }
+
+    fn hand_out(
+        &mut self,
+        range: std::ops::Range<usize>,
+        visitor: &mut dyn Visitor,
+        tracker: &mut Tracker,
+        summary: &mut InputSummary,
+    ) -> Result<(), Error> {
+        for i in range.clone() {
+            let ev = &self.reorder.buf[i];
+            visitor.event(ev, &self.info);
+            if let Err(e) = tracker.feed(ev, &mut SinkRef(visitor)) {
+                self.line_error(e, true, summary)?;
+            }
+        }
+        self.reorder.consume(range.end);
+        Ok(())
+    }
+}
+
 /// Reads every input in turn and feeds the visitor. Returns what it saw.
 pub fn run(
     paths: &[PathBuf],
@@ -144,125 +379,76 @@ pub fn run(
     for (idx, path) in paths.iter().enumerate() {
         let idx = idx as u32;
         let name = names[idx as usize].clone();
-        let mut info = SourceInfo {
+        let mut c = Consumer {
             name: name.clone(),
-            format: None,
-            wall_offset_ns: None,
+            info: SourceInfo {
+                name: name.clone(),
+                format: None,
+                wall_offset_ns: None,
+            },
+            reorder: Reorder::new(opts.reorder_window_ns.max(0)),
+            started: false,
+            idx,
+            events: 0,
+            skipped: 0,
+            reordered: 0,
+            opts,
         };
-        let mut reader = input::open(path)?;
-        let mut state = State::Undecided;
-        let mut reorder = Reorder {
-            buf: VecDeque::new(),
-            max_ts: i64::MIN,
-            max_line: 0,
-            window: opts.reorder_window_ns.max(0),
-        };
-        let mut started = false;
-        let mut counters = (0u64, 0u64, 0u64); // events, skipped, reordered
-
-        input::for_each_line(&mut *reader, &name, |line, line_no, complete| {
-            let result = (|| -> Result<(), Error> {
-                if line.is_empty() {
-                    return Ok(());
-                }
-                if let State::Undecided = state {
-                    if let Some(byte) = input::first_binary_byte(line) {
-                        return Err(Error::Binary {
-                            file: name.clone(),
-                            line: line_no,
-                            byte,
-                        });
-                    }
-                    if line[0] == b'#' {
-                        if let Some(off) = trace::parse_clock_comment(line) {
-                            info.wall_offset_ns = Some(off);
-                        }
-                        return Ok(());
-                    }
-                    let format = input::detect(line);
-                    info.format = Some(format);
-                    if format == Format::Trace {
-                        state = State::Trace;
-                        return trace::check_header(&name, line_no, line);
-                    }
-                    info.wall_offset_ns = Some(0);
-                    state = State::Log(LogParser::default());
-                }
-                if !started {
-                    started = true;
-                    visitor.source_start(idx, &info);
-                }
-                let ev = match &mut state {
-                    State::Trace => {
-                        if line[0] == b'#' {
-                            if let Some(off) = trace::parse_clock_comment(line) {
-                                info.wall_offset_ns = Some(off);
-                            }
-                            return Ok(());
-                        }
-                        trace::parse_row(&name, idx, line_no, line)?
-                    }
-                    State::Log(parser) => match parser.parse(&name, idx, line_no, line)? {
-                        LogLine::Event(ev) => ev,
-                        LogLine::Skipped => {
-                            counters.1 += 1;
-                            return Ok(());
-                        }
-                    },
-                    State::Undecided => unreachable!(),
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(4);
+        let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<Item>>();
+        let outcome = std::thread::scope(|scope| -> Result<(), Error> {
+            let producer_name = name.clone();
+            scope.spawn(move || produce(path, idx, &producer_name, &tx, &recycle_rx));
+            // Owned here so that returning early drops it: the producer's next send fails
+            // and it stops, instead of blocking the scope's join forever.
+            let rx = rx;
+            for msg in rx.iter() {
+                let mut items = match msg {
+                    Msg::Batch(items) => items,
+                    Msg::Fatal(e) => return Err(e),
                 };
-                counters.0 += 1;
-                reorder.push(ev, &name, &mut counters.2)?;
-                while let Some(ev) = reorder.ready() {
-                    visitor.event(&ev, &info);
-                    tracker.feed(&ev, &mut SinkRef(visitor))?;
-                }
-                Ok(())
-            })();
-            match result {
-                Ok(()) => Ok(true),
-                Err(e) if !complete && e.is_line_error() && !matches!(e, Error::Binary { .. }) => {
-                    // The capture was killed mid-line: report what is there.
-                    summary.truncated.push(format!(
-                        "{name}:{line_no}: last line is cut off (no newline); ignored: {e}"
-                    ));
-                    Ok(false)
-                }
-                Err(e) if opts.lenient && e.is_line_error() => {
-                    summary.bad_lines += 1;
-                    if summary.bad_examples.len() < 5 {
-                        summary.bad_examples.push(e.to_string());
+                for item in items.drain(..) {
+                    match item {
+                        Item::Event(ev) => {
+                            c.events += 1;
+                            c.reorder.buf.push(ev);
+                            if let Err(e) = c.reorder.commit(&name, &mut c.reordered) {
+                                c.line_error(e, true, &mut summary)?;
+                            }
+                        }
+                        Item::Skipped => c.skipped += 1,
+                        Item::Bad { err, complete } => c.line_error(err, complete, &mut summary)?,
+                        Item::Format(format, offset) => {
+                            c.info.format = Some(format);
+                            if offset.is_some() {
+                                c.info.wall_offset_ns = offset;
+                            }
+                            c.start(visitor);
+                        }
+                        Item::Clock(offset) => c.info.wall_offset_ns = Some(offset),
                     }
-                    Ok(true)
                 }
-                Err(e) => Err(e),
+                let _ = recycle_tx.send(items);
+                // Hand out everything old enough that no late event can overtake it.
+                let range = c.reorder.ready();
+                c.hand_out(range, visitor, &mut tracker, &mut summary)?;
             }
-        })?;
-        if !started {
-            visitor.source_start(idx, &info);
-        }
-        while let Some(ev) = reorder.buf.pop_front() {
-            visitor.event(&ev, &info);
-            if let Err(e) = tracker.feed(&ev, &mut SinkRef(visitor)) {
-                if opts.lenient && e.is_line_error() {
-                    summary.bad_lines += 1;
-                    if summary.bad_examples.len() < 5 {
-                        summary.bad_examples.push(e.to_string());
-                    }
-                } else {
-                    return Err(e);
-                }
-            }
-        }
+            Ok(())
+        });
+        // Dropping the receiver (on error) made the producer stop; the scope joined it.
+        outcome?;
+        c.start(visitor);
+        let rest = c.reorder.all();
+        c.hand_out(rest, visitor, &mut tracker, &mut summary)?;
         for ep in tracker.finish_file(idx, &mut SinkRef(visitor)) {
-            visitor.open_at_end(&ep, &info);
+            visitor.open_at_end(&ep, &c.info);
         }
-        visitor.source_end(idx, &info);
-        summary.events += counters.0;
-        summary.skipped_lines += counters.1;
-        summary.reordered += counters.2;
-        summary.formats.push(info.format);
-        summary.sources.push(info);
+        visitor.source_end(idx, &c.info);
+        summary.events += c.events;
+        summary.skipped_lines += c.skipped;
+        summary.reordered += c.reordered;
+        summary.formats.push(c.info.format);
+        summary.sources.push(c.info);
     }
     summary.anomalies = tracker.anomalies.clone();
     Ok(summary)
