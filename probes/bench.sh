@@ -16,6 +16,9 @@ reps=${2:-3}
 command -v bpftrace >/dev/null || { echo "bench.sh: bpftrace not installed"; exit 1; }
 [ -n "${VNET_SIM:-}" ] || cargo build --release -q -p vnet-device --bin vnet-sim
 sim=${VNET_SIM:-$PWD/target/release/vnet-sim}
+# 4 MiB of perf ring per CPU instead of 256 KiB: a loaded machine must not lose rows
+# ("Lost N events"), or the counts below stop matching.
+export BPFTRACE_PERF_RB_PAGES=${BPFTRACE_PERF_RB_PAGES:-1024}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # the workload: bidirectional, 8 streams, ENOBUFS injected on every 50th send so the
