@@ -29,7 +29,7 @@ use vm_memory::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
-use vnet_device::backend::{BackendOptions, BackendSpec, UnixStreamBackend};
+use vnet_device::backend::{BackendOptions, UnixStreamBackend};
 use vnet_device::metrics::Metrics;
 use vnet_device::net::{DEVICE_FEATURES, NET_HDR_LEN};
 use vnet_device::vhost_user::handler::{VhostNetHandler, OFFERED_FEATURES};
@@ -71,8 +71,6 @@ fn rig() -> Rig {
     let (dev_end, proxy) = UnixStream::pair().unwrap();
     let backend = UnixStreamBackend::from_socket(dev_end, &BackendOptions::default()).unwrap();
     let handler = Arc::new(Mutex::new(VhostNetHandler::with_backend(
-        BackendSpec::UnixStream("/nonexistent/only-for-reconnects".into()),
-        BackendOptions::default(),
         Box::new(backend),
         WorkerOptions::default(),
         Arc::new(Metrics::default()),
@@ -161,8 +159,12 @@ impl Rig {
     }
 
     fn setup_ring(&mut self, index: usize, q: &MockSplitQueue<'_, GuestMemoryMmap>) {
+        self.setup_ring_at(index, q, 0);
+    }
+
+    fn setup_ring_at(&mut self, index: usize, q: &MockSplitQueue<'_, GuestMemoryMmap>, base: u16) {
         self.frontend.set_vring_num(index, QSIZE).unwrap();
-        self.frontend.set_vring_base(index, 0).unwrap();
+        self.frontend.set_vring_base(index, base).unwrap();
         let cfg = VringConfigData {
             queue_max_size: QSIZE,
             queue_size: QSIZE,
@@ -276,6 +278,37 @@ fn qemu_order_with_early_enable_then_frames_flow_both_ways() {
     assert!(!r.handler.lock().unwrap().is_running());
     let m = r.handler.lock().unwrap().stats();
     assert_eq!((m.worker_starts, m.worker_stops), (1, 1));
+
+    // QEMU restarts the rings where they stopped (a guest reset does this): the same proxy
+    // connection carries on.
+    r.setup_ring_at(0, &rxq, 1);
+    r.setup_ring_at(1, &txq, 1);
+    r.frontend.set_vring_enable(0, true).unwrap();
+    r.frontend.set_vring_enable(1, true).unwrap();
+    r.sync();
+    assert_eq!(r.stats().worker_starts, 2);
+    let again = frame(60, 9);
+    mem.write_slice(&again, GuestAddress(DATA + 0x3000 + NET_HDR_LEN as u64))
+        .unwrap();
+    mem.write_slice(&[0u8; NET_HDR_LEN], GuestAddress(DATA + 0x3000))
+        .unwrap();
+    txq.add_desc_chains(
+        &[RawDescriptor::from(Descriptor::new(
+            DATA + 0x3000,
+            (NET_HDR_LEN + again.len()) as u32,
+            0,
+            0,
+        ))],
+        2,
+    )
+    .unwrap();
+    r.kicks[1].write(1).unwrap();
+    r.proxy.read_exact(&mut len).unwrap();
+    assert_eq!(u32::from_be_bytes(len) as usize, again.len());
+    let mut got = vec![0u8; again.len()];
+    r.proxy.read_exact(&mut got).unwrap();
+    assert_eq!(got, again);
+    assert_eq!(r.frontend.get_vring_base(1).unwrap(), 2);
 
     drop(r.frontend);
     drop(r.raw);

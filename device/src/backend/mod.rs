@@ -172,12 +172,15 @@ pub fn connect(
     }
 }
 
-/// Counts real send attempts and decides which ones fail by injection.
+/// Decides which sends fail by injection. Counts sends of new frames: the retry that
+/// follows an injected burst goes through uncounted, so `enobufs_every: 1` makes every
+/// frame fail `burst` times and then pass, instead of failing forever.
 #[derive(Debug, Default)]
 pub(crate) struct FaultInjector {
     cfg: FaultConfig,
     sends: u64,
     burst_left: u32,
+    pass_next: bool,
     pub(crate) injected: u64,
 }
 
@@ -197,12 +200,17 @@ impl FaultInjector {
         if self.burst_left > 0 {
             self.burst_left -= 1;
             self.injected += 1;
+            self.pass_next = self.burst_left == 0;
             return true;
+        }
+        if std::mem::take(&mut self.pass_next) {
+            return false;
         }
         self.sends += 1;
         if self.sends % u64::from(self.cfg.enobufs_every) == 0 {
             self.burst_left = self.cfg.enobufs_burst.max(1) - 1;
             self.injected += 1;
+            self.pass_next = self.burst_left == 0;
             return true;
         }
         false
@@ -312,13 +320,23 @@ mod tests {
             enobufs_every: 3,
             enobufs_burst: 2,
         });
-        let pattern: Vec<bool> = (0..9).map(|_| f.inject()).collect();
-        // sends 1,2 pass; 3rd fails, plus one more burst failure; then 4,5 pass; 6th fails...
+        let pattern: Vec<bool> = (0..10).map(|_| f.inject()).collect();
+        // Frames 1, 2 pass; frame 3 fails twice, its retry passes; frames 4, 5 pass; 6 fails...
+        let want = [
+            false, false, true, true, false, false, false, true, true, false,
+        ];
+        assert_eq!(pattern, want);
+        assert_eq!(f.injected, 4);
+        let mut all = FaultInjector::new(FaultConfig {
+            enobufs_every: 1,
+            enobufs_burst: 1,
+        });
+        let pattern: Vec<bool> = (0..4).map(|_| all.inject()).collect();
         assert_eq!(
             pattern,
-            [false, false, true, true, false, false, true, true, false]
+            [true, false, true, false],
+            "every frame fails once, then passes"
         );
-        assert_eq!(f.injected, 4);
         let mut never = FaultInjector::new(FaultConfig::default());
         assert!((0..100).all(|_| !never.inject()));
     }

@@ -25,6 +25,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::memory::{self, RegionMap};
+use super::shared_backend::SharedBackend;
 use crate::backend::{self, Backend, BackendOptions, BackendSpec};
 use crate::metrics::Metrics;
 use crate::net::{DEVICE_FEATURES, RX_QUEUE, TX_QUEUE};
@@ -82,10 +83,9 @@ pub struct HandshakeStats {
 }
 
 pub struct VhostNetHandler {
-    proxy: BackendSpec,
-    backend_opts: BackendOptions,
-    /// Connected at start-up so a missing proxy fails before QEMU connects.
-    spare_backend: Option<Box<dyn Backend>>,
+    /// Connected at start-up (a missing proxy fails before QEMU connects) and kept across
+    /// worker restarts.
+    backend: SharedBackend,
     worker_options: WorkerOptions,
     metrics: Arc<Metrics>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
@@ -97,33 +97,23 @@ pub struct VhostNetHandler {
 
 impl VhostNetHandler {
     pub fn new(
-        proxy: BackendSpec,
-        backend_opts: BackendOptions,
+        proxy: &BackendSpec,
+        backend_opts: &BackendOptions,
         worker_options: WorkerOptions,
         metrics: Arc<Metrics>,
     ) -> Result<Self, backend::BackendError> {
-        let spare = backend::connect(&proxy, &backend_opts)?;
-        Ok(Self::with_backend(
-            proxy,
-            backend_opts,
-            spare,
-            worker_options,
-            metrics,
-        ))
+        let b = backend::connect(proxy, backend_opts)?;
+        Ok(Self::with_backend(b, worker_options, metrics))
     }
 
     /// With an already connected backend (tests hand in one end of a socketpair).
     pub fn with_backend(
-        proxy: BackendSpec,
-        backend_opts: BackendOptions,
         backend: Box<dyn Backend>,
         worker_options: WorkerOptions,
         metrics: Arc<Metrics>,
     ) -> Self {
         VhostNetHandler {
-            proxy,
-            backend_opts,
-            spare_backend: Some(backend),
+            backend: SharedBackend::new(backend),
             worker_options,
             metrics,
             mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
@@ -257,11 +247,7 @@ impl VhostNetHandler {
         let (rx_kick, tx_kick) = (dup(rx.kick.as_ref())?, dup(tx.kick.as_ref())?);
         let (rx_call, tx_call) = (dup(rx.call.as_ref())?, dup(tx.call.as_ref())?);
         let call_fds = [rx_call.as_raw_fd(), tx_call.as_raw_fd()];
-        let backend = match self.spare_backend.take() {
-            Some(b) => b,
-            None => backend::connect(&self.proxy, &self.backend_opts)
-                .map_err(|e| handler_err(format!("reconnecting to the proxy: {e}")))?,
-        };
+        let backend: Box<dyn Backend> = Box::new(self.backend.clone());
         let tx_q = queues.pop().expect("two queues");
         let rx_q = queues.pop().expect("two queues");
         let handle = worker::spawn(WorkerSetup {

@@ -7,6 +7,7 @@
 pub mod handler;
 pub mod memory;
 pub mod session;
+pub mod shared_backend;
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -138,11 +139,9 @@ pub fn connect_handler(
     worker: WorkerOptions,
     metrics: Arc<Metrics>,
 ) -> Result<VhostNetHandler, DaemonError> {
-    VhostNetHandler::new(proxy.clone(), opts.clone(), worker, metrics).map_err(|source| {
-        DaemonError::Proxy {
-            proxy: proxy.to_string(),
-            source,
-        }
+    VhostNetHandler::new(proxy, opts, worker, metrics).map_err(|source| DaemonError::Proxy {
+        proxy: proxy.to_string(),
+        source,
     })
 }
 

@@ -1,0 +1,302 @@
+//! Property tests: random descriptor chains (good and bad, any split) and random proxy
+//! behaviour (how much it reads per step, injected ENOBUFS, datagram or stream) never
+//! panic the device and never lose, duplicate or reorder a frame.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::sync::Arc;
+
+use common::{frame, tx_segs, DriverQueue, RxAssembler, Seg};
+use proptest::prelude::*;
+use vnet_device::backend::{Backend, BackendOptions, FaultConfig, UnixGram, UnixStreamBackend};
+use vnet_device::metrics::Metrics;
+use vnet_device::net::{DEVICE_FEATURES, FEATURE_EVENT_IDX, MAX_FRAME, NET_HDR_LEN};
+use vnet_device::notify::Notifier;
+use vnet_device::worker::NetDevice;
+
+#[derive(Debug, Clone)]
+enum TxChain {
+    Good { len: usize, cuts: Vec<usize> },
+    TooShort(u32),
+    OutOfBounds,
+    WriteOnly,
+}
+
+fn tx_chain() -> impl Strategy<Value = TxChain> {
+    prop_oneof![
+        6 => (1usize..3000, prop::collection::vec(100usize..2000, 1..4)).prop_map(|(len, cuts)| TxChain::Good { len, cuts }),
+        1 => (0u32..=NET_HDR_LEN as u32).prop_map(TxChain::TooShort),
+        1 => Just(TxChain::OutOfBounds),
+        1 => Just(TxChain::WriteOnly),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Proxy {
+    Gram,
+    Stream { sndbuf: usize },
+}
+
+fn proxy() -> impl Strategy<Value = Proxy> {
+    prop_oneof![
+        Just(Proxy::Gram),
+        (4096usize..65536).prop_map(|sndbuf| Proxy::Stream { sndbuf })
+    ]
+}
+
+enum Peer {
+    Gram(UnixDatagram),
+    Stream {
+        sock: UnixStream,
+        wire: Vec<u8>,
+        rbuf: Vec<u8>,
+        out: Vec<u8>,
+    },
+}
+
+impl Peer {
+    /// Reads up to `n` datagrams / `n * 1000` stream bytes; returns complete frames.
+    fn read(&mut self, n: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        match self {
+            Peer::Gram(s) => {
+                let mut buf = vec![0u8; MAX_FRAME];
+                for _ in 0..n {
+                    match s.recv(&mut buf) {
+                        Ok(k) => out.push(buf[..k].to_vec()),
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+            Peer::Stream {
+                sock, wire, rbuf, ..
+            } => {
+                let want = n * 1000;
+                if want > 0 {
+                    rbuf.resize(want, 0);
+                    match sock.read(rbuf) {
+                        Ok(k) => wire.extend_from_slice(&rbuf[..k]),
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                while wire.len() >= 4 {
+                    let len = u32::from_be_bytes(wire[..4].try_into().unwrap()) as usize;
+                    if wire.len() < 4 + len {
+                        break;
+                    }
+                    out.push(wire[4..4 + len].to_vec());
+                    wire.drain(..4 + len);
+                }
+            }
+        }
+        out
+    }
+
+    /// Offers a frame; false when the proxy cannot take it now (try again later).
+    fn send(&mut self, f: &[u8]) -> bool {
+        match self {
+            Peer::Gram(s) => match s.send(f) {
+                Ok(_) => true,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+                Err(e) => panic!("{e}"),
+            },
+            // Stream bytes queue up in `out` and go out as the socket takes them, in
+            // whatever pieces it takes, so the device sees frames split anywhere.
+            Peer::Stream { out, .. } => {
+                if out.len() > 100_000 {
+                    return false;
+                }
+                out.extend_from_slice(&(f.len() as u32).to_be_bytes());
+                out.extend_from_slice(f);
+                true
+            }
+        }
+    }
+
+    /// Pushes queued stream bytes, at most `max` per call, never blocking.
+    fn flush(&mut self, max: usize) {
+        if let Peer::Stream { sock, out, .. } = self {
+            let n = max.min(out.len());
+            if n == 0 {
+                return;
+            }
+            match sock.write(&out[..n]) {
+                Ok(k) => drop(out.drain(..k)),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+}
+
+fn connect(p: &Proxy, fault: FaultConfig) -> (Box<dyn Backend>, Peer) {
+    match p {
+        Proxy::Gram => {
+            let (a, b) = UnixDatagram::pair().unwrap();
+            b.set_nonblocking(true).unwrap();
+            let opts = BackendOptions {
+                fault,
+                ..Default::default()
+            };
+            (
+                Box::new(UnixGram::from_socket(a, &opts).unwrap()),
+                Peer::Gram(b),
+            )
+        }
+        Proxy::Stream { sndbuf } => {
+            let (a, b) = UnixStream::pair().unwrap();
+            b.set_nonblocking(true).unwrap();
+            let opts = BackendOptions {
+                fault,
+                sndbuf: Some(*sndbuf),
+                ..Default::default()
+            };
+            let peer = Peer::Stream {
+                sock: b,
+                wire: Vec::new(),
+                rbuf: Vec::new(),
+                out: Vec::new(),
+            };
+            (
+                Box::new(UnixStreamBackend::from_socket(a, &opts).unwrap()),
+                peer,
+            )
+        }
+    }
+}
+
+fn segs_for(c: &TxChain, seq: u32) -> Vec<Seg> {
+    match c {
+        TxChain::Good { len, cuts } => tx_segs(&frame(seq, *len), cuts),
+        TxChain::TooShort(n) => vec![Seg::read(&vec![0u8; *n as usize])],
+        TxChain::OutOfBounds => {
+            let mut s = tx_segs(&frame(seq, 100), &[NET_HDR_LEN]);
+            s[1].addr = Some(common::MEM_END - 10);
+            s
+        }
+        TxChain::WriteOnly => vec![Seg::read(&[0u8; NET_HDR_LEN]), Seg::write(100)],
+    }
+}
+
+fn device(
+    mem: &vm_memory::GuestMemoryMmap,
+    rx: &DriverQueue,
+    tx: &DriverQueue,
+    be: Box<dyn Backend>,
+    features: u64,
+) -> (NetDevice, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let dev = NetDevice::new(
+        common::atomic(mem),
+        rx.queue(),
+        tx.queue(),
+        Notifier::new().unwrap(),
+        Notifier::new().unwrap(),
+        features,
+        be,
+        metrics.clone(),
+    );
+    (dev, metrics)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn tx_random_chains_and_proxy_never_lose_or_duplicate(
+        chains in prop::collection::vec(tx_chain(), 1..40),
+        proxy in proxy(),
+        reads in prop::collection::vec(0usize..4, 1..8),
+        every in 0u32..5,
+        burst in 1u32..4,
+        event_idx in any::<bool>(),
+    ) {
+        let mem = common::memory();
+        let (rx, mut tx) = (DriverQueue::new(0, 16), DriverQueue::new(1, 64));
+        let (be, mut peer) = connect(&proxy, FaultConfig { enobufs_every: every, enobufs_burst: burst });
+        let features = if event_idx { DEVICE_FEATURES } else { DEVICE_FEATURES & !FEATURE_EVENT_IDX };
+        let (mut dev, metrics) = device(&mem, &rx, &tx, be, features);
+        let expected: Vec<Vec<u8>> = chains.iter().enumerate().filter_map(|(i, c)| match c {
+            TxChain::Good { len, .. } => Some(frame(i as u32, *len)),
+            _ => None,
+        }).collect();
+        let bad = chains.len() - expected.len();
+        let (mut next, mut used, mut got) = (0usize, 0usize, Vec::new());
+        let mut step = 0usize;
+        while got.len() < expected.len() || used < chains.len() {
+            step += 1;
+            prop_assert!(step < 100_000, "no progress: got {} of {}, used {} of {}", got.len(), expected.len(), used, chains.len());
+            while next < chains.len() && tx.add(&mem, &segs_for(&chains[next], next as u32)).is_some() {
+                next += 1;
+            }
+            dev.process_tx().unwrap();
+            // Never stall forever: a proxy that read nothing for a while reads one.
+            let n = reads[step % reads.len()].max(usize::from(step % 7 == 0));
+            got.extend(peer.read(n));
+            used += tx.take_used(&mem).len();
+        }
+        prop_assert_eq!(&got, &expected);
+        prop_assert_eq!(used, chains.len());
+        let m = metrics.snapshot();
+        prop_assert_eq!(m.rejected_chains as usize, bad);
+        prop_assert_eq!(m.tx_frames as usize, expected.len());
+        prop_assert_eq!(m.resolved, m.episodes);
+        prop_assert!(!m.open_episode);
+        prop_assert!(m.retries >= m.injected_faults);
+    }
+
+    #[test]
+    fn rx_random_buffers_and_frames_arrive_once_in_order(
+        lens in prop::collection::vec(1usize..20000, 1..30),
+        bufs in prop::collection::vec((NET_HDR_LEN as u32..5000, 1usize..3, any::<bool>()), 1..10),
+        stream in any::<bool>(),
+        bad_every in 0usize..6,
+    ) {
+        let mem = common::memory();
+        let (mut rx, tx) = (DriverQueue::new(0, 128), DriverQueue::new(1, 16));
+        let p = if stream { Proxy::Stream { sndbuf: 65536 } } else { Proxy::Gram };
+        let (be, mut peer) = connect(&p, FaultConfig::default());
+        let (mut dev, metrics) = device(&mem, &rx, &tx, be, DEVICE_FEATURES);
+        let frames: Vec<Vec<u8>> = lens.iter().enumerate().map(|(i, &l)| frame(i as u32, l)).collect();
+        let mut asm = RxAssembler::default();
+        let (mut sent, mut posted, mut step) = (0usize, 0usize, 0usize);
+        let mut bad_posted = 0;
+        while asm.frames.len() < frames.len() {
+            step += 1;
+            prop_assert!(step < 100_000, "no progress: {} of {}", asm.frames.len(), frames.len());
+            if sent < frames.len() && peer.send(&frames[sent]) {
+                sent += 1;
+            }
+            peer.flush(1 + (step * 7919) % 30000);
+            // Post a few buffers of random shapes; now and then a bad one.
+            let (len, ndesc, skip) = bufs[step % bufs.len()];
+            if !skip || step % 5 == 0 {
+                let bad = bad_every > 0 && posted % (bad_every + 7) == bad_every;
+                let segs: Vec<Seg> = if bad {
+                    vec![Seg::read(&[0u8; 64])]
+                } else {
+                    (0..ndesc).map(|k| Seg::write(if k == 0 { len } else { 1 + len / 2 })).collect()
+                };
+                if rx.add(&mem, &segs).is_some() {
+                    posted += 1;
+                    bad_posted += usize::from(bad);
+                }
+            }
+            dev.process_rx().unwrap();
+            for u in rx.take_used(&mem) {
+                if u.len > 0 {
+                    asm.push(&mem, &u);
+                }
+            }
+        }
+        prop_assert_eq!(&asm.frames, &frames);
+        let m = metrics.snapshot();
+        prop_assert_eq!(m.rejected_chains as usize, bad_posted);
+        prop_assert_eq!(m.drops.total, 0);
+        prop_assert_eq!(m.rx_frames as usize, frames.len());
+    }
+}
