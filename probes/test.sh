@@ -20,6 +20,9 @@ if [ -z "${VNET_SIM:-}" ] || [ -z "${ANALYZE:-}" ]; then
   cargo build --release -q -p vnet-device --bin vnet-sim -p analyze --bin analyze
 fi
 sim=${VNET_SIM:-$PWD/target/release/vnet-sim}
+# 4 MiB of perf ring per CPU instead of 256 KiB: a loaded machine must not lose rows
+# ("Lost N events"), or the counts below stop matching.
+export BPFTRACE_PERF_RB_PAGES=${BPFTRACE_PERF_RB_PAGES:-1024}
 analyze=${ANALYZE:-$PWD/target/release/analyze}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
