@@ -87,8 +87,83 @@ pub struct Timeline {
     #[serde(skip)]
     pub wall_offset_ns: Option<i64>,
     pub events: Vec<TimelineEvent>,
+    /// Each send attempt after the first failure and the wake-up that triggered it.
+    pub attempts: Vec<Attempt>,
     /// Events beyond the cap were dropped.
     pub truncated: bool,
+}
+
+/// A send attempt after the first failure (a failed retry or the send that went out).
+#[derive(Clone, Debug, Serialize)]
+pub struct Attempt {
+    pub offset_ns: i64,
+    pub succeeded: bool,
+    /// The latest wake-up since the previous attempt, e.g. "write wake-up without room".
+    pub trigger: String,
+}
+
+/// Which wake-up led to each attempt: the latest one since the previous attempt. Failed
+/// retries are only visible in traces (and pre-PR logs); newer logs show only the success.
+fn attempts(events: &[Event], ep: &Episode) -> Vec<Attempt> {
+    let mut out = Vec::new();
+    let mut last: Option<String> = None;
+    let end = ep.end_ns.unwrap_or(i64::MAX);
+    for e in events
+        .iter()
+        .filter(|e| e.ts_ns >= ep.start_ns && e.ts_ns <= end)
+    {
+        let same_fd = ep.fd.is_none() || e.fd.is_none() || ep.fd == e.fd;
+        match e.kind {
+            Kind::KeventWrite if same_fd => {
+                last = Some(
+                    match (e.data, ep.frame_len) {
+                        (Some(d), Some(len)) if d >= 0 && d < len => "write wake-up without room",
+                        (Some(d), Some(_)) if d >= 0 => "write wake-up with room",
+                        _ => "write wake-up",
+                    }
+                    .to_string(),
+                )
+            }
+            Kind::KeventRead => last = Some("read wake-up".to_string()),
+            Kind::GuestKick => last = Some("guest kick".to_string()),
+            Kind::TimerFired => last = Some("timer firing".to_string()),
+            Kind::EnobufsRetry | Kind::EnobufsResolved if same_fd => {
+                out.push(Attempt {
+                    offset_ns: e.ts_ns - ep.start_ns,
+                    succeeded: e.kind == Kind::EnobufsResolved,
+                    trigger: last
+                        .take()
+                        .unwrap_or_else(|| "no recorded wake-up".to_string()),
+                });
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// "sends after the first failure: 2 failed (after a write wake-up without room, after a
+/// timer firing), then sent after a write wake-up with room".
+fn explain_attempts(attempts: &[Attempt]) -> Option<String> {
+    if attempts.is_empty() {
+        return None;
+    }
+    let failed: Vec<String> = attempts
+        .iter()
+        .filter(|a| !a.succeeded)
+        .map(|a| format!("after a {}", a.trigger))
+        .collect();
+    let sent = attempts.iter().find(|a| a.succeeded);
+    let mut s = String::from("sends after the first failure: ");
+    if !failed.is_empty() {
+        s.push_str(&format!("{} failed ({})", failed.len(), failed.join(", ")));
+    }
+    match sent {
+        Some(a) if failed.is_empty() => s.push_str(&format!("sent after a {}", a.trigger)),
+        Some(a) => s.push_str(&format!(", then sent after a {}", a.trigger)),
+        None => {}
+    }
+    Some(s)
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -186,6 +261,7 @@ impl Collector {
         };
         if keep {
             let info = &self.infos[ep.file as usize];
+            let attempts = attempts(&events, &ep);
             let events = events
                 .into_iter()
                 .map(|e| describe(&e, &ep, info))
@@ -195,6 +271,7 @@ impl Collector {
                 wall_offset_ns: info.wall_offset_ns,
                 episode: ep,
                 events,
+                attempts,
                 truncated,
             });
         }
@@ -503,6 +580,9 @@ pub fn render_text(timelines: &[Timeline]) -> String {
             let _ = writeln!(out, "(more events not shown: per-episode cap reached)");
         }
         let _ = writeln!(out, "{}", explain(ep));
+        if let Some(line) = explain_attempts(&t.attempts) {
+            let _ = writeln!(out, "{line}");
+        }
     }
     out
 }
