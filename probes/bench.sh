@@ -5,8 +5,9 @@
 #
 #   sudo probes/bench.sh [SECS per run, default 5] [REPEATS, default 3]
 #
-# Prints a markdown table: median Gbit/s per mode, and the median over rounds of each
-# mode's throughput divided by the untraced run of the same round.
+# Prints a markdown table per mode: throughput, and CPU seconds (the simulator plus the
+# tracer) per GB moved, each also as the median over rounds of its ratio to the untraced run
+# of the same round.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
@@ -15,44 +16,65 @@ reps=${2:-3}
 command -v bpftrace >/dev/null || { echo "bench.sh: bpftrace not installed"; exit 1; }
 [ -n "${VNET_SIM:-}" ] || cargo build --release -q -p vnet-device --bin vnet-sim
 sim=${VNET_SIM:-$PWD/target/release/vnet-sim}
+# 4 MiB of perf ring per CPU instead of 256 KiB: a loaded machine must not lose rows
+# ("Lost N events"), or the counts below stop matching.
+export BPFTRACE_PERF_RB_PAGES=${BPFTRACE_PERF_RB_PAGES:-1024}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # the workload: bidirectional, 8 streams, ENOBUFS injected on every 50th send so the
 # episode probes fire too (the per-frame probes dominate either way)
 load="--duration $secs --inject-enobufs 50 --json --no-progress"
 
-gbit() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["gbit_per_s"])' "$1"; }
-one() { # mode -> prints Gbit/s of one run
+# Runs a command, stdout to $out, and writes the CPU seconds it and its children used to
+# $work/cpu: the tracer's own CPU counts, it is part of the price of watching.
+cpu() {
+  python3 - "$work/cpu" "$@" <<'PY'
+import resource, subprocess, sys
+subprocess.run(sys.argv[2:], check=False)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write(f"{r.ru_utime + r.ru_stime}\n")
+PY
+}
+stats() { # Gbit/s and CPU seconds per GB moved, from the JSON summary and $work/cpu
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); c=float(open(sys.argv[2]).read())
+print(d["gbit_per_s"], c / ((d["tx_bytes"] + d["rx_bytes"]) / 1e9))' "$1" "$work/cpu"
+}
+one() { # mode -> prints "Gbit/s cpu_s_per_GB" of one run
   local mode=$1 out=$work/run.json
   case $mode in
-    untraced) "$sim" $load > "$out" ;;
-    enobufs.bt) bpftrace -q -o "$work/t.csv" probes/enobufs.bt "$sim" -c "$sim $load" > "$out" 2>/dev/null ;;
-    enobufs.bt-FRAMES=0) bpftrace -q -o "$work/t.csv" probes/enobufs.bt "$sim" 0 -c "$sim $load" > "$out" 2>/dev/null ;;
-    recorder) "$sim" $load --trace "$work/r.csv" > "$out" ;;
-    debug-log) "$sim" $load --log-level debug > "$out" 2> "$work/debug.log" ;;
+    untraced) cpu "$sim" $load > "$out" ;;
+    enobufs.bt) cpu bpftrace -q -o "$work/t.csv" probes/enobufs.bt "$sim" -c "$sim $load" > "$out" 2>/dev/null ;;
+    enobufs.bt-FRAMES=0) cpu bpftrace -q -o "$work/t.csv" probes/enobufs.bt "$sim" 0 -c "$sim $load" > "$out" 2>/dev/null ;;
+    recorder) cpu "$sim" $load --trace "$work/r.csv" > "$out" ;;
+    debug-log) cpu "$sim" $load --log-level debug > "$out" 2> "$work/debug.log" ;;
   esac
-  gbit "$out"
+  stats "$out"
 }
 median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
 modes=(untraced enobufs.bt enobufs.bt-FRAMES=0 recorder debug-log)
-declare -A result ratios
-for m in "${modes[@]}"; do result[$m]=""; ratios[$m]=""; done
+declare -A gb cpus rg rc
+for m in "${modes[@]}"; do gb[$m]=""; cpus[$m]=""; rg[$m]=""; rc[$m]=""; done
 # Interleave the modes and compare each run with the untraced run of its own round: on a
-# shared machine the load drifts between rounds more than it does within one.
+# shared machine the load drifts between rounds more than it does within one. CPU seconds
+# per GB moved is the steadier number when other work competes for the cores.
 for r in $(seq "$reps"); do
   for m in "${modes[@]}"; do
-    g=$(one "$m")
-    [ "$m" = untraced ] && base=$g
-    result[$m]+="$g "
-    ratios[$m]+="$(python3 -c "print($g / $base)") "
-    echo "round $r $m: $g Gbit/s" >&2
+    read -r g c < <(one "$m")
+    [ "$m" = untraced ] && { bg=$g; bc=$c; }
+    gb[$m]+="$g "; cpus[$m]+="$c "
+    rg[$m]+="$(python3 -c "print($g / $bg)") "; rc[$m]+="$(python3 -c "print($c / $bc)") "
+    echo "round $r $m: $g Gbit/s, $c CPU s/GB" >&2
   done
 done
-echo "| mode | Gbit/s (median of $reps x ${secs}s) | throughput vs untraced (median of per-round ratios) |"
-echo "|---|---|---|"
+med() { echo "$1" | tr ' ' '\n' | grep . | median; }
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
+echo
+echo "| mode | Gbit/s | throughput vs untraced | CPU s per GB moved | CPU vs untraced |"
+echo "|---|---|---|---|---|"
 for m in "${modes[@]}"; do
-  med=$(echo "${result[$m]}" | tr ' ' '\n' | grep . | median)
-  rat=$(echo "${ratios[$m]}" | tr ' ' '\n' | grep . | median)
-  printf '| %s | %.2f | %.2f |\n' "$m" "$med" "$rat"
+  printf '| %s | %.2f | %.2f | %.3f | %.2f |\n' "$m" "$(med "${gb[$m]}")" "$(med "${rg[$m]}")" \
+    "$(med "${cpus[$m]}")" "$(med "${rc[$m]}")"
 done
+echo
+echo "(medians of $reps rounds of ${secs} s; ratios are per round against that round's untraced run)"

@@ -23,8 +23,11 @@ without_bin=$out/vnet-sim-noprobes
 # 64 KiB frames guest->sink and 1514-byte frames, no ACKs, no payload hashing: the
 # device's own path dominates.
 measure() { # bin size -> Gbit/s
+  # A generous stall timeout: on a loaded machine a starved thread is not a device hang.
   "$1" --direction tx --ack-size 0 --tx-size "$2" --no-checksum --no-progress \
-    --duration "$secs" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["tx_gbit_per_s"])'
+    --stall-timeout 10 --duration "$secs" --json > "$out/run.json" ||
+    { echo "run of $1 failed: $(head -c 2000 "$out/run.json")" >&2; exit 1; }
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["tx_gbit_per_s"])' "$out/run.json"
 }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 

@@ -9,14 +9,16 @@
 //! Probes compiled in vs compiled out needs two builds: see `throughput-probes.sh`.
 //!
 //! `cargo bench -p vnet-device --bench throughput` (env BENCH_SECS, default 2, per run;
-//! BENCH_ROUNDS, default 3: each measurement is the median of that many alternating runs).
+//! BENCH_ROUNDS, default 5: each measurement is the median of that many alternating runs).
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vnet_device::backend::unixgram;
 use vnet_device::probes;
 use vnet_device::recorder::Recorder;
 use vnet_device::sim::workload::{Direction, Limit, Workload};
@@ -44,6 +46,8 @@ fn device(kind: BuiltinKind, frame: usize, secs: f64) -> Rate {
         },
         backend: kind,
         progress: false,
+        // On a loaded machine a starved thread is not a device hang.
+        stall_timeout: Duration::from_secs(10),
         ..SimConfig::default()
     };
     // The raw loop's reader only counts, so the sink does too (sequence numbers are
@@ -69,6 +73,10 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64) -> Rate {
     let (frames, elapsed) = match kind {
         BuiltinKind::UnixGram => {
             let (a, b) = UnixDatagram::pair().unwrap();
+            // The device's datagram socket gets these buffers; the baseline must too, or it
+            // measures a smaller pipe.
+            set_buf(a.as_raw_fd(), libc::SO_SNDBUF, unixgram::DEFAULT_SNDBUF);
+            set_buf(b.as_raw_fd(), libc::SO_RCVBUF, unixgram::DEFAULT_RCVBUF);
             b.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
             let st = stop.clone();
             let rx = std::thread::spawn(move || {
@@ -131,6 +139,21 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64) -> Rate {
     }
 }
 
+fn set_buf(fd: i32, opt: libc::c_int, bytes: usize) {
+    let v = bytes as libc::c_int;
+    // SAFETY: fd is an open socket; v outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -173,7 +196,7 @@ fn main() {
     }
     probes::register();
     let secs: f64 = env_num("BENCH_SECS", 2.0);
-    let rounds: usize = env_num("BENCH_ROUNDS", 3);
+    let rounds: usize = env_num("BENCH_ROUNDS", 5);
     println!("vnet-sim throughput bench: {secs} s per run, median of {rounds} alternating runs");
     println!(
         "{:<44} {:>12} {:>12} {:>8}",

@@ -75,12 +75,21 @@ fn udp_echo_through_passt() {
     assert_eq!(o.code, 0, "{}\n{}", o.stderr, o.json);
     assert_eq!(o.errors(), 0, "{}", o.json);
     let echoed = o.json["to_guest"]["data_frames"].as_u64().unwrap();
-    // Every datagram sent is either echoed or counted as a UDP drop.
+    // Every datagram sent is either echoed or counted as a UDP drop, and the device
+    // accounted for every frame (the summary's `lost` is the device's share, zero above).
     assert_eq!(echoed + o.u("udp_lost"), 400, "{}", o.json);
-    // Loopback UDP at 50 Mbit/s drops rarely; most must come back for the test to mean
-    // anything.
-    assert!(echoed >= 360, "only {echoed} of 400 echoes: {}", o.json);
-    // 400 datagrams and at least one ARP request went out through the device.
+    let host_saw = o.json["udp_echoed"].as_u64().unwrap();
+    assert!(host_saw >= echoed && host_saw <= 400, "{}", o.json);
+    // Loopback UDP at 50 Mbit/s with a capped burst rarely drops; most must come back
+    // for the test to mean anything (a loaded CI machine may drop some).
+    assert!(echoed >= 200, "only {echoed} of 400 echoes: {}", o.json);
+    // 400 datagrams and at least one ARP request went out through the device, and every
+    // frame the device read reached the guest (echoes plus the ARP reply).
     assert!(o.u("tx_frames") > 400, "{}", o.json);
-    assert!(o.u("rx_frames") >= echoed);
+    assert_eq!(
+        o.u("rx_frames"),
+        echoed + o.json["to_guest"]["foreign"].as_u64().unwrap(),
+        "{}",
+        o.json
+    );
 }

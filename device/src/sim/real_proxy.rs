@@ -194,6 +194,7 @@ impl Framer for UdpFramer {
         mem: &GuestMemoryMmap,
         addr: GuestAddress,
         n: &Next,
+        _same_len_before: bool,
     ) -> Result<usize, DriverError> {
         let gw = self.gateway().expect("write is only called once ready");
         let region_len = n.len - UDP_OVERHEAD;

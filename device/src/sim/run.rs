@@ -298,7 +298,9 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         Some(p) => Some(p.join().map_err(io("built-in proxy"))?),
         None => None,
     };
+    let mut udp_echoed = None;
     if let Some(e) = echo {
+        udp_echoed = Some(e.echoed.load(Ordering::Acquire));
         e.stop().map_err(io("UDP echo socket"))?;
     }
     let tx_queue = tx_res?;
@@ -307,17 +309,33 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
     // Frames that never arrived at the tail count as lost.
     let to_proxy =
         proxy_counts.map(|mut c| c.finish(&shared.guest_sent.per_stream(workload.streams)));
+    let d = metrics.snapshot();
     let mut udp_lost = 0;
-    let to_guest = if real {
-        // Echoes that never came back: UDP may drop them, so they are reported apart.
-        let mut c = guest_checker.finish(&shared.guest_sent.per_stream(workload.streams));
-        udp_lost = std::mem::take(&mut c.lost);
-        c
+    let mut to_guest = if real {
+        guest_checker.finish(&shared.guest_sent.per_stream(workload.streams))
     } else {
         guest_checker.finish(&shared.proxy_sent.per_stream(workload.streams))
     };
+    if real {
+        // A missing echo is a UDP drop unless the device itself lost the frame: every
+        // frame the guest posted must have been written out, and every frame the device
+        // read must have reached the guest. Only what the device cannot account for is
+        // an integrity error; the rest is the network's.
+        let missing = std::mem::take(&mut to_guest.lost);
+        let device_lost = if stall.is_none() {
+            shared
+                .guest_frames_out
+                .load(Ordering::Acquire)
+                .saturating_sub(d.tx_frames)
+                + d.rx_frames
+                    .saturating_sub(shared.guest_frames_in.load(Ordering::Acquire))
+        } else {
+            0
+        };
+        to_guest.lost = device_lost.min(missing);
+        udp_lost = missing - to_guest.lost;
+    }
 
-    let d = metrics.snapshot();
     let gbit = |bytes: u64| bytes as f64 * 8.0 / seconds.max(1e-9) / 1e9;
     let sum = |f: fn(&Counts) -> u64| f(&to_guest) + to_proxy.as_ref().map_or(0, f);
     let mut stall_text = stall;
@@ -346,6 +364,7 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         reordered: sum(|c| c.reordered),
         corrupted: sum(|c| c.corrupted),
         udp_lost,
+        udp_echoed,
         episodes: d.episodes,
         retries: d.retries,
         resolved: d.resolved,

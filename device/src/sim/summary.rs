@@ -27,6 +27,9 @@ pub struct Summary {
     /// Real-proxy mode: echoes that never came back. UDP may drop, so this is reported,
     /// not an error.
     pub udp_lost: u64,
+    /// Real-proxy mode: datagrams the host's echo socket received (and returned), which
+    /// splits `udp_lost` into guest->host and host->guest drops.
+    pub udp_echoed: Option<u64>,
     /// ENOBUFS/EAGAIN episodes (== `enobufs_begin` firings).
     pub episodes: u64,
     /// Failed sends, first included (the retry counter).
@@ -108,7 +111,11 @@ impl Summary {
             if self.peer.starts_with("builtin") {
                 String::new()
             } else {
-                format!("  udp_lost {} (UDP drops, not errors)", self.udp_lost)
+                format!(
+                    "  udp_lost {} (UDP drops, not errors; host echo socket saw {})",
+                    self.udp_lost,
+                    self.udp_echoed.unwrap_or(0)
+                )
             }
         );
         if let Some(c) = &self.to_proxy {

@@ -231,7 +231,7 @@ impl Scheduler {
         if self.data_finished() {
             return Err(Idle::DataDone);
         }
-        if let Some(p) = &mut self.pacer {
+        if let Some(p) = self.pacer.as_mut() {
             if let Some(wait) = p.wait(self.data_size) {
                 return Err(Idle::Paced(wait));
             }
@@ -257,37 +257,47 @@ impl Scheduler {
     }
 }
 
-/// A token bucket over frame bytes.
+/// A token bucket over frame bytes. The bucket holds at most 2 ms worth (and at least
+/// one frame), so a sender that was descheduled for a while does not make up for it in
+/// one burst: a real proxy's or the host's UDP buffers would drop the burst.
 struct Pacer {
     bytes_per_sec: f64,
-    start: Instant,
-    spent: f64,
+    tokens: f64,
+    last: Instant,
 }
+
+const BURST: Duration = Duration::from_millis(2);
 
 impl Pacer {
     fn new(mbit: u64, start: Instant) -> Pacer {
         Pacer {
             bytes_per_sec: mbit as f64 * 1e6 / 8.0,
-            start,
-            spent: 0.0,
+            tokens: 0.0,
+            last: start,
         }
     }
 
-    fn wait(&self, len: usize) -> Option<Duration> {
-        let allowed = self.start.elapsed().as_secs_f64() * self.bytes_per_sec;
-        let need = self.spent + len as f64;
-        // One frame of burst so a slow start does not pace the very first frame.
-        if need <= allowed + len as f64 {
+    fn refill(&mut self, len: usize) {
+        let now = Instant::now();
+        let cap = (self.bytes_per_sec * BURST.as_secs_f64()).max(len as f64);
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.bytes_per_sec).min(cap);
+        self.last = now;
+    }
+
+    fn wait(&mut self, len: usize) -> Option<Duration> {
+        self.refill(len);
+        if self.tokens >= len as f64 {
             None
         } else {
             Some(Duration::from_secs_f64(
-                (need - allowed - len as f64) / self.bytes_per_sec,
+                (len as f64 - self.tokens) / self.bytes_per_sec,
             ))
         }
     }
 
     fn spend(&mut self, len: usize) {
-        self.spent += len as f64;
+        self.tokens -= len as f64;
     }
 }
 
@@ -329,5 +339,27 @@ mod tests {
         };
         assert!(w.validate(65550).unwrap_err().contains("--tx-size 10"));
         assert!(Workload::default().validate(65550).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod pacer_tests {
+    use super::*;
+
+    #[test]
+    fn pacer_does_not_bank_idle_time() {
+        // 8 Mbit/s = 1 MB/s: 2 ms of burst is 2000 bytes, so after a long idle spell
+        // only two 1000-byte frames may go at once.
+        let start = Instant::now() - Duration::from_secs(1);
+        let mut p = Pacer::new(8, start);
+        let mut sent = 0;
+        while p.wait(1000).is_none() {
+            p.spend(1000);
+            sent += 1;
+            assert!(sent < 10, "burst not capped");
+        }
+        assert_eq!(sent, 2);
+        let w = p.wait(1000).unwrap();
+        assert!(w <= Duration::from_millis(1), "{w:?}");
     }
 }

@@ -24,12 +24,20 @@ impl Outcome {
     }
 }
 
-/// Runs vnet-sim with `args` plus `--json --no-progress`, killing it if it outlives
+/// Runs vnet-sim with `args` plus `--json --no-progress` (and a 10 s stall timeout unless
+/// `args` set one), killing it if it outlives
 /// `bound` (a hang is a failure, never a stuck CI job).
 pub fn sim(args: &[&str], bound: Duration) -> Outcome {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vnet-sim"))
         .args(args)
         .args(["--json", "--no-progress"])
+        // A starved thread on a loaded CI machine is not a hang: tests that expect a stall
+        // set their own short timeout.
+        .args(if args.contains(&"--stall-timeout") {
+            &[][..]
+        } else {
+            &["--stall-timeout", "10"][..]
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
