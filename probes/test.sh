@@ -153,7 +153,7 @@ fi
 bpftrace probes/stall.bt "$sim" 50 \
   -c "$sim --duration 2 --inject-enobufs 50 --lose-write-events --no-timer --stall-timeout 1 --no-progress" \
   > "$work/stall.out" 2> >(quiet_bt) || true
-if grep -q '^[0-9:]* STALL .*no write event, no timer, no kick' "$work/stall.out" && grep -q ' LONG ' "$work/stall.out"; then
+if grep -q '^[0-9:]* STALL .*no write event, no timer, no TX kick' "$work/stall.out" && grep -q ' LONG ' "$work/stall.out"; then
   ok "stall.bt reports the lost-write-event run without timer:"; grep -E ' (STALL|LONG) ' "$work/stall.out" | sed 's/^/     /'
 else
   bad "stall.bt did not report the hang:"; sed 's/^/     /' "$work/stall.out"
