@@ -118,6 +118,19 @@ EOF
 else
   bad "a trace did not parse"
 fi
+# the clock lines of both producers must map monotonic to wall time alike (bpftrace's comes
+# from strftime("%s%f", nsecs), microseconds; the recorder's from clock_gettime)
+if python3 - "$work/all.bt.csv" "$work/all.inproc.csv" <<'EOF'
+import re, sys
+off = []
+for p in sys.argv[1:]:
+    m = re.match(r"# clock mono_ns=(\d+) wall_ns=(\d+)", open(p).readline())
+    off.append(int(m.group(2)) - int(m.group(1)))
+d = abs(off[0] - off[1])
+print(f"     wall - mono differs by {d / 1000:.1f} us between bpftrace and the recorder")
+sys.exit(0 if d < 1_000_000 else 1)
+EOF
+then ok "clock lines agree within 1 ms"; else bad "clock lines disagree"; fi
 if "$analyze" report "$work/all.bt.csv" > "$work/report.txt" 2>&1 && grep -q "Retries" "$work/report.txt"; then
   ok "analyze report reads the bpftrace trace: $(grep -m1 events "$work/report.txt")"
 else
