@@ -12,7 +12,7 @@
  *
  *   FRAMES  omitted or anything but 0 records tx_frame/rx_frame; 0 leaves
  *           them out for long runs (they are most of the rows)
- *   -o FILE appends the CSV to FILE (dtrace appends: remove an old file first)
+ *   -o FILE writes the CSV to FILE (remove an old FILE first: dtrace may append)
  *   probes/capture.sh wraps this, sorts rows by time and turns DTrace's
  *   drop messages into a warning and a comment line in the CSV.
  *

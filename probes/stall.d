@@ -4,8 +4,8 @@
  *
  * Prints a line the moment a backpressure episode (a frame the proxy could
  * not take) has lasted longer than a threshold, and another when the deferred
- * frame has seen no write event, no retry timer and no guest kick for that
- * long: nothing is left that would retry it - the ENOBUFS hang of libkrun
+ * frame has seen no write event, no retry timer and no TX-queue kick for
+ * that long: nothing is left that would retry it - the ENOBUFS hang of libkrun
  * issue 555, caught live instead of after a VM restart. A line follows when
  * the episode finally resolves. A healthy run prints only the banner.
  *
@@ -78,8 +78,9 @@ vnet$target:::timer_fired
 	wake = timestamp;
 }
 
+/* only a TX-queue kick (odd queue index in virtio-net) makes the device retry */
 vnet$target:::guest_kick
-/dfd != -1/
+/dfd != -1 && arg0 % 2 == 1/
 {
 	kicks++;
 	wake = timestamp;
@@ -88,7 +89,7 @@ vnet$target:::guest_kick
 profile:::tick-1ms
 /dfd != -1 && told_long == 0 && timestamp - since > thresh/
 {
-	printf("%Y %-12s fd=%d frame=%d deferred %d ms: %d failed sends, %d write events (%d too small), %d timers, %d kicks\n",
+	printf("%Y %-12s fd=%d frame=%d deferred %d ms: %d failed sends, %d write events (%d too small), %d timers, %d TX kicks\n",
 	    walltimestamp, "LONG", dfd, len, (timestamp - since) / 1000000, fails, writes, small, timers, kicks);
 	told_long = 1;
 }
@@ -96,7 +97,7 @@ profile:::tick-1ms
 profile:::tick-1ms
 /dfd != -1 && told_quiet == 0 && timestamp - wake > thresh/
 {
-	printf("%Y %-12s fd=%d frame=%d deferred %d ms, nothing for %d ms: no write event, no timer, no kick will retry it\n",
+	printf("%Y %-12s fd=%d frame=%d deferred %d ms, nothing for %d ms: no write event, no timer, no TX kick will retry it\n",
 	    walltimestamp, "STALL", dfd, len, (timestamp - since) / 1000000, (timestamp - wake) / 1000000);
 	told_quiet = 1;
 }

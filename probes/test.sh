@@ -8,12 +8,42 @@
 #      own in-process trace. Again with FRAMES=0: no frame rows, the rest unchanged.
 #  (b) stall.bt: reports the lost-write-event run with the timer off; silent on a healthy one.
 #  (c) enobufs-hist.bt: prints the histograms of a run with episodes.
+#  (d) capture.sh: sorts a bpftrace capture and still matches the in-process trace; and, with
+#      a stand-in tracer (runs without root too), turns "Lost N events" into warnings.
 # The DTrace scripts cannot run here; device/tests/probe_scripts.rs checks them by reading.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ "$(id -u)" != 0 ]; then echo "probes/test.sh: SKIP: needs root (bpftrace attaches uprobes)"; exit 0; fi
-if ! command -v bpftrace >/dev/null; then echo "probes/test.sh: SKIP: bpftrace not installed"; exit 0; fi
+# --- capture.sh's bookkeeping, with a stand-in bpftrace (no root needed) --------------------
+# It must sort rows by ts_ns behind the comment and header lines, and turn the tracer's
+# "Lost N events" into a warning on stderr and a '# warning:' line in the CSV.
+fake=$(mktemp -d)
+cat > "$fake/bpftrace" <<'EOF'
+#!/usr/bin/env bash
+while [ "$1" != -o ]; do shift; done
+printf '# clock mono_ns=5 wall_ns=7\nts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errno\n30,1,tx_frame,7,,66,,,,\n10,1,enobufs_begin,7,,66,,,,105\n20,2,guest_kick,,0,,,,,\n' > "$2"
+echo "Lost 5 events" >&2; echo "Lost 2 events" >&2
+EOF
+chmod +x "$fake/bpftrace"
+if PATH=$fake:$PATH bash probes/capture.sh -o "$fake/t.csv" -c true /bin/true 2> "$fake/err" \
+  && [ "$(sed -n '3,5p' "$fake/t.csv" | cut -d, -f1 | tr -d '\n')" = 102030 ] \
+  && grep -q '^# warning: the tracer lost 7 records' "$fake/t.csv" && grep -q 'WARNING: the tracer lost 7' "$fake/err"; then
+  echo "ok   capture.sh sorts rows and reports lost records (stand-in tracer)"
+  capture_ok=1
+else
+  echo "FAIL capture.sh with a stand-in tracer:"; sed 's/^/     /' "$fake/t.csv" "$fake/err"
+  capture_ok=0
+fi
+rm -rf "$fake"
+
+if [ "$(id -u)" != 0 ]; then
+  echo "probes/test.sh: SKIP the bpftrace checks: needs root (bpftrace attaches uprobes)"
+  echo "probes: $capture_ok passed, $((1 - capture_ok)) failed"; [ $capture_ok -eq 1 ]; exit
+fi
+if ! command -v bpftrace >/dev/null; then
+  echo "probes/test.sh: SKIP the bpftrace checks: bpftrace not installed"
+  echo "probes: $capture_ok passed, $((1 - capture_ok)) failed"; [ $capture_ok -eq 1 ]; exit
+fi
 
 # VNET_SIM / ANALYZE point at other builds (e.g. an installed one); default: build ours.
 if [ -z "${VNET_SIM:-}" ] || [ -z "${ANALYZE:-}" ]; then
@@ -26,8 +56,8 @@ export BPFTRACE_PERF_RB_PAGES=${BPFTRACE_PERF_RB_PAGES:-1024}
 analyze=${ANALYZE:-$PWD/target/release/analyze}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-pass=0
-fail=0
+pass=$capture_ok
+fail=$((1 - capture_ok))
 ok() { pass=$((pass + 1)); echo "ok   $*"; }
 bad() { fail=$((fail + 1)); echo "FAIL $*"; }
 # bpftrace's harmless noise on this kernel (no tracefs mount for legacy detach, memlock)
@@ -88,6 +118,19 @@ EOF
 else
   bad "a trace did not parse"
 fi
+# the clock lines of both producers must map monotonic to wall time alike (bpftrace's comes
+# from strftime("%s%f", nsecs), microseconds; the recorder's from clock_gettime)
+if python3 - "$work/all.bt.csv" "$work/all.inproc.csv" <<'EOF'
+import re, sys
+off = []
+for p in sys.argv[1:]:
+    m = re.match(r"# clock mono_ns=(\d+) wall_ns=(\d+)", open(p).readline())
+    off.append(int(m.group(2)) - int(m.group(1)))
+d = abs(off[0] - off[1])
+print(f"     wall - mono differs by {d / 1000:.1f} us between bpftrace and the recorder")
+sys.exit(0 if d < 1_000_000 else 1)
+EOF
+then ok "clock lines agree within 1 ms"; else bad "clock lines disagree"; fi
 if "$analyze" report "$work/all.bt.csv" > "$work/report.txt" 2>&1 && grep -q "Retries" "$work/report.txt"; then
   ok "analyze report reads the bpftrace trace: $(grep -m1 events "$work/report.txt")"
 else
@@ -107,13 +150,23 @@ else
   bad "FRAMES=0 trace did not parse"
 fi
 
+# --- (d) capture.sh on a real capture: sorted, same rows as the in-process trace ------------
+if bash probes/capture.sh -o "$work/cap.csv" \
+    -c "$sim --duration 2 --inject-enobufs 50 --trace $work/cap.inproc.csv --no-progress" "$sim" \
+    > /dev/null 2> >(quiet_bt) && c1=$(counts "$work/cap.csv") && c2=$(counts "$work/cap.inproc.csv") \
+    && [ "$c1" = "$c2" ] && awk -F, '/^[0-9]/ { if ($1 < p) bad = 1; p = $1 } END { exit bad }' "$work/cap.csv"; then
+  ok "capture.sh: sorted by ts_ns, same rows per probe as the in-process trace"
+else
+  bad "capture.sh capture: ${c1:-?} vs ${c2:-?}"
+fi
+
 # --- (b) stall.bt -------------------------------------------------------------------------
 # 50 ms rather than the default 10: a busy 2-core CI machine can delay a healthy retry
 # by a few milliseconds, and this check is about silence, not scheduling.
 bpftrace probes/stall.bt "$sim" 50 \
   -c "$sim --duration 2 --inject-enobufs 50 --lose-write-events --no-timer --stall-timeout 1 --no-progress" \
   > "$work/stall.out" 2> >(quiet_bt) || true
-if grep -q '^[0-9:]* STALL .*no write event, no timer, no kick' "$work/stall.out" && grep -q ' LONG ' "$work/stall.out"; then
+if grep -q '^[0-9:]* STALL .*no write event, no timer, no TX kick' "$work/stall.out" && grep -q ' LONG ' "$work/stall.out"; then
   ok "stall.bt reports the lost-write-event run without timer:"; grep -E ' (STALL|LONG) ' "$work/stall.out" | sed 's/^/     /'
 else
   bad "stall.bt did not report the hang:"; sed 's/^/     /' "$work/stall.out"

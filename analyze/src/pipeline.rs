@@ -20,8 +20,9 @@ pub struct ReadOptions {
     /// Skip and count bad lines instead of failing on the first one.
     pub lenient: bool,
     /// How far back in time (ns) an event may arrive after a later one and still be put in
-    /// order. bpftrace prints per-CPU buffers, so a capture can be slightly out of order;
-    /// anything further back means a broken or concatenated input.
+    /// order. bpftrace prints per-CPU buffers one after the other, so a busy capture is out of
+    /// order by up to one buffer's worth of time (tens of ms); anything further back means a
+    /// broken or concatenated input. Memory grows with window × event rate.
     pub reorder_window_ns: i64,
 }
 
@@ -29,7 +30,7 @@ impl Default for ReadOptions {
     fn default() -> Self {
         ReadOptions {
             lenient: false,
-            reorder_window_ns: 10_000_000,
+            reorder_window_ns: 100_000_000,
         }
     }
 }
@@ -52,6 +53,8 @@ pub struct InputSummary {
     pub truncated: Vec<String>,
     /// Events that arrived out of time order (within the window) and were put in order.
     pub reordered: u64,
+    /// Events the tracer said it lost (bpftrace "Lost N events").
+    pub lost_events: u64,
     pub anomalies: Anomalies,
 }
 
@@ -177,6 +180,19 @@ enum Item {
     Format(Format, Option<i64>),
     /// A `# clock` comment: the wall-clock offset from here on.
     Clock(i64),
+    /// bpftrace's "Lost N events" (its perf buffer overflowed).
+    Lost(u64),
+}
+
+/// Lines a tracer prints around the CSV: bpftrace's banner without -q, its map dumps at exit
+/// (`@name[...]: value`) and its lost-event warnings. Not data, not errors.
+fn tracer_line(line: &[u8]) -> Option<Item> {
+    if line.starts_with(b"Attaching ") && line.ends_with(b"...") || line[0] == b'@' {
+        return Some(Item::Skipped);
+    }
+    let text = std::str::from_utf8(line).ok()?;
+    let n = text.strip_prefix("Lost ")?.strip_suffix(" events")?;
+    n.trim().parse().ok().map(Item::Lost)
 }
 
 enum Msg {
@@ -215,6 +231,11 @@ fn produce(
                     if line[0] == b'#' {
                         return Ok(trace::parse_clock_comment(line).map(Item::Clock));
                     }
+                    if !line[0].is_ascii_digit() {
+                        if let Some(item) = tracer_line(line) {
+                            return Ok(Some(item));
+                        }
+                    }
                     // Parsed in place in the batch: no copy of the event on the way.
                     batch.push(Item::Event(Event::new(crate::event::Kind::TxFrame, 0)));
                     let Some(Item::Event(ev)) = batch.last_mut() else {
@@ -240,6 +261,9 @@ fn produce(
                     }
                     if line[0] == b'#' {
                         return Ok(trace::parse_clock_comment(line).map(Item::Clock));
+                    }
+                    if let Some(item) = tracer_line(line) {
+                        return Ok(Some(item));
                     }
                     match input::detect(line) {
                         Format::Trace => {
@@ -426,6 +450,7 @@ pub fn run(
                             c.start(visitor);
                         }
                         Item::Clock(offset) => c.info.wall_offset_ns = Some(offset),
+                        Item::Lost(n) => summary.lost_events += n,
                     }
                 }
                 let _ = recycle_tx.send(items);

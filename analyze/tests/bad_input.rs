@@ -320,3 +320,41 @@ fn missing_file() {
         run.stderr
     );
 }
+
+#[test]
+fn bpftrace_noise_is_skipped_and_lost_events_are_reported() {
+    // Without -q bpftrace prints a banner; on overflow "Lost N events"; at exit its maps.
+    let body = format!(
+        "Attaching 12 probes...\n# clock mono_ns=1 wall_ns=2\n{HEADER}{}Lost 12 events\n{}\n@start[7]: 10\n",
+        episode(10_000, 30_000, 7),
+        episode(50_000, 60_000, 7)
+    );
+    let (run, _) = run_on("bt.csv", body.as_bytes(), &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with("bt: 2 events"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("note: 2 lines skipped"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("the tracer reported 12 lost events"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn wall_clock_at_needs_a_clock_line() {
+    let body = format!("{HEADER}{}", episode(10_000, 30_000, 7));
+    let dir = scratch("noclock");
+    let path = write(&dir, "noclock.csv", body.as_bytes());
+    let p = path.to_str().unwrap();
+    let run = analyze(&["timeline", p, "--at", "2026-03-01T10:00:00Z"], None);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("no `# clock` line"), "{}", run.stderr);
+    // The trace's own clock works.
+    let run = analyze(&["timeline", p, "--at", "20000"], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with("Episode 1:"), "{}", run.stdout);
+}

@@ -15,6 +15,8 @@ pub const HEADER: &str = "ts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errn
 pub struct Recorder {
     out: BufWriter<Box<dyn Write + Send>>,
     rows: u64,
+    /// Reused line buffer.
+    line: Vec<u8>,
     /// First write error; later rows are skipped and `finish` reports it.
     error: Option<io::Error>,
 }
@@ -57,6 +59,7 @@ impl Recorder {
         Ok(Recorder {
             out,
             rows: 0,
+            line: Vec::with_capacity(128),
             error: None,
         })
     }
@@ -69,7 +72,9 @@ impl Recorder {
         if self.error.is_some() {
             return;
         }
-        if let Err(e) = write_csv_row(&mut self.out, row) {
+        self.line.clear();
+        format_row(&mut self.line, row);
+        if let Err(e) = self.out.write_all(&self.line) {
             self.error = Some(e);
         } else {
             self.rows += 1;
@@ -86,18 +91,75 @@ impl Recorder {
     }
 }
 
-fn field(out: &mut impl Write, v: Option<i64>) -> io::Result<()> {
-    match v {
-        Some(v) => write!(out, ",{v}"),
-        None => out.write_all(b","),
+/// Appends the decimal form of `v` (no `fmt` machinery: this runs once per field of every
+/// recorded row).
+fn push_int(buf: &mut Vec<u8>, v: i64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    let mut n = v.unsigned_abs();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
     }
+    if v < 0 {
+        buf.push(b'-');
+    }
+    buf.extend_from_slice(&tmp[i..]);
+}
+
+/// Formats one row in the column order of [`HEADER`], newline included.
+pub fn format_row(buf: &mut Vec<u8>, r: &Row) {
+    push_int(buf, r.ts_ns as i64);
+    buf.push(b',');
+    push_int(buf, r.tid);
+    buf.push(b',');
+    buf.extend_from_slice(r.probe.name().as_bytes());
+    for v in [r.fd, r.queue, r.len, r.data, r.retries, r.wait_ns, r.errno] {
+        buf.push(b',');
+        if let Some(v) = v {
+            push_int(buf, v);
+        }
+    }
+    buf.push(b'\n');
 }
 
 /// Formats one row in the column order of [`HEADER`].
 pub fn write_csv_row(out: &mut impl Write, r: &Row) -> io::Result<()> {
-    write!(out, "{},{},{}", r.ts_ns, r.tid, r.probe.name())?;
-    for v in [r.fd, r.queue, r.len, r.data, r.retries, r.wait_ns, r.errno] {
-        field(out, v)?;
+    let mut buf = Vec::with_capacity(96);
+    format_row(&mut buf, r);
+    out.write_all(&buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probes::Probe;
+
+    #[test]
+    fn rows_format_every_integer_and_empty_fields() {
+        let r = Row {
+            ts_ns: 1_234_567_890_123,
+            tid: 42,
+            probe: Probe::EnobufsResolved,
+            fd: Some(0),
+            queue: None,
+            len: Some(65226),
+            data: Some(-1),
+            retries: Some(i64::MAX),
+            wait_ns: Some(i64::MIN),
+            errno: None,
+        };
+        let mut b = Vec::new();
+        format_row(&mut b, &r);
+        let want = format!(
+            "1234567890123,42,enobufs_resolved,0,,65226,-1,{},{},\n",
+            i64::MAX,
+            i64::MIN
+        );
+        assert_eq!(String::from_utf8(b).unwrap(), want);
     }
-    out.write_all(b"\n")
 }

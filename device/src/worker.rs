@@ -271,6 +271,11 @@ impl NetDevice {
                         }
                         self.episode
                             .on_failure(self.fd, d.len, errno, &self.metrics);
+                        // EVENT_IDX: ask for a kick on the guest's next chain, so a kick
+                        // can retry the frame (the ring's state itself is left alone).
+                        self.tx
+                            .enable_notification(&*mem)
+                            .map_err(Self::queue_err(TX_QUEUE))?;
                         break TxPass::Blocked;
                     }
                     Err(e) => {

@@ -561,3 +561,19 @@ fn worker_rx_waits_for_guest_buffers_and_resumes_on_kick() {
     h.stop();
     h.join().unwrap();
 }
+
+#[test]
+fn deferred_frame_asks_for_a_kick_on_the_next_chain() {
+    let (a, _peer) = UnixDatagram::pair().unwrap();
+    let filler = a.try_clone().unwrap();
+    let mut s = stepped(
+        Box::new(UnixGram::from_socket(a, &BackendOptions::default()).unwrap()),
+        DEVICE_FEATURES | FEATURE_EVENT_IDX,
+    );
+    fill_gram(&filler);
+    s.tx.add(&s.mem, &tx_segs(&frame(0, 1000), &[])).unwrap();
+    assert_eq!(s.dev.process_tx().unwrap(), TxPass::Blocked);
+    // The guest publishes chain #1 next: avail_event 1 makes that publication kick, and
+    // the kick retries the deferred frame.
+    assert_eq!(s.tx.avail_event(&s.mem), 1);
+}

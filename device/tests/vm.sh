@@ -86,6 +86,12 @@ if traced:
           f"trace has tx_frame ({counts.get('tx_frame', 0)}) and rx_frame ({counts.get('rx_frame', 0)}) rows")
     check(counts.get("tx_frame") == d["tx_frames"], f"tx_frame rows {counts.get('tx_frame')} == daemon tx_frames {d['tx_frames']}")
     check(counts.get("rx_frame") == d["rx_frames"], f"rx_frame rows {counts.get('rx_frame')} == daemon rx_frames {d['rx_frames']}")
+    check(counts.get("enobufs_begin", 0) == d["episodes"], f"enobufs_begin rows {counts.get('enobufs_begin', 0)} == daemon episodes {d['episodes']}")
+    import subprocess
+    if os.path.exists("target/release/analyze"):
+        rep = subprocess.run(["target/release/analyze", "report", summary["trace"]], capture_output=True, text=True)
+        first = (rep.stdout.splitlines() or [""])[0]
+        check(rep.returncode == 0 and not first.startswith("trace: 0 events"), f"analyze reads the trace: {first!r}")
 
 # Nothing left behind: every child of the run had $out (sockets, console, trace) or the
 # iperf3 port in its command line.

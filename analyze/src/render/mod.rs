@@ -51,7 +51,7 @@ pub fn notes(report: &Report) -> Vec<String> {
     let input = &report.input;
     if input.skipped_lines > 0 {
         out.push(format!(
-            "{} log lines skipped (not episode, wake-up or frame lines)",
+            "{} lines skipped (log lines that are not episode, wake-up or frame lines; tracer messages)",
             input.skipped_lines
         ));
     }
@@ -68,6 +68,12 @@ pub fn notes(report: &Report) -> Vec<String> {
         out.push(format!(
             "{} events arrived out of time order and were put back in order",
             input.reordered
+        ));
+    }
+    if input.lost_events > 0 {
+        out.push(format!(
+            "the tracer reported {} lost events: some episodes may lack their begin or resolution (--lenient skips those)",
+            input.lost_events
         ));
     }
     let a = &input.anomalies;

@@ -30,6 +30,11 @@ pub const DEFAULT_RETRY_DELAY: Option<Duration> = Some(Duration::from_micros(50)
 #[cfg(target_os = "linux")]
 pub const DEFAULT_RETRY_DELAY: Option<Duration> = None;
 
+#[cfg(target_os = "linux")]
+const RECV_FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_TRUNC;
+#[cfg(target_os = "macos")]
+const RECV_FLAGS: libc::c_int = libc::MSG_DONTWAIT;
+
 /// The vfkit protocol's first datagram.
 pub const VFKT_MAGIC: &[u8; 4] = b"VFKT";
 
@@ -194,20 +199,22 @@ impl Backend for UnixGram {
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
         let fd = self.raw_fd();
         loop {
-            // MSG_TRUNC makes recv return the datagram's real length, so an oversized
-            // frame is detected instead of silently cut.
-            // SAFETY: buf is valid for its length.
-            let n = unsafe {
-                libc::recv(
-                    fd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_TRUNC | libc::MSG_DONTWAIT,
-                )
+            // The kernel flags a datagram cut to fit the buffer (MSG_TRUNC in msg_flags),
+            // so an oversized frame is dropped and counted, never forwarded cut. Linux
+            // also returns the real length when asked with the MSG_TRUNC flag.
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
             };
+            // SAFETY: a zeroed msghdr is valid (no name, no control data).
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            // SAFETY: msg points at one iovec covering buf.
+            let n = unsafe { libc::recvmsg(fd, &mut msg, RECV_FLAGS) };
             if n >= 0 {
                 let n = n as usize;
-                return Ok(if n > buf.len() {
+                return Ok(if msg.msg_flags & libc::MSG_TRUNC != 0 {
                     ReadStatus::Oversize(n)
                 } else {
                     ReadStatus::Frame(n)

@@ -215,11 +215,22 @@ pub fn run(args: &Args) -> Result<serde_json::Value, CliError> {
         );
         runner::run(&cfg(mode, label)).map_err(|source| CliError::Run { label, source })
     };
-    let daemon_run = if need_daemon {
+    let mut daemon_run = if need_daemon {
         Some(one(NetMode::Vhost, "vhost")?)
     } else {
         None
     };
+    // The trace goes beside summary.json, where a user looks first.
+    if let Some(r) = daemon_run.as_mut() {
+        if let Some(t) = r.trace.take() {
+            let dst = out.join("trace.csv");
+            r.trace = Some(if std::fs::rename(&t, &dst).is_ok() {
+                dst
+            } else {
+                t
+            });
+        }
+    }
     let baseline_run = if args.baseline || args.baseline_only {
         Some(one(NetMode::Baseline, "baseline")?)
     } else {

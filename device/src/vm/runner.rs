@@ -416,7 +416,9 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
                     shell.push_str(&shell_quote(a));
                 }
                 let mut c = Command::new("bpftrace");
-                c.arg("-o")
+                // -q: without it bpftrace writes "Attaching N probes..." into the CSV.
+                c.arg("-q")
+                    .arg("-o")
                     .arg(&csv)
                     .arg("-c")
                     .arg(shell)
