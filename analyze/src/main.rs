@@ -36,8 +36,8 @@ struct InputArgs {
     /// Skip and count bad lines instead of stopping at the first.
     #[arg(long)]
     lenient: bool,
-    /// How far back in time an event may arrive and still be put in order (e.g. 10ms).
-    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    /// How far back in time an event may arrive and still be put in order (e.g. 250ms).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     reorder_window: i64,
 }
 
@@ -106,7 +106,7 @@ enum Cmd {
         b: PathBuf,
         #[arg(long)]
         lenient: bool,
-        #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+        #[arg(long, default_value = "100ms", value_parser = parse_duration)]
         reorder_window: i64,
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,

@@ -20,8 +20,9 @@ pub struct ReadOptions {
     /// Skip and count bad lines instead of failing on the first one.
     pub lenient: bool,
     /// How far back in time (ns) an event may arrive after a later one and still be put in
-    /// order. bpftrace prints per-CPU buffers, so a capture can be slightly out of order;
-    /// anything further back means a broken or concatenated input.
+    /// order. bpftrace prints per-CPU buffers one after the other, so a busy capture is out of
+    /// order by up to one buffer's worth of time (tens of ms); anything further back means a
+    /// broken or concatenated input. Memory grows with window × event rate.
     pub reorder_window_ns: i64,
 }
 
@@ -29,7 +30,7 @@ impl Default for ReadOptions {
     fn default() -> Self {
         ReadOptions {
             lenient: false,
-            reorder_window_ns: 10_000_000,
+            reorder_window_ns: 100_000_000,
         }
     }
 }

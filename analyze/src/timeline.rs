@@ -192,6 +192,8 @@ pub struct Collector {
     infos: Vec<SourceInfo>,
     /// `--at` in the input's clock, once the first event tells where the input starts.
     at_ns: Option<i64>,
+    /// `--at` gave a wall-clock time but the input has no `# clock` line to convert it.
+    at_without_clock: bool,
 }
 
 impl Collector {
@@ -203,6 +205,7 @@ impl Collector {
             kept: Vec::new(),
             infos: Vec::new(),
             at_ns: None,
+            at_without_clock: false,
         }
     }
 
@@ -344,7 +347,13 @@ impl Visitor for Collector {
             self.at_ns = Some(match at {
                 AtTime::Clock(t) => t,
                 AtTime::Since(d) => ev.ts_ns + d,
-                AtTime::Wall(w) => w - info.wall_offset_ns.unwrap_or(0),
+                AtTime::Wall(w) => match info.wall_offset_ns {
+                    Some(off) => w - off,
+                    None => {
+                        self.at_without_clock = true;
+                        i64::MIN
+                    }
+                },
             });
         }
         self.ring.push_back(*ev);
@@ -600,5 +609,12 @@ pub fn collect(
 ) -> Result<(Vec<Timeline>, InputSummary), Error> {
     let mut c = Collector::new(opts.clone());
     let summary = pipeline::run(paths, &opts.read, &mut c)?;
+    if c.at_without_clock {
+        return Err(Error::Usage(
+            "--at got a wall-clock time, but the trace has no `# clock` line to convert it; \
+             use +DURATION from the start or a ts_ns value"
+                .to_string(),
+        ));
+    }
     Ok((c.finish(), summary))
 }

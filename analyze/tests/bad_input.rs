@@ -343,3 +343,18 @@ fn bpftrace_noise_is_skipped_and_lost_events_are_reported() {
         run.stdout
     );
 }
+
+#[test]
+fn wall_clock_at_needs_a_clock_line() {
+    let body = format!("{HEADER}{}", episode(10_000, 30_000, 7));
+    let dir = scratch("noclock");
+    let path = write(&dir, "noclock.csv", body.as_bytes());
+    let p = path.to_str().unwrap();
+    let run = analyze(&["timeline", p, "--at", "2026-03-01T10:00:00Z"], None);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("no `# clock` line"), "{}", run.stderr);
+    // The trace's own clock works.
+    let run = analyze(&["timeline", p, "--at", "20000"], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with("Episode 1:"), "{}", run.stdout);
+}

@@ -164,8 +164,12 @@ impl VhostNetHandler {
         self.stats.worker_stops += 1;
         match run.handle.join() {
             Ok(exit) => {
-                self.rings[RX_QUEUE as usize].base = exit.rx.next_avail();
-                self.rings[TX_QUEUE as usize].base = exit.tx.next_avail();
+                // The device uses chains in the order it takes them, so everything between
+                // the used index and next_avail is in flight (a deferred TX frame, reserved
+                // RX buffers). Reporting the used index makes QEMU offer those chains again
+                // on restart instead of losing them; the restarted ring's used index matches.
+                self.rings[RX_QUEUE as usize].base = exit.rx.next_used();
+                self.rings[TX_QUEUE as usize].base = exit.tx.next_used();
                 self.stats.last_exit = Some(
                     match exit.reason {
                         ExitReason::Stopped => "stopped",

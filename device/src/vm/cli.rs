@@ -255,3 +255,31 @@ pub fn run(args: &Args) -> Result<serde_json::Value, CliError> {
     }
     Ok(json)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("vnet-vm").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_and_test_list() {
+        let a = parse(&[]).unwrap();
+        assert_eq!((a.mtu, a.seconds, a.streams), (1500, 10, 4));
+        assert_eq!(a.tests, [Test::Fwd, Test::Rev, Test::Bidir]);
+        let a = parse(&["--tests", "rev,fwd", "--mtu", "65520", "--baseline"]).unwrap();
+        assert_eq!(a.tests, [Test::Rev, Test::Fwd]);
+        assert!(a.baseline && a.mtu == 65520);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        let e = parse(&["--mtu", "65521"]).unwrap_err().to_string();
+        assert!(e.contains("--mtu"), "{e}");
+        let e = parse(&["--tests", "fwd,sideways"]).unwrap_err().to_string();
+        assert!(e.contains("sideways"), "{e}");
+        assert!(parse(&["--baseline", "--baseline-only"]).is_err());
+    }
+}
