@@ -16,6 +16,8 @@ struct Open {
     start_ns: u64,
     failures: u32,
     frame_len: usize,
+    /// errno of the first failure; names the episode in the log lines.
+    errno: i32,
     span: tracing::Span,
 }
 
@@ -66,6 +68,7 @@ impl Episode {
                     start_ns: probes::mono_ns(),
                     failures: 1,
                     frame_len,
+                    errno,
                     span,
                 });
             }
@@ -101,7 +104,8 @@ impl Episode {
                 retries = open.failures,
                 wait_ns,
                 frame_len = open.frame_len,
-                "write_frame: ENOBUFS resolved after {} retries",
+                "write_frame: {} resolved after {} retries",
+                errno_name(open.errno),
                 open.failures
             );
         });
@@ -140,5 +144,48 @@ mod tests {
         );
         assert_eq!(s.max_wait_ns, r.wait_ns);
         assert!(!e.is_open());
+    }
+
+    #[test]
+    fn logs_start_and_resolution_at_info_in_the_reference_format() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || w.clone())
+            .finish();
+        let m = Metrics::new();
+        tracing::subscriber::with_default(sub, || {
+            let mut e = Episode::default();
+            e.on_failure(9, 1514, libc::ENOBUFS, &m);
+            e.on_failure(9, 1514, libc::ENOBUFS, &m);
+            e.on_success(9, &m);
+            let mut e = Episode::default();
+            e.on_failure(9, 66, libc::EAGAIN, &m);
+            e.on_success(9, &m);
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "retries are DEBUG, not INFO: {text}");
+        assert!(lines[0].contains("INFO") && lines[0].contains("write_frame: ENOBUFS"));
+        assert!(
+            lines[1].contains("INFO")
+                && lines[1].contains("write_frame: ENOBUFS resolved after 2 retries")
+        );
+        assert!(lines[2].contains("write_frame: EAGAIN"));
+        assert!(lines[3].contains("write_frame: EAGAIN resolved after 1 retries"));
     }
 }

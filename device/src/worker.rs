@@ -690,7 +690,7 @@ impl Loop {
                         let delay_us = self.retry_delay.map_or(0, |d| d.as_micros() as i64);
                         Metrics::inc(&self.dev.metrics.timer_fired);
                         probes::timer_fired(delay_us);
-                        tracing::debug!(delay_us, "retry timer fired");
+                        tracing::debug!("kevent: TIMER delay_us={delay_us}");
                         tx_work |= self.dev.tx_deferred();
                     }
                     _ => {}

@@ -32,6 +32,25 @@ fn fire_all() {
     probes::frame_drop(7, 9000, probes::DropReason::RxNoRoom.code());
 }
 
+/// Probe names declared in dtrace/vnet.d, read from the file so code and contract cannot
+/// drift apart.
+fn contract() -> std::collections::BTreeSet<String> {
+    let d = include_str!("../../dtrace/vnet.d");
+    d.lines()
+        .filter_map(|l| l.trim().strip_prefix("probe "))
+        .map(|l| l.split('(').next().unwrap().trim().to_string())
+        .collect()
+}
+
+#[test]
+fn probe_names_match_the_provider_file() {
+    let contract = contract();
+    assert_eq!(contract.len(), 11);
+    let names: std::collections::BTreeSet<String> =
+        Probe::ALL.iter().map(|p| p.name().to_string()).collect();
+    assert_eq!(names, contract, "probes.rs and vnet.d disagree");
+}
+
 #[cfg(all(target_os = "linux", feature = "probes"))]
 #[test]
 fn binary_carries_every_probe_of_the_contract() {
@@ -64,17 +83,7 @@ fn binary_carries_every_probe_of_the_contract() {
             }
         }
     }
-    // The contract, read from the provider file itself so the two cannot drift.
-    let d = include_str!("../../dtrace/vnet.d");
-    let contract: std::collections::BTreeSet<String> = d
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("probe "))
-        .map(|l| l.split('(').next().unwrap().trim().to_string())
-        .collect();
-    assert_eq!(contract.len(), 11);
-    let names: std::collections::BTreeSet<String> =
-        Probe::ALL.iter().map(|p| p.name().to_string()).collect();
-    assert_eq!(names, contract, "probes.rs and vnet.d disagree");
+    let contract = contract();
     let missing: Vec<_> = contract.difference(&found).collect();
     assert!(
         missing.is_empty(),
