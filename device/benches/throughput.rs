@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use vnet_device::backend::unixgram;
 use vnet_device::probes;
 use vnet_device::recorder::Recorder;
+use vnet_device::sim::run::process_cpu_seconds;
 use vnet_device::sim::workload::{Direction, Limit, Workload};
 use vnet_device::sim::{run, BuiltinKind, SimConfig};
 
@@ -28,10 +29,10 @@ use vnet_device::sim::{run, BuiltinKind, SimConfig};
 struct Rate {
     bytes_per_s: f64,
     frames_per_s: f64,
-}
-
-fn gbit(r: Rate) -> f64 {
-    r.bytes_per_s * 8.0 / 1e9
+    /// Per CPU second of the whole process (all threads): robust against other jobs
+    /// loading the machine, which wall-clock rates are not.
+    bytes_per_cpu_s: f64,
+    frames_per_cpu_s: f64,
 }
 
 fn device(kind: BuiltinKind, frame: usize, secs: f64) -> Rate {
@@ -62,6 +63,8 @@ fn device(kind: BuiltinKind, frame: usize, secs: f64) -> Rate {
     Rate {
         bytes_per_s: s.tx_bytes as f64 / s.seconds,
         frames_per_s: s.tx_frames as f64 / s.seconds,
+        bytes_per_cpu_s: s.tx_bytes as f64 / s.cpu_seconds,
+        frames_per_cpu_s: s.tx_frames as f64 / s.cpu_seconds,
     }
 }
 
@@ -70,6 +73,7 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64) -> Rate {
     let stop = Arc::new(AtomicBool::new(false));
     let deadline = Duration::from_secs_f64(secs);
     let buf = vec![0x5au8; frame];
+    let cpu0 = process_cpu_seconds();
     let (frames, elapsed) = match kind {
         BuiltinKind::UnixGram => {
             let (a, b) = UnixDatagram::pair().unwrap();
@@ -132,10 +136,13 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64) -> Rate {
             (rx.join().unwrap(), elapsed)
         }
     };
+    let cpu = process_cpu_seconds() - cpu0;
     let s = elapsed.as_secs_f64();
     Rate {
         bytes_per_s: (frames * frame as u64) as f64 / s,
         frames_per_s: frames as f64 / s,
+        bytes_per_cpu_s: (frames * frame as u64) as f64 / cpu,
+        frames_per_cpu_s: frames as f64 / cpu,
     }
 }
 
@@ -159,27 +166,47 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Alternates the two measurements `rounds` times so drift on a shared machine hits both.
+/// Alternates the two measurements `rounds` times so drift on a shared machine hits both;
+/// each field is the median over the rounds.
 fn paired(rounds: usize, mut a: impl FnMut() -> Rate, mut b: impl FnMut() -> Rate) -> (Rate, Rate) {
-    let (mut ab, mut af, mut bb, mut bf) = (vec![], vec![], vec![], vec![]);
+    let (mut xs, mut ys) = (vec![], vec![]);
     for _ in 0..rounds {
-        let x = a();
-        ab.push(x.bytes_per_s);
-        af.push(x.frames_per_s);
-        let y = b();
-        bb.push(y.bytes_per_s);
-        bf.push(y.frames_per_s);
+        xs.push(a());
+        ys.push(b());
     }
-    (
-        Rate {
-            bytes_per_s: median(ab),
-            frames_per_s: median(af),
-        },
-        Rate {
-            bytes_per_s: median(bb),
-            frames_per_s: median(bf),
-        },
-    )
+    let med = |v: &[Rate]| Rate {
+        bytes_per_s: median(v.iter().map(|r| r.bytes_per_s).collect()),
+        frames_per_s: median(v.iter().map(|r| r.frames_per_s).collect()),
+        bytes_per_cpu_s: median(v.iter().map(|r| r.bytes_per_cpu_s).collect()),
+        frames_per_cpu_s: median(v.iter().map(|r| r.frames_per_cpu_s).collect()),
+    };
+    (med(&xs), med(&ys))
+}
+
+/// One result line: wall-clock rates and ratio, then per-CPU-second rates and ratio.
+fn line(case: &str, a: Rate, b: Rate, frames: bool, note: &str) {
+    let (wa, wb, ca, cb, unit) = if frames {
+        (
+            a.frames_per_s / 1e3,
+            b.frames_per_s / 1e3,
+            a.frames_per_cpu_s / 1e3,
+            b.frames_per_cpu_s / 1e3,
+            "kf/s",
+        )
+    } else {
+        (
+            a.bytes_per_s * 8e-9,
+            b.bytes_per_s * 8e-9,
+            a.bytes_per_cpu_s * 8e-9,
+            b.bytes_per_cpu_s * 8e-9,
+            "Gb/s",
+        )
+    };
+    println!(
+        "{case:<40} {wa:>8.2} {wb:>8.2} {unit} {:>6.1}%   {ca:>8.2} {cb:>8.2} {unit}/CPU {:>6.1}%  {note}",
+        100.0 * wa / wb,
+        100.0 * ca / cb
+    );
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -199,8 +226,8 @@ fn main() {
     let rounds: usize = env_num("BENCH_ROUNDS", 5);
     println!("vnet-sim throughput bench: {secs} s per run, median of {rounds} alternating runs");
     println!(
-        "{:<44} {:>12} {:>12} {:>8}",
-        "case", "device", "baseline", "ratio"
+        "{:<40} {:>8} {:>8} {:>4} {:>7}   {:>8} {:>8} {:>8} {:>7}",
+        "case (a vs b)", "a", "b", "", "wall", "a", "b", "per CPU", "ratio"
     );
     for kind in [BuiltinKind::UnixGram, BuiltinKind::UnixStream] {
         let name = match kind {
@@ -212,63 +239,54 @@ fn main() {
             || device(kind, 65536, secs),
             || raw(kind, 65536, secs),
         );
-        println!(
-            "{:<44} {:>7.2} Gb/s {:>7.2} Gb/s {:>7.1}%  (target >= 70%)",
-            format!("{name} 64 KiB guest->sink vs raw socketpair"),
-            gbit(d),
-            gbit(r),
-            100.0 * d.bytes_per_s / r.bytes_per_s
+        line(
+            &format!("{name} 64 KiB device vs raw socketpair"),
+            d,
+            r,
+            false,
+            "(target >= 70%)",
         );
         let (d, r) = paired(
             rounds,
             || device(kind, 1514, secs),
             || raw(kind, 1514, secs),
         );
-        println!(
-            "{:<44} {:>7.0} kf/s {:>7.0} kf/s {:>7.1}%",
-            format!("{name} 1514 B guest->sink vs raw socketpair"),
-            d.frames_per_s / 1e3,
-            r.frames_per_s / 1e3,
-            100.0 * d.frames_per_s / r.frames_per_s
+        line(
+            &format!("{name} 1514 B device vs raw socketpair"),
+            d,
+            r,
+            true,
+            "",
         );
     }
     // Recorder on vs off: the on run records every probe firing to a CSV.
     let dir = std::env::temp_dir().join(format!("vnet-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let trace = dir.join("trace.csv");
-    let (on, off) = paired(
-        rounds,
-        || {
-            probes::install_recorder(Recorder::create(&trace).unwrap());
-            let r = device(BuiltinKind::UnixGram, 65536, secs);
-            probes::take_recorder().unwrap().finish().unwrap();
-            r
-        },
-        || device(BuiltinKind::UnixGram, 65536, secs),
-    );
-    println!(
-        "{:<44} {:>7.2} Gb/s {:>7.2} Gb/s {:>7.1}%",
-        "unixgram 64 KiB recorder on vs off",
-        gbit(on),
-        gbit(off),
-        100.0 * on.bytes_per_s / off.bytes_per_s
-    );
-    let (on, off) = paired(
-        rounds,
-        || {
-            probes::install_recorder(Recorder::create(&trace).unwrap());
-            let r = device(BuiltinKind::UnixGram, 1514, secs);
-            probes::take_recorder().unwrap().finish().unwrap();
-            r
-        },
-        || device(BuiltinKind::UnixGram, 1514, secs),
-    );
-    println!(
-        "{:<44} {:>7.0} kf/s {:>7.0} kf/s {:>7.1}%",
-        "unixgram 1514 B recorder on vs off",
-        on.frames_per_s / 1e3,
-        off.frames_per_s / 1e3,
-        100.0 * on.frames_per_s / off.frames_per_s
-    );
+    for (frame, frames) in [(65536, false), (1514, true)] {
+        let (on, off) = paired(
+            rounds,
+            || {
+                probes::install_recorder(Recorder::create(&trace).unwrap());
+                let r = device(BuiltinKind::UnixGram, frame, secs);
+                probes::take_recorder().unwrap().finish().unwrap();
+                r
+            },
+            || device(BuiltinKind::UnixGram, frame, secs),
+        );
+        line(
+            &format!("unixgram {frame} B recorder on vs off"),
+            on,
+            off,
+            frames,
+            "",
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
+    if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
+        println!(
+            "load average: {}",
+            l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        );
+    }
 }

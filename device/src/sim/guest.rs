@@ -8,7 +8,7 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -654,11 +654,6 @@ pub fn progress(shared: &Shared) -> (u64, u64) {
 
 /// Shared MAC learned from the network (real-proxy mode), readable by TX and RX framers.
 pub type LearnedMac = Arc<Mutex<Option<[u8; 6]>>>;
-
-/// Seconds since `start` as f64, for rates.
-pub fn secs_since(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64()
-}
 
 pub fn counts_as_received(v: Verdict) -> bool {
     matches!(v, Verdict::InOrder | Verdict::Gap(_) | Verdict::Reordered)

@@ -184,8 +184,13 @@ impl FrameReader {
                 Err(e) if is_timeout(&e) => Ok(None),
                 Err(e) => Err(e),
             },
+            // Reads exactly the 4-byte length, then exactly the frame, as a proxy does:
+            // never past the frame, so nothing has to be moved afterwards. A timeout keeps
+            // what was read and resumes there.
             PeerSocket::Stream(s) => loop {
-                if self.have >= 4 {
+                let want = if self.have < 4 {
+                    4
+                } else {
                     let len = u32::from_be_bytes(self.buf[..4].try_into().unwrap()) as usize;
                     if len + 4 > self.buf.len() {
                         return Err(io::Error::new(
@@ -193,11 +198,12 @@ impl FrameReader {
                             format!("stream frame length {len} exceeds the largest frame"),
                         ));
                     }
-                    if self.have >= 4 + len {
+                    if self.have == 4 + len {
                         return Ok(Some((4, len)));
                     }
-                }
-                match s.read(&mut self.buf[self.have..]) {
+                    4 + len
+                };
+                match s.read(&mut self.buf[self.have..want]) {
                     Ok(0) => {
                         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed"))
                     }
@@ -209,13 +215,9 @@ impl FrameReader {
         }
     }
 
-    /// Drops the frame just returned (streams may hold the start of the next one).
-    fn consume(&mut self, off: usize, len: usize) {
-        if off > 0 {
-            let used = off + len;
-            self.buf.copy_within(used..self.have, 0);
-            self.have -= used;
-        }
+    /// Drops the frame just returned.
+    fn consume(&mut self) {
+        self.have = 0;
     }
 }
 
@@ -252,7 +254,7 @@ fn read_loop(
         } else {
             checker.observe(&[], 0)
         };
-        reader.consume(off, len);
+        reader.consume();
         shared
             .proxy_rx_bytes
             .fetch_add(len as u64, Ordering::Relaxed);

@@ -13,6 +13,9 @@ pub struct Summary {
     pub peer: String,
     pub direction: String,
     pub seconds: f64,
+    /// CPU time (user + system) the process used during the run: guest, device and
+    /// built-in proxy together.
+    pub cpu_seconds: f64,
     /// Frames the device wrote to the proxy (== `tx_frame` probe firings).
     pub tx_frames: u64,
     /// Frames the device read from the proxy (== `rx_frame` probe firings).
@@ -68,8 +71,8 @@ impl Summary {
         let d = &self.device;
         let _ = writeln!(
             s,
-            "vnet-sim: {} direction={} {:.2} s",
-            self.peer, self.direction, self.seconds
+            "vnet-sim: {} direction={} {:.2} s ({:.2} s CPU)",
+            self.peer, self.direction, self.seconds, self.cpu_seconds
         );
         let _ = writeln!(
             s,
