@@ -19,10 +19,15 @@ use crate::event::{errno_from_name, Event, Kind};
 #[derive(Default)]
 pub struct LogParser {
     open_failures: i64,
+    /// Resolutions inferred from a frame written while an episode was open (pre-PR logs
+    /// have no `resolved after` line: every failure is logged, then the frame goes out).
+    pub inferred_resolutions: u64,
 }
 
 pub enum LogLine {
     Event(Event),
+    /// An inferred resolution followed by the frame line that implied it.
+    Two(Event, Event),
     Skipped,
 }
 
@@ -121,6 +126,17 @@ impl LogParser {
                 );
             }
             Msg::Irq => ev.kind = Kind::GuestIrq,
+        }
+        if ev.kind == Kind::TxFrame && self.open_failures > 0 {
+            // The deferred frame went out without a `resolved after` line (a pre-PR build):
+            // in PR builds that line always comes first, so this only happens in old logs.
+            let mut resolved = ev;
+            resolved.kind = Kind::EnobufsResolved;
+            resolved.retries = Some(self.open_failures);
+            resolved.len = None;
+            self.open_failures = 0;
+            self.inferred_resolutions += 1;
+            return Ok(LogLine::Two(resolved, ev));
         }
         Ok(LogLine::Event(ev))
     }
@@ -353,7 +369,7 @@ mod tests {
             .map(
                 |(i, line)| match p.parse("f", 0, i as u64 + 1, line).unwrap() {
                     LogLine::Event(e) => e.kind,
-                    LogLine::Skipped => panic!("skipped"),
+                    LogLine::Two(..) | LogLine::Skipped => panic!("unexpected"),
                 },
             )
             .collect();

@@ -55,6 +55,8 @@ pub struct InputSummary {
     pub reordered: u64,
     /// Events the tracer said it lost (bpftrace "Lost N events").
     pub lost_events: u64,
+    /// Log episodes closed by their frame line, the log having no `resolved after` line.
+    pub inferred_resolutions: u64,
     pub anomalies: Anomalies,
 }
 
@@ -182,6 +184,8 @@ enum Item {
     Clock(i64),
     /// bpftrace's "Lost N events" (its perf buffer overflowed).
     Lost(u64),
+    /// Resolutions a pre-PR log implied by writing the frame (see `LogParser`).
+    Inferred(u64),
 }
 
 /// Lines a tracer prints around the CSV: bpftrace's banner without -q, its map dumps at exit
@@ -249,6 +253,10 @@ fn produce(
                 }
                 State::Log(parser) => Ok(Some(match parser.parse(name, idx, line_no, line)? {
                     LogLine::Event(ev) => Item::Event(ev),
+                    LogLine::Two(first, second) => {
+                        batch.push(Item::Event(first));
+                        Item::Event(second)
+                    }
                     LogLine::Skipped => Item::Skipped,
                 })),
                 State::Undecided => {
@@ -277,7 +285,7 @@ fn produce(
                             state = State::Log(parser);
                             batch.push(Item::Format(Format::Log, Some(0)));
                             Ok(Some(match first? {
-                                LogLine::Event(ev) => Item::Event(ev),
+                                LogLine::Event(ev) | LogLine::Two(_, ev) => Item::Event(ev),
                                 LogLine::Skipped => Item::Skipped,
                             }))
                         }
@@ -307,6 +315,11 @@ fn produce(
     });
     if receiver_gone {
         return;
+    }
+    if let State::Log(parser) = &state {
+        if parser.inferred_resolutions > 0 {
+            batch.push(Item::Inferred(parser.inferred_resolutions));
+        }
     }
     match result {
         Ok(()) => {
@@ -451,6 +464,7 @@ pub fn run(
                         }
                         Item::Clock(offset) => c.info.wall_offset_ns = Some(offset),
                         Item::Lost(n) => summary.lost_events += n,
+                        Item::Inferred(n) => summary.inferred_resolutions += n,
                     }
                 }
                 let _ = recycle_tx.send(items);

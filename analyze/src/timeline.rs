@@ -98,7 +98,8 @@ pub struct Timeline {
 pub struct Attempt {
     pub offset_ns: i64,
     pub succeeded: bool,
-    /// The latest wake-up since the previous attempt, e.g. "write wake-up without room".
+    /// The latest wake-up since the previous attempt, e.g. "write wake-up without room";
+    /// empty when none was recorded.
     pub trigger: String,
 }
 
@@ -131,9 +132,7 @@ fn attempts(events: &[Event], ep: &Episode) -> Vec<Attempt> {
                 out.push(Attempt {
                     offset_ns: e.ts_ns - ep.start_ns,
                     succeeded: e.kind == Kind::EnobufsResolved,
-                    trigger: last
-                        .take()
-                        .unwrap_or_else(|| "no recorded wake-up".to_string()),
+                    trigger: last.take().unwrap_or_default(),
                 });
             }
             _ => {}
@@ -148,10 +147,17 @@ fn explain_attempts(attempts: &[Attempt]) -> Option<String> {
     if attempts.is_empty() {
         return None;
     }
+    let after = |a: &Attempt| {
+        if a.trigger.is_empty() {
+            "with no wake-up before it".to_string()
+        } else {
+            format!("after a {}", a.trigger)
+        }
+    };
     let failed: Vec<String> = attempts
         .iter()
         .filter(|a| !a.succeeded)
-        .map(|a| format!("after a {}", a.trigger))
+        .map(after)
         .collect();
     let sent = attempts.iter().find(|a| a.succeeded);
     let mut s = String::from("sends after the first failure: ");
@@ -159,8 +165,8 @@ fn explain_attempts(attempts: &[Attempt]) -> Option<String> {
         s.push_str(&format!("{} failed ({})", failed.len(), failed.join(", ")));
     }
     match sent {
-        Some(a) if failed.is_empty() => s.push_str(&format!("sent after a {}", a.trigger)),
-        Some(a) => s.push_str(&format!(", then sent after a {}", a.trigger)),
+        Some(a) if failed.is_empty() => s.push_str(&format!("sent {}", after(a))),
+        Some(a) => s.push_str(&format!(", then sent {}", after(a))),
         None => {}
     }
     Some(s)
@@ -446,13 +452,24 @@ fn describe(ev: &Event, ep: &Episode, info: &SourceInfo) -> TimelineEvent {
             fd_str(ev.fd),
             ev.data.unwrap_or(-1)
         ),
-        Kind::EnobufsBegin => format!(
-            "{}: first failed send (fd {}{})",
-            ev.errno.map_or("send failed".to_string(), errno_name),
-            fd_str(ev.fd),
-            ev.len
-                .map_or(String::new(), |l| format!(", frame {l} bytes"))
-        ),
+        Kind::EnobufsBegin => {
+            let mut detail = Vec::new();
+            if let Some(fd) = ev.fd {
+                detail.push(format!("fd {fd}"));
+            }
+            if let Some(l) = ev.len {
+                detail.push(format!("frame {l} bytes"));
+            }
+            let detail = if detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", detail.join(", "))
+            };
+            format!(
+                "{}: first failed send{detail}",
+                ev.errno.map_or("send failed".to_string(), errno_name)
+            )
+        }
         Kind::EnobufsRetry => format!(
             "{}: retry {} failed",
             ev.errno.map_or("send failed".to_string(), errno_name),
@@ -470,8 +487,14 @@ fn describe(ev: &Event, ep: &Episode, info: &SourceInfo) -> TimelineEvent {
         ),
         Kind::TxFrame => format!("frame written: {} bytes", ev.len.unwrap_or(0)),
         Kind::RxFrame => format!("frame read: {} bytes", ev.len.unwrap_or(0)),
-        Kind::GuestKick => format!("guest kick queue {}", fd_str(ev.queue)),
-        Kind::GuestIrq => format!("interrupt to guest queue {}", fd_str(ev.queue)),
+        Kind::GuestKick => match ev.queue {
+            Some(q) => format!("guest kick queue {q}"),
+            None => "guest kick".to_string(),
+        },
+        Kind::GuestIrq => match ev.queue {
+            Some(q) => format!("interrupt to guest queue {q}"),
+            None => "interrupt to guest".to_string(),
+        },
         Kind::FrameDrop => format!(
             "frame dropped: {} bytes, reason {}",
             ev.len.unwrap_or(0),

@@ -188,3 +188,15 @@ fn compare_every_format() {
         );
     }
 }
+
+#[test]
+fn pre_fix_log_without_resolved_lines() {
+    // Builds before the fix log every failure and no "resolved" line: the frame written
+    // closes the episode.
+    let log = "tests/fixtures/log_prefix.log";
+    check("report_log_prefix.text", &["report", log]);
+    check(
+        "timeline_log_prefix.text",
+        &["timeline", log, "--episode", "1"],
+    );
+}

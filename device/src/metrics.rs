@@ -44,6 +44,8 @@ pub struct Metrics {
     pub guest_irqs: AtomicU64,
     /// Times RX stopped because the guest had no buffers for a waiting frame.
     pub rx_no_buffers: AtomicU64,
+    /// Event-loop turns (returns from epoll_wait/kevent): a busy loop shows up here.
+    pub wakeups: AtomicU64,
     /// Failures injected by the backend's FaultConfig.
     pub injected_faults: AtomicU64,
     pub peer_gone: AtomicBool,
@@ -81,6 +83,7 @@ pub struct MetricsSnapshot {
     pub guest_kicks: u64,
     pub guest_irqs: u64,
     pub rx_no_buffers: u64,
+    pub wakeups: u64,
     pub injected_faults: u64,
     pub peer_gone: bool,
 }
@@ -141,6 +144,7 @@ impl Metrics {
             guest_kicks: g(&self.guest_kicks),
             guest_irqs: g(&self.guest_irqs),
             rx_no_buffers: g(&self.rx_no_buffers),
+            wakeups: g(&self.wakeups),
             injected_faults: g(&self.injected_faults),
             peer_gone: self.peer_gone.load(Relaxed),
         }

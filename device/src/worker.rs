@@ -638,6 +638,7 @@ impl Loop {
             self.poller
                 .wait(&mut events, timeout)
                 .map_err(WorkerError::Poller)?;
+            Metrics::inc(&self.dev.metrics.wakeups);
             let _turn = tracing::debug_span!("turn", events = events.len()).entered();
             let mut hup = false;
             for ev in &events {

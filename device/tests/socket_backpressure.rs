@@ -577,3 +577,32 @@ fn deferred_frame_asks_for_a_kick_on_the_next_chain() {
     // the kick retries the deferred frame.
     assert_eq!(s.tx.avail_event(&s.mem), 1);
 }
+
+#[test]
+fn worker_sleeps_while_a_frame_is_deferred_without_timer() {
+    let (a, _peer) = UnixDatagram::pair().unwrap();
+    let filler = a.try_clone().unwrap();
+    let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
+    fill_gram(&filler);
+    let opts = WorkerOptions {
+        retry_delay: Some(None),
+        ..Default::default()
+    };
+    let (mut g, h) = common::start(Box::new(be), DEVICE_FEATURES, opts, 64);
+    g.tx.add(&g.mem, &tx_segs(&frame(0, 1514), &[])).unwrap();
+    g.tx_kick.notify().unwrap();
+    wait_until("episode", || g.metrics.snapshot().episodes == 1);
+    let before = g.metrics.snapshot();
+    std::thread::sleep(Duration::from_millis(100));
+    let after = g.metrics.snapshot();
+    // Nothing happens, so the loop must not turn: a busy loop would turn thousands of
+    // times here. (A slow machine can only lower the count.)
+    assert!(
+        after.wakeups - before.wakeups <= 2,
+        "{} wake-ups while idle",
+        after.wakeups - before.wakeups
+    );
+    assert_eq!(after.retries, before.retries, "no retries without an event");
+    h.stop();
+    assert_eq!(h.join().unwrap().reason, ExitReason::Stopped);
+}

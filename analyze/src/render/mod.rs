@@ -76,6 +76,12 @@ pub fn notes(report: &Report) -> Vec<String> {
             input.lost_events
         ));
     }
+    if input.inferred_resolutions > 0 {
+        out.push(format!(
+            "{} episode(s) closed by the frame written after them: the log has no `resolved after N retries` lines (a build before the fix), retries = failures logged",
+            input.inferred_resolutions
+        ));
+    }
     let a = &input.anomalies;
     if a.resolved_before_capture > 0 {
         out.push(format!(
