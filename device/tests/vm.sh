@@ -26,24 +26,30 @@ mkdir -m 1777 "$out/tmp"
 tracer=()
 if command -v bpftrace >/dev/null; then tracer=(--tracer bpftrace); else echo "vm.sh: bpftrace missing: no trace checks"; fi
 
-status=0
-TMPDIR="$out/tmp" timeout --kill-after=10 240 ./target/release/vnet-vm --tests fwd,rev --seconds "$SECONDS_PER_TEST" \
-  "${tracer[@]}" --json --out "$out" >"$out/stdout.json" 2>"$out/runner.log" &
-runner=$!
-wait $runner || status=$?
-if [ $status -ne 0 ]; then
-  echo "vm.sh: vnet-vm failed ($status):"; cat "$out/runner.log"
-  for f in "$out"/vhost/{daemon.log,qemu.err,passt.err}; do [ -s "$f" ] && { echo "--- $f"; tail -20 "$f"; }; done
-  [ -f "$out/vhost/console.log" ] && { echo "--- console"; tail -30 "$out/vhost/console.log"; }
-  exit 1
-fi
-cat "$out/runner.log"
+# run NAME ARGS...: one vnet-vm invocation into $out/NAME; prints the logs if it fails.
+run() {
+  local name=$1; shift
+  local dir="$out/$name" status=0
+  mkdir -p "$dir"
+  echo "vm.sh: $name: vnet-vm $*"
+  TMPDIR="$out/tmp" timeout --kill-after=10 240 ./target/release/vnet-vm "$@" --json --out "$dir" \
+    >"$dir/stdout.json" 2>"$dir/runner.log" || status=$?
+  if [ $status -ne 0 ]; then
+    echo "vm.sh: $name: vnet-vm failed ($status):"; cat "$dir/runner.log"
+    for f in "$dir"/vhost/{daemon.log,qemu.err,passt.err}; do [ -s "$f" ] && { echo "--- $f"; tail -20 "$f"; }; done
+    [ -f "$dir/vhost/console.log" ] && { echo "--- console"; tail -30 "$dir/vhost/console.log"; }
+    exit 1
+  fi
+  cat "$dir/runner.log"
+  check "$dir/stdout.json" "$@"
+}
 
-python3 - "$out/stdout.json" "${#tracer[@]}" "$out" <<'EOF'
+check() {
+python3 - "$@" <<'EOF'
 import json, os, sys
 summary = json.load(open(sys.argv[1]))
-traced = sys.argv[2] != "0"
-out_dir = sys.argv[3]
+traced = "--tracer" in sys.argv[2:]
+out_dir = os.path.dirname(os.path.dirname(sys.argv[1]))
 fail = []
 def check(cond, msg):
     print(("ok   " if cond else "FAIL ") + msg)
@@ -65,6 +71,8 @@ check(d["rx_bytes"] >= received, f"daemon rx_bytes {d['rx_bytes']} >= guest rece
 check(d["tx_bytes"] < 3 * sent + 50_000_000, f"daemon tx_bytes {d['tx_bytes']} not wildly above {sent}")
 check(d["rx_bytes"] < 3 * received + 50_000_000, f"daemon rx_bytes {d['rx_bytes']} not wildly above {received}")
 check(d["handshake"]["early_enables"] > 0, f"QEMU's early SET_VRING_ENABLE seen ({d['handshake']['early_enables']})")
+acked = d["handshake"]["acked_features"] or 0
+check(acked & (1 << 32) != 0, f"VERSION_1 negotiated (features {acked:#x})")
 check(d["drops"]["total"] == 0, f"no frames dropped ({d['drops']})")
 check(summary["retransmits"] is not None, f"retransmits reported ({summary['retransmits']})")
 
@@ -112,4 +120,9 @@ check(not left, f"no leftover processes {left}")
 if fail:
     sys.exit(1)
 EOF
+}
+
+# q35 + virtio-net-pci under bpftrace, then -M microvm + virtio-net-device (virtio-mmio).
+run pc --tests fwd,rev --seconds "$SECONDS_PER_TEST" "${tracer[@]}"
+run microvm --machine microvm --tests fwd,rev --seconds 2
 echo "vm.sh: ok"
