@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::{dur, notes, overall_line};
+use super::{dur, overall_line, write_notes};
 use crate::report::{Report, Unit};
 
 pub fn render(report: &Report, unit: Unit) -> String {
@@ -102,12 +102,6 @@ pub fn render(report: &Report, unit: Unit) -> String {
             );
         }
     }
-    let notes = notes(report);
-    if !notes.is_empty() {
-        out.push('\n');
-        for n in notes {
-            let _ = writeln!(out, "> {n}");
-        }
-    }
+    write_notes(&mut out, report, "> ");
     out
 }

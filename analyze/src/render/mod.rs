@@ -65,6 +65,18 @@ pub fn overall_line(out: &mut String, report: &Report, unit: Unit) {
     }
 }
 
+/// The notes after a blank line, one per line behind `prefix` (`note: ` in text, `> ` in
+/// markdown); nothing at all when there are none.
+pub fn write_notes(out: &mut String, report: &Report, prefix: &str) {
+    let notes = notes(report);
+    if !notes.is_empty() {
+        out.push('\n');
+        for n in notes {
+            let _ = writeln!(out, "{prefix}{n}");
+        }
+    }
+}
+
 /// The note lines shared by text and markdown.
 pub fn notes(report: &Report) -> Vec<String> {
     let mut out = Vec::new();

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::{dur, dur_cell, notes, overall_line};
+use super::{dur, dur_cell, overall_line, write_notes};
 use crate::report::{Report, Unit};
 
 /// `Retries   Count       %       Min       Avg       P99       Max` and its rows.
@@ -167,13 +167,7 @@ fn extras(out: &mut String, report: &Report, unit: Unit) {
             );
         }
     }
-    let notes = notes(report);
-    if !notes.is_empty() {
-        out.push('\n');
-        for n in notes {
-            let _ = writeln!(out, "note: {n}");
-        }
-    }
+    write_notes(out, report, "note: ");
 }
 
 fn short(source: &str) -> &str {
