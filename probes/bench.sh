@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Overhead of watching the device: simulated-VM throughput with probes/enobufs.bt attached
-# (all probes, and FRAMES=0), with the in-process recorder, and with DEBUG logging, each
-# as a ratio to the same workload untraced, measured in this run. Needs root for bpftrace.
+# (all probes; FRAMES=0, which only filters; and the script without the frame clauses that
+# capture.sh --no-frames runs, which leaves them unattached), with the in-process recorder,
+# and with DEBUG logging, each as a ratio to the same workload untraced, measured in this
+# run. Needs root for bpftrace.
 #
 #   sudo probes/bench.sh [SECS per run, default 5] [REPEATS, default 3]
 #
@@ -45,6 +47,7 @@ one() { # mode -> prints "Gbit/s cpu_s_per_GB" of one run
     untraced) cpu "$sim" $load > "$out" ;;
     enobufs.bt) cpu bpftrace -q -o "$work/t.csv" probes/enobufs.bt "$sim" -c "$sim $load" > "$out" 2>/dev/null ;;
     enobufs.bt-FRAMES=0) cpu bpftrace -q -o "$work/t.csv" probes/enobufs.bt "$sim" 0 -c "$sim $load" > "$out" 2>/dev/null ;;
+    no-frames) cpu bpftrace -q -o "$work/t.csv" "$work/noframes.bt" "$sim" -c "$sim $load" > "$out" 2>/dev/null ;;
     recorder) cpu "$sim" $load --trace "$work/r.csv" > "$out" ;;
     debug-log) cpu "$sim" $load --log-level debug > "$out" 2> "$work/debug.log" ;;
   esac
@@ -52,7 +55,9 @@ one() { # mode -> prints "Gbit/s cpu_s_per_GB" of one run
 }
 median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
-modes=(untraced enobufs.bt enobufs.bt-FRAMES=0 recorder debug-log)
+# what capture.sh --no-frames runs (it would also sort the rows afterwards: not tracing cost)
+awk -f probes/noframes.awk probes/enobufs.bt > "$work/noframes.bt"
+modes=(untraced enobufs.bt enobufs.bt-FRAMES=0 no-frames recorder debug-log)
 declare -A gb cpus rg rc
 for m in "${modes[@]}"; do gb[$m]=""; cpus[$m]=""; rg[$m]=""; rc[$m]=""; done
 # Interleave the modes and compare each run with the untraced run of its own round: on a

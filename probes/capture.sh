@@ -10,15 +10,17 @@
 #        sudo probes/capture.sh -o FILE [--no-frames] -c 'BINARY ARGS' BINARY
 #
 #   BINARY       executable with the vnet probes (bpftrace needs its path; DTrace ignores it)
-#   --no-frames  leave out tx_frame/rx_frame (FRAMES=0), for long runs
+#   --no-frames  leave out tx_frame/rx_frame, for long runs: they are not attached at all
+#                (bpftrace gets a copy of enobufs.bt without them, from noframes.awk;
+#                DTrace gets -D FRAMES=0), so they cost nothing and the device skips them
 #
 # Example: sudo probes/capture.sh -o trace.csv -c 'target/release/vnet-sim --duration 30' \
 #              target/release/vnet-sim && target/release/analyze report trace.csv
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-usage() { sed -n 's/^# \{0,1\}//; 9,13p' "$0" >&2; exit 2; }
+usage() { sed -n 's/^# \{0,1\}//; 9,15p' "$0" >&2; exit 2; }
 
-out="" frames="" target=() binary=""
+out="" frames=1 target=() binary=""
 while [ $# -gt 0 ]; do
   case $1 in
     -o) out=$2; shift 2 ;;
@@ -31,19 +33,28 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$out" ] && [ ${#target[@]} -eq 2 ] || usage
 err=$(mktemp)
-trap 'rm -f "$err"' EXIT
+tmpscript=$(mktemp)
+trap 'rm -f "$err" "$tmpscript"' EXIT
 rm -f "$out" # dtrace -o appends
 
 case $(uname -s) in
   Linux)
     [ -n "$binary" ] || { echo "capture.sh: bpftrace needs the BINARY path" >&2; usage; }
     export BPFTRACE_PERF_RB_PAGES=${BPFTRACE_PERF_RB_PAGES:-1024}
+    # bpftrace 0.17 attaches every clause it is given (enobufs.bt's FRAMES=0 only filters),
+    # so leaving the frame probes out means a script without their clauses
+    script=$here/enobufs.bt
+    if [ "$frames" = 0 ]; then
+      script=$tmpscript
+      awk -f "$here/noframes.awk" "$here/enobufs.bt" > "$script"
+    fi
     status=0
-    bpftrace -q -o "$out" "$here/enobufs.bt" "$binary" $frames "${target[@]}" 2> >(tee "$err" >&2) || status=$?
+    bpftrace -q -o "$out" "$script" "$binary" "${target[@]}" 2> >(tee "$err" >&2) || status=$?
     ;;
   Darwin)
     status=0
-    dtrace -s "$here/enobufs.d" $frames "${target[@]}" -o "$out" 2> >(tee "$err" >&2) || status=$?
+    # -C runs cpp: enobufs.d's '#if FRAMES' leaves the frame clauses unenabled
+    dtrace -C -D FRAMES=$frames -s "$here/enobufs.d" "${target[@]}" -o "$out" 2> >(tee "$err" >&2) || status=$?
     ;;
   *) echo "capture.sh: no tracer for $(uname -s)" >&2; exit 1 ;;
 esac

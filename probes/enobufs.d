@@ -1,4 +1,4 @@
-#!/usr/sbin/dtrace -s
+#!/usr/sbin/dtrace -Cs
 /*
  * enobufs.d - Write every vnet USDT probe firing as the vnetscope trace CSV.
  *
@@ -7,17 +7,22 @@
  * trace CSV of design.md: one clock comment line, the header, then one row
  * per probe firing, for `analyze report` and the notebooks.
  *
- * USAGE: sudo dtrace -s probes/enobufs.d [FRAMES] -p PID      [-o FILE]
- *        sudo dtrace -s probes/enobufs.d [FRAMES] -c 'CMD ARGS' [-o FILE]
+ * USAGE: sudo dtrace -C -s probes/enobufs.d [-D FRAMES=0] -p PID      [-o FILE]
+ *        sudo dtrace -C -s probes/enobufs.d [-D FRAMES=0] -c 'CMD ARGS' [-o FILE]
  *
- *   FRAMES  omitted or anything but 0 records tx_frame/rx_frame; 0 leaves
- *           them out for long runs (they are most of the rows)
+ *   -C      runs the C preprocessor over the script; required (without it
+ *           dtrace rejects the #if lines below)
+ *   -D FRAMES=0
+ *           leaves tx_frame/rx_frame out for long runs (they are most of
+ *           the rows). Their clauses are not compiled, so those probes are
+ *           never enabled: no cost per frame, and the device's is-enabled
+ *           check skips them. Default (no -D, or FRAMES=1): record them.
  *   -o FILE writes the CSV to FILE (remove an old FILE first: dtrace may append)
  *   probes/capture.sh wraps this, sorts rows by time and turns DTrace's
  *   drop messages into a warning and a comment line in the CSV.
  *
  * Example: a 10-minute iperf3 run against krunkit with the vnet probes
- *   sudo dtrace -s probes/enobufs.d -p $(pgrep -n krunkit) -o trace.csv
+ *   sudo dtrace -C -s probes/enobufs.d -p $(pgrep -n krunkit) -o trace.csv
  *
  * Buffers: a bidirectional iperf3 run with 8 streams fires well under 200k
  * probes/s; a row is ~70 bytes in the principal buffer, so 16 MiB per CPU
@@ -30,8 +35,11 @@
  * ts_ns is `timestamp`; the clock line pairs it with `walltimestamp`.
  */
 
+#ifndef FRAMES
+#define FRAMES 1
+#endif
+
 #pragma D option quiet
-#pragma D option defaultargs
 #pragma D option bufsize=16m
 #pragma D option bufresize=manual
 #pragma D option switchrate=100hz
@@ -80,19 +88,19 @@ vnet$target:::timer_fired
 	printf("%d,%d,timer_fired,,,,%d,,,\n", timestamp, tid, arg0);
 }
 
+#if FRAMES
 vnet$target:::tx_frame
-/$$1 != "0"/
 {
 	/* fd, len */
 	printf("%d,%d,tx_frame,%d,,%d,,,,\n", timestamp, tid, arg0, arg1);
 }
 
 vnet$target:::rx_frame
-/$$1 != "0"/
 {
 	/* fd, len */
 	printf("%d,%d,rx_frame,%d,,%d,,,,\n", timestamp, tid, arg0, arg1);
 }
+#endif
 
 vnet$target:::guest_kick
 {

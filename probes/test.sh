@@ -5,7 +5,9 @@
 #  (a) enobufs.bt: with backpressure and injected ENOBUFS, the CSV has the design.md header,
 #      its enobufs_begin/enobufs_resolved/tx_frame/rx_frame counts equal the run's JSON
 #      summary, `analyze report` reads it, and it has the same rows per probe as the run's
-#      own in-process trace. Again with FRAMES=0: no frame rows, the rest unchanged.
+#      own in-process trace. Again with FRAMES=0: no frame rows, the rest unchanged, but the
+#      frame probes attached (their USDT semaphores are non-zero); and with capture.sh
+#      --no-frames: the same rows, and the frame probes not attached (semaphores 0).
 #  (b) stall.bt: reports the lost-write-event run with the timer off; silent on a healthy one.
 #  (c) enobufs-hist.bt: prints the histograms of a run with episodes.
 #  (d) capture.sh: sorts a bpftrace capture and still matches the in-process trace; and, with
@@ -88,13 +90,77 @@ print(json.dumps(n, sort_keys=True))
 EOF
 }
 
+# Prints, as JSON, the vnet USDT semaphores of the running BINARY process started with
+# `--trace TRACE`, read once that process has created TRACE: vnet-sim does so after
+# registering its probes, and bpftrace -c lets it run only once every probe is attached
+# (read earlier, while bpftrace attaches one probe after the other, they are still partly 0).
+# A semaphore counts the tracers attached to its probe and the device evaluates a probe
+# only when it is non-zero, so tx_frame=0 there means "not attached": the check for
+# --no-frames.
+semaphores() { # BINARY TRACE
+  python3 - "$1" "$2" <<'EOF'
+import json, os, re, subprocess, sys, time
+binary, trace = os.path.realpath(sys.argv[1]), sys.argv[2]
+marker = f"--trace {trace}"
+notes = subprocess.run(["readelf", "-nW", binary], capture_output=True, text=True, check=True).stdout
+sems = {}
+for m in re.finditer(r"Provider: vnet\s+Name: (\w+)\s+Location: \S+, Base: \S+, Semaphore: (0x[0-9a-f]+)", notes):
+    sems[m.group(1)] = int(m.group(2), 16)
+if not sems or 0 in sems.values():
+    sys.exit(f"{binary}: no vnet USDT semaphores in .note.stapsdt")
+loads = []  # (vaddr, offset, filesz) of PT_LOAD segments, to turn an address into a file offset
+for l in subprocess.run(["readelf", "-lW", binary], capture_output=True, text=True, check=True).stdout.splitlines():
+    f = l.split()
+    if f and f[0] == "LOAD":
+        loads.append((int(f[2], 16), int(f[1], 16), int(f[4], 16)))
+def file_off(v):
+    for va, off, sz in loads:
+        if va <= v < va + sz:
+            return v - va + off
+    sys.exit(f"semaphore {v:#x} is in no PT_LOAD segment")
+seen_proc = False
+for _ in range(600):  # polls for at most a minute; the run itself lasts a few seconds
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/exe") != binary:
+                continue
+            if marker not in open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace"):
+                continue
+            seen_proc = True
+            if not os.path.exists(trace):
+                continue  # still held by the tracer, attaching: values not final yet
+            maps = []
+            for l in open(f"/proc/{pid}/maps"):
+                f = l.split()
+                if len(f) >= 6 and os.path.realpath(f[5]) == binary:
+                    s, e = (int(x, 16) for x in f[0].split("-"))
+                    maps.append((s, e, int(f[2], 16)))
+            vals = {}
+            with open(f"/proc/{pid}/mem", "rb") as mem:
+                for name, v in sems.items():
+                    off = file_off(v)
+                    addr = next(s + off - mo for s, e, mo in maps if mo <= off < mo + (e - s))
+                    mem.seek(addr)
+                    vals[name] = int.from_bytes(mem.read(2), "little")
+        except (OSError, StopIteration):
+            continue  # the process went away (or is not mapped yet): look again
+        print(json.dumps(vals, sort_keys=True))
+        sys.exit(0)
+    time.sleep(0.1)
+sys.exit(f"never saw the traced process create {trace}" if seen_proc else f"never saw a {binary} process with {marker!r}")
+EOF
+}
+
 # --- (a) enobufs.bt against the run's own summary and in-process trace ---------------------
+# backpressure from a proxy that stops reading 5 ms in every 50, plus ENOBUFS on every 50th send
+sim_args="--duration 3 --proxy-pause-ms 5 --proxy-pause-every-ms 50 --inject-enobufs 50 --json --no-progress"
 run_capture() { # $1 = FRAMES argument (may be empty), $2 = name
   local frames=$1 name=$2
-  # backpressure from a proxy that stops reading 5 ms in every 50, plus ENOBUFS on every 50th send
   bpftrace -q -o "$work/$name.bt.csv" probes/enobufs.bt "$sim" $frames \
-    -c "$sim --duration 3 --proxy-pause-ms 5 --proxy-pause-every-ms 50 --inject-enobufs 50 --trace $work/$name.inproc.csv --json --no-progress" \
-    > "$work/$name.json" 2> >(quiet_bt)
+    -c "$sim $sim_args --trace $work/$name.inproc.csv" > "$work/$name.json" 2> >(quiet_bt) &
+  local tracer=$!
+  semaphores "$sim" "$work/$name.inproc.csv" > "$work/$name.sem" || true
+  wait "$tracer"
 }
 run_capture "" all
 if bt=$(counts "$work/all.bt.csv") && inproc=$(counts "$work/all.inproc.csv"); then
@@ -118,6 +184,11 @@ EOF
 else
   bad "a trace did not parse"
 fi
+if python3 -c 'import json, sys; s = json.load(open(sys.argv[1])); print(f"     semaphores while it ran {s}"); sys.exit(0 if s and all(s.values()) else 1)' "$work/all.sem"; then
+  ok "every probe attached in the full capture (USDT semaphores non-zero)"
+else
+  bad "full capture: some probe not attached, or semaphores not read"
+fi
 # the clock lines of both producers must map monotonic to wall time alike (bpftrace's comes
 # from strftime("%s%f", nsecs), microseconds; the recorder's from clock_gettime)
 if python3 - "$work/all.bt.csv" "$work/all.inproc.csv" <<'EOF'
@@ -137,18 +208,47 @@ else
   bad "analyze report failed:"; sed 's/^/     /' "$work/report.txt"
 fi
 
-run_capture 0 noframes
-if nf=$(counts "$work/noframes.bt.csv") && nfi=$(counts "$work/noframes.inproc.csv"); then
-  python3 - "$nf" "$nfi" <<'EOF' && ok "FRAMES=0 leaves out exactly tx_frame and rx_frame" || bad "FRAMES=0 rows wrong"
+# Checks a capture made without frame rows: exactly the in-process trace minus tx_frame and
+# rx_frame, episodes matching the JSON summary, and the frame probes attached or not as the
+# last argument says (from the semaphores read while it ran).
+check_no_frames() { # what trace.csv inproc.csv summary.json semaphores.json attached(0/1)
+  local what=$1
+  if nf=$(counts "$2") && nfi=$(counts "$3"); then
+    python3 - "$nf" "$nfi" "$4" "$5" "$6" <<'EOF' && ok "$what" || bad "$what"
 import json, sys
-bt = json.loads(sys.argv[1]); inproc = json.loads(sys.argv[2])
+bt = json.loads(sys.argv[1]); inproc = json.loads(sys.argv[2]); s = json.load(open(sys.argv[3]))
+try:
+    sem = json.load(open(sys.argv[4]))
+except ValueError:
+    sys.exit("     no semaphore values were read while it ran")
+attached = sys.argv[5] == "1"
 want = {k: v for k, v in inproc.items() if k not in ("tx_frame", "rx_frame")}
 print(f"     bpftrace {bt}")
-sys.exit(0 if bt == want and inproc.get("tx_frame", 0) > 0 else 1)
+print(f"     semaphores while it ran {sem}")
+ok = bt == want and inproc.get("tx_frame", 0) > 0 and s["episodes"] > 0
+ok &= bt.get("enobufs_begin") == s["episodes"] and bt.get("enobufs_resolved") == s["resolved"]
+frames = [sem.get("tx_frame"), sem.get("rx_frame")]
+ok &= (all(v and v > 0 for v in frames) if attached else frames == [0, 0])
+ok &= all(v > 0 for k, v in sem.items() if k not in ("tx_frame", "rx_frame"))
+sys.exit(0 if ok else 1)
 EOF
-else
-  bad "FRAMES=0 trace did not parse"
-fi
+  else
+    bad "$what: the trace did not parse"
+  fi
+}
+# FRAMES=0 only filters: same rows as --no-frames, but the frame probes stay attached
+# (this also shows the semaphore check sees an attached probe)
+run_capture 0 noframes
+check_no_frames "FRAMES=0 leaves out exactly the frame rows; the frame probes stay attached" \
+  "$work/noframes.bt.csv" "$work/noframes.inproc.csv" "$work/noframes.json" "$work/noframes.sem" 1
+# capture.sh --no-frames: the frame probes not attached at all
+bash probes/capture.sh --no-frames -o "$work/nf.bt.csv" -c "$sim $sim_args --trace $work/nf.inproc.csv" "$sim" \
+  > "$work/nf.json" 2> >(quiet_bt) &
+tracer=$!
+semaphores "$sim" "$work/nf.inproc.csv" > "$work/nf.sem" || true
+wait "$tracer" || true
+check_no_frames "capture.sh --no-frames: no frame rows, the rest match; tx_frame/rx_frame not attached" \
+  "$work/nf.bt.csv" "$work/nf.inproc.csv" "$work/nf.json" "$work/nf.sem" 0
 
 # --- (d) capture.sh on a real capture: sorted, same rows as the in-process trace ------------
 if bash probes/capture.sh -o "$work/cap.csv" \

@@ -249,103 +249,218 @@ fn every_script_names_only_contract_probes_with_their_arguments() {
     }
 }
 
+/// The per-frame probes: the ones a capture for long runs leaves out.
+const FRAME_PROBES: [&str; 2] = ["tx_frame", "rx_frame"];
+
+/// Checks one variant of a capture script: the clock line, the design.md header, and one
+/// row clause per probe in `want`, each putting its arguments in design.md's columns.
+fn check_capture(file: &str, text: &str, ts_expr: &str, want: &[&String]) {
+    let columns: Vec<&str> = HEADER.split(',').collect();
+    let cl = clauses(text);
+    let headers: Vec<_> = cl
+        .iter()
+        .filter(|c| c.probes.is_empty())
+        .flat_map(|c| printfs(&c.body))
+        .filter(|(f, _)| f.starts_with("ts_ns"))
+        .collect();
+    assert_eq!(
+        headers.len(),
+        1,
+        "{file}: expected exactly one header printf"
+    );
+    assert_eq!(
+        headers[0].0,
+        format!("{HEADER}\\n"),
+        "{file}: header differs from design.md"
+    );
+    assert!(
+        cl.iter()
+            .flat_map(|c| printfs(&c.body))
+            .any(|(f, _)| f.starts_with("# clock mono_ns=%") && f.contains(" wall_ns=%")),
+        "{file}: no '# clock mono_ns=.. wall_ns=..' line"
+    );
+
+    let mut seen = BTreeMap::new();
+    for c in cl.iter().filter(|c| !c.probes.is_empty()) {
+        assert_eq!(c.probes.len(), 1, "{file}:{}: one probe per clause", c.line);
+        let name = &c.probes[0];
+        *seen.entry(name.clone()).or_insert(0) += 1;
+        let rows = printfs(&c.body);
+        assert_eq!(
+            rows.len(),
+            1,
+            "{file}:{}: {name} must print one row",
+            c.line
+        );
+        let (fmt, args) = &rows[0];
+        let fmt = fmt
+            .strip_suffix("\\n")
+            .unwrap_or_else(|| panic!("{file}:{}: {name} row does not end in \\n", c.line));
+        let fields: Vec<&str> = fmt.split(',').collect();
+        assert_eq!(
+            fields.len(),
+            columns.len(),
+            "{file}:{}: {name}: column count",
+            c.line
+        );
+        let mut args = args.iter();
+        let mut got = BTreeMap::new();
+        for (col, field) in columns.iter().zip(&fields) {
+            if field.starts_with('%') {
+                let arg = args.next().unwrap_or_else(|| {
+                    panic!("{file}:{}: {name}: too few printf arguments", c.line)
+                });
+                got.insert(*col, arg.clone());
+            } else if *col == "probe" {
+                assert_eq!(field, name, "{file}:{}: probe column", c.line);
+            } else {
+                assert!(
+                    field.is_empty(),
+                    "{file}:{}: {name}: literal in {col}",
+                    c.line
+                );
+            }
+        }
+        assert!(
+            args.next().is_none(),
+            "{file}:{}: {name}: extra printf arguments",
+            c.line
+        );
+        let mut design = BTreeMap::new();
+        design.insert("ts_ns", ts_expr.to_string());
+        design.insert("tid", "tid".to_string());
+        for (col, k) in expected_columns(name) {
+            design.insert(*col, format!("arg{k}"));
+        }
+        assert_eq!(
+            got, design,
+            "{file}:{}: {name}: columns differ from design.md",
+            c.line
+        );
+    }
+    for (name, n) in &seen {
+        assert_eq!(
+            *n, 1,
+            "{file}: {name} needs exactly one row clause, has {n}"
+        );
+    }
+    let mut seen: Vec<&String> = seen.keys().collect();
+    seen.sort();
+    let mut want = want.to_vec();
+    want.sort();
+    assert_eq!(seen, want, "{file}: probes with a row clause");
+}
+
+/// Evaluates the preprocessor lines of enobufs.d the way `dtrace -C [-D FRAMES=n]` would:
+/// `#ifndef`, `#define NAME VALUE`, `#if NAME`, `#else`, `#endif`; `#pragma` is kept.
+/// Anything else panics, so the script cannot grow conditionals this check would misread.
+/// Lines left out become blank lines, keeping line numbers in messages right.
+fn preprocess(file: &str, text: &str, frames: Option<i64>) -> String {
+    let mut defines: BTreeMap<String, i64> = BTreeMap::new();
+    if let Some(n) = frames {
+        defines.insert("FRAMES".into(), n);
+    }
+    let mut active: Vec<bool> = Vec::new();
+    let mut out = Vec::new();
+    let text = strip_comments(text);
+    for (i, line) in text.lines().enumerate() {
+        let on = active.iter().all(|&a| a);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["#ifndef", name] => active.push(!defines.contains_key(*name)),
+            ["#if", name] => active.push(defines.get(*name).copied().unwrap_or(0) != 0),
+            ["#else"] => {
+                let top = active.last_mut().expect("#else without #if");
+                *top = !*top;
+            }
+            ["#endif"] => {
+                active
+                    .pop()
+                    .unwrap_or_else(|| panic!("{file}:{}: #endif without #if", i + 1));
+            }
+            ["#define", name, value] => {
+                if on {
+                    let v = value.parse().unwrap_or_else(|_| {
+                        panic!("{file}:{}: #define {name} {value}: not an integer", i + 1)
+                    });
+                    defines.insert(name.to_string(), v);
+                }
+            }
+            [d, ..] if d.starts_with('#') && *d != "#pragma" && *d != "#!/usr/sbin/dtrace" => {
+                panic!(
+                    "{file}:{}: directive {d} is not understood by this check",
+                    i + 1
+                )
+            }
+            _ => {
+                out.push(if on { line } else { "" });
+                continue;
+            }
+        }
+        out.push("");
+    }
+    assert!(active.is_empty(), "{file}: unterminated #if");
+    out.join("\n")
+}
+
+/// `probes/noframes.awk` over enobufs.bt: the script `capture.sh --no-frames` runs.
+fn bpftrace_without_frames() -> String {
+    let out = std::process::Command::new("awk")
+        .arg("-f")
+        .arg(root().join("probes/noframes.awk"))
+        .arg(root().join("probes/enobufs.bt"))
+        .output()
+        .expect("run awk (needed to check probes/noframes.awk)");
+    assert!(
+        out.status.success(),
+        "noframes.awk failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
 fn capture_scripts_write_the_design_csv() {
     let probes = provider_probes();
-    let columns: Vec<&str> = HEADER.split(',').collect();
-    for (file, ts_expr) in [("enobufs.bt", "nsecs"), ("enobufs.d", "timestamp")] {
-        let path = root().join("probes").join(file);
-        let text = fs::read_to_string(&path).unwrap();
-        let cl = clauses(&text);
-        let headers: Vec<_> = cl
-            .iter()
-            .filter(|c| c.probes.is_empty())
-            .flat_map(|c| printfs(&c.body))
-            .filter(|(f, _)| f.starts_with("ts_ns"))
-            .collect();
-        assert_eq!(
-            headers.len(),
-            1,
-            "{file}: expected exactly one header printf"
-        );
-        assert_eq!(
-            headers[0].0,
-            format!("{HEADER}\\n"),
-            "{file}: header differs from design.md"
-        );
-        assert!(
-            cl.iter()
-                .flat_map(|c| printfs(&c.body))
-                .any(|(f, _)| f.starts_with("# clock mono_ns=%") && f.contains(" wall_ns=%")),
-            "{file}: no '# clock mono_ns=.. wall_ns=..' line"
-        );
+    let all: Vec<&String> = probes.keys().collect();
+    let no_frames: Vec<&String> = probes
+        .keys()
+        .filter(|p| !FRAME_PROBES.contains(&p.as_str()))
+        .collect();
+    assert_eq!(
+        no_frames.len() + 2,
+        all.len(),
+        "frame probes missing from vnet.d"
+    );
 
-        let mut seen = BTreeMap::new();
-        for c in cl.iter().filter(|c| !c.probes.is_empty()) {
-            assert_eq!(c.probes.len(), 1, "{file}:{}: one probe per clause", c.line);
-            let name = &c.probes[0];
-            *seen.entry(name.clone()).or_insert(0) += 1;
-            let rows = printfs(&c.body);
-            assert_eq!(
-                rows.len(),
-                1,
-                "{file}:{}: {name} must print one row",
-                c.line
-            );
-            let (fmt, args) = &rows[0];
-            let fmt = fmt
-                .strip_suffix("\\n")
-                .unwrap_or_else(|| panic!("{file}:{}: {name} row does not end in \\n", c.line));
-            let fields: Vec<&str> = fmt.split(',').collect();
-            assert_eq!(
-                fields.len(),
-                columns.len(),
-                "{file}:{}: {name}: column count",
-                c.line
-            );
-            let mut args = args.iter();
-            let mut got = BTreeMap::new();
-            for (col, field) in columns.iter().zip(&fields) {
-                if field.starts_with('%') {
-                    let arg = args.next().unwrap_or_else(|| {
-                        panic!("{file}:{}: {name}: too few printf arguments", c.line)
-                    });
-                    got.insert(*col, arg.clone());
-                } else if *col == "probe" {
-                    assert_eq!(field, name, "{file}:{}: probe column", c.line);
-                } else {
-                    assert!(
-                        field.is_empty(),
-                        "{file}:{}: {name}: literal in {col}",
-                        c.line
-                    );
-                }
-            }
-            assert!(
-                args.next().is_none(),
-                "{file}:{}: {name}: extra printf arguments",
-                c.line
-            );
-            let mut want = BTreeMap::new();
-            want.insert("ts_ns", ts_expr.to_string());
-            want.insert("tid", "tid".to_string());
-            for (col, k) in expected_columns(name) {
-                want.insert(*col, format!("arg{k}"));
-            }
-            assert_eq!(
-                got, want,
-                "{file}:{}: {name}: columns differ from design.md",
-                c.line
-            );
-        }
-        for name in probes.keys() {
-            assert_eq!(
-                seen.get(name),
-                Some(&1),
-                "{file}: {name} needs exactly one row clause"
-            );
-        }
+    let bt = fs::read_to_string(root().join("probes/enobufs.bt")).unwrap();
+    check_capture("enobufs.bt", &bt, "nsecs", &all);
+    check_capture(
+        "enobufs.bt | noframes.awk",
+        &bpftrace_without_frames(),
+        "nsecs",
+        &no_frames,
+    );
+
+    let d = fs::read_to_string(root().join("probes/enobufs.d")).unwrap();
+    for (frames, want) in [(None, &all), (Some(1), &all), (Some(0), &no_frames)] {
+        let name = format!("enobufs.d (dtrace -C, FRAMES={frames:?})");
+        check_capture(&name, &preprocess(&name, &d, frames), "timestamp", want);
     }
+}
+
+#[test]
+fn preprocess_follows_cpp_for_the_frames_switch() {
+    let text = "#ifndef FRAMES\n#define FRAMES 1\n#endif\na\n#if FRAMES\nb\n#else\nc\n#endif\nd";
+    let keep = |f| -> Vec<String> {
+        preprocess("t", text, f)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(keep(None), ["a", "b", "d"]);
+    assert_eq!(keep(Some(0)), ["a", "c", "d"]);
 }
 
 #[test]
