@@ -126,6 +126,12 @@ impl BuiltinProxy {
         })
     }
 
+    /// Both threads have left: everything the guest sent was read, everything the proxy
+    /// meant to send was written (or the run was stopped).
+    pub fn is_finished(&self) -> bool {
+        self.reader.is_finished() && self.writer.is_finished()
+    }
+
     /// Waits for both threads (they leave on completion or on `shared.stop`).
     pub fn join(self) -> io::Result<Checker> {
         let _ = self.wake.notify();

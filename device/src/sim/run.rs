@@ -282,7 +282,14 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
     let tx_thread = spawn("sim-guest-tx", move || guest_tx.run())?;
     let rx_thread = spawn("sim-guest-rx", move || guest_rx.run())?;
 
-    let stall = watch(cfg, real, &shared, &metrics, &tx_thread, &rx_thread, start);
+    // A run ends like iperf3's: the senders stopped on their own at the limit, and
+    // the run waits until every frame in flight has arrived (guest TX ring drained by
+    // the device, socket queue read by the proxy, proxy output delivered to the guest),
+    // so the ledgers compare delivered frames, not a snapshot with frames still queued.
+    let peer_done = || proxy.as_ref().is_none_or(|p| p.is_finished());
+    let stall = watch(
+        cfg, real, &shared, &metrics, &tx_thread, &rx_thread, &peer_done, start,
+    );
     let seconds = start.elapsed().as_secs_f64();
     let cpu_seconds = process_cpu_seconds() - cpu_start;
 
@@ -427,6 +434,7 @@ fn join_worker(w: worker::WorkerHandle) -> Option<String> {
 
 /// Runs until the traffic is complete, a stall is detected, or (real proxy) the echoes
 /// stop coming after sending ended. Returns the stall description, if any.
+#[allow(clippy::too_many_arguments)]
 fn watch(
     cfg: &SimConfig,
     real: bool,
@@ -434,6 +442,7 @@ fn watch(
     metrics: &Metrics,
     tx_thread: &JoinHandle<Result<GuestQueue, DriverError>>,
     rx_thread: &JoinHandle<Result<(GuestQueue, Checker), DriverError>>,
+    peer_done: &dyn Fn() -> bool,
     start: Instant,
 ) -> Option<String> {
     let tty = cfg.progress && std::io::stderr().is_terminal();
@@ -443,7 +452,7 @@ fn watch(
     let mut printed = false;
     let result = loop {
         std::thread::sleep(Duration::from_millis(10));
-        if tx_thread.is_finished() && rx_thread.is_finished() {
+        if tx_thread.is_finished() && rx_thread.is_finished() && peer_done() {
             break None;
         }
         let now = super::guest::progress(shared);
