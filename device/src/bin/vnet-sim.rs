@@ -125,6 +125,13 @@ struct Cli {
     /// Real proxy: address the UDP echo socket binds on the host.
     #[arg(long, default_value = "127.0.0.1")]
     echo_bind: std::net::Ipv4Addr,
+    /// Real proxy: first guest UDP source port (stream s uses base + s); default: free
+    /// host ports, since the proxy binds the same ports on the host.
+    #[arg(long)]
+    src_port_base: Option<u16>,
+    /// Real proxy: at most this many datagrams awaiting their echo (0 = no limit).
+    #[arg(long, default_value_t = 64)]
+    window: u64,
     /// Real proxy: send the vfkit `VFKT` handshake (unixgram).
     #[arg(long)]
     vfkit: bool,
@@ -242,7 +249,7 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
             guest_ip: cli.guest_ip,
             gateway_ip: cli.gateway_ip,
             echo_bind: cli.echo_bind,
-            ..NetConfig::default()
+            src_port_base: cli.src_port_base.unwrap_or(0),
         },
         vfkit: cli.vfkit,
         proxy_opts: ProxyOptions {
@@ -263,6 +270,7 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
         stall_timeout: secs("--stall-timeout", cli.stall_timeout)?,
         queue_size: cli.queue_size,
         rx_buf_len: cli.rx_buf_len,
+        window: cli.window,
         progress: !cli.no_progress,
         ..SimConfig::default()
     };

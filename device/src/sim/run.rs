@@ -58,6 +58,10 @@ pub struct SimConfig {
     pub stall_timeout: Duration,
     /// Real-proxy mode: how long to wait for the last echoes once sending stopped.
     pub drain_timeout: Duration,
+    /// Real-proxy mode: datagrams in flight without an echo, at most (0 = no limit).
+    /// A sender that waits for its echoes, as a real guest's transport waits for ACKs,
+    /// keeps bursts within what the proxy's and the host's socket buffers hold.
+    pub window: u64,
     pub queue_size: u16,
     pub rx_buf_len: u32,
     /// Print a live progress line on stderr (only honoured when it is a terminal).
@@ -84,6 +88,7 @@ impl Default for SimConfig {
             sndbuf: None,
             stall_timeout: Duration::from_secs(1),
             drain_timeout: Duration::from_millis(500),
+            window: 64,
             queue_size: 256,
             rx_buf_len: 4096,
             progress: true,
@@ -242,10 +247,15 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
     let (tx_framer, rx_framer): (Box<dyn super::guest::Framer>, Box<dyn super::guest::Framer>) =
         match &echo {
             Some(e) => {
+                let mut net = cfg.net.clone();
+                if net.src_port_base == 0 {
+                    net.src_port_base = super::real_proxy::free_port_run(workload.streams)
+                        .map_err(io("finding free UDP ports"))?;
+                }
                 let mac = Arc::new(Mutex::new(None));
                 (
-                    Box::new(UdpFramer::new(cfg.net.clone(), e.port, mac.clone())),
-                    Box::new(UdpFramer::new(cfg.net.clone(), e.port, mac)),
+                    Box::new(UdpFramer::new(net.clone(), e.port, mac.clone())),
+                    Box::new(UdpFramer::new(net, e.port, mac)),
                 )
             }
             None => (
@@ -265,6 +275,7 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         shared: shared.clone(),
         posted_frames: 0,
         posted_bytes: 0,
+        window: if real { cfg.window } else { 0 },
     };
     let guest_rx = GuestRx {
         queue: rx_queue,
@@ -275,6 +286,7 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         shared: shared.clone(),
         send_acks: workload.ack_size > 0,
         exit_when_complete: !real,
+        wake_tx_on_data: real && cfg.window > 0,
         rx_frames: 0,
         rx_bytes: 0,
         bad_frames: 0,
