@@ -50,6 +50,9 @@ struct Cli {
     /// ACK frame size; 0 = no ACKs.
     #[arg(long, default_value_t = 66)]
     ack_size: usize,
+    /// One ACK per this many data frames received (TCP's delayed ACK).
+    #[arg(long, default_value_t = 2)]
+    ack_every: u64,
     /// Proxy data frame size.
     #[arg(long, default_value_t = 65550)]
     rx_size: usize,
@@ -238,6 +241,7 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
             direction: cli.direction,
             tx_size: cli.tx_size,
             ack_size: cli.ack_size,
+            ack_every: cli.ack_every,
             rx_size: cli.rx_size,
             streams: cli.streams,
             rate_mbit: cli.rate_mbit,

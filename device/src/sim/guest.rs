@@ -390,6 +390,7 @@ impl GuestTx {
             last_echoes: 0,
             last_echo_at: Instant::now(),
         };
+        let mut final_ack = false;
         loop {
             if self.shared.stopping() {
                 break;
@@ -500,6 +501,20 @@ impl GuestTx {
                 self.queue.kick_if_needed()?;
                 progressed = true;
             }
+            // The delayed ACK's timer: once all the proxy's data is in, a trailing odd
+            // frame is acknowledged too.
+            if !final_ack
+                && self.shared.guest_sent.data_done.load(Ordering::Acquire)
+                && self.shared.check_guest_rx_data()
+            {
+                final_ack = true;
+                let every = self.sched.ack_every();
+                let got = self.shared.guest_received_data.load(Ordering::Acquire);
+                if every > 0 && got % every != 0 {
+                    self.shared.guest_acks_owed.fetch_add(1, Ordering::AcqRel);
+                    continue;
+                }
+            }
             // No more ACKs can come due once the guest has everything the proxy will send.
             if self.shared.guest_sent.data_done.load(Ordering::Acquire)
                 && self.shared.check_guest_rx_data()
@@ -560,8 +575,8 @@ pub struct GuestRx {
     pub framer: Box<dyn Framer>,
     pub checker: Checker,
     pub shared: Arc<Shared>,
-    /// Answer data frames with ACKs (the workload's ack size is non-zero).
-    pub send_acks: bool,
+    /// Owe one ACK per this many data frames received; 0 = no ACKs.
+    pub ack_every: u64,
     /// Leave once everything the proxy sent has arrived (built-in mode); a real-proxy
     /// run ends on the run's own drain timeout instead.
     pub exit_when_complete: bool,
@@ -685,12 +700,15 @@ impl GuestRx {
             return;
         }
         self.shared.guest_received.fetch_add(1, Ordering::AcqRel);
+        let mut data_no = 0;
         if matches!(stamp, Some(s) if s.kind == Kind::Data) {
-            self.shared
+            data_no = self
+                .shared
                 .guest_received_data
-                .fetch_add(1, Ordering::AcqRel);
+                .fetch_add(1, Ordering::AcqRel)
+                + 1;
         }
-        if self.send_acks && matches!(stamp, Some(s) if s.kind == Kind::Data) {
+        if self.ack_every > 0 && data_no > 0 && data_no % self.ack_every == 0 {
             self.shared.guest_acks_owed.fetch_add(1, Ordering::AcqRel);
             let _ = self.shared.guest_tx_wake.notify();
         } else if self.wake_tx_on_data {

@@ -104,10 +104,14 @@ impl BuiltinProxy {
             let shared = shared.clone();
             let opts = opts.clone();
             let wake = wake.try_clone()?;
-            let acks = workload.ack_size > 0;
+            let ack_every = if workload.ack_size > 0 {
+                workload.ack_every.max(1)
+            } else {
+                0
+            };
             std::thread::Builder::new()
                 .name("sim-proxy-rx".into())
-                .spawn(move || read_loop(sock, opts, shared, wake, acks))?
+                .spawn(move || read_loop(sock, opts, shared, wake, ack_every))?
         };
         let keep = sock.try_clone()?;
         let writer = {
@@ -232,7 +236,7 @@ fn read_loop(
     opts: ProxyOptions,
     shared: Arc<Shared>,
     wake: Notifier,
-    acks: bool,
+    ack_every: u64,
 ) -> io::Result<Checker> {
     let mut checker = Checker::new(opts.verify_crc);
     let mut reader = FrameReader::new();
@@ -267,8 +271,8 @@ fn read_loop(
         if counts_as_received(verdict) {
             shared.proxy_received.fetch_add(1, Ordering::AcqRel);
             if matches!(stamp, Some(s) if s.kind == Kind::Data) {
-                shared.proxy_received_data.fetch_add(1, Ordering::AcqRel);
-                if acks {
+                let n = shared.proxy_received_data.fetch_add(1, Ordering::AcqRel) + 1;
+                if ack_every > 0 && n % ack_every == 0 {
                     shared.proxy_acks_owed.fetch_add(1, Ordering::AcqRel);
                     let _ = wake.notify();
                 }
@@ -294,6 +298,7 @@ fn write_loop(
     let mut framer = SimFramer::new(PROXY_MAC, GUEST_MAC);
     let mut frame = Vec::with_capacity(crate::net::MAX_FRAME + 4);
     let mut out = Vec::with_capacity(crate::net::MAX_FRAME + 4);
+    let mut final_ack = false;
     while !shared.stopping() {
         let owed = shared.proxy_acks_owed.load(Ordering::Acquire);
         match sched.next(owed) {
@@ -325,6 +330,16 @@ fn write_loop(
             }
             Err(Idle::DataDone) => {
                 shared.proxy_sent.data_done.store(true, Ordering::Release);
+                // The delayed ACK's timer: a trailing odd frame is acknowledged too.
+                if !final_ack && shared.check_proxy_rx_data() {
+                    final_ack = true;
+                    let every = sched.ack_every();
+                    let got = shared.proxy_received_data.load(Ordering::Acquire);
+                    if every > 0 && got % every != 0 {
+                        shared.proxy_acks_owed.fetch_add(1, Ordering::AcqRel);
+                        continue;
+                    }
+                }
                 if shared.check_proxy_rx_data()
                     && shared.proxy_acks_owed.load(Ordering::Acquire) == 0
                 {

@@ -284,7 +284,11 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         framer: rx_framer,
         checker: Checker::new(cfg.proxy_opts.verify_crc),
         shared: shared.clone(),
-        send_acks: workload.ack_size > 0,
+        ack_every: if workload.ack_size > 0 {
+            workload.ack_every
+        } else {
+            0
+        },
         exit_when_complete: !real,
         wake_tx_on_data: real && cfg.window > 0,
         rx_frames: 0,
