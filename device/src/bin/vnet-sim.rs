@@ -53,6 +53,9 @@ struct Cli {
     /// One ACK per this many data frames received (TCP's delayed ACK).
     #[arg(long, default_value_t = 2)]
     ack_every: u64,
+    /// Data frames a sender may have unacknowledged, like TCP's window; 0 = no limit.
+    #[arg(long, default_value_t = 16)]
+    send_window: u64,
     /// Proxy data frame size.
     #[arg(long, default_value_t = 65550)]
     rx_size: usize,
@@ -242,6 +245,7 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
             tx_size: cli.tx_size,
             ack_size: cli.ack_size,
             ack_every: cli.ack_every,
+            send_window: cli.send_window,
             rx_size: cli.rx_size,
             streams: cli.streams,
             rate_mbit: cli.rate_mbit,

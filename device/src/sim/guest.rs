@@ -432,12 +432,20 @@ impl GuestTx {
                     break;
                 }
                 let owed = self.shared.guest_acks_owed.load(Ordering::Acquire);
-                let next = match self.sched.next(owed) {
+                let acks_in = self.shared.guest_received.load(Ordering::Acquire)
+                    - self
+                        .shared
+                        .guest_received_data
+                        .load(Ordering::Acquire)
+                        .min(self.shared.guest_received.load(Ordering::Acquire));
+                let next = match self.sched.next(owed, acks_in) {
                     Ok(n) => n,
                     Err(Idle::Paced(d)) => {
                         paced = Some(d);
                         break;
                     }
+                    // Woken by the RX half when an ACK arrives.
+                    Err(Idle::Window) => break,
                     Err(Idle::DataDone) => {
                         self.shared
                             .guest_sent
@@ -701,6 +709,10 @@ impl GuestRx {
         }
         self.shared.guest_received.fetch_add(1, Ordering::AcqRel);
         let mut data_no = 0;
+        if matches!(stamp, Some(s) if s.kind == Kind::Ack) {
+            // An ACK may open the TX half's send window.
+            let _ = self.shared.guest_tx_wake.notify();
+        }
         if matches!(stamp, Some(s) if s.kind == Kind::Data) {
             data_no = self
                 .shared

@@ -270,6 +270,9 @@ fn read_loop(
             .fetch_add(len as u64, Ordering::Relaxed);
         if counts_as_received(verdict) {
             shared.proxy_received.fetch_add(1, Ordering::AcqRel);
+            if matches!(stamp, Some(s) if s.kind == Kind::Ack) {
+                let _ = wake.notify();
+            }
             if matches!(stamp, Some(s) if s.kind == Kind::Data) {
                 let n = shared.proxy_received_data.fetch_add(1, Ordering::AcqRel) + 1;
                 if ack_every > 0 && n % ack_every == 0 {
@@ -301,7 +304,9 @@ fn write_loop(
     let mut final_ack = false;
     while !shared.stopping() {
         let owed = shared.proxy_acks_owed.load(Ordering::Acquire);
-        match sched.next(owed) {
+        let got = shared.proxy_received.load(Ordering::Acquire);
+        let acks_in = got - shared.proxy_received_data.load(Ordering::Acquire).min(got);
+        match sched.next(owed, acks_in) {
             Ok(n) => {
                 framer.build(&mut frame, &n);
                 let sent = match &mut sock {
@@ -326,6 +331,11 @@ fn write_loop(
             }
             Err(Idle::Paced(d)) => {
                 let _ = wake.wait_timeout(d.min(POLL));
+                let _ = wake.drain();
+            }
+            // The reader wakes us when an ACK arrives.
+            Err(Idle::Window) => {
+                let _ = wake.wait_timeout(POLL);
                 let _ = wake.drain();
             }
             Err(Idle::DataDone) => {

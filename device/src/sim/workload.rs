@@ -65,6 +65,9 @@ pub struct Workload {
     /// One ACK per this many data frames received (TCP's delayed ACK: 2); a trailing
     /// odd frame still gets its ACK once the sender's data is complete.
     pub ack_every: u64,
+    /// Data frames a sender may have unacknowledged (TCP's window); 0 = no limit.
+    /// Without it the cheaper direction floods and the other starves.
+    pub send_window: u64,
     /// Proxy data frame length.
     pub rx_size: usize,
     pub streams: u16,
@@ -80,6 +83,7 @@ impl Default for Workload {
             tx_size: 65226,
             ack_size: 66,
             ack_every: 2,
+            send_window: 16,
             rx_size: 65550,
             streams: 8,
             rate_mbit: None,
@@ -167,6 +171,7 @@ pub struct Scheduler {
     data_size: usize,
     ack_size: usize,
     ack_every: u64,
+    send_window: u64,
     last_was_ack: bool,
     streams: u16,
     limit: Limit,
@@ -192,6 +197,8 @@ pub enum Idle {
     Paced(Duration),
     /// No data left to send (the limit was reached); ACKs may still come due.
     DataDone,
+    /// The send window is full: wait for the peer's ACKs.
+    Window,
 }
 
 impl Scheduler {
@@ -206,6 +213,7 @@ impl Scheduler {
             data_size,
             ack_size: w.ack_size,
             ack_every: w.ack_every.max(1),
+            send_window: w.send_window,
             last_was_ack: false,
             streams: w.streams,
             limit: w.limit,
@@ -240,7 +248,7 @@ impl Scheduler {
 
     /// The next frame, given how many ACKs are owed; the caller reports what it sent
     /// with [`Scheduler::sent`].
-    pub fn next(&mut self, acks_owed: u64) -> Result<Next, Idle> {
+    pub fn next(&mut self, acks_owed: u64, acks_received: u64) -> Result<Next, Idle> {
         let ack = Next {
             stream: ACK_STREAM,
             seq: self.ack_seq,
@@ -251,15 +259,21 @@ impl Scheduler {
         if ack_due && !self.last_was_ack {
             return Ok(ack);
         }
-        match self.next_data() {
+        match self.next_data(acks_received) {
             Err(_) if ack_due => Ok(ack),
             r => r,
         }
     }
 
-    fn next_data(&mut self) -> Result<Next, Idle> {
+    fn next_data(&mut self, acks_received: u64) -> Result<Next, Idle> {
         if self.data_finished() {
             return Err(Idle::DataDone);
+        }
+        if self.send_window > 0 && self.acks_enabled() {
+            let acked = acks_received.saturating_mul(self.ack_every);
+            if self.data_seq.saturating_sub(acked) >= self.send_window {
+                return Err(Idle::Window);
+            }
         }
         if let Some(p) = self.pacer.as_mut() {
             if let Some(wait) = p.wait(self.data_size) {
@@ -344,18 +358,18 @@ mod tests {
             ..Workload::default()
         };
         let mut s = Scheduler::new(&w, true, Instant::now());
-        let a = s.next(1).unwrap();
+        let a = s.next(1, 0).unwrap();
         assert!(a.ack && a.len == 66 && a.stream == ACK_STREAM);
         s.sent(&a);
         let got: Vec<(u16, u64)> = (0..3)
             .map(|_| {
-                let n = s.next(0).unwrap();
+                let n = s.next(0, 0).unwrap();
                 s.sent(&n);
                 (n.stream, n.seq)
             })
             .collect();
         assert_eq!(got, vec![(0, 0), (1, 0), (0, 1)]);
-        assert_eq!(s.next(0), Err(Idle::DataDone));
+        assert_eq!(s.next(0, 0), Err(Idle::DataDone));
         let l = SendLedger::default();
         l.data.store(3, Ordering::Relaxed);
         l.acks.store(1, Ordering::Relaxed);
@@ -372,7 +386,7 @@ mod tests {
         let mut s = Scheduler::new(&w, false, Instant::now());
         let mut kinds = String::new();
         let mut owed = 10u64;
-        while let Ok(n) = s.next(owed) {
+        while let Ok(n) = s.next(owed, 0) {
             s.sent(&n);
             if n.ack {
                 owed -= 1;
@@ -385,6 +399,44 @@ mod tests {
         assert_eq!(kinds, "adadadaaaaaaa");
         assert_eq!(owed, 0);
         assert_eq!(s.ack_every(), 2);
+    }
+
+    #[test]
+    fn send_window_waits_for_acks() {
+        let w = Workload {
+            limit: Limit::Frames(100),
+            send_window: 4,
+            ack_every: 2,
+            ..Workload::default()
+        };
+        let mut s = Scheduler::new(&w, true, Instant::now());
+        for _ in 0..4 {
+            let n = s.next(0, 0).unwrap();
+            assert!(!n.ack);
+            s.sent(&n);
+        }
+        assert_eq!(s.next(0, 0), Err(Idle::Window));
+        // An owed ACK still goes out while the window is shut.
+        assert!(s.next(1, 0).unwrap().ack);
+        // One ACK covers two frames: two more may go.
+        for _ in 0..2 {
+            let n = s.next(0, 1).unwrap();
+            s.sent(&n);
+        }
+        assert_eq!(s.next(0, 1), Err(Idle::Window));
+        // No ACKs, no window: the flow is unclocked.
+        let mut open = Scheduler::new(
+            &Workload {
+                ack_size: 0,
+                ..w.clone()
+            },
+            true,
+            Instant::now(),
+        );
+        for _ in 0..10 {
+            let n = open.next(0, 0).unwrap();
+            open.sent(&n);
+        }
     }
 
     #[test]
