@@ -200,8 +200,83 @@ fn tracer_line(line: &[u8]) -> Option<Item> {
 }
 
 enum Msg {
-    Batch(Vec<Item>),
+    /// Items in input order; `seq` orders batches that parse workers finish out of order.
+    Batch(u64, Vec<Item>),
     Fatal(Error),
+}
+
+/// Raw trace lines for a parse worker: the bytes, each line's end offset, the first line's
+/// number (lines are consecutive), and whether the last line lacked its newline.
+struct RawBatch {
+    seq: u64,
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+    first_line: u64,
+    last_incomplete: bool,
+}
+
+impl RawBatch {
+    fn new(seq: u64) -> RawBatch {
+        RawBatch {
+            seq,
+            buf: Vec::with_capacity(BATCH * 48),
+            ends: Vec::with_capacity(BATCH),
+            first_line: 0,
+            last_incomplete: false,
+        }
+    }
+}
+
+/// One trace line (after the header) to an item; `None` for blank lines.
+#[inline]
+fn trace_item(
+    line: &[u8],
+    name: &str,
+    idx: u32,
+    line_no: u64,
+    out: &mut Vec<Item>,
+) -> Result<(), Error> {
+    if line.is_empty() {
+        return Ok(());
+    }
+    if line[0] == b'#' {
+        if let Some(off) = trace::parse_clock_comment(line) {
+            out.push(Item::Clock(off));
+        }
+        return Ok(());
+    }
+    if !line[0].is_ascii_digit() {
+        if let Some(item) = tracer_line(line) {
+            out.push(item);
+            return Ok(());
+        }
+    }
+    // Parsed in place in the batch: no copy of the event on the way.
+    out.push(Item::Event(Event::new(crate::event::Kind::TxFrame, 0)));
+    let Some(Item::Event(ev)) = out.last_mut() else {
+        unreachable!("just pushed")
+    };
+    if let Err(e) = trace::parse_row_into(ev, name, idx, line_no, line) {
+        out.pop();
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// A parse worker's job: raw lines to items, errors in place as `Item::Bad`.
+fn parse_raw(raw: &RawBatch, name: &str, idx: u32) -> Vec<Item> {
+    let mut out = Vec::with_capacity(raw.ends.len());
+    let mut start = 0;
+    let last = raw.ends.len().saturating_sub(1);
+    for (i, &end) in raw.ends.iter().enumerate() {
+        let line = &raw.buf[start..end];
+        start = end;
+        if let Err(err) = trace_item(line, name, idx, raw.first_line + i as u64, &mut out) {
+            let complete = !(raw.last_incomplete && i == last);
+            out.push(Item::Bad { err, complete });
+        }
+    }
+    out
 }
 
 const BATCH: usize = 4096;
@@ -213,7 +288,7 @@ fn produce(
     idx: u32,
     name: &str,
     tx: &std::sync::mpsc::SyncSender<Msg>,
-    recycled: &std::sync::mpsc::Receiver<Vec<Item>>,
+    work: &std::sync::mpsc::SyncSender<RawBatch>,
 ) {
     let mut reader = match input::open(path) {
         Ok(r) => r,
@@ -224,31 +299,24 @@ fn produce(
     };
     let mut state = State::Undecided;
     let mut batch: Vec<Item> = Vec::with_capacity(BATCH);
+    // Item batches and raw batches share one sequence, numbered in input order when sent.
+    let mut seq: u64 = 0;
+    let mut raw = RawBatch::new(0);
     let mut receiver_gone = false;
     let result = input::for_each_line(&mut *reader, name, |line, line_no, complete| {
         let item = (|| -> Result<Option<Item>, Error> {
-            if line.is_empty() {
+            if line.is_empty() && !matches!(state, State::Trace) {
                 return Ok(None);
             }
             match &mut state {
                 State::Trace => {
-                    if line[0] == b'#' {
-                        return Ok(trace::parse_clock_comment(line).map(Item::Clock));
+                    // Trace rows go to the parse workers as raw bytes.
+                    if raw.ends.is_empty() {
+                        raw.first_line = line_no;
                     }
-                    if !line[0].is_ascii_digit() {
-                        if let Some(item) = tracer_line(line) {
-                            return Ok(Some(item));
-                        }
-                    }
-                    // Parsed in place in the batch: no copy of the event on the way.
-                    batch.push(Item::Event(Event::new(crate::event::Kind::TxFrame, 0)));
-                    let Some(Item::Event(ev)) = batch.last_mut() else {
-                        unreachable!("just pushed")
-                    };
-                    if let Err(e) = trace::parse_row_into(ev, name, idx, line_no, line) {
-                        batch.pop();
-                        return Err(e);
-                    }
+                    raw.buf.extend_from_slice(line);
+                    raw.ends.push(raw.buf.len());
+                    raw.last_incomplete = !complete;
                     Ok(None)
                 }
                 State::Log(parser) => Ok(Some(match parser.parse(name, idx, line_no, line)? {
@@ -300,15 +368,29 @@ fn produce(
             Err(err) => return Err(err),
         }
         if batch.len() >= BATCH {
-            let next = recycled
-                .try_recv()
-                .unwrap_or_else(|_| Vec::with_capacity(BATCH));
-            if tx
-                .send(Msg::Batch(std::mem::replace(&mut batch, next)))
-                .is_err()
-            {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            if tx.send(Msg::Batch(seq, full)).is_err() {
                 receiver_gone = true;
                 return Ok(false); // the analysis stopped (an error): stop reading
+            }
+            seq += 1;
+        }
+        if raw.ends.len() >= BATCH {
+            // Items decided before the rows (the format, the clock) go first.
+            if !batch.is_empty() {
+                let items = std::mem::take(&mut batch);
+                if tx.send(Msg::Batch(seq, items)).is_err() {
+                    receiver_gone = true;
+                    return Ok(false);
+                }
+                seq += 1;
+            }
+            let mut full = std::mem::replace(&mut raw, RawBatch::new(0));
+            full.seq = seq;
+            seq += 1;
+            if work.send(full).is_err() {
+                receiver_gone = true;
+                return Ok(false);
             }
         }
         Ok(true)
@@ -321,18 +403,16 @@ fn produce(
             batch.push(Item::Inferred(parser.inferred_resolutions));
         }
     }
-    match result {
-        Ok(()) => {
-            if !batch.is_empty() {
-                let _ = tx.send(Msg::Batch(batch));
-            }
-        }
-        Err(e) => {
-            if !batch.is_empty() {
-                let _ = tx.send(Msg::Batch(batch));
-            }
-            let _ = tx.send(Msg::Fatal(e));
-        }
+    if !batch.is_empty() {
+        let _ = tx.send(Msg::Batch(seq, batch));
+        seq += 1;
+    }
+    if !raw.ends.is_empty() {
+        raw.seq = seq;
+        let _ = work.send(raw);
+    }
+    if let Err(e) = result {
+        let _ = tx.send(Msg::Fatal(e));
     }
 }
 
@@ -432,45 +512,74 @@ pub fn run(
             opts,
         };
         let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(4);
-        let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<Item>>();
+        let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<RawBatch>(4);
+        // Shared by the workers and dropped with the last of them, so a producer blocked on a
+        // full queue wakes up with an error when the analysis has stopped.
+        let work_rx = std::sync::Arc::new(std::sync::Mutex::new(work_rx));
         let outcome = std::thread::scope(|scope| -> Result<(), Error> {
-            let producer_name = name.clone();
-            scope.spawn(move || produce(path, idx, &producer_name, &tx, &recycle_rx));
-            // Owned here so that returning early drops it: the producer's next send fails
-            // and it stops, instead of blocking the scope's join forever.
-            let rx = rx;
-            for msg in rx.iter() {
-                let mut items = match msg {
-                    Msg::Batch(items) => items,
-                    Msg::Fatal(e) => return Err(e),
-                };
-                for item in items.drain(..) {
-                    match item {
-                        Item::Event(ev) => {
-                            c.events += 1;
-                            c.reorder.buf.push(ev);
-                            if let Err(e) = c.reorder.commit(&name, &mut c.reordered) {
-                                c.line_error(e, true, &mut summary)?;
-                            }
-                        }
-                        Item::Skipped => c.skipped += 1,
-                        Item::Bad { err, complete } => c.line_error(err, complete, &mut summary)?,
-                        Item::Format(format, offset) => {
-                            c.info.format = Some(format);
-                            if offset.is_some() {
-                                c.info.wall_offset_ns = offset;
-                            }
-                            c.start(visitor);
-                        }
-                        Item::Clock(offset) => c.info.wall_offset_ns = Some(offset),
-                        Item::Lost(n) => summary.lost_events += n,
-                        Item::Inferred(n) => summary.inferred_resolutions += n,
+            // Two parse workers: on the two-core machine this targets, parsing (the bulk of
+            // the work) then uses both cores while the reader and this thread stay light.
+            for _ in 0..2 {
+                let tx = tx.clone();
+                let work_rx = std::sync::Arc::clone(&work_rx);
+                let name = name.clone();
+                scope.spawn(move || loop {
+                    let raw = match work_rx.lock().map(|rx| rx.recv()) {
+                        Ok(Ok(raw)) => raw,
+                        _ => return,
+                    };
+                    let items = parse_raw(&raw, &name, idx);
+                    if tx.send(Msg::Batch(raw.seq, items)).is_err() {
+                        return;
                     }
+                });
+            }
+            drop(work_rx);
+            let producer_name = name.clone();
+            scope.spawn(move || produce(path, idx, &producer_name, &tx, &work_tx));
+            // Owned here so that returning early drops it: the others' next send fails and
+            // they stop, instead of blocking the scope's join forever.
+            let rx = rx;
+            let mut pending: std::collections::BTreeMap<u64, Vec<Item>> = Default::default();
+            let mut next = 0u64;
+            for msg in rx.iter() {
+                match msg {
+                    Msg::Batch(seq, items) => {
+                        pending.insert(seq, items);
+                    }
+                    Msg::Fatal(e) => return Err(e),
                 }
-                let _ = recycle_tx.send(items);
-                // Hand out everything old enough that no late event can overtake it.
-                let range = c.reorder.ready();
-                c.hand_out(range, visitor, &mut tracker, &mut summary)?;
+                while let Some(mut items) = pending.remove(&next) {
+                    next += 1;
+                    for item in items.drain(..) {
+                        match item {
+                            Item::Event(ev) => {
+                                c.events += 1;
+                                c.reorder.buf.push(ev);
+                                if let Err(e) = c.reorder.commit(&name, &mut c.reordered) {
+                                    c.line_error(e, true, &mut summary)?;
+                                }
+                            }
+                            Item::Skipped => c.skipped += 1,
+                            Item::Bad { err, complete } => {
+                                c.line_error(err, complete, &mut summary)?
+                            }
+                            Item::Format(format, offset) => {
+                                c.info.format = Some(format);
+                                if offset.is_some() {
+                                    c.info.wall_offset_ns = offset;
+                                }
+                                c.start(visitor);
+                            }
+                            Item::Clock(offset) => c.info.wall_offset_ns = Some(offset),
+                            Item::Lost(n) => summary.lost_events += n,
+                            Item::Inferred(n) => summary.inferred_resolutions += n,
+                        }
+                    }
+                    // Hand out everything old enough that no late event can overtake it.
+                    let range = c.reorder.ready();
+                    c.hand_out(range, visitor, &mut tracker, &mut summary)?;
+                }
             }
             Ok(())
         });

@@ -191,6 +191,12 @@ impl ReportBuilder {
         }
     }
 
+    fn count_writes(&mut self, ep: &Episode) {
+        self.write.during_episodes += ep.wakeups.write;
+        self.write.low_room += ep.wakeups.write_low_room;
+        self.write.unknown_room += ep.wakeups.write_unknown_room;
+    }
+
     fn open_episode(&self, ep: &Episode) -> OpenEpisode {
         OpenEpisode {
             id: ep.id,
@@ -318,6 +324,7 @@ impl EpisodeSink for ReportBuilder {
         if ep.abandoned {
             let o = self.open_episode(ep);
             self.open.push(o);
+            self.count_writes(ep);
             return;
         }
         let Some(d) = ep.duration_ns() else { return };
@@ -327,9 +334,7 @@ impl EpisodeSink for ReportBuilder {
             .push(d);
         *self.errno.entry(ep.errno).or_default() += 1;
         self.per_fd.entry((ep.file, ep.fd)).or_default().push(d);
-        self.write.during_episodes += ep.wakeups.write;
-        self.write.low_room += ep.wakeups.write_low_room;
-        self.write.unknown_room += ep.wakeups.write_unknown_room;
+        self.count_writes(ep);
         if let Some(w) = ep.wait_ns {
             self.wait.compared += 1;
             self.wait.max_abs_diff_ns = self.wait.max_abs_diff_ns.max((w - d).abs());
@@ -368,9 +373,7 @@ impl Visitor for ReportBuilder {
     fn open_at_end(&mut self, ep: &Episode, _info: &SourceInfo) {
         let o = self.open_episode(ep);
         self.open.push(o);
-        self.write.during_episodes += ep.wakeups.write;
-        self.write.low_room += ep.wakeups.write_low_room;
-        self.write.unknown_room += ep.wakeups.write_unknown_room;
+        self.count_writes(ep);
     }
 }
 

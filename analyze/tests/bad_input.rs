@@ -358,3 +358,34 @@ fn wall_clock_at_needs_a_clock_line() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.starts_with("Episode 1:"), "{}", run.stdout);
 }
+
+#[test]
+fn begin_while_open_abandons_the_earlier_episode() {
+    // A resolution went missing (lost event): the next begin on the same fd abandons the
+    // earlier episode, which is listed rather than silently merged into the new one.
+    let body = format!(
+        "{HEADER}10000,1,enobufs_begin,7,,65226,,,,55\n15000,1,kevent_write,7,,,100,,,\n{}",
+        episode(50_000, 60_000, 7)
+    );
+    let (run, _) = run_on("twice.csv", body.as_bytes(), &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with("twice: 1 events"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("      1       1  100.0%       10us"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("episode 1 "), "{}", run.stdout);
+    assert!(run.stdout.contains("abandoned after 5us"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("1 episode(s) began again on an fd"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("Write wake-ups during episodes: 1 (1 with too little room"),
+        "{}",
+        run.stdout
+    );
+}

@@ -326,6 +326,8 @@ fn worker_gram_backpressure_all_frames_once_in_order() {
     assert!(m.episodes >= 1);
     assert_eq!(m.resolved, m.episodes);
     assert!(!m.open_episode);
+    // Linux's epoll wakes the writer; macOS may rely on its 50 µs timer instead.
+    #[cfg(target_os = "linux")]
     assert!(m.write_events >= 1, "Linux epoll woke the writer");
     h.stop();
     let exit = h.join().unwrap();

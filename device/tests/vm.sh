@@ -16,6 +16,7 @@ done
 
 SECONDS_PER_TEST=${VNET_VM_SECONDS:-3}
 cargo build --release --quiet --bin vnet-vm --bin vnet-vhost
+bin=${CARGO_TARGET_DIR:-target}/release
 
 out=$(mktemp -d /tmp/vnet-vm-ci.XXXXXX)
 trap 'rm -rf "$out"' EXIT
@@ -32,7 +33,7 @@ run() {
   local dir="$out/$name" status=0
   mkdir -p "$dir"
   echo "vm.sh: $name: vnet-vm $*"
-  TMPDIR="$out/tmp" timeout --kill-after=10 240 ./target/release/vnet-vm "$@" --json --out "$dir" \
+  TMPDIR="$out/tmp" timeout --kill-after=10 240 "$bin/vnet-vm" "$@" --json --out "$dir" \
     >"$dir/stdout.json" 2>"$dir/runner.log" || status=$?
   if [ $status -ne 0 ]; then
     echo "vm.sh: $name: vnet-vm failed ($status):"; cat "$dir/runner.log"
@@ -45,7 +46,7 @@ run() {
 }
 
 check() {
-python3 - "$@" <<'EOF'
+ANALYZE="$bin/analyze" python3 - "$@" <<'EOF'
 import json, os, sys
 summary = json.load(open(sys.argv[1]))
 traced = "--tracer" in sys.argv[2:]
@@ -96,8 +97,9 @@ if traced:
     check(counts.get("rx_frame") == d["rx_frames"], f"rx_frame rows {counts.get('rx_frame')} == daemon rx_frames {d['rx_frames']}")
     check(counts.get("enobufs_begin", 0) == d["episodes"], f"enobufs_begin rows {counts.get('enobufs_begin', 0)} == daemon episodes {d['episodes']}")
     import subprocess
-    if os.path.exists("target/release/analyze"):
-        rep = subprocess.run(["target/release/analyze", "report", summary["trace"]], capture_output=True, text=True)
+    analyze = os.environ["ANALYZE"]
+    if os.path.exists(analyze):
+        rep = subprocess.run([analyze, "report", summary["trace"]], capture_output=True, text=True)
         first = (rep.stdout.splitlines() or [""])[0]
         check(rep.returncode == 0 and not first.startswith("trace: 0 events"), f"analyze reads the trace: {first!r}")
 

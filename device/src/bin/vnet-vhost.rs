@@ -48,6 +48,7 @@ struct Args {
     /// Fault injection: make every Nth send fail with ENOBUFS.
     #[arg(long, default_value_t = 0)]
     inject_enobufs: u32,
+    /// Log filter for stderr (tracing syntax: info, debug, vnet_device::worker=debug, ...).
     #[arg(long, default_value = "info")]
     log_level: String,
 }

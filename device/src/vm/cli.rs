@@ -54,8 +54,10 @@ pub struct Args {
     /// Leave the per-frame probes out of the bpftrace capture.
     #[arg(long)]
     pub no_frame_probes: bool,
+    /// QEMU machine type and the matching virtio-net transport.
     #[arg(long, value_enum, default_value_t = Machine::Pc)]
     pub machine: Machine,
+    /// auto: KVM when a probe boot under KVM succeeds (not on these machines), else TCG.
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
     pub accel: Accel,
     /// Guest RAM in MiB.
