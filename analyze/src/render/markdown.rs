@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::{dur, notes};
+use super::{dur, overall_line, write_notes};
 use crate::report::{Report, Unit};
 
 pub fn render(report: &Report, unit: Unit) -> String {
@@ -25,20 +25,7 @@ pub fn render(report: &Report, unit: Unit) -> String {
         );
     }
     out.push('\n');
-    match &report.overall {
-        Some(o) => {
-            let _ = writeln!(
-                out,
-                "Overall: min={} avg={} p50={} p99={} max={}",
-                dur(o.min_ns as f64, unit),
-                dur(o.avg_ns, unit),
-                dur(o.p50_ns as f64, unit),
-                dur(o.p99_ns as f64, unit),
-                dur(o.max_ns as f64, unit)
-            );
-        }
-        None => out.push_str("Overall: no resolved episodes\n"),
-    }
+    overall_line(&mut out, report, unit);
     if !report.histogram.is_empty() {
         out.push_str("\n```\n");
         super::text::histogram(&mut out, report);
@@ -115,12 +102,6 @@ pub fn render(report: &Report, unit: Unit) -> String {
             );
         }
     }
-    let notes = notes(report);
-    if !notes.is_empty() {
-        out.push('\n');
-        for n in notes {
-            let _ = writeln!(out, "> {n}");
-        }
-    }
+    write_notes(&mut out, report, "> ");
     out
 }

@@ -5,6 +5,8 @@ mod json;
 mod markdown;
 pub mod text;
 
+use std::fmt::Write;
+
 use crate::report::{OutputFormat, Report, Unit};
 
 pub fn render(report: &Report, format: OutputFormat, unit: Unit) -> String {
@@ -42,6 +44,36 @@ pub fn dur_cell(ns: f64, unit: Unit) -> String {
     match unit {
         Unit::Ms => format!("{:>9.3}ms", ns / 1e6),
         _ => format!("{:>9}us", crate::stats::ns_to_us(ns)),
+    }
+}
+
+/// The `Overall: min=... max=...` line, the same in text and markdown.
+pub fn overall_line(out: &mut String, report: &Report, unit: Unit) {
+    match &report.overall {
+        Some(o) => {
+            let _ = writeln!(
+                out,
+                "Overall: min={} avg={} p50={} p99={} max={}",
+                dur(o.min_ns as f64, unit),
+                dur(o.avg_ns, unit),
+                dur(o.p50_ns as f64, unit),
+                dur(o.p99_ns as f64, unit),
+                dur(o.max_ns as f64, unit)
+            );
+        }
+        None => out.push_str("Overall: no resolved episodes\n"),
+    }
+}
+
+/// The notes after a blank line, one per line behind `prefix` (`note: ` in text, `> ` in
+/// markdown); nothing at all when there are none.
+pub fn write_notes(out: &mut String, report: &Report, prefix: &str) {
+    let notes = notes(report);
+    if !notes.is_empty() {
+        out.push('\n');
+        for n in notes {
+            let _ = writeln!(out, "{prefix}{n}");
+        }
     }
 }
 

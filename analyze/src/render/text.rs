@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::{dur, dur_cell, notes};
+use super::{dur, dur_cell, overall_line, write_notes};
 use crate::report::{Report, Unit};
 
 /// `Retries   Count       %       Min       Avg       P99       Max` and its rows.
@@ -25,20 +25,7 @@ pub fn table(out: &mut String, report: &Report, unit: Unit) {
             dur_cell(r.max_ns as f64, unit),
         );
     }
-    match &report.overall {
-        Some(o) => {
-            let _ = writeln!(
-                out,
-                "Overall: min={} avg={} p50={} p99={} max={}",
-                dur(o.min_ns as f64, unit),
-                dur(o.avg_ns, unit),
-                dur(o.p50_ns as f64, unit),
-                dur(o.p99_ns as f64, unit),
-                dur(o.max_ns as f64, unit)
-            );
-        }
-        None => out.push_str("Overall: no resolved episodes\n"),
-    }
+    overall_line(out, report, unit);
 }
 
 /// One row per retry count: the count right-aligned under `Retries`, the bar padded to 50.
@@ -180,13 +167,7 @@ fn extras(out: &mut String, report: &Report, unit: Unit) {
             );
         }
     }
-    let notes = notes(report);
-    if !notes.is_empty() {
-        out.push('\n');
-        for n in notes {
-            let _ = writeln!(out, "note: {n}");
-        }
-    }
+    write_notes(out, report, "note: ");
 }
 
 fn short(source: &str) -> &str {

@@ -225,6 +225,24 @@ pub(crate) fn is_peer_gone(errno: i32) -> bool {
     )
 }
 
+/// The error a failed send/recv on the proxy's socket becomes once the caller has dealt
+/// with the errnos it can recover from (EINTR, EAGAIN, ...): `PeerGone` when the proxy's end
+/// is gone (the device cannot continue), `Io` naming the call otherwise.
+pub(crate) fn socket_failure(fd: RawFd, op: &'static str, err: io::Error) -> BackendError {
+    if is_peer_gone(err.raw_os_error().unwrap_or(0)) {
+        BackendError::PeerGone {
+            fd,
+            detail: format!("{op}: {err}"),
+        }
+    } else {
+        BackendError::Io {
+            op,
+            fd,
+            source: err,
+        }
+    }
+}
+
 pub(crate) fn set_buf(
     fd: RawFd,
     opt: libc::c_int,

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{
-    is_peer_gone, no_sigpipe, set_buf, Backend, BackendError, BackendOptions, FaultInjector,
+    no_sigpipe, set_buf, socket_failure, Backend, BackendError, BackendOptions, FaultInjector,
     ReadStatus, WriteStatus, SEND_FLAGS,
 };
 
@@ -179,19 +179,7 @@ impl Backend for UnixGram {
                         partial: false,
                     })
                 }
-                e if is_peer_gone(e) => {
-                    return Err(BackendError::PeerGone {
-                        fd,
-                        detail: format!("send: {err}"),
-                    })
-                }
-                _ => {
-                    return Err(BackendError::Io {
-                        op: "send",
-                        fd,
-                        source: err,
-                    })
-                }
+                _ => return Err(socket_failure(fd, "send", err)),
             }
         }
     }
@@ -224,19 +212,7 @@ impl Backend for UnixGram {
             match err.raw_os_error().unwrap_or(0) {
                 libc::EINTR => continue,
                 libc::EAGAIN => return Ok(ReadStatus::WouldBlock),
-                e if is_peer_gone(e) => {
-                    return Err(BackendError::PeerGone {
-                        fd,
-                        detail: format!("recv: {err}"),
-                    })
-                }
-                _ => {
-                    return Err(BackendError::Io {
-                        op: "recv",
-                        fd,
-                        source: err,
-                    })
-                }
+                _ => return Err(socket_failure(fd, "recv", err)),
             }
         }
     }

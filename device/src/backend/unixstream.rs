@@ -12,8 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{
-    is_peer_gone, no_sigpipe, set_buf, Backend, BackendError, BackendOptions, FaultInjector,
-    ReadStatus, WriteStatus, SEND_FLAGS,
+    is_peer_gone, no_sigpipe, set_buf, socket_failure, Backend, BackendError, BackendOptions,
+    FaultInjector, ReadStatus, WriteStatus, SEND_FLAGS,
 };
 use crate::net::MAX_FRAME;
 
@@ -233,19 +233,7 @@ impl Backend for UnixStreamBackend {
             match err.raw_os_error().unwrap_or(0) {
                 libc::EINTR => continue,
                 libc::EAGAIN => return Ok(ReadStatus::WouldBlock),
-                e if is_peer_gone(e) => {
-                    return Err(BackendError::PeerGone {
-                        fd,
-                        detail: format!("recv: {err}"),
-                    })
-                }
-                _ => {
-                    return Err(BackendError::Io {
-                        op: "recv",
-                        fd,
-                        source: err,
-                    })
-                }
+                _ => return Err(socket_failure(fd, "recv", err)),
             }
         }
     }

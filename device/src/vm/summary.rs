@@ -19,6 +19,20 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
+/// The keys both runs report; the baseline's carry `prefix` so they sit beside the daemon's
+/// in one flat object.
+fn insert_run(m: &mut Map<String, Value>, prefix: &str, r: &RunResult) {
+    let mut put = |key: &str, v: Value| {
+        m.insert(format!("{prefix}{key}"), v);
+    };
+    put("fwd_gbit_per_s", json!(r.fwd_gbit_per_s));
+    put("rev_gbit_per_s", json!(r.rev_gbit_per_s));
+    put("retransmits", json!(r.retransmits));
+    put("wall_s", json!(r.wall_s));
+    put("tests", json!(r.tests));
+    put("out_dir", json!(r.out_dir));
+}
+
 /// Daemon counters worth a line of their own in the text summary.
 const COUNTERS: &[&str] = &[
     "tx_frames",
@@ -70,24 +84,14 @@ impl Summary<'_> {
             m.insert("mtu".into(), json!(r.mtu));
         }
         if let Some(d) = self.daemon {
-            m.insert("fwd_gbit_per_s".into(), json!(d.fwd_gbit_per_s));
-            m.insert("rev_gbit_per_s".into(), json!(d.rev_gbit_per_s));
-            m.insert("retransmits".into(), json!(d.retransmits));
+            insert_run(&mut m, "", d);
             m.insert("boot_s".into(), json!(d.boot_s));
-            m.insert("wall_s".into(), json!(d.wall_s));
-            m.insert("tests".into(), json!(d.tests));
             m.insert("daemon".into(), d.daemon.clone().unwrap_or(Value::Null));
             m.insert("trace".into(), json!(d.trace));
-            m.insert("out_dir".into(), json!(d.out_dir));
             m.insert("iperf3_port".into(), json!(d.iperf3_port));
         }
         if let Some(b) = self.baseline {
-            m.insert("baseline_fwd_gbit_per_s".into(), json!(b.fwd_gbit_per_s));
-            m.insert("baseline_rev_gbit_per_s".into(), json!(b.rev_gbit_per_s));
-            m.insert("baseline_retransmits".into(), json!(b.retransmits));
-            m.insert("baseline_wall_s".into(), json!(b.wall_s));
-            m.insert("baseline_tests".into(), json!(b.tests));
-            m.insert("baseline_out_dir".into(), json!(b.out_dir));
+            insert_run(&mut m, "baseline_", b);
         }
         if self.daemon.is_some() && self.baseline.is_some() {
             let (f, r) = self.ratios();
@@ -195,6 +199,38 @@ mod tests {
         assert_eq!(v["ratio_fwd"], 2.0);
         assert_eq!(v["ratio_rev"], 0.5);
         assert_eq!(v["daemon"]["device"]["tx_frames"], 10);
+        // The whole key set, so a refactor of the builder cannot drop or rename one.
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = vec![
+            "kernel",
+            "seconds",
+            "streams",
+            "machine",
+            "accel",
+            "mtu",
+            "fwd_gbit_per_s",
+            "rev_gbit_per_s",
+            "retransmits",
+            "boot_s",
+            "wall_s",
+            "tests",
+            "daemon",
+            "trace",
+            "out_dir",
+            "iperf3_port",
+            "baseline_fwd_gbit_per_s",
+            "baseline_rev_gbit_per_s",
+            "baseline_retransmits",
+            "baseline_wall_s",
+            "baseline_tests",
+            "baseline_out_dir",
+            "ratio_fwd",
+            "ratio_rev",
+        ];
+        want.sort_unstable();
+        assert_eq!(keys, want);
+        assert_eq!(v["baseline_retransmits"], 3);
+        assert_eq!(v["baseline_out_dir"], "/tmp/x");
         let text = s.to_text();
         assert!(
             text.contains("tx_frames=10") && text.contains("rx_bytes=99"),
