@@ -65,6 +65,10 @@ struct Cli {
     /// Cap each direction's data rate (Mbit/s of frame bytes).
     #[arg(long)]
     rate_mbit: Option<u64>,
+    /// Built-in unixgram proxy on a socketpair instead of its own bound path (Linux then
+    /// exempts it from net.unix.max_dgram_qlen: little backpressure).
+    #[arg(long, conflicts_with = "proxy")]
+    proxy_socketpair: bool,
     /// Built-in proxy: SO_RCVBUF of its socket (backpressure).
     #[arg(long)]
     proxy_rcvbuf: Option<usize>,
@@ -260,6 +264,7 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
             src_port_base: cli.src_port_base.unwrap_or(0),
         },
         vfkit: cli.vfkit,
+        proxy_socketpair: cli.proxy_socketpair,
         proxy_opts: ProxyOptions {
             rcvbuf: cli.proxy_rcvbuf,
             read_delay: Duration::from_micros(cli.proxy_read_delay_us),

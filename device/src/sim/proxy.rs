@@ -1,13 +1,20 @@
 //! The built-in proxy peer: the other end of the device's socket, as gvproxy or passt
 //! would be, consuming the guest's frames (and checking them) and producing its own.
 //!
-//! Backpressure on demand: a small SO_RCVBUF, a delay per frame read, or periodic pauses,
-//! so the device meets a full socket (EAGAIN on Linux, ENOBUFS on macOS) like it does
-//! under a busy proxy.
+//! Datagrams: like gvproxy and vmnet-helper, the proxy binds its own path, never connects
+//! back, and replies with sendto to the device's bound path. That matters on Linux: a
+//! datagram receiver whose peer is the sender itself (a socketpair, or a proxy connected
+//! back) is exempt from `net.unix.max_dgram_qlen`, so the device would never meet a full
+//! queue; an unconnected proxy gets the real limit and the device real EAGAIN episodes.
+//!
+//! More backpressure on demand: a small SO_RCVBUF, a delay per frame read, or periodic
+//! pauses, so the device meets a full socket (EAGAIN on Linux, ENOBUFS on macOS) like it
+//! does under a busy proxy.
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,21 +27,23 @@ use crate::notify::Notifier;
 
 /// The proxy's end of the connection.
 pub enum PeerSocket {
-    Gram(UnixDatagram),
+    /// A datagram socket and where replies go: `None` when it is connected (one end of a
+    /// socketpair), the device's bound path when the proxy only bound its own.
+    Gram(UnixDatagram, Option<PathBuf>),
     Stream(UnixStream),
 }
 
 impl PeerSocket {
     fn try_clone(&self) -> io::Result<PeerSocket> {
         Ok(match self {
-            PeerSocket::Gram(s) => PeerSocket::Gram(s.try_clone()?),
+            PeerSocket::Gram(s, to) => PeerSocket::Gram(s.try_clone()?, to.clone()),
             PeerSocket::Stream(s) => PeerSocket::Stream(s.try_clone()?),
         })
     }
 
     fn set_timeouts(&self, t: Duration) -> io::Result<()> {
         match self {
-            PeerSocket::Gram(s) => {
+            PeerSocket::Gram(s, _) => {
                 s.set_read_timeout(Some(t))?;
                 s.set_write_timeout(Some(t))
             }
@@ -47,7 +56,7 @@ impl PeerSocket {
 
     fn fd(&self) -> i32 {
         match self {
-            PeerSocket::Gram(s) => s.as_raw_fd(),
+            PeerSocket::Gram(s, _) => s.as_raw_fd(),
             PeerSocket::Stream(s) => s.as_raw_fd(),
         }
     }
@@ -188,8 +197,10 @@ impl FrameReader {
     /// Next frame's length and the frame in `self.buf[off..off+len]`, or None on timeout.
     fn next(&mut self, sock: &mut PeerSocket) -> io::Result<Option<(usize, usize)>> {
         match sock {
-            PeerSocket::Gram(s) => match s.recv(&mut self.buf) {
+            PeerSocket::Gram(s, _) => match s.recv(&mut self.buf) {
                 Ok(0) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed")),
+                // The vfkit handshake announces the device; it is no frame.
+                Ok(n) if &self.buf[..n] == crate::backend::unixgram::VFKT_MAGIC => Ok(None),
                 Ok(n) => Ok(Some((0, n))),
                 Err(e) if is_timeout(&e) => Ok(None),
                 Err(e) => Err(e),
@@ -310,7 +321,7 @@ fn write_loop(
             Ok(n) => {
                 framer.build(&mut frame, &n);
                 let sent = match &mut sock {
-                    PeerSocket::Gram(s) => send_gram(s, &frame, &shared)?,
+                    PeerSocket::Gram(s, to) => send_gram(s, to.as_deref(), &frame, &shared)?,
                     PeerSocket::Stream(s) => {
                         out.clear();
                         out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
@@ -365,9 +376,18 @@ fn write_loop(
 }
 
 /// Sends one datagram, retrying while the device's receive queue is full. False on stop.
-fn send_gram(s: &UnixDatagram, frame: &[u8], shared: &Shared) -> io::Result<bool> {
+fn send_gram(
+    s: &UnixDatagram,
+    to: Option<&std::path::Path>,
+    frame: &[u8],
+    shared: &Shared,
+) -> io::Result<bool> {
     loop {
-        match s.send(frame) {
+        let r = match to {
+            Some(path) => s.send_to(frame, path),
+            None => s.send(frame),
+        };
+        match r {
             Ok(_) => return Ok(true),
             Err(e) if is_timeout(&e) || e.raw_os_error() == Some(libc::ENOBUFS) => {
                 if shared.stopping() {
@@ -375,6 +395,8 @@ fn send_gram(s: &UnixDatagram, frame: &[u8], shared: &Shared) -> io::Result<bool
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(false),
+            // The device's bound path is gone: it has stopped.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(false),
             Err(e) => return Err(e),
         }

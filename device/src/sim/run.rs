@@ -49,6 +49,10 @@ pub struct SimConfig {
     pub proxy: Option<BackendSpec>,
     pub net: NetConfig,
     pub vfkit: bool,
+    /// Built-in unixgram proxy on a socketpair instead of its own bound path. Linux
+    /// exempts a socketpair from `net.unix.max_dgram_qlen`, so the device meets far less
+    /// backpressure: the transport's own ceiling, not a proxy's.
+    pub proxy_socketpair: bool,
     pub proxy_opts: ProxyOptions,
     pub fault: FaultConfig,
     pub lose_write_events: bool,
@@ -76,6 +80,7 @@ impl Default for SimConfig {
             proxy: None,
             net: NetConfig::default(),
             vfkit: false,
+            proxy_socketpair: false,
             proxy_opts: ProxyOptions {
                 verify_crc: true,
                 pause_every: Duration::from_millis(100),
@@ -171,15 +176,31 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         fault: cfg.fault,
         ..BackendOptions::default()
     };
+    // Declared before the backend so it outlives it: the device's socket file is inside.
+    let mut sock_dir = None;
     let (backend, peer): (Box<dyn backend::Backend>, Option<PeerSocket>) = match &cfg.proxy {
         Some(spec) => (backend::connect(spec, &bopts)?, None),
         None => match cfg.backend {
-            BuiltinKind::UnixGram => {
+            BuiltinKind::UnixGram if cfg.proxy_socketpair => {
                 let (dev, prx) = UnixDatagram::pair().map_err(io("socketpair"))?;
                 bopts.local_path = None;
                 (
                     Box::new(backend::UnixGram::from_socket(dev, &bopts)?),
-                    Some(PeerSocket::Gram(prx)),
+                    Some(PeerSocket::Gram(prx, None)),
+                )
+            }
+            // As with gvproxy: the proxy binds its path, the device binds its own and
+            // connects to the proxy's, the proxy answers with sendto.
+            BuiltinKind::UnixGram => {
+                let dir = sock_dir.insert(SockDir::new().map_err(io("socket directory"))?);
+                let proxy_path = dir.0.join("proxy.sock");
+                let device_path = dir.0.join("device.sock");
+                let prx =
+                    UnixDatagram::bind(&proxy_path).map_err(io("binding the proxy socket"))?;
+                bopts.local_path = Some(device_path.clone());
+                (
+                    Box::new(backend::UnixGram::connect(&proxy_path, &bopts)?),
+                    Some(PeerSocket::Gram(prx, Some(device_path))),
                 )
             }
             BuiltinKind::UnixStream => {
@@ -374,6 +395,9 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         peer: match &cfg.proxy {
             Some(spec) => spec.to_string(),
             None => match cfg.backend {
+                BuiltinKind::UnixGram if cfg.proxy_socketpair => {
+                    "builtin:unixgram-socketpair".into()
+                }
                 BuiltinKind::UnixGram => "builtin:unixgram".into(),
                 BuiltinKind::UnixStream => "builtin:unixstream".into(),
             },
@@ -405,6 +429,30 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         guest_kicks_suppressed: tx_queue.kicks_suppressed + rx_queue.kicks_suppressed,
         device: d,
     })
+}
+
+/// A private directory for the built-in proxy's and the device's socket paths (parallel
+/// runs must not share one), removed with whatever is left in it.
+struct SockDir(std::path::PathBuf);
+
+impl SockDir {
+    fn new() -> std::io::Result<SockDir> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path =
+            std::env::temp_dir().join(format!("vnet-sim-{}-{n}-{nanos:x}", std::process::id()));
+        std::fs::create_dir(&path)?;
+        Ok(SockDir(path))
+    }
+}
+
+impl Drop for SockDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn spawn<T: Send + 'static>(
