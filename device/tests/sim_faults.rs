@@ -44,8 +44,11 @@ fn slow_proxy_backpressure_has_episodes_and_no_integrity_errors() {
 fn injected_enobufs_episodes_match_the_trace() {
     let dir = TempDir::new("enobufs");
     let trace = dir.path().join("trace.csv");
+    // On the socketpair peer Linux exempts the queue from max_dgram_qlen, so every
+    // refusal is an injected one and the counts below are exact.
     let o = sim(
         &[
+            "--proxy-socketpair",
             "--frames",
             "400",
             "--inject-enobufs",
