@@ -44,8 +44,11 @@ fn slow_proxy_backpressure_has_episodes_and_no_integrity_errors() {
 fn injected_enobufs_episodes_match_the_trace() {
     let dir = TempDir::new("enobufs");
     let trace = dir.path().join("trace.csv");
+    // On the socketpair peer Linux exempts the queue from max_dgram_qlen, so every
+    // refusal is an injected one and the counts below are exact.
     let o = sim(
         &[
+            "--proxy-socketpair",
             "--frames",
             "400",
             "--inject-enobufs",
@@ -116,4 +119,37 @@ fn lost_write_events_without_timer_stall_and_are_reported() {
     assert!(o.json["device"]["open_episode"].as_bool().unwrap());
     assert_eq!(o.json["device"]["timer_fired"].as_u64(), Some(0));
     assert!(o.json["to_proxy"]["data_frames"].as_u64().unwrap() < 300);
+}
+
+/// The default shape, no fault flags: the built-in proxy binds its own path like gvproxy,
+/// so Linux holds its queue to net.unix.max_dgram_qlen and the window's bursts overrun it.
+/// The device meets real EAGAIN (macOS: ENOBUFS) and every episode ends.
+#[test]
+fn default_unixgram_run_meets_real_backpressure() {
+    let dir = TempDir::new("default-gram");
+    let trace = dir.path().join("trace.csv");
+    let o = sim(
+        &["--frames", "2000", "--trace", trace.to_str().unwrap()],
+        BOUND,
+    );
+    assert_eq!(o.code, 0, "{}\n{}", o.stderr, o.json);
+    assert_eq!(o.json["peer"].as_str(), Some("builtin:unixgram"));
+    assert_eq!(o.errors(), 0, "{}", o.json);
+    let episodes = o.u("episodes");
+    assert!(episodes > 0, "no backpressure from the proxy: {}", o.json);
+    assert_eq!(o.u("resolved"), episodes, "{}", o.json);
+    assert!(o.u("retries") >= episodes, "{}", o.json);
+    assert_eq!(trace_rows(&trace, "enobufs_begin"), episodes);
+    // Nothing injected: these are the kernel's refusals.
+    assert_eq!(o.json["device"]["injected_faults"].as_u64(), Some(0));
+}
+
+/// The socketpair peer stays available and carries every frame intact.
+#[test]
+fn socketpair_proxy_still_delivers_everything() {
+    let o = sim(&["--frames", "300", "--proxy-socketpair"], BOUND);
+    assert_eq!(o.code, 0, "{}\n{}", o.stderr, o.json);
+    assert_eq!(o.json["peer"].as_str(), Some("builtin:unixgram-socketpair"));
+    assert_eq!(o.errors(), 0, "{}", o.json);
+    assert_eq!(o.json["to_proxy"]["data_frames"].as_u64(), Some(300));
 }

@@ -23,17 +23,16 @@ impl Drop for Passt {
     }
 }
 
-#[test]
-fn udp_echo_through_passt() {
+/// Starts passt on a socket in `dir`; None (with the reason printed) if not installed.
+fn start_passt(dir: &TempDir, test: &str) -> Option<(Passt, String)> {
     let Some(passt) = find_passt() else {
-        eprintln!("SKIP udp_echo_through_passt: passt is not installed (apt-get install passt)");
-        return;
+        eprintln!("SKIP {test}: passt is not installed (apt-get install passt)");
+        return None;
     };
-    let dir = TempDir::new("passt");
     // passt drops to nobody before binding its socket.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
     let sock = dir.path().join("passt.sock");
-    let _passt = Passt(
+    let child = Passt(
         Command::new(&passt)
             .args(["-f", "-1", "-q", "-s"])
             .arg(&sock)
@@ -54,13 +53,22 @@ fn udp_echo_through_passt() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let spec = format!("unixstream:{}", sock.display());
+    Some((child, format!("unixstream:{}", sock.display())))
+}
+
+/// Sends `frames` datagrams through passt at `rate_mbit` and checks the ledger: every
+/// datagram echoed or counted as a UDP drop, nothing corrupted, duplicated or reordered,
+/// every frame accounted for by the device. Returns how many echoes came back.
+fn echo_run(test: &str, frames: u64, rate_mbit: u64) -> Option<u64> {
+    let dir = TempDir::new("passt");
+    let (_passt, spec) = start_passt(&dir, test)?;
+    let (frames_s, rate_s) = (frames.to_string(), rate_mbit.to_string());
     let o = sim(
         &[
             "--proxy",
             &spec,
             "--frames",
-            "400",
+            &frames_s,
             "--streams",
             "4",
             "--guest-ip",
@@ -68,7 +76,7 @@ fn udp_echo_through_passt() {
             "--gateway-ip",
             "10.0.2.2",
             "--rate-mbit",
-            "50",
+            &rate_s,
         ],
         Duration::from_secs(120),
     );
@@ -77,19 +85,46 @@ fn udp_echo_through_passt() {
     let echoed = o.json["to_guest"]["data_frames"].as_u64().unwrap();
     // Every datagram sent is either echoed or counted as a UDP drop, and the device
     // accounted for every frame (the summary's `lost` is the device's share, zero above).
-    assert_eq!(echoed + o.u("udp_lost"), 400, "{}", o.json);
+    assert_eq!(echoed + o.u("udp_lost"), frames, "{}", o.json);
     let host_saw = o.json["udp_echoed"].as_u64().unwrap();
-    assert!(host_saw >= echoed && host_saw <= 400, "{}", o.json);
-    // Loopback UDP at 50 Mbit/s with a capped burst rarely drops; most must come back
-    // for the test to mean anything (a loaded CI machine may drop some).
-    assert!(echoed >= 200, "only {echoed} of 400 echoes: {}", o.json);
-    // 400 datagrams and at least one ARP request went out through the device, and every
+    eprintln!(
+        "{test}: {echoed}/{frames} echoed, udp_lost {}, host echo socket saw {host_saw}",
+        o.u("udp_lost")
+    );
+    assert!(host_saw >= echoed && host_saw <= frames, "{}", o.json);
+    // The datagrams and at least one ARP request went out through the device, and every
     // frame the device read reached the guest (echoes plus the ARP reply).
-    assert!(o.u("tx_frames") > 400, "{}", o.json);
+    assert!(o.u("tx_frames") > frames, "{}", o.json);
     assert_eq!(
         o.u("rx_frames"),
         echoed + o.json["to_guest"]["foreign"].as_u64().unwrap(),
         "{}",
         o.json
+    );
+    // The guest keeps at most --window (64) datagrams awaiting their echo, so no socket
+    // on the path has to hold a burst, even while passt or the echo thread is
+    // descheduled. (Before the window, a flood lost up to 6% of the echoes on the return
+    // leg: passt's UDP socket overflowed, /proc/net/snmp RcvbufErrors matched udp_lost.)
+    // Nearly every echo must come back, on a quiet or a loaded machine.
+    assert!(
+        echoed * 100 >= frames * 99,
+        "only {echoed} of {frames} echoes: {}",
+        o.json
+    );
+    Some(echoed)
+}
+
+#[test]
+fn udp_echo_through_passt() {
+    echo_run("udp_echo_through_passt", 400, 50);
+}
+
+/// No rate cap: only the window paces the guest, as a real transport's ACK clock does.
+#[test]
+fn udp_flood_through_passt_is_paced_by_the_window() {
+    echo_run(
+        "udp_flood_through_passt_is_paced_by_the_window",
+        3000,
+        100_000,
     );
 }

@@ -8,9 +8,13 @@ use std::time::Duration;
 const FRAMES: u64 = 300;
 
 fn check(backend: &str, direction: &str, extra: &[&str]) {
+    check_frames(backend, direction, extra, FRAMES);
+}
+
+fn check_frames(backend: &str, direction: &str, extra: &[&str], n: u64) {
     let dir = TempDir::new("wl");
     let trace = dir.path().join("trace.csv");
-    let frames = FRAMES.to_string();
+    let frames = n.to_string();
     let mut args = vec![
         "--backend",
         backend,
@@ -27,15 +31,20 @@ fn check(backend: &str, direction: &str, extra: &[&str]) {
     assert_eq!(o.errors(), 0, "integrity errors: {}", o.json);
     assert_eq!(o.u("stalls"), 0);
     let acks = !extra.windows(2).any(|w| w == ["--ack-size", "0"]);
-    // Data goes one way per data direction, and with ACKs every data frame is answered.
+    let every: u64 = extra
+        .windows(2)
+        .find(|w| w[0] == "--ack-every")
+        .map_or(2, |w| w[1].parse().unwrap());
+    // Data goes one way per data direction, and with ACKs every `every`-th data frame is
+    // answered, plus a trailing odd one (the delayed-ACK timer).
     let (guest_data, proxy_data) = match direction {
-        "both" => (FRAMES, FRAMES),
-        "tx" => (FRAMES, 0),
-        "rx" => (0, FRAMES),
+        "both" => (n, n),
+        "tx" => (n, 0),
+        "rx" => (0, n),
         _ => unreachable!(),
     };
     let (guest_acks, proxy_acks) = if acks {
-        (proxy_data, guest_data)
+        (proxy_data.div_ceil(every), guest_data.div_ceil(every))
     } else {
         (0, 0)
     };
@@ -51,6 +60,15 @@ fn check(backend: &str, direction: &str, extra: &[&str]) {
     assert_eq!(trace_rows(&trace, "enobufs_begin"), o.u("episodes"));
 }
 
+#[test]
+fn odd_frame_count_gets_its_trailing_ack() {
+    check_frames("unixgram", "both", &[], 301);
+    check_frames("unixstream", "both", &["--ack-every", "3"], 301);
+}
+#[test]
+fn every_frame_acked() {
+    check("unixstream", "both", &["--ack-every", "1"]);
+}
 #[test]
 fn unixgram_both() {
     check("unixgram", "both", &[]);

@@ -50,6 +50,12 @@ struct Cli {
     /// ACK frame size; 0 = no ACKs.
     #[arg(long, default_value_t = 66)]
     ack_size: usize,
+    /// One ACK per this many data frames received (TCP's delayed ACK).
+    #[arg(long, default_value_t = 2)]
+    ack_every: u64,
+    /// Data frames a sender may have unacknowledged, like TCP's window; 0 = no limit.
+    #[arg(long, default_value_t = 16)]
+    send_window: u64,
     /// Proxy data frame size.
     #[arg(long, default_value_t = 65550)]
     rx_size: usize,
@@ -59,6 +65,10 @@ struct Cli {
     /// Cap each direction's data rate (Mbit/s of frame bytes).
     #[arg(long)]
     rate_mbit: Option<u64>,
+    /// Built-in unixgram proxy on a socketpair instead of its own bound path (Linux then
+    /// exempts it from net.unix.max_dgram_qlen: little backpressure).
+    #[arg(long, conflicts_with = "proxy")]
+    proxy_socketpair: bool,
     /// Built-in proxy: SO_RCVBUF of its socket (backpressure).
     #[arg(long)]
     proxy_rcvbuf: Option<usize>,
@@ -125,6 +135,13 @@ struct Cli {
     /// Real proxy: address the UDP echo socket binds on the host.
     #[arg(long, default_value = "127.0.0.1")]
     echo_bind: std::net::Ipv4Addr,
+    /// Real proxy: first guest UDP source port (stream s uses base + s); default: free
+    /// host ports, since the proxy binds the same ports on the host.
+    #[arg(long)]
+    src_port_base: Option<u16>,
+    /// Real proxy: at most this many datagrams awaiting their echo (0 = no limit).
+    #[arg(long, default_value_t = 64)]
+    window: u64,
     /// Real proxy: send the vfkit `VFKT` handshake (unixgram).
     #[arg(long)]
     vfkit: bool,
@@ -231,6 +248,8 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
             direction: cli.direction,
             tx_size: cli.tx_size,
             ack_size: cli.ack_size,
+            ack_every: cli.ack_every,
+            send_window: cli.send_window,
             rx_size: cli.rx_size,
             streams: cli.streams,
             rate_mbit: cli.rate_mbit,
@@ -242,9 +261,10 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
             guest_ip: cli.guest_ip,
             gateway_ip: cli.gateway_ip,
             echo_bind: cli.echo_bind,
-            ..NetConfig::default()
+            src_port_base: cli.src_port_base.unwrap_or(0),
         },
         vfkit: cli.vfkit,
+        proxy_socketpair: cli.proxy_socketpair,
         proxy_opts: ProxyOptions {
             rcvbuf: cli.proxy_rcvbuf,
             read_delay: Duration::from_micros(cli.proxy_read_delay_us),
@@ -263,6 +283,7 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
         stall_timeout: secs("--stall-timeout", cli.stall_timeout)?,
         queue_size: cli.queue_size,
         rx_buf_len: cli.rx_buf_len,
+        window: cli.window,
         progress: !cli.no_progress,
         ..SimConfig::default()
     };

@@ -8,7 +8,7 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -332,9 +332,48 @@ pub struct GuestTx {
     pub framer: Box<dyn Framer>,
     pub sched: Scheduler,
     pub shared: Arc<Shared>,
-    /// Whether the peer answers our data with ACKs we must wait for (always in sim mode).
     pub posted_frames: u64,
     pub posted_bytes: u64,
+    /// Real-proxy mode: at most this many datagrams without an echo yet (0 = no limit).
+    pub window: u64,
+}
+
+/// Window bookkeeping: a UDP drop leaves its datagram outstanding forever, so once no
+/// echo has come for [`WINDOW_RTO`] the sender writes off what is outstanding, like a
+/// retransmission timeout that gives up instead of resending.
+struct Window {
+    size: u64,
+    written_off: u64,
+    last_echoes: u64,
+    last_echo_at: Instant,
+}
+
+/// Longer than a loaded machine's scheduling hiccup, short against a run.
+const WINDOW_RTO: Duration = Duration::from_millis(200);
+
+impl Window {
+    /// Whether one more data frame may go out.
+    fn open(&mut self, shared: &Shared) -> bool {
+        if self.size == 0 {
+            return true;
+        }
+        let echoes = shared.guest_received_data.load(Ordering::Acquire);
+        if echoes != self.last_echoes {
+            self.last_echoes = echoes;
+            self.last_echo_at = Instant::now();
+        }
+        let sent = shared.guest_sent.data.load(Ordering::Acquire);
+        let outstanding = sent.saturating_sub(echoes + self.written_off);
+        if outstanding < self.size {
+            return true;
+        }
+        if self.last_echo_at.elapsed() >= WINDOW_RTO {
+            self.written_off += outstanding;
+            self.last_echo_at = Instant::now();
+            return true;
+        }
+        false
+    }
 }
 
 impl GuestTx {
@@ -345,6 +384,13 @@ impl GuestTx {
         let mut slot_len = vec![0usize; usize::from(self.queue.size())];
         let wake_fd = self.shared.guest_tx_wake.as_raw_fd();
         let call_fd = self.queue.call_fd();
+        let mut window = Window {
+            size: self.window,
+            written_off: 0,
+            last_echoes: 0,
+            last_echo_at: Instant::now(),
+        };
+        let mut final_ack = false;
         loop {
             if self.shared.stopping() {
                 break;
@@ -379,13 +425,27 @@ impl GuestTx {
                 posted += 1;
             }
             while self.framer.ready() {
+                if !window.open(&self.shared) {
+                    // Woken by the next echo (GuestRx::wake_tx_on_data), or retry soon
+                    // for the write-off.
+                    paced = Some(WINDOW_RTO / 4);
+                    break;
+                }
                 let owed = self.shared.guest_acks_owed.load(Ordering::Acquire);
-                let next = match self.sched.next(owed) {
+                let acks_in = self.shared.guest_received.load(Ordering::Acquire)
+                    - self
+                        .shared
+                        .guest_received_data
+                        .load(Ordering::Acquire)
+                        .min(self.shared.guest_received.load(Ordering::Acquire));
+                let next = match self.sched.next(owed, acks_in) {
                     Ok(n) => n,
                     Err(Idle::Paced(d)) => {
                         paced = Some(d);
                         break;
                     }
+                    // Woken by the RX half when an ACK arrives.
+                    Err(Idle::Window) => break,
                     Err(Idle::DataDone) => {
                         self.shared
                             .guest_sent
@@ -449,6 +509,20 @@ impl GuestTx {
                 self.queue.kick_if_needed()?;
                 progressed = true;
             }
+            // The delayed ACK's timer: once all the proxy's data is in, a trailing odd
+            // frame is acknowledged too.
+            if !final_ack
+                && self.shared.guest_sent.data_done.load(Ordering::Acquire)
+                && self.shared.check_guest_rx_data()
+            {
+                final_ack = true;
+                let every = self.sched.ack_every();
+                let got = self.shared.guest_received_data.load(Ordering::Acquire);
+                if every > 0 && got % every != 0 {
+                    self.shared.guest_acks_owed.fetch_add(1, Ordering::AcqRel);
+                    continue;
+                }
+            }
             // No more ACKs can come due once the guest has everything the proxy will send.
             if self.shared.guest_sent.data_done.load(Ordering::Acquire)
                 && self.shared.check_guest_rx_data()
@@ -509,11 +583,13 @@ pub struct GuestRx {
     pub framer: Box<dyn Framer>,
     pub checker: Checker,
     pub shared: Arc<Shared>,
-    /// Answer data frames with ACKs (the workload's ack size is non-zero).
-    pub send_acks: bool,
+    /// Owe one ACK per this many data frames received; 0 = no ACKs.
+    pub ack_every: u64,
     /// Leave once everything the proxy sent has arrived (built-in mode); a real-proxy
     /// run ends on the run's own drain timeout instead.
     pub exit_when_complete: bool,
+    /// Wake the TX half on every data frame (real-proxy mode: an echo opens the window).
+    pub wake_tx_on_data: bool,
     pub rx_frames: u64,
     pub rx_bytes: u64,
     pub bad_frames: u64,
@@ -632,13 +708,22 @@ impl GuestRx {
             return;
         }
         self.shared.guest_received.fetch_add(1, Ordering::AcqRel);
-        if matches!(stamp, Some(s) if s.kind == Kind::Data) {
-            self.shared
-                .guest_received_data
-                .fetch_add(1, Ordering::AcqRel);
+        let mut data_no = 0;
+        if matches!(stamp, Some(s) if s.kind == Kind::Ack) {
+            // An ACK may open the TX half's send window.
+            let _ = self.shared.guest_tx_wake.notify();
         }
-        if self.send_acks && matches!(stamp, Some(s) if s.kind == Kind::Data) {
+        if matches!(stamp, Some(s) if s.kind == Kind::Data) {
+            data_no = self
+                .shared
+                .guest_received_data
+                .fetch_add(1, Ordering::AcqRel)
+                + 1;
+        }
+        if self.ack_every > 0 && data_no > 0 && data_no % self.ack_every == 0 {
             self.shared.guest_acks_owed.fetch_add(1, Ordering::AcqRel);
+            let _ = self.shared.guest_tx_wake.notify();
+        } else if self.wake_tx_on_data {
             let _ = self.shared.guest_tx_wake.notify();
         }
     }

@@ -1,13 +1,20 @@
 //! The built-in proxy peer: the other end of the device's socket, as gvproxy or passt
 //! would be, consuming the guest's frames (and checking them) and producing its own.
 //!
-//! Backpressure on demand: a small SO_RCVBUF, a delay per frame read, or periodic pauses,
-//! so the device meets a full socket (EAGAIN on Linux, ENOBUFS on macOS) like it does
-//! under a busy proxy.
+//! Datagrams: like gvproxy and vmnet-helper, the proxy binds its own path, never connects
+//! back, and replies with sendto to the device's bound path. That matters on Linux: a
+//! datagram receiver whose peer is the sender itself (a socketpair, or a proxy connected
+//! back) is exempt from `net.unix.max_dgram_qlen`, so the device would never meet a full
+//! queue; an unconnected proxy gets the real limit and the device real EAGAIN episodes.
+//!
+//! More backpressure on demand: a small SO_RCVBUF, a delay per frame read, or periodic
+//! pauses, so the device meets a full socket (EAGAIN on Linux, ENOBUFS on macOS) like it
+//! does under a busy proxy.
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,21 +27,23 @@ use crate::notify::Notifier;
 
 /// The proxy's end of the connection.
 pub enum PeerSocket {
-    Gram(UnixDatagram),
+    /// A datagram socket and where replies go: `None` when it is connected (one end of a
+    /// socketpair), the device's bound path when the proxy only bound its own.
+    Gram(UnixDatagram, Option<PathBuf>),
     Stream(UnixStream),
 }
 
 impl PeerSocket {
     fn try_clone(&self) -> io::Result<PeerSocket> {
         Ok(match self {
-            PeerSocket::Gram(s) => PeerSocket::Gram(s.try_clone()?),
+            PeerSocket::Gram(s, to) => PeerSocket::Gram(s.try_clone()?, to.clone()),
             PeerSocket::Stream(s) => PeerSocket::Stream(s.try_clone()?),
         })
     }
 
     fn set_timeouts(&self, t: Duration) -> io::Result<()> {
         match self {
-            PeerSocket::Gram(s) => {
+            PeerSocket::Gram(s, _) => {
                 s.set_read_timeout(Some(t))?;
                 s.set_write_timeout(Some(t))
             }
@@ -47,7 +56,7 @@ impl PeerSocket {
 
     fn fd(&self) -> i32 {
         match self {
-            PeerSocket::Gram(s) => s.as_raw_fd(),
+            PeerSocket::Gram(s, _) => s.as_raw_fd(),
             PeerSocket::Stream(s) => s.as_raw_fd(),
         }
     }
@@ -104,10 +113,14 @@ impl BuiltinProxy {
             let shared = shared.clone();
             let opts = opts.clone();
             let wake = wake.try_clone()?;
-            let acks = workload.ack_size > 0;
+            let ack_every = if workload.ack_size > 0 {
+                workload.ack_every.max(1)
+            } else {
+                0
+            };
             std::thread::Builder::new()
                 .name("sim-proxy-rx".into())
-                .spawn(move || read_loop(sock, opts, shared, wake, acks))?
+                .spawn(move || read_loop(sock, opts, shared, wake, ack_every))?
         };
         let keep = sock.try_clone()?;
         let writer = {
@@ -124,6 +137,12 @@ impl BuiltinProxy {
             wake,
             _keep: keep,
         })
+    }
+
+    /// Both threads have left: everything the guest sent was read, everything the proxy
+    /// meant to send was written (or the run was stopped).
+    pub fn is_finished(&self) -> bool {
+        self.reader.is_finished() && self.writer.is_finished()
     }
 
     /// Waits for both threads (they leave on completion or on `shared.stop`).
@@ -178,8 +197,10 @@ impl FrameReader {
     /// Next frame's length and the frame in `self.buf[off..off+len]`, or None on timeout.
     fn next(&mut self, sock: &mut PeerSocket) -> io::Result<Option<(usize, usize)>> {
         match sock {
-            PeerSocket::Gram(s) => match s.recv(&mut self.buf) {
+            PeerSocket::Gram(s, _) => match s.recv(&mut self.buf) {
                 Ok(0) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed")),
+                // The vfkit handshake announces the device; it is no frame.
+                Ok(n) if &self.buf[..n] == crate::backend::unixgram::VFKT_MAGIC => Ok(None),
                 Ok(n) => Ok(Some((0, n))),
                 Err(e) if is_timeout(&e) => Ok(None),
                 Err(e) => Err(e),
@@ -226,7 +247,7 @@ fn read_loop(
     opts: ProxyOptions,
     shared: Arc<Shared>,
     wake: Notifier,
-    acks: bool,
+    ack_every: u64,
 ) -> io::Result<Checker> {
     let mut checker = Checker::new(opts.verify_crc);
     let mut reader = FrameReader::new();
@@ -260,9 +281,12 @@ fn read_loop(
             .fetch_add(len as u64, Ordering::Relaxed);
         if counts_as_received(verdict) {
             shared.proxy_received.fetch_add(1, Ordering::AcqRel);
+            if matches!(stamp, Some(s) if s.kind == Kind::Ack) {
+                let _ = wake.notify();
+            }
             if matches!(stamp, Some(s) if s.kind == Kind::Data) {
-                shared.proxy_received_data.fetch_add(1, Ordering::AcqRel);
-                if acks {
+                let n = shared.proxy_received_data.fetch_add(1, Ordering::AcqRel) + 1;
+                if ack_every > 0 && n % ack_every == 0 {
                     shared.proxy_acks_owed.fetch_add(1, Ordering::AcqRel);
                     let _ = wake.notify();
                 }
@@ -288,13 +312,16 @@ fn write_loop(
     let mut framer = SimFramer::new(PROXY_MAC, GUEST_MAC);
     let mut frame = Vec::with_capacity(crate::net::MAX_FRAME + 4);
     let mut out = Vec::with_capacity(crate::net::MAX_FRAME + 4);
+    let mut final_ack = false;
     while !shared.stopping() {
         let owed = shared.proxy_acks_owed.load(Ordering::Acquire);
-        match sched.next(owed) {
+        let got = shared.proxy_received.load(Ordering::Acquire);
+        let acks_in = got - shared.proxy_received_data.load(Ordering::Acquire).min(got);
+        match sched.next(owed, acks_in) {
             Ok(n) => {
                 framer.build(&mut frame, &n);
                 let sent = match &mut sock {
-                    PeerSocket::Gram(s) => send_gram(s, &frame, &shared)?,
+                    PeerSocket::Gram(s, to) => send_gram(s, to.as_deref(), &frame, &shared)?,
                     PeerSocket::Stream(s) => {
                         out.clear();
                         out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
@@ -317,8 +344,23 @@ fn write_loop(
                 let _ = wake.wait_timeout(d.min(POLL));
                 let _ = wake.drain();
             }
+            // The reader wakes us when an ACK arrives.
+            Err(Idle::Window) => {
+                let _ = wake.wait_timeout(POLL);
+                let _ = wake.drain();
+            }
             Err(Idle::DataDone) => {
                 shared.proxy_sent.data_done.store(true, Ordering::Release);
+                // The delayed ACK's timer: a trailing odd frame is acknowledged too.
+                if !final_ack && shared.check_proxy_rx_data() {
+                    final_ack = true;
+                    let every = sched.ack_every();
+                    let got = shared.proxy_received_data.load(Ordering::Acquire);
+                    if every > 0 && got % every != 0 {
+                        shared.proxy_acks_owed.fetch_add(1, Ordering::AcqRel);
+                        continue;
+                    }
+                }
                 if shared.check_proxy_rx_data()
                     && shared.proxy_acks_owed.load(Ordering::Acquire) == 0
                 {
@@ -334,9 +376,18 @@ fn write_loop(
 }
 
 /// Sends one datagram, retrying while the device's receive queue is full. False on stop.
-fn send_gram(s: &UnixDatagram, frame: &[u8], shared: &Shared) -> io::Result<bool> {
+fn send_gram(
+    s: &UnixDatagram,
+    to: Option<&std::path::Path>,
+    frame: &[u8],
+    shared: &Shared,
+) -> io::Result<bool> {
     loop {
-        match s.send(frame) {
+        let r = match to {
+            Some(path) => s.send_to(frame, path),
+            None => s.send(frame),
+        };
+        match r {
             Ok(_) => return Ok(true),
             Err(e) if is_timeout(&e) || e.raw_os_error() == Some(libc::ENOBUFS) => {
                 if shared.stopping() {
@@ -344,6 +395,8 @@ fn send_gram(s: &UnixDatagram, frame: &[u8], shared: &Shared) -> io::Result<bool
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(false),
+            // The device's bound path is gone: it has stopped.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(false),
             Err(e) => return Err(e),
         }

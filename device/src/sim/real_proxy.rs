@@ -34,7 +34,9 @@ pub struct NetConfig {
     pub gateway_ip: Ipv4Addr,
     /// Where the echo socket binds on the host.
     pub echo_bind: Ipv4Addr,
-    /// First guest UDP source port; stream s uses base + s.
+    /// First guest UDP source port; stream s uses base + s. 0 = pick free host ports
+    /// ([`free_port_run`]): passt binds the guest's source ports on the host, so two runs
+    /// at once (parallel tests, other worktrees) with fixed ports steal each other's echoes.
     pub src_port_base: u16,
 }
 
@@ -44,7 +46,7 @@ impl Default for NetConfig {
             guest_ip: Ipv4Addr::new(10, 0, 2, 15),
             gateway_ip: Ipv4Addr::new(10, 0, 2, 2),
             echo_bind: Ipv4Addr::LOCALHOST,
-            src_port_base: 40000,
+            src_port_base: 0,
         }
     }
 }
@@ -60,6 +62,12 @@ pub struct EchoServer {
 impl EchoServer {
     pub fn start(bind: Ipv4Addr) -> io::Result<EchoServer> {
         let sock = UdpSocket::bind(SocketAddr::from((bind, 0)))?;
+        // The default (~200 KB, about 90 MTU datagrams by skb truesize) overflows when the
+        // echo thread is descheduled for a few ms on a loaded machine; the kernel caps
+        // the request at net.core.rmem_max/wmem_max, which is fine: best effort.
+        for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+            let _ = set_sock_buf(&sock, opt, ECHO_SOCK_BUF);
+        }
         sock.set_read_timeout(Some(Duration::from_millis(20)))?;
         let port = sock.local_addr()?.port();
         let stop = Arc::new(AtomicBool::new(false));
@@ -110,6 +118,48 @@ impl EchoServer {
             None => Ok(()),
         }
     }
+}
+
+/// The first of `n` consecutive UDP ports free on the host right now (probed by binding
+/// them on the wildcard address, then released for the proxy to bind). The kernel's
+/// random ephemeral choice keeps concurrent runs apart.
+pub fn free_port_run(n: u16) -> io::Result<u16> {
+    let mut last_err = None;
+    for _ in 0..100 {
+        let first = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
+        let base = first.local_addr()?.port();
+        if u32::from(base) + u32::from(n) > 65535 {
+            continue;
+        }
+        let rest: io::Result<Vec<UdpSocket>> = (1..n)
+            .map(|i| UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, base + i))))
+            .collect();
+        match rest {
+            Ok(_) => return Ok(base),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| io::Error::other("no free run of UDP ports")))
+}
+
+const ECHO_SOCK_BUF: libc::c_int = 4 << 20;
+
+fn set_sock_buf(sock: &UdpSocket, opt: libc::c_int, bytes: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the fd is a live socket owned by `sock`; `bytes` outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            &bytes as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Frames for a real network: ARP until the gateway answers, then UDP to the echo port.

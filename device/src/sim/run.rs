@@ -49,6 +49,10 @@ pub struct SimConfig {
     pub proxy: Option<BackendSpec>,
     pub net: NetConfig,
     pub vfkit: bool,
+    /// Built-in unixgram proxy on a socketpair instead of its own bound path. Linux
+    /// exempts a socketpair from `net.unix.max_dgram_qlen`, so the device meets far less
+    /// backpressure: the transport's own ceiling, not a proxy's.
+    pub proxy_socketpair: bool,
     pub proxy_opts: ProxyOptions,
     pub fault: FaultConfig,
     pub lose_write_events: bool,
@@ -58,6 +62,10 @@ pub struct SimConfig {
     pub stall_timeout: Duration,
     /// Real-proxy mode: how long to wait for the last echoes once sending stopped.
     pub drain_timeout: Duration,
+    /// Real-proxy mode: datagrams in flight without an echo, at most (0 = no limit).
+    /// A sender that waits for its echoes, as a real guest's transport waits for ACKs,
+    /// keeps bursts within what the proxy's and the host's socket buffers hold.
+    pub window: u64,
     pub queue_size: u16,
     pub rx_buf_len: u32,
     /// Print a live progress line on stderr (only honoured when it is a terminal).
@@ -72,6 +80,7 @@ impl Default for SimConfig {
             proxy: None,
             net: NetConfig::default(),
             vfkit: false,
+            proxy_socketpair: false,
             proxy_opts: ProxyOptions {
                 verify_crc: true,
                 pause_every: Duration::from_millis(100),
@@ -84,6 +93,7 @@ impl Default for SimConfig {
             sndbuf: None,
             stall_timeout: Duration::from_secs(1),
             drain_timeout: Duration::from_millis(500),
+            window: 64,
             queue_size: 256,
             rx_buf_len: 4096,
             progress: true,
@@ -166,15 +176,31 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         fault: cfg.fault,
         ..BackendOptions::default()
     };
+    // Declared before the backend so it outlives it: the device's socket file is inside.
+    let mut sock_dir = None;
     let (backend, peer): (Box<dyn backend::Backend>, Option<PeerSocket>) = match &cfg.proxy {
         Some(spec) => (backend::connect(spec, &bopts)?, None),
         None => match cfg.backend {
-            BuiltinKind::UnixGram => {
+            BuiltinKind::UnixGram if cfg.proxy_socketpair => {
                 let (dev, prx) = UnixDatagram::pair().map_err(io("socketpair"))?;
                 bopts.local_path = None;
                 (
                     Box::new(backend::UnixGram::from_socket(dev, &bopts)?),
-                    Some(PeerSocket::Gram(prx)),
+                    Some(PeerSocket::Gram(prx, None)),
+                )
+            }
+            // As with gvproxy: the proxy binds its path, the device binds its own and
+            // connects to the proxy's, the proxy answers with sendto.
+            BuiltinKind::UnixGram => {
+                let dir = sock_dir.insert(SockDir::new().map_err(io("socket directory"))?);
+                let proxy_path = dir.0.join("proxy.sock");
+                let device_path = dir.0.join("device.sock");
+                let prx =
+                    UnixDatagram::bind(&proxy_path).map_err(io("binding the proxy socket"))?;
+                bopts.local_path = Some(device_path.clone());
+                (
+                    Box::new(backend::UnixGram::connect(&proxy_path, &bopts)?),
+                    Some(PeerSocket::Gram(prx, Some(device_path))),
                 )
             }
             BuiltinKind::UnixStream => {
@@ -242,10 +268,15 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
     let (tx_framer, rx_framer): (Box<dyn super::guest::Framer>, Box<dyn super::guest::Framer>) =
         match &echo {
             Some(e) => {
+                let mut net = cfg.net.clone();
+                if net.src_port_base == 0 {
+                    net.src_port_base = super::real_proxy::free_port_run(workload.streams)
+                        .map_err(io("finding free UDP ports"))?;
+                }
                 let mac = Arc::new(Mutex::new(None));
                 (
-                    Box::new(UdpFramer::new(cfg.net.clone(), e.port, mac.clone())),
-                    Box::new(UdpFramer::new(cfg.net.clone(), e.port, mac)),
+                    Box::new(UdpFramer::new(net.clone(), e.port, mac.clone())),
+                    Box::new(UdpFramer::new(net, e.port, mac)),
                 )
             }
             None => (
@@ -265,6 +296,7 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         shared: shared.clone(),
         posted_frames: 0,
         posted_bytes: 0,
+        window: if real { cfg.window } else { 0 },
     };
     let guest_rx = GuestRx {
         queue: rx_queue,
@@ -273,8 +305,13 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         framer: rx_framer,
         checker: Checker::new(cfg.proxy_opts.verify_crc),
         shared: shared.clone(),
-        send_acks: workload.ack_size > 0,
+        ack_every: if workload.ack_size > 0 {
+            workload.ack_every
+        } else {
+            0
+        },
         exit_when_complete: !real,
+        wake_tx_on_data: real && cfg.window > 0,
         rx_frames: 0,
         rx_bytes: 0,
         bad_frames: 0,
@@ -282,7 +319,14 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
     let tx_thread = spawn("sim-guest-tx", move || guest_tx.run())?;
     let rx_thread = spawn("sim-guest-rx", move || guest_rx.run())?;
 
-    let stall = watch(cfg, real, &shared, &metrics, &tx_thread, &rx_thread, start);
+    // A run ends like iperf3's: the senders stopped on their own at the limit, and
+    // the run waits until every frame in flight has arrived (guest TX ring drained by
+    // the device, socket queue read by the proxy, proxy output delivered to the guest),
+    // so the ledgers compare delivered frames, not a snapshot with frames still queued.
+    let peer_done = || proxy.as_ref().is_none_or(|p| p.is_finished());
+    let stall = watch(
+        cfg, real, &shared, &metrics, &tx_thread, &rx_thread, &peer_done, start,
+    );
     let seconds = start.elapsed().as_secs_f64();
     let cpu_seconds = process_cpu_seconds() - cpu_start;
 
@@ -351,6 +395,9 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         peer: match &cfg.proxy {
             Some(spec) => spec.to_string(),
             None => match cfg.backend {
+                BuiltinKind::UnixGram if cfg.proxy_socketpair => {
+                    "builtin:unixgram-socketpair".into()
+                }
                 BuiltinKind::UnixGram => "builtin:unixgram".into(),
                 BuiltinKind::UnixStream => "builtin:unixstream".into(),
             },
@@ -382,6 +429,30 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         guest_kicks_suppressed: tx_queue.kicks_suppressed + rx_queue.kicks_suppressed,
         device: d,
     })
+}
+
+/// A private directory for the built-in proxy's and the device's socket paths (parallel
+/// runs must not share one), removed with whatever is left in it.
+struct SockDir(std::path::PathBuf);
+
+impl SockDir {
+    fn new() -> std::io::Result<SockDir> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path =
+            std::env::temp_dir().join(format!("vnet-sim-{}-{n}-{nanos:x}", std::process::id()));
+        std::fs::create_dir(&path)?;
+        Ok(SockDir(path))
+    }
+}
+
+impl Drop for SockDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn spawn<T: Send + 'static>(
@@ -427,6 +498,7 @@ fn join_worker(w: worker::WorkerHandle) -> Option<String> {
 
 /// Runs until the traffic is complete, a stall is detected, or (real proxy) the echoes
 /// stop coming after sending ended. Returns the stall description, if any.
+#[allow(clippy::too_many_arguments)]
 fn watch(
     cfg: &SimConfig,
     real: bool,
@@ -434,6 +506,7 @@ fn watch(
     metrics: &Metrics,
     tx_thread: &JoinHandle<Result<GuestQueue, DriverError>>,
     rx_thread: &JoinHandle<Result<(GuestQueue, Checker), DriverError>>,
+    peer_done: &dyn Fn() -> bool,
     start: Instant,
 ) -> Option<String> {
     let tty = cfg.progress && std::io::stderr().is_terminal();
@@ -443,7 +516,7 @@ fn watch(
     let mut printed = false;
     let result = loop {
         std::thread::sleep(Duration::from_millis(10));
-        if tx_thread.is_finished() && rx_thread.is_finished() {
+        if tx_thread.is_finished() && rx_thread.is_finished() && peer_done() {
             break None;
         }
         let now = super::guest::progress(shared);

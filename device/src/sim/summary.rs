@@ -9,7 +9,8 @@ use crate::metrics::MetricsSnapshot;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
-    /// "builtin:unixgram", "builtin:unixstream" or the real proxy's spec.
+    /// "builtin:unixgram", "builtin:unixgram-socketpair", "builtin:unixstream" or the
+    /// real proxy's spec.
     pub peer: String,
     pub direction: String,
     pub seconds: f64,

@@ -1,8 +1,9 @@
 //! What traffic a run carries: sizes, streams, direction, rate, and when it ends.
 //!
 //! The default is shaped like `iperf3 --bidir -P 8`: the guest sends 65226-byte TSO frames
-//! on 8 streams, the proxy sends 65550-byte frames back, and each side answers every data
-//! frame it receives with a 66-byte ACK interleaved with its own data.
+//! on 8 streams, the proxy sends 65550-byte frames back, and each side answers every second
+//! data frame it receives (TCP's delayed ACK) with a 66-byte ACK interleaved with its own
+//! data.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,6 +62,12 @@ pub struct Workload {
     pub tx_size: usize,
     /// ACK frame length; 0 = no ACKs.
     pub ack_size: usize,
+    /// One ACK per this many data frames received (TCP's delayed ACK: 2); a trailing
+    /// odd frame still gets its ACK once the sender's data is complete.
+    pub ack_every: u64,
+    /// Data frames a sender may have unacknowledged (TCP's window); 0 = no limit.
+    /// Without it the cheaper direction floods and the other starves.
+    pub send_window: u64,
     /// Proxy data frame length.
     pub rx_size: usize,
     pub streams: u16,
@@ -75,6 +82,8 @@ impl Default for Workload {
             direction: Direction::Both,
             tx_size: 65226,
             ack_size: 66,
+            ack_every: 2,
+            send_window: 16,
             rx_size: 65550,
             streams: 8,
             rate_mbit: None,
@@ -106,6 +115,9 @@ impl Workload {
                 self.streams,
                 ACK_STREAM - 1
             ));
+        }
+        if self.ack_every == 0 {
+            return Err("--ack-every 0: must be at least 1 (--ack-size 0 turns ACKs off)".into());
         }
         if self.rate_mbit == Some(0) {
             return Err("--rate-mbit 0: must be positive".into());
@@ -151,13 +163,16 @@ impl SendLedger {
     }
 }
 
-/// Decides, frame by frame, what one side sends next: an owed ACK first (they are small
-/// and interleave with the data, as a TCP receiver's would), else the next data frame
-/// while the limit and the rate allow.
+/// Decides, frame by frame, what one side sends next: owed ACKs and data alternate (a
+/// sender with both queued, like a bidirectional TCP socket pair, does not starve its own
+/// data behind the peer's ACKs), and whichever has nothing to send yields to the other.
 pub struct Scheduler {
     sends_data: bool,
     data_size: usize,
     ack_size: usize,
+    ack_every: u64,
+    send_window: u64,
+    last_was_ack: bool,
     streams: u16,
     limit: Limit,
     start: Instant,
@@ -182,6 +197,8 @@ pub enum Idle {
     Paced(Duration),
     /// No data left to send (the limit was reached); ACKs may still come due.
     DataDone,
+    /// The send window is full: wait for the peer's ACKs.
+    Window,
 }
 
 impl Scheduler {
@@ -195,6 +212,9 @@ impl Scheduler {
             sends_data,
             data_size,
             ack_size: w.ack_size,
+            ack_every: w.ack_every.max(1),
+            send_window: w.send_window,
+            last_was_ack: false,
             streams: w.streams,
             limit: w.limit,
             start,
@@ -208,6 +228,15 @@ impl Scheduler {
         self.ack_size > 0
     }
 
+    /// Data frames per ACK, 0 when ACKs are off.
+    pub fn ack_every(&self) -> u64 {
+        if self.acks_enabled() {
+            self.ack_every
+        } else {
+            0
+        }
+    }
+
     /// Whether the data limit has been reached (by count or by time).
     pub fn data_finished(&self) -> bool {
         !self.sends_data
@@ -219,17 +248,32 @@ impl Scheduler {
 
     /// The next frame, given how many ACKs are owed; the caller reports what it sent
     /// with [`Scheduler::sent`].
-    pub fn next(&mut self, acks_owed: u64) -> Result<Next, Idle> {
-        if acks_owed > 0 && self.acks_enabled() {
-            return Ok(Next {
-                stream: ACK_STREAM,
-                seq: self.ack_seq,
-                ack: true,
-                len: self.ack_size,
-            });
+    pub fn next(&mut self, acks_owed: u64, acks_received: u64) -> Result<Next, Idle> {
+        let ack = Next {
+            stream: ACK_STREAM,
+            seq: self.ack_seq,
+            ack: true,
+            len: self.ack_size,
+        };
+        let ack_due = acks_owed > 0 && self.acks_enabled();
+        if ack_due && !self.last_was_ack {
+            return Ok(ack);
         }
+        match self.next_data(acks_received) {
+            Err(_) if ack_due => Ok(ack),
+            r => r,
+        }
+    }
+
+    fn next_data(&mut self, acks_received: u64) -> Result<Next, Idle> {
         if self.data_finished() {
             return Err(Idle::DataDone);
+        }
+        if self.send_window > 0 && self.acks_enabled() {
+            let acked = acks_received.saturating_mul(self.ack_every);
+            if self.data_seq.saturating_sub(acked) >= self.send_window {
+                return Err(Idle::Window);
+            }
         }
         if let Some(p) = self.pacer.as_mut() {
             if let Some(wait) = p.wait(self.data_size) {
@@ -246,6 +290,7 @@ impl Scheduler {
     }
 
     pub fn sent(&mut self, n: &Next) {
+        self.last_was_ack = n.ack;
         if n.ack {
             self.ack_seq += 1;
         } else {
@@ -313,22 +358,85 @@ mod tests {
             ..Workload::default()
         };
         let mut s = Scheduler::new(&w, true, Instant::now());
-        let a = s.next(1).unwrap();
+        let a = s.next(1, 0).unwrap();
         assert!(a.ack && a.len == 66 && a.stream == ACK_STREAM);
         s.sent(&a);
         let got: Vec<(u16, u64)> = (0..3)
             .map(|_| {
-                let n = s.next(0).unwrap();
+                let n = s.next(0, 0).unwrap();
                 s.sent(&n);
                 (n.stream, n.seq)
             })
             .collect();
         assert_eq!(got, vec![(0, 0), (1, 0), (0, 1)]);
-        assert_eq!(s.next(0), Err(Idle::DataDone));
+        assert_eq!(s.next(0, 0), Err(Idle::DataDone));
         let l = SendLedger::default();
         l.data.store(3, Ordering::Relaxed);
         l.acks.store(1, Ordering::Relaxed);
         assert_eq!(l.per_stream(2), vec![(0, 2), (1, 1), (ACK_STREAM, 1)]);
+    }
+
+    #[test]
+    fn acks_and_data_alternate_when_both_are_queued() {
+        let w = Workload {
+            limit: Limit::Frames(3),
+            streams: 1,
+            ..Workload::default()
+        };
+        let mut s = Scheduler::new(&w, false, Instant::now());
+        let mut kinds = String::new();
+        let mut owed = 10u64;
+        while let Ok(n) = s.next(owed, 0) {
+            s.sent(&n);
+            if n.ack {
+                owed -= 1;
+                kinds.push('a');
+            } else {
+                kinds.push('d');
+            }
+        }
+        // Alternating while both are queued; the leftover ACKs once data is done.
+        assert_eq!(kinds, "adadadaaaaaaa");
+        assert_eq!(owed, 0);
+        assert_eq!(s.ack_every(), 2);
+    }
+
+    #[test]
+    fn send_window_waits_for_acks() {
+        let w = Workload {
+            limit: Limit::Frames(100),
+            send_window: 4,
+            ack_every: 2,
+            ..Workload::default()
+        };
+        let mut s = Scheduler::new(&w, true, Instant::now());
+        for _ in 0..4 {
+            let n = s.next(0, 0).unwrap();
+            assert!(!n.ack);
+            s.sent(&n);
+        }
+        assert_eq!(s.next(0, 0), Err(Idle::Window));
+        // An owed ACK still goes out while the window is shut.
+        assert!(s.next(1, 0).unwrap().ack);
+        // One ACK covers two frames: two more may go.
+        for _ in 0..2 {
+            let n = s.next(0, 1).unwrap();
+            s.sent(&n);
+        }
+        assert_eq!(s.next(0, 1), Err(Idle::Window));
+        // No ACKs, no window: the flow is unclocked.
+        let mut open = Scheduler::new(
+            &Workload {
+                ack_size: 0,
+                ..w.clone()
+            },
+            true,
+            Instant::now(),
+        );
+        for _ in 0..10 {
+            let n = open.next(0, 0).unwrap();
+            open.sent(&n);
+        }
     }
 
     #[test]
