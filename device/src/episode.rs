@@ -57,15 +57,18 @@ impl Episode {
         Metrics::inc(&metrics.retries);
         match &mut self.open {
             None => {
-                let span = tracing::info_span!("episode", fd, frame_len);
                 probes::enobufs_begin(fd.into(), frame_len as i64, errno.into());
+                // Read right after the probe and before any logging, so wait_ns spans the
+                // enobufs_begin..enobufs_resolved rows and not the cost of the log line.
+                let start_ns = probes::mono_ns();
+                let span = tracing::info_span!("episode", fd, frame_len);
                 span.in_scope(|| {
                     tracing::info!(fd, frame_len, errno, "write_frame: {}", errno_name(errno));
                 });
                 Metrics::inc(&metrics.episodes);
                 metrics.open_episode.store(true, Relaxed);
                 self.open = Some(Open {
-                    start_ns: probes::mono_ns(),
+                    start_ns,
                     failures: 1,
                     frame_len,
                     errno,
