@@ -57,10 +57,11 @@ impl Episode {
         Metrics::inc(&metrics.retries);
         match &mut self.open {
             None => {
-                probes::enobufs_begin(fd.into(), frame_len as i64, errno.into());
-                // Read right after the probe and before any logging, so wait_ns spans the
-                // enobufs_begin..enobufs_resolved rows and not the cost of the log line.
+                // One clock reading is both the episode's start and the recorded begin row's
+                // timestamp, so wait_ns and the trace's begin..resolved span agree; logging
+                // and recording costs fall outside both.
                 let start_ns = probes::mono_ns();
+                probes::enobufs_begin_at(start_ns, fd.into(), frame_len as i64, errno.into());
                 let span = tracing::info_span!("episode", fd, frame_len);
                 span.in_scope(|| {
                     tracing::info!(fd, frame_len, errno, "write_frame: {}", errno_name(errno));
@@ -94,8 +95,10 @@ impl Episode {
     /// The deferred frame went out; closes the episode if one is open.
     pub fn on_success(&mut self, fd: i32, metrics: &Metrics) -> Option<Resolved> {
         let open = self.open.take()?;
-        let wait_ns = probes::mono_ns().saturating_sub(open.start_ns);
-        probes::enobufs_resolved(
+        let end_ns = probes::mono_ns();
+        let wait_ns = end_ns.saturating_sub(open.start_ns);
+        probes::enobufs_resolved_at(
+            end_ns,
             fd.into(),
             open.failures.into(),
             wait_ns as i64,

@@ -224,13 +224,31 @@ pub fn enobufs_begin(fd: i64, frame_len: i64, errno: i64) {
     #[cfg(feature = "probes")]
     vnet::enobufs_begin!(|| (fd, frame_len, errno));
     if recording() {
-        record(Row {
-            fd: Some(fd),
-            len: Some(frame_len),
-            errno: Some(errno),
-            ..Row::new(Probe::EnobufsBegin)
-        });
+        record_begin(mono_ns(), fd, frame_len, errno);
     }
+}
+
+/// `enobufs_begin` whose recorded row carries `ts_ns`: the clock reading an episode's
+/// `wait_ns` starts from, so begin..resolved in the recorder's trace spans exactly the
+/// reported wait, whatever recording the row itself costs.
+#[inline(always)]
+pub fn enobufs_begin_at(ts_ns: u64, fd: i64, frame_len: i64, errno: i64) {
+    #[cfg(feature = "probes")]
+    vnet::enobufs_begin!(|| (fd, frame_len, errno));
+    if recording() {
+        record_begin(ts_ns, fd, frame_len, errno);
+    }
+}
+
+#[cold]
+fn record_begin(ts_ns: u64, fd: i64, frame_len: i64, errno: i64) {
+    record(Row {
+        ts_ns,
+        fd: Some(fd),
+        len: Some(frame_len),
+        errno: Some(errno),
+        ..Row::new(Probe::EnobufsBegin)
+    });
 }
 
 #[inline(always)]
@@ -252,14 +270,31 @@ pub fn enobufs_resolved(fd: i64, retries: i64, wait_ns: i64, frame_len: i64) {
     #[cfg(feature = "probes")]
     vnet::enobufs_resolved!(|| (fd, retries, wait_ns, frame_len));
     if recording() {
-        record(Row {
-            fd: Some(fd),
-            retries: Some(retries),
-            wait_ns: Some(wait_ns),
-            len: Some(frame_len),
-            ..Row::new(Probe::EnobufsResolved)
-        });
+        record_resolved(mono_ns(), fd, retries, wait_ns, frame_len);
     }
+}
+
+/// `enobufs_resolved` whose recorded row carries `ts_ns`, the clock reading `wait_ns` ends
+/// at (see [`enobufs_begin_at`]).
+#[inline(always)]
+pub fn enobufs_resolved_at(ts_ns: u64, fd: i64, retries: i64, wait_ns: i64, frame_len: i64) {
+    #[cfg(feature = "probes")]
+    vnet::enobufs_resolved!(|| (fd, retries, wait_ns, frame_len));
+    if recording() {
+        record_resolved(ts_ns, fd, retries, wait_ns, frame_len);
+    }
+}
+
+#[cold]
+fn record_resolved(ts_ns: u64, fd: i64, retries: i64, wait_ns: i64, frame_len: i64) {
+    record(Row {
+        ts_ns,
+        fd: Some(fd),
+        retries: Some(retries),
+        wait_ns: Some(wait_ns),
+        len: Some(frame_len),
+        ..Row::new(Probe::EnobufsResolved)
+    });
 }
 
 #[inline(always)]

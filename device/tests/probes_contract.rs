@@ -231,10 +231,11 @@ fn recorder_writes_the_trace_csv_of_the_design() {
     let wait: u64 = path_rows[5][8].parse().unwrap();
     let begin_ts: u64 = path_rows[1][0].parse().unwrap();
     let resolved_ts: u64 = path_rows[5][0].parse().unwrap();
-    // wait_ns is measured from just after the begin row to just before the resolved row.
-    assert!(
-        wait <= resolved_ts - begin_ts,
-        "wait_ns spans begin..resolved"
+    // The begin and resolved rows carry the very clock readings wait_ns is computed from.
+    assert_eq!(
+        wait,
+        resolved_ts - begin_ts,
+        "wait_ns spans begin..resolved exactly"
     );
     let m = metrics.snapshot();
     assert_eq!(
