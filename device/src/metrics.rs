@@ -30,6 +30,9 @@ pub struct Metrics {
     pub open_episode: AtomicBool,
     /// Stream sends that wrote part of a frame before the socket filled.
     pub partial_writes: AtomicU64,
+    /// TX frames copied out of guest memory before sending, because their chain had more
+    /// pieces than one gathered send takes (every other frame is sent in place).
+    pub tx_copied: AtomicU64,
     pub drops_rx_oversize: AtomicU64,
     pub drops_rx_no_room: AtomicU64,
     pub drops_tx_bad_chain: AtomicU64,
@@ -75,6 +78,8 @@ pub struct MetricsSnapshot {
     pub total_wait_ns: u64,
     pub open_episode: bool,
     pub partial_writes: u64,
+    #[serde(default)]
+    pub tx_copied: u64,
     pub drops: Drops,
     pub rejected_chains: u64,
     pub timer_fired: u64,
@@ -136,6 +141,7 @@ impl Metrics {
             total_wait_ns: g(&self.total_wait_ns),
             open_episode: self.open_episode.load(Relaxed),
             partial_writes: g(&self.partial_writes),
+            tx_copied: g(&self.tx_copied),
             drops,
             rejected_chains: g(&self.rejected_chains),
             timer_fired: g(&self.timer_fired),

@@ -15,6 +15,8 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
+use crate::backend::TxFrame;
+
 pub const DEVICE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
     | (1 << VIRTIO_NET_F_MAC)
     | (1 << VIRTIO_RING_F_EVENT_IDX)
@@ -61,59 +63,113 @@ pub enum ChainError {
     ReadOnlyInRx { addr: u64 },
 }
 
-/// Reads a TX chain into `out` (the Ethernet frame, header skipped). Returns the chain's
-/// total length in bytes.
-pub fn read_tx_chain<M: GuestMemory>(
-    mem: &M,
-    descs: impl Iterator<Item = Descriptor>,
-    out: &mut Vec<u8>,
-) -> Result<usize, ChainError> {
-    let mut segs: Vec<(GuestAddress, usize)> = Vec::new();
-    let mut total = 0usize;
-    for d in descs {
-        if d.is_write_only() {
-            return Err(ChainError::WriteOnlyInTx { addr: d.addr().0 });
-        }
-        if d.len() > 0 && !mem.check_range(d.addr(), d.len() as usize, Permissions::Read) {
-            return Err(ChainError::OutOfBounds {
-                addr: d.addr().0,
-                len: d.len(),
-            });
-        }
-        total += d.len() as usize;
-        if total > NET_HDR_LEN + MAX_FRAME {
-            return Err(ChainError::TooLong { len: total });
-        }
-        segs.push((d.addr(), d.len() as usize));
+/// A checked TX chain: where its frame's bytes (the header skipped) lie in guest memory.
+/// Kept between sends so a deferred frame is sent again from the guest's own buffers,
+/// which the guest may not reuse until the chain is used.
+#[derive(Debug, Default, Clone)]
+pub struct TxChain {
+    segs: Vec<(GuestAddress, usize)>,
+    len: usize,
+}
+
+impl TxChain {
+    /// Frame bytes (without the header).
+    pub fn len(&self) -> usize {
+        self.len
     }
-    if segs.is_empty() {
-        return Err(ChainError::Empty);
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
-    if total <= NET_HDR_LEN {
-        return Err(ChainError::TooShort { len: total });
-    }
-    out.clear();
-    out.resize(total - NET_HDR_LEN, 0);
-    // The header may be split across descriptors and share one with frame bytes.
-    let mut skip = NET_HDR_LEN;
-    let mut pos = 0;
-    for (addr, len) in segs {
-        let (addr, len) = if skip >= len {
-            skip -= len;
-            continue;
-        } else {
-            let a = (addr.0 + skip as u64, len - skip);
+
+    /// Checks a chain and records its frame's pieces (reusing this value's storage).
+    /// Returns the chain's total length in bytes.
+    pub fn parse<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        descs: impl Iterator<Item = Descriptor>,
+    ) -> Result<usize, ChainError> {
+        self.segs.clear();
+        self.len = 0;
+        let mut total = 0usize;
+        let mut any = false;
+        // The header may be split across descriptors and share one with frame bytes.
+        let mut skip = NET_HDR_LEN;
+        for d in descs {
+            any = true;
+            if d.is_write_only() {
+                return Err(ChainError::WriteOnlyInTx { addr: d.addr().0 });
+            }
+            let len = d.len() as usize;
+            if len > 0 && !mem.check_range(d.addr(), len, Permissions::Read) {
+                return Err(ChainError::OutOfBounds {
+                    addr: d.addr().0,
+                    len: d.len(),
+                });
+            }
+            total += len;
+            if total > NET_HDR_LEN + MAX_FRAME {
+                return Err(ChainError::TooLong { len: total });
+            }
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            self.segs
+                .push((GuestAddress(d.addr().0 + skip as u64), len - skip));
             skip = 0;
-            a
-        };
-        mem.read_slice(&mut out[pos..pos + len], GuestAddress(addr))
-            .map_err(|_| ChainError::OutOfBounds {
-                addr,
-                len: len as u32,
-            })?;
-        pos += len;
+        }
+        if !any {
+            return Err(ChainError::Empty);
+        }
+        if total <= NET_HDR_LEN {
+            return Err(ChainError::TooShort { len: total });
+        }
+        self.len = total - NET_HDR_LEN;
+        Ok(total)
     }
-    Ok(total)
+
+    /// The frame as pieces of guest memory for one gathered send. `Ok(None)`: it has more
+    /// pieces than one send takes (then [`TxChain::copy_to`]). An error means the memory
+    /// map changed under a deferred frame and the chain no longer lies inside it.
+    pub fn gather<'a, M: GuestMemory>(
+        &self,
+        mem: &'a M,
+    ) -> Result<Option<TxFrame<'a>>, ChainError> {
+        let mut f = TxFrame::new();
+        for &(addr, len) in &self.segs {
+            let oob = || ChainError::OutOfBounds {
+                addr: addr.0,
+                len: len as u32,
+            };
+            // A piece may span two memory regions: each region is its own mapping.
+            for slice in mem
+                .get_slices(addr, len, Permissions::Read)
+                .map_err(|_| oob())?
+            {
+                if f.push_volatile(&slice.map_err(|_| oob())?).is_err() {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(f))
+    }
+
+    /// Copies the frame into `out` (for chains [`TxChain::gather`] cannot send as they are).
+    pub fn copy_to<M: GuestMemory>(&self, mem: &M, out: &mut Vec<u8>) -> Result<(), ChainError> {
+        out.clear();
+        out.resize(self.len, 0);
+        let mut pos = 0;
+        for &(addr, len) in &self.segs {
+            mem.read_slice(&mut out[pos..pos + len], addr)
+                .map_err(|_| ChainError::OutOfBounds {
+                    addr: addr.0,
+                    len: len as u32,
+                })?;
+            pos += len;
+        }
+        Ok(())
+    }
 }
 
 /// A writable guest buffer (one RX chain), checked and ready to be filled.

@@ -22,8 +22,10 @@
 // The data path lives in [`NetDevice`] (no threads, no poller) so tests can drive it step
 // by step; [`spawn`] wraps it in the event loop.
 //
-// TX: a chain is read into `tx_buf` and sent. A send that does not complete keeps the frame
-// deferred: the chain is neither re-queued nor used, so the guest sees it outstanding, and
+// TX: a chain's frame is sent straight from guest memory (one gathered sendmsg; a chain
+// with too many pieces is copied into `tx_buf` first). A send that does not complete keeps
+// the frame deferred: the chain is neither re-queued nor used, so the guest sees it
+// outstanding (its buffers stay the frame's until the chain is used), and
 // nothing else is sent before it (frames stay in order). A write event, a TX kick or the
 // one-shot timer retries it. RX: a frame read from the proxy waits in `rx_buf` until the
 // guest has buffers for it; until then the socket is not read (the proxy's queue is the
@@ -43,7 +45,7 @@ use crate::backend::{Backend, BackendError, ReadStatus, WriteStatus};
 use crate::episode::Episode;
 use crate::metrics::Metrics;
 use crate::net::{
-    self, Rejected, RxBuffers, RxOutcome, FEATURE_EVENT_IDX, FEATURE_MRG_RXBUF, MAX_FRAME,
+    self, Rejected, RxBuffers, RxOutcome, TxChain, FEATURE_EVENT_IDX, FEATURE_MRG_RXBUF, MAX_FRAME,
     RX_QUEUE, TX_QUEUE,
 };
 use crate::notify::Notifier;
@@ -107,11 +109,13 @@ pub enum WorkerError {
     Panicked(String),
 }
 
-/// The frame waiting for the proxy.
+/// The frame waiting for the proxy; its pieces are in `NetDevice::tx_chain`.
 #[derive(Debug, Clone, Copy)]
 struct Deferred {
     head: u16,
     len: usize,
+    /// The frame is in `tx_buf` (it had more pieces than one send gathers).
+    copied: bool,
 }
 
 /// How a TX pass ended.
@@ -149,6 +153,7 @@ pub struct NetDevice {
     backend: Box<dyn Backend>,
     fd: RawFd,
     metrics: Arc<Metrics>,
+    tx_chain: TxChain,
     tx_buf: Vec<u8>,
     deferred: Option<Deferred>,
     episode: Episode,
@@ -187,7 +192,8 @@ impl NetDevice {
             backend,
             fd,
             metrics,
-            tx_buf: Vec::with_capacity(MAX_FRAME),
+            tx_chain: TxChain::default(),
+            tx_buf: Vec::new(),
             deferred: None,
             episode: Episode::default(),
             rx_buf: vec![0u8; MAX_FRAME].into_boxed_slice(),
@@ -245,8 +251,32 @@ impl NetDevice {
         let mut done = 0;
         let mut used = false;
         let result = loop {
-            if let Some(d) = self.deferred {
-                match self.backend.write_frame(&self.tx_buf[..d.len]) {
+            if let Some(mut d) = self.deferred {
+                let status = if d.copied {
+                    self.backend.write_bytes(&self.tx_buf)
+                } else {
+                    match self.tx_chain.gather(&*mem) {
+                        Ok(Some(frame)) => self.backend.write_frame(&frame),
+                        Ok(None) => {
+                            if let Err(error) = self.tx_chain.copy_to(&*mem, &mut self.tx_buf) {
+                                self.deferred = None;
+                                used |= self.reject_tx(&mem, d.head, error)?;
+                                continue;
+                            }
+                            d.copied = true;
+                            self.deferred = Some(d);
+                            Metrics::inc(&self.metrics.tx_copied);
+                            self.backend.write_bytes(&self.tx_buf)
+                        }
+                        // The memory map changed under the deferred frame.
+                        Err(error) => {
+                            self.deferred = None;
+                            used |= self.reject_tx(&mem, d.head, error)?;
+                            continue;
+                        }
+                    }
+                };
+                match status {
                     Ok(WriteStatus::Sent) => {
                         self.deferred = None;
                         self.tx
@@ -300,21 +330,15 @@ impl NetDevice {
                 break TxPass::Idle;
             };
             let head = chain.head_index();
-            match net::read_tx_chain(&*mem, chain, &mut self.tx_buf) {
+            match self.tx_chain.parse(&*mem, chain) {
                 Ok(_) => {
                     self.deferred = Some(Deferred {
                         head,
-                        len: self.tx_buf.len(),
+                        len: self.tx_chain.len(),
+                        copied: false,
                     })
                 }
-                Err(error) => {
-                    self.tx
-                        .add_used(&*mem, head, 0)
-                        .map_err(Self::queue_err(TX_QUEUE))?;
-                    used = true;
-                    self.reject(TX_QUEUE, Rejected { head, error });
-                    self.drop_frame(0, DropReason::TxBadChain);
-                }
+                Err(error) => used |= self.reject_tx(&mem, head, error)?,
             }
         };
         self.sync_injected();
@@ -415,6 +439,21 @@ impl NetDevice {
             self.signal(RX_QUEUE)?;
         }
         Ok(result)
+    }
+
+    /// Returns a malformed TX chain to the guest unsent. Returns true (the ring was used).
+    fn reject_tx(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        head: u16,
+        error: net::ChainError,
+    ) -> Result<bool, WorkerError> {
+        self.tx
+            .add_used(mem, head, 0)
+            .map_err(Self::queue_err(TX_QUEUE))?;
+        self.reject(TX_QUEUE, Rejected { head, error });
+        self.drop_frame(0, DropReason::TxBadChain);
+        Ok(true)
     }
 
     fn reject(&mut self, queue: u16, r: Rejected) {

@@ -13,6 +13,7 @@
 //   pub trait Backend: Send { fn raw_fd(&self) -> RawFd; fn retry_delay(&self) -> Option<Duration>;
 //       ...read/write methods chosen by the device implementer... }
 
+pub mod frame;
 pub mod unixgram;
 pub mod unixstream;
 
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use frame::TxFrame;
 pub use unixgram::UnixGram;
 pub use unixstream::UnixStreamBackend;
 
@@ -150,9 +152,13 @@ pub trait Backend: Send {
     fn retry_delay(&self) -> Option<Duration>;
     /// "unixgram" or "unixstream", for logs.
     fn kind(&self) -> &'static str;
-    /// Writes one frame (without any virtio header). After `Blocked { partial: true }` the
-    /// same frame must be passed again.
-    fn write_frame(&mut self, frame: &[u8]) -> Result<WriteStatus, BackendError>;
+    /// Writes one frame (without any virtio header), gathered from wherever its pieces
+    /// are. After `Blocked { partial: true }` the same frame must be passed again.
+    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError>;
+    /// [`Backend::write_frame`] for a frame in one buffer.
+    fn write_bytes(&mut self, frame: &[u8]) -> Result<WriteStatus, BackendError> {
+        self.write_frame(&TxFrame::from_slice(frame))
+    }
     /// Reads one frame into `buf` (which must hold [`crate::net::MAX_FRAME`] bytes).
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError>;
     /// Failures injected so far by the fault configuration.

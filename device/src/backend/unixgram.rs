@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::{
     no_sigpipe, set_buf, socket_failure, Backend, BackendError, BackendOptions, FaultInjector,
-    ReadStatus, WriteStatus, SEND_FLAGS,
+    ReadStatus, TxFrame, WriteStatus, SEND_FLAGS,
 };
 
 /// Receive buffer of the reference VMM.
@@ -154,7 +154,7 @@ impl Backend for UnixGram {
         "unixgram"
     }
 
-    fn write_frame(&mut self, frame: &[u8]) -> Result<WriteStatus, BackendError> {
+    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
         if self.fault.inject() {
             return Ok(WriteStatus::Blocked {
                 errno: libc::ENOBUFS,
@@ -162,9 +162,14 @@ impl Backend for UnixGram {
             });
         }
         let fd = self.raw_fd();
+        let iov = frame.iovecs();
+        // SAFETY: a zeroed msghdr is valid (no name, no control data).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len() as _;
         loop {
-            // SAFETY: frame is valid for its length.
-            let n = unsafe { libc::send(fd, frame.as_ptr().cast(), frame.len(), SEND_FLAGS) };
+            // SAFETY: msg points at the frame's iovecs, each readable for the call.
+            let n = unsafe { libc::sendmsg(fd, &msg, SEND_FLAGS) };
             if n >= 0 {
                 // Datagrams are atomic: a successful send carried the whole frame.
                 return Ok(WriteStatus::Sent);
@@ -244,7 +249,7 @@ mod tests {
         let (n, from) = proxy.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], VFKT_MAGIC);
         assert_eq!(from.as_pathname(), Some(local.as_path()));
-        assert_eq!(b.write_frame(&[7; 60]).unwrap(), WriteStatus::Sent);
+        assert_eq!(b.write_bytes(&[7; 60]).unwrap(), WriteStatus::Sent);
         assert_eq!(proxy.recv(&mut buf).unwrap(), 60);
         proxy.send_to(&[9; 42], &local).unwrap();
         let mut big = vec![0u8; crate::net::MAX_FRAME];
@@ -281,15 +286,15 @@ mod tests {
             ..Default::default()
         };
         let mut b = UnixGram::from_socket(a, &opts).unwrap();
-        assert_eq!(b.write_frame(b"one").unwrap(), WriteStatus::Sent);
+        assert_eq!(b.write_bytes(b"one").unwrap(), WriteStatus::Sent);
         assert_eq!(
-            b.write_frame(b"two").unwrap(),
+            b.write_bytes(b"two").unwrap(),
             WriteStatus::Blocked {
                 errno: libc::ENOBUFS,
                 partial: false
             }
         );
-        assert_eq!(b.write_frame(b"two").unwrap(), WriteStatus::Sent);
+        assert_eq!(b.write_bytes(b"two").unwrap(), WriteStatus::Sent);
         let mut buf = [0u8; 8];
         assert_eq!(peer.recv(&mut buf).unwrap(), 3);
         assert_eq!(&buf[..3], b"one");
@@ -304,7 +309,7 @@ mod tests {
         let (a, peer) = UnixDatagram::pair().unwrap();
         let mut b = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
         drop(peer);
-        let e = b.write_frame(&[0; 60]).unwrap_err();
+        let e = b.write_bytes(&[0; 60]).unwrap_err();
         assert!(matches!(e, BackendError::PeerGone { .. }), "{e}");
     }
 

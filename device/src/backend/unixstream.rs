@@ -11,9 +11,10 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use super::frame::MAX_IOV;
 use super::{
     is_peer_gone, no_sigpipe, set_buf, socket_failure, Backend, BackendError, BackendOptions,
-    FaultInjector, ReadStatus, WriteStatus, SEND_FLAGS,
+    FaultInjector, ReadStatus, TxFrame, WriteStatus, SEND_FLAGS,
 };
 use crate::net::MAX_FRAME;
 
@@ -94,7 +95,7 @@ impl Backend for UnixStreamBackend {
         "unixstream"
     }
 
-    fn write_frame(&mut self, frame: &[u8]) -> Result<WriteStatus, BackendError> {
+    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
         let fd = self.raw_fd();
         if self.woff == 0 {
             if self.fault.inject() {
@@ -116,26 +117,21 @@ impl Backend for UnixStreamBackend {
         }
         let prefix = (frame.len() as u32).to_be_bytes();
         let total = PREFIX + frame.len();
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOV + 1];
         while self.woff < total {
             let (p, f) = if self.woff < PREFIX {
-                (&prefix[self.woff..], frame)
+                (&prefix[self.woff..], 0)
             } else {
-                (&prefix[..0], &frame[self.woff - PREFIX..])
+                (&prefix[..0], self.woff - PREFIX)
             };
-            let iov = [
-                libc::iovec {
-                    iov_base: p.as_ptr() as *mut libc::c_void,
-                    iov_len: p.len(),
-                },
-                libc::iovec {
-                    iov_base: f.as_ptr() as *mut libc::c_void,
-                    iov_len: f.len(),
-                },
-            ];
+            let k = frame.iovecs_after(p, f, &mut iov);
             // SAFETY: a zeroed msghdr is valid; iov points at live buffers.
             let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-            msg.msg_iovlen = 2;
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = k as _;
             // SAFETY: msg is fully initialised above.
             let n = unsafe { libc::sendmsg(fd, &msg, SEND_FLAGS) };
             if n >= 0 {
@@ -259,7 +255,7 @@ mod tests {
     #[test]
     fn frames_carry_big_endian_length() {
         let (mut be, mut peer) = pair();
-        assert_eq!(be.write_frame(&[0xab; 300]).unwrap(), WriteStatus::Sent);
+        assert_eq!(be.write_bytes(&[0xab; 300]).unwrap(), WriteStatus::Sent);
         let mut got = [0u8; 304];
         peer.read_exact(&mut got).unwrap();
         assert_eq!(&got[..4], &[0, 0, 1, 44]);

@@ -9,7 +9,7 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::backend::{Backend, BackendError, ReadStatus, WriteStatus};
+use crate::backend::{Backend, BackendError, ReadStatus, TxFrame, WriteStatus};
 
 #[derive(Clone)]
 pub struct SharedBackend {
@@ -50,7 +50,7 @@ impl Backend for SharedBackend {
         self.kind
     }
 
-    fn write_frame(&mut self, frame: &[u8]) -> Result<WriteStatus, BackendError> {
+    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
         self.lock().write_frame(frame)
     }
 
