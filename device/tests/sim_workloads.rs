@@ -141,3 +141,30 @@ fn impossible_ring_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// Frames wherever the guest puts them in its buffers: header at the start of a page (the
+/// frame 12 bytes off a cache line), the default, and the frame on the next page.
+#[test]
+fn tx_frame_offsets_through_both_backends() {
+    for backend in ["unixgram", "unixstream"] {
+        for offset in ["12", "64", "4096"] {
+            check(backend, "tx", &["--tx-frame-offset", offset]);
+        }
+    }
+}
+
+#[test]
+fn tx_frame_offset_without_room_for_the_header_is_refused() {
+    for bad in ["11", "4097"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vnet-sim"))
+            .args(["--frames", "1", "--tx-frame-offset", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("TX frame offset {bad}")) && err.contains("virtio header"),
+            "{err}"
+        );
+    }
+}

@@ -33,6 +33,10 @@ pub enum DriverError {
     },
     #[error("queue size {0} is not a power of two between 1 and 32768")]
     BadSize(u16),
+    #[error(
+        "TX frame offset {0}: must be from 12 (the virtio header goes before the frame) to 4096"
+    )]
+    BadFrameOffset(u64),
     #[error("device returned descriptor {id} which is not the head of an outstanding chain")]
     BadUsedId { id: u32 },
     #[error("building the device queue: {0}")]

@@ -26,17 +26,28 @@ pub struct GuestLayout {
     /// One TX slot per possible in-flight chain: virtio header + largest frame.
     pub tx_slots: GuestAddress,
     pub tx_slot_len: u64,
+    /// Where each TX frame starts in its (page-aligned) slot; its virtio header sits
+    /// just before it.
+    pub tx_frame_offset: u64,
     pub rx_bufs: GuestAddress,
     pub rx_buf_len: u32,
     pub size: u64,
 }
 
 impl GuestLayout {
-    pub fn new(queue_size: u16, max_frame: usize, rx_buf_len: u32) -> Result<Self, DriverError> {
+    pub fn new(
+        queue_size: u16,
+        max_frame: usize,
+        rx_buf_len: u32,
+        tx_frame_offset: u64,
+    ) -> Result<Self, DriverError> {
+        if tx_frame_offset < NET_HDR_LEN as u64 || tx_frame_offset > 4096 {
+            return Err(DriverError::BadFrameOffset(tx_frame_offset));
+        }
         // Page 0 stays unused so a zero address from a bug faults in the device's checks.
         let (rx, next) = RingLayout::at(GuestAddress(4096), queue_size)?;
         let (tx, next) = RingLayout::at(next, queue_size)?;
-        let tx_slot_len = align((NET_HDR_LEN + max_frame) as u64, 4096);
+        let tx_slot_len = align(tx_frame_offset + max_frame as u64, 4096);
         let tx_slots = next;
         let rx_bufs = GuestAddress(tx_slots.0 + tx_slot_len * u64::from(queue_size));
         let end = rx_bufs.0 + u64::from(rx_buf_len) * u64::from(queue_size);
@@ -45,6 +56,7 @@ impl GuestLayout {
             tx,
             tx_slots,
             tx_slot_len,
+            tx_frame_offset,
             rx_bufs,
             rx_buf_len,
             size: align(end, 4096),
@@ -57,8 +69,12 @@ impl GuestLayout {
         Ok(GuestMemoryAtomic::new(m))
     }
 
+    /// Where slot `i`'s chain starts: its virtio header.
     fn tx_slot(&self, i: u32) -> GuestAddress {
-        GuestAddress(self.tx_slots.0 + self.tx_slot_len * u64::from(i))
+        GuestAddress(
+            self.tx_slots.0 + self.tx_slot_len * u64::from(i) + self.tx_frame_offset
+                - NET_HDR_LEN as u64,
+        )
     }
 
     fn rx_buf(&self, i: u32) -> GuestAddress {
