@@ -259,42 +259,32 @@ fn main() {
             BuiltinKind::UnixGram => "unixgram",
             BuiltinKind::UnixStream => "unixstream",
         };
-        let (d, r) = paired(
-            rounds,
-            || device(kind, 65536, secs, ALIGNED),
-            || raw(kind, 65536, secs, ALIGNED),
-        );
-        line(
-            &format!("{name} 64 KiB device vs raw socket"),
-            d,
-            r,
-            false,
-            "(target >= 70%)",
-        );
-        let (d, r) = paired(
-            rounds,
-            || device(kind, 65536, secs, MISALIGNED),
-            || raw(kind, 65536, secs, MISALIGNED),
-        );
-        line(
-            &format!("{name} 64 KiB, frames 12 B off a line"),
-            d,
-            r,
-            false,
-            "",
-        );
-        let (d, r) = paired(
-            rounds,
-            || device(kind, 1514, secs, ALIGNED),
-            || raw(kind, 1514, secs, ALIGNED),
-        );
-        line(
-            &format!("{name} 1514 B device vs raw socket"),
-            d,
-            r,
-            true,
-            "",
-        );
+        // (frame size, offset, label, report frames/s, note)
+        let cases = [
+            (
+                65536,
+                ALIGNED,
+                "64 KiB device vs raw socket",
+                false,
+                "(target >= 70%)",
+            ),
+            (
+                65536,
+                MISALIGNED,
+                "64 KiB, frames 12 B off a line",
+                false,
+                "",
+            ),
+            (1514, ALIGNED, "1514 B device vs raw socket", true, ""),
+        ];
+        for (frame, offset, label, per_frame, note) in cases {
+            let (d, r) = paired(
+                rounds,
+                || device(kind, frame, secs, offset),
+                || raw(kind, frame, secs, offset),
+            );
+            line(&format!("{name} {label}"), d, r, per_frame, note);
+        }
     }
     // Recorder on vs off: the on run records every probe firing to a CSV.
     let dir = std::env::temp_dir().join(format!("vnet-bench-{}", std::process::id()));
