@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use common::{frame, tx_segs, DriverQueue, RxAssembler, Seg};
 use proptest::prelude::*;
+use vnet_device::backend::frame::MAX_IOV;
 use vnet_device::backend::{Backend, BackendOptions, FaultConfig, UnixGram, UnixStreamBackend};
 use vnet_device::metrics::Metrics;
 use vnet_device::net::{DEVICE_FEATURES, FEATURE_EVENT_IDX, MAX_FRAME, NET_HDR_LEN};
@@ -27,6 +28,8 @@ enum TxChain {
 fn tx_chain() -> impl Strategy<Value = TxChain> {
     prop_oneof![
         6 => (1usize..3000, prop::collection::vec(100usize..2000, 1..4)).prop_map(|(len, cuts)| TxChain::Good { len, cuts }),
+        // Many small pieces: around the most one gathered send takes (then copied).
+        2 => (1usize..400, prop::collection::vec(8usize..24, 1..4)).prop_map(|(len, cuts)| TxChain::Good { len, cuts }),
         1 => (0u32..=NET_HDR_LEN as u32).prop_map(TxChain::TooShort),
         1 => Just(TxChain::OutOfBounds),
         1 => Just(TxChain::WriteOnly),
@@ -260,6 +263,14 @@ proptest! {
             _ => None,
         }).collect();
         let bad = chains.len() - expected.len();
+        // Chains with more frame-carrying descriptors than one sendmsg gathers.
+        let copied = chains.iter().enumerate().filter(|(i, c)| {
+            matches!(c, TxChain::Good { .. })
+                && segs_for(c, *i as u32).iter().scan(0usize, |pos, s| {
+                    *pos += s.len as usize;
+                    Some(*pos > NET_HDR_LEN)
+                }).filter(|&carries| carries).count() > MAX_IOV
+        }).count();
         let (mut next, mut used, mut got) = (0usize, 0usize, Vec::new());
         let mut step = 0usize;
         while got.len() < expected.len() || used < chains.len() {
@@ -279,6 +290,7 @@ proptest! {
         let m = metrics.snapshot();
         prop_assert_eq!(m.rejected_chains as usize, bad);
         prop_assert_eq!(m.tx_frames as usize, expected.len());
+        prop_assert_eq!(m.tx_copied as usize, copied);
         prop_assert_eq!(m.resolved, m.episodes);
         prop_assert!(!m.open_episode);
         prop_assert!(m.retries >= m.injected_faults);
