@@ -23,7 +23,7 @@ enable_backports() {
 }
 
 NEED_UPDATE=0
-pkgs=(bpftrace passt iperf3 busybox-static python3-venv cpio hyperfine binutils)
+pkgs=(bpftrace passt iperf3 busybox-static python3-venv cpio hyperfine binutils xz-utils zstd)
 bpo_pkgs=(qemu-system-x86)
 
 missing=()

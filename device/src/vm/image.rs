@@ -281,8 +281,10 @@ fn extract_kernel(deb: &Path, into: &Path) -> Result<(), ImageError> {
             "--wildcards",
             "*/vmlinuz-*",
             "*/modules.builtin",
-            "*/virtio*.ko",
-            "*failover.ko",
+            // Plain, or compressed as newer kernel packages ship them (.ko.xz, .ko.zst);
+            // one pattern each, since tar fails on a pattern that matches nothing.
+            "*/virtio*.ko*",
+            "*failover.ko*",
         ])
         .stdin(tar_in)
         .output();
@@ -326,8 +328,44 @@ pub struct KernelModules {
     pub builtin: BTreeSet<String>,
 }
 
+/// Compressions kernel packages use for modules, and the tool that undoes each.
+const COMPRESSED: [(&str, &str); 2] = [(".ko.xz", "xz"), (".ko.zst", "zstd")];
+
 fn module_name(file_name: &str) -> String {
-    file_name.trim_end_matches(".ko").replace('-', "_")
+    let stem = COMPRESSED
+        .iter()
+        .find_map(|(ext, _)| file_name.strip_suffix(ext))
+        .unwrap_or(file_name);
+    stem.trim_end_matches(".ko").replace('-', "_")
+}
+
+/// Writes the plain `.ko` beside a compressed module and returns its path: the guest's
+/// busybox `insmod` hands the file to `init_module` as it is, which takes no compression.
+fn decompress_module(path: &Path, tool: &str) -> Result<PathBuf, ImageError> {
+    let cmd = format!("{tool} -dc {}", path.display());
+    let out = Command::new(tool)
+        .arg("-dc")
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| ImageError::Command {
+            cmd: cmd.clone(),
+            detail: format!("{e} (install it with .ci/setup.sh)"),
+        })?;
+    if !out.status.success() {
+        return Err(ImageError::Command {
+            cmd,
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let plain = path.with_file_name(format!("{}.ko", name.split(".ko").next().unwrap_or(name)));
+    fs::write(&plain, &out.stdout).map_err(io_err(format!("writing {}", plain.display())))?;
+    Ok(plain)
 }
 
 impl KernelModules {
@@ -347,6 +385,13 @@ impl KernelModules {
                     .to_string();
                 if path.is_dir() {
                     stack.push(path);
+                } else if let Some((_, tool)) =
+                    COMPRESSED.iter().find(|(ext, _)| name.ends_with(ext))
+                {
+                    let plain = decompress_module(&path, tool)?;
+                    let bytes =
+                        fs::read(&plain).map_err(io_err(format!("reading {}", plain.display())))?;
+                    modules.insert(module_name(&name), (plain, modinfo_depends(&bytes)));
                 } else if name.ends_with(".ko") {
                     let bytes =
                         fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
@@ -579,6 +624,55 @@ mod tests {
         assert!(pos("virtio_net") < pos("virtio_pci"));
         assert_eq!(order.len(), 6);
         assert!(!order.contains(&"pci_core".to_string()));
+    }
+
+    fn compress(tool: &str, path: &Path) {
+        let st = Command::new(tool)
+            .arg("-q")
+            .arg(path)
+            .status()
+            .unwrap_or_else(|e| panic!("{tool} (installed by .ci/setup.sh): {e}"));
+        assert!(st.success(), "{tool} {}", path.display());
+    }
+
+    #[test]
+    fn scans_plain_xz_and_zstd_modules_alike() {
+        let root = std::env::temp_dir().join(format!("vnet-kmods-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dir = root.join("lib/modules/6.1.0/kernel/drivers/net");
+        fs::create_dir_all(&dir).unwrap();
+        let net = b"\x7fELF\0depends=virtio,net-failover\0".to_vec();
+        let failover = b"\x7fELF\0depends=failover\0".to_vec();
+        fs::write(dir.join("virtio_net.ko"), &net).unwrap();
+        fs::write(dir.join("net_failover.ko"), &failover).unwrap();
+        compress("xz", &dir.join("virtio_net.ko"));
+        compress("zstd", &dir.join("net_failover.ko"));
+        // zstd keeps its input: drop it, so the scan sees only the compressed file.
+        fs::remove_file(dir.join("net_failover.ko")).unwrap();
+        fs::write(dir.join("virtio.ko"), b"\x7fELF\0depends=\0").unwrap();
+        assert!(dir.join("virtio_net.ko.xz").exists() && !dir.join("virtio_net.ko").exists());
+        let k = KernelModules::scan(Path::new("test.deb"), &root).unwrap();
+        let names: Vec<&str> = k.modules.keys().map(|s| s.as_str()).collect();
+        assert_eq!(names, ["net_failover", "virtio", "virtio_net"]);
+        let (path, deps) = &k.modules["virtio_net"];
+        assert_eq!(deps, &["virtio", "net_failover"]);
+        assert_eq!(
+            fs::read(path).unwrap(),
+            net,
+            "the guest gets the plain module"
+        );
+        assert_eq!(path.file_name().unwrap(), "virtio_net.ko");
+        let (path, deps) = &k.modules["net_failover"];
+        assert_eq!(deps, &["failover"]);
+        assert_eq!(fs::read(path).unwrap(), failover);
+        // A damaged archive names the tool and the file.
+        fs::write(dir.join("bad.ko.xz"), b"not xz").unwrap();
+        let err = KernelModules::scan(Path::new("test.deb"), &root)
+            .err()
+            .expect("a corrupt module is an error")
+            .to_string();
+        assert!(err.contains("xz -dc") && err.contains("bad.ko.xz"), "{err}");
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
