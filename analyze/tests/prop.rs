@@ -109,10 +109,10 @@ fn write_trace(rows: &[(i64, Event)], resolution: i64, swaps: &[bool]) -> PathBu
     for e in &evs {
         trace::write_row(&mut buf, e).unwrap();
     }
-    let dir = std::env::temp_dir().join(format!("analyze-prop-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!(
-        "t-{}.csv",
+    // A file of its own in the temp dir, which the test removes once read.
+    let path = std::env::temp_dir().join(format!(
+        "analyze-prop-{}-{}.csv",
+        std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -177,7 +177,9 @@ fn generator_smoke() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("gen.csv");
     std::fs::write(&path, &buf).unwrap();
-    let report = analyze::build_report(&[path], &Default::default()).unwrap();
+    let report = analyze::build_report(&[path], &Default::default());
+    std::fs::remove_dir_all(&dir).ok();
+    let report = report.unwrap();
     assert!(episodes > 10);
     assert_eq!(report.total, episodes);
     assert_eq!(report.input.events, 20_000);

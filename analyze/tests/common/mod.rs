@@ -68,8 +68,24 @@ pub fn golden(name: &str, actual: &str) {
     }
 }
 
-/// A unique scratch directory under the target dir (parallel tests, parallel helpers).
-pub fn scratch(name: &str) -> PathBuf {
+/// A unique scratch directory in the temp dir (parallel tests, parallel runs), removed
+/// when the test is done with it.
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!(
         "analyze-test-{}-{}-{name}",
         std::process::id(),
@@ -79,7 +95,7 @@ pub fn scratch(name: &str) -> PathBuf {
             .as_nanos()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 pub fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
