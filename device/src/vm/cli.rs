@@ -75,6 +75,10 @@ pub struct Args {
     /// Debian kernel package (a metapackage is followed to its image).
     #[arg(long, default_value = "linux-image-cloud-amd64")]
     pub kernel_package: String,
+    /// A kernel package file to boot instead (e.g. another Debian release's
+    /// linux-image-*-cloud-amd64 .deb); --kernel-package is then ignored.
+    #[arg(long)]
+    pub kernel_deb: Option<PathBuf>,
     /// The vhost-user daemon [default: vnet-vhost beside this binary].
     #[arg(long)]
     pub daemon: Option<PathBuf>,
@@ -129,6 +133,7 @@ pub fn run(args: &Args) -> Result<serde_json::Value, CliError> {
     let img_opts = ImageOptions {
         cache_dir: cache.clone(),
         kernel_package: args.kernel_package.clone(),
+        kernel_deb: args.kernel_deb.clone(),
     };
     eprintln!("vnet-vm: preparing the guest image in {}", cache.display());
     let image = image::prepare(&img_opts)?;

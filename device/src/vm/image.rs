@@ -55,6 +55,8 @@ pub struct ImageOptions {
     pub cache_dir: PathBuf,
     /// A metapackage (resolved to the concrete image it depends on) or a concrete package.
     pub kernel_package: String,
+    /// A kernel package file to use instead of asking apt.
+    pub kernel_deb: Option<PathBuf>,
 }
 
 impl ImageOptions {
@@ -63,6 +65,7 @@ impl ImageOptions {
         ImageOptions {
             cache_dir,
             kernel_package: "linux-image-cloud-amd64".into(),
+            kernel_deb: None,
         }
     }
 }
@@ -78,7 +81,10 @@ pub struct GuestImage {
 
 /// Builds the guest image, or returns the cached one.
 pub fn prepare(opts: &ImageOptions) -> Result<GuestImage, ImageError> {
-    let (pkg, version) = resolve_kernel_package(&opts.kernel_package)?;
+    let (pkg, version) = match &opts.kernel_deb {
+        Some(deb) => deb_identity(deb)?,
+        None => resolve_kernel_package(&opts.kernel_package)?,
+    };
     let busybox = host_binary(&["/bin/busybox", "/usr/bin/busybox"])?;
     let iperf3 = host_binary(&["/usr/bin/iperf3", "/bin/iperf3"])?;
     let host_versions = ["iperf3", "libiperf0", "busybox-static"]
@@ -108,9 +114,14 @@ pub fn prepare(opts: &ImageOptions) -> Result<GuestImage, ImageError> {
         }
     }
 
-    let debs = opts.cache_dir.join("debs");
-    fs::create_dir_all(&debs).map_err(io_err(format!("creating {}", debs.display())))?;
-    let deb = download(&debs, &pkg, &version)?;
+    let deb = match &opts.kernel_deb {
+        Some(deb) => deb.clone(),
+        None => {
+            let debs = opts.cache_dir.join("debs");
+            fs::create_dir_all(&debs).map_err(io_err(format!("creating {}", debs.display())))?;
+            download(&debs, &pkg, &version)?
+        }
+    };
 
     let tmp = opts
         .cache_dir
@@ -213,6 +224,36 @@ fn resolve_kernel_package(name: &str) -> Result<(String, String), ImageError> {
         }
     }
     Err(ImageError::NoPackage(name.to_string()))
+}
+
+/// (Package, Version) from a package file's control fields: the cache key, and what the
+/// summary names.
+fn deb_identity(deb: &Path) -> Result<(String, String), ImageError> {
+    let fields = run(Command::new("dpkg-deb")
+        .args(["--field"])
+        .arg(deb)
+        .args(["Package", "Version"]))
+    .map_err(|e| ImageError::Kernel {
+        deb: deb.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let field = |name: &str| {
+        fields.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|v| v.strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+        })
+    };
+    match (field("Package"), field("Version")) {
+        (Some(p), Some(v)) if p.starts_with("linux-image-") => Ok((p, v)),
+        (p, _) => Err(ImageError::Kernel {
+            deb: deb.to_path_buf(),
+            detail: format!(
+                "not a linux-image-* package (Package: {})",
+                p.unwrap_or_else(|| "none".into())
+            ),
+        }),
+    }
 }
 
 fn installed_version(pkg: &str) -> Option<String> {
@@ -673,6 +714,55 @@ mod tests {
             .to_string();
         assert!(err.contains("xz -dc") && err.contains("bad.ko.xz"), "{err}");
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    fn fake_deb(dir: &Path, package: &str) -> PathBuf {
+        let root = dir.join(package);
+        fs::create_dir_all(root.join("DEBIAN")).unwrap();
+        fs::write(
+            root.join("DEBIAN/control"),
+            format!(
+                "Package: {package}\nVersion: 6.12.117-1\nArchitecture: amd64\n\
+                 Maintainer: test <t@example.org>\nDescription: test\n"
+            ),
+        )
+        .unwrap();
+        let deb = dir.join(format!("{package}.deb"));
+        let st = Command::new("dpkg-deb")
+            .args(["--build", "--root-owner-group", "-Zgzip"])
+            .arg(&root)
+            .arg(&deb)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        deb
+    }
+
+    #[test]
+    fn a_kernel_deb_names_its_package_and_version() {
+        let dir = std::env::temp_dir().join(format!("vnet-kdeb-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let deb = fake_deb(&dir, "linux-image-6.12.117+deb13-cloud-amd64");
+        assert_eq!(
+            deb_identity(&deb).unwrap(),
+            (
+                "linux-image-6.12.117+deb13-cloud-amd64".to_string(),
+                "6.12.117-1".to_string()
+            )
+        );
+        let other = fake_deb(&dir, "iperf3");
+        let err = deb_identity(&other).unwrap_err().to_string();
+        assert!(
+            err.contains("iperf3.deb") && err.contains("not a linux-image-*"),
+            "{err}"
+        );
+        let err = deb_identity(&dir.join("missing.deb"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing.deb"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
