@@ -39,6 +39,10 @@ pub struct Args {
     /// Parallel streams of the bidirectional test.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=128))]
     pub streams: u32,
+    /// The guest waits this long after reporting before it powers off, standing in for a
+    /// guest kernel that hangs on its way down (tests the runner's shutdown grace).
+    #[arg(long, default_value_t = 0, hide_short_help = true)]
+    pub guest_linger: u32,
     /// iperf3 tests the guest runs, in order: fwd (guest to host), rev, bidir.
     #[arg(long, value_delimiter = ',', default_value = "fwd,rev,bidir")]
     pub tests: Vec<Test>,
@@ -208,6 +212,7 @@ pub fn run(args: &Args) -> Result<serde_json::Value, CliError> {
         mtu: args.mtu,
         seconds: args.seconds,
         streams: args.streams,
+        linger: args.guest_linger,
         tests: tests.clone(),
         mem_mb: args.mem_mb,
         daemon: daemon.clone(),

@@ -122,6 +122,8 @@ pub struct RunConfig {
     pub mtu: u32,
     pub seconds: u32,
     pub streams: u32,
+    /// Seconds the guest waits after VNET-DONE before powering off (0 = none).
+    pub linger: u32,
     pub tests: Vec<String>,
     pub mem_mb: u32,
     pub daemon: PathBuf,
@@ -146,6 +148,9 @@ pub struct RunResult {
     pub net_up_s: Option<f64>,
     /// From starting QEMU to QEMU's exit.
     pub wall_s: f64,
+    /// The guest reported its results (VNET-DONE) but did not power off within
+    /// [`SHUTDOWN_GRACE`]: the console lines it printed after VNET-DONE.
+    pub shutdown_hung: Option<String>,
     /// The daemon's `--json` summary (vhost mode).
     pub daemon: Option<Value>,
     pub trace: Option<PathBuf>,
@@ -253,14 +258,18 @@ fn die_with_parent(cmd: &mut Command) -> &mut Command {
     }
 }
 
+/// How long a guest that printed VNET-DONE gets to power off (it takes well under a
+/// second under TCG).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
 fn kernel_cmdline(cfg: &RunConfig, port: u16, tests: &str) -> String {
     // reboot=t + -no-reboot: the guest's `reboot -f` ends QEMU on any machine type.
     // tsc_early_khz: microvm has no PIT/HPET to calibrate the TSC against.
     format!(
         "console=ttyS0 loglevel=1 reboot=t panic=-1 tsc_early_khz=2000000 \
          vnet.addr={GUEST_ADDR}/{GUEST_PREFIX} vnet.gw={GATEWAY} vnet.port={port} \
-         vnet.mtu={} vnet.seconds={} vnet.tests={tests} vnet.streams={}",
-        cfg.mtu, cfg.seconds, cfg.streams
+         vnet.mtu={} vnet.seconds={} vnet.tests={tests} vnet.streams={} vnet.linger={}",
+        cfg.mtu, cfg.seconds, cfg.streams, cfg.linger
     )
 }
 
@@ -316,6 +325,7 @@ pub fn probe_kvm(image: &GuestImage, machine: Machine, work: &Path) -> bool {
         mtu: 1500,
         seconds: 0,
         streams: 1,
+        linger: 0,
         tests: vec![],
         mem_mb: 256,
         daemon: PathBuf::new(),
@@ -486,10 +496,42 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         Guarded::spawn("qemu", die_with_parent(&mut qemu)).map_err(io_err("starting QEMU"))?;
     // Boot under TCG takes seconds; each test adds its duration plus connection set-up.
     let budget = Duration::from_secs(90 + (cfg.tests.len() as u64) * (u64::from(cfg.seconds) + 20));
+    let mut done_at: Option<Instant> = None;
+    let mut last_look = Instant::now();
+    let mut shutdown_hung = None;
     let status = loop {
         interrupted()?;
         if let Some(s) = q.try_status().map_err(io_err("waiting for QEMU"))? {
             break s;
+        }
+        if done_at.is_none() && last_look.elapsed() > Duration::from_millis(250) {
+            last_look = Instant::now();
+            if fs::read_to_string(&console).is_ok_and(|t| t.contains("VNET-DONE")) {
+                done_at = Some(Instant::now());
+            }
+        }
+        // Everything under test is over once the guest printed its results; a guest
+        // kernel that then hangs on its way down (seen: Debian's 6.1 and 6.12 spinning in
+        // ksoftirqd after resetting the device) is reported, not waited on.
+        if done_at.is_some_and(|t| t.elapsed() > SHUTDOWN_GRACE) {
+            let text = fs::read_to_string(&console).unwrap_or_default();
+            let after = text
+                .split_once("VNET-DONE")
+                .and_then(|(_, rest)| rest.split_once('\n'))
+                .map_or("", |(_, rest)| rest);
+            let after = match after.trim() {
+                "" => "nothing on the console after VNET-DONE",
+                t => t,
+            };
+            eprintln!(
+                "vnet-vm: warning: the guest reported its results but did not power off within \
+                 {} s; stopping QEMU. Console after VNET-DONE:\n{after}",
+                SHUTDOWN_GRACE.as_secs(),
+            );
+            shutdown_hung = Some(after.to_string());
+            break q
+                .stop(Duration::from_secs(2))
+                .map_err(io_err("stopping QEMU"))?;
         }
         if started.elapsed() > budget {
             return Err(RunError::GuestTimeout {
@@ -540,6 +582,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
 
     result(cfg, parsed, wall_s, daemon_json, trace).map(|r| RunResult {
         iperf3_port: port,
+        shutdown_hung,
         ..r
     })
 }
@@ -591,6 +634,7 @@ fn result(
         trace,
         out_dir: cfg.out_dir.clone(),
         iperf3_port: 0,
+        shutdown_hung: None,
     })
 }
 

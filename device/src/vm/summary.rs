@@ -29,6 +29,14 @@ fn insert_run(m: &mut Map<String, Value>, prefix: &str, r: &RunResult) {
     put("rev_gbit_per_s", json!(r.rev_gbit_per_s));
     put("retransmits", json!(r.retransmits));
     put("wall_s", json!(r.wall_s));
+    // "clean", or what the guest printed after VNET-DONE when it did not power off.
+    put(
+        "guest_shutdown",
+        json!(r
+            .shutdown_hung
+            .as_deref()
+            .map_or("clean".to_string(), |t| format!("hung: {t}"))),
+    );
     put("tests", json!(r.tests));
     put("out_dir", json!(r.out_dir));
 }
@@ -151,6 +159,18 @@ impl Summary<'_> {
         if let Some(t) = self.daemon.and_then(|d| d.trace.as_ref()) {
             s.push_str(&format!("trace: {}\n", t.display()));
         }
+        for (name, r) in [
+            ("vnet-vhost (vhost-user)", self.daemon),
+            ("QEMU virtio-net (stream)", self.baseline),
+        ] {
+            if let Some(hung) = r.and_then(|r| r.shutdown_hung.as_deref()) {
+                s.push_str(&format!(
+                    "warning: {name}: the guest did not power off after reporting its results \
+                     (QEMU stopped; results above are complete): {}\n",
+                    hung.lines().next().unwrap_or("no console output")
+                ));
+            }
+        }
         s
     }
 }
@@ -177,6 +197,7 @@ mod tests {
             trace: None,
             out_dir: "/tmp/x".into(),
             iperf3_port: 5201,
+            shutdown_hung: None,
         }
     }
 
@@ -213,6 +234,7 @@ mod tests {
             "retransmits",
             "boot_s",
             "wall_s",
+            "guest_shutdown",
             "tests",
             "daemon",
             "trace",
@@ -222,6 +244,7 @@ mod tests {
             "baseline_rev_gbit_per_s",
             "baseline_retransmits",
             "baseline_wall_s",
+            "baseline_guest_shutdown",
             "baseline_tests",
             "baseline_out_dir",
             "ratio_fwd",
@@ -237,6 +260,34 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("2.000") && text.contains("0.500"), "{text}");
+        assert_eq!(v["guest_shutdown"], "clean");
+        assert!(!text.contains("did not power off"), "{text}");
+    }
+
+    #[test]
+    fn a_guest_that_hung_after_reporting_is_named_in_both_forms() {
+        let mut d = run(NetMode::Vhost, 1.0, 0.5);
+        d.shutdown_hung = Some("watchdog: BUG: soft lockup - CPU#0 stuck for 45s!".into());
+        let s = Summary {
+            kernel: "k",
+            seconds: 3,
+            streams: 2,
+            daemon: Some(&d),
+            baseline: None,
+        };
+        let v = s.to_json();
+        assert!(
+            v["guest_shutdown"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("hung: ") && t.contains("soft lockup")),
+            "{v}"
+        );
+        let text = s.to_text();
+        assert!(
+            text.contains("vnet-vhost (vhost-user): the guest did not power off")
+                && text.contains("soft lockup"),
+            "{text}"
+        );
     }
 
     #[test]
