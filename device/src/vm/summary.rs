@@ -201,17 +201,21 @@ mod tests {
         }
     }
 
+    fn summary<'a>(daemon: Option<&'a RunResult>, baseline: Option<&'a RunResult>) -> Summary<'a> {
+        Summary {
+            kernel: "k",
+            seconds: 3,
+            streams: 2,
+            daemon,
+            baseline,
+        }
+    }
+
     #[test]
     fn json_has_the_documented_keys_and_ratios() {
         let d = run(NetMode::Vhost, 1.0, 0.5);
         let b = run(NetMode::Baseline, 0.5, 1.0);
-        let s = Summary {
-            kernel: "k",
-            seconds: 3,
-            streams: 2,
-            daemon: Some(&d),
-            baseline: Some(&b),
-        };
+        let s = summary(Some(&d), Some(&b));
         let v = s.to_json();
         assert_eq!(v["fwd_gbit_per_s"], 1.0);
         assert_eq!(v["rev_gbit_per_s"], 0.5);
@@ -268,13 +272,7 @@ mod tests {
     fn a_guest_that_hung_after_reporting_is_named_in_both_forms() {
         let mut d = run(NetMode::Vhost, 1.0, 0.5);
         d.shutdown_hung = Some("watchdog: BUG: soft lockup - CPU#0 stuck for 45s!".into());
-        let s = Summary {
-            kernel: "k",
-            seconds: 3,
-            streams: 2,
-            daemon: Some(&d),
-            baseline: None,
-        };
+        let s = summary(Some(&d), None);
         let v = s.to_json();
         assert!(
             v["guest_shutdown"]
@@ -293,22 +291,10 @@ mod tests {
     #[test]
     fn no_ratio_without_a_baseline_and_zero_baseline_is_no_ratio() {
         let d = run(NetMode::Vhost, 1.0, 0.5);
-        let s = Summary {
-            kernel: "k",
-            seconds: 3,
-            streams: 2,
-            daemon: Some(&d),
-            baseline: None,
-        };
+        let s = summary(Some(&d), None);
         assert!(s.to_json().get("ratio_fwd").is_none());
         let b = run(NetMode::Baseline, 0.0, 1.0);
-        let s = Summary {
-            kernel: "k",
-            seconds: 3,
-            streams: 2,
-            daemon: Some(&d),
-            baseline: Some(&b),
-        };
+        let s = summary(Some(&d), Some(&b));
         assert_eq!(s.ratios(), (None, Some(0.5)));
     }
 }
