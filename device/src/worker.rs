@@ -252,28 +252,29 @@ impl NetDevice {
         let mut used = false;
         let result = loop {
             if let Some(mut d) = self.deferred {
-                let status = if d.copied {
-                    self.backend.write_bytes(&self.tx_buf)
+                let sent = if d.copied {
+                    Ok(self.backend.write_bytes(&self.tx_buf))
                 } else {
                     match self.tx_chain.gather(&*mem) {
-                        Ok(Some(frame)) => self.backend.write_frame(&frame),
-                        Ok(None) => {
-                            if let Err(error) = self.tx_chain.copy_to(&*mem, &mut self.tx_buf) {
-                                self.deferred = None;
-                                used |= self.reject_tx(&mem, d.head, error)?;
-                                continue;
-                            }
+                        Ok(Some(frame)) => Ok(self.backend.write_frame(&frame)),
+                        Ok(None) => self.tx_chain.copy_to(&*mem, &mut self.tx_buf).map(|()| {
                             d.copied = true;
                             self.deferred = Some(d);
                             Metrics::inc(&self.metrics.tx_copied);
                             self.backend.write_bytes(&self.tx_buf)
-                        }
-                        // The memory map changed under the deferred frame.
-                        Err(error) => {
-                            self.deferred = None;
-                            used |= self.reject_tx(&mem, d.head, error)?;
-                            continue;
-                        }
+                        }),
+                        Err(error) => Err(error),
+                    }
+                };
+                let status = match sent {
+                    Ok(status) => status,
+                    // The memory map changed under the deferred frame: it no longer lies
+                    // inside guest memory.
+                    Err(error) => {
+                        self.deferred = None;
+                        self.reject_tx(&mem, d.head, error)?;
+                        used = true;
+                        continue;
                     }
                 };
                 match status {
@@ -338,7 +339,10 @@ impl NetDevice {
                         copied: false,
                     })
                 }
-                Err(error) => used |= self.reject_tx(&mem, head, error)?,
+                Err(error) => {
+                    self.reject_tx(&mem, head, error)?;
+                    used = true;
+                }
             }
         };
         self.sync_injected();
@@ -441,19 +445,19 @@ impl NetDevice {
         Ok(result)
     }
 
-    /// Returns a malformed TX chain to the guest unsent. Returns true (the ring was used).
+    /// Returns a malformed TX chain to the guest unsent (the caller signals the used ring).
     fn reject_tx(
         &mut self,
         mem: &GuestMemoryMmap,
         head: u16,
         error: net::ChainError,
-    ) -> Result<bool, WorkerError> {
+    ) -> Result<(), WorkerError> {
         self.tx
             .add_used(mem, head, 0)
             .map_err(Self::queue_err(TX_QUEUE))?;
         self.reject(TX_QUEUE, Rejected { head, error });
         self.drop_frame(0, DropReason::TxBadChain);
-        Ok(true)
+        Ok(())
     }
 
     fn reject(&mut self, queue: u16, r: Rejected) {
