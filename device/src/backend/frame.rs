@@ -15,7 +15,8 @@ use vm_memory::VolatileSlice;
 /// most 17 page fragments; a chain with more pieces than this is copied instead.
 pub const MAX_IOV: usize = 32;
 
-const EMPTY: libc::iovec = libc::iovec {
+/// An unused iovec slot.
+pub(crate) const EMPTY_IOV: libc::iovec = libc::iovec {
     iov_base: std::ptr::null_mut(),
     iov_len: 0,
 };
@@ -35,7 +36,7 @@ pub struct TooManyPieces;
 impl<'a> TxFrame<'a> {
     pub fn new() -> TxFrame<'a> {
         TxFrame {
-            iov: [EMPTY; MAX_IOV],
+            iov: [EMPTY_IOV; MAX_IOV],
             n: 0,
             len: 0,
             _mem: PhantomData,
@@ -86,11 +87,6 @@ impl<'a> TxFrame<'a> {
         self.len == 0
     }
 
-    /// Pieces (empty ones are never stored).
-    pub fn pieces(&self) -> usize {
-        self.n
-    }
-
     /// The whole frame, for one `sendmsg`.
     pub(crate) fn iovecs(&self) -> &[libc::iovec] {
         &self.iov[..self.n]
@@ -127,19 +123,6 @@ impl<'a> TxFrame<'a> {
         }
         k
     }
-
-    /// A copy of the bytes (tests, and the rare frame that must leave guest memory).
-    pub fn to_vec(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len);
-        for v in self.iovecs() {
-            // SAFETY: each piece is readable for 'a (from_slice borrows it, push_volatile
-            // takes it from a slice that lives for 'a).
-            out.extend_from_slice(unsafe {
-                std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
-            });
-        }
-        out
-    }
 }
 
 impl Default for TxFrame<'_> {
@@ -171,9 +154,9 @@ mod tests {
             f.push_raw(s.as_ptr(), s.len());
         }
         assert_eq!(f.len(), 9);
-        assert_eq!(f.pieces(), 3, "the empty piece is not stored");
-        assert_eq!(f.to_vec(), (1..=9).collect::<Vec<u8>>());
-        let mut out = [EMPTY; MAX_IOV + 1];
+        assert_eq!(f.iovecs().len(), 3, "the empty piece is not stored");
+        assert_eq!(bytes_of(f.iovecs()), (1..=9).collect::<Vec<u8>>());
+        let mut out = [EMPTY_IOV; MAX_IOV + 1];
         let whole: Vec<u8> = [0xaa, 0xbb].into_iter().chain(1..=9).collect();
         for off in 0..=9 {
             let k = f.iovecs_after(&[0xaa, 0xbb], off, &mut out);

@@ -11,7 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use super::frame::MAX_IOV;
+use super::frame::{EMPTY_IOV, MAX_IOV};
 use super::{
     is_peer_gone, no_sigpipe, set_buf, socket_failure, Backend, BackendError, BackendOptions,
     FaultInjector, ReadStatus, TxFrame, WriteStatus, SEND_FLAGS,
@@ -117,10 +117,7 @@ impl Backend for UnixStreamBackend {
         }
         let prefix = (frame.len() as u32).to_be_bytes();
         let total = PREFIX + frame.len();
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; MAX_IOV + 1];
+        let mut iov = [EMPTY_IOV; MAX_IOV + 1];
         while self.woff < total {
             let (p, f) = if self.woff < PREFIX {
                 (&prefix[self.woff..], 0)
