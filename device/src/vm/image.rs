@@ -158,13 +158,22 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 fn run(cmd: &mut Command) -> Result<String, ImageError> {
+    run_bytes(cmd).map(|out| String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Runs a command to completion; its stdout, or an error naming the command line.
+fn run_bytes(cmd: &mut Command) -> Result<Vec<u8>, ImageError> {
     let shown = format!("{cmd:?}").replace('"', "");
     let out = cmd
         .stdin(Stdio::null())
         .output()
         .map_err(|e| ImageError::Command {
             cmd: shown.clone(),
-            detail: e.to_string(),
+            detail: if e.kind() == io::ErrorKind::NotFound {
+                format!("{e} (install it with .ci/setup.sh)")
+            } else {
+                e.to_string()
+            },
         })?;
     if !out.status.success() {
         return Err(ImageError::Command {
@@ -176,7 +185,7 @@ fn run(cmd: &mut Command) -> Result<String, ImageError> {
             ),
         });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out.stdout)
 }
 
 fn is_root() -> bool {
@@ -380,33 +389,20 @@ fn module_name(file_name: &str) -> String {
     stem.trim_end_matches(".ko").replace('-', "_")
 }
 
-/// Writes the plain `.ko` beside a compressed module and returns its path: the guest's
-/// busybox `insmod` hands the file to `init_module` as it is, which takes no compression.
-fn decompress_module(path: &Path, tool: &str) -> Result<PathBuf, ImageError> {
-    let cmd = format!("{tool} -dc {}", path.display());
-    let out = Command::new(tool)
-        .arg("-dc")
-        .arg(path)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| ImageError::Command {
-            cmd: cmd.clone(),
-            detail: format!("{e} (install it with .ci/setup.sh)"),
-        })?;
-    if !out.status.success() {
-        return Err(ImageError::Command {
-            cmd,
-            detail: format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
+/// The plain module file for a directory entry: the `.ko` itself, or for a compressed
+/// one the `.ko` written beside it (the guest's busybox `insmod` hands the file to
+/// `init_module` as it is, which takes no compression). None: not a module.
+fn module_file(path: &Path, name: &str) -> Result<Option<PathBuf>, ImageError> {
+    if name.ends_with(".ko") {
+        return Ok(Some(path.to_path_buf()));
     }
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let plain = path.with_file_name(format!("{}.ko", name.split(".ko").next().unwrap_or(name)));
-    fs::write(&plain, &out.stdout).map_err(io_err(format!("writing {}", plain.display())))?;
-    Ok(plain)
+    let Some((ext, tool)) = COMPRESSED.iter().find(|(ext, _)| name.ends_with(ext)) else {
+        return Ok(None);
+    };
+    let bytes = run_bytes(Command::new(tool).arg("-dc").arg(path))?;
+    let plain = path.with_file_name(format!("{}.ko", name.trim_end_matches(ext)));
+    fs::write(&plain, bytes).map_err(io_err(format!("writing {}", plain.display())))?;
+    Ok(Some(plain))
 }
 
 impl KernelModules {
@@ -426,17 +422,10 @@ impl KernelModules {
                     .to_string();
                 if path.is_dir() {
                     stack.push(path);
-                } else if let Some((_, tool)) =
-                    COMPRESSED.iter().find(|(ext, _)| name.ends_with(ext))
-                {
-                    let plain = decompress_module(&path, tool)?;
+                } else if let Some(ko) = module_file(&path, &name)? {
                     let bytes =
-                        fs::read(&plain).map_err(io_err(format!("reading {}", plain.display())))?;
-                    modules.insert(module_name(&name), (plain, modinfo_depends(&bytes)));
-                } else if name.ends_with(".ko") {
-                    let bytes =
-                        fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
-                    modules.insert(module_name(&name), (path, modinfo_depends(&bytes)));
+                        fs::read(&ko).map_err(io_err(format!("reading {}", ko.display())))?;
+                    modules.insert(module_name(&name), (ko, modinfo_depends(&bytes)));
                 } else if name == "modules.builtin" {
                     let text =
                         fs::read_to_string(&path).map_err(io_err("reading modules.builtin"))?;
