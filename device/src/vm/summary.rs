@@ -109,6 +109,14 @@ impl Summary<'_> {
         Value::Object(m)
     }
 
+    /// Both runs under the names the text summary gives them.
+    fn runs(&self) -> [(&'static str, Option<&RunResult>); 2] {
+        [
+            ("vnet-vhost (vhost-user)", self.daemon),
+            ("QEMU virtio-net (stream)", self.baseline),
+        ]
+    }
+
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         let g = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
@@ -134,11 +142,10 @@ impl Summary<'_> {
                 r.wall_s
             ));
         };
-        if let Some(d) = self.daemon {
-            row("vnet-vhost (vhost-user)", d);
-        }
-        if let Some(b) = self.baseline {
-            row("QEMU virtio-net (stream)", b);
+        for (name, r) in self.runs() {
+            if let Some(r) = r {
+                row(name, r);
+            }
         }
         if self.daemon.is_some() && self.baseline.is_some() {
             let (f, r) = self.ratios();
@@ -159,10 +166,7 @@ impl Summary<'_> {
         if let Some(t) = self.daemon.and_then(|d| d.trace.as_ref()) {
             s.push_str(&format!("trace: {}\n", t.display()));
         }
-        for (name, r) in [
-            ("vnet-vhost (vhost-user)", self.daemon),
-            ("QEMU virtio-net (stream)", self.baseline),
-        ] {
+        for (name, r) in self.runs() {
             if let Some(hung) = r.and_then(|r| r.shutdown_hung.as_deref()) {
                 s.push_str(&format!(
                     "warning: {name}: the guest did not power off after reporting its results \
