@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod episode;
+pub mod frame;
 pub mod metrics;
 pub mod net;
 pub mod notify;

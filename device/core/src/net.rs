@@ -15,7 +15,8 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
-use crate::backend::TxFrame;
+use crate::frame::TxFrame;
+pub use crate::frame::MAX_FRAME;
 
 pub const DEVICE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
     | (1 << VIRTIO_NET_F_MAC)
@@ -24,8 +25,6 @@ pub const DEVICE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
 pub const NET_HDR_LEN: usize = 12;
 pub const RX_QUEUE: u16 = 0;
 pub const TX_QUEUE: u16 = 1;
-/// Largest Ethernet frame carried (65562-byte guest buffer minus the header).
-pub const MAX_FRAME: usize = 65550;
 
 pub const FEATURE_EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
 pub const FEATURE_MRG_RXBUF: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;

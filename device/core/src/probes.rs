@@ -19,7 +19,7 @@ include!(concat!(env!("OUT_DIR"), "/vnet.rs"));
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[repr(i64)]
 pub enum DropReason {
-    /// 1: a frame from the proxy was larger than [`crate::net::MAX_FRAME`] (datagram
+    /// 1: a frame from the proxy was larger than [`crate::frame::MAX_FRAME`] (datagram
     /// truncated, or a stream length prefix too large to be a frame).
     RxOversize = 1,
     /// 2: the guest's RX queue cannot hold the frame even when every buffer is used

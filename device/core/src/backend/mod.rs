@@ -13,7 +13,6 @@
 //   pub trait Backend: Send { fn raw_fd(&self) -> RawFd; fn retry_delay(&self) -> Option<Duration>;
 //       ...read/write methods chosen by the device implementer... }
 
-pub mod frame;
 pub mod unixgram;
 pub mod unixstream;
 
@@ -23,7 +22,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use frame::TxFrame;
+pub use crate::frame::TxFrame;
 pub use unixgram::UnixGram;
 pub use unixstream::UnixStreamBackend;
 
@@ -159,7 +158,7 @@ pub trait Backend: Send {
     fn write_bytes(&mut self, frame: &[u8]) -> Result<WriteStatus, BackendError> {
         self.write_frame(&TxFrame::from_slice(frame))
     }
-    /// Reads one frame into `buf` (which must hold [`crate::net::MAX_FRAME`] bytes).
+    /// Reads one frame into `buf` (which must hold [`crate::frame::MAX_FRAME`] bytes).
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError>;
     /// Failures injected so far by the fault configuration.
     fn injected_faults(&self) -> u64 {

@@ -252,7 +252,7 @@ mod tests {
         assert_eq!(b.write_bytes(&[7; 60]).unwrap(), WriteStatus::Sent);
         assert_eq!(proxy.recv(&mut buf).unwrap(), 60);
         proxy.send_to(&[9; 42], &local).unwrap();
-        let mut big = vec![0u8; crate::net::MAX_FRAME];
+        let mut big = vec![0u8; crate::frame::MAX_FRAME];
         assert_eq!(b.read_frame(&mut big).unwrap(), ReadStatus::Frame(42));
         assert_eq!(b.read_frame(&mut big).unwrap(), ReadStatus::WouldBlock);
         // Linux doubles the value it was given and caps it at wmem_max; either way it is set.

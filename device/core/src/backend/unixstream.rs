@@ -11,12 +11,11 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use super::frame::{EMPTY_IOV, MAX_IOV};
 use super::{
     is_peer_gone, no_sigpipe, set_buf, socket_failure, Backend, BackendError, BackendOptions,
     FaultInjector, ReadStatus, TxFrame, WriteStatus, SEND_FLAGS,
 };
-use crate::net::MAX_FRAME;
+use crate::frame::{EMPTY_IOV, MAX_FRAME, MAX_IOV};
 
 const PREFIX: usize = 4;
 
