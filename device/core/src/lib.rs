@@ -15,4 +15,5 @@ pub mod notify;
 pub mod poller;
 pub mod probes;
 pub mod recorder;
+pub mod retry_timer;
 pub mod worker;

@@ -41,7 +41,7 @@ use std::time::Duration;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::backend::{Backend, BackendError, ReadStatus, WriteStatus};
+use crate::backend::{Backend, BackendError, FaultConfig, ReadStatus, WriteStatus};
 use crate::episode::Episode;
 use crate::metrics::Metrics;
 use crate::net::{
@@ -51,6 +51,7 @@ use crate::net::{
 use crate::notify::Notifier;
 use crate::poller::{self, Event, Interest, Poller};
 use crate::probes::{self, DropReason};
+use crate::retry_timer::RetryTimer;
 
 pub struct WorkerSetup {
     pub mem: GuestMemoryAtomic<GuestMemoryMmap>,
@@ -68,11 +69,13 @@ pub struct WorkerSetup {
 
 #[derive(Debug, Clone, Default)]
 pub struct WorkerOptions {
-    /// Overrides the backend's retry delay; `Some(None)` disables the retry timer.
-    pub retry_delay: Option<Option<Duration>>,
+    /// Whether a deferred frame is also retried on a timer, and after how long.
+    pub retry_timer: RetryTimer,
     /// Fault: while a frame is deferred, ignore writable events (as macOS kqueue sometimes
     /// does), so only the timer or a guest kick can rescue the frame.
     pub lose_write_events: bool,
+    /// Fault: sends refused with ENOBUFS (the backend runs inside [`crate::backend::Faulty`]).
+    pub inject_enobufs: FaultConfig,
 }
 
 pub struct WorkerExit {
@@ -162,7 +165,6 @@ pub struct NetDevice {
     rx_bufs: RxBuffers,
     rx_waiting: bool,
     rejected: Vec<Rejected>,
-    injected_seen: u64,
 }
 
 impl NetDevice {
@@ -201,7 +203,6 @@ impl NetDevice {
             rx_bufs: RxBuffers::default(),
             rx_waiting: false,
             rejected: Vec::new(),
-            injected_seen: 0,
         }
     }
 
@@ -211,10 +212,6 @@ impl NetDevice {
 
     pub fn backend(&self) -> &dyn Backend {
         &*self.backend
-    }
-
-    pub fn retry_delay(&self) -> Option<Duration> {
-        self.backend.retry_delay()
     }
 
     /// True while a TX frame waits for the proxy.
@@ -309,10 +306,7 @@ impl NetDevice {
                             .map_err(Self::queue_err(TX_QUEUE))?;
                         break TxPass::Blocked;
                     }
-                    Err(e) => {
-                        self.sync_injected();
-                        return Err(e.into());
-                    }
+                    Err(e) => return Err(e.into()),
                 }
                 if done >= BATCH {
                     break TxPass::More;
@@ -345,7 +339,6 @@ impl NetDevice {
                 }
             }
         };
-        self.sync_injected();
         if used {
             self.signal(TX_QUEUE)?;
         }
@@ -477,14 +470,6 @@ impl NetDevice {
         tracing::debug!(fd = self.fd, len, reason = reason.name(), "dropped frame");
     }
 
-    fn sync_injected(&mut self) {
-        let n = self.backend.injected_faults();
-        if n > self.injected_seen {
-            Metrics::add(&self.metrics.injected_faults, n - self.injected_seen);
-            self.injected_seen = n;
-        }
-    }
-
     /// Interrupts the guest if the queue's EVENT_IDX state (or its absence) asks for it.
     fn signal(&mut self, queue: u16) -> Result<(), WorkerError> {
         let mem = self.mem.memory();
@@ -602,7 +587,8 @@ fn run(setup: WorkerSetup, stop: Notifier) -> Result<WorkerExit, WorkerError> {
         options,
         metrics,
     } = setup;
-    let retry_delay = options.retry_delay.unwrap_or_else(|| backend.retry_delay());
+    let backend = options.inject_enobufs.wrap(backend, metrics.clone());
+    let retry_delay = options.retry_timer.delay(backend.default_retry_delay());
     let dev = NetDevice::new(mem, rx, tx, rx_call, tx_call, features, backend, metrics);
     let mut poller = Poller::new().map_err(WorkerError::Poller)?;
     poller

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 
 use common::{frame, tx_segs, DriverQueue};
-use vnet_device::backend::{BackendOptions, FaultConfig, UnixGram};
+use vnet_device::backend::{BackendOptions, FaultConfig, Faulty, UnixGram};
 use vnet_device::metrics::Metrics;
 use vnet_device::net::DEVICE_FEATURES;
 use vnet_device::notify::Notifier;
@@ -119,16 +119,14 @@ fn recorder_writes_the_trace_csv_of_the_design() {
     let (rx, mut tx) = (DriverQueue::new(0, 64), DriverQueue::new(1, 64));
     let (a, peer) = UnixDatagram::pair().unwrap();
     peer.set_nonblocking(true).unwrap();
-    let opts = BackendOptions {
-        fault: FaultConfig {
-            enobufs_every: 2,
-            enobufs_burst: 3,
-        },
-        ..Default::default()
-    };
-    let be = UnixGram::from_socket(a, &opts).unwrap();
+    let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
     let fd = vnet_device::backend::Backend::raw_fd(&be).to_string();
     let metrics = Arc::new(Metrics::new());
+    let faults = FaultConfig {
+        enobufs_every: 2,
+        enobufs_burst: 3,
+    };
+    let be = Faulty::new(be, faults, metrics.clone());
     let mut dev = NetDevice::new(
         common::atomic(&mem),
         rx.queue(),

@@ -14,6 +14,7 @@ use vnet_device::backend::{BackendOptions, FaultConfig, UnixGram, UnixStreamBack
 use vnet_device::metrics::Metrics;
 use vnet_device::net::{DEVICE_FEATURES, FEATURE_EVENT_IDX, MAX_FRAME};
 use vnet_device::notify::Notifier;
+use vnet_device::retry_timer::RetryTimer;
 use vnet_device::worker::{ExitReason, NetDevice, TxPass, WorkerOptions};
 
 struct Stepped {
@@ -25,9 +26,18 @@ struct Stepped {
 }
 
 fn stepped(backend: Box<dyn vnet_device::backend::Backend>, features: u64) -> Stepped {
+    stepped_with_faults(backend, features, FaultConfig::default())
+}
+
+fn stepped_with_faults(
+    backend: Box<dyn vnet_device::backend::Backend>,
+    features: u64,
+    faults: FaultConfig,
+) -> Stepped {
     let mem = common::memory();
     let (rx, tx) = (DriverQueue::new(0, 256), DriverQueue::new(1, 256));
     let metrics = Arc::new(Metrics::new());
+    let backend = faults.wrap(backend, metrics.clone());
     let tx_call = Notifier::new().unwrap();
     let dev = NetDevice::new(
         common::atomic(&mem),
@@ -228,16 +238,13 @@ fn event_idx_suppresses_and_then_sends_interrupts() {
 fn injected_enobufs_make_episodes_with_counted_retries() {
     let (a, peer) = UnixDatagram::pair().unwrap();
     peer.set_nonblocking(true).unwrap();
-    let opts = BackendOptions {
-        fault: FaultConfig {
+    let mut s = stepped_with_faults(
+        Box::new(UnixGram::from_socket(a, &BackendOptions::default()).unwrap()),
+        DEVICE_FEATURES,
+        FaultConfig {
             enobufs_every: 3,
             enobufs_burst: 2,
         },
-        ..Default::default()
-    };
-    let mut s = stepped(
-        Box::new(UnixGram::from_socket(a, &opts).unwrap()),
-        DEVICE_FEATURES,
     );
     let frames: Vec<Vec<u8>> = (0..9).map(|i| frame(i, 500)).collect();
     for f in &frames {
@@ -434,14 +441,11 @@ fn worker_gram_peer_gone_while_frame_deferred() {
 fn worker_lost_write_events_are_rescued_by_the_timer() {
     let (a, peer) = UnixDatagram::pair().unwrap();
     let filler = a.try_clone().unwrap();
-    let opts = BackendOptions {
-        retry_delay: Some(Some(Duration::from_micros(50))),
-        ..Default::default()
-    };
-    let be = UnixGram::from_socket(a, &opts).unwrap();
+    let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
     let junk = fill_gram(&filler);
     let wopts = WorkerOptions {
         lose_write_events: true,
+        retry_timer: RetryTimer::After(Duration::from_micros(50)),
         ..Default::default()
     };
     let (mut g, h) = common::start(Box::new(be), DEVICE_FEATURES, wopts, 64);
@@ -481,7 +485,8 @@ fn worker_lost_write_events_without_timer_are_rescued_by_a_kick() {
     let junk = fill_gram(&filler);
     let wopts = WorkerOptions {
         lose_write_events: true,
-        retry_delay: Some(None),
+        retry_timer: RetryTimer::Off,
+        ..Default::default()
     };
     let (mut g, h) = common::start(Box::new(be), DEVICE_FEATURES, wopts, 64);
     g.tx.add(&g.mem, &tx_segs(&frame(0, 1514), &[])).unwrap();
@@ -587,7 +592,7 @@ fn worker_sleeps_while_a_frame_is_deferred_without_timer() {
     let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
     fill_gram(&filler);
     let opts = WorkerOptions {
-        retry_delay: Some(None),
+        retry_timer: RetryTimer::Off,
         ..Default::default()
     };
     let (mut g, h) = common::start(Box::new(be), DEVICE_FEATURES, opts, 64);

@@ -16,6 +16,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 use vnet_device::backend::{BackendSpec, FaultConfig};
 use vnet_device::probes;
 use vnet_device::recorder::Recorder;
+use vnet_device::retry_timer::RetryTimer;
 use vnet_sim::proxy::ProxyOptions;
 use vnet_sim::real_proxy::NetConfig;
 use vnet_sim::workload::{Direction, Limit, Workload};
@@ -281,8 +282,11 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
             enobufs_burst: cli.inject_enobufs_burst,
         },
         lose_write_events: cli.lose_write_events,
-        no_timer: cli.no_timer,
-        retry_delay: cli.retry_delay_us.map(Duration::from_micros),
+        retry_timer: match (cli.no_timer, cli.retry_delay_us) {
+            (true, _) => RetryTimer::Off,
+            (false, Some(us)) => RetryTimer::After(Duration::from_micros(us)),
+            (false, None) => RetryTimer::BackendDefault,
+        },
         sndbuf: cli.sndbuf,
         stall_timeout: secs("--stall-timeout", cli.stall_timeout)?,
         queue_size: cli.queue_size,

@@ -1,18 +1,8 @@
-//! Proxy backends behind one trait.
-// INTERFACE (fixed, front ends depend on it):
-//   pub enum BackendSpec { UnixGram(PathBuf), UnixStream(PathBuf) }  + FromStr for
-//       "unixgram:/path" and "unixstream:/path" (error names the accepted forms)
-//   pub struct BackendOptions { pub vfkit: bool, pub retry_delay: Option<Option<Duration>>,
-//       pub local_path: Option<PathBuf>, pub sndbuf: Option<usize>, pub rcvbuf: Option<usize>,
-//       pub fault: FaultConfig }   (Default)
-//   pub struct FaultConfig { pub enobufs_every: u32 /* 0 = never; inject ENOBUFS on every
-//       Nth send */, pub enobufs_burst: u32 /* consecutive injected failures per hit */ } (Default)
-//   pub fn connect(spec: &BackendSpec, opts: &BackendOptions) -> Result<Box<dyn Backend>, BackendError>
-//   unixgram::UnixGram::from_socket(std::os::unix::net::UnixDatagram, &BackendOptions)
-//   unixstream::UnixStreamBackend::from_socket(std::os::unix::net::UnixStream, &BackendOptions)
-//   pub trait Backend: Send { fn raw_fd(&self) -> RawFd; fn retry_delay(&self) -> Option<Duration>;
-//       ...read/write methods chosen by the device implementer... }
+//! Proxy backends behind one trait: [`connect`] turns a [`BackendSpec`] (parsed from
+//! `unixgram:/path` or `unixstream:/path`) into a [`Backend`] the worker drives;
+//! [`Faulty`] wraps any of them to inject ENOBUFS.
 
+mod faulty;
 pub mod unixgram;
 pub mod unixstream;
 
@@ -23,6 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use crate::frame::TxFrame;
+pub use faulty::{FaultConfig, Faulty};
 pub use unixgram::UnixGram;
 pub use unixstream::UnixStreamBackend;
 
@@ -69,27 +60,15 @@ impl FromStr for BackendSpec {
     }
 }
 
-/// Fault injection for tests and the simulator: makes sends fail with ENOBUFS without
-/// touching the socket, so episodes can be produced on demand on any OS.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FaultConfig {
-    /// 0 = never; otherwise every Nth real send attempt fails with ENOBUFS.
-    pub enobufs_every: u32,
-    /// Consecutive injected failures per hit (0 is treated as 1).
-    pub enobufs_burst: u32,
-}
-
+/// How to set up the proxy's socket.
 #[derive(Debug, Clone, Default)]
 pub struct BackendOptions {
     /// Send the 4-byte `VFKT` datagram after connecting (vfkit protocol, unixgram only).
     pub vfkit: bool,
-    /// Overrides the backend's retry delay: `Some(None)` disables the retry timer.
-    pub retry_delay: Option<Option<Duration>>,
     /// unixgram: the path to bind; default a fresh temp path, unlinked on drop.
     pub local_path: Option<PathBuf>,
     pub sndbuf: Option<usize>,
     pub rcvbuf: Option<usize>,
-    pub fault: FaultConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,9 +125,12 @@ pub enum ReadStatus {
 /// edge-triggered, so callers read and write until `WouldBlock`/`Blocked`.
 pub trait Backend: Send {
     fn raw_fd(&self) -> RawFd;
-    /// Delay of the one-shot retry timer after a send that wrote nothing; `None` = rely
-    /// on write events and kicks only.
-    fn retry_delay(&self) -> Option<Duration>;
+    /// The retry timer this transport needs when the front end does not choose one (see
+    /// [`crate::retry_timer::RetryTimer::BackendDefault`]); `None` = write events and
+    /// kicks are enough.
+    fn default_retry_delay(&self) -> Option<Duration> {
+        None
+    }
     /// "unixgram" or "unixstream", for logs.
     fn kind(&self) -> &'static str;
     /// Writes one frame (without any virtio header), gathered from wherever its pieces
@@ -160,9 +142,28 @@ pub trait Backend: Send {
     }
     /// Reads one frame into `buf` (which must hold [`crate::frame::MAX_FRAME`] bytes).
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError>;
-    /// Failures injected so far by the fault configuration.
-    fn injected_faults(&self) -> u64 {
-        0
+}
+
+/// A boxed backend is a backend, so wrappers such as [`Faulty`] take either.
+impl<B: Backend + ?Sized> Backend for Box<B> {
+    fn raw_fd(&self) -> RawFd {
+        (**self).raw_fd()
+    }
+
+    fn default_retry_delay(&self) -> Option<Duration> {
+        (**self).default_retry_delay()
+    }
+
+    fn kind(&self) -> &'static str {
+        (**self).kind()
+    }
+
+    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
+        (**self).write_frame(frame)
+    }
+
+    fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
+        (**self).read_frame(buf)
     }
 }
 
@@ -174,51 +175,6 @@ pub fn connect(
     match spec {
         BackendSpec::UnixGram(p) => Ok(Box::new(UnixGram::connect(p, opts)?)),
         BackendSpec::UnixStream(p) => Ok(Box::new(UnixStreamBackend::connect(p, opts)?)),
-    }
-}
-
-/// Decides which sends fail by injection. Counts sends of new frames: the retry that
-/// follows an injected burst goes through uncounted, so `enobufs_every: 1` makes every
-/// frame fail `burst` times and then pass, instead of failing forever.
-#[derive(Debug, Default)]
-pub(crate) struct FaultInjector {
-    cfg: FaultConfig,
-    sends: u64,
-    burst_left: u32,
-    pass_next: bool,
-    pub(crate) injected: u64,
-}
-
-impl FaultInjector {
-    pub(crate) fn new(cfg: FaultConfig) -> FaultInjector {
-        FaultInjector {
-            cfg,
-            ..Default::default()
-        }
-    }
-
-    /// Called before each send; true = pretend the send failed with ENOBUFS.
-    pub(crate) fn inject(&mut self) -> bool {
-        if self.cfg.enobufs_every == 0 {
-            return false;
-        }
-        if self.burst_left > 0 {
-            self.burst_left -= 1;
-            self.injected += 1;
-            self.pass_next = self.burst_left == 0;
-            return true;
-        }
-        if std::mem::take(&mut self.pass_next) {
-            return false;
-        }
-        self.sends += 1;
-        if self.sends % u64::from(self.cfg.enobufs_every) == 0 {
-            self.burst_left = self.cfg.enobufs_burst.max(1) - 1;
-            self.injected += 1;
-            self.pass_next = self.burst_left == 0;
-            return true;
-        }
-        false
     }
 }
 
@@ -335,32 +291,5 @@ mod tests {
             BackendSpec::UnixGram("/a".into()).to_string(),
             "unixgram:/a"
         );
-    }
-
-    #[test]
-    fn injector_hits_every_nth_with_bursts() {
-        let mut f = FaultInjector::new(FaultConfig {
-            enobufs_every: 3,
-            enobufs_burst: 2,
-        });
-        let pattern: Vec<bool> = (0..10).map(|_| f.inject()).collect();
-        // Frames 1, 2 pass; frame 3 fails twice, its retry passes; frames 4, 5 pass; 6 fails...
-        let want = [
-            false, false, true, true, false, false, false, true, true, false,
-        ];
-        assert_eq!(pattern, want);
-        assert_eq!(f.injected, 4);
-        let mut all = FaultInjector::new(FaultConfig {
-            enobufs_every: 1,
-            enobufs_burst: 1,
-        });
-        let pattern: Vec<bool> = (0..4).map(|_| all.inject()).collect();
-        assert_eq!(
-            pattern,
-            [true, false, true, false],
-            "every frame fails once, then passes"
-        );
-        let mut never = FaultInjector::new(FaultConfig::default());
-        assert!((0..100).all(|_| !never.inject()));
     }
 }

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{
-    no_sigpipe, set_buf, socket_failure, Backend, BackendError, BackendOptions, FaultInjector,
-    ReadStatus, TxFrame, WriteStatus, SEND_FLAGS,
+    no_sigpipe, set_buf, socket_failure, Backend, BackendError, BackendOptions, ReadStatus,
+    TxFrame, WriteStatus, SEND_FLAGS,
 };
 
 /// Receive buffer of the reference VMM.
@@ -23,12 +23,14 @@ pub const DEFAULT_RCVBUF: usize = 7 * 1024 * 1024;
 pub const DEFAULT_SNDBUF: usize = 7 * 1024 * 1024;
 #[cfg(target_os = "macos")]
 pub const DEFAULT_SNDBUF: usize = 65550;
-/// macOS needs a timer because EVFILT_WRITE may never fire again after ENOBUFS (pr-556);
-/// Linux's epoll wakes the writer reliably.
-#[cfg(target_os = "macos")]
-pub const DEFAULT_RETRY_DELAY: Option<Duration> = Some(Duration::from_micros(50));
-#[cfg(target_os = "linux")]
-pub const DEFAULT_RETRY_DELAY: Option<Duration> = None;
+/// The retry timer a datagram socket needs: on macOS EVFILT_WRITE may never fire again
+/// after ENOBUFS, so libkrun's unixgram backend (PR 556) retries after 50 µs; Linux's
+/// epoll wakes the writer reliably.
+pub const DEFAULT_RETRY_DELAY: Option<Duration> = if cfg!(target_os = "macos") {
+    Some(Duration::from_micros(50))
+} else {
+    None
+};
 
 #[cfg(target_os = "linux")]
 const RECV_FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_TRUNC;
@@ -40,8 +42,6 @@ pub const VFKT_MAGIC: &[u8; 4] = b"VFKT";
 
 pub struct UnixGram {
     sock: UnixDatagram,
-    retry_delay: Option<Duration>,
-    fault: FaultInjector,
     /// Our bound path, unlinked on drop (only when we created it).
     bound: Option<PathBuf>,
 }
@@ -103,12 +103,7 @@ impl UnixGram {
             opts.sndbuf.unwrap_or(DEFAULT_SNDBUF),
         )?;
         no_sigpipe(fd)?;
-        let me = UnixGram {
-            sock,
-            retry_delay: opts.retry_delay.unwrap_or(DEFAULT_RETRY_DELAY),
-            fault: FaultInjector::new(opts.fault),
-            bound: None,
-        };
+        let me = UnixGram { sock, bound: None };
         // connect() sends it itself after connecting; a connected pair can send now.
         if opts.vfkit && me.sock.peer_addr().is_ok() {
             me.send_magic()?;
@@ -146,8 +141,8 @@ impl Backend for UnixGram {
         self.sock.as_raw_fd()
     }
 
-    fn retry_delay(&self) -> Option<Duration> {
-        self.retry_delay
+    fn default_retry_delay(&self) -> Option<Duration> {
+        DEFAULT_RETRY_DELAY
     }
 
     fn kind(&self) -> &'static str {
@@ -155,12 +150,6 @@ impl Backend for UnixGram {
     }
 
     fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
-        if self.fault.inject() {
-            return Ok(WriteStatus::Blocked {
-                errno: libc::ENOBUFS,
-                partial: false,
-            });
-        }
         let fd = self.raw_fd();
         let iov = frame.iovecs();
         // SAFETY: a zeroed msghdr is valid (no name, no control data).
@@ -221,16 +210,12 @@ impl Backend for UnixGram {
             }
         }
     }
-
-    fn injected_faults(&self) -> u64 {
-        self.fault.injected
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{sockopt_int, FaultConfig};
+    use crate::backend::sockopt_int;
 
     #[test]
     fn binds_connects_sends_vfkt_and_unlinks() {
@@ -272,36 +257,6 @@ mod tests {
             b.read_frame(&mut small).unwrap(),
             ReadStatus::Oversize(2000)
         );
-    }
-
-    #[test]
-    fn injected_enobufs_writes_nothing() {
-        let (a, peer) = UnixDatagram::pair().unwrap();
-        peer.set_nonblocking(true).unwrap();
-        let opts = BackendOptions {
-            fault: FaultConfig {
-                enobufs_every: 2,
-                enobufs_burst: 1,
-            },
-            ..Default::default()
-        };
-        let mut b = UnixGram::from_socket(a, &opts).unwrap();
-        assert_eq!(b.write_bytes(b"one").unwrap(), WriteStatus::Sent);
-        assert_eq!(
-            b.write_bytes(b"two").unwrap(),
-            WriteStatus::Blocked {
-                errno: libc::ENOBUFS,
-                partial: false
-            }
-        );
-        assert_eq!(b.write_bytes(b"two").unwrap(), WriteStatus::Sent);
-        let mut buf = [0u8; 8];
-        assert_eq!(peer.recv(&mut buf).unwrap(), 3);
-        assert_eq!(&buf[..3], b"one");
-        assert_eq!(peer.recv(&mut buf).unwrap(), 3);
-        assert_eq!(&buf[..3], b"two");
-        assert!(peer.recv(&mut buf).is_err());
-        assert_eq!(b.injected_faults(), 1);
     }
 
     #[test]

@@ -9,11 +9,10 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
 
 use super::{
     is_peer_gone, no_sigpipe, set_buf, socket_failure, Backend, BackendError, BackendOptions,
-    FaultInjector, ReadStatus, TxFrame, WriteStatus, SEND_FLAGS,
+    ReadStatus, TxFrame, WriteStatus, SEND_FLAGS,
 };
 use crate::frame::{EMPTY_IOV, MAX_FRAME, MAX_IOV};
 
@@ -21,8 +20,6 @@ const PREFIX: usize = 4;
 
 pub struct UnixStreamBackend {
     sock: UnixStream,
-    retry_delay: Option<Duration>,
-    fault: FaultInjector,
     /// Bytes of the current frame (prefix included) already written.
     woff: usize,
     /// Length of the frame being written, to catch a caller that changes it mid-frame.
@@ -63,8 +60,6 @@ impl UnixStreamBackend {
         no_sigpipe(fd)?;
         Ok(UnixStreamBackend {
             sock,
-            retry_delay: opts.retry_delay.unwrap_or(None),
-            fault: FaultInjector::new(opts.fault),
             woff: 0,
             wlen: 0,
             // Room for two maximal frames so a read can pull in more than one at a time.
@@ -86,10 +81,6 @@ impl Backend for UnixStreamBackend {
         self.sock.as_raw_fd()
     }
 
-    fn retry_delay(&self) -> Option<Duration> {
-        self.retry_delay
-    }
-
     fn kind(&self) -> &'static str {
         "unixstream"
     }
@@ -97,12 +88,6 @@ impl Backend for UnixStreamBackend {
     fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
         let fd = self.raw_fd();
         if self.woff == 0 {
-            if self.fault.inject() {
-                return Ok(WriteStatus::Blocked {
-                    errno: libc::ENOBUFS,
-                    partial: false,
-                });
-            }
             self.wlen = frame.len();
         } else if frame.len() != self.wlen {
             return Err(BackendError::Protocol {
@@ -228,10 +213,6 @@ impl Backend for UnixStreamBackend {
                 _ => return Err(socket_failure(fd, "recv", err)),
             }
         }
-    }
-
-    fn injected_faults(&self) -> u64 {
-        self.fault.injected
     }
 }
 
