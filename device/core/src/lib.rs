@@ -7,7 +7,9 @@
 //! one data path, and it lives here.
 
 pub mod backend;
+pub mod device;
 pub mod episode;
+pub mod events;
 pub mod frame;
 pub mod metrics;
 pub mod net;

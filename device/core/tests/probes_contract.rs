@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use common::{frame, tx_segs, DriverQueue};
 use vnet_device::backend::{BackendOptions, FaultConfig, Faulty, UnixGram};
+use vnet_device::device::{NetDevice, TxPass};
 use vnet_device::metrics::Metrics;
 use vnet_device::net::DEVICE_FEATURES;
 use vnet_device::notify::Notifier;
 use vnet_device::probes::{self, Probe, Recorder};
 use vnet_device::recorder::HEADER;
-use vnet_device::worker::{NetDevice, TxPass};
 
 /// Fires every probe once with recognisable arguments; also forces every probe site into
 /// this test binary so its ELF notes can be inspected.

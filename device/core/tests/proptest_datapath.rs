@@ -11,11 +11,11 @@ use std::sync::Arc;
 use common::{frame, tx_segs, DriverQueue, RxAssembler, Seg};
 use proptest::prelude::*;
 use vnet_device::backend::{Backend, BackendOptions, FaultConfig, UnixGram, UnixStreamBackend};
+use vnet_device::device::NetDevice;
 use vnet_device::frame::MAX_IOV;
 use vnet_device::metrics::Metrics;
 use vnet_device::net::{DEVICE_FEATURES, FEATURE_EVENT_IDX, MAX_FRAME, NET_HDR_LEN};
 use vnet_device::notify::Notifier;
-use vnet_device::worker::NetDevice;
 
 #[derive(Debug, Clone)]
 enum TxChain {

@@ -15,12 +15,12 @@ use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use vnet_device::backend::{BackendOptions, UnixGram};
+use vnet_device::device::{NetDevice, RxPass, TxPass};
 use vnet_device::metrics::Metrics;
 use vnet_device::net::{
     DEVICE_FEATURES, FEATURE_EVENT_IDX, FEATURE_MRG_RXBUF, MAX_FRAME, NET_HDR_LEN,
 };
 use vnet_device::notify::Notifier;
-use vnet_device::worker::{NetDevice, RxPass, TxPass};
 
 const W: u16 = VRING_DESC_F_WRITE as u16;
 /// Data for descriptors lives from here on (the mock rings sit below 2 MiB).

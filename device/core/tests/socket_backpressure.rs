@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use common::{frame, seq_of, tx_segs, wait_until, DriverQueue, Seg};
 use vnet_device::backend::{BackendOptions, FaultConfig, UnixGram, UnixStreamBackend};
+use vnet_device::device::{NetDevice, TxPass};
 use vnet_device::metrics::Metrics;
 use vnet_device::net::{DEVICE_FEATURES, FEATURE_EVENT_IDX, MAX_FRAME};
 use vnet_device::notify::Notifier;
 use vnet_device::retry_timer::RetryTimer;
-use vnet_device::worker::{ExitReason, NetDevice, TxPass, WorkerOptions};
+use vnet_device::worker::{ExitReason, WorkerOptions};
 
 struct Stepped {
     mem: vm_memory::GuestMemoryMmap,

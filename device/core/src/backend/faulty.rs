@@ -113,7 +113,7 @@ impl<B: Backend> Backend for Faulty<B> {
 
     fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
         if !self.mid_frame && self.injector.inject() {
-            Metrics::inc(&self.metrics.injected_faults);
+            self.metrics.injected_faults.inc();
             return Ok(WriteStatus::Blocked {
                 errno: libc::ENOBUFS,
                 partial: false,
