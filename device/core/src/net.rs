@@ -1,10 +1,7 @@
 //! virtio-net: features, the 12-byte virtio_net_hdr_v1, TX and RX chain handling.
-// INTERFACE (fixed): pub const DEVICE_FEATURES: u64 (VERSION_1 | MAC | EVENT_IDX | MRG_RXBUF);
-//   pub const NET_HDR_LEN: usize = 12; pub fn config_space(mac: [u8; 6]) -> Vec<u8>;
-//   pub const RX_QUEUE: u16 = 0; pub const TX_QUEUE: u16 = 1; pub const MAX_FRAME: usize = 65550
-//
-// Everything here is plain functions over guest memory and a `Queue`, with no sockets, so
-// the mock-queue tests exercise exactly the code the worker runs.
+//!
+//! Everything here is plain functions over guest memory and a `Queue`, with no sockets, so
+//! the mock-queue tests exercise exactly the code the worker runs.
 
 use std::collections::VecDeque;
 
@@ -18,12 +15,18 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 use crate::frame::TxFrame;
 pub use crate::frame::MAX_FRAME;
 
+/// The features the device offers: VERSION_1, MAC, EVENT_IDX and MRG_RXBUF. No
+/// offloads, and no INDIRECT_DESC (so an indirect descriptor from the guest is an error).
 pub const DEVICE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
     | (1 << VIRTIO_NET_F_MAC)
     | (1 << VIRTIO_RING_F_EVENT_IDX)
     | (1 << VIRTIO_NET_F_MRG_RXBUF);
+/// Length of the virtio_net_hdr_v1 in front of every frame (VERSION_1 makes it 12 bytes,
+/// num_buffers included, whether or not MRG_RXBUF is negotiated).
 pub const NET_HDR_LEN: usize = 12;
+/// Queue number of the receive queue (device to guest).
 pub const RX_QUEUE: u16 = 0;
+/// Queue number of the transmit queue (guest to device).
 pub const TX_QUEUE: u16 = 1;
 
 pub const FEATURE_EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;

@@ -1,6 +1,7 @@
 //! The probe contract as built: every probe of dtrace/vnet.d is in the binary's ELF notes
-//! (what bpftrace attaches to), and the in-process recorder writes the trace CSV of
-//! design.md with each probe's arguments in its columns.
+//! (what bpftrace attaches to), and the in-process recorder writes the trace CSV (the
+//! clock line, `recorder::HEADER`, one row per firing) with each probe's arguments in
+//! its columns.
 
 mod common;
 
@@ -106,7 +107,7 @@ fn parse(text: &str) -> (String, Vec<Vec<String>>) {
 
 /// The only test in this binary that installs a recorder (the recorder is process-wide).
 #[test]
-fn recorder_writes_the_trace_csv_of_the_design() {
+fn recorder_writes_the_trace_csv_with_each_argument_in_its_column() {
     let dir = common::tempdir("rec");
     let path = dir.join("trace.csv");
     probes::install_recorder(Recorder::create(&path).unwrap());

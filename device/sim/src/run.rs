@@ -131,7 +131,8 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> SimError {
 }
 
 /// Timer delay used for `--lose-write-events` when the backend has none of its own
-/// (Linux unixgram relies on write events): the reference VMM's 50 µs.
+/// (Linux unixgram relies on write events): the 50 µs of libkrun's unixgram backend
+/// (PR 556).
 const RESCUE_DELAY: Duration = Duration::from_micros(50);
 
 /// How long stopping may take before the run gives up on a thread.

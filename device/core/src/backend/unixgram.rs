@@ -15,10 +15,10 @@ use super::{
     TxFrame, WriteStatus, SEND_FLAGS,
 };
 
-/// Receive buffer of the reference VMM.
+/// Receive buffer libkrun's unixgram backend (PR 556) sets.
 pub const DEFAULT_RCVBUF: usize = 7 * 1024 * 1024;
-/// Linux: a large send buffer. macOS: SO_SNDBUF only caps the datagram size, so the
-/// reference sets it to the largest frame.
+/// Linux: a large send buffer. macOS: SO_SNDBUF only caps the datagram size, so libkrun
+/// (PR 556) sets it to the largest frame.
 #[cfg(target_os = "linux")]
 pub const DEFAULT_SNDBUF: usize = 7 * 1024 * 1024;
 #[cfg(target_os = "macos")]

@@ -2,7 +2,7 @@
 //! queues and the backend, and moves frames when asked. Tests step it directly; the
 //! worker (`crate::worker`) drives it from its event loop.
 //!
-//! Each direction keeps its own state ([`tx::TxVirtio`], [`rx::RxVirtio`]); what they
+//! Each direction keeps its own state (`TxVirtio` in tx.rs, `RxVirtio` in rx.rs); what they
 //! share is the backend, guest memory and the reporting side ([`DeviceEvents`]).
 
 mod rx;
