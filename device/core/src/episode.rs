@@ -66,6 +66,14 @@ impl Episode {
         }
     }
 
+    /// The deferred frame was dropped instead of sent: the episode ends unresolved (its
+    /// begin row has no resolved row).
+    pub fn abandon(&mut self, events: &DeviceEvents) {
+        if self.open.take().is_some() {
+            events.episode_abandoned();
+        }
+    }
+
     /// The deferred frame went out; closes the episode if one is open.
     pub fn on_success(&mut self, events: &DeviceEvents) -> Option<Resolved> {
         let open = self.open.take()?;

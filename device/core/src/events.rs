@@ -63,9 +63,16 @@ impl DeviceEvents {
         tracing::debug!(fd = self.fd, len, reason = reason.name(), "dropped frame");
     }
 
-    /// A malformed guest chain went back to the guest unused.
+    /// A malformed guest chain went back to the guest unused (or, with a head that names no
+    /// descriptor, was skipped). A TX chain's frame is dropped; a chain whose structure is
+    /// broken is a guest driver error in either direction.
     pub fn chain_rejected(&self, queue: u16, r: Rejected) {
         self.metrics.rejected_chains.inc();
+        if r.error.is_driver_error() {
+            self.frame_dropped(0, DropReason::GuestDriverError);
+        } else if queue == crate::net::TX_QUEUE {
+            self.frame_dropped(0, DropReason::TxBadChain);
+        }
         let dir = if queue == crate::net::TX_QUEUE {
             "TX"
         } else {
@@ -218,6 +225,15 @@ impl DeviceEvents {
                 retries
             );
         });
+    }
+
+    /// The episode's frame was dropped before it could be sent.
+    pub fn episode_abandoned(&self) {
+        self.metrics.open_episode.set(false);
+        tracing::info!(
+            fd = self.fd,
+            "write_frame: episode ends unresolved, frame dropped"
+        );
     }
 
     /// The proxy went away; the device stops. Reported once, at ERROR.

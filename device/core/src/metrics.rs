@@ -164,6 +164,8 @@ pub struct Drops {
     pub tx_bad_chain: u64,
     pub rx_empty: u64,
     pub peer_gone: u64,
+    #[serde(default)]
+    pub guest_driver_error: u64,
     pub total: u64,
 }
 

@@ -31,15 +31,24 @@ pub enum DropReason {
     RxEmpty = 4,
     /// 5: the frame was still waiting for the proxy when the proxy went away.
     PeerGone = 5,
+    /// 6: the guest driver made available a chain the ring cannot describe (TX or RX): a
+    /// head index past the end of the ring, a chain that loops or whose `next` points past
+    /// the descriptor table (also: NEXT still set on the last descriptor), an indirect
+    /// descriptor (the device never offers INDIRECT_DESC), or TX buffers inside a memory
+    /// region but past the end of what backs it (the send fails with EFAULT). The chain is
+    /// returned to the guest with length 0 when its head is a real descriptor and never
+    /// forwarded; `len` is 0. Valid chains after it keep flowing.
+    GuestDriverError = 6,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::RxOversize,
         DropReason::RxNoRoom,
         DropReason::TxBadChain,
         DropReason::RxEmpty,
         DropReason::PeerGone,
+        DropReason::GuestDriverError,
     ];
 
     pub fn code(self) -> i64 {
@@ -53,6 +62,7 @@ impl DropReason {
             DropReason::TxBadChain => "tx_bad_chain",
             DropReason::RxEmpty => "rx_empty",
             DropReason::PeerGone => "peer_gone",
+            DropReason::GuestDriverError => "guest_driver_error",
         }
     }
 }

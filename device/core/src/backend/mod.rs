@@ -108,6 +108,10 @@ pub enum WriteStatus {
     /// unchanged. `errno` is why (ENOBUFS, EAGAIN); `partial` says some bytes of it were
     /// written (stream sockets resume exactly there).
     Blocked { errno: i32, partial: bool },
+    /// The kernel could not read the frame's memory (EFAULT: guest buffers inside a
+    /// mapping but past the end of the file behind it). The frame is done with: nothing
+    /// went out, or on a stream the rest of it as zeros, so the framing stays intact.
+    Unreadable,
 }
 
 /// Result of reading one frame.

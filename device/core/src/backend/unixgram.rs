@@ -173,6 +173,8 @@ impl Backend for UnixGram {
                         partial: false,
                     })
                 }
+                // Datagrams are atomic: a send that faulted sent nothing.
+                libc::EFAULT => return Ok(WriteStatus::Unreadable),
                 _ => return Err(socket_failure(fd, "send", err)),
             }
         }

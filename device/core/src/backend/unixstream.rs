@@ -18,12 +18,18 @@ use crate::frame::{EMPTY_IOV, MAX_FRAME, MAX_IOV};
 
 const PREFIX: usize = 4;
 
+/// Source of the padding that completes a frame whose guest memory faulted mid-send.
+static ZEROS: [u8; 4096] = [0; 4096];
+
 pub struct UnixStreamBackend {
     sock: UnixStream,
     /// Bytes of the current frame (prefix included) already written.
     woff: usize,
     /// Length of the frame being written, to catch a caller that changes it mid-frame.
     wlen: usize,
+    /// The frame's memory faulted (EFAULT) after part of it went out: the rest is sent as
+    /// zeros, so the proxy still finds the next length prefix where it expects it.
+    zero_fill: bool,
     rbuf: Box<[u8]>,
     rstart: usize,
     rend: usize,
@@ -62,6 +68,7 @@ impl UnixStreamBackend {
             sock,
             woff: 0,
             wlen: 0,
+            zero_fill: false,
             // Room for two maximal frames so a read can pull in more than one at a time.
             rbuf: vec![0u8; 2 * (PREFIX + MAX_FRAME)].into_boxed_slice(),
             rstart: 0,
@@ -74,6 +81,30 @@ impl UnixStreamBackend {
     pub fn write_offset(&self) -> usize {
         self.woff
     }
+}
+
+/// `prefix` (what is left of the length prefix), then `zeros` bytes of padding, as iovecs
+/// for one send; returns how many were filled.
+fn zero_fill_iovecs(prefix: &[u8], zeros: usize, out: &mut [libc::iovec; MAX_IOV + 1]) -> usize {
+    let mut k = 0;
+    if !prefix.is_empty() {
+        out[k] = libc::iovec {
+            iov_base: prefix.as_ptr() as *mut libc::c_void,
+            iov_len: prefix.len(),
+        };
+        k += 1;
+    }
+    let mut left = zeros;
+    while left > 0 && k < out.len() {
+        let n = left.min(ZEROS.len());
+        out[k] = libc::iovec {
+            iov_base: ZEROS.as_ptr() as *mut libc::c_void,
+            iov_len: n,
+        };
+        left -= n;
+        k += 1;
+    }
+    k
 }
 
 impl Backend for UnixStreamBackend {
@@ -108,7 +139,11 @@ impl Backend for UnixStreamBackend {
             } else {
                 (&prefix[..0], self.woff - PREFIX)
             };
-            let k = frame.iovecs_after(p, f, &mut iov);
+            let k = if self.zero_fill {
+                zero_fill_iovecs(p, total - self.woff.max(PREFIX), &mut iov)
+            } else {
+                frame.iovecs_after(p, f, &mut iov)
+            };
             // SAFETY: a zeroed msghdr is valid; iov points at live buffers.
             let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
             msg.msg_iov = iov.as_mut_ptr();
@@ -128,6 +163,11 @@ impl Backend for UnixStreamBackend {
                         errno,
                         partial: self.woff > 0,
                     })
+                }
+                libc::EFAULT if self.woff == 0 => return Ok(WriteStatus::Unreadable),
+                libc::EFAULT if !self.zero_fill => {
+                    self.zero_fill = true;
+                    continue;
                 }
                 e if is_peer_gone(e) => {
                     let detail = if self.woff > 0 {
@@ -150,6 +190,9 @@ impl Backend for UnixStreamBackend {
             }
         }
         self.woff = 0;
+        if std::mem::take(&mut self.zero_fill) {
+            return Ok(WriteStatus::Unreadable);
+        }
         Ok(WriteStatus::Sent)
     }
 
@@ -306,5 +349,76 @@ mod tests {
             msg.contains("middle of a frame") && msg.contains("7 bytes"),
             "{msg}"
         );
+    }
+
+    /// Guest memory that faults halfway through a frame the stream already started: the
+    /// rest goes out as zeros, the frame is reported unreadable, and the next frame is
+    /// framed correctly.
+    #[test]
+    fn a_frame_that_faults_midway_is_padded_and_the_stream_stays_in_sync() {
+        use vm_memory::VolatileSlice;
+        let (a, mut peer) = UnixStream::pair().unwrap();
+        let opts = BackendOptions {
+            sndbuf: Some(4096),
+            ..Default::default()
+        };
+        let mut be = UnixStreamBackend::from_socket(a, &opts).unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            peer.read_to_end(&mut all).unwrap();
+            all
+        });
+        let mut good = vec![0xabu8; 16384];
+        // SAFETY: an anonymous mapping nobody else uses; PROT_NONE makes every access fault.
+        let bad = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(bad, libc::MAP_FAILED);
+        let mut frame = TxFrame::new();
+        // SAFETY: both slices stay mapped for the whole test; the kernel only reads them.
+        let (ok, fault) = unsafe {
+            (
+                VolatileSlice::new(good.as_mut_ptr(), good.len()),
+                VolatileSlice::new(bad.cast::<u8>(), 4096),
+            )
+        };
+        frame.push_volatile(&ok).unwrap();
+        frame.push_volatile(&fault).unwrap();
+        let status = loop {
+            match be.write_frame(&frame).unwrap() {
+                WriteStatus::Blocked { .. } => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                other => break other,
+            }
+        };
+        assert_eq!(status, WriteStatus::Unreadable);
+        loop {
+            match be.write_bytes(b"next").unwrap() {
+                WriteStatus::Blocked { .. } => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                other => break assert_eq!(other, WriteStatus::Sent),
+            }
+        }
+        drop(be);
+        let wire = reader.join().unwrap();
+        let total = 16384 + 4096;
+        assert_eq!(wire.len(), 4 + total + 4 + 4);
+        assert_eq!(wire[..4], (total as u32).to_be_bytes());
+        // Whatever of the good piece went out before the fault, then zeros to the end.
+        let body = &wire[4..4 + total];
+        let cut = body.iter().position(|&b| b != 0xab).unwrap_or(total);
+        assert!(body[cut..].iter().all(|&b| b == 0), "padding is zeros");
+        assert_eq!(&wire[4 + total..], b"\0\0\0\x04next");
+        // SAFETY: unmapping the page mapped above.
+        unsafe { libc::munmap(bad, 4096) };
     }
 }

@@ -15,7 +15,7 @@ use super::{DeviceError, TxPass, BATCH};
 use crate::backend::{Backend, WriteStatus};
 use crate::episode::Episode;
 use crate::events::DeviceEvents;
-use crate::net::{ChainError, Rejected, TxChain};
+use crate::net::{ChainError, ChainWalk, Rejected, TxChain};
 use crate::probes::DropReason;
 
 /// The frame waiting for the proxy; its pieces are in `TxVirtio::chain`.
@@ -99,6 +99,15 @@ impl TxVirtio {
                         events.frame_sent(d.len);
                         done += 1;
                     }
+                    WriteStatus::Unreadable => {
+                        // The guest's buffers are not all backed by memory: nothing (or,
+                        // on a stream, zero padding that keeps the framing) went out.
+                        self.deferred = None;
+                        self.episode.abandon(events);
+                        self.reject(mem, d.head, ChainError::Unreadable, events)?;
+                        used = true;
+                        continue;
+                    }
                     WriteStatus::Blocked { errno, partial } => {
                         if partial {
                             events.partial_write();
@@ -123,7 +132,10 @@ impl TxVirtio {
                 break TxPass::Idle;
             };
             let head = chain.head_index();
-            match self.chain.parse(mem, chain) {
+            match self
+                .chain
+                .parse(mem, ChainWalk::new(mem, &self.vq.queue, head))
+            {
                 Ok(_) => {
                     self.deferred = Some(Deferred {
                         head,
@@ -151,12 +163,13 @@ impl TxVirtio {
         error: ChainError,
         events: &DeviceEvents,
     ) -> Result<(), DeviceError> {
-        self.vq
-            .queue
-            .add_used(mem, head, 0)
-            .map_err(self.vq.err())?;
+        if error.returnable() {
+            self.vq
+                .queue
+                .add_used(mem, head, 0)
+                .map_err(self.vq.err())?;
+        }
         events.chain_rejected(self.vq.index, Rejected { head, error });
-        events.frame_dropped(0, DropReason::TxBadChain);
         Ok(())
     }
 
