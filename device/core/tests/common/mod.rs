@@ -216,6 +216,11 @@ impl DriverQueue {
         self.publish(mem, head);
     }
 
+    /// Guest address of the descriptor table.
+    pub fn queue_desc_addr(&self) -> u64 {
+        self.desc.0
+    }
+
     /// Address of data slot `i` (room for [`SLOT`] bytes) for raw chains.
     pub fn slot_addr(&self, i: u16) -> u64 {
         self.slot(i)
