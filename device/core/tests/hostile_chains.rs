@@ -9,7 +9,9 @@
 
 mod common;
 
+#[cfg(target_os = "linux")]
 use std::fs::File;
+#[cfg(target_os = "linux")]
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
@@ -17,7 +19,9 @@ use std::sync::Arc;
 use common::{frame, DriverQueue};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
+#[cfg(target_os = "linux")]
+use vm_memory::FileOffset;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use vnet_device::backend::{BackendOptions, UnixGram};
 use vnet_device::device::{NetDevice, RxPass, TxPass};
@@ -271,6 +275,7 @@ fn rx_looped_and_indirect_chains_are_returned_empty_and_skipped() {
 
 /// Guest memory whose second region is a memfd mapping that the file no longer fully
 /// backs (the front end shrank it after the memory table was set up).
+#[cfg(target_os = "linux")]
 fn memory_with_a_hole() -> (GuestMemoryMmap, u64) {
     const REGION: usize = 2 << 20;
     // SAFETY: a valid NUL-terminated name; the fd is owned by the File below.
@@ -293,6 +298,7 @@ fn memory_with_a_hole() -> (GuestMemoryMmap, u64) {
     (mem, base + REGION as u64 * 3 / 4)
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn tx_buffer_past_the_end_of_its_backing_is_rejected_and_the_next_goes_out() {
     let (mem, hole) = memory_with_a_hole();
