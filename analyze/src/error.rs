@@ -50,6 +50,14 @@ pub enum Error {
     },
     #[error("{0}")]
     Usage(String),
+    /// An output would overwrite an input (the same file, also through a link).
+    #[error(
+        "refusing to write {output}: it is the input {input} (the same file); write elsewhere"
+    )]
+    OutputIsInput { output: String, input: String },
+    /// A flag's value cannot work with this input (a usage error, exit 2).
+    #[error("{flag}: {msg}")]
+    Flag { flag: &'static str, msg: String },
 }
 
 impl Error {
@@ -58,6 +66,19 @@ impl Error {
             file: file.to_string(),
             source,
         }
+    }
+
+    /// The process exit code: 2 for a usage error (as for a bad flag), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::OutputIsInput { .. } | Error::Flag { .. } => 2,
+            _ => 1,
+        }
+    }
+
+    /// The reader of our output went away (`analyze report big.csv | head`): not a failure.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
     }
 
     /// Errors that `--lenient` turns into a skipped, counted line.
