@@ -206,6 +206,10 @@ impl<W: Write> Visitor for Writer<W> {
     fn open_at_end(&mut self, ep: &Episode, _info: &SourceInfo) {
         self.episode_span(ep, ep.last_ns, "ENOBUFS episode (never resolved)");
     }
+
+    fn stopped(&self) -> bool {
+        self.err.is_some()
+    }
 }
 
 /// Streams the inputs into `out` as a Chrome trace. Returns the number of trace events.

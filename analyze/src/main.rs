@@ -1,5 +1,6 @@
 //! `analyze`: thin CLI over the analyze library.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -291,11 +292,17 @@ fn main() -> ExitCode {
             })
         }
     };
+    let result = result.and_then(|out| {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(out.as_bytes())
+            .and_then(|_| stdout.flush())
+            .map_err(|e| Error::io("standard output", e))
+    });
     match result {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
+        Ok(()) => ExitCode::SUCCESS,
+        // `analyze report big.csv | head -3`: the reader has what it wanted.
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("analyze: {e}");
             ExitCode::from(e.exit_code())

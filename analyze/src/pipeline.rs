@@ -67,6 +67,10 @@ pub trait Visitor: EpisodeSink {
     /// Episodes still open at the end of a file.
     fn open_at_end(&mut self, _ep: &Episode, _info: &SourceInfo) {}
     fn source_end(&mut self, _index: u32, _info: &SourceInfo) {}
+    /// True once the visitor cannot use more events (its output was closed): reading stops.
+    fn stopped(&self) -> bool {
+        false
+    }
 }
 
 /// Puts slightly out-of-order events back in order, within a time window.
@@ -494,6 +498,9 @@ pub fn run(
     let mut tracker = Tracker::new(names.clone());
     let mut summary = InputSummary::default();
     for (idx, path) in paths.iter().enumerate() {
+        if visitor.stopped() {
+            break;
+        }
         let idx = idx as u32;
         let name = names[idx as usize].clone();
         let mut c = Consumer {
@@ -579,6 +586,9 @@ pub fn run(
                     // Hand out everything old enough that no late event can overtake it.
                     let range = c.reorder.ready();
                     c.hand_out(range, visitor, &mut tracker, &mut summary)?;
+                }
+                if visitor.stopped() {
+                    return Ok(());
                 }
             }
             Ok(())
