@@ -24,6 +24,10 @@ pub enum Error {
         field: &'static str,
         msg: String,
     },
+    /// No newline within [`crate::input::MAX_LINE`] bytes. Not skippable under `--lenient`:
+    /// finding the next newline could mean reading forever (`/dev/zero`).
+    #[error("{file}:{line}: line too long (no newline in {max} bytes)")]
+    LineTooLong { file: String, line: u64, max: usize },
     #[error("{file}:{line}: binary data (byte 0x{byte:02x}); neither a trace CSV nor a text log")]
     Binary { file: String, line: u64, byte: u8 },
     #[error(

@@ -21,7 +21,7 @@ pub fn check_header(file: &str, line_no: u64, line: &[u8]) -> Result<(), Error> 
             file: file.to_string(),
             line: line_no,
             expected: HEADER.to_string(),
-            found: text.into_owned(),
+            found: crate::input::shorten(&text),
         });
     }
     Ok(())
@@ -49,7 +49,7 @@ fn bad_number(bytes: &[u8], field: &'static str, file: &str, line: u64) -> Error
         file: file.to_string(),
         line,
         field,
-        msg: format!("not a number: {:?}", String::from_utf8_lossy(bytes)),
+        msg: format!("not a number: {}", crate::input::quote(bytes)),
     }
 }
 
@@ -135,7 +135,7 @@ pub fn parse_row_into(
         file: file.to_string(),
         line: line_no,
         field: "probe",
-        msg: format!("unknown probe {:?}", String::from_utf8_lossy(name)),
+        msg: format!("unknown probe {}", crate::input::quote(name)),
     })?;
     let (tid, fd, queue, len, data, retries, wait_ns, errno) = (
         opt(1),

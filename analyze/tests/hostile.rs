@@ -44,3 +44,85 @@ fn a_closed_stdout_ends_quietly() {
         assert_eq!(stderr, "", "{args:?}");
     }
 }
+
+/// gzip of `n` zero bytes, made by the system's gzip (a decompression bomb in small).
+fn gzip_of_zeros(n: usize) -> Vec<u8> {
+    let mut child = Command::new("gzip")
+        .arg("-c")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gzip is installed");
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(zeros.len());
+            stdin.write_all(&zeros[..k]).unwrap();
+            left -= k;
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out.stdout
+}
+
+#[test]
+fn an_endless_line_stops_with_line_too_long() {
+    // /dev/zero never ends and has no newline.
+    let run = analyze(&["report", "/dev/zero"], None);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(
+        run.stderr.trim_end(),
+        "analyze: /dev/zero:1: line too long (no newline in 1048576 bytes)"
+    );
+    // The same through gzip: 64 MiB of zeros in 64 KiB.
+    let dir = scratch("bomb");
+    let bomb = write(&dir, "bomb.csv.gz", &gzip_of_zeros(64 << 20));
+    let p = bomb.to_str().unwrap();
+    let run = analyze(&["report", p, "--lenient"], None);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "{p}:1: line too long (no newline in 1048576 bytes)"
+        )),
+        "{}",
+        run.stderr
+    );
+    // A long line after good ones names its line number.
+    let mut body = format!("{HEADER}5,1,tx_frame,7,,66,,,,\n").into_bytes();
+    body.extend(std::iter::repeat_n(b'7', 3 << 20));
+    body.push(b'\n');
+    let p = write(&dir, "long.csv", &body);
+    let run = analyze(&["report", p.to_str().unwrap()], None);
+    assert!(
+        run.stderr.contains("long.csv:3: line too long"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_bad_field_is_quoted_by_a_short_prefix() {
+    let dir = scratch("quote");
+    let long_field = "x".repeat(100_000);
+    let cases = [
+        format!("{HEADER}5,1,tx_frame,{long_field},,66,,,,\n"),
+        format!("{HEADER}5,1,{long_field},7,,66,,,,\n"),
+        format!("ts_ns,{long_field}\n"),
+        format!("2026-03-01T10:00:00.1Z write_frame: ENOBUFS resolved after {long_field}\n"),
+    ];
+    for (i, body) in cases.iter().enumerate() {
+        let p = write(&dir, &format!("q{i}.csv"), body.as_bytes());
+        let run = analyze(&["report", p.to_str().unwrap()], None);
+        assert_eq!(run.code, 1, "case {i}: {}", run.stderr);
+        assert!(
+            run.stderr.len() < 400,
+            "case {i}: {} bytes: {}",
+            run.stderr.len(),
+            &run.stderr[..400]
+        );
+        assert!(run.stderr.contains("0 bytes)"), "case {i}: {}", run.stderr);
+    }
+}
