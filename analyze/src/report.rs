@@ -375,6 +375,31 @@ impl Visitor for ReportBuilder {
         self.open.push(o);
         self.count_writes(ep);
     }
+
+    fn stopped(&self) -> bool {
+        self.intervals
+            .as_ref()
+            .is_some_and(|i| i.too_many.is_some())
+    }
+}
+
+impl ReportBuilder {
+    /// `--by-interval` too fine for the input's time span: a usage error naming the event.
+    fn interval_error(&self) -> Option<Error> {
+        let iv = self.intervals.as_ref()?;
+        let t = iv.too_many?;
+        let file = self.names.get(t.file as usize).cloned().unwrap_or_default();
+        Some(Error::Flag {
+            flag: "--by-interval",
+            msg: format!(
+                "{} intervals would need more than {} rows: {file}:{} is {}s after its input's first event (a wider interval, or a bogus timestamp?)",
+                crate::interval::width_label(iv.width_ns()),
+                crate::interval::MAX_INTERVALS,
+                t.line,
+                t.offset_ns as f64 / 1e9
+            ),
+        })
+    }
 }
 
 /// The default title: file names without directories and `.gz`/`.csv`/`.log` extensions.
@@ -404,6 +429,9 @@ pub fn build_report(paths: &[PathBuf], opts: &ReportOptions) -> Result<Report, E
     }
     let mut builder = ReportBuilder::new(opts.by_interval_ns);
     let summary = pipeline::run(paths, &opts.read, &mut builder)?;
+    if let Some(e) = builder.interval_error() {
+        return Err(e);
+    }
     let name = opts.name.clone().unwrap_or_else(|| default_name(paths));
     Ok(builder.finish(name, summary))
 }

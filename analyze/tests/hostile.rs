@@ -126,3 +126,40 @@ fn a_bad_field_is_quoted_by_a_short_prefix() {
         assert!(run.stderr.contains("... (1000"), "case {i}: {}", run.stderr);
     }
 }
+
+#[test]
+fn by_interval_refuses_more_rows_than_it_can_print() {
+    let dir = scratch("intervals");
+    // 10 s of input at 1 ns would be 10^10 intervals.
+    let body =
+        format!("{HEADER}1000000000,1,tx_frame,7,,66,,,,\n11000000000,1,tx_frame,7,,66,,,,\n");
+    let p = write(&dir, "span.csv", body.as_bytes());
+    let p = p.to_str().unwrap();
+    let run = analyze(&["report", p, "--by-interval", "1ns"], None);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with("analyze: --by-interval: "),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains(&format!("{p}:3")), "{}", run.stderr);
+    // One bogus timestamp (three years later) with a sensible width.
+    let body = format!(
+        "{HEADER}1000000000,1,tx_frame,7,,66,,,,\n2000000000,1,tx_frame,7,,66,,,,\n100000000000000000,1,rx_frame,7,,66,,,,\n"
+    );
+    let p = write(&dir, "bogus.csv", body.as_bytes());
+    let p = p.to_str().unwrap();
+    let run = analyze(&["report", p, "--by-interval", "10s"], None);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("{p}:4")), "{}", run.stderr);
+    assert!(run.stdout.is_empty());
+    // Within the bound it still works.
+    let p = dir.join("span.csv");
+    let run = analyze(
+        &["report", p.to_str().unwrap(), "--by-interval", "1s"],
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("9s-10s "), "{}", run.stdout);
+}
