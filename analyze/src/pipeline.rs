@@ -75,14 +75,50 @@ pub trait Visitor: EpisodeSink {
 
 /// Puts slightly out-of-order events back in order, within a time window.
 ///
-/// A plain vector with a moving head (compacted now and then) rather than a VecDeque: rows
-/// are parsed straight into it and handed out as slices, so the hot path copies nothing.
+/// Events in time order (nearly all of them) go to a plain vector with a moving head
+/// (compacted now and then): rows are parsed straight into it and handed out from it, so the
+/// hot path copies nothing. Late events go to a min-heap and are merged back when handed out:
+/// inserting them into the vector cost O(window) each, which made bpftrace's per-CPU
+/// interleaving (half the rows late) quadratic.
 struct Reorder {
     buf: Vec<Event>,
     head: usize,
+    late: std::collections::BinaryHeap<Late>,
+    /// Arrival number of the next late event: orders equal (ts, line) keys stably.
+    arrivals: u64,
     max_ts: i64,
     max_line: u64,
     window: i64,
+}
+
+/// A late event in the heap, smallest (ts, line, arrival) on top. Within one file the line
+/// number is the input order, so this is the order a stable sort by time would give.
+struct Late {
+    arrival: u64,
+    ev: Event,
+}
+
+impl Late {
+    fn key(&self) -> (i64, u64, u64) {
+        (self.ev.ts_ns, self.ev.line, self.arrival)
+    }
+}
+
+impl PartialEq for Late {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Late {}
+impl PartialOrd for Late {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Late {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.key().cmp(&self.key()) // reversed: BinaryHeap is a max-heap
+    }
 }
 
 impl Reorder {
@@ -90,13 +126,15 @@ impl Reorder {
         Reorder {
             buf: Vec::with_capacity(8192),
             head: 0,
+            late: std::collections::BinaryHeap::new(),
+            arrivals: 0,
             max_ts: i64::MIN,
             max_line: 0,
             window,
         }
     }
 
-    /// Accepts the event in the back slot, moving it into time order if it came late.
+    /// Accepts the event in the back slot, moving it to the late heap if it came late.
     #[inline]
     fn commit(&mut self, name: &str, reordered: &mut u64) -> Result<(), Error> {
         let last = self.buf.len() - 1;
@@ -112,7 +150,7 @@ impl Reorder {
     #[cold]
     fn commit_late(&mut self, name: &str, reordered: &mut u64) -> Result<(), Error> {
         let ev = self.buf.pop().expect("slot exists");
-        let back = self.max_ts - ev.ts_ns;
+        let back = self.max_ts.saturating_sub(ev.ts_ns);
         if back > self.window {
             return Err(Error::OutOfOrder {
                 file: name.to_string(),
@@ -124,24 +162,25 @@ impl Reorder {
             });
         }
         *reordered += 1;
-        // After every event with ts <= this one (stable for equal timestamps). Events already
-        // handed out are older than the window, so the insert lands among pending ones.
-        let pos = self.head + self.buf[self.head..].partition_point(|e| e.ts_ns <= ev.ts_ns);
-        self.buf.insert(pos, ev);
+        self.arrivals += 1;
+        self.late.push(Late {
+            arrival: self.arrivals,
+            ev,
+        });
         Ok(())
     }
 
-    /// Pending events old enough that no late event can overtake them any more.
+    /// Events older than this cannot be overtaken by a late one any more.
     #[inline]
-    fn ready(&self) -> std::ops::Range<usize> {
-        let horizon = self.max_ts.saturating_sub(self.window);
-        let n = self.buf[self.head..].partition_point(|e| e.ts_ns < horizon);
-        self.head..self.head + n
+    fn horizon(&self) -> i64 {
+        self.max_ts.saturating_sub(self.window)
     }
 
-    /// Everything pending (end of input).
-    fn all(&self) -> std::ops::Range<usize> {
-        self.head..self.buf.len()
+    /// The in-order events before `horizon`, as a range of `buf`.
+    #[inline]
+    fn ready_before(&self, horizon: i64) -> std::ops::Range<usize> {
+        let n = self.buf[self.head..].partition_point(|e| e.ts_ns < horizon);
+        self.head..self.head + n
     }
 
     /// Marks events up to `end` as handed out; compacts once the dead prefix is large.
@@ -469,17 +508,54 @@ impl Consumer<'_> {
         Err(err)
     }
 
+    /// Hands out, in time order, every pending event before `horizon` (`i64::MAX`: all).
     fn hand_out(
         &mut self,
-        range: std::ops::Range<usize>,
+        horizon: i64,
         visitor: &mut dyn Visitor,
         tracker: &mut Tracker,
         summary: &mut InputSummary,
     ) -> Result<(), Error> {
-        for i in range.clone() {
-            let ev = &self.reorder.buf[i];
-            visitor.event(ev, &self.info);
-            if let Err(e) = tracker.feed(ev, &mut SinkRef(visitor)) {
+        let range = if horizon == i64::MAX {
+            self.reorder.head..self.reorder.buf.len()
+        } else {
+            self.reorder.ready_before(horizon)
+        };
+        let late_ready = |r: &Reorder| {
+            r.late
+                .peek()
+                .is_some_and(|l| horizon == i64::MAX || l.ev.ts_ns < horizon)
+        };
+        if !late_ready(&self.reorder) {
+            // The common case: nothing late to merge.
+            for i in range.clone() {
+                let ev = &self.reorder.buf[i];
+                visitor.event(ev, &self.info);
+                if let Err(e) = tracker.feed(ev, &mut SinkRef(visitor)) {
+                    self.line_error(e, true, summary)?;
+                }
+            }
+            self.reorder.consume(range.end);
+            return Ok(());
+        }
+        let mut i = range.start;
+        loop {
+            let take_late = late_ready(&self.reorder)
+                && (i == range.end || {
+                    let l = &self.reorder.late.peek().expect("ready").ev;
+                    let e = &self.reorder.buf[i];
+                    (l.ts_ns, l.line) < (e.ts_ns, e.line)
+                });
+            let ev = if take_late {
+                self.reorder.late.pop().expect("ready").ev
+            } else if i < range.end {
+                i += 1;
+                self.reorder.buf[i - 1]
+            } else {
+                break;
+            };
+            visitor.event(&ev, &self.info);
+            if let Err(e) = tracker.feed(&ev, &mut SinkRef(visitor)) {
                 self.line_error(e, true, summary)?;
             }
         }
@@ -584,8 +660,8 @@ pub fn run(
                         }
                     }
                     // Hand out everything old enough that no late event can overtake it.
-                    let range = c.reorder.ready();
-                    c.hand_out(range, visitor, &mut tracker, &mut summary)?;
+                    let horizon = c.reorder.horizon();
+                    c.hand_out(horizon, visitor, &mut tracker, &mut summary)?;
                 }
                 if visitor.stopped() {
                     return Ok(());
@@ -596,8 +672,7 @@ pub fn run(
         // Dropping the receiver (on error) made the producer stop; the scope joined it.
         outcome?;
         c.start(visitor);
-        let rest = c.reorder.all();
-        c.hand_out(rest, visitor, &mut tracker, &mut summary)?;
+        c.hand_out(i64::MAX, visitor, &mut tracker, &mut summary)?;
         for ep in tracker.finish_file(idx, &mut SinkRef(visitor)) {
             visitor.open_at_end(&ep, &c.info);
         }

@@ -163,3 +163,57 @@ fn by_interval_refuses_more_rows_than_it_can_print() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.contains("9s-10s "), "{}", run.stdout);
 }
+
+/// The report with the "put back in order" note removed.
+fn without_reorder_note(report: &str) -> String {
+    let mut kept: Vec<&str> = report
+        .lines()
+        .filter(|l| !l.contains("arrived out of time order"))
+        .collect();
+    while kept.last().is_some_and(|l| l.is_empty()) {
+        kept.pop();
+    }
+    kept.join("\n")
+}
+
+#[test]
+fn late_rows_are_merged_back_in_time_order() {
+    // Per-CPU interleaving (what the reorder window is for) and a reversed run of rows:
+    // the report equals the one over the same rows in time order. These once took
+    // O(window) per late row (Vec::insert); the benchmark times them, this checks the order.
+    let dir = scratch("reorder");
+    let mut ordered = Vec::new();
+    analyze::gen::generate(&mut ordered, 60_000, 3).unwrap();
+    let mut interleaved = analyze::gen::PerCpu::new(Vec::new(), 4, 4096, 3);
+    analyze::gen::generate(&mut interleaved, 60_000, 3).unwrap();
+    let interleaved = interleaved.finish().unwrap();
+    assert_ne!(ordered, interleaved);
+    let a = write(&dir, "ordered.csv", &ordered);
+    let b = write(&dir, "interleaved.csv", &interleaved);
+    let ra = analyze(&["report", a.to_str().unwrap(), "--name", "t"], None);
+    let rb = analyze(&["report", b.to_str().unwrap(), "--name", "t"], None);
+    assert_eq!(rb.code, 0, "{}", rb.stderr);
+    assert!(
+        rb.stdout.contains("events arrived out of time order"),
+        "{}",
+        rb.stdout
+    );
+    assert_eq!(
+        without_reorder_note(&ra.stdout),
+        without_reorder_note(&rb.stdout)
+    );
+
+    // Equal timestamps keep their input order when both arrive late.
+    let mut body = String::from(HEADER);
+    body.push_str("1000,1,kevent_write,7,,,100,,,\n");
+    body.push_str("500,1,enobufs_begin,7,,1514,,,,55\n");
+    body.push_str("600,1,kevent_write,7,,,10,,,\n");
+    body.push_str("600,1,kevent_write,7,,,2000,,,\n");
+    body.push_str("700,1,enobufs_resolved,7,,1514,,1,200,\n");
+    let p = write(&dir, "ties.csv", body.as_bytes());
+    let run = analyze(&["timeline", p.to_str().unwrap(), "--episode", "1"], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let no_room = run.stdout.find("data=10 (no room").expect("first write");
+    let room = run.stdout.find("data=2000 (room").expect("second write");
+    assert!(no_room < room, "{}", run.stdout);
+}
