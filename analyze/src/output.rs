@@ -193,6 +193,8 @@ impl Write for OutputFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
+    use std::os::unix::fs::FileTypeExt;
 
     fn scratch(name: &str) -> tempfile::TempDir {
         tempfile::Builder::new()
@@ -264,12 +266,33 @@ mod tests {
         assert_eq!(fs::read_to_string(&target).unwrap(), "new");
     }
 
+    /// A FIFO stands for any non-regular destination (`/dev/stdout`, a device): written in
+    /// place, never renamed over. (Not tried on /dev/null itself: if it were ever missing,
+    /// the test would create it as a regular file.)
     #[cfg(unix)]
     #[test]
-    fn a_device_is_written_in_place() {
-        let mut f = OutputFile::create(Path::new("/dev/null"), &[]).unwrap();
-        f.write_all(b"discarded").unwrap();
+    fn a_fifo_is_written_in_place() {
+        use std::io::Read;
+        use std::os::unix::ffi::OsStrExt;
+        let dir = scratch("fifo");
+        let fifo = dir.path().join("pipe");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only reads it.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let reader_path = fifo.clone();
+        let reader = std::thread::spawn(move || {
+            let mut got = String::new();
+            File::open(reader_path)
+                .unwrap()
+                .read_to_string(&mut got)
+                .unwrap();
+            got
+        });
+        let mut f = OutputFile::create(&fifo, &[]).unwrap();
+        f.write_all(b"through the pipe").unwrap();
         f.commit().unwrap();
-        assert!(!fs::metadata("/dev/null").unwrap().file_type().is_file());
+        assert_eq!(reader.join().unwrap(), "through the pipe");
+        assert!(fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
