@@ -217,3 +217,83 @@ fn late_rows_are_merged_back_in_time_order() {
     let room = run.stdout.find("data=2000 (room").expect("second write");
     assert!(no_room < room, "{}", run.stdout);
 }
+
+/// Runs analyze on a file; returns (exit code, stdout, stderr, peak RSS in MB).
+fn run_measured(args: &[&str]) -> (i32, String, String, f64) {
+    let child = Command::new(env!("CARGO_BIN_EXE_analyze"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut child = child;
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
+        s
+    });
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value, and wait4 only writes into it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our own child, not yet reaped (we never called wait on `child`).
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid);
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    (
+        code,
+        out.join().unwrap(),
+        err.join().unwrap(),
+        usage.ru_maxrss as f64 / 1024.0,
+    )
+}
+
+#[test]
+fn many_open_episodes_keep_timeline_and_stalls_memory_bounded() {
+    // 1,000 episodes open at once, then 3,000 wake-ups that each of them would receive.
+    let dir = scratch("open-episodes");
+    let mut body = String::from(HEADER);
+    for fd in 0..1_000 {
+        body.push_str(&format!(
+            "{},1,enobufs_begin,{fd},,1514,,,,55\n",
+            1_000_000 + fd
+        ));
+    }
+    for i in 0..3_000 {
+        body.push_str(&format!("{},2,guest_kick,,0,,,,,\n", 2_000_000 + i));
+    }
+    let p = write(&dir, "open.csv", body.as_bytes());
+    let p = p.to_str().unwrap();
+    let (code, out, err, rss) = run_measured(&["stalls", p, "--threshold", "1us"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("0 episodes of 1us or longer, 1000 never resolved"),
+        "{}",
+        &out[..200]
+    );
+    assert!(
+        out.contains("total cap"),
+        "the output says events were left out"
+    );
+    let event_lines = out
+        .lines()
+        .filter(|l| l.contains("guest kick queue"))
+        .count();
+    assert!(event_lines <= 200_000, "{event_lines} event lines");
+    assert!(rss < 150.0, "stalls peak RSS {rss:.0} MB");
+    let (code, _, err, rss) = run_measured(&["timeline", p, "--slowest", "1"]);
+    assert_eq!(code, 1, "no resolved episode: {err}");
+    assert!(rss < 150.0, "timeline peak RSS {rss:.0} MB");
+}
