@@ -7,7 +7,7 @@ pub mod text;
 
 use std::fmt::Write;
 
-use crate::report::{OutputFormat, Report, Unit};
+use crate::model::{OutputFormat, Report, Unit};
 
 pub fn render(report: &Report, format: OutputFormat, unit: Unit) -> String {
     let unit = resolve_unit(report, unit);
