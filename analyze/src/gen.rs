@@ -1,6 +1,6 @@
 //! A synthetic trace generator (benchmarks and tests): bulk TX/RX frames, write/read
 //! wake-ups, guest kicks, timer firings and ENOBUFS episodes with known durations, in the
-//! trace CSV of design.md.
+//! trace CSV (see the `vnet-trace-schema` crate).
 
 use std::io::{self, Write};
 
