@@ -54,6 +54,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Usage(String),
+    /// Nothing to analyse: no trace header and no log line (an empty file or stdin).
+    #[error("{file}: no trace header or log line found (empty input?)")]
+    Empty { file: String },
     /// An output would overwrite an input (the same file, also through a link).
     #[error(
         "refusing to write {output}: it is the input {input} (the same file); write elsewhere"

@@ -108,12 +108,12 @@ impl Intervals {
             Kind::TxFrame => {
                 let b = self.bucket(ev.ts_ns, Some(ev));
                 b.tx_frames += 1;
-                b.tx_bytes += len;
+                b.tx_bytes = b.tx_bytes.saturating_add(len);
             }
             Kind::RxFrame => {
                 let b = self.bucket(ev.ts_ns, Some(ev));
                 b.rx_frames += 1;
-                b.rx_bytes += len;
+                b.rx_bytes = b.rx_bytes.saturating_add(len);
             }
             _ => {
                 self.bucket(ev.ts_ns, Some(ev));

@@ -97,6 +97,12 @@ impl LogParser {
                             format!("not a number after `resolved after`: {}", quote(rest)),
                         )
                     })?;
+                if n < 1 {
+                    return Err(field_err(
+                        "retries",
+                        format!("resolved after {n} retries: a resolution counts at least 1"),
+                    ));
+                }
                 ev.retries = Some(n);
                 self.open_failures = 0;
             }

@@ -121,6 +121,9 @@ pub struct Frames {
     pub rx_frames: u64,
     pub rx_bytes: u64,
     pub dropped: u64,
+    /// A byte total reached u64::MAX and stopped there (bogus lengths in the input).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub bytes_saturated: bool,
 }
 
 /// Device-reported `wait_ns` against the timestamps (trace CSV only).

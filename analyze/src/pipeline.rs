@@ -680,6 +680,10 @@ pub fn run(
         summary.events += c.events;
         summary.skipped_lines += c.skipped;
         summary.reordered += c.reordered;
+        if c.info.format.is_none() && summary.bad_lines == 0 && summary.truncated.is_empty() {
+            // "0 events" would read as a clean capture with nothing in it.
+            return Err(Error::Empty { file: name });
+        }
         summary.formats.push(c.info.format);
         summary.sources.push(c.info);
     }

@@ -164,6 +164,16 @@ impl ReportBuilder {
     }
 }
 
+/// Adds a frame's length to a byte total, stopping at u64::MAX (and saying so) rather than
+/// wrapping round to a small, plausible-looking number.
+fn add_bytes(total: u64, len: Option<i64>, saturated: &mut bool) -> u64 {
+    let len = len.unwrap_or(0).max(0) as u64;
+    total.checked_add(len).unwrap_or_else(|| {
+        *saturated = true;
+        u64::MAX
+    })
+}
+
 /// Bar length: the largest count is 50 `#`, any non-zero count at least one.
 pub fn bar_len(count: u64, largest: u64) -> usize {
     if count == 0 || largest == 0 {
@@ -215,11 +225,19 @@ impl Visitor for ReportBuilder {
         match ev.kind {
             Kind::TxFrame => {
                 self.frames.tx_frames += 1;
-                self.frames.tx_bytes += ev.len.unwrap_or(0).max(0) as u64;
+                self.frames.tx_bytes = add_bytes(
+                    self.frames.tx_bytes,
+                    ev.len,
+                    &mut self.frames.bytes_saturated,
+                );
             }
             Kind::RxFrame => {
                 self.frames.rx_frames += 1;
-                self.frames.rx_bytes += ev.len.unwrap_or(0).max(0) as u64;
+                self.frames.rx_bytes = add_bytes(
+                    self.frames.rx_bytes,
+                    ev.len,
+                    &mut self.frames.bytes_saturated,
+                );
             }
             Kind::KeventWrite => self.write.total += 1,
             Kind::FrameDrop => self.frames.dropped += 1,

@@ -784,5 +784,17 @@ pub fn collect(
                 .to_string(),
         ));
     }
-    Ok((c.finish(), summary))
+    let (at_ns, last_ns) = (c.at_ns, c.last_ns);
+    let kept = c.finish();
+    if let (Selection::At(_), true, Some(at), Some(last)) =
+        (opts.select, kept.is_empty(), at_ns, last_ns)
+    {
+        if at > last {
+            return Err(Error::Usage(format!(
+                "no episode at the --at time: it is {:.6}s after the input's last event",
+                (at as f64 - last as f64) / 1e9
+            )));
+        }
+    }
+    Ok((kept, summary))
 }

@@ -179,6 +179,21 @@ pub fn parse_row_into(
             ));
         }
     }
+    // Failed sends, the first included: a retry row's attempt is 2 or more, a resolution's
+    // count 1 or more. Zero or less would become a nonsense table row.
+    let least = match kind {
+        Kind::EnobufsResolved => 1,
+        Kind::EnobufsRetry => 2,
+        _ => i64::MIN,
+    };
+    if let Some(r) = ev.retries.filter(|&r| r < least) {
+        return Err(missing(
+            "retries",
+            file,
+            line_no,
+            &format!("{r}, but {} rows count at least {least}", kind.probe_name()),
+        ));
+    }
     Ok(())
 }
 

@@ -297,3 +297,82 @@ fn many_open_episodes_keep_timeline_and_stalls_memory_bounded() {
     assert_eq!(code, 1, "no resolved episode: {err}");
     assert!(rss < 150.0, "timeline peak RSS {rss:.0} MB");
 }
+
+#[test]
+fn byte_totals_saturate_with_a_note_instead_of_wrapping() {
+    let dir = scratch("bytes");
+    // The largest length a row can carry (18 digits), 20 times: more than u64::MAX.
+    let big = 999_999_999_999_999_999i64;
+    let mut body = String::from(HEADER);
+    for ts in 1..=20 {
+        body.push_str(&format!("{ts},1,tx_frame,7,,{big},,,,\n"));
+    }
+    let p = write(&dir, "bytes.csv", body.as_bytes());
+    let run = analyze(&["report", p.to_str().unwrap(), "--format", "json"], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains(&format!("\"tx_bytes\": {}", u64::MAX)),
+        "{}",
+        run.stdout
+    );
+    let run = analyze(&["report", p.to_str().unwrap()], None);
+    assert!(
+        run.stdout.contains("frame byte totals reached"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn zero_or_negative_retry_counts_are_rejected() {
+    let dir = scratch("retries");
+    for (row, want) in [
+        (
+            "20,1,enobufs_resolved,7,,1514,,0,10,",
+            "field `retries`: 0, but enobufs_resolved rows count at least 1",
+        ),
+        (
+            "20,1,enobufs_resolved,7,,1514,,-3,10,",
+            "field `retries`: -3, but",
+        ),
+        (
+            "15,1,enobufs_retry,7,,,,1,,55",
+            "field `retries`: 1, but enobufs_retry rows count at least 2",
+        ),
+    ] {
+        let body = format!("{HEADER}10,1,enobufs_begin,7,,1514,,,,55\n{row}\n");
+        let p = write(&dir, "r.csv", body.as_bytes());
+        let p = p.to_str().unwrap();
+        let run = analyze(&["report", p], None);
+        assert_eq!(run.code, 1, "{row}: {}", run.stdout);
+        assert!(
+            run.stderr.contains(&format!("{p}:3: {want}")),
+            "{row}: {}",
+            run.stderr
+        );
+    }
+    let log = "2026-03-01T10:00:00.1Z write_frame: ENOBUFS\n2026-03-01T10:00:00.2Z write_frame: ENOBUFS resolved after 0 retries\n";
+    let p = write(&dir, "r.log", log.as_bytes());
+    let run = analyze(&["report", p.to_str().unwrap()], None);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("r.log:2: field `retries`"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn at_past_the_end_says_there_is_no_episode_then() {
+    for at in ["+9999999999s", "+1000s", "99999999999999"] {
+        let run = analyze(&["timeline", "tests/fixtures/trace.csv", "--at", at], None);
+        assert_eq!(run.code, 1, "--at {at}: {}", run.stdout);
+        assert!(run.stdout.is_empty(), "--at {at} picked: {}", run.stdout);
+        assert!(
+            run.stderr.contains("no episode at the --at time: it is")
+                && run.stderr.contains("after the input's last event"),
+            "--at {at}: {}",
+            run.stderr
+        );
+    }
+}

@@ -133,6 +133,12 @@ pub fn notes(report: &Report) -> Vec<String> {
             a.begin_while_open
         ));
     }
+    if report.frames.bytes_saturated {
+        out.push(format!(
+            "frame byte totals reached {} and stopped there: the input has impossible frame lengths",
+            u64::MAX
+        ));
+    }
     if report.wait_check.compared > 0 && report.wait_check.max_abs_diff_ns > 1_000 {
         out.push(format!(
             "device-reported wait_ns differs from the timestamps by up to {} ns",
