@@ -52,6 +52,9 @@ pub struct Episode {
     /// The file's read/kick/timer counts when the episode began (see [`FileWakeups`]).
     #[serde(skip)]
     since: FileWakeups,
+    /// The highest attempt number a retry row reported.
+    #[serde(skip)]
+    last_attempt: Option<i64>,
 }
 
 impl Episode {
@@ -103,6 +106,25 @@ pub struct Anomalies {
     pub retry_without_begin: u64,
     /// A begin while the same fd had an open episode (the earlier one is reported abandoned).
     pub begin_while_open: u64,
+    /// Retry rows whose attempt number did not go up within their episode, or resolutions
+    /// counting fewer failed sends than the last attempt seen (a broken or merged trace).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub retries_backwards: u64,
+    /// The first such line, for the note.
+    #[serde(skip)]
+    pub retries_backwards_first: Option<(u32, u64)>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Anomalies {
+    fn retries_backwards(&mut self, ev: &Event) {
+        self.retries_backwards += 1;
+        self.retries_backwards_first
+            .get_or_insert((ev.file, ev.line));
+    }
 }
 
 /// Read wake-ups, guest kicks and timer firings of one file so far. These count towards every
@@ -210,6 +232,7 @@ impl Tracker {
                     abandoned: false,
                     unclassified_writes: Vec::new(),
                     since,
+                    last_attempt: None,
                 };
                 self.next_id += 1;
                 sink.episode_begin(ep.id, ev);
@@ -219,6 +242,12 @@ impl Tracker {
                 Some(ep) => {
                     ep.failures_seen += 1;
                     ep.last_ns = ev.ts_ns;
+                    if let Some(attempt) = ev.retries {
+                        if ep.last_attempt.is_some_and(|last| attempt <= last) {
+                            self.anomalies.retries_backwards(ev);
+                        }
+                        ep.last_attempt = Some(ep.last_attempt.map_or(attempt, |l| l.max(attempt)));
+                    }
                 }
                 None => self.anomalies.retry_without_begin += 1,
             },
@@ -236,6 +265,11 @@ impl Tracker {
                         what: "enobufs_resolved",
                     });
                 };
+                if let (Some(r), Some(last)) = (ev.retries, ep.last_attempt) {
+                    if r < last {
+                        self.anomalies.retries_backwards(ev);
+                    }
+                }
                 ep.end_ns = Some(ev.ts_ns);
                 ep.last_ns = ev.ts_ns;
                 ep.end_line = Some(ev.line);

@@ -229,6 +229,8 @@ enum Item {
     Lost(u64),
     /// Resolutions a pre-PR log implied by writing the frame (see `LogParser`).
     Inferred(u64),
+    /// The last line had no newline but parsed: it may still be cut (in its last field).
+    Unterminated(u64),
 }
 
 /// Lines a tracer prints around the CSV: bpftrace's banner without -q, its map dumps at exit
@@ -314,9 +316,13 @@ fn parse_raw(raw: &RawBatch, name: &str, idx: u32) -> Vec<Item> {
     for (i, &end) in raw.ends.iter().enumerate() {
         let line = &raw.buf[start..end];
         start = end;
-        if let Err(err) = trace_item(line, name, idx, raw.first_line + i as u64, &mut out) {
-            let complete = !(raw.last_incomplete && i == last);
-            out.push(Item::Bad { err, complete });
+        let line_no = raw.first_line + i as u64;
+        let complete = !(raw.last_incomplete && i == last);
+        let before = out.len();
+        match trace_item(line, name, idx, line_no, &mut out) {
+            Err(err) => out.push(Item::Bad { err, complete }),
+            Ok(()) if !complete && out.len() > before => out.push(Item::Unterminated(line_no)),
+            Ok(()) => {}
         }
     }
     out
@@ -405,7 +411,13 @@ fn produce(
             }
         })();
         match item {
-            Ok(Some(it)) => batch.push(it),
+            Ok(Some(it)) => {
+                let event = matches!(it, Item::Event(_));
+                batch.push(it);
+                if event && !complete {
+                    batch.push(Item::Unterminated(line_no));
+                }
+            }
             Ok(None) => {}
             Err(err) if err.is_line_error() => batch.push(Item::Bad { err, complete }),
             Err(err) => return Err(err),
@@ -657,6 +669,10 @@ pub fn run(
                             Item::Clock(offset) => c.info.wall_offset_ns = Some(offset),
                             Item::Lost(n) => summary.lost_events += n,
                             Item::Inferred(n) => summary.inferred_resolutions += n,
+                            Item::Unterminated(line) => summary.truncated.push(format!(
+                                "{}:{line}: last line has no newline: read as is, but it may be cut short (a capture stopped mid-row)",
+                                c.name
+                            )),
                         }
                     }
                     // Hand out everything old enough that no late event can overtake it.

@@ -376,3 +376,72 @@ fn at_past_the_end_says_there_is_no_episode_then() {
         );
     }
 }
+
+#[test]
+fn retries_going_backwards_are_flagged() {
+    let dir = scratch("backwards");
+    let body = format!(
+        "{HEADER}10,1,enobufs_begin,7,,1514,,,,55\n20,1,enobufs_retry,7,,,,3,,55\n30,1,enobufs_retry,7,,,,2,,55\n40,1,enobufs_resolved,7,,1514,,3,30,\n"
+    );
+    let p = write(&dir, "back.csv", body.as_bytes());
+    let p = p.to_str().unwrap();
+    let run = analyze(&["report", p], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains(&format!(
+            "note: 1 retry count(s) went backwards within an episode (first at {p}:4)"
+        )),
+        "{}",
+        run.stdout
+    );
+    // A resolution counting fewer failed sends than the last attempt seen.
+    let body = format!(
+        "{HEADER}10,1,enobufs_begin,7,,1514,,,,55\n20,1,enobufs_retry,7,,,,2,,55\n30,1,enobufs_retry,7,,,,3,,55\n40,1,enobufs_resolved,7,,1514,,2,30,\n"
+    );
+    let p = write(&dir, "short.csv", body.as_bytes());
+    let run = analyze(&["report", p.to_str().unwrap()], None);
+    assert!(run.stdout.contains("short.csv:5)"), "{}", run.stdout);
+    // Rising attempts: no note.
+    let body = format!(
+        "{HEADER}10,1,enobufs_begin,7,,1514,,,,55\n20,1,enobufs_retry,7,,,,2,,55\n30,1,enobufs_retry,7,,,,3,,55\n40,1,enobufs_resolved,7,,1514,,3,30,\n"
+    );
+    let p = write(&dir, "ok.csv", body.as_bytes());
+    let run = analyze(&["report", p.to_str().unwrap()], None);
+    assert!(!run.stdout.contains("backwards"), "{}", run.stdout);
+}
+
+#[test]
+fn a_last_line_without_newline_is_noted_even_when_it_parses() {
+    let dir = scratch("unterminated");
+    // `...,1,30` may have been `...,1,3000` before the capture stopped.
+    let body =
+        format!("{HEADER}10,1,enobufs_begin,7,,1514,,,,55\n40,1,enobufs_resolved,7,,1514,,1,30,");
+    let p = write(&dir, "cut.csv", body.as_bytes());
+    let run = analyze(&["report", p.to_str().unwrap()], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("cut.csv:3: last line has no newline: read as is, but it may be cut short"),
+        "{}",
+        run.stdout
+    );
+    // Cut before its last field: too few fields, reported as cut off and left out.
+    let body =
+        format!("{HEADER}10,1,enobufs_begin,7,,1514,,,,55\n40,1,enobufs_resolved,7,,1514,,1");
+    let p = write(&dir, "short.csv", body.as_bytes());
+    let run = analyze(&["report", p.to_str().unwrap()], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("short.csv:3: last line is cut off"),
+        "{}",
+        run.stdout
+    );
+    let log = "2026-03-01T10:00:00.1Z write_frame: ENOBUFS\n2026-03-01T10:00:00.2Z write_frame: ENOBUFS resolved after 1 retries";
+    let p = write(&dir, "cut.log", log.as_bytes());
+    let run = analyze(&["report", p.to_str().unwrap()], None);
+    assert!(
+        run.stdout.contains("cut.log:2: last line has no newline"),
+        "{}",
+        run.stdout
+    );
+}

@@ -127,6 +127,22 @@ pub fn notes(report: &Report) -> Vec<String> {
             a.retry_without_begin
         ));
     }
+    if a.retries_backwards > 0 {
+        let first = a
+            .retries_backwards_first
+            .map(|(file, line)| {
+                let name = input
+                    .sources
+                    .get(file as usize)
+                    .map_or("?", |s| s.name.as_str());
+                format!(" (first at {name}:{line})")
+            })
+            .unwrap_or_default();
+        out.push(format!(
+            "{} retry count(s) went backwards within an episode{first}: attempts should rise by one per failed send",
+            a.retries_backwards
+        ));
+    }
     if a.begin_while_open > 0 {
         out.push(format!(
             "{} episode(s) began again on an fd whose previous episode never resolved",
