@@ -69,6 +69,31 @@ fn gzip_of_zeros(n: usize) -> Vec<u8> {
 }
 
 #[test]
+fn chrome_into_a_pipe_closed_mid_stream_ends_quietly() {
+    // `analyze chrome big.csv | head -1`: the reader goes away after the first line, while
+    // events are being written (not before the first write, as above).
+    let dir = scratch("chrome-head");
+    let mut trace = Vec::new();
+    analyze::gen::generate(&mut trace, 200_000, 9).unwrap();
+    let p = write(&dir, "big.csv", &trace);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_analyze"))
+        .args(["chrome", p.to_str().unwrap(), "--frames"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 4096];
+    let n = std::io::Read::read(&mut stdout, &mut first).unwrap();
+    assert!(n > 0);
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, "");
+}
+
+#[test]
 fn an_endless_line_stops_with_line_too_long() {
     // /dev/zero never ends and has no newline.
     let run = analyze(&["report", "/dev/zero"], None);
