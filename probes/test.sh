@@ -12,7 +12,7 @@
 #  (c) enobufs-hist.bt: prints the histograms of a run with episodes.
 #  (d) capture.sh: sorts a bpftrace capture and still matches the in-process trace; and, with
 #      a stand-in tracer (runs without root too), turns "Lost N events" into warnings.
-# The DTrace scripts cannot run here; device/tests/probe_scripts.rs checks them by reading.
+# The DTrace scripts cannot run here; device/sim/tests/probe_scripts.rs checks them by reading.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,7 +49,7 @@ fi
 
 # VNET_SIM / ANALYZE point at other builds (e.g. an installed one); default: build ours.
 if [ -z "${VNET_SIM:-}" ] || [ -z "${ANALYZE:-}" ]; then
-  cargo build --release -q -p vnet-device --bin vnet-sim -p analyze --bin analyze
+  cargo build --release -q -p vnet-sim --bin vnet-sim -p analyze --bin analyze
 fi
 sim=${VNET_SIM:-$PWD/target/release/vnet-sim}
 # 4 MiB of perf ring per CPU instead of 256 KiB: a loaded machine must not lose rows
