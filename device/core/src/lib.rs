@@ -14,4 +14,5 @@ pub mod notify;
 pub mod poller;
 pub mod probes;
 pub mod recorder;
+pub mod sockopt;
 pub mod worker;

@@ -218,11 +218,19 @@ fn os_tid() -> i64 {
 
 // Each probe function: the USDT site first (its arguments are only evaluated when a tracer
 // enabled it), then the recorder check.
+//
+// The `usdt` crate's generated site macros hold two unsafe blocks without comments (a
+// volatile read of the probe's own semaphore, and a `nop` with integer register operands
+// that touches no memory), so each site allows `undocumented_unsafe_blocks` for that one
+// statement only.
 
 #[inline(always)]
 pub fn enobufs_begin(fd: i64, frame_len: i64, errno: i64) {
     #[cfg(feature = "probes")]
-    vnet::enobufs_begin!(|| (fd, frame_len, errno));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::enobufs_begin!(|| (fd, frame_len, errno));
+    }
     if recording() {
         record_begin(mono_ns(), fd, frame_len, errno);
     }
@@ -234,7 +242,10 @@ pub fn enobufs_begin(fd: i64, frame_len: i64, errno: i64) {
 #[inline(always)]
 pub fn enobufs_begin_at(ts_ns: u64, fd: i64, frame_len: i64, errno: i64) {
     #[cfg(feature = "probes")]
-    vnet::enobufs_begin!(|| (fd, frame_len, errno));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::enobufs_begin!(|| (fd, frame_len, errno));
+    }
     if recording() {
         record_begin(ts_ns, fd, frame_len, errno);
     }
@@ -254,7 +265,10 @@ fn record_begin(ts_ns: u64, fd: i64, frame_len: i64, errno: i64) {
 #[inline(always)]
 pub fn enobufs_retry(fd: i64, attempt: i64, errno: i64) {
     #[cfg(feature = "probes")]
-    vnet::enobufs_retry!(|| (fd, attempt, errno));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::enobufs_retry!(|| (fd, attempt, errno));
+    }
     if recording() {
         record(Row {
             fd: Some(fd),
@@ -268,7 +282,10 @@ pub fn enobufs_retry(fd: i64, attempt: i64, errno: i64) {
 #[inline(always)]
 pub fn enobufs_resolved(fd: i64, retries: i64, wait_ns: i64, frame_len: i64) {
     #[cfg(feature = "probes")]
-    vnet::enobufs_resolved!(|| (fd, retries, wait_ns, frame_len));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::enobufs_resolved!(|| (fd, retries, wait_ns, frame_len));
+    }
     if recording() {
         record_resolved(mono_ns(), fd, retries, wait_ns, frame_len);
     }
@@ -279,7 +296,10 @@ pub fn enobufs_resolved(fd: i64, retries: i64, wait_ns: i64, frame_len: i64) {
 #[inline(always)]
 pub fn enobufs_resolved_at(ts_ns: u64, fd: i64, retries: i64, wait_ns: i64, frame_len: i64) {
     #[cfg(feature = "probes")]
-    vnet::enobufs_resolved!(|| (fd, retries, wait_ns, frame_len));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::enobufs_resolved!(|| (fd, retries, wait_ns, frame_len));
+    }
     if recording() {
         record_resolved(ts_ns, fd, retries, wait_ns, frame_len);
     }
@@ -306,7 +326,10 @@ pub fn kevent_write(fd: i64, data: i64) {
 #[inline(always)]
 pub fn kevent_write_with(fd: i64, data: impl Fn() -> i64) {
     #[cfg(feature = "probes")]
-    vnet::kevent_write!(|| (fd, data()));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::kevent_write!(|| (fd, data()));
+    }
     if recording() {
         record(Row {
             fd: Some(fd),
@@ -325,7 +348,10 @@ pub fn kevent_read(fd: i64, data: i64) {
 #[inline(always)]
 pub fn kevent_read_with(fd: i64, data: impl Fn() -> i64) {
     #[cfg(feature = "probes")]
-    vnet::kevent_read!(|| (fd, data()));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::kevent_read!(|| (fd, data()));
+    }
     if recording() {
         record(Row {
             fd: Some(fd),
@@ -338,7 +364,10 @@ pub fn kevent_read_with(fd: i64, data: impl Fn() -> i64) {
 #[inline(always)]
 pub fn timer_fired(delay_us: i64) {
     #[cfg(feature = "probes")]
-    vnet::timer_fired!(|| delay_us);
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::timer_fired!(|| delay_us);
+    }
     if recording() {
         record(Row {
             data: Some(delay_us),
@@ -350,7 +379,10 @@ pub fn timer_fired(delay_us: i64) {
 #[inline(always)]
 pub fn tx_frame(fd: i64, len: i64) {
     #[cfg(feature = "probes")]
-    vnet::tx_frame!(|| (fd, len));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::tx_frame!(|| (fd, len));
+    }
     if recording() {
         record(Row {
             fd: Some(fd),
@@ -363,7 +395,10 @@ pub fn tx_frame(fd: i64, len: i64) {
 #[inline(always)]
 pub fn rx_frame(fd: i64, len: i64) {
     #[cfg(feature = "probes")]
-    vnet::rx_frame!(|| (fd, len));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::rx_frame!(|| (fd, len));
+    }
     if recording() {
         record(Row {
             fd: Some(fd),
@@ -376,7 +411,10 @@ pub fn rx_frame(fd: i64, len: i64) {
 #[inline(always)]
 pub fn guest_kick(queue: i64) {
     #[cfg(feature = "probes")]
-    vnet::guest_kick!(|| queue);
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::guest_kick!(|| queue);
+    }
     if recording() {
         record(Row {
             queue: Some(queue),
@@ -388,7 +426,10 @@ pub fn guest_kick(queue: i64) {
 #[inline(always)]
 pub fn guest_irq(queue: i64) {
     #[cfg(feature = "probes")]
-    vnet::guest_irq!(|| queue);
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::guest_irq!(|| queue);
+    }
     if recording() {
         record(Row {
             queue: Some(queue),
@@ -400,7 +441,10 @@ pub fn guest_irq(queue: i64) {
 #[inline(always)]
 pub fn frame_drop(fd: i64, len: i64, reason: i64) {
     #[cfg(feature = "probes")]
-    vnet::frame_drop!(|| (fd, len, reason));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::frame_drop!(|| (fd, len, reason));
+    }
     if recording() {
         record(Row {
             fd: Some(fd),

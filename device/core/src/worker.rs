@@ -32,7 +32,7 @@
 // buffer), and the next RX kick resumes.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -606,16 +606,19 @@ fn run(setup: WorkerSetup, stop: Notifier) -> Result<WorkerExit, WorkerError> {
     let dev = NetDevice::new(mem, rx, tx, rx_call, tx_call, features, backend, metrics);
     let mut poller = Poller::new().map_err(WorkerError::Poller)?;
     poller
-        .add(stop.as_raw_fd(), TOKEN_STOP, Interest::Read)
+        .add(stop.as_fd(), TOKEN_STOP, Interest::Read)
         .map_err(WorkerError::Poller)?;
     poller
-        .add(rx_kick.as_raw_fd(), TOKEN_RX_KICK, Interest::Read)
+        .add(rx_kick.as_fd(), TOKEN_RX_KICK, Interest::Read)
         .map_err(WorkerError::Poller)?;
     poller
-        .add(tx_kick.as_raw_fd(), TOKEN_TX_KICK, Interest::Read)
+        .add(tx_kick.as_fd(), TOKEN_TX_KICK, Interest::Read)
         .map_err(WorkerError::Poller)?;
+    // SAFETY: `dev` owns the backend socket and outlives this call, so the fd stays open
+    // while borrowed.
+    let backend_fd = unsafe { BorrowedFd::borrow_raw(dev.backend_fd()) };
     poller
-        .add(dev.backend_fd(), TOKEN_BACKEND, Interest::ReadWriteEdge)
+        .add(backend_fd, TOKEN_BACKEND, Interest::ReadWriteEdge)
         .map_err(WorkerError::Poller)?;
     tracing::info!(
         fd = dev.backend_fd(),
@@ -650,6 +653,9 @@ fn run(setup: WorkerSetup, stop: Notifier) -> Result<WorkerExit, WorkerError> {
 impl Loop {
     fn event_loop(&mut self) -> Result<ExitReason, WorkerError> {
         let fd = self.dev.backend_fd();
+        // SAFETY: the backend socket lives in `self.dev` until this loop has returned, so
+        // the fd stays open for every use of this borrow below.
+        let sock = unsafe { BorrowedFd::borrow_raw(fd) };
         let mut events: Vec<Event> = Vec::with_capacity(32);
         // Work queued before the worker started (or lost to a race) is picked up first.
         let (mut tx_work, mut rx_work) = (true, true);
@@ -705,10 +711,10 @@ impl Loop {
                             Metrics::inc(&self.dev.metrics.read_events);
                             let data = ev.data;
                             probes::kevent_read_with(fd.into(), || {
-                                data.unwrap_or_else(|| poller::bytes_waiting(fd))
+                                data.unwrap_or_else(|| poller::bytes_waiting(sock))
                             });
                             if tracing::enabled!(tracing::Level::DEBUG) {
-                                let d = data.unwrap_or_else(|| poller::bytes_waiting(fd));
+                                let d = data.unwrap_or_else(|| poller::bytes_waiting(sock));
                                 tracing::debug!("kevent: READ fd={fd} data={d}");
                             }
                             rx_work = true;
@@ -717,10 +723,10 @@ impl Loop {
                             Metrics::inc(&self.dev.metrics.write_events);
                             let data = ev.data;
                             probes::kevent_write_with(fd.into(), || {
-                                data.unwrap_or_else(|| poller::send_space(fd))
+                                data.unwrap_or_else(|| poller::send_space(sock))
                             });
                             if tracing::enabled!(tracing::Level::DEBUG) {
-                                let d = data.unwrap_or_else(|| poller::send_space(fd));
+                                let d = data.unwrap_or_else(|| poller::send_space(sock));
                                 tracing::debug!("kevent: WRITE fd={fd} data={d}");
                             }
                             tx_work |= self.dev.tx_deferred();
@@ -777,17 +783,18 @@ impl Loop {
 
     fn check_socket_error(&mut self) -> Result<(), WorkerError> {
         let fd = self.dev.backend_fd();
-        let err =
-            crate::backend::sockopt_int(fd, libc::SO_ERROR).map_err(|source| BackendError::Io {
-                op: "getsockopt(SO_ERROR)",
-                fd,
-                source,
-            })?;
+        // SAFETY: the backend socket lives in `self.dev`, borrowed for this call only.
+        let sock = unsafe { BorrowedFd::borrow_raw(fd) };
+        let err = crate::sockopt::take_socket_error(sock).map_err(|source| BackendError::Io {
+            op: "getsockopt(SO_ERROR)",
+            fd,
+            source,
+        })?;
         if err == 0 {
             return Ok(());
         }
-        let source = io::Error::from_raw_os_error(err as i32);
-        if crate::backend::is_peer_gone(err as i32) {
+        let source = io::Error::from_raw_os_error(err);
+        if crate::backend::is_peer_gone(err) {
             return Err(BackendError::PeerGone {
                 fd,
                 detail: format!("socket error: {source}"),

@@ -217,18 +217,10 @@ fn tx_deferred_frames_go_out_unchanged_and_in_order_gathered_or_copied() {
     let mut r = rig(&mem, DEVICE_FEATURES, 256);
     // 60000-byte frames fill a 128 KiB send buffer after two: the rest wait deferred in
     // guest memory. Odd frames have more pieces than a send gathers.
-    let small: libc::c_int = 64 << 10;
-    // SAFETY: the fd is the device's open socket; small outlives the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            r.dev.backend_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&small as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
+    // SAFETY: the device owns its open socket for the whole test; the borrow ends here.
+    let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(r.dev.backend_fd()) };
+    vnet_device::sockopt::set_sock_buf(sock, vnet_device::sockopt::SockBuf::Send, 64 << 10)
+        .unwrap();
     let frames: Vec<Vec<u8>> = (0..6).map(|i| common::frame(i, 60000)).collect();
     for (i, f) in frames.iter().enumerate() {
         let cuts: &[usize] = if i % 2 == 1 {

@@ -12,7 +12,7 @@
 //! does under a busy proxy.
 
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -24,6 +24,7 @@ use super::guest::{counts_as_received, Shared, SimFramer, GUEST_MAC, PROXY_MAC};
 use super::integrity::{Checker, Kind};
 use super::workload::{Idle, Scheduler, Workload, ETH_HDR};
 use vnet_device::notify::Notifier;
+use vnet_device::sockopt::{set_sock_buf, SockBuf};
 
 /// The proxy's end of the connection.
 pub enum PeerSocket {
@@ -54,10 +55,10 @@ impl PeerSocket {
         }
     }
 
-    fn fd(&self) -> i32 {
+    fn fd(&self) -> BorrowedFd<'_> {
         match self {
-            PeerSocket::Gram(s, _) => s.as_raw_fd(),
-            PeerSocket::Stream(s) => s.as_raw_fd(),
+            PeerSocket::Gram(s, _) => s.as_fd(),
+            PeerSocket::Stream(s) => s.as_fd(),
         }
     }
 }
@@ -104,7 +105,7 @@ impl BuiltinProxy {
         start: Instant,
     ) -> io::Result<BuiltinProxy> {
         if let Some(bytes) = opts.rcvbuf {
-            set_rcvbuf(sock.fd(), bytes)?;
+            set_sock_buf(sock.fd(), SockBuf::Recv, bytes)?;
         }
         sock.set_timeouts(POLL)?;
         let wake = Notifier::new()?;
@@ -159,24 +160,6 @@ impl BuiltinProxy {
         w?;
         r
     }
-}
-
-fn set_rcvbuf(fd: i32, bytes: usize) -> io::Result<()> {
-    let v = bytes as libc::c_int;
-    // SAFETY: fd is a valid socket owned by the caller; v lives across the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &v as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Reads whole frames from either socket kind; a stream read that times out mid-frame

@@ -18,7 +18,9 @@ pub mod unixgram;
 pub mod unixstream;
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
+
+use crate::sockopt::{set_no_sigpipe, set_sock_buf, SockBuf};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -249,61 +251,19 @@ pub(crate) fn socket_failure(fd: RawFd, op: &'static str, err: io::Error) -> Bac
     }
 }
 
-pub(crate) fn set_buf(
-    fd: RawFd,
-    opt: libc::c_int,
-    name: &'static str,
-    size: usize,
-) -> Result<(), BackendError> {
-    let v = size.min(i32::MAX as usize) as libc::c_int;
-    // SAFETY: v is a valid int for setsockopt.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(BackendError::SockOpt {
-            opt: name,
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+/// Sets one of the socket's buffers; a refusal is a setup error naming the option.
+pub(crate) fn set_buf(fd: BorrowedFd<'_>, which: SockBuf, size: usize) -> Result<(), BackendError> {
+    set_sock_buf(fd, which, size).map_err(|source| BackendError::SockOpt {
+        opt: which.name(),
+        source,
+    })
 }
 
-/// Current value of an int socket option (tests and logs).
-pub fn sockopt_int(fd: RawFd, opt: libc::c_int) -> io::Result<i64> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: v and len are valid for getsockopt's writes.
-    if unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    } < 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(v.into())
-}
-
-/// macOS has no MSG_NOSIGNAL: a dead peer must not kill the process with SIGPIPE.
-#[cfg(target_os = "macos")]
-pub(crate) fn no_sigpipe(fd: RawFd) -> Result<(), BackendError> {
-    set_buf(fd, libc::SO_NOSIGPIPE, "SO_NOSIGPIPE", 1)
-}
-
-#[cfg(target_os = "linux")]
-pub(crate) fn no_sigpipe(_fd: RawFd) -> Result<(), BackendError> {
-    Ok(())
+pub(crate) fn no_sigpipe(fd: BorrowedFd<'_>) -> Result<(), BackendError> {
+    set_no_sigpipe(fd).map_err(|source| BackendError::SockOpt {
+        opt: "SO_NOSIGPIPE",
+        source,
+    })
 }
 
 #[cfg(target_os = "linux")]

@@ -4,11 +4,13 @@
 //! writes nothing; it is reported as `Blocked` so the worker defers the frame.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::sockopt::SockBuf;
 
 use super::{
     no_sigpipe, set_buf, socket_failure, Backend, BackendError, BackendOptions, FaultInjector,
@@ -84,25 +86,22 @@ impl UnixGram {
         sock: UnixDatagram,
         opts: &BackendOptions,
     ) -> Result<UnixGram, BackendError> {
-        let fd = sock.as_raw_fd();
         sock.set_nonblocking(true)
             .map_err(|source| BackendError::SockOpt {
                 opt: "O_NONBLOCK",
                 source,
             })?;
         set_buf(
-            fd,
-            libc::SO_RCVBUF,
-            "SO_RCVBUF",
+            sock.as_fd(),
+            SockBuf::Recv,
             opts.rcvbuf.unwrap_or(DEFAULT_RCVBUF),
         )?;
         set_buf(
-            fd,
-            libc::SO_SNDBUF,
-            "SO_SNDBUF",
+            sock.as_fd(),
+            SockBuf::Send,
             opts.sndbuf.unwrap_or(DEFAULT_SNDBUF),
         )?;
-        no_sigpipe(fd)?;
+        no_sigpipe(sock.as_fd())?;
         let me = UnixGram {
             sock,
             retry_delay: opts.retry_delay.unwrap_or(DEFAULT_RETRY_DELAY),
@@ -230,7 +229,8 @@ impl Backend for UnixGram {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{sockopt_int, FaultConfig};
+    use crate::backend::FaultConfig;
+    use crate::sockopt::{sock_buf, SockBuf};
 
     #[test]
     fn binds_connects_sends_vfkt_and_unlinks() {
@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(b.read_frame(&mut big).unwrap(), ReadStatus::Frame(42));
         assert_eq!(b.read_frame(&mut big).unwrap(), ReadStatus::WouldBlock);
         // Linux doubles the value it was given and caps it at wmem_max; either way it is set.
-        assert!(sockopt_int(b.raw_fd(), libc::SO_SNDBUF).unwrap() > 0);
+        assert!(sock_buf(b.sock.as_fd(), SockBuf::Send).unwrap() > 0);
         drop(b);
         assert!(!local.exists());
         std::fs::remove_dir_all(dir).unwrap();
