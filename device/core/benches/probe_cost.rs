@@ -112,7 +112,7 @@ fn main() {
         "  tx_frame recorded (in-process) {recorded:7.3} ns/iter  -> {:6.3} ns per row",
         cost(recorded)
     );
-    println!("    of which CLOCK_MONOTONIC read  {clock:7.3} ns");
+    println!("    of which trace clock read     {clock:7.3} ns");
     let worst = [
         cost(tx_frame),
         cost(enobufs),

@@ -7,6 +7,7 @@
 //! one data path, and it lives here.
 
 pub mod backend;
+pub mod bufsize;
 pub mod episode;
 pub mod metrics;
 pub mod net;

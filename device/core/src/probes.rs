@@ -7,6 +7,7 @@
 //! compiled out and only the recorder check remains, so runs without root still produce a
 //! trace; the sim benchmark compares the two builds.
 
+use nix::time::{clock_gettime, ClockId};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -182,16 +183,22 @@ fn record(row: Row) {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `ts_ns`, bpftrace's `nsecs` and episode
-/// wait times.
+/// The clock of `ts_ns` and of episode wait times, chosen so recorder rows and the tracer's
+/// compare directly: CLOCK_MONOTONIC on Linux (bpftrace's `nsecs`); CLOCK_UPTIME_RAW on
+/// macOS, which like DTrace's `timestamp` (`mach_absolute_time`) stops while the machine
+/// sleeps; macOS's CLOCK_MONOTONIC counts sleep and would drift from DTrace's rows.
+#[cfg(target_os = "linux")]
+pub const TRACE_CLOCK: ClockId = ClockId::CLOCK_MONOTONIC;
+#[cfg(target_os = "macos")]
+pub const TRACE_CLOCK: ClockId = ClockId::from_raw(libc::CLOCK_UPTIME_RAW);
+
+/// [`TRACE_CLOCK`] in nanoseconds.
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    // Both clocks exist on their OS, so the call cannot fail; 0 would only mark a broken
+    // libc rather than stop the data path.
+    clock_gettime(TRACE_CLOCK).map_or(0, |ts| {
+        ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+    })
 }
 
 /// The kernel thread id (what DTrace's `tid` and bpftrace's `tid` report).

@@ -6,6 +6,9 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 
+use crate::bufsize::{attempts, fits, proxy_dgram_plan, Grant, Os, MIN_DGRAM_RCVBUF};
+use crate::net::MAX_FRAME;
+
 /// Which of a socket's two buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SockBuf {
@@ -42,6 +45,86 @@ pub fn sock_buf(fd: BorrowedFd<'_>, which: SockBuf) -> io::Result<usize> {
         SockBuf::Send => getsockopt(&fd, sockopt::SndBuf)?,
         SockBuf::Recv => getsockopt(&fd, sockopt::RcvBuf)?,
     })
+}
+
+/// What a buffer request came to: how it went, and the size the kernel reports now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufOutcome {
+    pub grant: Grant,
+    /// getsockopt's answer afterwards (Linux reports double what it reserved).
+    pub obtained: usize,
+}
+
+/// Asks for `requested` bytes and, where the kernel refuses a size (macOS does, above its
+/// limit, rather than clamping), for smaller ones down to `floor` (see
+/// [`crate::bufsize::attempts`]). A refusal is a warning naming the size obtained, never an
+/// error by itself: whether that size is enough is the caller's call. Errors other than a
+/// refusal (a closed fd, not a socket) are returned.
+pub fn request_sock_buf(
+    fd: BorrowedFd<'_>,
+    which: SockBuf,
+    requested: usize,
+    floor: usize,
+) -> io::Result<BufOutcome> {
+    let tried = attempts(requested, floor);
+    let mut accepted_at = None;
+    let mut refusal = None;
+    for (i, &size) in tried.iter().enumerate() {
+        match set_sock_buf(fd, which, size) {
+            Ok(()) => {
+                accepted_at = Some(i);
+                break;
+            }
+            Err(e) if is_refusal(&e) => refusal = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    let grant = Grant::from_attempt(&tried, accepted_at);
+    let obtained = sock_buf(fd, which)?;
+    let refusal = refusal.map(|e| e.to_string()).unwrap_or_default();
+    match grant {
+        Grant::AsRequested => {}
+        Grant::Reduced { accepted } => tracing::warn!(
+            "{} {requested} refused ({refusal}); {accepted} accepted, the socket reports {obtained}",
+            which.name()
+        ),
+        Grant::Refused => tracing::warn!(
+            "{} {requested} refused ({refusal}), and every smaller size down to {floor}; \
+             the socket keeps {obtained}",
+            which.name()
+        ),
+    }
+    Ok(BufOutcome { grant, obtained })
+}
+
+/// Sizes a proxy-side datagram socket (the simulator's built-in proxy, the tests' socketpair
+/// peers) as real proxies do on this OS ([`crate::bufsize::proxy_dgram_plan`]), with
+/// `rcvbuf` overriding the plan's receive size. Fails when the socket cannot send or hold
+/// the largest frame.
+pub fn size_proxy_dgram(fd: BorrowedFd<'_>, rcvbuf: Option<usize>) -> io::Result<()> {
+    let plan = proxy_dgram_plan(Os::CURRENT);
+    let wanted = [
+        (SockBuf::Send, plan.sndbuf, MAX_FRAME),
+        (SockBuf::Recv, rcvbuf.or(plan.rcvbuf), MIN_DGRAM_RCVBUF),
+    ];
+    for (which, size, floor) in wanted {
+        let Some(size) = size else { continue };
+        let out = request_sock_buf(fd, which, size, floor)?;
+        if !fits(out.obtained, floor) {
+            return Err(io::Error::other(format!(
+                "{} {size}: the kernel allows {}, a frame needs {floor}",
+                which.name(),
+                out.obtained
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The errnos with which a kernel turns down a buffer size: ENOBUFS (macOS above its
+/// limit), EINVAL (a size it cannot represent).
+pub fn is_refusal(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::EINVAL))
 }
 
 /// Takes the socket's pending error (SO_ERROR, which the read also clears); 0 when none.
@@ -95,5 +178,15 @@ mod tests {
         assert_eq!(take_socket_error(a.as_fd()).unwrap(), 0);
         set_no_sigpipe(a.as_fd()).unwrap();
         assert_eq!(SockBuf::Send.name(), "SO_SNDBUF");
+    }
+
+    #[test]
+    fn a_granted_request_reports_what_the_socket_holds() {
+        let (a, _b) = UnixDatagram::pair().unwrap();
+        let out = request_sock_buf(a.as_fd(), SockBuf::Recv, 256 << 10, 4096).unwrap();
+        assert_eq!(out.grant, Grant::AsRequested);
+        assert_eq!(out.obtained, sock_buf(a.as_fd(), SockBuf::Recv).unwrap());
+        assert!(is_refusal(&io::Error::from_raw_os_error(libc::ENOBUFS)));
+        assert!(!is_refusal(&io::Error::from_raw_os_error(libc::EBADF)));
     }
 }

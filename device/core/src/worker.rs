@@ -586,6 +586,9 @@ struct Loop {
     stop: Notifier,
     retry_delay: Option<Duration>,
     lose_write_events: bool,
+    /// Whether the poller reports the backend socket writable; on while a frame is
+    /// deferred (see `Poller::watch_writable`).
+    watching_writable: bool,
 }
 
 fn run(setup: WorkerSetup, stop: Notifier) -> Result<WorkerExit, WorkerError> {
@@ -634,6 +637,7 @@ fn run(setup: WorkerSetup, stop: Notifier) -> Result<WorkerExit, WorkerError> {
         stop,
         retry_delay,
         lose_write_events: options.lose_write_events,
+        watching_writable: true,
     };
     let reason = match l.event_loop() {
         Ok(reason) => reason,
@@ -678,6 +682,13 @@ impl Loop {
                     rx_work = true;
                 }
             }
+            let deferred = self.dev.tx_deferred();
+            if deferred != self.watching_writable {
+                self.poller
+                    .watch_writable(sock, TOKEN_BACKEND, deferred)
+                    .map_err(WorkerError::Poller)?;
+                self.watching_writable = deferred;
+            }
             // Unfinished batches: look at new events without sleeping, then continue.
             let timeout = if tx_work || rx_work {
                 Some(Duration::ZERO)
@@ -690,6 +701,7 @@ impl Loop {
             Metrics::inc(&self.dev.metrics.wakeups);
             let _turn = tracing::debug_span!("turn", events = events.len()).entered();
             let mut hup = false;
+            let mut hup_error = None;
             for ev in &events {
                 match ev.token {
                     TOKEN_STOP => {
@@ -731,7 +743,16 @@ impl Loop {
                             }
                             tx_work |= self.dev.tx_deferred();
                         }
-                        if ev.error {
+                        if let Some(code) = ev.error_code {
+                            // kqueue: EV_EOF carrying the socket's error. Frames already
+                            // queued are taken first, like on a hang-up.
+                            hup = true;
+                            hup_error = Some(code);
+                        } else if ev.error || (!self.dev.tx_deferred() && self.dev.rx_waiting()) {
+                            // An error the event does not carry; or an event while neither
+                            // direction would touch the socket (nothing deferred, RX parked
+                            // for guest buffers), where a dead peer shows only in SO_ERROR:
+                            // XNU wakes nobody when a connected datagram's peer dies.
                             self.check_socket_error()?;
                         }
                         hup |= ev.hup;
@@ -752,9 +773,16 @@ impl Loop {
                 if !self.dev.rx_waiting() {
                     self.dev.process_rx()?;
                 }
-                return Err(BackendError::PeerGone {
-                    fd,
-                    detail: "the proxy hung up (poller reported HUP)".into(),
+                return Err(match hup_error {
+                    Some(code) => crate::backend::socket_failure(
+                        fd,
+                        "socket error (kqueue EV_EOF)",
+                        io::Error::from_raw_os_error(code),
+                    ),
+                    None => BackendError::PeerGone {
+                        fd,
+                        detail: "the proxy hung up (poller reported HUP)".into(),
+                    },
                 }
                 .into());
             }

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 
 use common::{frame, tx_segs, DriverQueue};
@@ -117,7 +116,7 @@ fn recorder_writes_the_trace_csv_of_the_design() {
     // A real episode through the data path: every 2nd send fails once with ENOBUFS.
     let mem = common::memory();
     let (rx, mut tx) = (DriverQueue::new(0, 64), DriverQueue::new(1, 64));
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     peer.set_nonblocking(true).unwrap();
     let opts = BackendOptions {
         fault: FaultConfig {

@@ -24,7 +24,7 @@ use super::guest::{counts_as_received, Shared, SimFramer, GUEST_MAC, PROXY_MAC};
 use super::integrity::{Checker, Kind};
 use super::workload::{Idle, Scheduler, Workload, ETH_HDR};
 use vnet_device::notify::Notifier;
-use vnet_device::sockopt::{set_sock_buf, SockBuf};
+use vnet_device::sockopt::{set_sock_buf, size_proxy_dgram, SockBuf};
 
 /// The proxy's end of the connection.
 pub enum PeerSocket {
@@ -65,7 +65,8 @@ impl PeerSocket {
 
 #[derive(Debug, Clone, Default)]
 pub struct ProxyOptions {
-    /// SO_RCVBUF for the proxy's socket.
+    /// SO_RCVBUF for the proxy's socket (a datagram proxy's must hold the largest frame:
+    /// at least `bufsize::MIN_DGRAM_RCVBUF`).
     pub rcvbuf: Option<usize>,
     /// Sleep after each frame read.
     pub read_delay: Duration,
@@ -104,8 +105,15 @@ impl BuiltinProxy {
         shared: Arc<Shared>,
         start: Instant,
     ) -> io::Result<BuiltinProxy> {
-        if let Some(bytes) = opts.rcvbuf {
-            set_sock_buf(sock.fd(), SockBuf::Recv, bytes)?;
+        match &sock {
+            // A datagram peer needs room for the largest frame: macOS's defaults (2 KiB
+            // send, 4 KiB receive) hold none, so it is sized like gvproxy there.
+            PeerSocket::Gram(..) => size_proxy_dgram(sock.fd(), opts.rcvbuf)?,
+            PeerSocket::Stream(_) => {
+                if let Some(bytes) = opts.rcvbuf {
+                    set_sock_buf(sock.fd(), SockBuf::Recv, bytes)?;
+                }
+            }
         }
         sock.set_timeouts(POLL)?;
         let wake = Notifier::new()?;

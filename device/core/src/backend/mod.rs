@@ -20,7 +20,8 @@ pub mod unixstream;
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
 
-use crate::sockopt::{set_no_sigpipe, set_sock_buf, SockBuf};
+use crate::bufsize::fits;
+use crate::sockopt::{request_sock_buf, set_no_sigpipe, SockBuf};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -110,6 +111,14 @@ pub enum BackendError {
         opt: &'static str,
         source: io::Error,
     },
+    /// The socket's buffer ended up smaller than a frame needs, whatever was asked for.
+    #[error("{opt}: {requested} asked for, the kernel allows {obtained}, a frame needs {needed}")]
+    BufferTooSmall {
+        opt: &'static str,
+        requested: usize,
+        obtained: usize,
+        needed: usize,
+    },
     /// The proxy closed its end or died; the device cannot continue.
     #[error("proxy is gone (fd {fd}): {detail}")]
     PeerGone { fd: RawFd, detail: String },
@@ -141,7 +150,8 @@ pub enum ReadStatus {
     Frame(usize),
     /// Nothing (complete) to read now.
     WouldBlock,
-    /// A frame larger than the buffer arrived and was discarded; its length.
+    /// A frame larger than the buffer arrived and was discarded; its length. On macOS a
+    /// datagram's is a lower bound (the buffer's length: its `recvmsg` cannot report more).
     Oversize(usize),
 }
 
@@ -251,12 +261,29 @@ pub(crate) fn socket_failure(fd: RawFd, op: &'static str, err: io::Error) -> Bac
     }
 }
 
-/// Sets one of the socket's buffers; a refusal is a setup error naming the option.
-pub(crate) fn set_buf(fd: BorrowedFd<'_>, which: SockBuf, size: usize) -> Result<(), BackendError> {
-    set_sock_buf(fd, which, size).map_err(|source| BackendError::SockOpt {
-        opt: which.name(),
-        source,
-    })
+/// Sizes one of the socket's buffers: `requested`, or less where the kernel refuses it (a
+/// warning naming the size obtained). Fails only when what the socket ends up with is below
+/// `floor`, the size a frame needs (0 for a stream, which carries frames in pieces).
+pub(crate) fn size_buf(
+    fd: BorrowedFd<'_>,
+    which: SockBuf,
+    requested: usize,
+    floor: usize,
+) -> Result<usize, BackendError> {
+    let out =
+        request_sock_buf(fd, which, requested, floor).map_err(|source| BackendError::SockOpt {
+            opt: which.name(),
+            source,
+        })?;
+    if !fits(out.obtained, floor) {
+        return Err(BackendError::BufferTooSmall {
+            opt: which.name(),
+            requested,
+            obtained: out.obtained,
+            needed: floor,
+        });
+    }
+    Ok(out.obtained)
 }
 
 pub(crate) fn no_sigpipe(fd: BorrowedFd<'_>) -> Result<(), BackendError> {

@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use super::frame::{EMPTY_IOV, MAX_IOV};
 use super::{
-    is_peer_gone, no_sigpipe, set_buf, socket_failure, Backend, BackendError, BackendOptions,
+    is_peer_gone, no_sigpipe, size_buf, socket_failure, Backend, BackendError, BackendOptions,
     FaultInjector, ReadStatus, TxFrame, WriteStatus, SEND_FLAGS,
 };
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
 
+use crate::bufsize::{stream_plan, Os};
 use crate::net::MAX_FRAME;
 use crate::sockopt::SockBuf;
 
@@ -58,11 +59,14 @@ impl UnixStreamBackend {
                 opt: "O_NONBLOCK",
                 source,
             })?;
-        if let Some(n) = opts.sndbuf {
-            set_buf(sock.as_fd(), SockBuf::Send, n)?;
+        // A stream carries a frame in pieces, so no size is too small to work (floor 0):
+        // only slow. Unless told otherwise, macOS gets libkrun's 16 MiB (see `bufsize`).
+        let plan = stream_plan(Os::CURRENT);
+        if let Some(n) = opts.sndbuf.or(plan.sndbuf) {
+            size_buf(sock.as_fd(), SockBuf::Send, n, 0)?;
         }
-        if let Some(n) = opts.rcvbuf {
-            set_buf(sock.as_fd(), SockBuf::Recv, n)?;
+        if let Some(n) = opts.rcvbuf.or(plan.rcvbuf) {
+            size_buf(sock.as_fd(), SockBuf::Recv, n, 0)?;
         }
         no_sigpipe(sock.as_fd())?;
         Ok(UnixStreamBackend {

@@ -74,6 +74,14 @@ impl Poller {
         Ok(())
     }
 
+    /// Turns write readiness reports for `fd` on or off. A no-op here: an edge-triggered
+    /// epoll reports a socket becoming writable once per transition, so an idle writer
+    /// costs no wake-ups, and Linux keeps the behaviour it always had.
+    pub fn watch_writable(&mut self, fd: BorrowedFd<'_>, token: u64, on: bool) -> io::Result<()> {
+        let _ = (fd, token, on);
+        Ok(())
+    }
+
     /// Arms the one-shot timer; returns false (and leaves the deadline alone) when a timer
     /// is already pending, so repeated failures cannot keep pushing the retry away.
     pub fn arm_timer(&mut self, delay: Duration) -> io::Result<bool> {
@@ -120,6 +128,7 @@ impl Poller {
                 writable: bits.contains(EpollFlags::EPOLLOUT),
                 hup: bits.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLRDHUP),
                 error: bits.contains(EpollFlags::EPOLLERR),
+                error_code: None,
                 data: None,
             });
         }

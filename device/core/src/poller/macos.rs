@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use nix::sys::event::{EvFlags, EventFilter, FilterFlag, KEvent, Kqueue};
 
+use super::kevent::{decode, Filter, RawEvent};
 use super::{Event, Interest, TIMER_TOKEN};
 
 /// kqueue's own EVFILT_WRITE `data` is the send space: nothing to ask the socket.
@@ -74,6 +75,26 @@ impl Poller {
         }
     }
 
+    /// Turns EVFILT_WRITE for `fd` on or off. The worker turns it off while nothing is
+    /// deferred, so a socket that stays writable wakes nobody for nothing, and on when a
+    /// frame is deferred, so every write event of an episode is seen (and probed). Enabling
+    /// makes XNU look at the socket again, so a socket already writable reports at once.
+    pub fn watch_writable(&mut self, fd: BorrowedFd<'_>, token: u64, on: bool) -> io::Result<()> {
+        let flags = if on {
+            EvFlags::EV_ADD | EvFlags::EV_CLEAR | EvFlags::EV_ENABLE
+        } else {
+            EvFlags::EV_DISABLE
+        };
+        self.change(&[KEvent::new(
+            fd.as_raw_fd() as usize,
+            EventFilter::EVFILT_WRITE,
+            flags,
+            FilterFlag::empty(),
+            0,
+            token as isize,
+        )])
+    }
+
     pub fn arm_timer(&mut self, delay: Duration) -> io::Result<bool> {
         if self.timer_pending {
             return Ok(false);
@@ -107,18 +128,23 @@ impl Poller {
             Err(e) => return Err(e.into()),
         };
         for kev in &self.buf[..n] {
-            let filter = kev.filter().ok();
-            if filter == Some(EventFilter::EVFILT_TIMER) {
+            let filter = match kev.filter() {
+                Ok(EventFilter::EVFILT_READ) => Filter::Read,
+                Ok(EventFilter::EVFILT_WRITE) => Filter::Write,
+                Ok(EventFilter::EVFILT_TIMER) => Filter::Timer,
+                _ => Filter::Other,
+            };
+            if filter == Filter::Timer {
                 self.timer_pending = false;
             }
-            out.push(Event {
+            out.push(decode(RawEvent {
                 token: kev.udata() as u64,
-                readable: filter == Some(EventFilter::EVFILT_READ),
-                writable: filter == Some(EventFilter::EVFILT_WRITE),
-                hup: kev.flags().contains(EvFlags::EV_EOF),
+                filter,
+                eof: kev.flags().contains(EvFlags::EV_EOF),
                 error: kev.flags().contains(EvFlags::EV_ERROR),
-                data: Some(kev.data() as i64),
-            });
+                fflags: kev.fflags().bits(),
+                data: kev.data() as i64,
+            }));
         }
         Ok(())
     }
