@@ -77,8 +77,9 @@ impl Poller {
 
     /// Turns EVFILT_WRITE for `fd` on or off. The worker turns it off while nothing is
     /// deferred, so a socket that stays writable wakes nobody for nothing, and on when a
-    /// frame is deferred, so every write event of an episode is seen (and probed). Enabling
-    /// makes XNU look at the socket again, so a socket already writable reports at once.
+    /// frame is deferred, so every write event of an episode is seen (and probed). Whether
+    /// XNU reports a socket that is already writable the moment the filter is enabled has
+    /// not been checked on a Mac; if it does not, the retry timer still retries the frame.
     pub fn watch_writable(&mut self, fd: BorrowedFd<'_>, token: u64, on: bool) -> io::Result<()> {
         let flags = if on {
             EvFlags::EV_ADD | EvFlags::EV_CLEAR | EvFlags::EV_ENABLE
