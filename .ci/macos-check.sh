@@ -74,9 +74,11 @@ if ! [ -x /usr/bin/cargo ] || ! dpkg -s rust-web-src >/dev/null 2>&1; then
   echo "macos-check: skipped: no rustup macOS targets and no Debian rustc-web/rust-web-src"
   exit 0
 fi
+# No -D warnings here: RUSTFLAGS would reach the std sources built for the target too.
+echo "macos-check: fallback type-checks only (no clippy, warnings not denied)"
 for t in "${targets[@]}"; do
   # shellcheck disable=SC2046
-  RUSTC_BOOTSTRAP=1 RUSTFLAGS="-D warnings" CARGO_TARGET_DIR=target/build-std /usr/bin/cargo check \
+  RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/build-std /usr/bin/cargo check \
     -Zbuild-std=std,panic_abort,proc_macro,test --workspace --all-targets $(target_args "$t") \
     || status=1
 done
