@@ -54,7 +54,10 @@ case $(uname -s) in
   Darwin)
     status=0
     # -C runs cpp: enobufs.d's '#if FRAMES' leaves the frame clauses unenabled
-    dtrace -C -D FRAMES=$frames -s "$here/enobufs.d" "${target[@]}" -o "$out" 2> >(tee "$err" >&2) || status=$?
+    # stderr to a file, shown afterwards: macOS's /bin/bash 3.2 does not wait for a
+    # process substitution, so a tee of it could still be writing when we count drops
+    dtrace -C -D FRAMES=$frames -s "$here/enobufs.d" "${target[@]}" -o "$out" 2> "$err" || status=$?
+    cat "$err" >&2
     ;;
   *) echo "capture.sh: no tracer for $(uname -s)" >&2; exit 1 ;;
 esac
@@ -69,7 +72,7 @@ if [ -s "$out" ]; then
 fi
 if [ "$lost" -gt 0 ]; then
   echo "# warning: the tracer lost $lost records; this trace is incomplete" >> "$out"
-  echo "capture.sh: WARNING: the tracer lost $lost records: $out is incomplete (raise BPFTRACE_PERF_RB_PAGES, or -x bufsize= for DTrace, or use --no-frames)" >&2
+  echo "capture.sh: WARNING: the tracer lost $lost records: $out is incomplete (raise BPFTRACE_PERF_RB_PAGES, or enobufs.d's -D BUFSIZE= for DTrace, or use --no-frames)" >&2
 fi
 rows=$(grep -cvE '^(#|ts_ns,)' "$out" || true)
 echo "capture.sh: $rows rows in $out" >&2

@@ -7,6 +7,7 @@
 //! hiding a regression.
 
 use std::hint::black_box;
+use std::os::fd::AsFd;
 use std::time::Instant;
 
 use std::sync::Arc;
@@ -34,6 +35,8 @@ fn measure(iters: u64, mut f: impl FnMut(u64)) -> f64 {
 fn main() {
     probes::register();
     let fd = black_box(7i64);
+    // A real socket for the argument closure that must never run.
+    let (sock, _peer) = std::os::unix::net::UnixDatagram::pair().expect("socketpair");
 
     // The baseline does everything the probe loop does except the probe: the loop, the
     // argument values forced into registers, one opaque use of them.
@@ -52,7 +55,7 @@ fn main() {
     let kevent_lazy = measure(ITERS, |i| {
         probes::kevent_write_with(fd, || {
             // Would cost ~100s of ns if it ran; the result shows it does not.
-            vnet_device::poller::send_space(i as i32)
+            vnet_device::poller::send_space(sock.as_fd()) + i as i64
         });
         black_box(());
     });
@@ -139,7 +142,7 @@ fn main() {
         "  tx_frame recorded (in-process) {recorded:7.3} ns/iter  -> {:6.3} ns per row",
         cost(recorded)
     );
-    println!("    of which CLOCK_MONOTONIC read  {clock:7.3} ns");
+    println!("    of which trace clock read     {clock:7.3} ns");
     let worst = [
         cost(tx_frame),
         cost(enobufs),

@@ -2,7 +2,7 @@
 //! probe (and through it the in-process recorder), the counters and the tracing log, so a
 //! call site cannot update one and forget another.
 
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::Arc;
 
 use crate::metrics::Metrics;
@@ -133,7 +133,9 @@ impl DeviceEvents {
     #[inline]
     pub fn socket_readable(&self, data: Option<i64>) {
         let fd = self.fd;
-        let data = || data.unwrap_or_else(|| poller::bytes_waiting(fd));
+        // SAFETY: `fd` is the backend socket, which outlives the worker and so this call.
+        let sock = unsafe { BorrowedFd::borrow_raw(fd) };
+        let data = || data.unwrap_or_else(|| poller::bytes_waiting(sock));
         self.metrics.read_events.inc();
         probes::kevent_read_with(fd.into(), data);
         if tracing::enabled!(tracing::Level::DEBUG) {
@@ -146,7 +148,9 @@ impl DeviceEvents {
     #[inline]
     pub fn socket_writable(&self, data: Option<i64>) {
         let fd = self.fd;
-        let data = || data.unwrap_or_else(|| poller::send_space(fd));
+        // SAFETY: as in `socket_readable`.
+        let sock = unsafe { BorrowedFd::borrow_raw(fd) };
+        let data = || data.unwrap_or_else(|| poller::send_space(sock));
         self.metrics.write_events.inc();
         probes::kevent_write_with(fd.into(), data);
         if tracing::enabled!(tracing::Level::DEBUG) {

@@ -7,6 +7,7 @@
 //! one data path, and it lives here.
 
 pub mod backend;
+pub mod bufsize;
 pub mod device;
 pub mod episode;
 pub mod events;
@@ -18,4 +19,5 @@ pub mod poller;
 pub mod probes;
 pub mod recorder;
 pub mod retry_timer;
+pub mod sockopt;
 pub mod worker;

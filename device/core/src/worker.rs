@@ -6,7 +6,7 @@
 //! [`WorkerExit`] so a front end can restart the device on them.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -151,6 +151,9 @@ struct Loop {
     stop: Notifier,
     retry_delay: Option<Duration>,
     lose_write_events: bool,
+    /// Whether the poller reports the backend socket writable; on while a frame is
+    /// deferred (see `Poller::watch_writable`).
+    watching_writable: bool,
 }
 
 fn run(setup: WorkerSetup, stop: Notifier) -> Result<WorkerExit, WorkerError> {
@@ -172,16 +175,19 @@ fn run(setup: WorkerSetup, stop: Notifier) -> Result<WorkerExit, WorkerError> {
     let dev = NetDevice::new(mem, rx, tx, rx_call, tx_call, features, backend, metrics);
     let mut poller = Poller::new().map_err(WorkerError::Poller)?;
     poller
-        .add(stop.as_raw_fd(), TOKEN_STOP, Interest::Read)
+        .add(stop.as_fd(), TOKEN_STOP, Interest::Read)
         .map_err(WorkerError::Poller)?;
     poller
-        .add(rx_kick.as_raw_fd(), TOKEN_RX_KICK, Interest::Read)
+        .add(rx_kick.as_fd(), TOKEN_RX_KICK, Interest::Read)
         .map_err(WorkerError::Poller)?;
     poller
-        .add(tx_kick.as_raw_fd(), TOKEN_TX_KICK, Interest::Read)
+        .add(tx_kick.as_fd(), TOKEN_TX_KICK, Interest::Read)
         .map_err(WorkerError::Poller)?;
+    // SAFETY: `dev` owns the backend socket and outlives this call, so the fd stays open
+    // while borrowed.
+    let backend_fd = unsafe { BorrowedFd::borrow_raw(dev.backend_fd()) };
     poller
-        .add(dev.backend_fd(), TOKEN_BACKEND, Interest::ReadWriteEdge)
+        .add(backend_fd, TOKEN_BACKEND, Interest::ReadWriteEdge)
         .map_err(WorkerError::Poller)?;
     tracing::info!(
         fd = dev.backend_fd(),
@@ -198,6 +204,7 @@ fn run(setup: WorkerSetup, stop: Notifier) -> Result<WorkerExit, WorkerError> {
         stop,
         retry_delay,
         lose_write_events: options.lose_write_events,
+        watching_writable: true,
     };
     let reason = match l.event_loop() {
         Ok(reason) => reason,
@@ -219,6 +226,9 @@ fn run(setup: WorkerSetup, stop: Notifier) -> Result<WorkerExit, WorkerError> {
 impl Loop {
     fn event_loop(&mut self) -> Result<ExitReason, WorkerError> {
         let fd = self.dev.backend_fd();
+        // SAFETY: the backend socket lives in `self.dev` until this loop has returned, so
+        // the fd stays open for every use of this borrow below.
+        let sock = unsafe { BorrowedFd::borrow_raw(fd) };
         let mut events: Vec<Event> = Vec::with_capacity(32);
         // Work queued before the worker started (or lost to a race) is picked up first.
         let (mut tx_work, mut rx_work) = (true, true);
@@ -241,6 +251,13 @@ impl Loop {
                     rx_work = true;
                 }
             }
+            let deferred = self.dev.tx_deferred();
+            if deferred != self.watching_writable {
+                self.poller
+                    .watch_writable(sock, TOKEN_BACKEND, deferred)
+                    .map_err(WorkerError::Poller)?;
+                self.watching_writable = deferred;
+            }
             // Unfinished batches: look at new events without sleeping, then continue.
             let timeout = if tx_work || rx_work {
                 Some(Duration::ZERO)
@@ -254,6 +271,7 @@ impl Loop {
             report.wakeup();
             let _turn = tracing::debug_span!("turn", events = events.len()).entered();
             let mut hup = false;
+            let mut hup_error = None;
             for ev in &events {
                 match ev.token {
                     TOKEN_STOP => {
@@ -279,7 +297,16 @@ impl Loop {
                             report.socket_writable(ev.data);
                             tx_work |= self.dev.tx_deferred();
                         }
-                        if ev.error {
+                        if let Some(code) = ev.error_code {
+                            // kqueue: EV_EOF carrying the socket's error. Frames already
+                            // queued are taken first, like on a hang-up.
+                            hup = true;
+                            hup_error = Some(code);
+                        } else if ev.error || (!self.dev.tx_deferred() && self.dev.rx_waiting()) {
+                            // An error the event does not carry; or an event while neither
+                            // direction would touch the socket (nothing deferred, RX parked
+                            // for guest buffers), where a dead peer shows only in SO_ERROR:
+                            // XNU wakes nobody when a connected datagram's peer dies.
                             self.check_socket_error()?;
                         }
                         hup |= ev.hup;
@@ -298,9 +325,16 @@ impl Loop {
                 if !self.dev.rx_waiting() {
                     self.dev.process_rx()?;
                 }
-                return Err(BackendError::PeerGone {
-                    fd,
-                    detail: "the proxy hung up (poller reported HUP)".into(),
+                return Err(match hup_error {
+                    Some(code) => crate::backend::socket_failure(
+                        fd,
+                        "socket error (kqueue EV_EOF)",
+                        io::Error::from_raw_os_error(code),
+                    ),
+                    None => BackendError::PeerGone {
+                        fd,
+                        detail: "the proxy hung up (poller reported HUP)".into(),
+                    },
                 }
                 .into());
             }
@@ -309,17 +343,18 @@ impl Loop {
 
     fn check_socket_error(&self) -> Result<(), WorkerError> {
         let fd = self.dev.backend_fd();
-        let err =
-            crate::backend::sockopt_int(fd, libc::SO_ERROR).map_err(|source| BackendError::Io {
-                op: "getsockopt(SO_ERROR)",
-                fd,
-                source,
-            })?;
+        // SAFETY: the backend socket lives in `self.dev`, borrowed for this call only.
+        let sock = unsafe { BorrowedFd::borrow_raw(fd) };
+        let err = crate::sockopt::take_socket_error(sock).map_err(|source| BackendError::Io {
+            op: "getsockopt(SO_ERROR)",
+            fd,
+            source,
+        })?;
         if err == 0 {
             return Ok(());
         }
-        let source = io::Error::from_raw_os_error(err as i32);
-        if crate::backend::is_peer_gone(err as i32) {
+        let source = io::Error::from_raw_os_error(err);
+        if crate::backend::is_peer_gone(err) {
             return Err(BackendError::PeerGone {
                 fd,
                 detail: format!("socket error: {source}"),

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 
 use common::{frame, tx_segs, DriverQueue};
@@ -118,7 +117,7 @@ fn recorder_writes_the_trace_csv_with_each_argument_in_its_column() {
     // A real episode through the data path: every 2nd send fails once with ENOBUFS.
     let mem = common::memory();
     let (rx, mut tx) = (DriverQueue::new(0, 64), DriverQueue::new(1, 64));
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     peer.set_nonblocking(true).unwrap();
     let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
     let fd = vnet_device::backend::Backend::raw_fd(&be).to_string();

@@ -139,7 +139,7 @@ impl Peer {
 fn connect(p: &Proxy) -> (Box<dyn Backend>, Peer) {
     match p {
         Proxy::Gram => {
-            let (a, b) = UnixDatagram::pair().unwrap();
+            let (a, b) = common::gram_pair();
             b.set_nonblocking(true).unwrap();
             (
                 Box::new(UnixGram::from_socket(a, &BackendOptions::default()).unwrap()),

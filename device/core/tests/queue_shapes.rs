@@ -21,6 +21,7 @@ use vnet_device::net::{
     DEVICE_FEATURES, FEATURE_EVENT_IDX, FEATURE_MRG_RXBUF, MAX_FRAME, NET_HDR_LEN,
 };
 use vnet_device::notify::Notifier;
+use vnet_device::sockopt::{set_sock_buf, SockBuf};
 
 const W: u16 = VRING_DESC_F_WRITE as u16;
 /// Data for descriptors lives from here on (the mock rings sit below 2 MiB).
@@ -41,7 +42,7 @@ struct Rig<'a> {
 fn rig(mem: &GuestMemoryMmap, features: u64, qsize: u16) -> Rig<'_> {
     let rxq = MockSplitQueue::create(mem, GuestAddress(0), qsize);
     let txq = MockSplitQueue::create(mem, GuestAddress(0x10_0000), qsize);
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     peer.set_nonblocking(true).unwrap();
     let backend = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
     let metrics = Arc::new(Metrics::new());
@@ -215,20 +216,18 @@ fn tx_descriptor_spanning_two_memory_regions_is_gathered() {
 fn tx_deferred_frames_go_out_unchanged_and_in_order_gathered_or_copied() {
     let mem = common::memory();
     let mut r = rig(&mem, DEVICE_FEATURES, 256);
-    // 60000-byte frames fill a 128 KiB send buffer after two: the rest wait deferred in
-    // guest memory. Odd frames have more pieces than a send gathers.
-    let small: libc::c_int = 64 << 10;
-    // SAFETY: the fd is the device's open socket; small outlives the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            r.dev.backend_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&small as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
+    // Two 60000-byte frames fill 128 KiB of buffer: the rest wait deferred in guest memory.
+    // Odd frames have more pieces than a send gathers. Where the push-back comes from
+    // depends on the OS: Linux holds an unread datagram against the sender's SO_SNDBUF
+    // (64 KiB asked for, doubled), macOS against the receiver's SO_RCVBUF.
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: the device owns its open socket for the whole test; the borrow ends here.
+        let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(r.dev.backend_fd()) };
+        set_sock_buf(sock, SockBuf::Send, 64 << 10).unwrap();
+    }
+    #[cfg(target_os = "macos")]
+    set_sock_buf(std::os::fd::AsFd::as_fd(&r.peer), SockBuf::Recv, 128 << 10).unwrap();
     let frames: Vec<Vec<u8>> = (0..6).map(|i| common::frame(i, 60000)).collect();
     for (i, f) in frames.iter().enumerate() {
         let cuts: &[usize] = if i % 2 == 1 {

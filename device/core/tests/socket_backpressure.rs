@@ -59,7 +59,7 @@ fn stepped_with_faults(
     }
 }
 
-/// Sends junk from `sock` until the kernel says EAGAIN; returns how many went in.
+/// Sends junk from `sock` until the path to the peer is full; returns how many went in.
 fn fill_gram(sock: &UnixDatagram) -> usize {
     sock.set_nonblocking(true).unwrap();
     let junk = [0xeeu8; 1000];
@@ -67,7 +67,7 @@ fn fill_gram(sock: &UnixDatagram) -> usize {
     loop {
         match sock.send(&junk) {
             Ok(_) => n += 1,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return n,
+            Err(e) if common::is_dgram_full(&e) => return n,
             Err(e) => panic!("filling: {e}"),
         }
     }
@@ -84,7 +84,7 @@ fn recv_frames(peer: &UnixDatagram) -> Vec<Vec<u8>> {
 
 #[test]
 fn gram_full_peer_defers_frame_keeps_descriptor_then_delivers_in_order() {
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     peer.set_nonblocking(true).unwrap();
     let filler = a.try_clone().unwrap();
     let mut s = stepped(
@@ -200,7 +200,7 @@ fn stream_partial_writes_resume_exactly() {
 
 #[test]
 fn event_idx_suppresses_and_then_sends_interrupts() {
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     peer.set_nonblocking(true).unwrap();
     let mut s = stepped(
         Box::new(UnixGram::from_socket(a, &BackendOptions::default()).unwrap()),
@@ -237,7 +237,7 @@ fn event_idx_suppresses_and_then_sends_interrupts() {
 
 #[test]
 fn injected_enobufs_make_episodes_with_counted_retries() {
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     peer.set_nonblocking(true).unwrap();
     let mut s = stepped_with_faults(
         Box::new(UnixGram::from_socket(a, &BackendOptions::default()).unwrap()),
@@ -282,7 +282,7 @@ fn post(g: &mut common::Guest, frames: &[Vec<u8>], cuts: &[usize], next: &mut us
 
 #[test]
 fn worker_gram_backpressure_all_frames_once_in_order() {
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     let filler = a.try_clone().unwrap();
     let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
     let junk = fill_gram(&filler);
@@ -417,7 +417,7 @@ fn worker_stream_peer_closing_mid_frame_stops_with_peer_gone() {
 
 #[test]
 fn worker_gram_peer_gone_while_frame_deferred() {
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     let filler = a.try_clone().unwrap();
     let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
     fill_gram(&filler);
@@ -440,7 +440,7 @@ fn worker_gram_peer_gone_while_frame_deferred() {
 
 #[test]
 fn worker_lost_write_events_are_rescued_by_the_timer() {
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     let filler = a.try_clone().unwrap();
     let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
     let junk = fill_gram(&filler);
@@ -480,7 +480,7 @@ fn worker_lost_write_events_are_rescued_by_the_timer() {
 
 #[test]
 fn worker_lost_write_events_without_timer_are_rescued_by_a_kick() {
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     let filler = a.try_clone().unwrap();
     let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
     let junk = fill_gram(&filler);
@@ -513,7 +513,7 @@ fn worker_lost_write_events_without_timer_are_rescued_by_a_kick() {
 
 #[test]
 fn worker_rx_waits_for_guest_buffers_and_resumes_on_kick() {
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
     let (mut g, h) = common::start(
         Box::new(be),
@@ -572,7 +572,7 @@ fn worker_rx_waits_for_guest_buffers_and_resumes_on_kick() {
 
 #[test]
 fn deferred_frame_asks_for_a_kick_on_the_next_chain() {
-    let (a, _peer) = UnixDatagram::pair().unwrap();
+    let (a, _peer) = common::gram_pair();
     let filler = a.try_clone().unwrap();
     let mut s = stepped(
         Box::new(UnixGram::from_socket(a, &BackendOptions::default()).unwrap()),
@@ -588,7 +588,7 @@ fn deferred_frame_asks_for_a_kick_on_the_next_chain() {
 
 #[test]
 fn worker_sleeps_while_a_frame_is_deferred_without_timer() {
-    let (a, _peer) = UnixDatagram::pair().unwrap();
+    let (a, _peer) = common::gram_pair();
     let filler = a.try_clone().unwrap();
     let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
     fill_gram(&filler);

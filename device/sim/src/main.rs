@@ -14,6 +14,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use vnet_device::backend::{BackendSpec, FaultConfig};
+use vnet_device::bufsize::check_dgram_rcvbuf;
 use vnet_device::probes;
 use vnet_device::recorder::Recorder;
 use vnet_device::retry_timer::RetryTimer;
@@ -70,7 +71,8 @@ struct Cli {
     /// exempts it from net.unix.max_dgram_qlen: little backpressure).
     #[arg(long, conflicts_with = "proxy")]
     proxy_socketpair: bool,
-    /// Built-in proxy: SO_RCVBUF of its socket (backpressure).
+    /// Built-in proxy: SO_RCVBUF of its socket (backpressure). A datagram proxy's must hold
+    /// the largest frame: at least 65806 (65550 + 256 for the sender's address).
     #[arg(long)]
     proxy_rcvbuf: Option<usize>,
     /// Built-in proxy: sleep this long after every frame it reads.
@@ -243,6 +245,10 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
             Err(format!("{name} {v}: must be a positive number of seconds"))
         }
     };
+    if let (Some(bytes), None, BuiltinKind::UnixGram) = (cli.proxy_rcvbuf, &cli.proxy, &cli.backend)
+    {
+        check_dgram_rcvbuf(bytes).map_err(|e| format!("--proxy-rcvbuf {e}"))?;
+    }
     let limit = match cli.frames {
         Some(0) => return Err("--frames 0: must be at least 1".into()),
         Some(n) => Limit::Frames(n),

@@ -606,11 +606,9 @@ fn stall_text(s: &Shared, metrics: &Metrics, idle: Duration) -> String {
 /// a benchmark can compare on a machine other jobs are loading; wall-clock rates there
 /// mostly measure the neighbours.
 pub fn process_cpu_seconds() -> f64 {
-    // SAFETY: getrusage fills the struct we own; RUSAGE_SELF is always valid.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return 0.0;
+    use nix::sys::time::TimeValLike;
+    match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+        Ok(ru) => (ru.user_time() + ru.system_time()).num_microseconds() as f64 / 1e6,
+        Err(_) => 0.0,
     }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
 }

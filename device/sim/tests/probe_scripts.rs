@@ -112,10 +112,14 @@ fn clauses(text: &str) -> Vec<Clause> {
             }
             body.push(c);
         }
-        // drop the predicate and directive lines (#pragma, #include, #define) from the head
+        // drop the predicate and directive lines (#pragma, #include, #define, and the
+        // VNET_OPTION(...) lines that become #pragma under cpp) from the head
         let spec_part: String = head
             .lines()
-            .filter(|l| !l.trim_start().starts_with('#'))
+            .filter(|l| {
+                let l = l.trim_start();
+                !l.starts_with('#') && !l.starts_with("VNET_OPTION(")
+            })
             .collect::<Vec<_>>()
             .join("\n");
         let spec_part = spec_part.split('/').next().unwrap_or("");
@@ -352,13 +356,15 @@ fn check_capture(file: &str, text: &str, ts_expr: &str, want: &[&String]) {
 }
 
 /// Evaluates the preprocessor lines of enobufs.d the way `dtrace -C [-D FRAMES=n]` would:
-/// `#ifndef`, `#define NAME VALUE`, `#if NAME`, `#else`, `#endif`; `#pragma` is kept.
+/// `#ifndef`, `#define NAME VALUE` (an integer where `#if` reads it; function-like macros
+/// and sizes such as `16m` are only recorded), `#if NAME`, `#else`, `#endif`; `#pragma`
+/// is kept.
 /// Anything else panics, so the script cannot grow conditionals this check would misread.
 /// Lines left out become blank lines, keeping line numbers in messages right.
 fn preprocess(file: &str, text: &str, frames: Option<i64>) -> String {
-    let mut defines: BTreeMap<String, i64> = BTreeMap::new();
+    let mut defines: BTreeMap<String, String> = BTreeMap::new();
     if let Some(n) = frames {
-        defines.insert("FRAMES".into(), n);
+        defines.insert("FRAMES".into(), n.to_string());
     }
     let mut active: Vec<bool> = Vec::new();
     let mut out = Vec::new();
@@ -368,7 +374,12 @@ fn preprocess(file: &str, text: &str, frames: Option<i64>) -> String {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["#ifndef", name] => active.push(!defines.contains_key(*name)),
-            ["#if", name] => active.push(defines.get(*name).copied().unwrap_or(0) != 0),
+            ["#if", name] => {
+                let value = defines.get(*name).map_or(Ok(0), |v| v.parse::<i64>());
+                let value = value
+                    .unwrap_or_else(|_| panic!("{file}:{}: #if {name}: not an integer", i + 1));
+                active.push(value != 0)
+            }
             ["#else"] => {
                 let top = active.last_mut().expect("#else without #if");
                 *top = !*top;
@@ -378,12 +389,9 @@ fn preprocess(file: &str, text: &str, frames: Option<i64>) -> String {
                     .pop()
                     .unwrap_or_else(|| panic!("{file}:{}: #endif without #if", i + 1));
             }
-            ["#define", name, value] => {
+            ["#define", name, value @ ..] if !value.is_empty() => {
                 if on {
-                    let v = value.parse().unwrap_or_else(|_| {
-                        panic!("{file}:{}: #define {name} {value}: not an integer", i + 1)
-                    });
-                    defines.insert(name.to_string(), v);
+                    defines.insert(name.to_string(), value.join(" "));
                 }
             }
             [d, ..] if d.starts_with('#') && *d != "#pragma" && *d != "#!/usr/sbin/dtrace" => {
@@ -483,4 +491,78 @@ fn clause_parser_reads_predicates_and_multi_probe_heads() {
         printfs(&c[2].body),
         vec![("%d".to_string(), vec!["(arg1 + 1)".to_string()])]
     );
+}
+
+/// Runs a real C preprocessor over `script` the way Apple's dtrace does for `-C` (`clang
+/// -E -xc -U__GNUC__ -D__APPLE__`, the `#!` line left out), or GNU cpp when clang is
+/// missing; `None` when neither is installed.
+fn dtrace_cpp(script: &str, defines: &[&str]) -> Option<String> {
+    let text = fs::read_to_string(root().join("probes").join(script)).unwrap();
+    // dtrace drops the interpreter line itself before running cpp
+    let body: String = text
+        .lines()
+        .map(|l| if l.starts_with("#!") { "" } else { l })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = std::env::temp_dir().join(format!("vnet-dcpp-{}-{script}", std::process::id()));
+    fs::write(&path, body).unwrap();
+    let runs: [(&str, &[&str]); 2] = [
+        ("clang", &["-E", "-xc", "-U__GNUC__", "-D__APPLE__"]),
+        ("cpp", &["-P"]),
+    ];
+    let mut result = None;
+    for (tool, args) in runs {
+        let mut cmd = std::process::Command::new(tool);
+        cmd.args(args);
+        for d in defines {
+            cmd.arg(format!("-D{d}"));
+        }
+        let Ok(out) = cmd.arg(&path).output() else {
+            continue;
+        };
+        assert!(
+            out.status.success(),
+            "{tool} over {script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        result = Some(String::from_utf8(out.stdout).unwrap());
+        break;
+    }
+    let _ = fs::remove_file(&path);
+    result
+}
+
+#[test]
+fn dtrace_options_are_cpp_macros_with_the_documented_defaults() {
+    // (script, option, default, an override)
+    let cases = [
+        ("enobufs.d", "bufsize", "16m", "BUFSIZE=64m"),
+        ("enobufs.d", "switchrate", "100hz", "SWITCHRATE=200hz"),
+        ("enobufs.d", "dynvarsize", "4m", "DYNVARSIZE=8m"),
+        ("stall.d", "switchrate", "100hz", "SWITCHRATE=200hz"),
+        ("enobufs-hist.d", "dynvarsize", "4m", "DYNVARSIZE=8m"),
+    ];
+    for (script, option, default, over) in cases {
+        let Some(plain) = dtrace_cpp(script, &[]) else {
+            eprintln!("skipped: neither clang nor cpp is installed to preprocess {script}");
+            return;
+        };
+        let pragma = |v: &str| format!("#pragma D option {option}={v}");
+        assert!(plain.contains(&pragma(default)), "{script}: {plain}");
+        assert!(
+            !plain.contains("VNET_OPTION"),
+            "{script}: macro left unexpanded"
+        );
+        let value = over.split_once('=').unwrap().1;
+        let set = dtrace_cpp(script, &[over]).unwrap();
+        assert!(set.contains(&pragma(value)), "{script} -D {over}: {set}");
+        assert!(!set.contains(&pragma(default)), "{script} -D {over}: {set}");
+        // The header documents the macro, its default and how to set it.
+        let text = fs::read_to_string(root().join("probes").join(script)).unwrap();
+        let name = over.split_once('=').unwrap().0;
+        assert!(
+            text.contains(&format!("-D {over}")) && text.contains(&format!("(default {default})")),
+            "{script}: header does not document -D {name}"
+        );
+    }
 }

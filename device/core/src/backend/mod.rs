@@ -7,7 +7,10 @@ pub mod unixgram;
 pub mod unixstream;
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
+
+use crate::bufsize::fits;
+use crate::sockopt::{request_sock_buf, set_no_sigpipe, SockBuf};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -86,6 +89,14 @@ pub enum BackendError {
         opt: &'static str,
         source: io::Error,
     },
+    /// The socket's buffer ended up smaller than a frame needs, whatever was asked for.
+    #[error("{opt}: {requested} asked for, the kernel allows {obtained}, a frame needs {needed}")]
+    BufferTooSmall {
+        opt: &'static str,
+        requested: usize,
+        obtained: usize,
+        needed: usize,
+    },
     /// The proxy closed its end or died; the device cannot continue.
     #[error("proxy is gone (fd {fd}): {detail}")]
     PeerGone { fd: RawFd, detail: String },
@@ -121,7 +132,8 @@ pub enum ReadStatus {
     Frame(usize),
     /// Nothing (complete) to read now.
     WouldBlock,
-    /// A frame larger than the buffer arrived and was discarded; its length.
+    /// A frame larger than the buffer arrived and was discarded; its length. On macOS a
+    /// datagram's is a lower bound (the buffer's length: its `recvmsg` cannot report more).
     Oversize(usize),
 }
 
@@ -208,61 +220,36 @@ pub(crate) fn socket_failure(fd: RawFd, op: &'static str, err: io::Error) -> Bac
     }
 }
 
-pub(crate) fn set_buf(
-    fd: RawFd,
-    opt: libc::c_int,
-    name: &'static str,
-    size: usize,
-) -> Result<(), BackendError> {
-    let v = size.min(i32::MAX as usize) as libc::c_int;
-    // SAFETY: v is a valid int for setsockopt.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(BackendError::SockOpt {
-            opt: name,
-            source: io::Error::last_os_error(),
+/// Sizes one of the socket's buffers: `requested`, or less where the kernel refuses it (a
+/// warning naming the size obtained). Fails only when what the socket ends up with is below
+/// `floor`, the size a frame needs (0 for a stream, which carries frames in pieces).
+pub(crate) fn size_buf(
+    fd: BorrowedFd<'_>,
+    which: SockBuf,
+    requested: usize,
+    floor: usize,
+) -> Result<usize, BackendError> {
+    let out =
+        request_sock_buf(fd, which, requested, floor).map_err(|source| BackendError::SockOpt {
+            opt: which.name(),
+            source,
+        })?;
+    if !fits(out.obtained, floor) {
+        return Err(BackendError::BufferTooSmall {
+            opt: which.name(),
+            requested,
+            obtained: out.obtained,
+            needed: floor,
         });
     }
-    Ok(())
+    Ok(out.obtained)
 }
 
-/// Current value of an int socket option (tests and logs).
-pub fn sockopt_int(fd: RawFd, opt: libc::c_int) -> io::Result<i64> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: v and len are valid for getsockopt's writes.
-    if unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    } < 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(v.into())
-}
-
-/// macOS has no MSG_NOSIGNAL: a dead peer must not kill the process with SIGPIPE.
-#[cfg(target_os = "macos")]
-pub(crate) fn no_sigpipe(fd: RawFd) -> Result<(), BackendError> {
-    set_buf(fd, libc::SO_NOSIGPIPE, "SO_NOSIGPIPE", 1)
-}
-
-#[cfg(target_os = "linux")]
-pub(crate) fn no_sigpipe(_fd: RawFd) -> Result<(), BackendError> {
-    Ok(())
+pub(crate) fn no_sigpipe(fd: BorrowedFd<'_>) -> Result<(), BackendError> {
+    set_no_sigpipe(fd).map_err(|source| BackendError::SockOpt {
+        opt: "SO_NOSIGPIPE",
+        source,
+    })
 }
 
 #[cfg(target_os = "linux")]

@@ -6,15 +6,20 @@
 //! as many `read` calls as it takes, never blocking.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use super::{
-    is_peer_gone, no_sigpipe, set_buf, socket_failure, Backend, BackendError, BackendOptions,
+    is_peer_gone, no_sigpipe, size_buf, socket_failure, Backend, BackendError, BackendOptions,
     ReadStatus, TxFrame, WriteStatus, SEND_FLAGS,
 };
+use nix::errno::Errno;
+use nix::sys::socket::{recv, MsgFlags};
+
+use crate::bufsize::{stream_plan, Os};
 use crate::frame::{EMPTY_IOV, MAX_FRAME, MAX_IOV};
+use crate::sockopt::SockBuf;
 
 const PREFIX: usize = 4;
 
@@ -51,19 +56,21 @@ impl UnixStreamBackend {
         sock: UnixStream,
         opts: &BackendOptions,
     ) -> Result<UnixStreamBackend, BackendError> {
-        let fd = sock.as_raw_fd();
         sock.set_nonblocking(true)
             .map_err(|source| BackendError::SockOpt {
                 opt: "O_NONBLOCK",
                 source,
             })?;
-        if let Some(n) = opts.sndbuf {
-            set_buf(fd, libc::SO_SNDBUF, "SO_SNDBUF", n)?;
+        // A stream carries a frame in pieces, so no size is too small to work (floor 0):
+        // only slow. Unless told otherwise, macOS gets libkrun's 16 MiB (see `bufsize`).
+        let plan = stream_plan(Os::CURRENT);
+        if let Some(n) = opts.sndbuf.or(plan.sndbuf) {
+            size_buf(sock.as_fd(), SockBuf::Send, n, 0)?;
         }
-        if let Some(n) = opts.rcvbuf {
-            set_buf(fd, libc::SO_RCVBUF, "SO_RCVBUF", n)?;
+        if let Some(n) = opts.rcvbuf.or(plan.rcvbuf) {
+            size_buf(sock.as_fd(), SockBuf::Recv, n, 0)?;
         }
-        no_sigpipe(fd)?;
+        no_sigpipe(sock.as_fd())?;
         Ok(UnixStreamBackend {
             sock,
             woff: 0,
@@ -233,27 +240,20 @@ impl Backend for UnixStreamBackend {
                 self.rstart = 0;
             }
             let room = &mut self.rbuf[self.rend..];
-            // SAFETY: room is valid for its length.
-            let n =
-                unsafe { libc::recv(fd, room.as_mut_ptr().cast(), room.len(), libc::MSG_DONTWAIT) };
-            if n > 0 {
-                self.rend += n as usize;
-                continue;
-            }
-            if n == 0 {
-                let pending = self.rend - self.rstart;
-                let detail = if pending > 0 || self.skip > 0 {
-                    format!("proxy closed the stream in the middle of a frame ({pending} bytes of it received)")
-                } else {
-                    "proxy closed the stream".to_string()
-                };
-                return Err(BackendError::PeerGone { fd, detail });
-            }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error().unwrap_or(0) {
-                libc::EINTR => continue,
-                libc::EAGAIN => return Ok(ReadStatus::WouldBlock),
-                _ => return Err(socket_failure(fd, "recv", err)),
+            match recv(fd, room, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => {
+                    let pending = self.rend - self.rstart;
+                    let detail = if pending > 0 || self.skip > 0 {
+                        format!("proxy closed the stream in the middle of a frame ({pending} bytes of it received)")
+                    } else {
+                        "proxy closed the stream".to_string()
+                    };
+                    return Err(BackendError::PeerGone { fd, detail });
+                }
+                Ok(n) => self.rend += n,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return Ok(ReadStatus::WouldBlock),
+                Err(e) => return Err(socket_failure(fd, "recv", e.into())),
             }
         }
     }

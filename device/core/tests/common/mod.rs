@@ -493,3 +493,26 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// A datagram socketpair whose second end is sized like a proxy's socket
+/// (`sockopt::size_proxy_dgram`): macOS's defaults (2 KiB send, 4 KiB receive) would refuse
+/// most test frames; Linux keeps its defaults, as before.
+pub fn gram_pair() -> (
+    std::os::unix::net::UnixDatagram,
+    std::os::unix::net::UnixDatagram,
+) {
+    let (a, peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    vnet_device::sockopt::size_proxy_dgram(std::os::fd::AsFd::as_fd(&peer), None).unwrap();
+    (a, peer)
+}
+
+/// Whether a datagram send failed because the path to the receiver is full. The OS decides
+/// how that looks: Linux holds the datagram against the sender's own SO_SNDBUF and answers
+/// EAGAIN (a socketpair is exempt from `max_dgram_qlen`); macOS has no datagram send buffer
+/// to fill, appends straight to the receiver's and answers ENOBUFS when that is full.
+pub fn is_dgram_full(e: &std::io::Error) -> bool {
+    #[cfg(target_os = "linux")]
+    return e.kind() == std::io::ErrorKind::WouldBlock;
+    #[cfg(target_os = "macos")]
+    return e.raw_os_error() == Some(libc::ENOBUFS);
+}
