@@ -80,34 +80,31 @@ finish() {
   exit "$status"
 }
 
-# Linux: the fd of PID's AF_UNIX socket at PATH. First a socket bound at PATH that is not
-# listening (a proxy's accepted connection, or a datagram socket), then one connected to a
-# socket bound there (the VMM's end: its own name is empty, its peer's inode is in ss -x).
-socket_fd_linux() { # PID PATH
-  local pid=$1 path=$2 bound inodes f ino peers
+# Linux: the fds of PID's AF_UNIX socket at PATH, lowest first (one socket may sit behind
+# several fds: dup, try_clone). First a socket bound at PATH that is not listening (a
+# proxy's accepted connection, or a datagram socket), then one connected to a socket bound
+# there (the VMM's end: its own name is empty, its peer's inode is in ss -x).
+socket_fds_linux() { # PID PATH
+  local pid=$1 path=$2 bound inodes peers f ino want
   # /proc/net/unix: Num RefCount Protocol Flags Type St Inode Path; Flags 00010000 = listening
-  bound=$(awk -v p="$path" 'NR > 1 && $8 == p { print $7, ($4 == "00010000") }' /proc/net/unix)
+  bound=$(awk -v p="$path" 'NR > 1 && $8 == p { print $7, ($4 == "00010000" ? "listening" : "open") }' /proc/net/unix)
   [ -n "$bound" ] || return 1
-  inodes=$(echo "$bound" | awk '{ print $1 }')
-  for want in open listening; do
+  inodes=$(awk '{ print $1 }' <<< "$bound")
+  # sockets connected to one bound at PATH (ss -x columns: ... local-inode * peer-inode)
+  peers=$(ss -xan 2> /dev/null | awk -v want="$(echo $inodes)" '
+    BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) ok[w[i]] = 1 }
+    NR > 1 && ($NF in ok) { print $(NF - 2) }')
+  for want in open connected listening; do
     for f in /proc/"$pid"/fd/*; do
-      ino=$(readlink "$f" 2>/dev/null) || continue
+      ino=$(readlink "$f" 2> /dev/null) || continue
       [[ $ino =~ ^socket:\[([0-9]+)\]$ ]] || continue
       ino=${BASH_REMATCH[1]}
-      if echo "$bound" | grep -qx "$ino $([ $want = open ] && echo 0 || echo 1)"; then
-        echo "${f##*/}"; return 0
-      fi
-    done
-    [ $want = open ] || break
-    # connected to PATH: sockets whose peer inode is one bound at PATH (ss -x: local, peer)
-    peers=$(ss -xan 2>/dev/null | awk -v want="$(echo $inodes)" '
-      BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) ok[w[i]] = 1 }
-      NR > 1 && ($NF in ok) { print $(NF - 2) }')
-    for f in /proc/"$pid"/fd/*; do
-      ino=$(readlink "$f" 2>/dev/null) || continue
-      [[ $ino =~ ^socket:\[([0-9]+)\]$ ]] || continue
-      if echo "$peers" | grep -qx "${BASH_REMATCH[1]}"; then echo "${f##*/}"; return 0; fi
-    done
+      case $want in
+        connected) grep -qx "$ino" <<< "$peers" || continue ;;
+        *) grep -qx "$ino $want" <<< "$bound" || continue ;;
+      esac
+      echo "${f##*/} $ino"
+    done | sort -n | awk 'NR == 1 { ino = $2 } $2 == ino { print $1 }' | grep . && return 0
   done
   return 1
 }
@@ -148,7 +145,9 @@ case $(uname -s) in
       if [ "${target[0]}" = -p ]; then
         pid=${target[1]}
         if [ -n "$socket" ]; then
-          fd=$(socket_fd_linux "$pid" "$socket") || die "--socket $socket: no AF_UNIX socket of process $pid is bound there or connected to it"
+          fds=$(socket_fds_linux "$pid" "$socket") || die "--socket $socket: no AF_UNIX socket of process $pid is bound there or connected to it"
+          fd=$(head -1 <<< "$fds")
+          [ "$(wc -l <<< "$fds")" = 1 ] || echo "capture.sh: fds $(echo $fds) of process $pid are the same socket; tracing fd $fd only" >&2
         fi
         args=("$pid")
         if [ -n "$fd" ]; then
