@@ -194,7 +194,14 @@ case $(uname -s) in
         fd=$(socket_fd_macos "${target[1]}" "$socket") || true
         [ -n "$fd" ] || die "--socket $socket: no unix socket of process ${target[1]} named $socket (lsof)"
       fi
-      [ -z "$fd" ] || dargs=(-D "FD=$fd")
+      if [ -n "$fd" ]; then
+        dargs=(-D "FD=$fd")
+      elif [ "${target[0]}" = -p ]; then
+        # every unix socket the process has now (syscalls.d alone would take every socket)
+        ufds=$(lsof -a -p "${target[1]}" -U -F f 2> /dev/null | sed -n 's/^f\([0-9][0-9]*\)$/\1/p' | sort -un)
+        [ -n "$ufds" ] || die "-p ${target[1]}: the process has no unix sockets (lsof -U)"
+        dargs=(-D "TRACED(fd)=($(printf '(fd) == %s || ' $ufds)0)")
+      fi
       status=0
       dtrace -C ${dargs[@]+"${dargs[@]}"} -s "$here/syscalls.d" "${target[@]}" -o "$out" 2> >(tee "$err" >&2) || status=$?
       wait
