@@ -3,7 +3,8 @@
 # (all probes; FRAMES=0, which only filters; and the script without the frame clauses that
 # capture.sh --no-frames runs, which leaves them unattached), with the in-process recorder,
 # with syscalls.bt (the syscall-level capture, which needs no probes: every AF_UNIX socket
-# of the process, as capture.sh --syscalls -c runs it), and with DEBUG logging, each as a
+# of the process, as capture.sh --syscalls -c runs it; and as --syscalls --no-frames runs
+# it, without the receive probes and the tx_frame rows), and with DEBUG logging, each as a
 # ratio to the same workload untraced, measured in this run. Needs root for bpftrace.
 #
 #   sudo probes/bench.sh [SECS per run, default 5] [REPEATS, default 3]
@@ -51,6 +52,7 @@ one() { # mode -> prints "Gbit/s cpu_s_per_GB" of one run
     enobufs.bt-FRAMES=0) cpu bpftrace -q -o "$work/t.csv" probes/enobufs.bt "$sim" 0 -c "$sim $load" > "$out" 2>/dev/null ;;
     no-frames) cpu bpftrace -q -o "$work/t.csv" "$work/noframes.bt" "$sim" -c "$sim $load" > "$out" 2>/dev/null ;;
     syscalls.bt) cpu bpftrace -q -o "$work/t.csv" "$work/syscalls.bt" 0 -c "$sim $load" > "$out" 2>/dev/null ;;
+    syscalls-no-frames) cpu bpftrace -q -o "$work/t.csv" "$work/syscalls-nf.bt" 0 -c "$sim $load" > "$out" 2>/dev/null ;;
     recorder) cpu "$sim" $load --trace "$work/r.csv" > "$out" ;;
     debug-log) cpu "$sim" $load --log-level debug > "$out" 2> "$work/debug.log" ;;
   esac
@@ -62,7 +64,9 @@ median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 awk -f probes/noframes.awk probes/enobufs.bt > "$work/noframes.bt"
 # what capture.sh --syscalls -c runs: syscalls.bt filtering on bpftrace's child
 sed 's/pid == \$1/pid == cpid/' probes/syscalls.bt > "$work/syscalls.bt"
-read -r -a modes <<< "${MODES:-untraced enobufs.bt enobufs.bt-FRAMES=0 no-frames syscalls.bt recorder debug-log}"
+# ... and with --no-frames: the frame blocks cut out (no receive probes, no tx_frame rows)
+sed '/\/\* frames {/,/\/\* } frames \*\//d' "$work/syscalls.bt" > "$work/syscalls-nf.bt"
+read -r -a modes <<< "${MODES:-untraced enobufs.bt enobufs.bt-FRAMES=0 no-frames syscalls.bt syscalls-no-frames recorder debug-log}"
 [ "${modes[0]}" = untraced ] || { echo "bench.sh: MODES must start with untraced (the baseline)"; exit 2; }
 declare -A gb cpus rg rc
 for m in "${modes[@]}"; do gb[$m]=""; cpus[$m]=""; rg[$m]=""; rc[$m]=""; done

@@ -9,8 +9,8 @@
 #
 # USAGE: sudo probes/capture.sh -o FILE [--no-frames] -p PID BINARY
 #        sudo probes/capture.sh -o FILE [--no-frames] -c 'BINARY ARGS' BINARY
-#        sudo probes/capture.sh -o FILE --syscalls -p PID [--socket PATH | --fd N]
-#        sudo probes/capture.sh -o FILE --syscalls -c 'CMD ARGS' [--fd N]
+#        sudo probes/capture.sh -o FILE --syscalls [--no-frames] -p PID [--socket PATH | --fd N]
+#        sudo probes/capture.sh -o FILE --syscalls [--no-frames] -c 'CMD ARGS' [--fd N]
 #
 #   BINARY       executable with the vnet probes (bpftrace needs its path; DTrace ignores it)
 #   --no-frames  leave out tx_frame/rx_frame, for long runs: they are not attached at all
@@ -18,14 +18,16 @@
 #                DTrace gets -D FRAMES=0), so they cost nothing and the device skips them
 #   --syscalls   trace the process's unix-socket system calls instead (syscalls.bt/.d):
 #                every AF_UNIX socket, or the one --fd N, or the one at --socket PATH (a
-#                socket of PID bound at PATH, else one connected to the socket bound there)
+#                socket of PID bound at PATH, else one connected to the socket bound there);
+#                with --no-frames the receives are not traced and sends write no tx_frame
+#                (episodes and wake-ups only: the '/* frames { */' blocks cut out, -D FRAMES=0)
 #
 # Example: sudo probes/capture.sh -o trace.csv -c 'target/release/vnet-sim --duration 30' \
 #              target/release/vnet-sim && target/release/analyze report trace.csv
 #          sudo probes/capture.sh -o passt.csv --syscalls -p "$(pgrep -n passt)" --socket /tmp/passt.sock
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-usage() { sed -n 's/^# \{0,1\}//; 10,24p' "$0" >&2; exit 2; }
+usage() { sed -n 's/^# \{0,1\}//; 10,26p' "$0" >&2; exit 2; }
 # usage errors: one line naming the problem, exit 2
 die() { echo "capture.sh: $*" >&2; exit 2; }
 need() { [ $# -ge 2 ] || die "$1 needs a value"; }
@@ -48,7 +50,6 @@ done
 [ -n "$out" ] && [ ${#target[@]} -eq 2 ] || usage
 if [ $syscalls = 1 ]; then
   [ -z "$binary" ] || die "--syscalls takes no BINARY (got $binary)"
-  [ $frames = 1 ] || die "--no-frames is for the USDT capture, not --syscalls"
   [ -z "$socket" ] || [ -z "$fd" ] || die "give --socket or --fd, not both"
   [ "${target[0]}" = -p ] || [ -z "$socket" ] || die "--socket needs -p PID (a command's sockets do not exist yet)"
   if [ "${target[0]}" = -p ]; then
@@ -157,7 +158,8 @@ case $(uname -s) in
           args+=(${seeds[@]+"${seeds[@]}"})
           echo "capture.sh: tracing fd $fd of process $pid${seeds:+ (epoll registrations: ${seeds[*]})}" >&2
         fi
-        runner=(bpftrace -q -o "$out" "$here/syscalls.bt" "${args[@]}" -p "$pid")
+        cp "$here/syscalls.bt" "$tmpscript"
+        runner=(bpftrace -q -o "$out" "$tmpscript" "${args[@]}" -p "$pid")
       else
         # bpftrace -c holds the command until every probe is attached; the pid filter is
         # then its child, cpid, which the script cannot name unless -c is given: a copy of
@@ -165,6 +167,10 @@ case $(uname -s) in
         sed 's/pid == \$1/pid == cpid/' "$here/syscalls.bt" > "$tmpscript"
         args=(0); [ -z "$fd" ] || args+=("$fd")
         runner=(bpftrace -q -o "$out" "$tmpscript" "${args[@]}" -c "${target[1]}")
+      fi
+      if [ $frames = 0 ]; then
+        # bpftrace 0.17 attaches every clause it is given: cut the frame blocks out
+        sed -i '/\/\* frames {/,/\/\* } frames \*\//d' "$tmpscript"
       fi
       export BPFTRACE_PERF_RB_PAGES=${BPFTRACE_PERF_RB_PAGES:-1024}
       status=0
@@ -203,7 +209,7 @@ case $(uname -s) in
         dargs=(-D "TRACED(fd)=($(printf '(fd) == %s || ' $ufds)0)")
       fi
       status=0
-      dtrace -C ${dargs[@]+"${dargs[@]}"} -s "$here/syscalls.d" "${target[@]}" -o "$out" 2> >(tee "$err" >&2) || status=$?
+      dtrace -C -D FRAMES=$frames ${dargs[@]+"${dargs[@]}"} -s "$here/syscalls.d" "${target[@]}" -o "$out" 2> >(tee "$err" >&2) || status=$?
       wait
       finish
     fi

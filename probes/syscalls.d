@@ -41,6 +41,9 @@
  *           unix-socket fds as lsof lists them at the start. Default, with
  *           neither: every socket (Darwin's fds[] names a socket "<socket>"),
  *           so TCP/UDP sockets of the process are counted too
+ *   -D FRAMES=0
+ *           episodes and wake-ups only: the receive probes are not enabled
+ *           and sends write no tx_frame rows (capture.sh --no-frames)
  *   -D BUFSIZE=64m -D SWITCHRATE=200hz -D DYNVARSIZE=16m
  *           buffer options (defaults 16m, 100hz, 8m); macros, because an
  *           option set by #pragma in the script cannot be overridden
@@ -62,6 +65,9 @@
  * Columns (design.md): ts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errno
  */
 
+#ifndef FRAMES
+#define FRAMES 1
+#endif
 #ifndef BUFSIZE
 #define BUFSIZE 16m
 #endif
@@ -194,6 +200,7 @@ syscall::writev:entry, syscall::writev_nocancel:entry
 	self->iovcnt = 0;
 }
 
+#if FRAMES
 syscall::recvfrom:entry, syscall::recvfrom_nocancel:entry,
 syscall::recvmsg:entry, syscall::recvmsg_nocancel:entry,
 syscall::read:entry, syscall::read_nocancel:entry,
@@ -209,6 +216,7 @@ syscall::recvmsg_x:entry
 	self->fd = arg0 + 1;
 	self->msgs = arg1;
 }
+#endif
 
 /* --- sends: episodes and tx_frame ------------------------------------------------------- */
 syscall::sendto:return, syscall::sendto_nocancel:return,
@@ -263,6 +271,7 @@ syscall::writev:return, syscall::writev_nocancel:return
 	ep_retries[pid, this->fd] = 0;
 }
 
+#if FRAMES
 /* sendto/write/sendmsg/writev return the bytes sent */
 syscall::sendto:return, syscall::sendto_nocancel:return,
 syscall::write:return, syscall::write_nocancel:return,
@@ -303,6 +312,7 @@ syscall::sendmsg_x:return
 {
 	undecoded += (int64_t)arg0 - 8;
 }
+#endif
 
 syscall::sendto:return, syscall::sendto_nocancel:return,
 syscall::write:return, syscall::write_nocancel:return,
@@ -316,6 +326,7 @@ syscall::writev:return, syscall::writev_nocancel:return
 	self->msgs = 0;
 }
 
+#if FRAMES
 /* --- receives: rx_frame ------------------------------------------------------------------ */
 syscall::recvfrom:return, syscall::recvfrom_nocancel:return,
 syscall::recvmsg:return, syscall::recvmsg_nocancel:return,
@@ -360,6 +371,7 @@ syscall::readv:return, syscall::readv_nocancel:return
 	self->fd = 0;
 	self->msgs = 0;
 }
+#endif
 
 /* --- the poller: kevent, kevent64, kevent_qos -------------------------------------------- */
 /* the event list (arg3 of all three) is only filled at the return: remember it */

@@ -15,7 +15,8 @@
 #  (e) syscalls.bt (capture.sh --syscalls), which sees the process only through its system
 #      calls: on the device's socket it finds the same episodes as the device's own recorder
 #      in the same run (count, retries histogram, waits per episode), the same frames and
-#      poller wake-ups; attached by --socket PATH to a running process it traces that fd;
+#      poller wake-ups; with --no-frames the same episodes and no frame rows; attached by
+#      --socket PATH to a running process it traces that fd;
 #      bad use (no such pid, no socket at the path, not root) is one line and exit 2.
 # The DTrace scripts cannot run here; device/tests/probe_scripts.rs checks them by reading.
 set -euo pipefail
@@ -403,6 +404,28 @@ EOF
   fi
 else
   bad "the syscalls.bt capture or its recorder trace did not parse"
+fi
+
+# --no-frames: the receive probes are not attached and sends write no tx_frame rows; the
+# episodes and wake-ups of the device's fd still equal the recorder's.
+bash probes/capture.sh --syscalls --no-frames -o "$work/sysnf.csv" \
+  -c "$sim --duration 2 --json --no-progress --trace $work/sysnf.inproc.csv" > /dev/null 2> >(quiet_sys) || true
+if counts "$work/sysnf.csv" > /dev/null && python3 - "$work/sysnf.csv" "$work/sysnf.inproc.csv" <<'EOF'
+import csv, sys
+from collections import Counter
+rows = [list(csv.DictReader(l for l in open(p) if not l.startswith("#"))) for p in sys.argv[1:]]
+fd = {r["fd"] for r in rows[1] if r["probe"] == "tx_frame"}.pop()
+a = Counter(r["probe"] for r in rows[0] if r["fd"] == fd)
+b = Counter(r["probe"] for r in rows[1] if r["probe"] not in ("tx_frame", "rx_frame", "guest_kick", "guest_irq", "timer_fired"))
+frames = sum(1 for r in rows[0] if r["probe"] in ("tx_frame", "rx_frame"))
+print(f"     fd {fd}: syscalls.bt --no-frames {dict(sorted(a.items()))}, frame rows {frames}")
+print(f"     fd {fd}: recorder (no frames)    {dict(sorted(b.items()))}")
+sys.exit(0 if a == b and frames == 0 and a["enobufs_begin"] > 0 else 1)
+EOF
+then
+  ok "capture.sh --syscalls --no-frames: no frame rows, the device's episodes and wake-ups unchanged"
+else
+  bad "capture.sh --syscalls --no-frames"
 fi
 
 # Attached to a running process by the path of its socket (-p, --socket): capture.sh finds

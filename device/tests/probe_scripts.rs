@@ -357,6 +357,69 @@ fn syscall_scripts_write_the_design_csv() {
     }
 }
 
+/// What `capture.sh --syscalls --no-frames` hands the tracer: syscalls.bt without its
+/// `/* frames { */ ... /* } frames */` blocks (the sed range it runs), syscalls.d with its
+/// `#if FRAMES` ... `#endif` blocks left out (what `dtrace -C -D FRAMES=0` compiles).
+fn syscall_script_without_frames(file: &str, text: &str) -> String {
+    let (open, close): (fn(&str) -> bool, fn(&str) -> bool) = if file.ends_with(".bt") {
+        (
+            |l| l.contains("/* frames { */"),
+            |l| l.contains("/* } frames */"),
+        )
+    } else {
+        (|l| l.trim() == "#if FRAMES", |l| l.trim() == "#endif")
+    };
+    let mut out = Vec::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        if !skipping && open(line) {
+            skipping = true;
+        } else if skipping && close(line) {
+            skipping = false;
+        } else if !skipping {
+            out.push(line);
+        }
+    }
+    assert!(!skipping, "{file}: unterminated frames block");
+    out.join("\n")
+}
+
+#[test]
+fn syscall_scripts_without_frames_trace_no_receives_and_write_no_frame_rows() {
+    let want: Vec<String> = {
+        let mut v: Vec<String> = SYSCALL_ROWS
+            .iter()
+            .filter(|p| !FRAME_PROBES.contains(p))
+            .map(|s| s.to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    for file in ["syscalls.bt", "syscalls.d"] {
+        let text = fs::read_to_string(root().join("probes").join(file)).unwrap();
+        let cut = syscall_script_without_frames(file, &text);
+        assert_eq!(
+            check_syscall_rows(file, &cut),
+            want,
+            "{file} without frames: rows written"
+        );
+        for call in [
+            "recvfrom",
+            "recvmsg",
+            "recvmmsg",
+            "recvmsg_x",
+            "read",
+            "readv",
+        ] {
+            assert!(
+                !cut.contains(&format!("sys_enter_{call}"))
+                    && !cut.contains(&format!("syscall::{call}:")),
+                "{file} without frames still traces {call}"
+            );
+        }
+    }
+}
+
 #[test]
 fn syscall_row_check_catches_a_misplaced_column() {
     let good = "BEGIN { printf(\"# clock mono_ns=%d wall_ns=%d\\n\", a, b); printf(\"ts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errno\\n\"); }\n\
