@@ -381,10 +381,11 @@ if ea and len(ea) == len(eb):
     med, p90 = statistics.median(d) / 1e3, d[int(len(d) * 0.9)] / 1e3
     print(f"     per-episode |wait difference|: median {med:.1f} us, p90 {p90:.1f} us, max {d[-1] / 1e3:.1f} us;"
           f" starts {statistics.median(starts) / 1e3:.1f} us apart (median)")
-    # Measured here: 20-35 us median. The traced thread reads its clock some microseconds
+    # Measured here: 20-46 us median. The traced thread reads its clock some microseconds
     # after the return the tracer stamps, more after a send that wakes the proxy (README).
-    if med > 100:
-        print("     waits disagree by more than 100 us per episode (median)")
+    # A wrong clock or a wrong episode start would be off by the whole wait (~500 us).
+    if med > 150:
+        print("     waits disagree by more than 150 us per episode (median)")
         ok = False
     if statistics.median(starts) > 1_000_000:
         print("     episodes start more than 1 ms apart (median): not the same episodes")
