@@ -27,7 +27,7 @@ step clippy cargo clippy --release --workspace --all-targets -- -D warnings
 step cargo-test cargo test --release --workspace --no-fail-fast
 [ -f probes/test.sh ] && step probes bash probes/test.sh
 [ -f notebooks/run.sh ] && step notebooks bash notebooks/run.sh
-[ -f device/tests/vm.sh ] && step vm bash device/tests/vm.sh
+[ -f device/vm/tests/vm.sh ] && step vm bash device/vm/tests/vm.sh
 
 echo
 [ $failed -gt 0 ] && echo "failed steps: ${failed_names[*]}"

@@ -1,6 +1,6 @@
 /*
  * The vnet USDT provider: the single source of truth for probe names and argument types.
- * Compiled into the device by the `usdt` crate (device/build.rs). Integer arguments only:
+ * Compiled into the device by the `usdt` crate (device/core/build.rs). Integer arguments only:
  * the usdt crate's char* arguments are unreliable in optimised builds.
  * Names are a contract: arguments may be appended, never reordered.
  */
@@ -25,6 +25,6 @@ provider vnet {
 	probe guest_kick(int64_t); /* queue */
 	/* the device signalled a used queue */
 	probe guest_irq(int64_t); /* queue */
-	/* a frame was dropped; reason codes in device/src/probes.rs (DropReason) */
+	/* a frame was dropped; reason codes in device/core/src/probes.rs (DropReason) */
 	probe frame_drop(int64_t, int64_t, int64_t); /* fd, len, reason */
 };

@@ -37,7 +37,7 @@ mkdir -p "$out/traces"
 if [ -n "${TRACE:-}" ]; then
   trace_a=$(realpath "$TRACE"); trace_b=$(realpath "${TRACE_B:-$TRACE}")
 else
-  cargo build --release -q -p vnet-device --bin vnet-sim
+  cargo build --release -q -p vnet-sim --bin vnet-sim
   sim=$root/target/release/vnet-sim
   trace_a=$out/traces/paused-proxy-enobufs.csv
   trace_b=$out/traces/paused-proxy.csv

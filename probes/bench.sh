@@ -19,7 +19,7 @@ secs=${1:-5}
 reps=${2:-3}
 [ "$(id -u)" = 0 ] || { echo "bench.sh: needs root (bpftrace)"; exit 1; }
 command -v bpftrace >/dev/null || { echo "bench.sh: bpftrace not installed"; exit 1; }
-[ -n "${VNET_SIM:-}" ] || cargo build --release -q -p vnet-device --bin vnet-sim
+[ -n "${VNET_SIM:-}" ] || cargo build --release -q -p vnet-sim --bin vnet-sim
 sim=${VNET_SIM:-$PWD/target/release/vnet-sim}
 # 4 MiB of perf ring per CPU instead of 256 KiB: a loaded machine must not lose rows
 # ("Lost N events"), or the counts below stop matching.

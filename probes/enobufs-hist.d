@@ -21,7 +21,7 @@
  * Example: sudo dtrace -s probes/enobufs-hist.d 5 -p $(pgrep -n krunkit)
  *
  * Not run in CI (no DTrace on Linux); the probe names are checked against
- * dtrace/vnet.d by device/tests/probe_scripts.rs.
+ * dtrace/vnet.d by device/sim/tests/probe_scripts.rs.
  */
 
 #pragma D option quiet

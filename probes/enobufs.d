@@ -3,7 +3,7 @@
  * enobufs.d - Write every vnet USDT probe firing as the vnetscope trace CSV.
  *
  * The macOS twin of enobufs.bt (same rows, same columns; a test in
- * device/tests/probe_scripts.rs keeps the two from drifting). Output is the
+ * device/sim/tests/probe_scripts.rs keeps the two from drifting). Output is the
  * trace CSV of design.md: one clock comment line, the header, then one row
  * per probe firing, for `analyze report` and the notebooks.
  *

@@ -19,7 +19,7 @@
  * Watches one deferred frame at a time (the first fd that enters an episode;
  * a device has one proxy socket), checked every millisecond by tick-1ms.
  * Not run in CI (no DTrace on Linux); the probe names are checked against
- * dtrace/vnet.d by device/tests/probe_scripts.rs.
+ * dtrace/vnet.d by device/sim/tests/probe_scripts.rs.
  */
 
 #pragma D option quiet

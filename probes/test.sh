@@ -18,7 +18,7 @@
 #      poller wake-ups; with --no-frames the same episodes and no frame rows; attached by
 #      --socket PATH to a running process it traces that fd;
 #      bad use (no such pid, no socket at the path, not root) is one line and exit 2.
-# The DTrace scripts cannot run here; device/tests/probe_scripts.rs checks them by reading.
+# The DTrace scripts cannot run here; device/sim/tests/probe_scripts.rs checks them by reading.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -84,7 +84,7 @@ fi
 
 # VNET_SIM / ANALYZE point at other builds (e.g. an installed one); default: build ours.
 if [ -z "${VNET_SIM:-}" ] || [ -z "${ANALYZE:-}" ]; then
-  cargo build --release -q -p vnet-device --bin vnet-sim -p analyze --bin analyze
+  cargo build --release -q -p vnet-sim --bin vnet-sim -p analyze --bin analyze
 fi
 sim=${VNET_SIM:-$PWD/target/release/vnet-sim}
 # 4 MiB of perf ring per CPU instead of 256 KiB: a loaded machine must not lose rows

@@ -1,0 +1,761 @@
+//! The simulated guest: its memory, and the TX and RX halves of its virtio-net driver.
+//!
+//! Like Linux's virtio-net, TX chains carry the 12-byte virtio_net_hdr_v1 followed by the
+//! frame in one of several descriptor shapes, RX buffers are posted as small mergeable
+//! buffers (one page each) the device fills and stitches together with `num_buffers`, and
+//! both halves sleep on their interrupt when they have nothing to do.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+
+use super::driver::{align, Buf, DriverError, GuestQueue, RingLayout};
+use super::integrity::{Checker, Kind, Payload, Stamp, Verdict, STAMP_LEN};
+use super::workload::{Idle, Next, Scheduler, SendLedger, ETH_HDR};
+use vnet_device::net::NET_HDR_LEN;
+use vnet_device::notify::Notifier;
+
+/// Where everything lives in guest memory.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestLayout {
+    pub rx: RingLayout,
+    pub tx: RingLayout,
+    /// One TX slot per possible in-flight chain: virtio header + largest frame.
+    pub tx_slots: GuestAddress,
+    pub tx_slot_len: u64,
+    /// Where each TX frame starts in its (page-aligned) slot; its virtio header sits
+    /// just before it.
+    pub tx_frame_offset: u64,
+    pub rx_bufs: GuestAddress,
+    pub rx_buf_len: u32,
+    pub size: u64,
+}
+
+impl GuestLayout {
+    pub fn new(
+        queue_size: u16,
+        max_frame: usize,
+        rx_buf_len: u32,
+        tx_frame_offset: u64,
+    ) -> Result<Self, DriverError> {
+        if tx_frame_offset < NET_HDR_LEN as u64 || tx_frame_offset > 4096 {
+            return Err(DriverError::BadFrameOffset(tx_frame_offset));
+        }
+        // Page 0 stays unused so a zero address from a bug faults in the device's checks.
+        let (rx, next) = RingLayout::at(GuestAddress(4096), queue_size)?;
+        let (tx, next) = RingLayout::at(next, queue_size)?;
+        let tx_slot_len = align(tx_frame_offset + max_frame as u64, 4096);
+        let tx_slots = next;
+        let rx_bufs = GuestAddress(tx_slots.0 + tx_slot_len * u64::from(queue_size));
+        let end = rx_bufs.0 + u64::from(rx_buf_len) * u64::from(queue_size);
+        Ok(GuestLayout {
+            rx,
+            tx,
+            tx_slots,
+            tx_slot_len,
+            tx_frame_offset,
+            rx_bufs,
+            rx_buf_len,
+            size: align(end, 4096),
+        })
+    }
+
+    pub fn memory(&self) -> std::io::Result<GuestMemoryAtomic<GuestMemoryMmap>> {
+        let m = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), self.size as usize)])
+            .map_err(|e| std::io::Error::other(format!("guest memory: {e}")))?;
+        Ok(GuestMemoryAtomic::new(m))
+    }
+
+    /// Where slot `i`'s chain starts: its virtio header.
+    fn tx_slot(&self, i: u32) -> GuestAddress {
+        GuestAddress(
+            self.tx_slots.0 + self.tx_slot_len * u64::from(i) + self.tx_frame_offset
+                - NET_HDR_LEN as u64,
+        )
+    }
+
+    fn rx_buf(&self, i: u32) -> GuestAddress {
+        GuestAddress(self.rx_bufs.0 + u64::from(self.rx_buf_len) * u64::from(i))
+    }
+}
+
+/// How the guest turns scheduled frames into bytes and finds its stamps in what arrives.
+pub trait Framer: Send {
+    /// Writes the frame for `n` at `addr` in guest memory; returns the frame length.
+    /// `same_len_before`: this slot last held a frame of the same length, which the device
+    /// only read, so a framer whose payload depends on the length alone may leave it.
+    fn write(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        addr: GuestAddress,
+        n: &Next,
+        same_len_before: bool,
+    ) -> Result<usize, DriverError>;
+    /// The stamped region of a received frame, or None if the frame is not ours.
+    fn region<'a>(&mut self, frame: &'a [u8]) -> Option<&'a [u8]>;
+    /// A control frame (e.g. an ARP request) to send before any data; polled by TX.
+    fn control(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+    /// Whether data may be sent yet (a real network needs the gateway's MAC first).
+    fn ready(&self) -> bool {
+        true
+    }
+}
+
+pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+pub const PROXY_MAC: [u8; 6] = [0x02, 0x76, 0x6e, 0x65, 0x74, 0x01];
+/// IEEE "local experimental" EtherType: frames the built-in proxy knows are ours.
+pub const ETHERTYPE_SIM: u16 = 0x88b5;
+
+/// Frames for the built-in proxy: Ethernet header, stamp, pseudo-random payload.
+pub struct SimFramer {
+    src: [u8; 6],
+    dst: [u8; 6],
+    payloads: std::collections::HashMap<usize, Payload>,
+}
+
+impl SimFramer {
+    pub fn new(src: [u8; 6], dst: [u8; 6]) -> SimFramer {
+        SimFramer {
+            src,
+            dst,
+            payloads: Default::default(),
+        }
+    }
+
+    /// Builds the whole frame into `out` (the proxy side, which sends from a buffer).
+    pub fn build(&mut self, out: &mut Vec<u8>, n: &Next) {
+        out.clear();
+        out.extend_from_slice(&self.eth_header());
+        out.resize(ETH_HDR + STAMP_LEN, 0);
+        let p = self.payload(n.len);
+        out.extend_from_slice(p.bytes());
+        let stamp = stamp_for(n);
+        super::integrity::write_stamp(&mut out[ETH_HDR..ETH_HDR + STAMP_LEN], &stamp, p);
+    }
+
+    fn eth_header(&self) -> [u8; ETH_HDR] {
+        let mut h = [0u8; ETH_HDR];
+        h[0..6].copy_from_slice(&self.dst);
+        h[6..12].copy_from_slice(&self.src);
+        h[12..14].copy_from_slice(&ETHERTYPE_SIM.to_be_bytes());
+        h
+    }
+
+    fn payload(&mut self, frame_len: usize) -> &Payload {
+        self.payloads
+            .entry(frame_len)
+            .or_insert_with(|| Payload::new(frame_len - ETH_HDR - STAMP_LEN))
+    }
+}
+
+fn stamp_for(n: &Next) -> Stamp {
+    Stamp {
+        stream: n.stream,
+        kind: if n.ack { Kind::Ack } else { Kind::Data },
+        seq: n.seq,
+        len: (n.len - ETH_HDR) as u32,
+    }
+}
+
+impl Framer for SimFramer {
+    fn write(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        addr: GuestAddress,
+        n: &Next,
+        same_len_before: bool,
+    ) -> Result<usize, DriverError> {
+        let eth = self.eth_header();
+        let p = self.payload(n.len);
+        let mut head = [0u8; ETH_HDR + STAMP_LEN];
+        head[..ETH_HDR].copy_from_slice(&eth);
+        super::integrity::write_stamp(&mut head[ETH_HDR..], &stamp_for(n), p);
+        let err = |a: GuestAddress| move |source| DriverError::Memory { addr: a.0, source };
+        mem.write_slice(&head, addr).map_err(err(addr))?;
+        // The payload is a function of the length only: a slot that carried a frame of
+        // this length still holds it (the device never writes TX buffers, and if a bug
+        // did, the checksum would catch it). Skipping the copy keeps the guest's cost out
+        // of the device's throughput numbers.
+        if !same_len_before {
+            let body = GuestAddress(addr.0 + head.len() as u64);
+            mem.write_slice(p.bytes(), body).map_err(err(body))?;
+        }
+        Ok(n.len)
+    }
+
+    fn region<'a>(&mut self, frame: &'a [u8]) -> Option<&'a [u8]> {
+        if frame.len() >= ETH_HDR && frame[12..14] == ETHERTYPE_SIM.to_be_bytes() {
+            Some(&frame[ETH_HDR..])
+        } else {
+            None
+        }
+    }
+}
+
+/// State the guest threads, the proxy and the run share.
+pub struct Shared {
+    pub stop: AtomicBool,
+    /// Guest to proxy (what the guest put on its TX ring).
+    pub guest_sent: SendLedger,
+    /// Proxy to guest.
+    pub proxy_sent: SendLedger,
+    /// ACKs the guest owes for proxy data it received.
+    pub guest_acks_owed: AtomicU64,
+    /// ACKs the proxy owes for guest data it received.
+    pub proxy_acks_owed: AtomicU64,
+    /// Frames the guest received and checked (ours only), and the data frames among them.
+    pub guest_received: AtomicU64,
+    pub guest_received_data: AtomicU64,
+    pub guest_rx_bytes: AtomicU64,
+    /// Frames the proxy received and checked, and the data frames among them.
+    pub proxy_received: AtomicU64,
+    pub proxy_received_data: AtomicU64,
+    pub proxy_rx_bytes: AtomicU64,
+    /// Every frame the guest put on its TX ring (control frames included), and every frame
+    /// it took off its RX ring: compared with the device's own counts, they tell a frame
+    /// the device lost from one a real network dropped.
+    pub guest_frames_out: AtomicU64,
+    pub guest_frames_in: AtomicU64,
+    /// Wakes the guest TX thread (an ACK came due, or stop).
+    pub guest_tx_wake: Notifier,
+    /// Set when the guest has all the data the proxy will send: no more ACKs come due.
+    /// (Only data, not ACKs, or the two directions would wait for each other.)
+    pub guest_rx_data_complete: AtomicBool,
+    /// Set when the proxy has all the data the guest will send.
+    pub proxy_rx_data_complete: AtomicBool,
+}
+
+impl Shared {
+    pub fn new() -> std::io::Result<Shared> {
+        Ok(Shared {
+            stop: AtomicBool::new(false),
+            guest_sent: SendLedger::default(),
+            proxy_sent: SendLedger::default(),
+            guest_acks_owed: AtomicU64::new(0),
+            proxy_acks_owed: AtomicU64::new(0),
+            guest_received: AtomicU64::new(0),
+            guest_received_data: AtomicU64::new(0),
+            guest_rx_bytes: AtomicU64::new(0),
+            proxy_received: AtomicU64::new(0),
+            proxy_received_data: AtomicU64::new(0),
+            proxy_rx_bytes: AtomicU64::new(0),
+            guest_frames_out: AtomicU64::new(0),
+            guest_frames_in: AtomicU64::new(0),
+            guest_tx_wake: Notifier::new()?,
+            guest_rx_data_complete: AtomicBool::new(false),
+            proxy_rx_data_complete: AtomicBool::new(false),
+        })
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Sets `guest_rx_data_complete` when due; true once set.
+    pub fn check_guest_rx_data(&self) -> bool {
+        check_data_complete(
+            &self.proxy_sent,
+            &self.guest_received_data,
+            &self.guest_rx_data_complete,
+        )
+    }
+
+    pub fn check_proxy_rx_data(&self) -> bool {
+        check_data_complete(
+            &self.guest_sent,
+            &self.proxy_received_data,
+            &self.proxy_rx_data_complete,
+        )
+    }
+
+    /// The guest has everything the proxy sent, ACKs included.
+    pub fn guest_rx_complete(&self) -> bool {
+        self.proxy_sent.all_done()
+            && self.guest_received.load(Ordering::Acquire) >= self.proxy_sent.total()
+    }
+
+    /// The proxy has everything the guest sent, ACKs included.
+    pub fn proxy_rx_complete(&self) -> bool {
+        self.guest_sent.all_done()
+            && self.proxy_received.load(Ordering::Acquire) >= self.guest_sent.total()
+    }
+}
+
+fn check_data_complete(sent: &SendLedger, received: &AtomicU64, flag: &AtomicBool) -> bool {
+    if flag.load(Ordering::Acquire) {
+        return true;
+    }
+    if sent.data_done.load(Ordering::Acquire)
+        && received.load(Ordering::Acquire) >= sent.data.load(Ordering::Acquire)
+    {
+        flag.store(true, Ordering::Release);
+        return true;
+    }
+    false
+}
+
+/// Descriptor shapes a Linux guest produces for a TX frame.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// Header in its own descriptor, the frame in one more (no ANY_LAYOUT tricks).
+    HeaderApart,
+    /// Header and frame in one descriptor (VERSION_1 drivers push the header in front).
+    HeaderInline,
+    /// Header apart, the linear part, then page-sized fragments like a TSO skb's frags.
+    Fragmented,
+}
+
+fn chain_for(shape: Shape, addr: GuestAddress, frame_len: usize) -> Vec<Buf> {
+    let hdr = NET_HDR_LEN as u64;
+    let ro = |a: u64, l: u64| Buf {
+        addr: GuestAddress(a),
+        len: l as u32,
+        device_writes: false,
+    };
+    let f = frame_len as u64;
+    match shape {
+        Shape::HeaderInline => vec![ro(addr.0, hdr + f)],
+        Shape::HeaderApart => vec![ro(addr.0, hdr), ro(addr.0 + hdr, f)],
+        Shape::Fragmented => {
+            let linear = f.min(128);
+            let mut v = vec![ro(addr.0, hdr), ro(addr.0 + hdr, linear)];
+            let mut off = linear;
+            // At most 17 fragments (MAX_SKB_FRAGS), so big frames get bigger fragments.
+            let frag = 4096u64.max((f - linear).div_ceil(17));
+            while off < f {
+                let l = frag.min(f - off);
+                v.push(ro(addr.0 + hdr + off, l));
+                off += l;
+            }
+            v
+        }
+    }
+}
+
+/// How long a guest thread sleeps at most before re-checking the stop flag.
+const NAP: Duration = Duration::from_millis(20);
+
+/// The TX half: schedules frames, writes them into free slots, posts and kicks.
+pub struct GuestTx {
+    pub queue: GuestQueue,
+    pub layout: GuestLayout,
+    pub mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    pub framer: Box<dyn Framer>,
+    pub sched: Scheduler,
+    pub shared: Arc<Shared>,
+    pub posted_frames: u64,
+    pub posted_bytes: u64,
+    /// Real-proxy mode: at most this many datagrams without an echo yet (0 = no limit).
+    pub window: u64,
+}
+
+/// Window bookkeeping: a UDP drop leaves its datagram outstanding forever, so once no
+/// echo has come for [`WINDOW_RTO`] the sender writes off what is outstanding, like a
+/// retransmission timeout that gives up instead of resending.
+struct Window {
+    size: u64,
+    written_off: u64,
+    last_echoes: u64,
+    last_echo_at: Instant,
+}
+
+/// Longer than a loaded machine's scheduling hiccup, short against a run.
+const WINDOW_RTO: Duration = Duration::from_millis(200);
+
+impl Window {
+    /// Whether one more data frame may go out.
+    fn open(&mut self, shared: &Shared) -> bool {
+        if self.size == 0 {
+            return true;
+        }
+        let echoes = shared.guest_received_data.load(Ordering::Acquire);
+        if echoes != self.last_echoes {
+            self.last_echoes = echoes;
+            self.last_echo_at = Instant::now();
+        }
+        let sent = shared.guest_sent.data.load(Ordering::Acquire);
+        let outstanding = sent.saturating_sub(echoes + self.written_off);
+        if outstanding < self.size {
+            return true;
+        }
+        if self.last_echo_at.elapsed() >= WINDOW_RTO {
+            self.written_off += outstanding;
+            self.last_echo_at = Instant::now();
+            return true;
+        }
+        false
+    }
+}
+
+impl GuestTx {
+    pub fn run(mut self) -> Result<GuestQueue, DriverError> {
+        let mut free_slots: Vec<u32> = (0..u32::from(self.queue.size())).rev().collect();
+        let mut frame_no: u64 = 0;
+        // Length of the frame each slot last carried (0 = none, or a control frame).
+        let mut slot_len = vec![0usize; usize::from(self.queue.size())];
+        let wake_fd = self.shared.guest_tx_wake.as_raw_fd();
+        let call_fd = self.queue.call_fd();
+        let mut window = Window {
+            size: self.window,
+            written_off: 0,
+            last_echoes: 0,
+            last_echo_at: Instant::now(),
+        };
+        let mut final_ack = false;
+        loop {
+            if self.shared.stopping() {
+                break;
+            }
+            let mut progressed = false;
+            while let Some(u) = self.queue.pop_used()? {
+                free_slots.push(u.token);
+                progressed = true;
+            }
+            let mut paced: Option<Duration> = None;
+            let mut posted = 0u32;
+            // Control frames (ARP) first; data only once the framer is ready.
+            while let Some(frame) = self.framer.control() {
+                let Some(slot) = free_slots.pop() else { break };
+                let addr = self.layout.tx_slot(slot);
+                let m = self.mem.memory();
+                m.write_slice(&[0u8; NET_HDR_LEN], addr)
+                    .map_err(|source| DriverError::Memory {
+                        addr: addr.0,
+                        source,
+                    })?;
+                let at = GuestAddress(addr.0 + NET_HDR_LEN as u64);
+                m.write_slice(&frame, at)
+                    .map_err(|source| DriverError::Memory { addr: at.0, source })?;
+                slot_len[slot as usize] = 0;
+                let chain = chain_for(Shape::HeaderInline, addr, frame.len());
+                if self.queue.add(&chain, slot)?.is_none() {
+                    free_slots.push(slot);
+                    break;
+                }
+                self.shared.guest_frames_out.fetch_add(1, Ordering::AcqRel);
+                posted += 1;
+            }
+            while self.framer.ready() {
+                if !window.open(&self.shared) {
+                    // Woken by the next echo (GuestRx::wake_tx_on_data), or retry soon
+                    // for the write-off.
+                    paced = Some(WINDOW_RTO / 4);
+                    break;
+                }
+                let owed = self.shared.guest_acks_owed.load(Ordering::Acquire);
+                let acks_in = self.shared.guest_received.load(Ordering::Acquire)
+                    - self
+                        .shared
+                        .guest_received_data
+                        .load(Ordering::Acquire)
+                        .min(self.shared.guest_received.load(Ordering::Acquire));
+                let next = match self.sched.next(owed, acks_in) {
+                    Ok(n) => n,
+                    Err(Idle::Paced(d)) => {
+                        paced = Some(d);
+                        break;
+                    }
+                    // Woken by the RX half when an ACK arrives.
+                    Err(Idle::Window) => break,
+                    Err(Idle::DataDone) => {
+                        self.shared
+                            .guest_sent
+                            .data_done
+                            .store(true, Ordering::Release);
+                        break;
+                    }
+                };
+                let Some(&slot) = free_slots.last() else {
+                    break;
+                };
+                let shape = match frame_no % 3 {
+                    _ if next.ack => Shape::HeaderApart,
+                    0 => Shape::HeaderApart,
+                    1 => Shape::HeaderInline,
+                    _ => Shape::Fragmented,
+                };
+                let addr = self.layout.tx_slot(slot);
+                let chain = chain_for(shape, addr, next.len);
+                if chain.len() > self.queue.free_descriptors() {
+                    break;
+                }
+                let m = self.mem.memory();
+                m.write_slice(&[0u8; NET_HDR_LEN], addr)
+                    .map_err(|source| DriverError::Memory {
+                        addr: addr.0,
+                        source,
+                    })?;
+                let same = slot_len[slot as usize] == next.len;
+                let len = self.framer.write(
+                    &m,
+                    GuestAddress(addr.0 + NET_HDR_LEN as u64),
+                    &next,
+                    same,
+                )?;
+                slot_len[slot as usize] = next.len;
+                debug_assert_eq!(len, next.len);
+                self.queue.add(&chain, slot)?;
+                self.shared.guest_frames_out.fetch_add(1, Ordering::AcqRel);
+                free_slots.pop();
+                frame_no += 1;
+                self.sched.sent(&next);
+                self.posted_frames += 1;
+                self.posted_bytes += len as u64;
+                if next.ack {
+                    self.shared.guest_acks_owed.fetch_sub(1, Ordering::AcqRel);
+                    self.shared.guest_sent.acks.fetch_add(1, Ordering::AcqRel);
+                } else {
+                    self.shared.guest_sent.data.fetch_add(1, Ordering::AcqRel);
+                }
+                posted += 1;
+                // Publish in batches so the device starts on big frames early, as a
+                // guest under load does with xmit_more.
+                if posted % 8 == 0 {
+                    self.queue.publish()?;
+                    self.queue.kick_if_needed()?;
+                }
+            }
+            if posted > 0 {
+                self.queue.publish()?;
+                self.queue.kick_if_needed()?;
+                progressed = true;
+            }
+            // The delayed ACK's timer: once all the proxy's data is in, a trailing odd
+            // frame is acknowledged too.
+            if !final_ack
+                && self.shared.guest_sent.data_done.load(Ordering::Acquire)
+                && self.shared.check_guest_rx_data()
+            {
+                final_ack = true;
+                let every = self.sched.ack_every();
+                let got = self.shared.guest_received_data.load(Ordering::Acquire);
+                if every > 0 && got % every != 0 {
+                    self.shared.guest_acks_owed.fetch_add(1, Ordering::AcqRel);
+                    continue;
+                }
+            }
+            // No more ACKs can come due once the guest has everything the proxy will send.
+            if self.shared.guest_sent.data_done.load(Ordering::Acquire)
+                && self.shared.check_guest_rx_data()
+                && self.shared.guest_acks_owed.load(Ordering::Acquire) == 0
+            {
+                self.shared
+                    .guest_sent
+                    .acks_done
+                    .store(true, Ordering::Release);
+                if self.queue.in_flight() == 0 {
+                    break;
+                }
+            }
+            if progressed {
+                continue;
+            }
+            // Ask for an interrupt when 3/4 of what is in flight is done (Linux's
+            // enable_cb_delayed), or on the last one when little is left.
+            let inflight = self.queue.in_flight();
+            let delay = if inflight > 4 { inflight * 3 / 4 } else { 0 };
+            if self.queue.enable_interrupts(delay)? {
+                continue;
+            }
+            let timeout = paced.map_or(NAP, |p| p.min(NAP));
+            poll2(call_fd, wake_fd, timeout);
+            self.queue.drain_call()?;
+            let _ = self.shared.guest_tx_wake.drain();
+            self.queue.disable_interrupts()?;
+        }
+        Ok(self.queue)
+    }
+}
+
+/// Sleeps until either fd is readable or the timeout passes.
+pub fn poll2(a: RawFd, b: RawFd, timeout: Duration) {
+    let mut fds = [
+        libc::pollfd {
+            fd: a,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: b,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: fds is a valid array of two pollfd for the duration of the call.
+    unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+}
+
+/// The RX half: keeps the ring full of mergeable buffers, reassembles and checks frames.
+pub struct GuestRx {
+    pub queue: GuestQueue,
+    pub layout: GuestLayout,
+    pub mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    pub framer: Box<dyn Framer>,
+    pub checker: Checker,
+    pub shared: Arc<Shared>,
+    /// Owe one ACK per this many data frames received; 0 = no ACKs.
+    pub ack_every: u64,
+    /// Leave once everything the proxy sent has arrived (built-in mode); a real-proxy
+    /// run ends on the run's own drain timeout instead.
+    pub exit_when_complete: bool,
+    /// Wake the TX half on every data frame (real-proxy mode: an echo opens the window).
+    pub wake_tx_on_data: bool,
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub bad_frames: u64,
+}
+
+/// Reassembly state for a frame spread over several mergeable buffers.
+struct Partial {
+    want: u16,
+    have: u16,
+    bytes: Vec<u8>,
+}
+
+impl GuestRx {
+    pub fn run(mut self) -> Result<(GuestQueue, Checker), DriverError> {
+        let n = u32::from(self.queue.size());
+        let buf_len = self.layout.rx_buf_len;
+        for i in 0..n {
+            let b = Buf {
+                addr: self.layout.rx_buf(i),
+                len: buf_len,
+                device_writes: true,
+            };
+            self.queue.add(&[b], i)?;
+        }
+        self.queue.publish()?;
+        self.queue.kick_if_needed()?;
+        let mut partial: Option<Partial> = None;
+        let mut scratch = vec![0u8; buf_len as usize];
+        loop {
+            if self.shared.stopping() {
+                break;
+            }
+            let mut reposted = 0;
+            let m = self.mem.memory();
+            while let Some(u) = self.queue.pop_used()? {
+                let addr = self.layout.rx_buf(u.token);
+                let len = (u.len as usize).min(buf_len as usize);
+                m.read_slice(&mut scratch[..len], addr)
+                    .map_err(|source| DriverError::Memory {
+                        addr: addr.0,
+                        source,
+                    })?;
+                // Give the buffer straight back, as the driver refills its ring.
+                let b = Buf {
+                    addr,
+                    len: buf_len,
+                    device_writes: true,
+                };
+                self.queue.add(&[b], u.token)?;
+                reposted += 1;
+                let p = match partial.as_mut() {
+                    Some(p) => {
+                        p.bytes.extend_from_slice(&scratch[..len]);
+                        p.have += 1;
+                        p
+                    }
+                    None => {
+                        if len < NET_HDR_LEN {
+                            self.bad_frames += 1;
+                            self.shared.guest_frames_in.fetch_add(1, Ordering::AcqRel);
+                            self.checker.observe(&[], 0);
+                            continue;
+                        }
+                        let want = u16::from_le_bytes([scratch[10], scratch[11]]).max(1);
+                        partial.insert(Partial {
+                            want,
+                            have: 1,
+                            bytes: scratch[NET_HDR_LEN..len].to_vec(),
+                        })
+                    }
+                };
+                if p.have >= p.want {
+                    let frame = partial.take().unwrap().bytes;
+                    self.deliver(&frame);
+                }
+            }
+            drop(m);
+            if reposted > 0 {
+                self.queue.publish()?;
+                self.queue.kick_if_needed()?;
+                continue;
+            }
+            if !self.shared.guest_rx_data_complete.load(Ordering::Acquire)
+                && self.shared.check_guest_rx_data()
+            {
+                // Wake TX so it can declare its ACKs done.
+                let _ = self.shared.guest_tx_wake.notify();
+            }
+            if self.exit_when_complete && self.shared.guest_rx_complete() {
+                break;
+            }
+            if self.queue.enable_interrupts(0)? {
+                continue;
+            }
+            self.queue.wait(NAP)?;
+            self.queue.disable_interrupts()?;
+        }
+        Ok((self.queue, self.checker))
+    }
+
+    fn deliver(&mut self, frame: &[u8]) {
+        self.shared.guest_frames_in.fetch_add(1, Ordering::AcqRel);
+        let Some(region) = self.framer.region(frame) else {
+            self.checker.foreign();
+            return;
+        };
+        let (verdict, stamp) = self.checker.observe(region, frame.len());
+        self.rx_frames += 1;
+        self.rx_bytes += frame.len() as u64;
+        self.shared
+            .guest_rx_bytes
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        // Only frames that count as received move completion; a duplicate must not make
+        // up for a lost frame.
+        if !counts_as_received(verdict) {
+            return;
+        }
+        self.shared.guest_received.fetch_add(1, Ordering::AcqRel);
+        let mut data_no = 0;
+        if matches!(stamp, Some(s) if s.kind == Kind::Ack) {
+            // An ACK may open the TX half's send window.
+            let _ = self.shared.guest_tx_wake.notify();
+        }
+        if matches!(stamp, Some(s) if s.kind == Kind::Data) {
+            data_no = self
+                .shared
+                .guest_received_data
+                .fetch_add(1, Ordering::AcqRel)
+                + 1;
+        }
+        if self.ack_every > 0 && data_no > 0 && data_no % self.ack_every == 0 {
+            self.shared.guest_acks_owed.fetch_add(1, Ordering::AcqRel);
+            let _ = self.shared.guest_tx_wake.notify();
+        } else if self.wake_tx_on_data {
+            let _ = self.shared.guest_tx_wake.notify();
+        }
+    }
+}
+
+/// A monotonic progress stamp for the stall detector.
+pub fn progress(shared: &Shared) -> (u64, u64) {
+    (
+        shared.guest_received.load(Ordering::Acquire),
+        shared.proxy_received.load(Ordering::Acquire),
+    )
+}
+
+/// Shared MAC learned from the network (real-proxy mode), readable by TX and RX framers.
+pub type LearnedMac = Arc<Mutex<Option<[u8; 6]>>>;
+
+pub fn counts_as_received(v: Verdict) -> bool {
+    matches!(v, Verdict::InOrder | Verdict::Gap(_) | Verdict::Reordered)
+}

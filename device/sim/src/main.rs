@@ -1,0 +1,348 @@
+//! vnet-sim: drive the device like a VM under iperf3-style load, no root, no VM.
+//!
+//! With no arguments: a 10 s default run, the trace recorded to target/vnet-sim/trace.csv,
+//! the summary and the retry-count report printed. Exit status 0 when every integrity
+//! counter is zero and nothing stalled, 1 when not, 2 on bad usage or setup errors.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use vnet_device::backend::{BackendSpec, FaultConfig};
+use vnet_device::probes;
+use vnet_device::recorder::Recorder;
+use vnet_sim::proxy::ProxyOptions;
+use vnet_sim::real_proxy::NetConfig;
+use vnet_sim::workload::{Direction, Limit, Workload};
+use vnet_sim::{BuiltinKind, SimConfig, Summary};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vnet-sim",
+    about = "Drive the virtio-net device like a VM under iperf3-style load and check every frame",
+    after_help = "With no arguments: a 10 s run, trace in target/vnet-sim/trace.csv, summary and retry report."
+)]
+struct Cli {
+    /// Run time in seconds (data senders stop, in-flight frames drain).
+    #[arg(long, default_value_t = 10.0, conflicts_with = "frames")]
+    duration: f64,
+    /// Send this many data frames per direction instead of running for a time.
+    #[arg(long)]
+    frames: Option<u64>,
+    /// Socket between the device and the built-in proxy.
+    #[arg(long, default_value = "unixgram")]
+    backend: BuiltinKind,
+    /// A real proxy instead of the built-in one: unixgram:/path or unixstream:/path.
+    /// The guest then sends ARP/IPv4/UDP to an echo socket on the host.
+    #[arg(long)]
+    proxy: Option<BackendSpec>,
+    /// both, tx (guest to proxy) or rx (proxy to guest); ACKs still flow back.
+    #[arg(long, default_value = "both")]
+    direction: Direction,
+    /// Guest data frame size (Ethernet bytes).
+    #[arg(long, default_value_t = 65226)]
+    tx_size: usize,
+    /// ACK frame size; 0 = no ACKs.
+    #[arg(long, default_value_t = 66)]
+    ack_size: usize,
+    /// One ACK per this many data frames received (TCP's delayed ACK).
+    #[arg(long, default_value_t = 2)]
+    ack_every: u64,
+    /// Data frames a sender may have unacknowledged, like TCP's window; 0 = no limit.
+    #[arg(long, default_value_t = 16)]
+    send_window: u64,
+    /// Proxy data frame size.
+    #[arg(long, default_value_t = 65550)]
+    rx_size: usize,
+    /// Streams (sequence spaces) per direction, like iperf3 -P.
+    #[arg(long, default_value_t = 8)]
+    streams: u16,
+    /// Cap each direction's data rate (Mbit/s of frame bytes).
+    #[arg(long)]
+    rate_mbit: Option<u64>,
+    /// Built-in unixgram proxy on a socketpair instead of its own bound path (Linux then
+    /// exempts it from net.unix.max_dgram_qlen: little backpressure).
+    #[arg(long, conflicts_with = "proxy")]
+    proxy_socketpair: bool,
+    /// Built-in proxy: SO_RCVBUF of its socket (backpressure).
+    #[arg(long)]
+    proxy_rcvbuf: Option<usize>,
+    /// Built-in proxy: sleep this long after every frame it reads.
+    #[arg(long, default_value_t = 0)]
+    proxy_read_delay_us: u64,
+    /// Built-in proxy: stop reading for this long...
+    #[arg(long, default_value_t = 0)]
+    proxy_pause_ms: u64,
+    /// ...every this many milliseconds.
+    #[arg(long, default_value_t = 100)]
+    proxy_pause_every_ms: u64,
+    /// Inject ENOBUFS on every Nth send of the device (the macOS failure, on any OS).
+    #[arg(long, default_value_t = 0)]
+    inject_enobufs: u32,
+    /// Consecutive injected failures per hit.
+    #[arg(long, default_value_t = 1)]
+    inject_enobufs_burst: u32,
+    /// Fault: the device ignores writable events while a frame is deferred.
+    #[arg(long)]
+    lose_write_events: bool,
+    /// Disable the device's retry timer.
+    #[arg(long, conflicts_with = "retry_delay_us")]
+    no_timer: bool,
+    /// Retry timer delay (default: the backend's own).
+    #[arg(long)]
+    retry_delay_us: Option<u64>,
+    /// SO_SNDBUF of the device's socket.
+    #[arg(long)]
+    sndbuf: Option<usize>,
+    /// Report a stall (and fail) after this long without progress.
+    #[arg(long, default_value_t = 1.0)]
+    stall_timeout: f64,
+    /// Record every probe firing to this CSV (the trace format `analyze` reads).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Write the worker's tracing spans as a Chrome/Perfetto trace.
+    #[arg(long)]
+    chrome: Option<PathBuf>,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Print the retry-count report for the trace (records one if --trace is not given).
+    #[arg(long)]
+    report: bool,
+    /// Log level on stderr (error, warn, info, debug, trace).
+    #[arg(long, default_value = "warn")]
+    log_level: String,
+    /// Skip payload checksums (sequence numbers are still checked).
+    #[arg(long)]
+    no_checksum: bool,
+    /// Virtqueue size.
+    #[arg(long, default_value_t = 256)]
+    queue_size: u16,
+    /// Size of each mergeable RX buffer the guest posts.
+    #[arg(long, default_value_t = 4096)]
+    rx_buf_len: u32,
+    /// Where each TX frame starts in its page-aligned guest buffer, the virtio header
+    /// just before it (12 to 4096; 12 puts the frame 12 bytes off a cache line).
+    #[arg(long, default_value_t = 64)]
+    tx_frame_offset: u64,
+    /// Real proxy: the guest's IPv4 address.
+    #[arg(long, default_value = "10.0.2.15")]
+    guest_ip: std::net::Ipv4Addr,
+    /// Real proxy: the gateway address (the proxy maps it to the host).
+    #[arg(long, default_value = "10.0.2.2")]
+    gateway_ip: std::net::Ipv4Addr,
+    /// Real proxy: address the UDP echo socket binds on the host.
+    #[arg(long, default_value = "127.0.0.1")]
+    echo_bind: std::net::Ipv4Addr,
+    /// Real proxy: first guest UDP source port (stream s uses base + s); default: free
+    /// host ports, since the proxy binds the same ports on the host.
+    #[arg(long)]
+    src_port_base: Option<u16>,
+    /// Real proxy: at most this many datagrams awaiting their echo (0 = no limit).
+    #[arg(long, default_value_t = 64)]
+    window: u64,
+    /// Real proxy: send the vfkit `VFKT` handshake (unixgram).
+    #[arg(long)]
+    vfkit: bool,
+    /// No live progress line.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn main() -> ExitCode {
+    let no_args = std::env::args_os().len() == 1;
+    let cli = Cli::parse();
+    probes::register();
+    match real_main(cli, no_args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("vnet-sim: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Where the no-argument run keeps its trace: `target/vnet-sim/trace.csv` beside the
+/// binary's own target directory, so it lands in the workspace whatever the cwd.
+fn default_trace() -> PathBuf {
+    let target = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent()?.parent().map(Path::to_path_buf))
+        .filter(|t| t.file_name().is_some_and(|n| n == "target"))
+        .unwrap_or_else(|| PathBuf::from("target"));
+    target.join("vnet-sim").join("trace.csv")
+}
+
+fn real_main(cli: Cli, no_args: bool) -> Result<bool, String> {
+    let filter = EnvFilter::try_new(&cli.log_level)
+        .map_err(|e| format!("--log-level {:?}: {e}", cli.log_level))?;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let mut chrome_guard = None;
+    let chrome = match &cli.chrome {
+        Some(path) => {
+            let (layer, guard) = tracing_chrome::ChromeLayerBuilder::new()
+                .file(path)
+                .include_args(true)
+                .build();
+            chrome_guard = Some(guard);
+            // Spans are at DEBUG/TRACE; the Perfetto view wants them all.
+            Some(layer.with_filter(EnvFilter::new("trace")))
+        }
+        None => None,
+    };
+    tracing_subscriber::registry().with(fmt).with(chrome).init();
+
+    let report = cli.report || no_args;
+    let trace = match (&cli.trace, report) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => Some(default_trace()),
+        (None, false) => None,
+    };
+    if let Some(path) = &trace {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let rec = Recorder::create(path).map_err(|e| format!("--trace {}: {e}", path.display()))?;
+        probes::install_recorder(rec);
+    }
+
+    let cfg = config(&cli)?;
+    let result = vnet_sim::run(&cfg);
+    let rows = match probes::take_recorder() {
+        Some(rec) => Some(
+            rec.finish()
+                .map_err(|e| format!("writing the trace: {e}"))?,
+        ),
+        None => None,
+    };
+    drop(chrome_guard);
+    let summary = result.map_err(|e| e.to_string())?;
+
+    let report_text = match (&trace, report) {
+        (Some(path), true) => Some(render_report(path)),
+        _ => None,
+    };
+    print_summary(&cli, &summary, trace.as_deref(), rows, report_text);
+    Ok(!summary.failed())
+}
+
+fn config(cli: &Cli) -> Result<SimConfig, String> {
+    let secs = |name: &str, v: f64| {
+        if v.is_finite() && v > 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(format!("{name} {v}: must be a positive number of seconds"))
+        }
+    };
+    let limit = match cli.frames {
+        Some(0) => return Err("--frames 0: must be at least 1".into()),
+        Some(n) => Limit::Frames(n),
+        None => Limit::Duration(secs("--duration", cli.duration)?),
+    };
+    let mut cfg = SimConfig {
+        workload: Workload {
+            direction: cli.direction,
+            tx_size: cli.tx_size,
+            ack_size: cli.ack_size,
+            ack_every: cli.ack_every,
+            send_window: cli.send_window,
+            rx_size: cli.rx_size,
+            streams: cli.streams,
+            rate_mbit: cli.rate_mbit,
+            limit,
+        },
+        backend: cli.backend,
+        proxy: cli.proxy.clone(),
+        net: NetConfig {
+            guest_ip: cli.guest_ip,
+            gateway_ip: cli.gateway_ip,
+            echo_bind: cli.echo_bind,
+            src_port_base: cli.src_port_base.unwrap_or(0),
+        },
+        vfkit: cli.vfkit,
+        proxy_socketpair: cli.proxy_socketpair,
+        proxy_opts: ProxyOptions {
+            rcvbuf: cli.proxy_rcvbuf,
+            read_delay: Duration::from_micros(cli.proxy_read_delay_us),
+            pause: Duration::from_millis(cli.proxy_pause_ms),
+            pause_every: Duration::from_millis(cli.proxy_pause_every_ms.max(1)),
+            verify_crc: !cli.no_checksum,
+        },
+        fault: FaultConfig {
+            enobufs_every: cli.inject_enobufs,
+            enobufs_burst: cli.inject_enobufs_burst,
+        },
+        lose_write_events: cli.lose_write_events,
+        no_timer: cli.no_timer,
+        retry_delay: cli.retry_delay_us.map(Duration::from_micros),
+        sndbuf: cli.sndbuf,
+        stall_timeout: secs("--stall-timeout", cli.stall_timeout)?,
+        queue_size: cli.queue_size,
+        rx_buf_len: cli.rx_buf_len,
+        tx_frame_offset: cli.tx_frame_offset,
+        window: cli.window,
+        progress: !cli.no_progress,
+        ..SimConfig::default()
+    };
+    if cli.proxy.is_some() {
+        // Real networks: unless asked otherwise, MTU-sized datagrams at a rate a user-space
+        // proxy and the host's UDP stack carry without dropping much.
+        if cli.tx_size == 65226 {
+            cfg.workload.tx_size = 1442;
+        }
+        if cli.rate_mbit.is_none() {
+            cfg.workload.rate_mbit = Some(100);
+        }
+    }
+    if cli.rx_buf_len < 64 {
+        return Err(format!(
+            "--rx-buf-len {}: must be at least 64",
+            cli.rx_buf_len
+        ));
+    }
+    Ok(cfg)
+}
+
+fn print_summary(
+    cli: &Cli,
+    s: &Summary,
+    trace: Option<&Path>,
+    rows: Option<u64>,
+    report: Option<Result<String, String>>,
+) {
+    if cli.json {
+        println!("{}", s.to_json());
+        if let Some(r) = report {
+            match r {
+                Ok(text) => eprintln!("{text}"),
+                Err(e) => eprintln!("report: {e}"),
+            }
+        }
+        return;
+    }
+    print!("{}", s.to_text());
+    if let (Some(path), Some(rows)) = (trace, rows) {
+        println!("  trace: {} ({rows} rows)", path.display());
+    }
+    if let Some(r) = report {
+        println!();
+        match r {
+            Ok(text) => println!("{text}"),
+            Err(e) => println!("report: {e}"),
+        }
+    }
+}
+
+/// The retry-count report for a recorded trace, through the analyze library.
+fn render_report(path: &Path) -> Result<String, String> {
+    analyze::render_report(&[path.to_path_buf()], &analyze::ReportOptions::default())
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,162 @@
+//! The end-of-run summary: device counters (from the device's own metrics, so they agree
+//! with the probes) next to the integrity counts the simulation checked itself.
+
+use serde::Serialize;
+use std::fmt::Write as _;
+
+use super::integrity::Counts;
+use vnet_device::metrics::MetricsSnapshot;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// "builtin:unixgram", "builtin:unixgram-socketpair", "builtin:unixstream" or the
+    /// real proxy's spec.
+    pub peer: String,
+    pub direction: String,
+    pub seconds: f64,
+    /// CPU time (user + system) the process used during the run: guest, device and
+    /// built-in proxy together.
+    pub cpu_seconds: f64,
+    /// Frames the device wrote to the proxy (== `tx_frame` probe firings).
+    pub tx_frames: u64,
+    /// Frames the device read from the proxy (== `rx_frame` probe firings).
+    pub rx_frames: u64,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    /// Integrity, both directions added up.
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub corrupted: u64,
+    /// Real-proxy mode: echoes that never came back. UDP may drop, so this is reported,
+    /// not an error.
+    pub udp_lost: u64,
+    /// Real-proxy mode: datagrams the host's echo socket received (and returned), which
+    /// splits `udp_lost` into guest->host and host->guest drops.
+    pub udp_echoed: Option<u64>,
+    /// ENOBUFS/EAGAIN episodes (== `enobufs_begin` firings).
+    pub episodes: u64,
+    /// Failed sends, first included (the retry counter).
+    pub retries: u64,
+    /// Episodes that ended with the frame sent (== `enobufs_resolved` firings).
+    pub resolved: u64,
+    /// 1 when the run stopped because nothing moved for the stall timeout.
+    pub stalls: u64,
+    /// Device throughput, both directions, frame bytes.
+    pub gbit_per_s: f64,
+    pub tx_gbit_per_s: f64,
+    pub rx_gbit_per_s: f64,
+    /// What the proxy side checked (guest to proxy) and what the guest checked (proxy to
+    /// guest; in real-proxy mode: the echoes).
+    pub to_proxy: Option<Counts>,
+    pub to_guest: Counts,
+    /// Human-readable account of a stall, if there was one.
+    pub stall: Option<String>,
+    pub guest_kicks_sent: u64,
+    pub guest_kicks_suppressed: u64,
+    pub device: MetricsSnapshot,
+}
+
+impl Summary {
+    /// Errors that make the run fail: integrity counters and stalls (not UDP loss).
+    pub fn failed(&self) -> bool {
+        self.lost + self.duplicated + self.reordered + self.corrupted + self.stalls > 0
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("summary serializes")
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let d = &self.device;
+        let _ = writeln!(
+            s,
+            "vnet-sim: {} direction={} {:.2} s ({:.2} s CPU)",
+            self.peer, self.direction, self.seconds, self.cpu_seconds
+        );
+        let _ = writeln!(
+            s,
+            "  device tx  {:>10} frames {:>14} bytes  {:>7.2} Gbit/s",
+            self.tx_frames, self.tx_bytes, self.tx_gbit_per_s
+        );
+        let _ = writeln!(
+            s,
+            "  device rx  {:>10} frames {:>14} bytes  {:>7.2} Gbit/s",
+            self.rx_frames, self.rx_bytes, self.rx_gbit_per_s
+        );
+        let _ = writeln!(s, "  total {:.2} Gbit/s", self.gbit_per_s);
+        let _ = writeln!(
+            s,
+            "  episodes {}  resolved {}  retries {}  max wait {} us  timer fired {}  write events {}",
+            self.episodes,
+            self.resolved,
+            self.retries,
+            d.max_wait_ns / 1000,
+            d.timer_fired,
+            d.write_events
+        );
+        let _ = writeln!(
+            s,
+            "  guest kicks {} (suppressed {})  interrupts {}  rx without buffers {}  injected faults {}",
+            self.guest_kicks_sent,
+            self.guest_kicks_suppressed,
+            d.guest_irqs,
+            d.rx_no_buffers,
+            d.injected_faults
+        );
+        let _ = writeln!(
+            s,
+            "  integrity: lost {}  duplicated {}  reordered {}  corrupted {}{}",
+            self.lost,
+            self.duplicated,
+            self.reordered,
+            self.corrupted,
+            if self.peer.starts_with("builtin") {
+                String::new()
+            } else {
+                format!(
+                    "  udp_lost {} (UDP drops, not errors; host echo socket saw {})",
+                    self.udp_lost,
+                    self.udp_echoed.unwrap_or(0)
+                )
+            }
+        );
+        if let Some(c) = &self.to_proxy {
+            let _ = writeln!(s, "    guest->proxy {}", counts_line(c));
+        }
+        let _ = writeln!(s, "    proxy->guest {}", counts_line(&self.to_guest));
+        match &self.stall {
+            Some(why) => {
+                let _ = writeln!(s, "  STALL: {why}");
+            }
+            None => {
+                let _ = writeln!(s, "  stalls 0");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "  result: {}",
+            if self.failed() { "FAILED" } else { "ok" }
+        );
+        s
+    }
+}
+
+fn counts_line(c: &Counts) -> String {
+    format!(
+        "{} frames ({} data, {} acks), lost {} dup {} reord {} corrupt {}{}",
+        c.frames,
+        c.data_frames,
+        c.ack_frames,
+        c.lost,
+        c.duplicated,
+        c.reordered,
+        c.corrupted,
+        if c.foreign > 0 {
+            format!(", {} foreign frames ignored", c.foreign)
+        } else {
+            String::new()
+        }
+    )
+}

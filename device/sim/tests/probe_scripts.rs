@@ -1,0 +1,667 @@
+//! Keeps the capture and live-watch scripts in probes/ from drifting away from the probe
+//! contract. CI can only run the bpftrace scripts; the DTrace ones (macOS) are checked here
+//! by reading them: every probe they name exists in dtrace/vnet.d with enough arguments, and
+//! the two capture scripts print the design.md header and put each probe argument in the
+//! same column. The syscall-level scripts (syscalls.bt, syscalls.d) attach to no vnet probe;
+//! their rows are checked against design.md's columns the same way.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const HEADER: &str = "ts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errno";
+
+/// Where each probe's arguments go in the CSV (design.md, "Where each probe's arguments go").
+fn expected_columns(probe: &str) -> &'static [(&'static str, usize)] {
+    match probe {
+        "enobufs_begin" => &[("fd", 0), ("len", 1), ("errno", 2)],
+        "enobufs_retry" => &[("fd", 0), ("retries", 1), ("errno", 2)],
+        "enobufs_resolved" => &[("fd", 0), ("retries", 1), ("wait_ns", 2), ("len", 3)],
+        "kevent_write" | "kevent_read" => &[("fd", 0), ("data", 1)],
+        "timer_fired" => &[("data", 0)],
+        "tx_frame" | "rx_frame" => &[("fd", 0), ("len", 1)],
+        "guest_kick" | "guest_irq" => &[("queue", 0)],
+        "frame_drop" => &[("fd", 0), ("len", 1), ("data", 2)],
+        other => panic!("probe {other} is in dtrace/vnet.d but not in design.md's column table"),
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Probe name -> argument count, from the provider definition.
+fn provider_probes() -> BTreeMap<String, usize> {
+    let text = fs::read_to_string(root().join("dtrace/vnet.d")).expect("read dtrace/vnet.d");
+    let text = strip_comments(&text);
+    let mut probes = BTreeMap::new();
+    for stmt in text.split(';') {
+        let stmt = stmt.trim();
+        let Some(rest) = stmt
+            .rsplit("probe ")
+            .next()
+            .filter(|_| stmt.contains("probe "))
+        else {
+            continue;
+        };
+        let (name, args) = rest.split_once('(').expect("probe NAME(args)");
+        let args = args.trim_end_matches(')').trim();
+        let n = if args.is_empty() || args == "void" {
+            0
+        } else {
+            args.split(',').count()
+        };
+        probes.insert(name.trim().to_string(), n);
+    }
+    assert!(
+        probes.len() >= 11,
+        "parsed too few probes from vnet.d: {probes:?}"
+    );
+    probes
+}
+
+fn strip_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("/*") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find("*/").expect("unterminated comment") + start + 2;
+        // keep line numbers stable for error messages
+        out.extend(rest[start..end].chars().filter(|&c| c == '\n'));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out.lines()
+        .map(|l| match l.find("//") {
+            Some(i) => &l[..i],
+            None => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+struct Clause {
+    /// vnet probe names this clause attaches to
+    probes: Vec<String>,
+    /// every other attach point (BEGIN, interval:s:1, dtrace:::END, ...)
+    others: Vec<String>,
+    body: String,
+    line: usize,
+}
+
+/// Splits a D or bpftrace program into `probe-specs /predicate/ { body }` clauses.
+fn clauses(text: &str) -> Vec<Clause> {
+    let text = strip_comments(text);
+    let mut out = Vec::new();
+    let mut head = String::new();
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c != '{' {
+            head.push(c);
+            continue;
+        }
+        let mut depth = 1;
+        let mut body = String::new();
+        for (_, c) in chars.by_ref() {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                _ => {}
+            }
+            if depth == 0 {
+                break;
+            }
+            body.push(c);
+        }
+        // drop the predicate and directive lines (#pragma, #include, #define) from the head
+        let spec_part: String = head
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let spec_part = spec_part.split('/').next().unwrap_or("");
+        let mut probes = Vec::new();
+        let mut others = Vec::new();
+        for spec in spec_part
+            .split([',', ' ', '\n', '\t'])
+            .filter(|s| !s.is_empty())
+        {
+            let parts: Vec<&str> = spec.split(':').collect();
+            let is_vnet = (parts.len() == 4 && parts[0] == "usdt" && parts[2] == "vnet")
+                || (parts.len() == 4 && parts[0].starts_with("vnet"));
+            if is_vnet {
+                probes.push(parts[3].to_string());
+            } else if !spec.trim().is_empty() {
+                others.push(spec.to_string());
+            }
+        }
+        let line = text[..i].lines().count();
+        out.push(Clause {
+            probes,
+            others,
+            body,
+            line,
+        });
+        head.clear();
+    }
+    out
+}
+
+/// The format string and arguments of every printf in a clause body.
+fn printfs(body: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while let Some(at) = rest.find("printf(") {
+        rest = &rest[at + "printf(".len()..];
+        let open = rest.find('"').expect("printf format string");
+        let mut fmt = String::new();
+        let mut escaped = false;
+        let mut end = open + 1;
+        for (j, c) in rest[open + 1..].char_indices() {
+            end = open + 1 + j;
+            if escaped {
+                fmt.push('\\');
+                fmt.push(c);
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                break;
+            } else {
+                fmt.push(c);
+            }
+        }
+        rest = &rest[end + 1..];
+        let mut depth = 0;
+        let mut args = Vec::new();
+        let mut cur = String::new();
+        let mut close = rest.len();
+        for (j, c) in rest.char_indices() {
+            match c {
+                // brackets too: a map key (@m[pid, fd]) is one argument
+                '(' | '[' => depth += 1,
+                ')' if depth == 0 => {
+                    close = j;
+                    break;
+                }
+                ')' | ']' => depth -= 1,
+                ',' if depth == 0 => {
+                    args.push(std::mem::take(&mut cur).trim().to_string());
+                    continue;
+                }
+                _ => {}
+            }
+            cur.push(c);
+        }
+        if !cur.trim().is_empty() {
+            args.push(cur.trim().to_string());
+        }
+        args.retain(|a| !a.is_empty());
+        out.push((fmt, args));
+        rest = &rest[close..];
+    }
+    out
+}
+
+fn scripts() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(root().join("probes"))
+        .expect("probes/ exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("bt" | "d")))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_script_names_only_contract_probes_with_their_arguments() {
+    let probes = provider_probes();
+    let all = scripts();
+    assert!(
+        all.iter().any(|p| p.ends_with("enobufs.bt"))
+            && all.iter().any(|p| p.ends_with("enobufs.d")),
+        "capture scripts missing from probes/: {all:?}"
+    );
+    for path in all.iter().filter(|p| !is_syscall_script(p)) {
+        let text = fs::read_to_string(path).unwrap();
+        let mut used = 0;
+        for c in clauses(&text) {
+            for name in &c.probes {
+                used += 1;
+                let Some(&nargs) = probes.get(name) else {
+                    panic!(
+                        "{}:{}: probe {name} is not in dtrace/vnet.d",
+                        path.display(),
+                        c.line
+                    );
+                };
+                for k in 0..10 {
+                    if c.body.contains(&format!("arg{k}")) {
+                        assert!(
+                            k < nargs,
+                            "{}:{}: {name} uses arg{k} but has {nargs} arguments",
+                            path.display(),
+                            c.line
+                        );
+                    }
+                }
+            }
+        }
+        assert!(used > 0, "{} attaches to no vnet probe", path.display());
+    }
+}
+
+/// syscalls.bt and syscalls.d see a process through its system calls, not our probes.
+fn is_syscall_script(path: &Path) -> bool {
+    path.file_stem().and_then(|s| s.to_str()) == Some("syscalls")
+}
+
+/// The rows a syscall-level capture writes: what a system call can show.
+const SYSCALL_ROWS: [&str; 7] = [
+    "enobufs_begin",
+    "enobufs_retry",
+    "enobufs_resolved",
+    "tx_frame",
+    "rx_frame",
+    "kevent_write",
+    "kevent_read",
+];
+
+/// Checks every row a syscall script prints, wherever it prints it (one printf may write
+/// two rows; the D script prints from macros): ten fields, a contract probe name in the
+/// probe column, values exactly in design.md's columns for that probe (plus ts_ns and tid),
+/// and as many printf arguments as values. Returns the probes it writes rows for.
+fn check_syscall_rows(file: &str, text: &str) -> Vec<String> {
+    let columns: Vec<&str> = HEADER.split(',').collect();
+    let text = strip_comments(text);
+    let all = printfs(&text);
+    let headers: Vec<_> = all.iter().filter(|(f, _)| f.starts_with("ts_ns")).collect();
+    assert_eq!(
+        headers.len(),
+        1,
+        "{file}: expected exactly one header printf"
+    );
+    assert_eq!(
+        headers[0].0,
+        format!("{HEADER}\\n"),
+        "{file}: header differs from design.md"
+    );
+    assert!(
+        all.iter()
+            .any(|(f, _)| f.starts_with("# clock mono_ns=%") && f.contains(" wall_ns=%")),
+        "{file}: no '# clock mono_ns=.. wall_ns=..' line"
+    );
+    let mut seen = Vec::new();
+    for (fmt, args) in all.iter().filter(|(f, _)| f.starts_with('%')) {
+        let body = fmt
+            .strip_suffix("\\n")
+            .unwrap_or_else(|| panic!("{file}: row {fmt} does not end in \\n"));
+        let mut values = 0;
+        for row in body.split("\\n") {
+            let fields: Vec<&str> = row.split(',').collect();
+            assert_eq!(fields.len(), columns.len(), "{file}: {row}: column count");
+            let name = fields[2];
+            assert!(SYSCALL_ROWS.contains(&name), "{file}: {row}: probe {name}");
+            let mut want: Vec<&str> = vec!["ts_ns", "tid"];
+            want.extend(expected_columns(name).iter().map(|(c, _)| *c));
+            for (col, field) in columns.iter().zip(&fields) {
+                if *col == "probe" {
+                    continue;
+                }
+                let filled = field.starts_with('%');
+                values += usize::from(filled);
+                assert_eq!(
+                    filled,
+                    want.contains(col),
+                    "{file}: {row}: column {col} must be {} for {name}",
+                    if want.contains(col) {
+                        "filled"
+                    } else {
+                        "empty"
+                    }
+                );
+            }
+            seen.push(name.to_string());
+        }
+        assert_eq!(
+            values,
+            args.len(),
+            "{file}: {fmt}: {} values, {} arguments",
+            values,
+            args.len()
+        );
+    }
+    seen.sort();
+    seen.dedup();
+    seen
+}
+
+#[test]
+fn syscall_scripts_write_the_design_csv() {
+    let want: Vec<String> = {
+        let mut v: Vec<String> = SYSCALL_ROWS.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    };
+    for file in ["syscalls.bt", "syscalls.d"] {
+        let text = fs::read_to_string(root().join("probes").join(file)).unwrap();
+        assert!(
+            clauses(&text).iter().all(|c| c.probes.is_empty()),
+            "{file}: a syscall script attaches to no vnet probe"
+        );
+        assert_eq!(
+            check_syscall_rows(file, &text),
+            want,
+            "{file}: rows written"
+        );
+    }
+}
+
+/// What `capture.sh --syscalls --no-frames` hands the tracer: syscalls.bt without its
+/// `/* frames { */ ... /* } frames */` blocks (the sed range it runs), syscalls.d with its
+/// `#if FRAMES` ... `#endif` blocks left out (what `dtrace -C -D FRAMES=0` compiles).
+fn syscall_script_without_frames(file: &str, text: &str) -> String {
+    let (open, close): (fn(&str) -> bool, fn(&str) -> bool) = if file.ends_with(".bt") {
+        (
+            |l| l.contains("/* frames { */"),
+            |l| l.contains("/* } frames */"),
+        )
+    } else {
+        (|l| l.trim() == "#if FRAMES", |l| l.trim() == "#endif")
+    };
+    let mut out = Vec::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        if !skipping && open(line) {
+            skipping = true;
+        } else if skipping && close(line) {
+            skipping = false;
+        } else if !skipping {
+            out.push(line);
+        }
+    }
+    assert!(!skipping, "{file}: unterminated frames block");
+    out.join("\n")
+}
+
+#[test]
+fn syscall_scripts_without_frames_trace_no_receives_and_write_no_frame_rows() {
+    let want: Vec<String> = {
+        let mut v: Vec<String> = SYSCALL_ROWS
+            .iter()
+            .filter(|p| !FRAME_PROBES.contains(p))
+            .map(|s| s.to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    for file in ["syscalls.bt", "syscalls.d"] {
+        let text = fs::read_to_string(root().join("probes").join(file)).unwrap();
+        let cut = syscall_script_without_frames(file, &text);
+        assert_eq!(
+            check_syscall_rows(file, &cut),
+            want,
+            "{file} without frames: rows written"
+        );
+        for call in [
+            "recvfrom",
+            "recvmsg",
+            "recvmmsg",
+            "recvmsg_x",
+            "read",
+            "readv",
+        ] {
+            assert!(
+                !cut.contains(&format!("sys_enter_{call}"))
+                    && !cut.contains(&format!("syscall::{call}:")),
+                "{file} without frames still traces {call}"
+            );
+        }
+    }
+}
+
+#[test]
+fn syscall_row_check_catches_a_misplaced_column() {
+    let good = "BEGIN { printf(\"# clock mono_ns=%d wall_ns=%d\\n\", a, b); printf(\"ts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errno\\n\"); }\n\
+                x { printf(\"%d,%d,tx_frame,%d,,%d,,,,\\n\", a, b, c, d); }";
+    assert_eq!(check_syscall_rows("t", good), vec!["tx_frame".to_string()]);
+    // len of tx_frame in the data column
+    let bad = good.replace(",,%d,,,,", ",,,%d,,,");
+    assert!(std::panic::catch_unwind(|| check_syscall_rows("t", &bad)).is_err());
+}
+
+/// The per-frame probes: the ones a capture for long runs leaves out.
+const FRAME_PROBES: [&str; 2] = ["tx_frame", "rx_frame"];
+
+/// Checks one variant of a capture script: the clock line, the design.md header, and one
+/// row clause per probe in `want`, each putting its arguments in design.md's columns.
+fn check_capture(file: &str, text: &str, ts_expr: &str, want: &[&String]) {
+    let columns: Vec<&str> = HEADER.split(',').collect();
+    let cl = clauses(text);
+    let headers: Vec<_> = cl
+        .iter()
+        .filter(|c| c.probes.is_empty())
+        .flat_map(|c| printfs(&c.body))
+        .filter(|(f, _)| f.starts_with("ts_ns"))
+        .collect();
+    assert_eq!(
+        headers.len(),
+        1,
+        "{file}: expected exactly one header printf"
+    );
+    assert_eq!(
+        headers[0].0,
+        format!("{HEADER}\\n"),
+        "{file}: header differs from design.md"
+    );
+    assert!(
+        cl.iter()
+            .flat_map(|c| printfs(&c.body))
+            .any(|(f, _)| f.starts_with("# clock mono_ns=%") && f.contains(" wall_ns=%")),
+        "{file}: no '# clock mono_ns=.. wall_ns=..' line"
+    );
+
+    let mut seen = BTreeMap::new();
+    for c in cl.iter().filter(|c| !c.probes.is_empty()) {
+        assert_eq!(c.probes.len(), 1, "{file}:{}: one probe per clause", c.line);
+        let name = &c.probes[0];
+        *seen.entry(name.clone()).or_insert(0) += 1;
+        let rows = printfs(&c.body);
+        assert_eq!(
+            rows.len(),
+            1,
+            "{file}:{}: {name} must print one row",
+            c.line
+        );
+        let (fmt, args) = &rows[0];
+        let fmt = fmt
+            .strip_suffix("\\n")
+            .unwrap_or_else(|| panic!("{file}:{}: {name} row does not end in \\n", c.line));
+        let fields: Vec<&str> = fmt.split(',').collect();
+        assert_eq!(
+            fields.len(),
+            columns.len(),
+            "{file}:{}: {name}: column count",
+            c.line
+        );
+        let mut args = args.iter();
+        let mut got = BTreeMap::new();
+        for (col, field) in columns.iter().zip(&fields) {
+            if field.starts_with('%') {
+                let arg = args.next().unwrap_or_else(|| {
+                    panic!("{file}:{}: {name}: too few printf arguments", c.line)
+                });
+                got.insert(*col, arg.clone());
+            } else if *col == "probe" {
+                assert_eq!(field, name, "{file}:{}: probe column", c.line);
+            } else {
+                assert!(
+                    field.is_empty(),
+                    "{file}:{}: {name}: literal in {col}",
+                    c.line
+                );
+            }
+        }
+        assert!(
+            args.next().is_none(),
+            "{file}:{}: {name}: extra printf arguments",
+            c.line
+        );
+        let mut design = BTreeMap::new();
+        design.insert("ts_ns", ts_expr.to_string());
+        design.insert("tid", "tid".to_string());
+        for (col, k) in expected_columns(name) {
+            design.insert(*col, format!("arg{k}"));
+        }
+        assert_eq!(
+            got, design,
+            "{file}:{}: {name}: columns differ from design.md",
+            c.line
+        );
+    }
+    for (name, n) in &seen {
+        assert_eq!(
+            *n, 1,
+            "{file}: {name} needs exactly one row clause, has {n}"
+        );
+    }
+    let mut seen: Vec<&String> = seen.keys().collect();
+    seen.sort();
+    let mut want = want.to_vec();
+    want.sort();
+    assert_eq!(seen, want, "{file}: probes with a row clause");
+}
+
+/// Evaluates the preprocessor lines of enobufs.d the way `dtrace -C [-D FRAMES=n]` would:
+/// `#ifndef`, `#define NAME VALUE`, `#if NAME`, `#else`, `#endif`; `#pragma` is kept.
+/// Anything else panics, so the script cannot grow conditionals this check would misread.
+/// Lines left out become blank lines, keeping line numbers in messages right.
+fn preprocess(file: &str, text: &str, frames: Option<i64>) -> String {
+    let mut defines: BTreeMap<String, i64> = BTreeMap::new();
+    if let Some(n) = frames {
+        defines.insert("FRAMES".into(), n);
+    }
+    let mut active: Vec<bool> = Vec::new();
+    let mut out = Vec::new();
+    let text = strip_comments(text);
+    for (i, line) in text.lines().enumerate() {
+        let on = active.iter().all(|&a| a);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["#ifndef", name] => active.push(!defines.contains_key(*name)),
+            ["#if", name] => active.push(defines.get(*name).copied().unwrap_or(0) != 0),
+            ["#else"] => {
+                let top = active.last_mut().expect("#else without #if");
+                *top = !*top;
+            }
+            ["#endif"] => {
+                active
+                    .pop()
+                    .unwrap_or_else(|| panic!("{file}:{}: #endif without #if", i + 1));
+            }
+            ["#define", name, value] => {
+                if on {
+                    let v = value.parse().unwrap_or_else(|_| {
+                        panic!("{file}:{}: #define {name} {value}: not an integer", i + 1)
+                    });
+                    defines.insert(name.to_string(), v);
+                }
+            }
+            [d, ..] if d.starts_with('#') && *d != "#pragma" && *d != "#!/usr/sbin/dtrace" => {
+                panic!(
+                    "{file}:{}: directive {d} is not understood by this check",
+                    i + 1
+                )
+            }
+            _ => {
+                out.push(if on { line } else { "" });
+                continue;
+            }
+        }
+        out.push("");
+    }
+    assert!(active.is_empty(), "{file}: unterminated #if");
+    out.join("\n")
+}
+
+/// `probes/noframes.awk` over enobufs.bt: the script `capture.sh --no-frames` runs.
+fn bpftrace_without_frames() -> String {
+    let out = std::process::Command::new("awk")
+        .arg("-f")
+        .arg(root().join("probes/noframes.awk"))
+        .arg(root().join("probes/enobufs.bt"))
+        .output()
+        .expect("run awk (needed to check probes/noframes.awk)");
+    assert!(
+        out.status.success(),
+        "noframes.awk failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn capture_scripts_write_the_design_csv() {
+    let probes = provider_probes();
+    let all: Vec<&String> = probes.keys().collect();
+    let no_frames: Vec<&String> = probes
+        .keys()
+        .filter(|p| !FRAME_PROBES.contains(&p.as_str()))
+        .collect();
+    assert_eq!(
+        no_frames.len() + 2,
+        all.len(),
+        "frame probes missing from vnet.d"
+    );
+
+    let bt = fs::read_to_string(root().join("probes/enobufs.bt")).unwrap();
+    check_capture("enobufs.bt", &bt, "nsecs", &all);
+    check_capture(
+        "enobufs.bt | noframes.awk",
+        &bpftrace_without_frames(),
+        "nsecs",
+        &no_frames,
+    );
+
+    let d = fs::read_to_string(root().join("probes/enobufs.d")).unwrap();
+    for (frames, want) in [(None, &all), (Some(1), &all), (Some(0), &no_frames)] {
+        let name = format!("enobufs.d (dtrace -C, FRAMES={frames:?})");
+        check_capture(&name, &preprocess(&name, &d, frames), "timestamp", want);
+    }
+}
+
+#[test]
+fn preprocess_follows_cpp_for_the_frames_switch() {
+    let text = "#ifndef FRAMES\n#define FRAMES 1\n#endif\na\n#if FRAMES\nb\n#else\nc\n#endif\nd";
+    let keep = |f| -> Vec<String> {
+        preprocess("t", text, f)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(keep(None), ["a", "b", "d"]);
+    assert_eq!(keep(Some(0)), ["a", "c", "d"]);
+}
+
+#[test]
+fn design_header_is_the_recorders() {
+    // The in-process recorder is the third producer of the same CSV.
+    assert_eq!(HEADER, vnet_device::recorder::HEADER);
+}
+
+#[test]
+fn clause_parser_reads_predicates_and_multi_probe_heads() {
+    let prog = "BEGIN { printf(\"a,b\\n\", x); }\n\
+                usdt:$1:vnet:tx_frame,\nusdt:$1:vnet:rx_frame\n/$2 != 0/\n{ @n[probe] = count(); }\n\
+                vnet$target:::kevent_write /arg1 < 5/ { printf(\"%d\", (arg1 + 1)); }";
+    let c = clauses(prog);
+    assert_eq!(c.len(), 3);
+    assert_eq!(c[0].others, vec!["BEGIN"]);
+    assert_eq!(c[1].probes, vec!["tx_frame", "rx_frame"]);
+    assert_eq!(c[2].probes, vec!["kevent_write"]);
+    assert_eq!(
+        printfs(&c[2].body),
+        vec![("%d".to_string(), vec!["(arg1 + 1)".to_string()])]
+    );
+}

@@ -1,0 +1,64 @@
+//! One proxy connection for the daemon's whole life, lent to each worker in turn.
+//!
+//! The worker consumes its backend and does not hand it back when it stops, but QEMU stops
+//! and restarts the rings whenever the guest resets the device. Reconnecting is not an
+//! option (passt `-1` serves one connection, and a stream's partial frame would be lost),
+//! so each worker gets a handle on the same backend.
+
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use vnet_device::backend::{Backend, BackendError, ReadStatus, TxFrame, WriteStatus};
+
+#[derive(Clone)]
+pub struct SharedBackend {
+    inner: Arc<Mutex<Box<dyn Backend>>>,
+    // Fixed for the connection's life; kept here so the hot path does not lock for them.
+    fd: RawFd,
+    kind: &'static str,
+    retry_delay: Option<Duration>,
+}
+
+impl SharedBackend {
+    pub fn new(backend: Box<dyn Backend>) -> Self {
+        SharedBackend {
+            fd: backend.raw_fd(),
+            kind: backend.kind(),
+            retry_delay: backend.retry_delay(),
+            inner: Arc::new(Mutex::new(backend)),
+        }
+    }
+
+    // Only one worker runs at a time, so the lock is never contended; a poisoned lock
+    // means a worker panicked mid-frame, and the connection state is still the best we have.
+    fn lock(&self) -> MutexGuard<'_, Box<dyn Backend>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Backend for SharedBackend {
+    fn raw_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    fn retry_delay(&self) -> Option<Duration> {
+        self.retry_delay
+    }
+
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
+        self.lock().write_frame(frame)
+    }
+
+    fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
+        self.lock().read_frame(buf)
+    }
+
+    fn injected_faults(&self) -> u64 {
+        self.lock().injected_faults()
+    }
+}

@@ -1,0 +1,297 @@
+//! `vnet-vm` command line and the order of runs.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use super::image::{self, ImageOptions};
+use super::runner::{self, Accel, Machine, NetMode, RunConfig, RunResult, Tracer};
+use super::summary::Summary;
+
+/// Where `cargo` puts build output for this workspace; the guest cache lives beside it.
+fn default_target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+fn repo_root() -> PathBuf {
+    // This crate sits at device/vm: the workspace root is two levels up.
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TracerKind {
+    Bpftrace,
+}
+
+/// Boot a Linux guest whose virtio-net is served by vnet-vhost, run iperf3 through passt,
+/// and print throughput, retransmits and the daemon's counters.
+#[derive(Debug, Parser)]
+#[command(name = "vnet-vm", version)]
+pub struct Args {
+    /// Guest MTU (passt accepts up to 65520).
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u32).range(68..=65520))]
+    pub mtu: u32,
+    /// Seconds per iperf3 test.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub seconds: u32,
+    /// Parallel streams of the bidirectional test.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=128))]
+    pub streams: u32,
+    /// The guest waits this long after reporting before it powers off, standing in for a
+    /// guest kernel that hangs on its way down (tests the runner's shutdown grace).
+    #[arg(long, default_value_t = 0, hide_short_help = true)]
+    pub guest_linger: u32,
+    /// iperf3 tests the guest runs, in order: fwd (guest to host), rev, bidir.
+    #[arg(long, value_delimiter = ',', default_value = "fwd,rev,bidir")]
+    pub tests: Vec<Test>,
+    /// Also run the guest on QEMU's own virtio-net (-netdev stream to passt) and print ratios.
+    #[arg(long)]
+    pub baseline: bool,
+    /// Only the QEMU virtio-net run (no daemon).
+    #[arg(long, conflicts_with = "baseline")]
+    pub baseline_only: bool,
+    /// Run the daemon under probes/enobufs.bt; trace.csv lands in the output directory.
+    #[arg(long, value_enum)]
+    pub tracer: Option<TracerKind>,
+    /// Leave the per-frame probes out of the bpftrace capture.
+    #[arg(long)]
+    pub no_frame_probes: bool,
+    /// QEMU machine type and the matching virtio-net transport.
+    #[arg(long, value_enum, default_value_t = Machine::Pc)]
+    pub machine: Machine,
+    /// auto: KVM when a probe boot under KVM succeeds (not on these machines), else TCG.
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    pub accel: Accel,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub mem_mb: u32,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Logs, consoles, daemon output and trace go here [default: target/vnet-vm/out].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Guest image cache [default: target/vnet-vm].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Debian kernel package (a metapackage is followed to its image).
+    #[arg(long, default_value = "linux-image-cloud-amd64")]
+    pub kernel_package: String,
+    /// A kernel package file to boot instead (e.g. another Debian release's
+    /// linux-image-*-cloud-amd64 .deb); --kernel-package is then ignored.
+    #[arg(long)]
+    pub kernel_deb: Option<PathBuf>,
+    /// The vhost-user daemon [default: vnet-vhost beside this binary].
+    #[arg(long)]
+    pub daemon: Option<PathBuf>,
+    /// Extra argument for the daemon (repeatable), e.g. --daemon-arg=--trace=/tmp/t.csv
+    #[arg(long, allow_hyphen_values = true)]
+    pub daemon_arg: Vec<String>,
+    /// The bpftrace script [default: probes/enobufs.bt of this repository].
+    #[arg(long)]
+    pub bpftrace_script: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Test {
+    Fwd,
+    Rev,
+    Bidir,
+}
+
+impl Test {
+    fn name(self) -> &'static str {
+        match self {
+            Test::Fwd => "fwd",
+            Test::Rev => "rev",
+            Test::Bidir => "bidir",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+    #[error("{label} run: {source}")]
+    Run {
+        label: &'static str,
+        #[source]
+        source: runner::RunError,
+    },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Runs everything the arguments ask for; returns the summary JSON.
+pub fn run(args: &Args) -> Result<serde_json::Value, CliError> {
+    runner::install_signal_handlers();
+    let target = default_target_dir();
+    let cache = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| target.join("vnet-vm"));
+    let out = args.out.clone().unwrap_or_else(|| cache.join("out"));
+    let img_opts = ImageOptions {
+        cache_dir: cache.clone(),
+        kernel_package: args.kernel_package.clone(),
+        kernel_deb: args.kernel_deb.clone(),
+    };
+    eprintln!("vnet-vm: preparing the guest image in {}", cache.display());
+    let image = image::prepare(&img_opts)?;
+    eprintln!(
+        "vnet-vm: guest kernel {} (modules: {})",
+        image.kernel_package,
+        image.modules.join(" ")
+    );
+
+    let accel = match args.accel {
+        Accel::Auto => {
+            let kvm = runner::probe_kvm(&image, args.machine, &cache);
+            eprintln!(
+                "vnet-vm: KVM {}",
+                if kvm {
+                    "boots the guest: using it"
+                } else {
+                    "unusable here: using TCG"
+                }
+            );
+            if kvm {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            }
+        }
+        a => a,
+    };
+    let daemon = match &args.daemon {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| CliError::Setup(format!("locating vnet-vm itself: {e}")))?
+            .with_file_name("vnet-vhost"),
+    };
+    let need_daemon = !args.baseline_only;
+    if need_daemon && !daemon.is_file() {
+        return Err(CliError::Setup(format!(
+            "daemon {} not found (build it: cargo build --release -p vnet-vhost, or pass --daemon)",
+            daemon.display()
+        )));
+    }
+    let tracer = match args.tracer {
+        None => None,
+        Some(TracerKind::Bpftrace) => {
+            let script = args
+                .bpftrace_script
+                .clone()
+                .unwrap_or_else(|| repo_root().join("probes/enobufs.bt"));
+            if !script.is_file() {
+                return Err(CliError::Setup(format!(
+                    "bpftrace script {} not found",
+                    script.display()
+                )));
+            }
+            Some(Tracer {
+                script,
+                frames: u32::from(!args.no_frame_probes),
+            })
+        }
+    };
+    let mut tests: Vec<String> = Vec::new();
+    for t in &args.tests {
+        if !tests.iter().any(|x| x == t.name()) {
+            tests.push(t.name().to_string());
+        }
+    }
+    let cfg = |mode: NetMode, label: &str| RunConfig {
+        image: image.clone(),
+        mode,
+        machine: args.machine,
+        accel,
+        mtu: args.mtu,
+        seconds: args.seconds,
+        streams: args.streams,
+        linger: args.guest_linger,
+        tests: tests.clone(),
+        mem_mb: args.mem_mb,
+        daemon: daemon.clone(),
+        daemon_args: args.daemon_arg.clone(),
+        tracer: tracer.clone(),
+        out_dir: out.join(label),
+    };
+    let one = |mode: NetMode, label: &'static str| -> Result<RunResult, CliError> {
+        eprintln!(
+            "vnet-vm: {label} run (logs in {})",
+            out.join(label).display()
+        );
+        runner::run(&cfg(mode, label)).map_err(|source| CliError::Run { label, source })
+    };
+    let mut daemon_run = if need_daemon {
+        Some(one(NetMode::Vhost, "vhost")?)
+    } else {
+        None
+    };
+    // The trace goes beside summary.json, where a user looks first.
+    if let Some(r) = daemon_run.as_mut() {
+        if let Some(t) = r.trace.take() {
+            let dst = out.join("trace.csv");
+            r.trace = Some(if std::fs::rename(&t, &dst).is_ok() {
+                dst
+            } else {
+                t
+            });
+        }
+    }
+    let baseline_run = if args.baseline || args.baseline_only {
+        Some(one(NetMode::Baseline, "baseline")?)
+    } else {
+        None
+    };
+    let summary = Summary {
+        kernel: &image.kernel_package,
+        seconds: args.seconds,
+        streams: args.streams,
+        daemon: daemon_run.as_ref(),
+        baseline: baseline_run.as_ref(),
+    };
+    let json = summary.to_json();
+    let _ = std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    );
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{}", summary.to_text());
+    }
+    Ok(json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("vnet-vm").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_and_test_list() {
+        let a = parse(&[]).unwrap();
+        assert_eq!((a.mtu, a.seconds, a.streams), (1500, 10, 4));
+        assert_eq!(a.tests, [Test::Fwd, Test::Rev, Test::Bidir]);
+        let a = parse(&["--tests", "rev,fwd", "--mtu", "65520", "--baseline"]).unwrap();
+        assert_eq!(a.tests, [Test::Rev, Test::Fwd]);
+        assert!(a.baseline && a.mtu == 65520);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        let e = parse(&["--mtu", "65521"]).unwrap_err().to_string();
+        assert!(e.contains("--mtu"), "{e}");
+        let e = parse(&["--tests", "fwd,sideways"]).unwrap_err().to_string();
+        assert!(e.contains("sideways"), "{e}");
+        assert!(parse(&["--baseline", "--baseline-only"]).is_err());
+    }
+}

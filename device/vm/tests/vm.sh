@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# A real VM through the vhost-user daemon: a Debian guest kernel's virtio-net driver on
+# vnet-vhost, passt behind it, iperf3 forward and reverse for a few seconds each: the
+# machine's own Debian 12 kernel on q35 and on microvm, then Debian 13's current cloud
+# kernel (a newer virtio-net driver, modules compressed as .ko.xz).
+# Asserts that traffic moved both ways through the daemon (its counters cover what iperf3
+# moved), that the bpftrace capture has per-frame rows matching the counters, and that
+# nothing the run started is left running. Needs root (bpftrace, and apt-get download on
+# a fresh machine), QEMU, passt and iperf3; skips with the reason otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+
+skip() { echo "vm.sh: SKIP: $*"; exit 0; }
+[ "$(id -u)" = 0 ] || skip "needs root (bpftrace, apt-get download)"
+for tool in qemu-system-x86_64 passt iperf3 python3; do
+  command -v "$tool" >/dev/null || skip "$tool is not installed (run .ci/setup.sh)"
+done
+
+SECONDS_PER_TEST=${VNET_VM_SECONDS:-3}
+cargo build --release --quiet -p vnet-vm -p vnet-vhost
+bin=${CARGO_TARGET_DIR:-target}/release
+
+out=$(mktemp -d /tmp/vnet-vm-ci.XXXXXX)
+trap 'rm -rf "$out"' EXIT
+# The runner's socket directory goes under $out (via TMPDIR), so every process of this run
+# has $out in its command line; passt runs as nobody and must reach it.
+chmod 755 "$out"
+mkdir -m 1777 "$out/tmp"
+tracer=()
+if command -v bpftrace >/dev/null; then tracer=(--tracer bpftrace); else echo "vm.sh: bpftrace missing: no trace checks"; fi
+
+# run NAME ARGS...: one vnet-vm invocation into $out/NAME; prints the logs if it fails.
+run() {
+  local name=$1; shift
+  local dir="$out/$name" status=0
+  mkdir -p "$dir"
+  echo "vm.sh: $name: vnet-vm $*"
+  TMPDIR="$out/tmp" timeout --kill-after=10 240 "$bin/vnet-vm" "$@" --json --out "$dir" \
+    >"$dir/stdout.json" 2>"$dir/runner.log" || status=$?
+  if [ $status -ne 0 ]; then
+    echo "vm.sh: $name: vnet-vm failed ($status):"; cat "$dir/runner.log"
+    for f in "$dir"/vhost/{daemon.log,qemu.err,passt.err}; do [ -s "$f" ] && { echo "--- $f"; tail -20 "$f"; }; done
+    [ -f "$dir/vhost/console.log" ] && { echo "--- console"; tail -60 "$dir/vhost/console.log"; }
+    # Everything the run wrote, for a closer look than the tails above.
+    rm -rf "${CARGO_TARGET_DIR:-target}/vm-failure" && cp -r "$dir" "${CARGO_TARGET_DIR:-target}/vm-failure" &&
+      echo "vm.sh: logs kept in ${CARGO_TARGET_DIR:-target}/vm-failure"
+    exit 1
+  fi
+  cat "$dir/runner.log"
+  check "$dir/stdout.json" "$@"
+}
+
+check() {
+ANALYZE="$bin/analyze" python3 - "$@" <<'EOF'
+import json, os, sys
+summary = json.load(open(sys.argv[1]))
+traced = "--tracer" in sys.argv[2:]
+out_dir = os.path.dirname(os.path.dirname(sys.argv[1]))
+fail = []
+def check(cond, msg):
+    print(("ok   " if cond else "FAIL ") + msg)
+    if not cond:
+        fail.append(msg)
+
+fwd, rev = summary["fwd_gbit_per_s"], summary["rev_gbit_per_s"]
+check(fwd is not None and fwd > 0, f"forward throughput {fwd} Gbit/s > 0")
+check(rev is not None and rev > 0, f"reverse throughput {rev} Gbit/s > 0")
+d = summary["daemon"]
+check(d is not None and d.get("end") == "disconnected", f"daemon ended on QEMU's disconnect: {d and d.get('end')}")
+tests = {t["name"]: t for t in summary["tests"]}
+sent = tests["fwd"]["fwd"]["bytes_sent"]            # TCP payload the guest sent
+received = tests["rev"]["rev"]["bytes_received"]    # TCP payload the guest received
+# Every payload byte crossed the daemon inside an Ethernet frame: counters must cover them,
+# and not by absurd margins (headers and ACKs add well under 2x at MTU 1500).
+check(d["tx_bytes"] >= sent, f"daemon tx_bytes {d['tx_bytes']} >= guest sent {sent}")
+check(d["rx_bytes"] >= received, f"daemon rx_bytes {d['rx_bytes']} >= guest received {received}")
+check(d["tx_bytes"] < 3 * sent + 50_000_000, f"daemon tx_bytes {d['tx_bytes']} not wildly above {sent}")
+check(d["rx_bytes"] < 3 * received + 50_000_000, f"daemon rx_bytes {d['rx_bytes']} not wildly above {received}")
+check(d["handshake"]["early_enables"] > 0, f"QEMU's early SET_VRING_ENABLE seen ({d['handshake']['early_enables']})")
+acked = d["handshake"]["acked_features"] or 0
+check(acked & (1 << 32) != 0, f"VERSION_1 negotiated (features {acked:#x})")
+check(d["drops"]["total"] == 0, f"no frames dropped ({d['drops']})")
+check(summary["retransmits"] is not None, f"retransmits reported ({summary['retransmits']})")
+# A guest kernel that hangs on its way down after reporting is the guest's problem, not the
+# device's (the runner stops QEMU after a grace period): shown, not failed.
+shutdown = summary.get("guest_shutdown", "clean")
+if "--guest-linger" in sys.argv[2:]:
+    check(shutdown.startswith("hung"), f"a guest that does not power off is stopped and reported: {shutdown.splitlines()[0]!r}")
+    check(summary["wall_s"] < 120, f"... without waiting out the run's budget (QEMU ran {summary['wall_s']:.0f} s)")
+else:
+    print(("ok   " if shutdown == "clean" else "WARN ") + "guest shutdown: " + shutdown.splitlines()[0])
+
+if traced:
+    counts = {}
+    with open(summary["trace"]) as f:
+        header = None
+        for line in f:
+            if line.startswith("#") or not line.strip():
+                continue
+            if header is None:
+                if line.startswith("ts_ns,"):
+                    header = line.strip().split(",")
+                continue
+            probe = line.split(",", 3)[2]
+            counts[probe] = counts.get(probe, 0) + 1
+    check(header is not None, "trace has the CSV header")
+    check(counts.get("tx_frame", 0) > 0 and counts.get("rx_frame", 0) > 0,
+          f"trace has tx_frame ({counts.get('tx_frame', 0)}) and rx_frame ({counts.get('rx_frame', 0)}) rows")
+    check(counts.get("tx_frame") == d["tx_frames"], f"tx_frame rows {counts.get('tx_frame')} == daemon tx_frames {d['tx_frames']}")
+    check(counts.get("rx_frame") == d["rx_frames"], f"rx_frame rows {counts.get('rx_frame')} == daemon rx_frames {d['rx_frames']}")
+    check(counts.get("enobufs_begin", 0) == d["episodes"], f"enobufs_begin rows {counts.get('enobufs_begin', 0)} == daemon episodes {d['episodes']}")
+    import subprocess
+    analyze = os.environ["ANALYZE"]
+    if os.path.exists(analyze):
+        rep = subprocess.run([analyze, "report", summary["trace"]], capture_output=True, text=True)
+        first = (rep.stdout.splitlines() or [""])[0]
+        check(rep.returncode == 0 and not first.startswith("trace: 0 events"), f"analyze reads the trace: {first!r}")
+
+# Nothing left behind: every child of the run had $out (sockets, console, trace) or the
+# iperf3 port in its command line.
+marker = out_dir
+port = f"-p {summary['iperf3_port']}"
+left = []
+me = {str(os.getpid()), str(os.getppid())}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if pid in me:
+        continue
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        continue
+    if marker in cmd or ("iperf3" in cmd and port in cmd):
+        left.append(f"{pid}: {cmd}")
+check(not left, f"no leftover processes {left}")
+if fail:
+    sys.exit(1)
+EOF
+}
+
+# newer_kernel: downloads Debian 13's current cloud kernel package from the mirror the
+# machine's own apt entry names (checked against the suite's SHA256), into the image cache
+# so local reruns reuse it; prints its path.
+newer_kernel() {
+  local cache=${CARGO_TARGET_DIR:-target}/vnet-vm/debs src=/etc/apt/sources.list.d/debian.sources mirror=""
+  [ -f "$src" ] && mirror=$(awk '/^URIs:/ {print $2; exit}' "$src")
+  [ -n "$mirror" ] || mirror=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+  [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+  mkdir -p "$cache"
+  python3 - "$mirror" "$cache" <<'PY'
+import hashlib, lzma, os, re, sys, urllib.request
+mirror, cache = sys.argv[1].rstrip("/"), sys.argv[2]
+index = lzma.decompress(urllib.request.urlopen(f"{mirror}/dists/trixie/main/binary-amd64/Packages.xz", timeout=120).read()).decode()
+best = None
+for stanza in index.split("\n\n"):
+    f = dict(re.findall(r"^([A-Za-z0-9-]+): (.*)$", stanza, re.M))
+    if re.fullmatch(r"linux-image-[0-9.+a-z-]+-cloud-amd64", f.get("Package", "")) and "-unsigned" not in f["Package"]:
+        key = [int(x) for x in re.findall(r"\d+", f["Version"])]
+        if best is None or key > best[0]:
+            best = (key, f)
+if best is None:
+    sys.exit("no linux-image-*-cloud-amd64 in trixie's Packages")
+f = best[1]
+path = os.path.join(cache, os.path.basename(f["Filename"]))
+if not (os.path.exists(path) and hashlib.sha256(open(path, "rb").read()).hexdigest() == f["SHA256"]):
+    data = urllib.request.urlopen(f"{mirror}/{f['Filename']}", timeout=300).read()
+    if hashlib.sha256(data).hexdigest() != f["SHA256"]:
+        sys.exit(f"{f['Filename']}: SHA256 differs from trixie's Packages")
+    open(path + ".tmp", "wb").write(data)
+    os.replace(path + ".tmp", path)
+print(path)
+PY
+}
+
+# q35 + virtio-net-pci under bpftrace, then -M microvm + virtio-net-device (virtio-mmio).
+run pc --tests fwd,rev --seconds "$SECONDS_PER_TEST" "${tracer[@]}"
+# microvm, whose guest then lingers instead of powering off: the runner must stop it.
+run microvm --machine microvm --tests fwd,rev --seconds 2 --guest-linger 600
+# Debian 13's kernel: the image builder must unpack its compressed modules.
+deb=$(newer_kernel) || { echo "vm.sh: could not fetch Debian 13's cloud kernel"; exit 1; }
+dpkg-deb -c "$deb" > "$out/trixie-files.txt"
+grep -q '/virtio_net\.ko\.xz$' "$out/trixie-files.txt" ||
+  { echo "vm.sh: $deb has no virtio_net.ko.xz: this run would not test compressed modules"; exit 1; }
+run trixie --kernel-deb "$deb" --tests fwd,rev --seconds 2
+grep -q '"kernel": *"linux-image-[^"]*deb13' "$out/trixie/stdout.json" ||
+  { echo "vm.sh: trixie run did not boot the Debian 13 kernel:"; grep '"kernel"' "$out/trixie/stdout.json"; exit 1; }
+echo "ok   guest booted $(basename "$deb") with its .ko.xz modules"
+echo "vm.sh: ok"
