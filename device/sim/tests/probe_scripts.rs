@@ -361,20 +361,17 @@ fn syscall_scripts_write_the_design_csv() {
 /// `/* frames { */ ... /* } frames */` blocks (the sed range it runs), syscalls.d with its
 /// `#if FRAMES` ... `#endif` blocks left out (what `dtrace -C -D FRAMES=0` compiles).
 fn syscall_script_without_frames(file: &str, text: &str) -> String {
-    let (open, close): (fn(&str) -> bool, fn(&str) -> bool) = if file.ends_with(".bt") {
-        (
-            |l| l.contains("/* frames { */"),
-            |l| l.contains("/* } frames */"),
-        )
+    let (open, close) = if file.ends_with(".bt") {
+        ("/* frames { */", "/* } frames */")
     } else {
-        (|l| l.trim() == "#if FRAMES", |l| l.trim() == "#endif")
+        ("#if FRAMES", "#endif")
     };
     let mut out = Vec::new();
     let mut skipping = false;
     for line in text.lines() {
-        if !skipping && open(line) {
+        if !skipping && line.trim() == open {
             skipping = true;
-        } else if skipping && close(line) {
+        } else if skipping && line.trim() == close {
             skipping = false;
         } else if !skipping {
             out.push(line);
