@@ -390,12 +390,17 @@ if ea and len(ea) == len(eb):
     if statistics.median(starts) > 1_000_000:
         print("     episodes start more than 1 ms apart (median): not the same episodes")
         ok = False
-for p, want in (("kevent_read", 0.99), ("kevent_write", 0.9)):
-    x = [r["data"] for r in mine if r["probe"] == p]
-    y = [r["data"] for r in rec if r["probe"] == p]
+# FIONREAD of a datagram socket is the head datagram's length, which only the device's own
+# read changes: equal. The free send space is read by the tracer at the return and by the
+# device just after; in between only the proxy runs, and its reads free space: the device's
+# value is never smaller, and equal when the proxy read nothing meanwhile.
+for p in ("kevent_read", "kevent_write"):
+    x = [int(r["data"]) for r in mine if r["probe"] == p]
+    y = [int(r["data"]) for r in rec if r["probe"] == p]
     same = sum(u == v for u, v in zip(x, y))
-    print(f"     {p} data equal to the device's: {same} of {len(y)}")
-    ok &= len(y) > 0 and same >= want * len(y)
+    smaller = sum(v < u for u, v in zip(x, y))
+    print(f"     {p} data equal to the device's: {same} of {len(y)}; device's smaller: {smaller}")
+    ok &= len(y) > 0 and same >= (0.99 if p == "kevent_read" else 0.5) * len(y) and smaller == 0
 sys.exit(0 if ok else 1)
 EOF
   if "$analyze" compare "$work/sys.inproc.csv" "$work/sys.fd.csv" > "$work/sys.compare" 2>&1; then
