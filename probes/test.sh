@@ -436,7 +436,8 @@ fi
 
 # Attached to a running process by the path of its socket (-p, --socket): capture.sh finds
 # the fd and the epoll registration made before the capture, so wake-ups show up too.
-"$sim" --duration 6 --no-progress --json > "$work/sysp.json" &
+# (8 s: attaching takes bpftrace a few seconds on this machine, the run must outlast it)
+"$sim" --duration 8 --no-progress --json > "$work/sysp.json" &
 simpid=$!
 sock=""
 for _ in $(seq 50); do
