@@ -2,7 +2,8 @@
 //! contract. CI can only run the bpftrace scripts; the DTrace ones (macOS) are checked here
 //! by reading them: every probe they name exists in dtrace/vnet.d with enough arguments, and
 //! the two capture scripts print the design.md header and put each probe argument in the
-//! same column.
+//! same column. The syscall-level scripts (syscalls.bt, syscalls.d) attach to no vnet probe;
+//! their rows are checked against design.md's columns the same way.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -181,12 +182,13 @@ fn printfs(body: &str) -> Vec<(String, Vec<String>)> {
         let mut close = rest.len();
         for (j, c) in rest.char_indices() {
             match c {
-                '(' => depth += 1,
+                // brackets too: a map key (@m[pid, fd]) is one argument
+                '(' | '[' => depth += 1,
                 ')' if depth == 0 => {
                     close = j;
                     break;
                 }
-                ')' => depth -= 1,
+                ')' | ']' => depth -= 1,
                 ',' if depth == 0 => {
                     args.push(std::mem::take(&mut cur).trim().to_string());
                     continue;
@@ -224,7 +226,7 @@ fn every_script_names_only_contract_probes_with_their_arguments() {
             && all.iter().any(|p| p.ends_with("enobufs.d")),
         "capture scripts missing from probes/: {all:?}"
     );
-    for path in &all {
+    for path in all.iter().filter(|p| !is_syscall_script(p)) {
         let text = fs::read_to_string(path).unwrap();
         let mut used = 0;
         for c in clauses(&text) {
@@ -251,6 +253,182 @@ fn every_script_names_only_contract_probes_with_their_arguments() {
         }
         assert!(used > 0, "{} attaches to no vnet probe", path.display());
     }
+}
+
+/// syscalls.bt and syscalls.d see a process through its system calls, not our probes.
+fn is_syscall_script(path: &Path) -> bool {
+    path.file_stem().and_then(|s| s.to_str()) == Some("syscalls")
+}
+
+/// The rows a syscall-level capture writes: what a system call can show.
+const SYSCALL_ROWS: [&str; 7] = [
+    "enobufs_begin",
+    "enobufs_retry",
+    "enobufs_resolved",
+    "tx_frame",
+    "rx_frame",
+    "kevent_write",
+    "kevent_read",
+];
+
+/// Checks every row a syscall script prints, wherever it prints it (one printf may write
+/// two rows; the D script prints from macros): ten fields, a contract probe name in the
+/// probe column, values exactly in design.md's columns for that probe (plus ts_ns and tid),
+/// and as many printf arguments as values. Returns the probes it writes rows for.
+fn check_syscall_rows(file: &str, text: &str) -> Vec<String> {
+    let columns: Vec<&str> = HEADER.split(',').collect();
+    let text = strip_comments(text);
+    let all = printfs(&text);
+    let headers: Vec<_> = all.iter().filter(|(f, _)| f.starts_with("ts_ns")).collect();
+    assert_eq!(
+        headers.len(),
+        1,
+        "{file}: expected exactly one header printf"
+    );
+    assert_eq!(
+        headers[0].0,
+        format!("{HEADER}\\n"),
+        "{file}: header differs from design.md"
+    );
+    assert!(
+        all.iter()
+            .any(|(f, _)| f.starts_with("# clock mono_ns=%") && f.contains(" wall_ns=%")),
+        "{file}: no '# clock mono_ns=.. wall_ns=..' line"
+    );
+    let mut seen = Vec::new();
+    for (fmt, args) in all.iter().filter(|(f, _)| f.starts_with('%')) {
+        let body = fmt
+            .strip_suffix("\\n")
+            .unwrap_or_else(|| panic!("{file}: row {fmt} does not end in \\n"));
+        let mut values = 0;
+        for row in body.split("\\n") {
+            let fields: Vec<&str> = row.split(',').collect();
+            assert_eq!(fields.len(), columns.len(), "{file}: {row}: column count");
+            let name = fields[2];
+            assert!(SYSCALL_ROWS.contains(&name), "{file}: {row}: probe {name}");
+            let mut want: Vec<&str> = vec!["ts_ns", "tid"];
+            want.extend(expected_columns(name).iter().map(|(c, _)| *c));
+            for (col, field) in columns.iter().zip(&fields) {
+                if *col == "probe" {
+                    continue;
+                }
+                let filled = field.starts_with('%');
+                values += usize::from(filled);
+                assert_eq!(
+                    filled,
+                    want.contains(col),
+                    "{file}: {row}: column {col} must be {} for {name}",
+                    if want.contains(col) {
+                        "filled"
+                    } else {
+                        "empty"
+                    }
+                );
+            }
+            seen.push(name.to_string());
+        }
+        assert_eq!(
+            values,
+            args.len(),
+            "{file}: {fmt}: {} values, {} arguments",
+            values,
+            args.len()
+        );
+    }
+    seen.sort();
+    seen.dedup();
+    seen
+}
+
+#[test]
+fn syscall_scripts_write_the_design_csv() {
+    let want: Vec<String> = {
+        let mut v: Vec<String> = SYSCALL_ROWS.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    };
+    for file in ["syscalls.bt", "syscalls.d"] {
+        let text = fs::read_to_string(root().join("probes").join(file)).unwrap();
+        assert!(
+            clauses(&text).iter().all(|c| c.probes.is_empty()),
+            "{file}: a syscall script attaches to no vnet probe"
+        );
+        assert_eq!(
+            check_syscall_rows(file, &text),
+            want,
+            "{file}: rows written"
+        );
+    }
+}
+
+/// What `capture.sh --syscalls --no-frames` hands the tracer: syscalls.bt without its
+/// `/* frames { */ ... /* } frames */` blocks (the sed range it runs), syscalls.d with its
+/// `#if FRAMES` ... `#endif` blocks left out (what `dtrace -C -D FRAMES=0` compiles).
+fn syscall_script_without_frames(file: &str, text: &str) -> String {
+    let (open, close) = if file.ends_with(".bt") {
+        ("/* frames { */", "/* } frames */")
+    } else {
+        ("#if FRAMES", "#endif")
+    };
+    let mut out = Vec::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        if !skipping && line.trim() == open {
+            skipping = true;
+        } else if skipping && line.trim() == close {
+            skipping = false;
+        } else if !skipping {
+            out.push(line);
+        }
+    }
+    assert!(!skipping, "{file}: unterminated frames block");
+    out.join("\n")
+}
+
+#[test]
+fn syscall_scripts_without_frames_trace_no_receives_and_write_no_frame_rows() {
+    let want: Vec<String> = {
+        let mut v: Vec<String> = SYSCALL_ROWS
+            .iter()
+            .filter(|p| !FRAME_PROBES.contains(p))
+            .map(|s| s.to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    for file in ["syscalls.bt", "syscalls.d"] {
+        let text = fs::read_to_string(root().join("probes").join(file)).unwrap();
+        let cut = syscall_script_without_frames(file, &text);
+        assert_eq!(
+            check_syscall_rows(file, &cut),
+            want,
+            "{file} without frames: rows written"
+        );
+        for call in [
+            "recvfrom",
+            "recvmsg",
+            "recvmmsg",
+            "recvmsg_x",
+            "read",
+            "readv",
+        ] {
+            assert!(
+                !cut.contains(&format!("sys_enter_{call}"))
+                    && !cut.contains(&format!("syscall::{call}:")),
+                "{file} without frames still traces {call}"
+            );
+        }
+    }
+}
+
+#[test]
+fn syscall_row_check_catches_a_misplaced_column() {
+    let good = "BEGIN { printf(\"# clock mono_ns=%d wall_ns=%d\\n\", a, b); printf(\"ts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errno\\n\"); }\n\
+                x { printf(\"%d,%d,tx_frame,%d,,%d,,,,\\n\", a, b, c, d); }";
+    assert_eq!(check_syscall_rows("t", good), vec!["tx_frame".to_string()]);
+    // len of tx_frame in the data column
+    let bad = good.replace(",,%d,,,,", ",,,%d,,,");
+    assert!(std::panic::catch_unwind(|| check_syscall_rows("t", &bad)).is_err());
 }
 
 /// The per-frame probes: the ones a capture for long runs leaves out.
