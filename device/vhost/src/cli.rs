@@ -93,16 +93,20 @@ pub fn main() -> ExitCode {
         metrics.clone(),
     )
     .and_then(|h| {
-        let listener = vnet_vhost::listen(&args.socket)?;
+        // Only after the proxy answered: a run that cannot start touches no path.
+        let (listener, owned) = vnet_vhost::listen(&args.socket)?;
         tracing::info!(socket = %args.socket.display(), proxy = %args.proxy, "waiting for QEMU");
-        vnet_vhost::run(
+        let run = vnet_vhost::run(
             listener,
             &args.socket,
             Arc::new(Mutex::new(h)),
             &vnet_vhost::STOP,
-        )
+        );
+        if !owned.remove() {
+            tracing::warn!(socket = %args.socket.display(), "socket path was replaced during the run; left alone");
+        }
+        run
     });
-    let _ = std::fs::remove_file(&args.socket);
     let trace_rows = probes::take_recorder().map(|r| r.finish());
     let trace_rows = match trace_rows {
         Some(Ok(n)) => Some(n),
@@ -122,7 +126,11 @@ pub fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("vnet-vhost: error: {e}");
-            ExitCode::FAILURE
+            if e.is_usage() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

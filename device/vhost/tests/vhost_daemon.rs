@@ -4,8 +4,9 @@
 #![cfg(target_os = "linux")]
 
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -45,9 +46,16 @@ impl Drop for Daemon {
 }
 
 fn start(dir: &Path) -> (Daemon, UnixListener, PathBuf, PathBuf) {
+    start_at(dir, &dir.join("vhost.sock"))
+}
+
+fn start_at(dir: &Path, sock: &Path) -> (Daemon, UnixListener, PathBuf, PathBuf) {
     let proxy = dir.join("proxy.sock");
     let listener = UnixListener::bind(&proxy).unwrap();
-    let sock = dir.join("vhost.sock");
+    let sock = sock.to_path_buf();
+    // A stale socket may sit there already (callers give it another mode than 0600, and ext4
+    // reuses inode numbers at once): wait for the daemon's mode, not just for the path.
+    let ours = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.mode() & 0o777 == 0o600);
     let trace = dir.join("trace.csv");
     let child = Command::new(env!("CARGO_BIN_EXE_vnet-vhost"))
         .arg("--socket")
@@ -64,7 +72,7 @@ fn start(dir: &Path) -> (Daemon, UnixListener, PathBuf, PathBuf) {
     let mut d = Daemon(Some(child));
     // Wait (bounded) for the socket; the daemon connects to the proxy before creating it.
     for _ in 0..1000 {
-        if sock.exists() {
+        if ours(&sock) {
             break;
         }
         if let Some(s) = d.0.as_mut().unwrap().try_wait().unwrap() {
@@ -72,7 +80,7 @@ fn start(dir: &Path) -> (Daemon, UnixListener, PathBuf, PathBuf) {
         }
         thread::sleep(Duration::from_millis(10));
     }
-    assert!(sock.exists(), "vhost-user socket never appeared");
+    assert!(ours(&sock), "vhost-user socket never appeared");
     (d, listener, sock, trace)
 }
 
@@ -164,4 +172,124 @@ fn a_missing_proxy_is_an_error_naming_it() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("absent.sock"), "{err}");
+}
+
+/// Runs the daemon to completion against a listening proxy (or none) with `--socket sock`.
+fn run_once(dir: &Path, sock: &Path, proxy_up: bool) -> std::process::Output {
+    let proxy = dir.join("proxy-once.sock");
+    let listener = proxy_up.then(|| UnixListener::bind(&proxy).unwrap());
+    let child = Command::new(env!("CARGO_BIN_EXE_vnet-vhost"))
+        .arg("--socket")
+        .arg(sock)
+        .arg("--proxy")
+        .arg(format!("unixstream:{}", proxy.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: a daemon that took the path would wait for QEMU forever.
+    let mut d = Daemon(Some(child));
+    for _ in 0..1000 {
+        if d.0.as_mut().unwrap().try_wait().unwrap().is_some() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let mut c = d.0.take().unwrap();
+    if c.try_wait().unwrap().is_none() {
+        let _ = c.kill();
+        let _ = c.wait();
+        panic!(
+            "daemon still running after 10 s with --socket {}",
+            sock.display()
+        );
+    }
+    let out = c.wait_with_output().unwrap();
+    if listener.is_some() {
+        std::fs::remove_file(&proxy).unwrap();
+    }
+    out
+}
+
+#[test]
+fn a_regular_file_at_the_socket_path_survives_a_missing_proxy() {
+    let dir = Dir::new("file-noproxy");
+    let f = dir.0.join("f");
+    std::fs::write(&f, "x\n").unwrap();
+    let out = run_once(&dir.0, &f, false);
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "x\n", "file touched");
+}
+
+#[test]
+fn anything_but_a_socket_at_the_path_is_refused_and_kept() {
+    let dir = Dir::new("notsock");
+    let f = dir.0.join("f");
+    std::fs::write(&f, "x\n").unwrap();
+    let d = dir.0.join("d");
+    std::fs::create_dir(&d).unwrap();
+    let link = dir.0.join("link");
+    std::os::unix::fs::symlink(&f, &link).unwrap();
+    for path in [&f, &d, &link] {
+        let out = run_once(&dir.0, path, true);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {err}", path.display());
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("not a socket"),
+            "{err}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "x\n");
+    assert!(d.is_dir());
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[test]
+fn a_live_socket_is_refused_and_keeps_working() {
+    let dir = Dir::new("live");
+    let sock = dir.0.join("live.sock");
+    let owner = UnixListener::bind(&sock).unwrap();
+    let out = run_once(&dir.0, &sock, true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("listening"), "{err}");
+    // The daemon's probe connection is queued; a second one still reaches the owner.
+    UnixStream::connect(&sock).expect("live socket was removed");
+    owner.set_nonblocking(true).unwrap();
+    assert!(owner.accept().is_ok());
+}
+
+#[test]
+fn a_stale_socket_is_replaced() {
+    let dir = Dir::new("stale");
+    let sock = dir.0.join("stale.sock");
+    drop(UnixListener::bind(&sock).unwrap());
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (d, _listener, sock, _trace) = start_at(&dir.0, &sock);
+    let f = Frontend::connect(&sock, 2).unwrap();
+    f.set_owner().unwrap();
+    drop(f);
+    let (status, v) = finish(d);
+    assert!(status.success(), "{status}");
+    assert_eq!(v["end"], "disconnected");
+    assert!(!sock.exists(), "our own socket left behind");
+}
+
+#[test]
+fn a_socket_replaced_during_the_run_is_not_removed_at_exit() {
+    let dir = Dir::new("replaced");
+    let (d, _listener, sock, _trace) = start(&dir.0);
+    std::fs::remove_file(&sock).unwrap();
+    let theirs = UnixListener::bind(&sock).unwrap();
+    let pid = d.0.as_ref().unwrap().id() as libc::pid_t;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let (status, _) = finish(d);
+    assert!(status.success(), "{status}");
+    assert!(sock.exists(), "someone else's socket was removed");
+    drop(theirs);
 }
