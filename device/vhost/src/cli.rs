@@ -12,7 +12,7 @@ use vnet_device::metrics::Metrics;
 use vnet_device::probes;
 use vnet_device::recorder::Recorder;
 use vnet_device::worker::WorkerOptions;
-use vnet_vhost::DaemonRun;
+use vnet_vhost::{DaemonRun, SessionEnd};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,6 +42,10 @@ struct Args {
     /// Fault injection: make every Nth send fail with ENOBUFS.
     #[arg(long, default_value_t = 0)]
     inject_enobufs: u32,
+    /// Seconds a front end may take to finish a message it started (or to read our reply)
+    /// before the session is ended; idle time between messages is unlimited.
+    #[arg(long, default_value = "5", value_parser = parse_request_timeout)]
+    request_timeout: Duration,
     /// Log filter for stderr (tracing syntax: info, debug, vnet_device::worker=debug, ...).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -101,6 +105,7 @@ pub fn main() -> ExitCode {
             &args.socket,
             Arc::new(Mutex::new(h)),
             &vnet_vhost::STOP,
+            args.request_timeout,
         );
         if !owned.remove() {
             tracing::warn!(socket = %args.socket.display(), "socket path was replaced during the run; left alone");
@@ -122,7 +127,12 @@ pub fn main() -> ExitCode {
             if vnet_vhost::STOP.load(Ordering::SeqCst) {
                 tracing::info!("stopped by signal");
             }
-            ExitCode::SUCCESS
+            // A front end that stalled mid-message failed the run, though we ended it cleanly.
+            if run.end == SessionEnd::FrontEndStalled {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("vnet-vhost: error: {e}");
@@ -160,4 +170,19 @@ fn print_summary(args: &Args, metrics: &Metrics, run: &DaemonRun, trace_rows: Op
     if let (Some(t), Some(n)) = (&args.trace, trace_rows) {
         println!("  trace: {} ({n} rows)", t.display());
     }
+}
+
+/// Longest `--request-timeout`: a day is already far past any front end worth waiting for.
+const MAX_REQUEST_TIMEOUT_SECS: f64 = 86_400.0;
+
+fn parse_request_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= MAX_REQUEST_TIMEOUT_SECS) {
+        return Err(format!(
+            "{s}: must be more than 0 and at most {MAX_REQUEST_TIMEOUT_SECS} seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }

@@ -177,6 +177,7 @@ pub fn run(
     path: &Path,
     handler: Arc<Mutex<VhostNetHandler>>,
     stop: &AtomicBool,
+    request_timeout: Duration,
 ) -> Result<DaemonRun, DaemonError> {
     let err = |source| DaemonError::Socket {
         path: path.to_path_buf(),
@@ -204,7 +205,7 @@ pub fn run(
     };
     sock.set_nonblocking(false).map_err(err)?;
     tracing::info!(socket = %path.display(), "QEMU connected");
-    let end = session::serve(sock, handler.clone(), stop);
+    let end = session::serve(sock, handler.clone(), stop, request_timeout);
     let mut h = handler.lock().unwrap_or_else(|e| e.into_inner());
     h.stop_worker();
     let handshake = h.stats();
