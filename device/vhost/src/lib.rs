@@ -9,6 +9,7 @@ pub mod handler;
 pub mod memory;
 pub mod session;
 pub mod shared_backend;
+pub mod sigbus;
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -207,6 +208,8 @@ pub fn run(
     tracing::info!(socket = %path.display(), "QEMU connected");
     let end = session::serve(sock, handler.clone(), stop, request_timeout);
     let mut h = handler.lock().unwrap_or_else(|e| e.into_inner());
+    // A fault in the session's last moments still reaches the summary.
+    h.check_memory_faults();
     h.stop_worker();
     let handshake = h.stats();
     Ok(DaemonRun {

@@ -258,6 +258,10 @@ pub fn serve(
         if stop.load(Ordering::SeqCst) {
             return Ok(SessionEnd::Stopped);
         }
+        handler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check_memory_faults();
         if poll_socket(side.as_raw_fd(), 100)? == 0 {
             let h = handler.lock().unwrap_or_else(|e| e.into_inner());
             if h.worker_finished() && !warned_worker_gone {

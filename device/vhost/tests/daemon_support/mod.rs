@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,9 @@ impl Drop for Dir {
 /// The running daemon; killed if a test fails half-way.
 pub struct Daemon {
     child: Option<Child>,
+    /// stdout and stderr, drained as they come so a chatty daemon never blocks on a full pipe.
+    stdout: Option<thread::JoinHandle<String>>,
+    stderr: Option<thread::JoinHandle<String>>,
     pub sock: PathBuf,
     pub trace: PathBuf,
     /// The proxy's listening socket: the daemon connected to it before creating `sock`.
@@ -78,8 +82,20 @@ pub fn start_at(dir: &Path, sock: &Path, extra: &[&str]) -> Daemon {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut child = child;
+    let drain = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let stdout = Some(drain(Box::new(child.stdout.take().unwrap())));
+    let stderr = Some(drain(Box::new(child.stderr.take().unwrap())));
     let mut d = Daemon {
         child: Some(child),
+        stdout,
+        stderr,
         sock,
         trace,
         proxy,
@@ -129,25 +145,25 @@ impl Daemon {
     pub fn finish_within(mut self, limit: Duration) -> Finished {
         let t0 = Instant::now();
         let mut child = self.child.take().unwrap();
-        while child.try_wait().unwrap().is_none() {
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
             if t0.elapsed() > limit {
                 let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "daemon still running after {limit:?}; stderr:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                let _ = child.wait();
+                let err = self.stderr.take().unwrap().join().unwrap();
+                panic!("daemon still running after {limit:?}; stderr:\n{err}");
             }
             thread::sleep(Duration::from_millis(10));
-        }
+        };
         let exit_wait = t0.elapsed();
-        let out = child.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let text = self.stdout.take().unwrap().join().unwrap();
+        let stderr = self.stderr.take().unwrap().join().unwrap();
         let summary: Value = serde_json::from_str(text.trim())
             .unwrap_or_else(|e| panic!("summary {text:?}: {e}; stderr:\n{stderr}"));
         Finished {
-            status: out.status,
+            status,
             summary,
             stderr,
             exit_wait,
