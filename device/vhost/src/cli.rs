@@ -18,6 +18,8 @@ use vnet_vhost::{DaemonRun, SessionEnd};
 #[command(
     name = "vnet-vhost",
     version,
+    // `--request-timeout -1` is a bad value for that flag, not an unknown flag `-1`.
+    allow_negative_numbers = true,
     about = "vhost-user virtio-net daemon with USDT probes"
 )]
 struct Args {
@@ -51,17 +53,47 @@ struct Args {
     log_level: String,
 }
 
+/// A usage error: one line naming the flag, exit 2.
+fn usage(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("vnet-vhost: {msg}");
+    ExitCode::from(2)
+}
+
 pub fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        // --help and --version.
+        Err(e) if !e.use_stderr() => e.exit(),
+        // clap's first line names the flag; the usage lines after it add nothing.
+        Err(e) => {
+            // Up to the first blank line: the message and any lines it lists (missing flags).
+            let text = e.to_string();
+            let first = text
+                .split("\n\n")
+                .next()
+                .unwrap_or("bad usage")
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
+            return usage(first.trim_start_matches("error: "));
+        }
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log_level) {
+        Ok(f) => f,
+        Err(e) => return usage(format!("--log-level {:?}: {e}", args.log_level)),
+    };
+    if let Some(us) = args.retry_delay_us.filter(|&us| us > MAX_RETRY_DELAY_US) {
+        return usage(format!(
+            "--retry-delay-us {us}: must be at most {MAX_RETRY_DELAY_US} µs"
+        ));
+    }
     probes::register();
     vnet_vhost::install_signal_handlers();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log_level)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .init();
 
     if let Some(t) = &args.trace {
@@ -171,6 +203,9 @@ fn print_summary(args: &Args, metrics: &Metrics, run: &DaemonRun, trace_rows: Op
         println!("  trace: {} ({n} rows)", t.display());
     }
 }
+
+/// Longest retry timer: far beyond any useful delay, and clear of timerfd overflow.
+const MAX_RETRY_DELAY_US: u64 = 10_000_000;
 
 /// Longest `--request-timeout`: a day is already far past any front end worth waiting for.
 const MAX_REQUEST_TIMEOUT_SECS: f64 = 86_400.0;

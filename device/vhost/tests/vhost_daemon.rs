@@ -176,3 +176,31 @@ fn a_socket_replaced_during_the_run_is_not_removed_at_exit() {
     assert!(sock.exists(), "someone else's socket was removed");
     drop(theirs);
 }
+
+#[test]
+fn bad_flag_values_are_one_line_usage_errors() {
+    let dir = Dir::new("flags");
+    let sock = dir.0.join("v.sock");
+    for (args, needle) in [
+        (&["--request-timeout", "0"][..], "--request-timeout"),
+        (&["--request-timeout", "-1"], "--request-timeout"),
+        (&["--request-timeout", "NaN"], "--request-timeout"),
+        (&["--request-timeout", "1e30"], "--request-timeout"),
+        (&["--retry-delay-us", "99999999999"], "--retry-delay-us"),
+        (&["--inject-enobufs", "-1"], "--inject-enobufs"),
+        (&["--log-level", "bogus=["], "--log-level"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vnet-vhost"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(["--proxy", "unixstream:/nonexistent"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!sock.exists());
+    }
+}
