@@ -35,6 +35,7 @@ bash .ci/setup.sh || { echo "setup failed"; exit 1; }
 step fmt cargo fmt --all -- --check
 step build cargo build --release --workspace --all-targets
 step clippy cargo clippy --release --workspace --all-targets -- -D warnings
+step macos-check bash .ci/macos-check.sh
 step cargo-test cargo test --release --workspace --no-fail-fast
 [ -f probes/test.sh ] && step probes bash probes/test.sh
 [ -f notebooks/run.sh ] && step notebooks bash notebooks/run.sh

@@ -25,6 +25,10 @@ provider vnet {
 	probe guest_kick(int64_t); /* queue */
 	/* the device signalled a used queue */
 	probe guest_irq(int64_t); /* queue */
-	/* a frame was dropped; reason codes in device/core/src/probes.rs (DropReason) */
+	/* a frame was dropped, or a guest chain rejected; reason codes (DropReason in
+	 * device/core/src/probes.rs): 1 rx_oversize, 2 rx_no_room, 3 tx_bad_chain,
+	 * 4 rx_empty, 5 peer_gone, 6 guest_driver_error (a chain the ring cannot describe:
+	 * head past the ring, loop, next past the table, indirect descriptor, TX buffer
+	 * the kernel cannot read; len 0) */
 	probe frame_drop(int64_t, int64_t, int64_t); /* fd, len, reason */
 };

@@ -2,10 +2,13 @@
 # Overhead of watching the device: simulated-VM throughput with probes/enobufs.bt attached
 # (all probes; FRAMES=0, which only filters; and the script without the frame clauses that
 # capture.sh --no-frames runs, which leaves them unattached), with the in-process recorder,
-# and with DEBUG logging, each as a ratio to the same workload untraced, measured in this
-# run. Needs root for bpftrace.
+# with syscalls.bt (the syscall-level capture, which needs no probes: every AF_UNIX socket
+# of the process, as capture.sh --syscalls -c runs it; and as --syscalls --no-frames runs
+# it, without the receive probes and the tx_frame rows), and with DEBUG logging, each as a
+# ratio to the same workload untraced, measured in this run. Needs root for bpftrace.
 #
 #   sudo probes/bench.sh [SECS per run, default 5] [REPEATS, default 3]
+#   sudo MODES="untraced syscalls.bt" probes/bench.sh 5 7     # only some modes
 #
 # Prints a markdown table per mode: throughput, and CPU seconds (the simulator plus the
 # tracer) per GB moved, each also as the median over rounds of its ratio to the untraced run
@@ -48,6 +51,8 @@ one() { # mode -> prints "Gbit/s cpu_s_per_GB" of one run
     enobufs.bt) cpu bpftrace -q -o "$work/t.csv" probes/enobufs.bt "$sim" -c "$sim $load" > "$out" 2>/dev/null ;;
     enobufs.bt-FRAMES=0) cpu bpftrace -q -o "$work/t.csv" probes/enobufs.bt "$sim" 0 -c "$sim $load" > "$out" 2>/dev/null ;;
     no-frames) cpu bpftrace -q -o "$work/t.csv" "$work/noframes.bt" "$sim" -c "$sim $load" > "$out" 2>/dev/null ;;
+    syscalls.bt) cpu bpftrace -q -o "$work/t.csv" "$work/syscalls.bt" 0 -c "$sim $load" > "$out" 2>/dev/null ;;
+    syscalls-no-frames) cpu bpftrace -q -o "$work/t.csv" "$work/syscalls-nf.bt" 0 -c "$sim $load" > "$out" 2>/dev/null ;;
     recorder) cpu "$sim" $load --trace "$work/r.csv" > "$out" ;;
     debug-log) cpu "$sim" $load --log-level debug > "$out" 2> "$work/debug.log" ;;
   esac
@@ -57,7 +62,12 @@ median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
 # what capture.sh --no-frames runs (it would also sort the rows afterwards: not tracing cost)
 awk -f probes/noframes.awk probes/enobufs.bt > "$work/noframes.bt"
-modes=(untraced enobufs.bt enobufs.bt-FRAMES=0 no-frames recorder debug-log)
+# what capture.sh --syscalls -c runs: syscalls.bt filtering on bpftrace's child
+sed 's/pid == \$1/pid == cpid/' probes/syscalls.bt > "$work/syscalls.bt"
+# ... and with --no-frames: the frame blocks cut out (no receive probes, no tx_frame rows)
+sed '/\/\* frames {/,/\/\* } frames \*\//d' "$work/syscalls.bt" > "$work/syscalls-nf.bt"
+read -r -a modes <<< "${MODES:-untraced enobufs.bt enobufs.bt-FRAMES=0 no-frames syscalls.bt syscalls-no-frames recorder debug-log}"
+[ "${modes[0]}" = untraced ] || { echo "bench.sh: MODES must start with untraced (the baseline)"; exit 2; }
 declare -A gb cpus rg rc
 for m in "${modes[@]}"; do gb[$m]=""; cpus[$m]=""; rg[$m]=""; rc[$m]=""; done
 # Interleave the modes and compare each run with the untraced run of its own round: on a
@@ -75,11 +85,12 @@ done
 med() { echo "$1" | tr ' ' '\n' | grep . | median; }
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
 echo
-echo "| mode | Gbit/s | throughput vs untraced | CPU s per GB moved | CPU vs untraced |"
-echo "|---|---|---|---|---|"
+span() { echo "$1" | tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f-%.2f", lo, hi }'; }
+echo "| mode | Gbit/s | throughput vs untraced | (min-max over rounds) | CPU s per GB moved | CPU vs untraced |"
+echo "|---|---|---|---|---|---|"
 for m in "${modes[@]}"; do
-  printf '| %s | %.2f | %.2f | %.3f | %.2f |\n' "$m" "$(med "${gb[$m]}")" "$(med "${rg[$m]}")" \
-    "$(med "${cpus[$m]}")" "$(med "${rc[$m]}")"
+  printf '| %s | %.2f | %.2f | %s | %.3f | %.2f |\n' "$m" "$(med "${gb[$m]}")" "$(med "${rg[$m]}")" \
+    "$(span "${rg[$m]}")" "$(med "${cpus[$m]}")" "$(med "${rc[$m]}")"
 done
 echo
 echo "(medians of $reps rounds of ${secs} s; ratios are per round against that round's untraced run)"

@@ -1,44 +1,196 @@
 #!/usr/bin/env bash
 # capture.sh - Capture a trace CSV with the platform's tracer and check it is complete.
 #
-# Runs probes/enobufs.bt (Linux, bpftrace) or probes/enobufs.d (macOS, DTrace), then:
+# Runs probes/enobufs.bt (Linux, bpftrace) or probes/enobufs.d (macOS, DTrace), or with
+# --syscalls probes/syscalls.bt / probes/syscalls.d (any process, no probes needed), then:
 # warns at exit, on stderr and as a '# warning:' line in the CSV, when the tracer reported
 # lost records (bpftrace "Lost N events", DTrace "N drops on CPU M"), and sorts the rows by
 # ts_ns (both tracers write per-CPU buffers, so raw captures are ordered per CPU only).
 #
 # USAGE: sudo probes/capture.sh -o FILE [--no-frames] -p PID BINARY
 #        sudo probes/capture.sh -o FILE [--no-frames] -c 'BINARY ARGS' BINARY
+#        sudo probes/capture.sh -o FILE --syscalls [--no-frames] -p PID [--socket PATH | --fd N]
+#        sudo probes/capture.sh -o FILE --syscalls [--no-frames] -c 'CMD ARGS' [--fd N]
 #
 #   BINARY       executable with the vnet probes (bpftrace needs its path; DTrace ignores it)
 #   --no-frames  leave out tx_frame/rx_frame, for long runs: they are not attached at all
 #                (bpftrace gets a copy of enobufs.bt without them, from noframes.awk;
 #                DTrace gets -D FRAMES=0), so they cost nothing and the device skips them
+#   --syscalls   trace the process's unix-socket system calls instead (syscalls.bt/.d):
+#                every AF_UNIX socket, or the one --fd N, or the one at --socket PATH (a
+#                socket of PID bound at PATH, else one connected to the socket bound there);
+#                with --no-frames the receives are not traced and sends write no tx_frame
+#                (episodes and wake-ups only: the '/* frames { */' blocks cut out, -D FRAMES=0)
 #
 # Example: sudo probes/capture.sh -o trace.csv -c 'target/release/vnet-sim --duration 30' \
 #              target/release/vnet-sim && target/release/analyze report trace.csv
+#          sudo probes/capture.sh -o passt.csv --syscalls -p "$(pgrep -n passt)" --socket /tmp/passt.sock
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-usage() { sed -n 's/^# \{0,1\}//; 9,15p' "$0" >&2; exit 2; }
+usage() { sed -n 's/^# \{0,1\}//; 10,26p' "$0" >&2; exit 2; }
+# usage errors: one line naming the problem, exit 2
+die() { echo "capture.sh: $*" >&2; exit 2; }
+need() { [ $# -ge 2 ] || die "$1 needs a value"; }
 
-out="" frames=1 target=() binary=""
+out="" frames=1 target=() binary="" syscalls=0 socket="" fd=""
 while [ $# -gt 0 ]; do
   case $1 in
-    -o) out=$2; shift 2 ;;
+    -o) need "$@"; out=$2; shift 2 ;;
     --no-frames) frames=0; shift ;;
-    -p|-c) target=("$1" "$2"); shift 2 ;;
+    --syscalls) syscalls=1; shift ;;
+    --socket) need "$@"; socket=$2; shift 2 ;;
+    --fd) need "$@"; fd=$2; shift 2
+      [[ $fd =~ ^[0-9]+$ ]] || die "--fd $fd: not a file descriptor number" ;;
+    -p|-c) need "$@"; target=("$1" "$2"); shift 2 ;;
     -h|--help) usage ;;
     -*) echo "capture.sh: unknown option $1" >&2; usage ;;
     *) binary=$1; shift ;;
   esac
 done
 [ -n "$out" ] && [ ${#target[@]} -eq 2 ] || usage
+if [ $syscalls = 1 ]; then
+  [ -z "$binary" ] || die "--syscalls takes no BINARY (got $binary)"
+  [ -z "$socket" ] || [ -z "$fd" ] || die "give --socket or --fd, not both"
+  [ "${target[0]}" = -p ] || [ -z "$socket" ] || die "--socket needs -p PID (a command's sockets do not exist yet)"
+  if [ "${target[0]}" = -p ]; then
+    [[ ${target[1]} =~ ^[0-9]+$ ]] && [ -d "/proc/${target[1]}" ] || die "-p ${target[1]}: no such process"
+  fi
+else
+  [ -z "$socket$fd" ] || die "--socket and --fd go with --syscalls"
+fi
+# The tracer writes to a scratch file beside FILE, renamed over FILE when the run ends: FILE
+# is never removed or truncated before a capture exists to replace it, and a device or FIFO
+# named by -o is refused instead of deleted (dtrace -o appends, so it needs a new file).
+[ ! -e "$out" ] || [ -f "$out" ] || die "-o $out: not a regular file"
+final=$out
+out=$(mktemp "$final.XXXXXX" 2>/dev/null) || die "-o $final: cannot create a file in its directory"
 err=$(mktemp)
 tmpscript=$(mktemp)
-trap 'rm -f "$err" "$tmpscript"' EXIT
-rm -f "$out" # dtrace -o appends
+trap 'rm -f "$err" "$tmpscript" "$out"' EXIT
+
+# Sorts the capture and reports lost records; exits with the tracer's status.
+finish() {
+  lost=$( { grep -oE 'Lost [0-9]+ events|[0-9]+ drops on CPU' "$err" || true; } | { grep -oE '^[0-9]+|[0-9]+' || true; } | awk '{s += $1} END {print s + 0}')
+  if [ -s "$out" ]; then
+    # comment lines and the header stay first; rows sorted by ts_ns, stable
+    tmp=$(mktemp "$out.XXXXXX")
+    { grep -E '^(#|ts_ns,)' "$out" || true; grep -vE '^(#|ts_ns,)' "$out" | sort -t, -k1,1n -s; } > "$tmp"
+    mv "$tmp" "$out"
+  fi
+  if [ "$lost" -gt 0 ]; then
+    echo "# warning: the tracer lost $lost records; this trace is incomplete" >> "$out"
+    echo "capture.sh: WARNING: the tracer lost $lost records: $final is incomplete (raise BPFTRACE_PERF_RB_PAGES, or the D script's -D BUFSIZE= for DTrace, or use --no-frames)" >&2
+  fi
+  rows=$(grep -cvE '^(#|ts_ns,)' "$out" || true)
+  if [ -s "$out" ] || [ "$status" = 0 ]; then
+    chmod "$(printf '%o' $((0666 & ~$(umask))))" "$out"
+    mv "$out" "$final"
+    echo "capture.sh: $rows rows in $final" >&2
+  else
+    echo "capture.sh: the tracer failed before writing anything; $final left as it was" >&2
+  fi
+  exit "$status"
+}
+
+# Linux: the fds of PID's AF_UNIX socket at PATH, lowest first (one socket may sit behind
+# several fds: dup, try_clone). First a socket bound at PATH that is not listening (a
+# proxy's accepted connection, or a datagram socket), then one connected to a socket bound
+# there (the VMM's end: its own name is empty, its peer's inode is in ss -x).
+socket_fds_linux() { # PID PATH
+  local pid=$1 path=$2 bound inodes peers f ino want
+  # /proc/net/unix: Num RefCount Protocol Flags Type St Inode Path; Flags 00010000 = listening
+  bound=$(awk -v p="$path" 'NR > 1 && $8 == p { print $7, ($4 == "00010000" ? "listening" : "open") }' /proc/net/unix)
+  [ -n "$bound" ] || return 1
+  inodes=$(awk '{ print $1 }' <<< "$bound")
+  # sockets connected to one bound at PATH (ss -x columns: ... local-inode * peer-inode)
+  peers=$(ss -xan 2> /dev/null | awk -v want="$(echo $inodes)" '
+    BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) ok[w[i]] = 1 }
+    NR > 1 && ($NF in ok) { print $(NF - 2) }')
+  for want in open connected listening; do
+    for f in /proc/"$pid"/fd/*; do
+      ino=$(readlink "$f" 2> /dev/null) || continue
+      [[ $ino =~ ^socket:\[([0-9]+)\]$ ]] || continue
+      ino=${BASH_REMATCH[1]}
+      case $want in
+        connected) grep -qx "$ino" <<< "$peers" || continue ;;
+        *) grep -qx "$ino $want" <<< "$bound" || continue ;;
+      esac
+      echo "${f##*/} $ino"
+    done | sort -n | awk 'NR == 1 { ino = $2 } $2 == ino { print $1 }' | grep . && return 0
+  done
+  return 1
+}
+
+# Linux: the epoll registrations of fd FD in PID, as "EPFD HI LO" (epoll_data in two unsigned
+# 32-bit halves), at most two: made before the capture, syscalls.bt cannot see them happen.
+epoll_seeds() { # PID FD
+  local pid=$1 want=$2 f epfd tag tfd rest
+  for f in /proc/"$pid"/fd/*; do
+    [ "$(readlink "$f" 2>/dev/null)" = "anon_inode:[eventpoll]" ] || continue
+    epfd=${f##*/}
+    # "tfd:       8 events: 8000201d data:                3  pos:0 ino:114b8 sdev:9"
+    awk -v fd="$want" -v epfd="$epfd" '$1 == "tfd:" && $2 == fd && $5 == "data:" { print epfd, $6 }' \
+      "/proc/$pid/fdinfo/$epfd" 2>/dev/null
+  done | head -2 | while read -r epfd data; do
+    printf '%s %d %d\n' "$epfd" "$(( (0x$data >> 32) & 0xffffffff ))" "$(( 0x$data & 0xffffffff ))"
+  done
+}
+
+# macOS: the fd of PID's unix socket whose name (lsof's NAME column) is PATH.
+socket_fd_macos() { # PID PATH
+  lsof -a -p "$1" -U -F fn 2>/dev/null | awk -v p="$2" '/^f/ { fd = substr($0, 2) } /^n/ && substr($0, 2) == p { print fd; exit }'
+}
 
 case $(uname -s) in
   Linux)
+    if [ $syscalls = 1 ]; then
+      [ "$(id -u)" = 0 ] || die "--syscalls needs root (bpftrace attaches to the syscall tracepoints)"
+      command -v bpftrace > /dev/null || die "--syscalls needs bpftrace, which is not installed"
+      # syscall tracepoints live in tracefs; a fresh boot may not have it mounted, and
+      # bpftrace then only says "tracepoint not found: syscalls:sys_exit_sendmsg"
+      if [ ! -d /sys/kernel/tracing/events/syscalls ] && [ ! -d /sys/kernel/debug/tracing/events/syscalls ]; then
+        mount -t tracefs nodev /sys/kernel/tracing 2> /dev/null || true
+        [ -d /sys/kernel/tracing/events/syscalls ] \
+          || die "no tracefs: syscall tracepoints need it, and 'mount -t tracefs nodev /sys/kernel/tracing' failed"
+      fi
+      args=()
+      if [ "${target[0]}" = -p ]; then
+        pid=${target[1]}
+        if [ -n "$socket" ]; then
+          fds=$(socket_fds_linux "$pid" "$socket") || die "--socket $socket: no AF_UNIX socket of process $pid is bound there or connected to it"
+          fd=$(head -1 <<< "$fds")
+          [ "$(wc -l <<< "$fds")" = 1 ] || echo "capture.sh: fds $(echo $fds) of process $pid are the same socket; tracing fd $fd only" >&2
+        fi
+        args=("$pid")
+        if [ -n "$fd" ]; then
+          [ -e "/proc/$pid/fd/$fd" ] || die "--fd $fd: process $pid has no fd $fd"
+          args+=("$fd")
+          read -r -a seeds <<< "$(epoll_seeds "$pid" "$fd" | tr '\n' ' ')"
+          args+=(${seeds[@]+"${seeds[@]}"})
+          echo "capture.sh: tracing fd $fd of process $pid${seeds:+ (epoll registrations: ${seeds[*]})}" >&2
+        fi
+        cp "$here/syscalls.bt" "$tmpscript"
+        runner=(bpftrace -q -o "$out" "$tmpscript" "${args[@]}" -p "$pid")
+      else
+        # bpftrace -c holds the command until every probe is attached; the pid filter is
+        # then its child, cpid, which the script cannot name unless -c is given: a copy of
+        # syscalls.bt filtering on cpid ($1 is then a placeholder)
+        sed 's/pid == \$1/pid == cpid/' "$here/syscalls.bt" > "$tmpscript"
+        args=(0); [ -z "$fd" ] || args+=("$fd")
+        runner=(bpftrace -q -o "$out" "$tmpscript" "${args[@]}" -c "${target[1]}")
+      fi
+      if [ $frames = 0 ]; then
+        # bpftrace 0.17 attaches every clause it is given: cut the frame blocks out
+        sed -i '/\/\* frames {/,/\/\* } frames \*\//d' "$tmpscript"
+      fi
+      export BPFTRACE_PERF_RB_PAGES=${BPFTRACE_PERF_RB_PAGES:-1024}
+      status=0
+      "${runner[@]}" 2> >(tee "$err" >&2) || status=$?
+      # bpftrace prints an empty line for each (cleared) map as it exits
+      [ ! -f "$out" ] || sed -i '/^$/d' "$out"
+      wait
+      finish
+    fi
     [ -n "$binary" ] || { echo "capture.sh: bpftrace needs the BINARY path" >&2; usage; }
     export BPFTRACE_PERF_RB_PAGES=${BPFTRACE_PERF_RB_PAGES:-1024}
     # bpftrace 0.17 attaches every clause it is given (enobufs.bt's FRAMES=0 only filters),
@@ -52,25 +204,35 @@ case $(uname -s) in
     bpftrace -q -o "$out" "$script" "$binary" "${target[@]}" 2> >(tee "$err" >&2) || status=$?
     ;;
   Darwin)
+    if [ $syscalls = 1 ]; then
+      [ "$(id -u)" = 0 ] || die "--syscalls needs root (DTrace's syscall provider)"
+      dargs=()
+      if [ -n "$socket" ]; then
+        fd=$(socket_fd_macos "${target[1]}" "$socket") || true
+        [ -n "$fd" ] || die "--socket $socket: no unix socket of process ${target[1]} named $socket (lsof)"
+      fi
+      if [ -n "$fd" ]; then
+        dargs=(-D "FD=$fd")
+      elif [ "${target[0]}" = -p ]; then
+        # every unix socket the process has now (syscalls.d alone would take every socket)
+        ufds=$(lsof -a -p "${target[1]}" -U -F f 2> /dev/null | sed -n 's/^f\([0-9][0-9]*\)$/\1/p' | sort -un)
+        [ -n "$ufds" ] || die "-p ${target[1]}: the process has no unix sockets (lsof -U)"
+        dargs=(-D "TRACED(fd)=($(printf '(fd) == %s || ' $ufds)0)")
+      fi
+      status=0
+      # stderr to a file, shown afterwards (see below: bash 3.2 and process substitution)
+      dtrace -C -D FRAMES=$frames ${dargs[@]+"${dargs[@]}"} -s "$here/syscalls.d" "${target[@]}" -o "$out" 2> "$err" || status=$?
+      cat "$err" >&2
+      finish
+    fi
     status=0
     # -C runs cpp: enobufs.d's '#if FRAMES' leaves the frame clauses unenabled
-    dtrace -C -D FRAMES=$frames -s "$here/enobufs.d" "${target[@]}" -o "$out" 2> >(tee "$err" >&2) || status=$?
+    # stderr to a file, shown afterwards: macOS's /bin/bash 3.2 does not wait for a
+    # process substitution, so a tee of it could still be writing when we count drops
+    dtrace -C -D FRAMES=$frames -s "$here/enobufs.d" "${target[@]}" -o "$out" 2> "$err" || status=$?
+    cat "$err" >&2
     ;;
   *) echo "capture.sh: no tracer for $(uname -s)" >&2; exit 1 ;;
 esac
 wait # for the tee of stderr
-
-lost=$( { grep -oE 'Lost [0-9]+ events|[0-9]+ drops on CPU' "$err" || true; } | { grep -oE '^[0-9]+|[0-9]+' || true; } | awk '{s += $1} END {print s + 0}')
-if [ -s "$out" ]; then
-  # comment lines and the header stay first; rows sorted by ts_ns, stable
-  tmp=$(mktemp "$out.XXXXXX")
-  { grep -E '^(#|ts_ns,)' "$out" || true; grep -vE '^(#|ts_ns,)' "$out" | sort -t, -k1,1n -s; } > "$tmp"
-  mv "$tmp" "$out"
-fi
-if [ "$lost" -gt 0 ]; then
-  echo "# warning: the tracer lost $lost records; this trace is incomplete" >> "$out"
-  echo "capture.sh: WARNING: the tracer lost $lost records: $out is incomplete (raise BPFTRACE_PERF_RB_PAGES, or -x bufsize= for DTrace, or use --no-frames)" >&2
-fi
-rows=$(grep -cvE '^(#|ts_ns,)' "$out" || true)
-echo "capture.sh: $rows rows in $out" >&2
-exit "$status"
+finish

@@ -1,4 +1,4 @@
-#!/usr/sbin/dtrace -s
+#!/usr/sbin/dtrace -Cs
 /*
  * enobufs-hist.d - Backpressure summary every N seconds (macOS twin of
  *                  enobufs-hist.bt): how long episodes wait, how many retries
@@ -13,20 +13,40 @@
  * the data=17996 wake-ups for a 65226-byte frame of libkrun PR 556.
  * Aggregations reset every interval.
  *
- * USAGE: sudo dtrace -s probes/enobufs-hist.d [SECS] -p PID
- *        sudo dtrace -s probes/enobufs-hist.d [SECS] -c 'CMD ARGS'
+ * USAGE: sudo dtrace -C -s probes/enobufs-hist.d [-D NAME=VALUE ...] [SECS] -p PID
+ *        sudo dtrace -C -s probes/enobufs-hist.d [-D NAME=VALUE ...] [SECS] -c 'CMD ARGS'
  *
  *   SECS  print interval in seconds (default 1)
+ *   -C   runs the C preprocessor (required: the options below are macros).
+ *        Apple's dtrace runs it as /usr/bin/clang -E, which the Xcode Command
+ *        Line Tools provide (xcode-select --install).
+ *   -D DYNVARSIZE=8m      dynamic variable space (default 4m)
+ *        Macros, because dtrace's -x cannot override a "#pragma D option" in
+ *        the script: the pragma wins.
  *
- * Example: sudo dtrace -s probes/enobufs-hist.d 5 -p $(pgrep -n krunkit)
+ * Attach to a process with the vnet provider (vnet-sim, or another program
+ * built on vnet-device); an unmodified VMM (krunkit, vfkit) has none, and
+ * dtrace stops with "probe description ... does not match any probes".
+ * SIP: with System Integrity Protection's DTrace restriction on, dtrace
+ * refuses restricted (Apple-signed or hardened) processes; a locally built
+ * vnet-sim is neither.
+ *
+ * Example: sudo dtrace -C -s probes/enobufs-hist.d 5 -p $(pgrep -n vnet-sim)
  *
  * Not run in CI (no DTrace on Linux); the probe names are checked against
  * dtrace/vnet.d by device/sim/tests/probe_scripts.rs.
  */
 
+#ifndef DYNVARSIZE
+#define DYNVARSIZE 4m
+#endif
+/* cpp does not expand macros in #pragma lines; it does in _Pragma's argument */
+#define VNET_STR(x) #x
+#define VNET_OPTION(x) _Pragma(VNET_STR(D option x))
+
 #pragma D option quiet
 #pragma D option defaultargs
-#pragma D option dynvarsize=4m
+VNET_OPTION(dynvarsize=DYNVARSIZE)
 
 int64_t pending[int64_t];	/* fd -> size of the frame deferred on it */
 int64_t every, ticks;

@@ -1,4 +1,4 @@
-#!/usr/sbin/dtrace -s
+#!/usr/sbin/dtrace -Cs
 /*
  * stall.d - Catch a deferred-frame hang while it happens (macOS twin of stall.bt).
  *
@@ -9,12 +9,25 @@
  * issue 555, caught live instead of after a VM restart. A line follows when
  * the episode finally resolves. A healthy run prints only the banner.
  *
- * USAGE: sudo dtrace -s probes/stall.d [MS] -p PID
- *        sudo dtrace -s probes/stall.d [MS] -c 'CMD ARGS'
+ * USAGE: sudo dtrace -C -s probes/stall.d [-D NAME=VALUE ...] [MS] -p PID
+ *        sudo dtrace -C -s probes/stall.d [-D NAME=VALUE ...] [MS] -c 'CMD ARGS'
  *
  *   MS   threshold in milliseconds (default 10)
+ *   -C   runs the C preprocessor (required: the options below are macros).
+ *        Apple's dtrace runs it as /usr/bin/clang -E, which the Xcode Command
+ *        Line Tools provide (xcode-select --install).
+ *   -D SWITCHRATE=200hz   how often dtrace drains its buffers (default 100hz)
+ *        Macros, because dtrace's -x cannot override a "#pragma D option" in
+ *        the script: the pragma wins.
  *
- * Example: sudo dtrace -s probes/stall.d 10 -p $(pgrep -n krunkit)
+ * Attach to a process with the vnet provider (vnet-sim, or another program
+ * built on vnet-device); an unmodified VMM (krunkit, vfkit) has none, and
+ * dtrace stops with "probe description ... does not match any probes".
+ * SIP: with System Integrity Protection's DTrace restriction on, dtrace
+ * refuses restricted (Apple-signed or hardened) processes; a locally built
+ * vnet-sim is neither.
+ *
+ * Example: sudo dtrace -C -s probes/stall.d 10 -p $(pgrep -n vnet-sim)
  *
  * Watches one deferred frame at a time (the first fd that enters an episode;
  * a device has one proxy socket), checked every millisecond by tick-1ms.
@@ -22,9 +35,16 @@
  * dtrace/vnet.d by device/sim/tests/probe_scripts.rs.
  */
 
+#ifndef SWITCHRATE
+#define SWITCHRATE 100hz
+#endif
+/* cpp does not expand macros in #pragma lines; it does in _Pragma's argument */
+#define VNET_STR(x) #x
+#define VNET_OPTION(x) _Pragma(VNET_STR(D option x))
+
 #pragma D option quiet
 #pragma D option defaultargs
-#pragma D option switchrate=100hz
+VNET_OPTION(switchrate=SWITCHRATE)
 
 /* the one deferred frame being watched; declared so arg0 (uint64_t) compares as signed */
 int64_t dfd, since, wake, len, fails, writes, small, timers, kicks, thresh;

@@ -30,6 +30,8 @@ struct Writer<W: Write> {
     /// Thread names already announced, per file.
     named: Vec<std::collections::HashSet<i64>>,
     pub written: u64,
+    /// One event's JSON, reused.
+    line: Vec<u8>,
 }
 
 /// Chrome's `ts` is in microseconds; keep ns precision as a fraction.
@@ -44,10 +46,12 @@ impl<W: Write> Writer<W> {
         }
         let sep: &[u8] = if self.first { b"\n" } else { b",\n" };
         self.first = false;
-        let r = self
-            .out
-            .write_all(sep)
-            .and_then(|_| serde_json::to_writer(&mut self.out, &v).map_err(io::Error::other));
+        // Serialised into a reused buffer first, so a write error stays an io::Error of its
+        // own kind (a closed stdout is a broken pipe, not serde's wrapped error).
+        self.line.clear();
+        self.line.extend_from_slice(sep);
+        serde_json::to_writer(&mut self.line, &v).expect("JSON values serialise");
+        let r = self.out.write_all(&self.line);
         if let Err(e) = r {
             self.err = Some(e);
         }
@@ -206,6 +210,10 @@ impl<W: Write> Visitor for Writer<W> {
     fn open_at_end(&mut self, ep: &Episode, _info: &SourceInfo) {
         self.episode_span(ep, ep.last_ns, "ENOBUFS episode (never resolved)");
     }
+
+    fn stopped(&self) -> bool {
+        self.err.is_some()
+    }
 }
 
 /// Streams the inputs into `out` as a Chrome trace. Returns the number of trace events.
@@ -225,6 +233,7 @@ pub fn write_chrome(
         worker_tid: Vec::new(),
         named: Vec::new(),
         written: 0,
+        line: Vec::with_capacity(256),
     };
     let summary = pipeline::run(paths, &opts.read, &mut w)?;
     if let Some(e) = w.err.take() {

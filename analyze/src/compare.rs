@@ -6,8 +6,8 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use crate::model::{OutputFormat, Report, RetryRow, Unit};
 use crate::render::{dur_cell, resolve_unit};
-use crate::report::{OutputFormat, Report, RetryRow, Unit};
 
 #[derive(Serialize)]
 struct JsonCompare<'a> {

@@ -24,6 +24,10 @@ pub enum Error {
         field: &'static str,
         msg: String,
     },
+    /// No newline within [`crate::input::MAX_LINE`] bytes. Not skippable under `--lenient`:
+    /// finding the next newline could mean reading forever (`/dev/zero`).
+    #[error("{file}:{line}: line too long (no newline in {max} bytes)")]
+    LineTooLong { file: String, line: u64, max: usize },
     #[error("{file}:{line}: binary data (byte 0x{byte:02x}); neither a trace CSV nor a text log")]
     Binary { file: String, line: u64, byte: u8 },
     #[error(
@@ -50,6 +54,17 @@ pub enum Error {
     },
     #[error("{0}")]
     Usage(String),
+    /// Nothing to analyse: no trace header and no log line (an empty file or stdin).
+    #[error("{file}: no trace header or log line found (empty input?)")]
+    Empty { file: String },
+    /// An output would overwrite an input (the same file, also through a link).
+    #[error(
+        "refusing to write {output}: it is the input {input} (the same file); write elsewhere"
+    )]
+    OutputIsInput { output: String, input: String },
+    /// A flag's value cannot work with this input (a usage error, exit 2).
+    #[error("{flag}: {msg}")]
+    Flag { flag: &'static str, msg: String },
 }
 
 impl Error {
@@ -58,6 +73,19 @@ impl Error {
             file: file.to_string(),
             source,
         }
+    }
+
+    /// The process exit code: 2 for a usage error (as for a bad flag), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::OutputIsInput { .. } | Error::Flag { .. } => 2,
+            _ => 1,
+        }
+    }
+
+    /// The reader of our output went away (`analyze report big.csv | head`): not a failure.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
     }
 
     /// Errors that `--lenient` turns into a skipped, counted line.

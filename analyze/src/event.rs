@@ -1,8 +1,10 @@
 //! The one event type both inputs (trace CSV rows and reference VMM log lines) turn into.
 
 use serde::Serialize;
+use vnet_trace_schema::Probe;
 
-/// What happened. Names follow the probe contract of design.md.
+/// What happened: one of the probes of `dtrace/vnet.d` (see the `vnet-trace-schema` crate),
+/// also what a reference VMM log line is turned into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -34,49 +36,20 @@ impl Kind {
         Kind::FrameDrop,
     ];
 
-    /// The probe name as written in the trace CSV.
-    pub fn probe_name(self) -> &'static str {
-        match self {
-            Kind::EnobufsBegin => "enobufs_begin",
-            Kind::EnobufsRetry => "enobufs_retry",
-            Kind::EnobufsResolved => "enobufs_resolved",
-            Kind::KeventWrite => "kevent_write",
-            Kind::KeventRead => "kevent_read",
-            Kind::TimerFired => "timer_fired",
-            Kind::TxFrame => "tx_frame",
-            Kind::RxFrame => "rx_frame",
-            Kind::GuestKick => "guest_kick",
-            Kind::GuestIrq => "guest_irq",
-            Kind::FrameDrop => "frame_drop",
-        }
+    /// The schema's probe (same order as [`Kind::ALL`]; a test checks it).
+    pub fn probe(self) -> Probe {
+        Probe::ALL[self as usize]
     }
 
-    /// Probe name to kind; dispatches on length and a distinguishing byte before comparing,
-    /// since this runs once per trace row.
+    /// The probe name as written in the trace CSV.
+    pub fn probe_name(self) -> &'static str {
+        self.probe().name()
+    }
+
+    /// Probe name to kind (once per trace row).
     #[inline]
     pub fn from_probe_name(name: &[u8]) -> Option<Kind> {
-        let kind = match (name.len(), name.first()?) {
-            (8, b't') => Kind::TxFrame,
-            (8, b'r') => Kind::RxFrame,
-            (12, _) => Kind::KeventWrite,
-            (11, b'k') => Kind::KeventRead,
-            (11, b't') => Kind::TimerFired,
-            (10, b'g') => Kind::GuestKick,
-            (10, b'f') => Kind::FrameDrop,
-            (9, _) => Kind::GuestIrq,
-            (13, _) => Kind::EnobufsBegin,
-            (13..=16, _) if name.len() == 13 => Kind::EnobufsRetry,
-            (16, _) => Kind::EnobufsResolved,
-            _ => return None,
-        };
-        // Rare kinds share a length; the full comparison settles them.
-        if kind.probe_name().as_bytes() == name {
-            Some(kind)
-        } else if name == b"enobufs_retry" {
-            Some(Kind::EnobufsRetry)
-        } else {
-            None
-        }
+        Probe::from_name(name).map(|p| Kind::ALL[p as usize])
     }
 
     /// Wake-ups are what can trigger a retry of a deferred frame.
@@ -149,5 +122,19 @@ pub fn errno_from_name(name: &str) -> Option<i64> {
         "ENOBUFS" => Some(55),
         "EAGAIN" | "EWOULDBLOCK" => Some(35),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_the_schema_probes_in_order() {
+        assert_eq!(Kind::ALL.len(), Probe::ALL.len());
+        for (k, p) in Kind::ALL.iter().zip(Probe::ALL) {
+            assert_eq!(k.probe(), p);
+            assert_eq!(Kind::from_probe_name(p.name().as_bytes()), Some(*k));
+        }
     }
 }

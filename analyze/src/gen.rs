@@ -1,6 +1,6 @@
 //! A synthetic trace generator (benchmarks and tests): bulk TX/RX frames, write/read
 //! wake-ups, guest kicks, timer firings and ENOBUFS episodes with known durations, in the
-//! trace CSV of design.md.
+//! trace CSV (see the `vnet-trace-schema` crate).
 
 use std::io::{self, Write};
 
@@ -91,4 +91,75 @@ pub fn generate(out: &mut impl Write, rows: u64, seed: u64) -> io::Result<u64> {
         }
     }
     Ok(episodes)
+}
+
+/// Rows as bpftrace prints them from a busy capture: each CPU has its own buffer, and the
+/// buffers are printed one after the other, so time order holds only per CPU. Lines after the
+/// first two (clock comment, header) are given to `cpus` CPUs at random and written in blocks
+/// of `block` lines, CPU by CPU: within a block, every CPU after the first goes back in time.
+pub struct PerCpu<W: Write> {
+    out: W,
+    cpus: Vec<Vec<u8>>,
+    rng: Rng,
+    pending: Vec<u8>,
+    lines: u64,
+    block: u64,
+}
+
+impl<W: Write> PerCpu<W> {
+    pub fn new(out: W, cpus: usize, block: u64, seed: u64) -> PerCpu<W> {
+        PerCpu {
+            out,
+            cpus: vec![Vec::new(); cpus.max(1)],
+            rng: Rng::new(seed ^ 0x5eed),
+            pending: Vec::new(),
+            lines: 0,
+            block: block.max(1),
+        }
+    }
+
+    fn drain(&mut self) -> io::Result<()> {
+        for buf in &mut self.cpus {
+            self.out.write_all(buf)?;
+            buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes what is still buffered and returns the inner writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        let rest = std::mem::take(&mut self.pending);
+        self.cpus[0].extend_from_slice(&rest);
+        self.drain()?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> Write for PerCpu<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(data);
+        let mut start = 0;
+        while let Some(i) = memchr::memchr(b'\n', &self.pending[start..]) {
+            let line = start..start + i + 1;
+            start += i + 1;
+            self.lines += 1;
+            if self.lines <= 2 {
+                self.out.write_all(&self.pending[line])?;
+                continue;
+            }
+            let cpu = self.rng.below(self.cpus.len() as u64) as usize;
+            let (pending, cpus) = (&self.pending, &mut self.cpus);
+            cpus[cpu].extend_from_slice(&pending[line]);
+            if (self.lines - 2) % self.block == 0 {
+                self.drain()?;
+            }
+        }
+        self.pending.drain(..start);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }

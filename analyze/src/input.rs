@@ -58,13 +58,47 @@ pub fn open(path: &Path) -> Result<Box<dyn Read>, Error> {
     }
 }
 
+/// The longest line read: a trace row is under 100 bytes and a log line a few hundred, so a
+/// megabyte without a newline is not text (`/dev/zero`, a gzip bomb, a binary file) and must
+/// not grow the buffer until the allocator gives up.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// A field or line as error messages quote it: `"text"`, or its first bytes and its length
+/// when long (a megabyte of garbage must not become a megabyte of error message).
+pub fn quote(bytes: &[u8]) -> String {
+    const SHOWN: usize = 40;
+    if bytes.len() <= SHOWN {
+        format!("{:?}", String::from_utf8_lossy(bytes))
+    } else {
+        format!(
+            "{:?}... ({} bytes)",
+            String::from_utf8_lossy(&bytes[..SHOWN]),
+            bytes.len()
+        )
+    }
+}
+
+/// Like [`quote`] for text shown without quotes (a header in backticks): unchanged up to 120
+/// bytes, which any real header fits in.
+pub fn shorten(text: &str) -> String {
+    const SHOWN: usize = 120;
+    if text.len() <= SHOWN {
+        return text.to_string();
+    }
+    let mut cut = SHOWN;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..cut], text.len())
+}
+
 /// Calls `f(line, line_no, ended_with_newline)` for every line, without the line terminator
 /// (`\n` or `\r\n`). Lines are borrowed from a large reusable buffer, so no per-line allocation.
 pub fn for_each_line<F>(reader: &mut dyn Read, name: &str, mut f: F) -> Result<(), Error>
 where
     F: FnMut(&[u8], u64, bool) -> Result<bool, Error>,
 {
-    const CHUNK: usize = 1 << 20;
+    const CHUNK: usize = MAX_LINE;
     let mut buf: Vec<u8> = vec![0; CHUNK];
     let mut start = 0usize; // first unconsumed byte
     let mut end = 0usize; // one past the last valid byte
@@ -76,8 +110,11 @@ where
                 end -= start;
                 start = 0;
             } else {
-                // One line longer than the buffer: grow (a log line with a huge payload).
-                buf.resize(buf.len() * 2, 0);
+                return Err(Error::LineTooLong {
+                    file: name.to_string(),
+                    line: line_no + 1,
+                    max: MAX_LINE,
+                });
             }
         }
         let n = match reader.read(&mut buf[end..]) {

@@ -30,12 +30,29 @@ pub struct IntervalRow {
     pub rx_gbit_per_s: f64,
 }
 
+/// The most rows the table may have: more is a width too fine for the input, or a bogus
+/// timestamp far from the rest, and would only exhaust memory or the reader.
+pub const MAX_INTERVALS: usize = 100_000;
+
+/// The event that would have needed more than [`MAX_INTERVALS`] rows.
+#[derive(Clone, Copy, Debug)]
+pub struct TooMany {
+    pub file: u32,
+    pub line: u64,
+    /// How far after its input's first event it lies.
+    pub offset_ns: i64,
+}
+
 pub struct Intervals {
     width: i64,
     origin: Option<i64>,
     buckets: Vec<Bucket>,
     /// Offset of the last event from its input's origin: the end of the last bucket.
     last_offset: i64,
+    /// Set by the first event past the last allowed row; later events are ignored.
+    pub too_many: Option<TooMany>,
+    /// Receives events past the last row, so counting goes on without growing the table.
+    overflow: Bucket,
 }
 
 impl Intervals {
@@ -45,6 +62,8 @@ impl Intervals {
             origin: None,
             buckets: Vec::new(),
             last_offset: 0,
+            too_many: None,
+            overflow: Bucket::default(),
         }
     }
 
@@ -56,11 +75,22 @@ impl Intervals {
         self.origin = None;
     }
 
-    fn bucket(&mut self, ts: i64) -> &mut Bucket {
+    fn bucket(&mut self, ts: i64, ev: Option<&Event>) -> &mut Bucket {
         let origin = *self.origin.get_or_insert(ts);
-        let off = (ts - origin).max(0);
+        let off = ts.saturating_sub(origin).max(0);
+        let i = off / self.width;
+        if i >= MAX_INTERVALS as i64 {
+            if self.too_many.is_none() {
+                self.too_many = Some(TooMany {
+                    file: ev.map_or(0, |e| e.file),
+                    line: ev.map_or(0, |e| e.line),
+                    offset_ns: off,
+                });
+            }
+            return &mut self.overflow;
+        }
+        let i = i as usize;
         self.last_offset = self.last_offset.max(off);
-        let i = (off / self.width) as usize;
         if i >= self.buckets.len() {
             self.buckets.resize(i + 1, Bucket::default());
         }
@@ -68,7 +98,7 @@ impl Intervals {
     }
 
     pub fn episode(&mut self, ts: i64) {
-        self.bucket(ts).episodes += 1;
+        self.bucket(ts, None).episodes += 1;
     }
 
     #[inline]
@@ -76,17 +106,17 @@ impl Intervals {
         let len = ev.len.unwrap_or(0).max(0) as u64;
         match ev.kind {
             Kind::TxFrame => {
-                let b = self.bucket(ev.ts_ns);
+                let b = self.bucket(ev.ts_ns, Some(ev));
                 b.tx_frames += 1;
-                b.tx_bytes += len;
+                b.tx_bytes = b.tx_bytes.saturating_add(len);
             }
             Kind::RxFrame => {
-                let b = self.bucket(ev.ts_ns);
+                let b = self.bucket(ev.ts_ns, Some(ev));
                 b.rx_frames += 1;
-                b.rx_bytes += len;
+                b.rx_bytes = b.rx_bytes.saturating_add(len);
             }
             _ => {
-                self.bucket(ev.ts_ns);
+                self.bucket(ev.ts_ns, Some(ev));
             }
         }
     }
@@ -117,6 +147,11 @@ impl Intervals {
             })
             .collect()
     }
+}
+
+/// The interval width as the flag would spell it (`10s`, `250us`, `1ns`).
+pub fn width_label(width: i64) -> String {
+    span(width, width)
 }
 
 /// An offset in the largest unit that divides the interval width.

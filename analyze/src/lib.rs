@@ -12,6 +12,8 @@ pub mod gen;
 pub mod input;
 pub mod interval;
 pub mod log;
+pub mod model;
+pub mod output;
 pub mod pipeline;
 pub mod render;
 pub mod report;

@@ -15,6 +15,10 @@
 use crate::error::Error;
 use crate::event::{errno_from_name, Event, Kind};
 
+fn quote(text: &str) -> String {
+    crate::input::quote(text.as_bytes())
+}
+
 /// Per-file parser state: whether an episode is open (so a repeated ENOBUFS line is a retry).
 #[derive(Default)]
 pub struct LogParser {
@@ -90,9 +94,15 @@ impl LogParser {
                     .ok_or_else(|| {
                         field_err(
                             "retries",
-                            format!("not a number after `resolved after`: {rest:?}"),
+                            format!("not a number after `resolved after`: {}", quote(rest)),
                         )
                     })?;
+                if n < 1 {
+                    return Err(field_err(
+                        "retries",
+                        format!("resolved after {n} retries: a resolution counts at least 1"),
+                    ));
+                }
                 ev.retries = Some(n);
                 self.open_failures = 0;
             }
@@ -100,10 +110,13 @@ impl LogParser {
                 ev.kind = kind;
                 if kind != Kind::TimerFired {
                     ev.fd = Some(key_value(rest, "fd=").ok_or_else(|| {
-                        field_err("fd", format!("missing or not a number in {rest:?}"))
+                        field_err("fd", format!("missing or not a number in {}", quote(rest)))
                     })?);
                     ev.data = Some(key_value(rest, "data=").ok_or_else(|| {
-                        field_err("data", format!("missing or not a number in {rest:?}"))
+                        field_err(
+                            "data",
+                            format!("missing or not a number in {}", quote(rest)),
+                        )
                     })?);
                 }
             }
@@ -121,9 +134,9 @@ impl LogParser {
                             .and_then(|w| w.parse::<i64>().ok())
                     })
                 };
-                ev.len = Some(
-                    len.ok_or_else(|| field_err("len", format!("no frame size in {rest:?}")))?,
-                );
+                ev.len = Some(len.ok_or_else(|| {
+                    field_err("len", format!("no frame size in {}", quote(rest)))
+                })?);
             }
             Msg::Irq => ev.kind = Kind::GuestIrq,
         }
@@ -224,7 +237,7 @@ fn parse_line_timestamp(text: &str) -> Result<i64, String> {
         .unwrap_or(t.len());
     let token = &t[..token_end];
     parse_rfc3339(token)
-        .ok_or_else(|| format!("no RFC 3339 timestamp at the line start: {token:?}"))
+        .ok_or_else(|| format!("no RFC 3339 timestamp at the line start: {}", quote(token)))
 }
 
 /// RFC 3339 (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`) to Unix nanoseconds.

@@ -1,5 +1,6 @@
 //! `analyze`: thin CLI over the analyze library.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -131,8 +132,48 @@ enum Cmd {
     },
 }
 
+/// `chrome -o PATH`: refused when PATH is an input; written beside it and renamed into place
+/// only when the whole trace was written.
+fn write_chrome_file(
+    path: &std::path::Path,
+    inputs: &[PathBuf],
+    opts: &ChromeOptions,
+) -> Result<(u64, analyze::pipeline::InputSummary), Error> {
+    let file = analyze::output::OutputFile::create(path, inputs)?;
+    let name = file.name().to_string();
+    let mut w = std::io::BufWriter::new(file);
+    let written = analyze::chrome::write_chrome(inputs, opts, &mut w)?;
+    let file = w
+        .into_inner()
+        .map_err(|e| Error::io(&name, e.into_error()))?;
+    file.commit()?;
+    Ok(written)
+}
+
+/// Every input a subcommand reads, for the output-is-input check.
+fn inputs_of(cmd: &Cmd) -> Vec<PathBuf> {
+    let split = |p: &PathBuf| -> Vec<PathBuf> {
+        p.to_string_lossy().split(',').map(PathBuf::from).collect()
+    };
+    match cmd {
+        Cmd::Report { input, .. }
+        | Cmd::Timeline { input, .. }
+        | Cmd::Chrome { input, .. }
+        | Cmd::Stalls { input, .. } => input.files.clone(),
+        Cmd::Compare { a, b, .. } => split(a).into_iter().chain(split(b)).collect(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let writes_stdout = !matches!(cli.cmd, Cmd::Chrome { .. });
+    if writes_stdout {
+        // Checked before reading: `>> input` would otherwise grow the input as it is read.
+        if let Err(e) = analyze::output::check_stdout_not_input(&inputs_of(&cli.cmd)) {
+            eprintln!("analyze: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    }
     let result = match cli.cmd {
         Cmd::Report {
             input,
@@ -190,17 +231,12 @@ fn main() -> ExitCode {
                 read: input.read(),
             };
             let result = match &output {
-                Some(path) => std::fs::File::create(path)
-                    .map_err(|e| Error::io(&path.display().to_string(), e))
-                    .and_then(|f| {
-                        let mut w = std::io::BufWriter::new(f);
-                        analyze::chrome::write_chrome(&input.files, &opts, &mut w)
-                    }),
-                None => {
+                Some(path) => write_chrome_file(path, &input.files, &opts),
+                None => analyze::output::check_stdout_not_input(&input.files).and_then(|_| {
                     let stdout = std::io::stdout();
                     let mut w = std::io::BufWriter::new(stdout.lock());
                     analyze::chrome::write_chrome(&input.files, &opts, &mut w)
-                }
+                }),
             };
             result.map(|(n, _)| match &output {
                 Some(p) => {
@@ -256,14 +292,20 @@ fn main() -> ExitCode {
             })
         }
     };
+    let result = result.and_then(|out| {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(out.as_bytes())
+            .and_then(|_| stdout.flush())
+            .map_err(|e| Error::io("standard output", e))
+    });
     match result {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
+        Ok(()) => ExitCode::SUCCESS,
+        // `analyze report big.csv | head -3`: the reader has what it wanted.
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("analyze: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -67,18 +67,58 @@ pub trait Visitor: EpisodeSink {
     /// Episodes still open at the end of a file.
     fn open_at_end(&mut self, _ep: &Episode, _info: &SourceInfo) {}
     fn source_end(&mut self, _index: u32, _info: &SourceInfo) {}
+    /// True once the visitor cannot use more events (its output was closed): reading stops.
+    fn stopped(&self) -> bool {
+        false
+    }
 }
 
 /// Puts slightly out-of-order events back in order, within a time window.
 ///
-/// A plain vector with a moving head (compacted now and then) rather than a VecDeque: rows
-/// are parsed straight into it and handed out as slices, so the hot path copies nothing.
+/// Events in time order (nearly all of them) go to a plain vector with a moving head
+/// (compacted now and then): rows are parsed straight into it and handed out from it, so the
+/// hot path copies nothing. Late events go to a min-heap and are merged back when handed out:
+/// inserting them into the vector cost O(window) each, which made bpftrace's per-CPU
+/// interleaving (half the rows late) quadratic.
 struct Reorder {
     buf: Vec<Event>,
     head: usize,
+    late: std::collections::BinaryHeap<Late>,
+    /// Arrival number of the next late event: orders equal (ts, line) keys stably.
+    arrivals: u64,
     max_ts: i64,
     max_line: u64,
     window: i64,
+}
+
+/// A late event in the heap, smallest (ts, line, arrival) on top. Within one file the line
+/// number is the input order, so this is the order a stable sort by time would give.
+struct Late {
+    arrival: u64,
+    ev: Event,
+}
+
+impl Late {
+    fn key(&self) -> (i64, u64, u64) {
+        (self.ev.ts_ns, self.ev.line, self.arrival)
+    }
+}
+
+impl PartialEq for Late {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Late {}
+impl PartialOrd for Late {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Late {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.key().cmp(&self.key()) // reversed: BinaryHeap is a max-heap
+    }
 }
 
 impl Reorder {
@@ -86,13 +126,15 @@ impl Reorder {
         Reorder {
             buf: Vec::with_capacity(8192),
             head: 0,
+            late: std::collections::BinaryHeap::new(),
+            arrivals: 0,
             max_ts: i64::MIN,
             max_line: 0,
             window,
         }
     }
 
-    /// Accepts the event in the back slot, moving it into time order if it came late.
+    /// Accepts the event in the back slot, moving it to the late heap if it came late.
     #[inline]
     fn commit(&mut self, name: &str, reordered: &mut u64) -> Result<(), Error> {
         let last = self.buf.len() - 1;
@@ -108,7 +150,7 @@ impl Reorder {
     #[cold]
     fn commit_late(&mut self, name: &str, reordered: &mut u64) -> Result<(), Error> {
         let ev = self.buf.pop().expect("slot exists");
-        let back = self.max_ts - ev.ts_ns;
+        let back = self.max_ts.saturating_sub(ev.ts_ns);
         if back > self.window {
             return Err(Error::OutOfOrder {
                 file: name.to_string(),
@@ -120,24 +162,25 @@ impl Reorder {
             });
         }
         *reordered += 1;
-        // After every event with ts <= this one (stable for equal timestamps). Events already
-        // handed out are older than the window, so the insert lands among pending ones.
-        let pos = self.head + self.buf[self.head..].partition_point(|e| e.ts_ns <= ev.ts_ns);
-        self.buf.insert(pos, ev);
+        self.arrivals += 1;
+        self.late.push(Late {
+            arrival: self.arrivals,
+            ev,
+        });
         Ok(())
     }
 
-    /// Pending events old enough that no late event can overtake them any more.
+    /// Events older than this cannot be overtaken by a late one any more.
     #[inline]
-    fn ready(&self) -> std::ops::Range<usize> {
-        let horizon = self.max_ts.saturating_sub(self.window);
-        let n = self.buf[self.head..].partition_point(|e| e.ts_ns < horizon);
-        self.head..self.head + n
+    fn horizon(&self) -> i64 {
+        self.max_ts.saturating_sub(self.window)
     }
 
-    /// Everything pending (end of input).
-    fn all(&self) -> std::ops::Range<usize> {
-        self.head..self.buf.len()
+    /// The in-order events before `horizon`, as a range of `buf`.
+    #[inline]
+    fn ready_before(&self, horizon: i64) -> std::ops::Range<usize> {
+        let n = self.buf[self.head..].partition_point(|e| e.ts_ns < horizon);
+        self.head..self.head + n
     }
 
     /// Marks events up to `end` as handed out; compacts once the dead prefix is large.
@@ -186,6 +229,8 @@ enum Item {
     Lost(u64),
     /// Resolutions a pre-PR log implied by writing the frame (see `LogParser`).
     Inferred(u64),
+    /// The last line had no newline but parsed: it may still be cut (in its last field).
+    Unterminated(u64),
 }
 
 /// Lines a tracer prints around the CSV: bpftrace's banner without -q, its map dumps at exit
@@ -271,9 +316,13 @@ fn parse_raw(raw: &RawBatch, name: &str, idx: u32) -> Vec<Item> {
     for (i, &end) in raw.ends.iter().enumerate() {
         let line = &raw.buf[start..end];
         start = end;
-        if let Err(err) = trace_item(line, name, idx, raw.first_line + i as u64, &mut out) {
-            let complete = !(raw.last_incomplete && i == last);
-            out.push(Item::Bad { err, complete });
+        let line_no = raw.first_line + i as u64;
+        let complete = !(raw.last_incomplete && i == last);
+        let before = out.len();
+        match trace_item(line, name, idx, line_no, &mut out) {
+            Err(err) => out.push(Item::Bad { err, complete }),
+            Ok(()) if !complete && out.len() > before => out.push(Item::Unterminated(line_no)),
+            Ok(()) => {}
         }
     }
     out
@@ -362,7 +411,13 @@ fn produce(
             }
         })();
         match item {
-            Ok(Some(it)) => batch.push(it),
+            Ok(Some(it)) => {
+                let event = matches!(it, Item::Event(_));
+                batch.push(it);
+                if event && !complete {
+                    batch.push(Item::Unterminated(line_no));
+                }
+            }
             Ok(None) => {}
             Err(err) if err.is_line_error() => batch.push(Item::Bad { err, complete }),
             Err(err) => return Err(err),
@@ -465,17 +520,54 @@ impl Consumer<'_> {
         Err(err)
     }
 
+    /// Hands out, in time order, every pending event before `horizon` (`i64::MAX`: all).
     fn hand_out(
         &mut self,
-        range: std::ops::Range<usize>,
+        horizon: i64,
         visitor: &mut dyn Visitor,
         tracker: &mut Tracker,
         summary: &mut InputSummary,
     ) -> Result<(), Error> {
-        for i in range.clone() {
-            let ev = &self.reorder.buf[i];
-            visitor.event(ev, &self.info);
-            if let Err(e) = tracker.feed(ev, &mut SinkRef(visitor)) {
+        let range = if horizon == i64::MAX {
+            self.reorder.head..self.reorder.buf.len()
+        } else {
+            self.reorder.ready_before(horizon)
+        };
+        let late_ready = |r: &Reorder| {
+            r.late
+                .peek()
+                .is_some_and(|l| horizon == i64::MAX || l.ev.ts_ns < horizon)
+        };
+        if !late_ready(&self.reorder) {
+            // The common case: nothing late to merge.
+            for i in range.clone() {
+                let ev = &self.reorder.buf[i];
+                visitor.event(ev, &self.info);
+                if let Err(e) = tracker.feed(ev, &mut SinkRef(visitor)) {
+                    self.line_error(e, true, summary)?;
+                }
+            }
+            self.reorder.consume(range.end);
+            return Ok(());
+        }
+        let mut i = range.start;
+        loop {
+            let take_late = late_ready(&self.reorder)
+                && (i == range.end || {
+                    let l = &self.reorder.late.peek().expect("ready").ev;
+                    let e = &self.reorder.buf[i];
+                    (l.ts_ns, l.line) < (e.ts_ns, e.line)
+                });
+            let ev = if take_late {
+                self.reorder.late.pop().expect("ready").ev
+            } else if i < range.end {
+                i += 1;
+                self.reorder.buf[i - 1]
+            } else {
+                break;
+            };
+            visitor.event(&ev, &self.info);
+            if let Err(e) = tracker.feed(&ev, &mut SinkRef(visitor)) {
                 self.line_error(e, true, summary)?;
             }
         }
@@ -494,6 +586,9 @@ pub fn run(
     let mut tracker = Tracker::new(names.clone());
     let mut summary = InputSummary::default();
     for (idx, path) in paths.iter().enumerate() {
+        if visitor.stopped() {
+            break;
+        }
         let idx = idx as u32;
         let name = names[idx as usize].clone();
         let mut c = Consumer {
@@ -574,11 +669,18 @@ pub fn run(
                             Item::Clock(offset) => c.info.wall_offset_ns = Some(offset),
                             Item::Lost(n) => summary.lost_events += n,
                             Item::Inferred(n) => summary.inferred_resolutions += n,
+                            Item::Unterminated(line) => summary.truncated.push(format!(
+                                "{}:{line}: last line has no newline: read as is, but it may be cut short (a capture stopped mid-row)",
+                                c.name
+                            )),
                         }
                     }
                     // Hand out everything old enough that no late event can overtake it.
-                    let range = c.reorder.ready();
-                    c.hand_out(range, visitor, &mut tracker, &mut summary)?;
+                    let horizon = c.reorder.horizon();
+                    c.hand_out(horizon, visitor, &mut tracker, &mut summary)?;
+                }
+                if visitor.stopped() {
+                    return Ok(());
                 }
             }
             Ok(())
@@ -586,8 +688,7 @@ pub fn run(
         // Dropping the receiver (on error) made the producer stop; the scope joined it.
         outcome?;
         c.start(visitor);
-        let rest = c.reorder.all();
-        c.hand_out(rest, visitor, &mut tracker, &mut summary)?;
+        c.hand_out(i64::MAX, visitor, &mut tracker, &mut summary)?;
         for ep in tracker.finish_file(idx, &mut SinkRef(visitor)) {
             visitor.open_at_end(&ep, &c.info);
         }
@@ -595,6 +696,10 @@ pub fn run(
         summary.events += c.events;
         summary.skipped_lines += c.skipped;
         summary.reordered += c.reordered;
+        if c.info.format.is_none() && summary.bad_lines == 0 && summary.truncated.is_empty() {
+            // "0 events" would read as a clean capture with nothing in it.
+            return Err(Error::Empty { file: name });
+        }
         summary.formats.push(c.info.format);
         summary.sources.push(c.info);
     }

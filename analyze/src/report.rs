@@ -1,40 +1,21 @@
-//! The `report` subcommand's model: retry-count table, overall line, histogram and the extras
-//! (open episodes, errno and per-fd splits, low-room write wake-ups, intervals, input notes).
+//! The `report` subcommand: streams the inputs into the report model (retry-count table,
+//! overall line, histogram and the extras: open episodes, errno and per-fd splits, low-room
+//! write wake-ups, intervals, input notes; see [`crate::model`]) and renders it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
-use crate::episodes::{Episode, EpisodeSink, Wakeups};
+use crate::episodes::{Episode, EpisodeSink};
 use crate::error::Error;
 use crate::event::{errno_name, Event, Kind};
 use crate::input::SourceInfo;
-use crate::interval::{IntervalRow, Intervals};
+use crate::interval::Intervals;
+pub use crate::model::{
+    ErrnoRow, FdRow, Frames, HistogramRow, OpenEpisode, OutputFormat, Overall, Report, RetryRow,
+    Unit, WaitCheck, WriteWakeups,
+};
 use crate::pipeline::{self, InputSummary, ReadOptions, Visitor};
 use crate::stats::{self, ns_to_us};
-
-/// Output format of report-like subcommands.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    #[default]
-    Text,
-    Markdown,
-    Json,
-    Csv,
-}
-
-/// Unit for durations in text and markdown output (JSON and CSV always carry µs and ns).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Unit {
-    /// Integer microseconds, as the PR's tables.
-    #[default]
-    Us,
-    /// Milliseconds with three decimals.
-    Ms,
-    /// Microseconds unless the largest value is 10 ms or more.
-    Auto,
-}
 
 /// Everything `report` can be asked for. `Default` is the PR's text table in µs.
 #[derive(Clone, Debug, Default)]
@@ -46,127 +27,6 @@ pub struct ReportOptions {
     /// Adds the per-interval table (episodes/s, frames/s, Gbit/s each way).
     pub by_interval_ns: Option<i64>,
     pub read: ReadOptions,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct RetryRow {
-    pub retries: i64,
-    pub count: u64,
-    /// Share of all resolved episodes, in percent.
-    pub pct: f64,
-    pub min_us: i64,
-    pub avg_us: i64,
-    pub p99_us: i64,
-    pub max_us: i64,
-    pub min_ns: i64,
-    pub avg_ns: f64,
-    pub p99_ns: i64,
-    pub max_ns: i64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Overall {
-    pub min_us: i64,
-    pub avg_us: i64,
-    pub p50_us: i64,
-    pub p99_us: i64,
-    pub max_us: i64,
-    pub min_ns: i64,
-    pub avg_ns: f64,
-    pub p50_ns: i64,
-    pub p99_ns: i64,
-    pub max_ns: i64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct HistogramRow {
-    pub retries: i64,
-    pub count: u64,
-    /// Number of `#`: the largest count gets 50, every non-zero count at least 1.
-    pub bar: usize,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct OpenEpisode {
-    pub id: u64,
-    pub source: String,
-    pub fd: Option<i64>,
-    pub begin_line: u64,
-    /// From the first failure to the last event seen for it.
-    pub open_for_us: i64,
-    pub failures_seen: i64,
-    pub wakeups: Wakeups,
-    /// A new episode began on the same fd before this one resolved.
-    pub abandoned: bool,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ErrnoRow {
-    pub errno: Option<i64>,
-    pub name: String,
-    pub count: u64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct FdRow {
-    pub source: String,
-    pub fd: Option<i64>,
-    pub count: u64,
-    pub avg_us: i64,
-    pub p99_us: i64,
-    pub max_us: i64,
-    pub avg_ns: f64,
-    pub p99_ns: i64,
-    pub max_ns: i64,
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct WriteWakeups {
-    /// All write wake-ups in the input.
-    pub total: u64,
-    /// Write wake-ups on a socket with an episode open.
-    pub during_episodes: u64,
-    /// ... reporting less free space than the pending frame.
-    pub low_room: u64,
-    /// ... where free space or frame size was unknown.
-    pub unknown_room: u64,
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Frames {
-    pub tx_frames: u64,
-    pub tx_bytes: u64,
-    pub rx_frames: u64,
-    pub rx_bytes: u64,
-    pub dropped: u64,
-}
-
-/// Device-reported `wait_ns` against the timestamps (trace CSV only).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct WaitCheck {
-    pub compared: u64,
-    pub max_abs_diff_ns: i64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    pub name: String,
-    /// Resolved episodes ("events" in the PR's tables).
-    pub total: u64,
-    pub by_retries: Vec<RetryRow>,
-    pub overall: Option<Overall>,
-    pub histogram: Vec<HistogramRow>,
-    pub open_episodes: Vec<OpenEpisode>,
-    pub errno: Vec<ErrnoRow>,
-    pub per_fd: Vec<FdRow>,
-    pub write_wakeups: WriteWakeups,
-    pub frames: Frames,
-    pub wait_check: WaitCheck,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub intervals: Option<Vec<IntervalRow>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub interval_ns: Option<i64>,
-    pub input: InputSummary,
 }
 
 /// Collects what the report needs while the pipeline streams.
@@ -304,6 +164,16 @@ impl ReportBuilder {
     }
 }
 
+/// Adds a frame's length to a byte total, stopping at u64::MAX (and saying so) rather than
+/// wrapping round to a small, plausible-looking number.
+fn add_bytes(total: u64, len: Option<i64>, saturated: &mut bool) -> u64 {
+    let len = len.unwrap_or(0).max(0) as u64;
+    total.checked_add(len).unwrap_or_else(|| {
+        *saturated = true;
+        u64::MAX
+    })
+}
+
 /// Bar length: the largest count is 50 `#`, any non-zero count at least one.
 pub fn bar_len(count: u64, largest: u64) -> usize {
     if count == 0 || largest == 0 {
@@ -355,11 +225,19 @@ impl Visitor for ReportBuilder {
         match ev.kind {
             Kind::TxFrame => {
                 self.frames.tx_frames += 1;
-                self.frames.tx_bytes += ev.len.unwrap_or(0).max(0) as u64;
+                self.frames.tx_bytes = add_bytes(
+                    self.frames.tx_bytes,
+                    ev.len,
+                    &mut self.frames.bytes_saturated,
+                );
             }
             Kind::RxFrame => {
                 self.frames.rx_frames += 1;
-                self.frames.rx_bytes += ev.len.unwrap_or(0).max(0) as u64;
+                self.frames.rx_bytes = add_bytes(
+                    self.frames.rx_bytes,
+                    ev.len,
+                    &mut self.frames.bytes_saturated,
+                );
             }
             Kind::KeventWrite => self.write.total += 1,
             Kind::FrameDrop => self.frames.dropped += 1,
@@ -374,6 +252,31 @@ impl Visitor for ReportBuilder {
         let o = self.open_episode(ep);
         self.open.push(o);
         self.count_writes(ep);
+    }
+
+    fn stopped(&self) -> bool {
+        self.intervals
+            .as_ref()
+            .is_some_and(|i| i.too_many.is_some())
+    }
+}
+
+impl ReportBuilder {
+    /// `--by-interval` too fine for the input's time span: a usage error naming the event.
+    fn interval_error(&self) -> Option<Error> {
+        let iv = self.intervals.as_ref()?;
+        let t = iv.too_many?;
+        let file = self.names.get(t.file as usize).cloned().unwrap_or_default();
+        Some(Error::Flag {
+            flag: "--by-interval",
+            msg: format!(
+                "{} intervals would need more than {} rows: {file}:{} is {}s after its input's first event (a wider interval, or a bogus timestamp?)",
+                crate::interval::width_label(iv.width_ns()),
+                crate::interval::MAX_INTERVALS,
+                t.line,
+                t.offset_ns as f64 / 1e9
+            ),
+        })
     }
 }
 
@@ -404,6 +307,9 @@ pub fn build_report(paths: &[PathBuf], opts: &ReportOptions) -> Result<Report, E
     }
     let mut builder = ReportBuilder::new(opts.by_interval_ns);
     let summary = pipeline::run(paths, &opts.read, &mut builder)?;
+    if let Some(e) = builder.interval_error() {
+        return Err(e);
+    }
     let name = opts.name.clone().unwrap_or_else(|| default_name(paths));
     Ok(builder.finish(name, summary))
 }

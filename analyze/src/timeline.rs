@@ -2,10 +2,13 @@
 //! resolution and the frame written, with absolute and relative times and a closing line
 //! that explains the retries by their wake-ups.
 //!
-//! Collected in one streaming pass (stdin works): recent events sit in a short ring, events of
-//! open episodes in per-episode buffers, and a buffer is kept only if its episode is selected.
+//! Collected in one streaming pass (stdin works). Events sit in one shared window that every
+//! open episode reads from (its own range of event numbers), rather than a buffer per episode
+//! receiving every later event: 2,000 open episodes once held 2,000 copies of each event.
+//! An episode's events are copied out when it reaches its cap or ends, and only kept if it is
+//! selected; what all kept timelines hold together is capped too.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write;
 use std::path::PathBuf;
 
@@ -65,6 +68,8 @@ pub struct TimelineOptions {
     pub before_ns: i64,
     /// Per-episode cap on collected events, so a stall that lasts minutes stays bounded.
     pub max_events: usize,
+    /// Cap on the events all timelines hold together (thousands of stalls at once).
+    pub max_total_events: usize,
     pub read: ReadOptions,
 }
 
@@ -74,6 +79,7 @@ impl TimelineOptions {
             select,
             before_ns: 100_000,
             max_events: 10_000,
+            max_total_events: 200_000,
             read: ReadOptions::default(),
         }
     }
@@ -91,6 +97,9 @@ pub struct Timeline {
     pub attempts: Vec<Attempt>,
     /// Events beyond the cap were dropped.
     pub truncated: bool,
+    /// ... because all timelines together reached `max_total_events`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub total_cap_reached: bool,
 }
 
 /// A send attempt after the first failure (a failed retry or the send that went out).
@@ -183,36 +192,73 @@ pub struct TimelineEvent {
     pub text: String,
 }
 
+/// Number of an event in the current file's stream (the shared window's index).
+type Seq = u64;
+
+/// What the window always keeps for the time before an episode's first failure.
+const RING: u64 = 4096;
+
 struct Buffer {
+    /// While the episode still reads from the shared window: its first event there.
+    from: Option<Seq>,
+    /// Where it reaches its per-episode cap (exclusive).
+    cap_end: Seq,
+    /// Copied out of the window: when it reached its cap, or its tail after the resolution.
     events: Vec<Event>,
     truncated: bool,
-    /// After the resolution: the finished episode, waiting for its frame-written line.
+    total_cap_reached: bool,
+    /// After the resolution: the finished episode, waiting for its frame-written line, and
+    /// how many events of the tail it has seen.
     done: Option<(Episode, usize)>,
 }
 
 pub struct Collector {
     opts: TimelineOptions,
-    ring: VecDeque<Event>,
+    /// The current file's events from the oldest one an open episode still reads (at least
+    /// the last `before_ns`, up to [`RING`] events); `window[0]` is event number `base`.
+    window: VecDeque<Event>,
+    base: Seq,
     open: HashMap<u64, Buffer>,
+    /// First window event each reading buffer needs (a multiset): what the window must keep.
+    readers: BTreeMap<Seq, usize>,
+    /// Reading buffers by the event number at which they reach their cap.
+    caps: BTreeMap<Seq, Vec<u64>>,
+    /// Buffers after their resolution, collecting a short tail.
+    tails: Vec<u64>,
+    /// Events copied out (open buffers and kept timelines), against `max_total_events`.
+    held: usize,
     kept: Vec<Timeline>,
     infos: Vec<SourceInfo>,
     /// `--at` in the input's clock, once the first event tells where the input starts.
     at_ns: Option<i64>,
     /// `--at` gave a wall-clock time but the input has no `# clock` line to convert it.
     at_without_clock: bool,
+    /// The input's last event time (its own clock), to tell `--at` past the end.
+    last_ns: Option<i64>,
 }
 
 impl Collector {
     pub fn new(opts: TimelineOptions) -> Collector {
         Collector {
             opts,
-            ring: VecDeque::new(),
+            window: VecDeque::new(),
+            base: 0,
             open: HashMap::new(),
+            readers: BTreeMap::new(),
+            caps: BTreeMap::new(),
+            tails: Vec::new(),
+            held: 0,
             kept: Vec::new(),
             infos: Vec::new(),
             at_ns: None,
             at_without_clock: false,
+            last_ns: None,
         }
+    }
+
+    /// Number of the newest event in the window.
+    fn newest(&self) -> Seq {
+        self.base + self.window.len() as Seq - 1
     }
 
     fn wanted_at_begin(&self, id: u64) -> bool {
@@ -223,7 +269,48 @@ impl Collector {
         }
     }
 
-    fn consider(&mut self, ep: Episode, events: Vec<Event>, truncated: bool) {
+    fn stop_reading(&mut self, from: Seq) {
+        if let Some(n) = self.readers.get_mut(&from) {
+            *n -= 1;
+            if *n == 0 {
+                self.readers.remove(&from);
+            }
+        }
+    }
+
+    /// Copies window events `from..end` out, as far as the total cap allows.
+    fn copy_out(&mut self, from: Seq, end: Seq, b: &mut Buffer) {
+        let lo = (from.max(self.base) - self.base) as usize;
+        let hi = ((end.max(self.base) - self.base) as usize).min(self.window.len());
+        let want = hi.saturating_sub(lo);
+        let room = self.opts.max_total_events.saturating_sub(self.held);
+        let take = want.min(room);
+        if take < want {
+            b.truncated = true;
+            b.total_cap_reached = true;
+        }
+        b.events.extend(self.window.range(lo..lo + take).copied());
+        self.held += take;
+    }
+
+    /// Ends a buffer's reading from the window: copies its events up to `end` (exclusive).
+    fn detach(&mut self, b: &mut Buffer, end: Seq) {
+        if let Some(from) = b.from.take() {
+            self.stop_reading(from);
+            self.copy_out(from, end, b);
+        }
+    }
+
+    /// The episode is complete: its events up to the newest one go to `consider`.
+    fn complete(&mut self, mut b: Buffer, ep: Episode) {
+        let end = self.newest() + 1;
+        self.detach(&mut b, end);
+        let (truncated, total) = (b.truncated, b.total_cap_reached);
+        self.consider(ep, b.events, truncated, total);
+    }
+
+    fn consider(&mut self, ep: Episode, events: Vec<Event>, truncated: bool, total_cap: bool) {
+        let held = events.len();
         let keep = match self.opts.select {
             Selection::Id(n) => ep.id == n,
             Selection::Slowest(k) => {
@@ -242,60 +329,82 @@ impl Collector {
                         .min_by_key(|&(_, d)| d)
                         .expect("k > 0 kept");
                     if d > shortest {
-                        self.kept.swap_remove(i);
+                        let gone = self.kept.swap_remove(i);
+                        self.held -= gone.events.len();
                         true
                     } else {
                         false
                     }
                 }
             }
-            Selection::At(_) => {
-                let Some(t) = self.at_ns else { return };
-                let covers = ep.start_ns <= t && ep.end_ns.unwrap_or(ep.last_ns) >= t;
-                match self.kept.first() {
-                    None => covers || ep.start_ns >= t,
-                    // A covering episode beats a "next one after" found earlier.
-                    Some(k) if k.episode.start_ns > t && covers => {
-                        self.kept.clear();
-                        true
+            Selection::At(_) => match self.at_ns {
+                None => false,
+                Some(t) => {
+                    let covers = ep.start_ns <= t && ep.end_ns.unwrap_or(ep.last_ns) >= t;
+                    match self.kept.first() {
+                        None => covers || ep.start_ns >= t,
+                        // A covering episode beats a "next one after" found earlier.
+                        Some(k) if k.episode.start_ns > t && covers => {
+                            let gone: usize = self.kept.iter().map(|t| t.events.len()).sum();
+                            self.held -= gone;
+                            self.kept.clear();
+                            true
+                        }
+                        _ => false,
                     }
-                    _ => false,
                 }
-            }
+            },
             Selection::Threshold(th) => match ep.duration_ns() {
                 _ if ep.abandoned => true,
                 Some(d) => d >= th,
                 None => true,
             },
         };
-        if keep {
-            let info = &self.infos[ep.file as usize];
-            let attempts = attempts(&events, &ep);
-            let events = events
-                .into_iter()
-                .map(|e| describe(&e, &ep, info))
-                .collect();
-            self.kept.push(Timeline {
-                source: info.name.clone(),
-                wall_offset_ns: info.wall_offset_ns,
-                episode: ep,
-                events,
-                attempts,
-                truncated,
-            });
+        if !keep {
+            self.held -= held;
+            return;
+        }
+        let info = &self.infos[ep.file as usize];
+        let attempts = attempts(&events, &ep);
+        let events = events
+            .into_iter()
+            .map(|e| describe(&e, &ep, info))
+            .collect();
+        self.kept.push(Timeline {
+            source: info.name.clone(),
+            wall_offset_ns: info.wall_offset_ns,
+            episode: ep,
+            events,
+            attempts,
+            truncated,
+            total_cap_reached: total_cap,
+        });
+    }
+
+    /// Completes every buffer whose episode has ended (end of a file or of the input).
+    fn complete_done(&mut self, file: Option<u32>) {
+        let mut ids: Vec<u64> = self
+            .open
+            .iter()
+            .filter(|(_, b)| {
+                b.done
+                    .as_ref()
+                    .is_some_and(|(e, _)| file.is_none_or(|f| e.file == f))
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        for id in ids {
+            let b = self.open.remove(&id).expect("present");
+            self.tails.retain(|&t| t != id);
+            let (ep, _) = b.done.clone().expect("filtered");
+            self.complete(b, ep);
         }
     }
 
     pub fn finish(mut self) -> Vec<Timeline> {
         // Episodes whose frame line never came: keep what we have.
-        let pending: Vec<u64> = self.open.keys().copied().collect();
-        for id in pending {
-            if let Some(b) = self.open.remove(&id) {
-                if let Some((ep, _)) = b.done {
-                    self.consider(ep, b.events, b.truncated);
-                }
-            }
-        }
+        self.complete_done(None);
         let mut kept = self.kept;
         match self.opts.select {
             Selection::Slowest(_) => {
@@ -309,35 +418,51 @@ impl Collector {
 
 impl EpisodeSink for Collector {
     fn episode_begin(&mut self, id: u64, ev: &Event) {
-        if !self.wanted_at_begin(id) {
+        if !self.wanted_at_begin(id) || self.window.is_empty() {
             return;
         }
-        let from = ev.ts_ns - self.opts.before_ns;
-        let events: Vec<Event> = self
-            .ring
-            .iter()
-            .filter(|e| e.file == ev.file && e.ts_ns >= from)
-            .copied()
-            .collect();
+        // The begin event is the newest in the window; show what came shortly before it.
+        let newest = self.newest();
+        let ring_start = newest.saturating_sub(RING - 1).max(self.base);
+        let lo = (ring_start - self.base) as usize;
+        let horizon = ev.ts_ns - self.opts.before_ns;
+        let skip = self
+            .window
+            .range(lo..)
+            .take_while(|e| e.ts_ns < horizon)
+            .count();
+        let from = ring_start + skip as Seq;
+        let cap_end = (from + self.opts.max_events as Seq).max(newest + 1);
+        *self.readers.entry(from).or_default() += 1;
+        self.caps.entry(cap_end).or_default().push(id);
         self.open.insert(
             id,
             Buffer {
-                events,
+                from: Some(from),
+                cap_end,
+                events: Vec::new(),
                 truncated: false,
+                total_cap_reached: false,
                 done: None,
             },
         );
     }
 
     fn episode_end(&mut self, ep: &Episode) {
-        if let Some(b) = self.open.get_mut(&ep.id) {
-            b.done = Some((ep.clone(), 0));
-            // Log episodes end on their frame line already; trace ones wait for tx_frame.
-            let last_is_frame = b.events.last().is_some_and(|e| e.kind == Kind::TxFrame);
-            if last_is_frame || ep.abandoned {
-                let b = self.open.remove(&ep.id).expect("present");
-                self.consider(ep.clone(), b.events, b.truncated);
-            }
+        let Some(b) = self.open.get_mut(&ep.id) else {
+            return;
+        };
+        b.done = Some((ep.clone(), 0));
+        // Log episodes end on their frame line already; trace ones wait for tx_frame.
+        let last_is_frame = match b.from {
+            Some(_) => self.window.back().is_some_and(|e| e.kind == Kind::TxFrame),
+            None => b.events.last().is_some_and(|e| e.kind == Kind::TxFrame),
+        };
+        if last_is_frame || ep.abandoned {
+            let b = self.open.remove(&ep.id).expect("present");
+            self.complete(b, ep.clone());
+        } else {
+            self.tails.push(ep.id);
         }
     }
 }
@@ -345,14 +470,16 @@ impl EpisodeSink for Collector {
 impl Visitor for Collector {
     fn source_start(&mut self, _index: u32, info: &SourceInfo) {
         self.infos.push(info.clone());
-        self.ring.clear();
+        // Every buffer of the previous file was completed at its end.
+        self.base += self.window.len() as Seq;
+        self.window.clear();
     }
 
     fn event(&mut self, ev: &Event, info: &SourceInfo) {
         if let (Selection::At(at), None) = (self.opts.select, self.at_ns) {
             self.at_ns = Some(match at {
                 AtTime::Clock(t) => t,
-                AtTime::Since(d) => ev.ts_ns + d,
+                AtTime::Since(d) => ev.ts_ns.saturating_add(d),
                 AtTime::Wall(w) => match info.wall_offset_ns {
                     Some(off) => w - off,
                     None => {
@@ -362,61 +489,74 @@ impl Visitor for Collector {
                 },
             });
         }
-        self.ring.push_back(*ev);
-        let horizon = ev.ts_ns - self.opts.before_ns;
-        while self.ring.len() > 4096 || self.ring.front().is_some_and(|e| e.ts_ns < horizon) {
-            self.ring.pop_front();
-        }
-        if self.open.is_empty() {
-            return;
-        }
-        let mut finished = Vec::new();
-        for (&id, b) in self.open.iter_mut() {
-            if let Some((ep, extra)) = &mut b.done {
-                // Tail after the resolution: up to the frame written (or a few events).
+        self.last_ns = Some(self.last_ns.map_or(ev.ts_ns, |l| l.max(ev.ts_ns)));
+        self.window.push_back(*ev);
+        let seq = self.newest();
+        // Buffers past their resolution: a tail up to the frame written (or a few events).
+        if !self.tails.is_empty() {
+            let mut finished = Vec::new();
+            for &id in &self.tails {
+                let b = self.open.get_mut(&id).expect("tails are open");
+                let (ep, extra) = b.done.as_mut().expect("tails are done");
                 if ep.file != ev.file {
                     continue;
                 }
-                b.events.push(*ev);
+                if b.from.is_none() {
+                    b.events.push(*ev);
+                    self.held += 1;
+                }
                 *extra += 1;
                 let is_frame = ev.kind == Kind::TxFrame
                     && (ep.fd.is_none() || ev.fd.is_none() || ep.fd == ev.fd);
                 if is_frame || *extra >= 8 {
                     finished.push(id);
                 }
-                continue;
             }
-            if b.events.len() >= self.opts.max_events {
-                b.truncated = true;
-            } else {
-                b.events.push(*ev);
+            for id in finished {
+                self.tails.retain(|&t| t != id);
+                let b = self.open.remove(&id).expect("present");
+                let (ep, _) = b.done.clone().expect("finished only when done");
+                self.complete(b, ep);
             }
         }
-        for id in finished {
-            let b = self.open.remove(&id).expect("present");
-            let (ep, _) = b.done.expect("finished only when done");
-            self.consider(ep, b.events, b.truncated);
+        // Buffers reaching their cap with this event: copy out what they have, stop reading.
+        // (Past its resolution a buffer reads on: the short tail is always shown.)
+        while self.caps.first_key_value().is_some_and(|(&k, _)| k <= seq) {
+            let (_, ids) = self.caps.pop_first().expect("checked");
+            for id in ids {
+                let Some(mut b) = self.open.remove(&id) else {
+                    continue; // completed already
+                };
+                if b.from.is_some() && b.done.is_none() {
+                    b.truncated = true;
+                    let end = b.cap_end;
+                    self.detach(&mut b, end);
+                }
+                self.open.insert(id, b);
+            }
+        }
+        // Keep the last `before_ns` (up to RING events) and whatever a reader still needs.
+        let horizon = ev.ts_ns - self.opts.before_ns;
+        let ring_start = seq.saturating_sub(RING - 1);
+        let needed = self.readers.first_key_value().map_or(Seq::MAX, |(&f, _)| f);
+        while self.window.len() > 1
+            && self.base < needed
+            && (self.base < ring_start || self.window.front().is_some_and(|e| e.ts_ns < horizon))
+        {
+            self.window.pop_front();
+            self.base += 1;
         }
     }
 
     fn open_at_end(&mut self, ep: &Episode, _info: &SourceInfo) {
         if let Some(b) = self.open.remove(&ep.id) {
-            self.consider(ep.clone(), b.events, b.truncated);
+            self.tails.retain(|&t| t != ep.id);
+            self.complete(b, ep.clone());
         }
     }
 
     fn source_end(&mut self, index: u32, _info: &SourceInfo) {
-        let ids: Vec<u64> = self
-            .open
-            .iter()
-            .filter(|(_, b)| b.done.as_ref().is_some_and(|(e, _)| e.file == index))
-            .map(|(&id, _)| id)
-            .collect();
-        for id in ids {
-            let b = self.open.remove(&id).expect("present");
-            let (ep, _) = b.done.expect("filtered");
-            self.consider(ep, b.events, b.truncated);
-        }
+        self.complete_done(Some(index));
     }
 }
 
@@ -608,7 +748,12 @@ pub fn render_text(timelines: &[Timeline]) -> String {
                 e.text
             );
         }
-        if t.truncated {
+        if t.total_cap_reached {
+            let _ = writeln!(
+                out,
+                "(more events not shown: the total cap on events across all timelines was reached)"
+            );
+        } else if t.truncated {
             let _ = writeln!(out, "(more events not shown: per-episode cap reached)");
         }
         let _ = writeln!(out, "{}", explain(ep));
@@ -639,5 +784,17 @@ pub fn collect(
                 .to_string(),
         ));
     }
-    Ok((c.finish(), summary))
+    let (at_ns, last_ns) = (c.at_ns, c.last_ns);
+    let kept = c.finish();
+    if let (Selection::At(_), true, Some(at), Some(last)) =
+        (opts.select, kept.is_empty(), at_ns, last_ns)
+    {
+        if at > last {
+            return Err(Error::Usage(format!(
+                "no episode at the --at time: it is {:.6}s after the input's last event",
+                (at as f64 - last as f64) / 1e9
+            )));
+        }
+    }
+    Ok((kept, summary))
 }

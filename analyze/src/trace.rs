@@ -1,4 +1,4 @@
-//! The trace CSV of design.md: a `# clock` comment, the header, one row per probe firing.
+//! The trace CSV (schema in the `vnet-trace-schema` crate): a `# clock` comment, the header, one row per probe firing.
 //!
 //! Rows are parsed by hand rather than through csv+serde: the format has no quoting, and a
 //! 10M-row capture must be reported faster than polars or DuckDB read it (see bench/).
@@ -6,10 +6,7 @@
 use crate::error::Error;
 use crate::event::{Event, Kind};
 
-pub const COLUMNS: [&str; 10] = [
-    "ts_ns", "tid", "probe", "fd", "queue", "len", "data", "retries", "wait_ns", "errno",
-];
-pub const HEADER: &str = "ts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errno";
+pub use vnet_trace_schema::{COLUMN_NAMES as COLUMNS, HEADER};
 
 /// Checks the header line; extra trailing columns are allowed (the contract lets producers
 /// extend arguments, never reorder them).
@@ -21,7 +18,7 @@ pub fn check_header(file: &str, line_no: u64, line: &[u8]) -> Result<(), Error> 
             file: file.to_string(),
             line: line_no,
             expected: HEADER.to_string(),
-            found: text.into_owned(),
+            found: crate::input::shorten(&text),
         });
     }
     Ok(())
@@ -49,7 +46,7 @@ fn bad_number(bytes: &[u8], field: &'static str, file: &str, line: u64) -> Error
         file: file.to_string(),
         line,
         field,
-        msg: format!("not a number: {:?}", String::from_utf8_lossy(bytes)),
+        msg: format!("not a number: {}", crate::input::quote(bytes)),
     }
 }
 
@@ -135,7 +132,7 @@ pub fn parse_row_into(
         file: file.to_string(),
         line: line_no,
         field: "probe",
-        msg: format!("unknown probe {:?}", String::from_utf8_lossy(name)),
+        msg: format!("unknown probe {}", crate::input::quote(name)),
     })?;
     let (tid, fd, queue, len, data, retries, wait_ns, errno) = (
         opt(1),
@@ -162,7 +159,8 @@ pub fn parse_row_into(
         line: line_no,
     };
     let ev = &*out;
-    // The columns each probe must fill (design.md); an empty one is a broken producer.
+    // Columns the analysis cannot do without (each one the probe fills, see `required_columns`);
+    // an empty one is a broken producer.
     let required: &[(&'static str, Option<i64>)] = match kind {
         Kind::EnobufsBegin => &[("fd", ev.fd)],
         Kind::EnobufsRetry => &[("fd", ev.fd)],
@@ -181,7 +179,34 @@ pub fn parse_row_into(
             ));
         }
     }
+    // Failed sends, the first included: a retry row's attempt is 2 or more, a resolution's
+    // count 1 or more. Zero or less would become a nonsense table row.
+    let least = match kind {
+        Kind::EnobufsResolved => 1,
+        Kind::EnobufsRetry => 2,
+        _ => i64::MIN,
+    };
+    if let Some(r) = ev.retries.filter(|&r| r < least) {
+        return Err(missing(
+            "retries",
+            file,
+            line_no,
+            &format!("{r}, but {} rows count at least {least}", kind.probe_name()),
+        ));
+    }
     Ok(())
+}
+
+/// The columns `parse_row` insists on, by probe: a subset of what the schema says the probe
+/// fills (a test checks that).
+#[cfg(test)]
+fn required_columns(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::EnobufsBegin | Kind::EnobufsRetry | Kind::KeventWrite | Kind::KeventRead => &["fd"],
+        Kind::EnobufsResolved => &["fd", "retries"],
+        Kind::TxFrame | Kind::RxFrame => &["len"],
+        _ => &[],
+    }
 }
 
 /// Parses the integer field at `*pos` and moves past its comma. `Some(None)` is an empty
@@ -339,6 +364,27 @@ mod tests {
         let mut pos = 0;
         assert_eq!(int_at(b",5", &mut pos), Some(None));
         assert_eq!(pos, 1);
+    }
+
+    #[test]
+    fn required_columns_are_filled_by_the_probe_and_enforced() {
+        use vnet_trace_schema::Column;
+        for kind in Kind::ALL {
+            for name in required_columns(kind) {
+                let col = Column::ALL.into_iter().find(|c| c.name() == *name).unwrap();
+                assert!(kind.probe().fills(col), "{} {name}", kind.probe_name());
+                // A row with every argument column filled except this one is refused.
+                let fields: Vec<String> = Column::ALL[3..]
+                    .iter()
+                    .map(|c| if c == &col { String::new() } else { "1".into() })
+                    .collect();
+                let line = format!("5,1,{},{}", kind.probe_name(), fields.join(","));
+                let e = parse_row("f", 0, 2, line.as_bytes())
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains(&format!("field `{name}`: empty")), "{line}: {e}");
+            }
+        }
     }
 
     #[test]

@@ -303,11 +303,27 @@ fn bad_log_line_names_the_field() {
 }
 
 #[test]
-fn empty_input_is_an_empty_report() {
-    let (run, _) = run_on("empty.log", b"", &[]);
+fn empty_input_is_an_error_not_an_empty_report() {
+    // "0 events" with exit 0 read as a clean capture that saw nothing (issue 12 item 12).
+    let (run, p) = run_on("empty.log", b"", &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(
+        run.stderr,
+        format!("analyze: {p}: no trace header or log line found (empty input?)\n")
+    );
+    assert!(run.stdout.is_empty());
+    let run = analyze(&["report", "-"], Some(b"# clock mono_ns=1 wall_ns=2\n\n"));
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("<stdin>: no trace header or log line found"),
+        "{}",
+        run.stderr
+    );
+    // A header and no rows is a capture that saw nothing: a report, not an error.
+    let run = analyze(&["report", "-"], Some(HEADER.as_bytes()));
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.starts_with("empty: 0 events"), "{}", run.stdout);
-    assert!(run.stdout.contains("Overall: no resolved episodes"));
+    assert!(run.stdout.starts_with("stdin: 0 events"), "{}", run.stdout);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! CSV: one row per retry count plus an `all` row carrying the overall line (p50 only there).
 
-use crate::report::Report;
+use crate::model::Report;
 
 pub fn render(report: &Report) -> String {
     let mut w = csv::Writer::from_writer(Vec::new());

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::{dur, overall_line, write_notes};
-use crate::report::{Report, Unit};
+use crate::model::{Report, Unit};
 
 pub fn render(report: &Report, unit: Unit) -> String {
     let mut out = String::new();

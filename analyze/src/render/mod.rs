@@ -7,7 +7,7 @@ pub mod text;
 
 use std::fmt::Write;
 
-use crate::report::{OutputFormat, Report, Unit};
+use crate::model::{OutputFormat, Report, Unit};
 
 pub fn render(report: &Report, format: OutputFormat, unit: Unit) -> String {
     let unit = resolve_unit(report, unit);
@@ -127,10 +127,32 @@ pub fn notes(report: &Report) -> Vec<String> {
             a.retry_without_begin
         ));
     }
+    if a.retries_backwards > 0 {
+        let first = a
+            .retries_backwards_first
+            .map(|(file, line)| {
+                let name = input
+                    .sources
+                    .get(file as usize)
+                    .map_or("?", |s| s.name.as_str());
+                format!(" (first at {name}:{line})")
+            })
+            .unwrap_or_default();
+        out.push(format!(
+            "{} retry count(s) went backwards within an episode{first}: attempts should rise by one per failed send",
+            a.retries_backwards
+        ));
+    }
     if a.begin_while_open > 0 {
         out.push(format!(
             "{} episode(s) began again on an fd whose previous episode never resolved",
             a.begin_while_open
+        ));
+    }
+    if report.frames.bytes_saturated {
+        out.push(format!(
+            "frame byte totals reached {} and stopped there: the input has impossible frame lengths",
+            u64::MAX
         ));
     }
     if report.wait_check.compared > 0 && report.wait_check.max_abs_diff_ns > 1_000 {

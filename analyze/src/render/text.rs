@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::{dur, dur_cell, overall_line, write_notes};
-use crate::report::{Report, Unit};
+use crate::model::{Report, Unit};
 
 /// `Retries   Count       %       Min       Avg       P99       Max` and its rows.
 pub fn table(out: &mut String, report: &Report, unit: Unit) {

@@ -7,11 +7,17 @@
 //! one data path, and it lives here.
 
 pub mod backend;
+pub mod bufsize;
+pub mod device;
 pub mod episode;
+pub mod events;
+pub mod frame;
 pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod poller;
 pub mod probes;
 pub mod recorder;
+pub mod retry_timer;
+pub mod sockopt;
 pub mod worker;

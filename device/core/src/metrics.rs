@@ -1,71 +1,179 @@
-//! Flat device counters in the Firecracker style.
-// INTERFACE (fixed): pub struct Metrics (atomics, Default), Metrics::snapshot() ->
-//   MetricsSnapshot: Serialize + Deserialize + Clone + Debug with at least
-//   tx_frames, tx_bytes, rx_frames, rx_bytes, episodes, retries, max_wait_ns,
-//   resolved, open_episode (bool), drops (by reason), rejected_chains, timer_fired,
-//   write_events, guest_kicks, guest_irqs, peer_gone (bool)
-//
-// The worker is the only writer; front ends read snapshots from other threads, so every
-// counter is a relaxed atomic (no ordering between counters is promised).
+//! Device counters in the Firecracker style: each counter is a small relaxed atomic that
+//! serialises itself, so [`Metrics`] serialises as it is and a snapshot is that
+//! serialisation read back, with no hand-kept copy of each field.
+//!
+//! The worker is the only writer; front ends read snapshots from other threads, so every
+//! counter is a relaxed atomic (no ordering between counters is promised).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::probes::DropReason;
 
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub tx_frames: AtomicU64,
-    pub tx_bytes: AtomicU64,
-    pub rx_frames: AtomicU64,
-    pub rx_bytes: AtomicU64,
-    /// Episodes opened (first failed send of a frame).
-    pub episodes: AtomicU64,
-    /// Failed sends, the first of each episode included.
-    pub retries: AtomicU64,
-    pub resolved: AtomicU64,
-    pub max_wait_ns: AtomicU64,
-    pub total_wait_ns: AtomicU64,
-    pub open_episode: AtomicBool,
-    /// Stream sends that wrote part of a frame before the socket filled.
-    pub partial_writes: AtomicU64,
-    /// TX frames copied out of guest memory before sending, because their chain had more
-    /// pieces than one gathered send takes (every other frame is sent in place).
-    pub tx_copied: AtomicU64,
-    pub drops_rx_oversize: AtomicU64,
-    pub drops_rx_no_room: AtomicU64,
-    pub drops_tx_bad_chain: AtomicU64,
-    pub drops_rx_empty: AtomicU64,
-    pub drops_peer_gone: AtomicU64,
-    /// Guest descriptor chains returned unused because they were malformed.
-    pub rejected_chains: AtomicU64,
-    pub timer_fired: AtomicU64,
-    pub write_events: AtomicU64,
-    pub read_events: AtomicU64,
-    pub guest_kicks: AtomicU64,
-    pub guest_irqs: AtomicU64,
-    /// Times RX stopped because the guest had no buffers for a waiting frame.
-    pub rx_no_buffers: AtomicU64,
-    /// Event-loop turns (returns from epoll_wait/kevent): a busy loop shows up here.
-    pub wakeups: AtomicU64,
-    /// Failures injected by the backend's FaultConfig.
-    pub injected_faults: AtomicU64,
-    pub peer_gone: AtomicBool,
+/// A count that only grows.
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
 }
 
-/// Dropped frames by reason (see [`DropReason`]).
+/// The largest value seen so far.
+#[derive(Default)]
+pub struct Max(AtomicU64);
+
+impl Max {
+    #[inline]
+    pub fn raise_to(&self, v: u64) {
+        self.0.fetch_max(v, Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A state that is on or off.
+#[derive(Default)]
+pub struct Flag(AtomicBool);
+
+impl Flag {
+    #[inline]
+    pub fn set(&self, on: bool) {
+        self.0.store(on, Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Relaxed)
+    }
+}
+
+macro_rules! serialize_as {
+    ($t:ty, $method:ident) => {
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.$method(self.get())
+            }
+        }
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.get().fmt(f)
+            }
+        }
+    };
+}
+serialize_as!(Counter, serialize_u64);
+serialize_as!(Max, serialize_u64);
+serialize_as!(Flag, serialize_bool);
+
+/// Dropped frames, one counter per [`DropReason`]; serialises as `{reason name: count,
+/// ..., "total": sum}`.
+#[derive(Debug, Default)]
+pub struct DropCounters([Counter; DropReason::ALL.len()]);
+
+impl DropCounters {
+    fn slot(reason: DropReason) -> usize {
+        DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("every reason is in ALL")
+    }
+
+    #[inline]
+    pub fn count(&self, reason: DropReason) {
+        self.0[Self::slot(reason)].inc();
+    }
+
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[Self::slot(reason)].get()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(Counter::get).sum()
+    }
+}
+
+impl Serialize for DropCounters {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(DropReason::ALL.len() + 1))?;
+        for r in DropReason::ALL {
+            m.serialize_entry(r.name(), &self.get(r))?;
+        }
+        m.serialize_entry("total", &self.total())?;
+        m.end()
+    }
+}
+
+/// The device's counters. Field order is the JSON order front ends print.
+#[derive(Debug, Default, Serialize)]
+pub struct Metrics {
+    pub tx_frames: Counter,
+    pub tx_bytes: Counter,
+    pub rx_frames: Counter,
+    pub rx_bytes: Counter,
+    /// Episodes opened (first failed send of a frame).
+    pub episodes: Counter,
+    /// Failed sends, the first of each episode included.
+    pub retries: Counter,
+    pub resolved: Counter,
+    pub max_wait_ns: Max,
+    pub total_wait_ns: Counter,
+    pub open_episode: Flag,
+    /// Stream sends that wrote part of a frame before the socket filled.
+    pub partial_writes: Counter,
+    /// TX frames copied out of guest memory before sending, because their chain had more
+    /// pieces than one gathered send takes (every other frame is sent in place).
+    pub tx_copied: Counter,
+    pub drops: DropCounters,
+    /// Guest descriptor chains returned unused because they were malformed.
+    pub rejected_chains: Counter,
+    pub timer_fired: Counter,
+    pub write_events: Counter,
+    pub read_events: Counter,
+    pub guest_kicks: Counter,
+    pub guest_irqs: Counter,
+    /// Times RX stopped because the guest had no buffers for a waiting frame.
+    pub rx_no_buffers: Counter,
+    /// Event-loop turns (returns from epoll_wait/kevent): a busy loop shows up here.
+    pub wakeups: Counter,
+    /// Sends refused by [`crate::backend::Faulty`].
+    pub injected_faults: Counter,
+    pub peer_gone: Flag,
+}
+
+/// Dropped frames by reason, as read back from [`DropCounters`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Drops {
     pub rx_oversize: u64,
     pub rx_no_room: u64,
     pub tx_bad_chain: u64,
     pub rx_empty: u64,
     pub peer_gone: u64,
+    #[serde(default)]
+    pub guest_driver_error: u64,
     pub total: u64,
 }
 
+/// Plain values of [`Metrics`] at one moment, for readers. Filled by deserialising what
+/// `Metrics` serialises; unknown fields are refused, so a counter added to `Metrics`
+/// without a field here fails every snapshot (and its tests) instead of vanishing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MetricsSnapshot {
     pub tx_frames: u64,
     pub tx_bytes: u64,
@@ -98,62 +206,9 @@ impl Metrics {
         Metrics::default()
     }
 
-    pub fn drop_counter(&self, reason: DropReason) -> &AtomicU64 {
-        match reason {
-            DropReason::RxOversize => &self.drops_rx_oversize,
-            DropReason::RxNoRoom => &self.drops_rx_no_room,
-            DropReason::TxBadChain => &self.drops_tx_bad_chain,
-            DropReason::RxEmpty => &self.drops_rx_empty,
-            DropReason::PeerGone => &self.drops_peer_gone,
-        }
-    }
-
-    pub(crate) fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Relaxed);
-    }
-
-    pub(crate) fn add(c: &AtomicU64, v: u64) {
-        c.fetch_add(v, Relaxed);
-    }
-
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let g = |c: &AtomicU64| c.load(Relaxed);
-        let drops = Drops {
-            rx_oversize: g(&self.drops_rx_oversize),
-            rx_no_room: g(&self.drops_rx_no_room),
-            tx_bad_chain: g(&self.drops_tx_bad_chain),
-            rx_empty: g(&self.drops_rx_empty),
-            peer_gone: g(&self.drops_peer_gone),
-            total: DropReason::ALL
-                .iter()
-                .map(|r| g(self.drop_counter(*r)))
-                .sum(),
-        };
-        MetricsSnapshot {
-            tx_frames: g(&self.tx_frames),
-            tx_bytes: g(&self.tx_bytes),
-            rx_frames: g(&self.rx_frames),
-            rx_bytes: g(&self.rx_bytes),
-            episodes: g(&self.episodes),
-            retries: g(&self.retries),
-            resolved: g(&self.resolved),
-            max_wait_ns: g(&self.max_wait_ns),
-            total_wait_ns: g(&self.total_wait_ns),
-            open_episode: self.open_episode.load(Relaxed),
-            partial_writes: g(&self.partial_writes),
-            tx_copied: g(&self.tx_copied),
-            drops,
-            rejected_chains: g(&self.rejected_chains),
-            timer_fired: g(&self.timer_fired),
-            write_events: g(&self.write_events),
-            read_events: g(&self.read_events),
-            guest_kicks: g(&self.guest_kicks),
-            guest_irqs: g(&self.guest_irqs),
-            rx_no_buffers: g(&self.rx_no_buffers),
-            wakeups: g(&self.wakeups),
-            injected_faults: g(&self.injected_faults),
-            peer_gone: self.peer_gone.load(Relaxed),
-        }
+        let live = serde_json::to_value(self).expect("counters serialise");
+        serde_json::from_value(live).expect("MetricsSnapshot has a field for every counter")
     }
 }
 
@@ -170,15 +225,37 @@ mod tests {
     #[test]
     fn snapshot_round_trips_through_json() {
         let m = Metrics::new();
-        Metrics::add(&m.tx_bytes, 1514);
-        Metrics::inc(&m.tx_frames);
-        Metrics::inc(m.drop_counter(DropReason::RxNoRoom));
-        Metrics::inc(m.drop_counter(DropReason::TxBadChain));
+        m.tx_bytes.add(1514);
+        m.tx_frames.inc();
+        m.drops.count(DropReason::RxNoRoom);
+        m.drops.count(DropReason::TxBadChain);
+        m.max_wait_ns.raise_to(9);
+        m.max_wait_ns.raise_to(3);
+        m.peer_gone.set(true);
         let s = m.snapshot();
         assert_eq!(s.drops.total, 2);
         assert_eq!(s.drops.rx_no_room, 1);
+        assert_eq!((s.max_wait_ns, s.peer_gone), (9, true));
         let back: MetricsSnapshot = serde_json::from_str(&s.to_json()).unwrap();
         assert_eq!(back, s);
         assert!(s.to_json().contains("\"tx_bytes\":1514"));
+        // The live counters and the snapshot print the same JSON, field order included.
+        assert_eq!(serde_json::to_string(&m).unwrap(), s.to_json());
+    }
+
+    #[test]
+    fn every_counter_is_in_the_snapshot() {
+        let live = serde_json::to_value(Metrics::new()).unwrap();
+        let snap = serde_json::to_value(Metrics::new().snapshot()).unwrap();
+        assert_eq!(live, snap);
+        let drops = snap["drops"].as_object().unwrap();
+        for r in DropReason::ALL {
+            assert!(
+                drops.contains_key(r.name()),
+                "snapshot lacks drops.{}",
+                r.name()
+            );
+        }
+        assert!(drops.contains_key("total"));
     }
 }

@@ -1,10 +1,7 @@
 //! virtio-net: features, the 12-byte virtio_net_hdr_v1, TX and RX chain handling.
-// INTERFACE (fixed): pub const DEVICE_FEATURES: u64 (VERSION_1 | MAC | EVENT_IDX | MRG_RXBUF);
-//   pub const NET_HDR_LEN: usize = 12; pub fn config_space(mac: [u8; 6]) -> Vec<u8>;
-//   pub const RX_QUEUE: u16 = 0; pub const TX_QUEUE: u16 = 1; pub const MAX_FRAME: usize = 65550
-//
-// Everything here is plain functions over guest memory and a `Queue`, with no sockets, so
-// the mock-queue tests exercise exactly the code the worker runs.
+//!
+//! Everything here is plain functions over guest memory and a `Queue`, with no sockets, so
+//! the mock-queue tests exercise exactly the code the worker runs.
 
 use std::collections::VecDeque;
 
@@ -13,19 +10,24 @@ use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRT
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
-use crate::backend::TxFrame;
+use crate::frame::TxFrame;
+pub use crate::frame::MAX_FRAME;
 
+/// The features the device offers: VERSION_1, MAC, EVENT_IDX and MRG_RXBUF. No
+/// offloads, and no INDIRECT_DESC (so an indirect descriptor from the guest is an error).
 pub const DEVICE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
     | (1 << VIRTIO_NET_F_MAC)
     | (1 << VIRTIO_RING_F_EVENT_IDX)
     | (1 << VIRTIO_NET_F_MRG_RXBUF);
+/// Length of the virtio_net_hdr_v1 in front of every frame (VERSION_1 makes it 12 bytes,
+/// num_buffers included, whether or not MRG_RXBUF is negotiated).
 pub const NET_HDR_LEN: usize = 12;
+/// Queue number of the receive queue (device to guest).
 pub const RX_QUEUE: u16 = 0;
+/// Queue number of the transmit queue (guest to device).
 pub const TX_QUEUE: u16 = 1;
-/// Largest Ethernet frame carried (65562-byte guest buffer minus the header).
-pub const MAX_FRAME: usize = 65550;
 
 pub const FEATURE_EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
 pub const FEATURE_MRG_RXBUF: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
@@ -61,6 +63,111 @@ pub enum ChainError {
     WriteOnlyInTx { addr: u64 },
     #[error("RX chain has a device-readable descriptor at {addr:#x} where the device must write")]
     ReadOnlyInRx { addr: u64 },
+    #[error("guest driver error: head index {head} is past the end of the {size}-entry ring")]
+    HeadOutOfRange { head: u16, size: u16 },
+    #[error("guest driver error: descriptor {index} has NEXT set with next = {next}, past the end of the {size}-entry table")]
+    NextOutOfRange { index: u16, next: u16, size: u16 },
+    #[error("guest driver error: chain runs past {size} descriptors (it loops)")]
+    Loop { size: u16 },
+    #[error(
+        "guest driver error: descriptor {index} is indirect, but INDIRECT_DESC was not negotiated"
+    )]
+    Indirect { index: u16 },
+    #[error("guest driver error: descriptor {index} of the table lies outside guest memory")]
+    TableUnreadable { index: u16 },
+    #[error("guest driver error: the kernel could not read the TX buffers (EFAULT): they lie inside a memory region but past what backs it")]
+    Unreadable,
+}
+
+impl ChainError {
+    /// The chain's structure is broken, not just its contents: something a working driver
+    /// never produces (counted as [`crate::probes::DropReason::GuestDriverError`]).
+    pub fn is_driver_error(&self) -> bool {
+        matches!(
+            self,
+            ChainError::HeadOutOfRange { .. }
+                | ChainError::NextOutOfRange { .. }
+                | ChainError::Loop { .. }
+                | ChainError::Indirect { .. }
+                | ChainError::TableUnreadable { .. }
+                | ChainError::Unreadable
+        )
+    }
+
+    /// Whether the chain can go back on the used ring: only a head that names a real
+    /// descriptor can.
+    pub fn returnable(&self) -> bool {
+        !matches!(self, ChainError::HeadOutOfRange { .. })
+    }
+}
+
+/// The descriptors of one split-ring chain, read straight from the descriptor table and
+/// checked at every step. virtio-queue's own iterator ends a chain silently when it loops,
+/// when `next` points past the table or when a read fails, and it follows indirect tables;
+/// the device would then forward whatever it got. This walk turns each of those into an
+/// error instead, and ends after it.
+pub struct ChainWalk<'a, M> {
+    mem: &'a M,
+    table: GuestAddress,
+    size: u16,
+    /// Index of the next descriptor to read; `None` once the chain (or an error) ended.
+    next: Option<u16>,
+    /// Descriptors read so far: a chain longer than the table loops.
+    read: u16,
+    /// Table index of the descriptor read last (names it in errors).
+    last: u16,
+}
+
+impl<'a, M: GuestMemory> ChainWalk<'a, M> {
+    /// The chain at `head` of `queue`'s descriptor table.
+    pub fn new(mem: &'a M, queue: &Queue, head: u16) -> ChainWalk<'a, M> {
+        ChainWalk {
+            mem,
+            table: GuestAddress(queue.desc_table()),
+            size: queue.size(),
+            next: Some(head),
+            read: 0,
+            last: head,
+        }
+    }
+}
+
+impl<M: GuestMemory> Iterator for ChainWalk<'_, M> {
+    type Item = Result<Descriptor, ChainError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let index = self.next.take()?;
+        let size = self.size;
+        if index >= size {
+            return Some(Err(if self.read == 0 {
+                ChainError::HeadOutOfRange { head: index, size }
+            } else {
+                ChainError::NextOutOfRange {
+                    index: self.last,
+                    next: index,
+                    size,
+                }
+            }));
+        }
+        if self.read == size {
+            return Some(Err(ChainError::Loop { size }));
+        }
+        self.read += 1;
+        self.last = index;
+        let addr = self
+            .table
+            .checked_add(u64::from(index) * std::mem::size_of::<Descriptor>() as u64);
+        let Some(d) = addr.and_then(|a| self.mem.read_obj::<Descriptor>(a).ok()) else {
+            return Some(Err(ChainError::TableUnreadable { index }));
+        };
+        if d.refers_to_indirect_table() {
+            return Some(Err(ChainError::Indirect { index }));
+        }
+        if d.has_next() {
+            self.next = Some(d.next());
+        }
+        Some(Ok(d))
+    }
 }
 
 /// A checked TX chain: where its frame's bytes (the header skipped) lie in guest memory.
@@ -87,7 +194,7 @@ impl TxChain {
     pub fn parse<M: GuestMemory>(
         &mut self,
         mem: &M,
-        descs: impl Iterator<Item = Descriptor>,
+        descs: impl Iterator<Item = Result<Descriptor, ChainError>>,
     ) -> Result<usize, ChainError> {
         self.segs.clear();
         self.len = 0;
@@ -96,6 +203,7 @@ impl TxChain {
         // The header may be split across descriptors and share one with frame bytes.
         let mut skip = NET_HDR_LEN;
         for d in descs {
+            let d = d?;
             any = true;
             if d.is_write_only() {
                 return Err(ChainError::WriteOnlyInTx { addr: d.addr().0 });
@@ -187,7 +295,7 @@ pub struct RxBuffer {
 pub fn parse_rx_chain<M: GuestMemory>(
     mem: &M,
     head: u16,
-    descs: impl Iterator<Item = Descriptor>,
+    descs: impl Iterator<Item = Result<Descriptor, ChainError>>,
 ) -> Result<RxBuffer, ChainError> {
     let mut b = RxBuffer {
         head,
@@ -196,6 +304,7 @@ pub fn parse_rx_chain<M: GuestMemory>(
         descs: 0,
     };
     for d in descs {
+        let d = d?;
         if !d.is_write_only() {
             return Err(ChainError::ReadOnlyInRx { addr: d.addr().0 });
         }
@@ -292,13 +401,15 @@ impl RxBuffers {
                 return Ok(false);
             };
             let head = chain.head_index();
-            match parse_rx_chain(mem, head, chain) {
+            match parse_rx_chain(mem, head, ChainWalk::new(mem, queue, head)) {
                 Ok(b) => {
                     self.reserved.push_back(b);
                     return Ok(true);
                 }
                 Err(error) => {
-                    queue.add_used(mem, head, 0)?;
+                    if error.returnable() {
+                        queue.add_used(mem, head, 0)?;
+                    }
                     rejected.push(Rejected { head, error });
                 }
             }

@@ -7,6 +7,7 @@
 //! compiled out and only the recorder check remains, so runs without root still produce a
 //! trace; the sim benchmark compares the two builds.
 
+use nix::time::{clock_gettime, ClockId};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -19,7 +20,7 @@ include!(concat!(env!("OUT_DIR"), "/vnet.rs"));
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[repr(i64)]
 pub enum DropReason {
-    /// 1: a frame from the proxy was larger than [`crate::net::MAX_FRAME`] (datagram
+    /// 1: a frame from the proxy was larger than [`crate::frame::MAX_FRAME`] (datagram
     /// truncated, or a stream length prefix too large to be a frame).
     RxOversize = 1,
     /// 2: the guest's RX queue cannot hold the frame even when every buffer is used
@@ -31,15 +32,24 @@ pub enum DropReason {
     RxEmpty = 4,
     /// 5: the frame was still waiting for the proxy when the proxy went away.
     PeerGone = 5,
+    /// 6: the guest driver made available a chain the ring cannot describe (TX or RX): a
+    /// head index past the end of the ring, a chain that loops or whose `next` points past
+    /// the descriptor table (also: NEXT still set on the last descriptor), an indirect
+    /// descriptor (the device never offers INDIRECT_DESC), or TX buffers inside a memory
+    /// region but past the end of what backs it (the send fails with EFAULT). The chain is
+    /// returned to the guest with length 0 when its head is a real descriptor and never
+    /// forwarded; `len` is 0. Valid chains after it keep flowing.
+    GuestDriverError = 6,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::RxOversize,
         DropReason::RxNoRoom,
         DropReason::TxBadChain,
         DropReason::RxEmpty,
         DropReason::PeerGone,
+        DropReason::GuestDriverError,
     ];
 
     pub fn code(self) -> i64 {
@@ -53,6 +63,7 @@ impl DropReason {
             DropReason::TxBadChain => "tx_bad_chain",
             DropReason::RxEmpty => "rx_empty",
             DropReason::PeerGone => "peer_gone",
+            DropReason::GuestDriverError => "guest_driver_error",
         }
     }
 }
@@ -182,16 +193,22 @@ fn record(row: Row) {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `ts_ns`, bpftrace's `nsecs` and episode
-/// wait times.
+/// The clock of `ts_ns` and of episode wait times, chosen so recorder rows and the tracer's
+/// compare directly: CLOCK_MONOTONIC on Linux (bpftrace's `nsecs`); CLOCK_UPTIME_RAW on
+/// macOS, which like DTrace's `timestamp` (`mach_absolute_time`) stops while the machine
+/// sleeps; macOS's CLOCK_MONOTONIC counts sleep and would drift from DTrace's rows.
+#[cfg(target_os = "linux")]
+pub const TRACE_CLOCK: ClockId = ClockId::CLOCK_MONOTONIC;
+#[cfg(target_os = "macos")]
+pub const TRACE_CLOCK: ClockId = ClockId::from_raw(libc::CLOCK_UPTIME_RAW);
+
+/// [`TRACE_CLOCK`] in nanoseconds.
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    // Both clocks exist on their OS, so the call cannot fail; 0 would only mark a broken
+    // libc rather than stop the data path.
+    clock_gettime(TRACE_CLOCK).map_or(0, |ts| {
+        ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+    })
 }
 
 /// The kernel thread id (what DTrace's `tid` and bpftrace's `tid` report).
@@ -218,11 +235,19 @@ fn os_tid() -> i64 {
 
 // Each probe function: the USDT site first (its arguments are only evaluated when a tracer
 // enabled it), then the recorder check.
+//
+// The `usdt` crate's generated site macros hold two unsafe blocks without comments (a
+// volatile read of the probe's own semaphore, and a `nop` with integer register operands
+// that touches no memory), so each site allows `undocumented_unsafe_blocks` for that one
+// statement only.
 
 #[inline(always)]
 pub fn enobufs_begin(fd: i64, frame_len: i64, errno: i64) {
     #[cfg(feature = "probes")]
-    vnet::enobufs_begin!(|| (fd, frame_len, errno));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::enobufs_begin!(|| (fd, frame_len, errno));
+    }
     if recording() {
         record_begin(mono_ns(), fd, frame_len, errno);
     }
@@ -234,7 +259,10 @@ pub fn enobufs_begin(fd: i64, frame_len: i64, errno: i64) {
 #[inline(always)]
 pub fn enobufs_begin_at(ts_ns: u64, fd: i64, frame_len: i64, errno: i64) {
     #[cfg(feature = "probes")]
-    vnet::enobufs_begin!(|| (fd, frame_len, errno));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::enobufs_begin!(|| (fd, frame_len, errno));
+    }
     if recording() {
         record_begin(ts_ns, fd, frame_len, errno);
     }
@@ -254,7 +282,10 @@ fn record_begin(ts_ns: u64, fd: i64, frame_len: i64, errno: i64) {
 #[inline(always)]
 pub fn enobufs_retry(fd: i64, attempt: i64, errno: i64) {
     #[cfg(feature = "probes")]
-    vnet::enobufs_retry!(|| (fd, attempt, errno));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::enobufs_retry!(|| (fd, attempt, errno));
+    }
     if recording() {
         record(Row {
             fd: Some(fd),
@@ -268,7 +299,10 @@ pub fn enobufs_retry(fd: i64, attempt: i64, errno: i64) {
 #[inline(always)]
 pub fn enobufs_resolved(fd: i64, retries: i64, wait_ns: i64, frame_len: i64) {
     #[cfg(feature = "probes")]
-    vnet::enobufs_resolved!(|| (fd, retries, wait_ns, frame_len));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::enobufs_resolved!(|| (fd, retries, wait_ns, frame_len));
+    }
     if recording() {
         record_resolved(mono_ns(), fd, retries, wait_ns, frame_len);
     }
@@ -279,7 +313,10 @@ pub fn enobufs_resolved(fd: i64, retries: i64, wait_ns: i64, frame_len: i64) {
 #[inline(always)]
 pub fn enobufs_resolved_at(ts_ns: u64, fd: i64, retries: i64, wait_ns: i64, frame_len: i64) {
     #[cfg(feature = "probes")]
-    vnet::enobufs_resolved!(|| (fd, retries, wait_ns, frame_len));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::enobufs_resolved!(|| (fd, retries, wait_ns, frame_len));
+    }
     if recording() {
         record_resolved(ts_ns, fd, retries, wait_ns, frame_len);
     }
@@ -306,7 +343,10 @@ pub fn kevent_write(fd: i64, data: i64) {
 #[inline(always)]
 pub fn kevent_write_with(fd: i64, data: impl Fn() -> i64) {
     #[cfg(feature = "probes")]
-    vnet::kevent_write!(|| (fd, data()));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::kevent_write!(|| (fd, data()));
+    }
     if recording() {
         record(Row {
             fd: Some(fd),
@@ -325,7 +365,10 @@ pub fn kevent_read(fd: i64, data: i64) {
 #[inline(always)]
 pub fn kevent_read_with(fd: i64, data: impl Fn() -> i64) {
     #[cfg(feature = "probes")]
-    vnet::kevent_read!(|| (fd, data()));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::kevent_read!(|| (fd, data()));
+    }
     if recording() {
         record(Row {
             fd: Some(fd),
@@ -338,7 +381,10 @@ pub fn kevent_read_with(fd: i64, data: impl Fn() -> i64) {
 #[inline(always)]
 pub fn timer_fired(delay_us: i64) {
     #[cfg(feature = "probes")]
-    vnet::timer_fired!(|| delay_us);
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::timer_fired!(|| delay_us);
+    }
     if recording() {
         record(Row {
             data: Some(delay_us),
@@ -350,7 +396,10 @@ pub fn timer_fired(delay_us: i64) {
 #[inline(always)]
 pub fn tx_frame(fd: i64, len: i64) {
     #[cfg(feature = "probes")]
-    vnet::tx_frame!(|| (fd, len));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::tx_frame!(|| (fd, len));
+    }
     if recording() {
         record(Row {
             fd: Some(fd),
@@ -363,7 +412,10 @@ pub fn tx_frame(fd: i64, len: i64) {
 #[inline(always)]
 pub fn rx_frame(fd: i64, len: i64) {
     #[cfg(feature = "probes")]
-    vnet::rx_frame!(|| (fd, len));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::rx_frame!(|| (fd, len));
+    }
     if recording() {
         record(Row {
             fd: Some(fd),
@@ -376,7 +428,10 @@ pub fn rx_frame(fd: i64, len: i64) {
 #[inline(always)]
 pub fn guest_kick(queue: i64) {
     #[cfg(feature = "probes")]
-    vnet::guest_kick!(|| queue);
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::guest_kick!(|| queue);
+    }
     if recording() {
         record(Row {
             queue: Some(queue),
@@ -388,7 +443,10 @@ pub fn guest_kick(queue: i64) {
 #[inline(always)]
 pub fn guest_irq(queue: i64) {
     #[cfg(feature = "probes")]
-    vnet::guest_irq!(|| queue);
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::guest_irq!(|| queue);
+    }
     if recording() {
         record(Row {
             queue: Some(queue),
@@ -400,7 +458,10 @@ pub fn guest_irq(queue: i64) {
 #[inline(always)]
 pub fn frame_drop(fd: i64, len: i64, reason: i64) {
     #[cfg(feature = "probes")]
-    vnet::frame_drop!(|| (fd, len, reason));
+    #[allow(clippy::undocumented_unsafe_blocks)]
+    {
+        vnet::frame_drop!(|| (fd, len, reason));
+    }
     if recording() {
         record(Row {
             fd: Some(fd),

@@ -1,4 +1,6 @@
-//! The in-process trace recorder: the trace CSV of design.md without root or a tracer.
+//! The in-process trace recorder: the trace CSV without root or a tracer. The file is one
+//! `# clock mono_ns=.. wall_ns=..` line, then [`HEADER`], then one row per probe firing
+//! of `dtrace/vnet.d` (the same file the DTrace and bpftrace scripts in `probes/` write).
 //!
 //! Rows go through a mutex into a large `BufWriter`; formatting happens on the probing
 //! thread but only while recording (the probe-cost benchmark prints the per-row cost).

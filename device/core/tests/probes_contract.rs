@@ -1,20 +1,20 @@
 //! The probe contract as built: every probe of dtrace/vnet.d is in the binary's ELF notes
-//! (what bpftrace attaches to), and the in-process recorder writes the trace CSV of
-//! design.md with each probe's arguments in its columns.
+//! (what bpftrace attaches to), and the in-process recorder writes the trace CSV (the
+//! clock line, `recorder::HEADER`, one row per firing) with each probe's arguments in
+//! its columns.
 
 mod common;
 
-use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 
 use common::{frame, tx_segs, DriverQueue};
-use vnet_device::backend::{BackendOptions, FaultConfig, UnixGram};
+use vnet_device::backend::{BackendOptions, FaultConfig, Faulty, UnixGram};
+use vnet_device::device::{NetDevice, TxPass};
 use vnet_device::metrics::Metrics;
 use vnet_device::net::DEVICE_FEATURES;
 use vnet_device::notify::Notifier;
 use vnet_device::probes::{self, Probe, Recorder};
 use vnet_device::recorder::HEADER;
-use vnet_device::worker::{NetDevice, TxPass};
 
 /// Fires every probe once with recognisable arguments; also forces every probe site into
 /// this test binary so its ELF notes can be inspected.
@@ -106,7 +106,7 @@ fn parse(text: &str) -> (String, Vec<Vec<String>>) {
 
 /// The only test in this binary that installs a recorder (the recorder is process-wide).
 #[test]
-fn recorder_writes_the_trace_csv_of_the_design() {
+fn recorder_writes_the_trace_csv_with_each_argument_in_its_column() {
     let dir = common::tempdir("rec");
     let path = dir.join("trace.csv");
     probes::install_recorder(Recorder::create(&path).unwrap());
@@ -117,18 +117,16 @@ fn recorder_writes_the_trace_csv_of_the_design() {
     // A real episode through the data path: every 2nd send fails once with ENOBUFS.
     let mem = common::memory();
     let (rx, mut tx) = (DriverQueue::new(0, 64), DriverQueue::new(1, 64));
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     peer.set_nonblocking(true).unwrap();
-    let opts = BackendOptions {
-        fault: FaultConfig {
-            enobufs_every: 2,
-            enobufs_burst: 3,
-        },
-        ..Default::default()
-    };
-    let be = UnixGram::from_socket(a, &opts).unwrap();
+    let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
     let fd = vnet_device::backend::Backend::raw_fd(&be).to_string();
     let metrics = Arc::new(Metrics::new());
+    let faults = FaultConfig {
+        enobufs_every: 2,
+        enobufs_burst: 3,
+    };
+    let be = Faulty::new(be, faults, metrics.clone());
     let mut dev = NetDevice::new(
         common::atomic(&mem),
         rx.queue(),

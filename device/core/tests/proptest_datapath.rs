@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use common::{frame, tx_segs, DriverQueue, RxAssembler, Seg};
 use proptest::prelude::*;
-use vnet_device::backend::frame::MAX_IOV;
 use vnet_device::backend::{Backend, BackendOptions, FaultConfig, UnixGram, UnixStreamBackend};
+use vnet_device::device::NetDevice;
+use vnet_device::frame::MAX_IOV;
 use vnet_device::metrics::Metrics;
 use vnet_device::net::{DEVICE_FEATURES, FEATURE_EVENT_IDX, MAX_FRAME, NET_HDR_LEN};
 use vnet_device::notify::Notifier;
-use vnet_device::worker::NetDevice;
 
 #[derive(Debug, Clone)]
 enum TxChain {
@@ -136,17 +136,13 @@ impl Peer {
     }
 }
 
-fn connect(p: &Proxy, fault: FaultConfig) -> (Box<dyn Backend>, Peer) {
+fn connect(p: &Proxy) -> (Box<dyn Backend>, Peer) {
     match p {
         Proxy::Gram => {
-            let (a, b) = UnixDatagram::pair().unwrap();
+            let (a, b) = common::gram_pair();
             b.set_nonblocking(true).unwrap();
-            let opts = BackendOptions {
-                fault,
-                ..Default::default()
-            };
             (
-                Box::new(UnixGram::from_socket(a, &opts).unwrap()),
+                Box::new(UnixGram::from_socket(a, &BackendOptions::default()).unwrap()),
                 Peer::Gram(b),
             )
         }
@@ -154,7 +150,6 @@ fn connect(p: &Proxy, fault: FaultConfig) -> (Box<dyn Backend>, Peer) {
             let (a, b) = UnixStream::pair().unwrap();
             b.set_nonblocking(true).unwrap();
             let opts = BackendOptions {
-                fault,
                 sndbuf: Some(*sndbuf),
                 ..Default::default()
             };
@@ -191,8 +186,10 @@ fn device(
     tx: &DriverQueue,
     be: Box<dyn Backend>,
     features: u64,
+    faults: FaultConfig,
 ) -> (NetDevice, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
+    let be = faults.wrap(be, metrics.clone());
     let dev = NetDevice::new(
         common::atomic(mem),
         rx.queue(),
@@ -217,8 +214,8 @@ const MIN_RX_BUF: u32 = 256;
 fn frame_larger_than_the_whole_ring_is_dropped_and_the_next_delivered() {
     let mem = common::memory();
     let (mut rx, tx) = (DriverQueue::new(0, 8), DriverQueue::new(1, 16));
-    let (be, mut peer) = connect(&Proxy::Gram, FaultConfig::default());
-    let (mut dev, metrics) = device(&mem, &rx, &tx, be, DEVICE_FEATURES);
+    let (be, mut peer) = connect(&Proxy::Gram);
+    let (mut dev, metrics) = device(&mem, &rx, &tx, be, DEVICE_FEATURES, FaultConfig::default());
     // Eight 112-byte buffers fill the ring: 896 bytes, never enough for 2012.
     for _ in 0..8 {
         assert!(rx
@@ -255,9 +252,9 @@ proptest! {
     ) {
         let mem = common::memory();
         let (rx, mut tx) = (DriverQueue::new(0, 16), DriverQueue::new(1, 64));
-        let (be, mut peer) = connect(&proxy, FaultConfig { enobufs_every: every, enobufs_burst: burst });
+        let (be, mut peer) = connect(&proxy);
         let features = if event_idx { DEVICE_FEATURES } else { DEVICE_FEATURES & !FEATURE_EVENT_IDX };
-        let (mut dev, metrics) = device(&mem, &rx, &tx, be, features);
+        let (mut dev, metrics) = device(&mem, &rx, &tx, be, features, FaultConfig { enobufs_every: every, enobufs_burst: burst });
         let expected: Vec<Vec<u8>> = chains.iter().enumerate().filter_map(|(i, c)| match c {
             TxChain::Good { len, .. } => Some(frame(i as u32, *len)),
             _ => None,
@@ -306,8 +303,8 @@ proptest! {
         let mem = common::memory();
         let (mut rx, tx) = (DriverQueue::new(0, 128), DriverQueue::new(1, 16));
         let p = if stream { Proxy::Stream { sndbuf: 65536 } } else { Proxy::Gram };
-        let (be, mut peer) = connect(&p, FaultConfig::default());
-        let (mut dev, metrics) = device(&mem, &rx, &tx, be, DEVICE_FEATURES);
+        let (be, mut peer) = connect(&p);
+        let (mut dev, metrics) = device(&mem, &rx, &tx, be, DEVICE_FEATURES, FaultConfig::default());
         let frames: Vec<Vec<u8>> = lens.iter().enumerate().map(|(i, &l)| frame(i as u32, l)).collect();
         let mut asm = RxAssembler::default();
         let (mut sent, mut posted, mut step) = (0usize, 0usize, 0usize);

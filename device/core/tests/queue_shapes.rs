@@ -15,12 +15,13 @@ use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use vnet_device::backend::{BackendOptions, UnixGram};
+use vnet_device::device::{NetDevice, RxPass, TxPass};
 use vnet_device::metrics::Metrics;
 use vnet_device::net::{
     DEVICE_FEATURES, FEATURE_EVENT_IDX, FEATURE_MRG_RXBUF, MAX_FRAME, NET_HDR_LEN,
 };
 use vnet_device::notify::Notifier;
-use vnet_device::worker::{NetDevice, RxPass, TxPass};
+use vnet_device::sockopt::{set_sock_buf, SockBuf};
 
 const W: u16 = VRING_DESC_F_WRITE as u16;
 /// Data for descriptors lives from here on (the mock rings sit below 2 MiB).
@@ -41,7 +42,7 @@ struct Rig<'a> {
 fn rig(mem: &GuestMemoryMmap, features: u64, qsize: u16) -> Rig<'_> {
     let rxq = MockSplitQueue::create(mem, GuestAddress(0), qsize);
     let txq = MockSplitQueue::create(mem, GuestAddress(0x10_0000), qsize);
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     peer.set_nonblocking(true).unwrap();
     let backend = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
     let metrics = Arc::new(Metrics::new());
@@ -215,20 +216,18 @@ fn tx_descriptor_spanning_two_memory_regions_is_gathered() {
 fn tx_deferred_frames_go_out_unchanged_and_in_order_gathered_or_copied() {
     let mem = common::memory();
     let mut r = rig(&mem, DEVICE_FEATURES, 256);
-    // 60000-byte frames fill a 128 KiB send buffer after two: the rest wait deferred in
-    // guest memory. Odd frames have more pieces than a send gathers.
-    let small: libc::c_int = 64 << 10;
-    // SAFETY: the fd is the device's open socket; small outlives the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            r.dev.backend_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&small as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
+    // Two 60000-byte frames fill 128 KiB of buffer: the rest wait deferred in guest memory.
+    // Odd frames have more pieces than a send gathers. Where the push-back comes from
+    // depends on the OS: Linux holds an unread datagram against the sender's SO_SNDBUF
+    // (64 KiB asked for, doubled), macOS against the receiver's SO_RCVBUF.
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: the device owns its open socket for the whole test; the borrow ends here.
+        let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(r.dev.backend_fd()) };
+        set_sock_buf(sock, SockBuf::Send, 64 << 10).unwrap();
+    }
+    #[cfg(target_os = "macos")]
+    set_sock_buf(std::os::fd::AsFd::as_fd(&r.peer), SockBuf::Recv, 128 << 10).unwrap();
     let frames: Vec<Vec<u8>> = (0..6).map(|i| common::frame(i, 60000)).collect();
     for (i, f) in frames.iter().enumerate() {
         let cuts: &[usize] = if i % 2 == 1 {
@@ -265,8 +264,10 @@ fn tx_deferred_frames_go_out_unchanged_and_in_order_gathered_or_copied() {
     assert!(s.episodes > 0);
 }
 
+/// INDIRECT_DESC is never offered, so a driver that uses an indirect table anyway has a
+/// bug: the chain is returned unsent (hostile_chains.rs covers the other broken shapes).
 #[test]
-fn tx_indirect_chain() {
+fn tx_indirect_chain_is_rejected_without_the_feature() {
     let mem = common::memory();
     let mut r = rig(&mem, DEVICE_FEATURES, 16);
     let f = common::frame(4, 300);
@@ -278,8 +279,10 @@ fn tx_indirect_chain() {
     }
     r.add_tx(&[(table, 16 * parts.len() as u32, VRING_DESC_F_INDIRECT as u16)]);
     r.dev.process_tx().unwrap();
-    assert_eq!(r.recv_all(), vec![f]);
-    assert_eq!(r.metrics.snapshot().rejected_chains, 0);
+    assert!(r.recv_all().is_empty(), "frame {} was forwarded", f.len());
+    assert_eq!(Rig::used(&r.txq), vec![(0, 0)]);
+    let s = r.metrics.snapshot();
+    assert_eq!((s.rejected_chains, s.drops.guest_driver_error), (1, 1));
 }
 
 #[test]

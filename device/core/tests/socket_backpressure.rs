@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use common::{frame, seq_of, tx_segs, wait_until, DriverQueue, Seg};
 use vnet_device::backend::{BackendOptions, FaultConfig, UnixGram, UnixStreamBackend};
+use vnet_device::device::{NetDevice, TxPass};
 use vnet_device::metrics::Metrics;
 use vnet_device::net::{DEVICE_FEATURES, FEATURE_EVENT_IDX, MAX_FRAME};
 use vnet_device::notify::Notifier;
-use vnet_device::worker::{ExitReason, NetDevice, TxPass, WorkerOptions};
+use vnet_device::retry_timer::RetryTimer;
+use vnet_device::worker::{ExitReason, WorkerOptions};
 
 struct Stepped {
     mem: vm_memory::GuestMemoryMmap,
@@ -25,9 +27,18 @@ struct Stepped {
 }
 
 fn stepped(backend: Box<dyn vnet_device::backend::Backend>, features: u64) -> Stepped {
+    stepped_with_faults(backend, features, FaultConfig::default())
+}
+
+fn stepped_with_faults(
+    backend: Box<dyn vnet_device::backend::Backend>,
+    features: u64,
+    faults: FaultConfig,
+) -> Stepped {
     let mem = common::memory();
     let (rx, tx) = (DriverQueue::new(0, 256), DriverQueue::new(1, 256));
     let metrics = Arc::new(Metrics::new());
+    let backend = faults.wrap(backend, metrics.clone());
     let tx_call = Notifier::new().unwrap();
     let dev = NetDevice::new(
         common::atomic(&mem),
@@ -48,7 +59,7 @@ fn stepped(backend: Box<dyn vnet_device::backend::Backend>, features: u64) -> St
     }
 }
 
-/// Sends junk from `sock` until the kernel says EAGAIN; returns how many went in.
+/// Sends junk from `sock` until the path to the peer is full; returns how many went in.
 fn fill_gram(sock: &UnixDatagram) -> usize {
     sock.set_nonblocking(true).unwrap();
     let junk = [0xeeu8; 1000];
@@ -56,7 +67,7 @@ fn fill_gram(sock: &UnixDatagram) -> usize {
     loop {
         match sock.send(&junk) {
             Ok(_) => n += 1,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return n,
+            Err(e) if common::is_dgram_full(&e) => return n,
             Err(e) => panic!("filling: {e}"),
         }
     }
@@ -73,7 +84,7 @@ fn recv_frames(peer: &UnixDatagram) -> Vec<Vec<u8>> {
 
 #[test]
 fn gram_full_peer_defers_frame_keeps_descriptor_then_delivers_in_order() {
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     peer.set_nonblocking(true).unwrap();
     let filler = a.try_clone().unwrap();
     let mut s = stepped(
@@ -189,7 +200,7 @@ fn stream_partial_writes_resume_exactly() {
 
 #[test]
 fn event_idx_suppresses_and_then_sends_interrupts() {
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     peer.set_nonblocking(true).unwrap();
     let mut s = stepped(
         Box::new(UnixGram::from_socket(a, &BackendOptions::default()).unwrap()),
@@ -226,18 +237,15 @@ fn event_idx_suppresses_and_then_sends_interrupts() {
 
 #[test]
 fn injected_enobufs_make_episodes_with_counted_retries() {
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     peer.set_nonblocking(true).unwrap();
-    let opts = BackendOptions {
-        fault: FaultConfig {
+    let mut s = stepped_with_faults(
+        Box::new(UnixGram::from_socket(a, &BackendOptions::default()).unwrap()),
+        DEVICE_FEATURES,
+        FaultConfig {
             enobufs_every: 3,
             enobufs_burst: 2,
         },
-        ..Default::default()
-    };
-    let mut s = stepped(
-        Box::new(UnixGram::from_socket(a, &opts).unwrap()),
-        DEVICE_FEATURES,
     );
     let frames: Vec<Vec<u8>> = (0..9).map(|i| frame(i, 500)).collect();
     for f in &frames {
@@ -274,7 +282,7 @@ fn post(g: &mut common::Guest, frames: &[Vec<u8>], cuts: &[usize], next: &mut us
 
 #[test]
 fn worker_gram_backpressure_all_frames_once_in_order() {
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     let filler = a.try_clone().unwrap();
     let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
     let junk = fill_gram(&filler);
@@ -409,7 +417,7 @@ fn worker_stream_peer_closing_mid_frame_stops_with_peer_gone() {
 
 #[test]
 fn worker_gram_peer_gone_while_frame_deferred() {
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     let filler = a.try_clone().unwrap();
     let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
     fill_gram(&filler);
@@ -432,16 +440,13 @@ fn worker_gram_peer_gone_while_frame_deferred() {
 
 #[test]
 fn worker_lost_write_events_are_rescued_by_the_timer() {
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     let filler = a.try_clone().unwrap();
-    let opts = BackendOptions {
-        retry_delay: Some(Some(Duration::from_micros(50))),
-        ..Default::default()
-    };
-    let be = UnixGram::from_socket(a, &opts).unwrap();
+    let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
     let junk = fill_gram(&filler);
     let wopts = WorkerOptions {
         lose_write_events: true,
+        retry_timer: RetryTimer::After(Duration::from_micros(50)),
         ..Default::default()
     };
     let (mut g, h) = common::start(Box::new(be), DEVICE_FEATURES, wopts, 64);
@@ -475,13 +480,14 @@ fn worker_lost_write_events_are_rescued_by_the_timer() {
 
 #[test]
 fn worker_lost_write_events_without_timer_are_rescued_by_a_kick() {
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     let filler = a.try_clone().unwrap();
     let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
     let junk = fill_gram(&filler);
     let wopts = WorkerOptions {
         lose_write_events: true,
-        retry_delay: Some(None),
+        retry_timer: RetryTimer::Off,
+        ..Default::default()
     };
     let (mut g, h) = common::start(Box::new(be), DEVICE_FEATURES, wopts, 64);
     g.tx.add(&g.mem, &tx_segs(&frame(0, 1514), &[])).unwrap();
@@ -507,7 +513,7 @@ fn worker_lost_write_events_without_timer_are_rescued_by_a_kick() {
 
 #[test]
 fn worker_rx_waits_for_guest_buffers_and_resumes_on_kick() {
-    let (a, peer) = UnixDatagram::pair().unwrap();
+    let (a, peer) = common::gram_pair();
     let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
     let (mut g, h) = common::start(
         Box::new(be),
@@ -566,7 +572,7 @@ fn worker_rx_waits_for_guest_buffers_and_resumes_on_kick() {
 
 #[test]
 fn deferred_frame_asks_for_a_kick_on_the_next_chain() {
-    let (a, _peer) = UnixDatagram::pair().unwrap();
+    let (a, _peer) = common::gram_pair();
     let filler = a.try_clone().unwrap();
     let mut s = stepped(
         Box::new(UnixGram::from_socket(a, &BackendOptions::default()).unwrap()),
@@ -582,12 +588,12 @@ fn deferred_frame_asks_for_a_kick_on_the_next_chain() {
 
 #[test]
 fn worker_sleeps_while_a_frame_is_deferred_without_timer() {
-    let (a, _peer) = UnixDatagram::pair().unwrap();
+    let (a, _peer) = common::gram_pair();
     let filler = a.try_clone().unwrap();
     let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
     fill_gram(&filler);
     let opts = WorkerOptions {
-        retry_delay: Some(None),
+        retry_timer: RetryTimer::Off,
         ..Default::default()
     };
     let (mut g, h) = common::start(Box::new(be), DEVICE_FEATURES, opts, 64);

@@ -20,7 +20,7 @@
 //! BENCH_ROUNDS, default 5: each measurement is the median of that many alternating runs).
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use vnet_device::backend::unixgram;
 use vnet_device::probes;
 use vnet_device::recorder::Recorder;
+use vnet_device::sockopt::{set_sock_buf, SockBuf};
 use vnet_sim::run::process_cpu_seconds;
 use vnet_sim::workload::{Direction, Limit, Workload};
 use vnet_sim::{run, BuiltinKind, SimConfig};
@@ -100,8 +101,8 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize) -> Rate {
             a.connect(dir.join("proxy.sock")).unwrap();
             // The device's datagram socket gets these buffers; the baseline must too, or it
             // measures a smaller pipe.
-            set_buf(a.as_raw_fd(), libc::SO_SNDBUF, unixgram::DEFAULT_SNDBUF);
-            set_buf(b.as_raw_fd(), libc::SO_RCVBUF, unixgram::DEFAULT_RCVBUF);
+            set_sock_buf(a.as_fd(), SockBuf::Send, unixgram::DEFAULT_SNDBUF).unwrap();
+            set_sock_buf(b.as_fd(), SockBuf::Recv, unixgram::DEFAULT_RCVBUF).unwrap();
             b.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
             let st = stop.clone();
             let rx = std::thread::spawn(move || {
@@ -169,21 +170,6 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize) -> Rate {
         bytes_per_cpu_s: (frames * frame as u64) as f64 / cpu,
         frames_per_cpu_s: frames as f64 / cpu,
     }
-}
-
-fn set_buf(fd: i32, opt: libc::c_int, bytes: usize) {
-    let v = bytes as libc::c_int;
-    // SAFETY: fd is an open socket; v outlives the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            &v as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -359,9 +359,9 @@ impl GuestQueue {
         Ok(got)
     }
 
-    pub fn call_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd;
-        self.call.as_raw_fd()
+    pub fn call_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.call.as_fd()
     }
 
     /// Consumes a pending interrupt without blocking.

@@ -5,7 +5,9 @@
 //! buffers (one page each) the device fills and stitches together with `num_buffers`, and
 //! both halves sleep on their interrupt when they have nothing to do.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -398,8 +400,6 @@ impl GuestTx {
         let mut frame_no: u64 = 0;
         // Length of the frame each slot last carried (0 = none, or a control frame).
         let mut slot_len = vec![0usize; usize::from(self.queue.size())];
-        let wake_fd = self.shared.guest_tx_wake.as_raw_fd();
-        let call_fd = self.queue.call_fd();
         let mut window = Window {
             size: self.window,
             written_off: 0,
@@ -563,7 +563,11 @@ impl GuestTx {
                 continue;
             }
             let timeout = paced.map_or(NAP, |p| p.min(NAP));
-            poll2(call_fd, wake_fd, timeout);
+            poll2(
+                self.queue.call_fd(),
+                self.shared.guest_tx_wake.as_fd(),
+                timeout,
+            );
             self.queue.drain_call()?;
             let _ = self.shared.guest_tx_wake.drain();
             self.queue.disable_interrupts()?;
@@ -573,22 +577,17 @@ impl GuestTx {
 }
 
 /// Sleeps until either fd is readable or the timeout passes.
-pub fn poll2(a: RawFd, b: RawFd, timeout: Duration) {
+pub fn poll2(a: BorrowedFd<'_>, b: BorrowedFd<'_>, timeout: Duration) {
     let mut fds = [
-        libc::pollfd {
-            fd: a,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: b,
-            events: libc::POLLIN,
-            revents: 0,
-        },
+        PollFd::new(a, PollFlags::POLLIN),
+        PollFd::new(b, PollFlags::POLLIN),
     ];
     let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-    // SAFETY: fds is a valid array of two pollfd for the duration of the call.
-    unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+    // An interrupted or failed poll just ends this nap early; the caller loops.
+    let _ = nix::poll::poll(
+        &mut fds,
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+    );
 }
 
 /// The RX half: keeps the ring full of mergeable buffers, reassembles and checks frames.

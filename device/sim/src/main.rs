@@ -14,8 +14,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use vnet_device::backend::{BackendSpec, FaultConfig};
+use vnet_device::bufsize::check_dgram_rcvbuf;
 use vnet_device::probes;
 use vnet_device::recorder::Recorder;
+use vnet_device::retry_timer::RetryTimer;
 use vnet_sim::proxy::ProxyOptions;
 use vnet_sim::real_proxy::NetConfig;
 use vnet_sim::workload::{Direction, Limit, Workload};
@@ -71,7 +73,8 @@ struct Cli {
     /// exempts it from net.unix.max_dgram_qlen: little backpressure).
     #[arg(long, conflicts_with = "proxy")]
     proxy_socketpair: bool,
-    /// Built-in proxy: SO_RCVBUF of its socket (backpressure).
+    /// Built-in proxy: SO_RCVBUF of its socket (backpressure). A datagram proxy's must hold
+    /// the largest frame: at least 65806 (65550 + 256 for the sender's address).
     #[arg(long)]
     proxy_rcvbuf: Option<usize>,
     /// Built-in proxy: sleep this long after every frame it reads.
@@ -329,6 +332,10 @@ fn at_most(name: &str, v: u64, max: u64, unit: &str) -> Result<u64, String> {
 }
 
 fn config(cli: &Cli) -> Result<SimConfig, String> {
+    if let (Some(bytes), None, BuiltinKind::UnixGram) = (cli.proxy_rcvbuf, &cli.proxy, &cli.backend)
+    {
+        check_dgram_rcvbuf(bytes).map_err(|e| format!("--proxy-rcvbuf {e}"))?;
+    }
     let limit = match cli.frames {
         Some(0) => return Err("--frames 0: must be at least 1".into()),
         Some(n) => Limit::Frames(n),
@@ -388,8 +395,11 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
             enobufs_burst: cli.inject_enobufs_burst,
         },
         lose_write_events: cli.lose_write_events,
-        no_timer: cli.no_timer,
-        retry_delay: cli.retry_delay_us.map(Duration::from_micros),
+        retry_timer: match (cli.no_timer, cli.retry_delay_us) {
+            (true, _) => RetryTimer::Off,
+            (false, Some(us)) => RetryTimer::After(Duration::from_micros(us)),
+            (false, None) => RetryTimer::BackendDefault,
+        },
         sndbuf: cli.sndbuf,
         stall_timeout: secs("--stall-timeout", cli.stall_timeout, MAX_STALL_TIMEOUT_SECS)?,
         queue_size: cli.queue_size,

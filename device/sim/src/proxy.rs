@@ -12,7 +12,7 @@
 //! does under a busy proxy.
 
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -24,6 +24,7 @@ use super::guest::{counts_as_received, Shared, SimFramer, GUEST_MAC, PROXY_MAC};
 use super::integrity::{Checker, Kind};
 use super::workload::{Idle, Scheduler, Workload, ETH_HDR};
 use vnet_device::notify::Notifier;
+use vnet_device::sockopt::{set_sock_buf, size_proxy_dgram, SockBuf};
 
 /// The proxy's end of the connection.
 pub enum PeerSocket {
@@ -54,17 +55,18 @@ impl PeerSocket {
         }
     }
 
-    fn fd(&self) -> i32 {
+    fn fd(&self) -> BorrowedFd<'_> {
         match self {
-            PeerSocket::Gram(s, _) => s.as_raw_fd(),
-            PeerSocket::Stream(s) => s.as_raw_fd(),
+            PeerSocket::Gram(s, _) => s.as_fd(),
+            PeerSocket::Stream(s) => s.as_fd(),
         }
     }
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct ProxyOptions {
-    /// SO_RCVBUF for the proxy's socket.
+    /// SO_RCVBUF for the proxy's socket (a datagram proxy's must hold the largest frame:
+    /// at least `bufsize::MIN_DGRAM_RCVBUF`).
     pub rcvbuf: Option<usize>,
     /// Sleep after each frame read.
     pub read_delay: Duration,
@@ -103,8 +105,15 @@ impl BuiltinProxy {
         shared: Arc<Shared>,
         start: Instant,
     ) -> io::Result<BuiltinProxy> {
-        if let Some(bytes) = opts.rcvbuf {
-            set_rcvbuf(sock.fd(), bytes)?;
+        match &sock {
+            // A datagram peer needs room for the largest frame: macOS's defaults (2 KiB
+            // send, 4 KiB receive) hold none, so it is sized like gvproxy there.
+            PeerSocket::Gram(..) => size_proxy_dgram(sock.fd(), opts.rcvbuf)?,
+            PeerSocket::Stream(_) => {
+                if let Some(bytes) = opts.rcvbuf {
+                    set_sock_buf(sock.fd(), SockBuf::Recv, bytes)?;
+                }
+            }
         }
         sock.set_timeouts(POLL)?;
         let wake = Notifier::new()?;
@@ -159,24 +168,6 @@ impl BuiltinProxy {
         w?;
         r
     }
-}
-
-fn set_rcvbuf(fd: i32, bytes: usize) -> io::Result<()> {
-    let v = bytes as libc::c_int;
-    // SAFETY: fd is a valid socket owned by the caller; v lives across the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &v as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Reads whole frames from either socket kind; a stream read that times out mid-frame

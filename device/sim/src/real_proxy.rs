@@ -10,6 +10,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,6 +21,7 @@ use etherparse::{
     TransportSlice,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vnet_device::sockopt::{set_sock_buf, SockBuf};
 
 use super::driver::DriverError;
 use super::guest::{Framer, LearnedMac, GUEST_MAC};
@@ -65,8 +67,8 @@ impl EchoServer {
         // The default (~200 KB, about 90 MTU datagrams by skb truesize) overflows when the
         // echo thread is descheduled for a few ms on a loaded machine; the kernel caps
         // the request at net.core.rmem_max/wmem_max, which is fine: best effort.
-        for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-            let _ = set_sock_buf(&sock, opt, ECHO_SOCK_BUF);
+        for which in [SockBuf::Recv, SockBuf::Send] {
+            let _ = set_sock_buf(sock.as_fd(), which, ECHO_SOCK_BUF);
         }
         sock.set_read_timeout(Some(Duration::from_millis(20)))?;
         let port = sock.local_addr()?.port();
@@ -142,25 +144,7 @@ pub fn free_port_run(n: u16) -> io::Result<u16> {
     Err(last_err.unwrap_or_else(|| io::Error::other("no free run of UDP ports")))
 }
 
-const ECHO_SOCK_BUF: libc::c_int = 4 << 20;
-
-fn set_sock_buf(sock: &UdpSocket, opt: libc::c_int, bytes: libc::c_int) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the fd is a live socket owned by `sock`; `bytes` outlives the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            &bytes as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
+const ECHO_SOCK_BUF: usize = 4 << 20;
 
 /// Frames for a real network: ARP until the gateway answers, then UDP to the echo port.
 pub struct UdpFramer {

@@ -19,6 +19,7 @@ use vnet_device::backend::{self, BackendOptions, BackendSpec, FaultConfig};
 use vnet_device::metrics::Metrics;
 use vnet_device::net::{DEVICE_FEATURES, MAX_FRAME};
 use vnet_device::notify::Notifier;
+use vnet_device::retry_timer::RetryTimer;
 use vnet_device::worker::{self, WorkerOptions, WorkerSetup};
 
 /// Socket kind between the device and the built-in proxy.
@@ -56,8 +57,7 @@ pub struct SimConfig {
     pub proxy_opts: ProxyOptions,
     pub fault: FaultConfig,
     pub lose_write_events: bool,
-    pub no_timer: bool,
-    pub retry_delay: Option<Duration>,
+    pub retry_timer: RetryTimer,
     pub sndbuf: Option<usize>,
     pub stall_timeout: Duration,
     /// Real-proxy mode: how long to wait for the last echoes once sending stopped.
@@ -93,8 +93,7 @@ impl Default for SimConfig {
             },
             fault: FaultConfig::default(),
             lose_write_events: false,
-            no_timer: false,
-            retry_delay: None,
+            retry_timer: RetryTimer::BackendDefault,
             sndbuf: None,
             stall_timeout: Duration::from_secs(1),
             drain_timeout: Duration::from_millis(500),
@@ -132,7 +131,8 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> SimError {
 }
 
 /// Timer delay used for `--lose-write-events` when the backend has none of its own
-/// (Linux unixgram relies on write events): the reference VMM's 50 µs.
+/// (Linux unixgram relies on write events): the 50 µs of libkrun's unixgram backend
+/// (PR 556).
 const RESCUE_DELAY: Duration = Duration::from_micros(50);
 
 /// How long stopping may take before the run gives up on a thread.
@@ -184,7 +184,6 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
     let mut bopts = BackendOptions {
         vfkit: cfg.vfkit,
         sndbuf: cfg.sndbuf,
-        fault: cfg.fault,
         ..BackendOptions::default()
     };
     // Declared before the backend so it outlives it: the device's socket file is inside.
@@ -223,19 +222,16 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
             }
         },
     };
-    let retry_delay = if cfg.no_timer {
-        Some(None)
-    } else if let Some(d) = cfg.retry_delay {
-        Some(Some(d))
-    } else if (cfg.lose_write_events || cfg.fault.enobufs_every > 0)
-        && backend.retry_delay().is_none()
+    let retry_timer = if cfg.retry_timer == RetryTimer::BackendDefault
+        && (cfg.lose_write_events || !cfg.fault.is_off())
+        && backend.default_retry_delay().is_none()
     {
         // Injected ENOBUFS stands for macOS, whose datagram backend retries on a 50 µs
         // timer; lost write events are the case the timer exists for. (Linux's backend
         // relies on write events alone, and --no-timer shows what that does here.)
-        Some(Some(RESCUE_DELAY))
+        RetryTimer::After(RESCUE_DELAY)
     } else {
-        None
+        cfg.retry_timer
     };
 
     let metrics = Arc::new(Metrics::default());
@@ -250,8 +246,9 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         features: DEVICE_FEATURES,
         backend,
         options: WorkerOptions {
-            retry_delay,
+            retry_timer,
             lose_write_events: cfg.lose_write_events,
+            inject_enobufs: cfg.fault,
         },
         metrics: metrics.clone(),
     };
@@ -609,11 +606,9 @@ fn stall_text(s: &Shared, metrics: &Metrics, idle: Duration) -> String {
 /// a benchmark can compare on a machine other jobs are loading; wall-clock rates there
 /// mostly measure the neighbours.
 pub fn process_cpu_seconds() -> f64 {
-    // SAFETY: getrusage fills the struct we own; RUSAGE_SELF is always valid.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return 0.0;
+    use nix::sys::time::TimeValLike;
+    match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+        Ok(ru) => (ru.user_time() + ru.system_time()).num_microseconds() as f64 / 1e6,
+        Err(_) => 0.0,
     }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
 }

@@ -2,7 +2,8 @@
 //! contract. CI can only run the bpftrace scripts; the DTrace ones (macOS) are checked here
 //! by reading them: every probe they name exists in dtrace/vnet.d with enough arguments, and
 //! the two capture scripts print the design.md header and put each probe argument in the
-//! same column.
+//! same column. The syscall-level scripts (syscalls.bt, syscalls.d) attach to no vnet probe;
+//! their rows are checked against design.md's columns the same way.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -112,10 +113,14 @@ fn clauses(text: &str) -> Vec<Clause> {
             }
             body.push(c);
         }
-        // drop the predicate and directive lines (#pragma, #include, #define) from the head
+        // drop the predicate and directive lines (#pragma, #include, #define, and the
+        // VNET_OPTION(...) lines that become #pragma under cpp) from the head
         let spec_part: String = head
             .lines()
-            .filter(|l| !l.trim_start().starts_with('#'))
+            .filter(|l| {
+                let l = l.trim_start();
+                !l.starts_with('#') && !l.starts_with("VNET_OPTION(")
+            })
             .collect::<Vec<_>>()
             .join("\n");
         let spec_part = spec_part.split('/').next().unwrap_or("");
@@ -177,12 +182,13 @@ fn printfs(body: &str) -> Vec<(String, Vec<String>)> {
         let mut close = rest.len();
         for (j, c) in rest.char_indices() {
             match c {
-                '(' => depth += 1,
+                // brackets too: a map key (@m[pid, fd]) is one argument
+                '(' | '[' => depth += 1,
                 ')' if depth == 0 => {
                     close = j;
                     break;
                 }
-                ')' => depth -= 1,
+                ')' | ']' => depth -= 1,
                 ',' if depth == 0 => {
                     args.push(std::mem::take(&mut cur).trim().to_string());
                     continue;
@@ -220,7 +226,7 @@ fn every_script_names_only_contract_probes_with_their_arguments() {
             && all.iter().any(|p| p.ends_with("enobufs.d")),
         "capture scripts missing from probes/: {all:?}"
     );
-    for path in &all {
+    for path in all.iter().filter(|p| !is_syscall_script(p)) {
         let text = fs::read_to_string(path).unwrap();
         let mut used = 0;
         for c in clauses(&text) {
@@ -247,6 +253,182 @@ fn every_script_names_only_contract_probes_with_their_arguments() {
         }
         assert!(used > 0, "{} attaches to no vnet probe", path.display());
     }
+}
+
+/// syscalls.bt and syscalls.d see a process through its system calls, not our probes.
+fn is_syscall_script(path: &Path) -> bool {
+    path.file_stem().and_then(|s| s.to_str()) == Some("syscalls")
+}
+
+/// The rows a syscall-level capture writes: what a system call can show.
+const SYSCALL_ROWS: [&str; 7] = [
+    "enobufs_begin",
+    "enobufs_retry",
+    "enobufs_resolved",
+    "tx_frame",
+    "rx_frame",
+    "kevent_write",
+    "kevent_read",
+];
+
+/// Checks every row a syscall script prints, wherever it prints it (one printf may write
+/// two rows; the D script prints from macros): ten fields, a contract probe name in the
+/// probe column, values exactly in design.md's columns for that probe (plus ts_ns and tid),
+/// and as many printf arguments as values. Returns the probes it writes rows for.
+fn check_syscall_rows(file: &str, text: &str) -> Vec<String> {
+    let columns: Vec<&str> = HEADER.split(',').collect();
+    let text = strip_comments(text);
+    let all = printfs(&text);
+    let headers: Vec<_> = all.iter().filter(|(f, _)| f.starts_with("ts_ns")).collect();
+    assert_eq!(
+        headers.len(),
+        1,
+        "{file}: expected exactly one header printf"
+    );
+    assert_eq!(
+        headers[0].0,
+        format!("{HEADER}\\n"),
+        "{file}: header differs from design.md"
+    );
+    assert!(
+        all.iter()
+            .any(|(f, _)| f.starts_with("# clock mono_ns=%") && f.contains(" wall_ns=%")),
+        "{file}: no '# clock mono_ns=.. wall_ns=..' line"
+    );
+    let mut seen = Vec::new();
+    for (fmt, args) in all.iter().filter(|(f, _)| f.starts_with('%')) {
+        let body = fmt
+            .strip_suffix("\\n")
+            .unwrap_or_else(|| panic!("{file}: row {fmt} does not end in \\n"));
+        let mut values = 0;
+        for row in body.split("\\n") {
+            let fields: Vec<&str> = row.split(',').collect();
+            assert_eq!(fields.len(), columns.len(), "{file}: {row}: column count");
+            let name = fields[2];
+            assert!(SYSCALL_ROWS.contains(&name), "{file}: {row}: probe {name}");
+            let mut want: Vec<&str> = vec!["ts_ns", "tid"];
+            want.extend(expected_columns(name).iter().map(|(c, _)| *c));
+            for (col, field) in columns.iter().zip(&fields) {
+                if *col == "probe" {
+                    continue;
+                }
+                let filled = field.starts_with('%');
+                values += usize::from(filled);
+                assert_eq!(
+                    filled,
+                    want.contains(col),
+                    "{file}: {row}: column {col} must be {} for {name}",
+                    if want.contains(col) {
+                        "filled"
+                    } else {
+                        "empty"
+                    }
+                );
+            }
+            seen.push(name.to_string());
+        }
+        assert_eq!(
+            values,
+            args.len(),
+            "{file}: {fmt}: {} values, {} arguments",
+            values,
+            args.len()
+        );
+    }
+    seen.sort();
+    seen.dedup();
+    seen
+}
+
+#[test]
+fn syscall_scripts_write_the_design_csv() {
+    let want: Vec<String> = {
+        let mut v: Vec<String> = SYSCALL_ROWS.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    };
+    for file in ["syscalls.bt", "syscalls.d"] {
+        let text = fs::read_to_string(root().join("probes").join(file)).unwrap();
+        assert!(
+            clauses(&text).iter().all(|c| c.probes.is_empty()),
+            "{file}: a syscall script attaches to no vnet probe"
+        );
+        assert_eq!(
+            check_syscall_rows(file, &text),
+            want,
+            "{file}: rows written"
+        );
+    }
+}
+
+/// What `capture.sh --syscalls --no-frames` hands the tracer: syscalls.bt without its
+/// `/* frames { */ ... /* } frames */` blocks (the sed range it runs), syscalls.d with its
+/// `#if FRAMES` ... `#endif` blocks left out (what `dtrace -C -D FRAMES=0` compiles).
+fn syscall_script_without_frames(file: &str, text: &str) -> String {
+    let (open, close) = if file.ends_with(".bt") {
+        ("/* frames { */", "/* } frames */")
+    } else {
+        ("#if FRAMES", "#endif")
+    };
+    let mut out = Vec::new();
+    let mut skipping = false;
+    for line in text.lines() {
+        if !skipping && line.trim() == open {
+            skipping = true;
+        } else if skipping && line.trim() == close {
+            skipping = false;
+        } else if !skipping {
+            out.push(line);
+        }
+    }
+    assert!(!skipping, "{file}: unterminated frames block");
+    out.join("\n")
+}
+
+#[test]
+fn syscall_scripts_without_frames_trace_no_receives_and_write_no_frame_rows() {
+    let want: Vec<String> = {
+        let mut v: Vec<String> = SYSCALL_ROWS
+            .iter()
+            .filter(|p| !FRAME_PROBES.contains(p))
+            .map(|s| s.to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    for file in ["syscalls.bt", "syscalls.d"] {
+        let text = fs::read_to_string(root().join("probes").join(file)).unwrap();
+        let cut = syscall_script_without_frames(file, &text);
+        assert_eq!(
+            check_syscall_rows(file, &cut),
+            want,
+            "{file} without frames: rows written"
+        );
+        for call in [
+            "recvfrom",
+            "recvmsg",
+            "recvmmsg",
+            "recvmsg_x",
+            "read",
+            "readv",
+        ] {
+            assert!(
+                !cut.contains(&format!("sys_enter_{call}"))
+                    && !cut.contains(&format!("syscall::{call}:")),
+                "{file} without frames still traces {call}"
+            );
+        }
+    }
+}
+
+#[test]
+fn syscall_row_check_catches_a_misplaced_column() {
+    let good = "BEGIN { printf(\"# clock mono_ns=%d wall_ns=%d\\n\", a, b); printf(\"ts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errno\\n\"); }\n\
+                x { printf(\"%d,%d,tx_frame,%d,,%d,,,,\\n\", a, b, c, d); }";
+    assert_eq!(check_syscall_rows("t", good), vec!["tx_frame".to_string()]);
+    // len of tx_frame in the data column
+    let bad = good.replace(",,%d,,,,", ",,,%d,,,");
+    assert!(std::panic::catch_unwind(|| check_syscall_rows("t", &bad)).is_err());
 }
 
 /// The per-frame probes: the ones a capture for long runs leaves out.
@@ -352,13 +534,15 @@ fn check_capture(file: &str, text: &str, ts_expr: &str, want: &[&String]) {
 }
 
 /// Evaluates the preprocessor lines of enobufs.d the way `dtrace -C [-D FRAMES=n]` would:
-/// `#ifndef`, `#define NAME VALUE`, `#if NAME`, `#else`, `#endif`; `#pragma` is kept.
+/// `#ifndef`, `#define NAME VALUE` (an integer where `#if` reads it; function-like macros
+/// and sizes such as `16m` are only recorded), `#if NAME`, `#else`, `#endif`; `#pragma`
+/// is kept.
 /// Anything else panics, so the script cannot grow conditionals this check would misread.
 /// Lines left out become blank lines, keeping line numbers in messages right.
 fn preprocess(file: &str, text: &str, frames: Option<i64>) -> String {
-    let mut defines: BTreeMap<String, i64> = BTreeMap::new();
+    let mut defines: BTreeMap<String, String> = BTreeMap::new();
     if let Some(n) = frames {
-        defines.insert("FRAMES".into(), n);
+        defines.insert("FRAMES".into(), n.to_string());
     }
     let mut active: Vec<bool> = Vec::new();
     let mut out = Vec::new();
@@ -368,7 +552,12 @@ fn preprocess(file: &str, text: &str, frames: Option<i64>) -> String {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["#ifndef", name] => active.push(!defines.contains_key(*name)),
-            ["#if", name] => active.push(defines.get(*name).copied().unwrap_or(0) != 0),
+            ["#if", name] => {
+                let value = defines.get(*name).map_or(Ok(0), |v| v.parse::<i64>());
+                let value = value
+                    .unwrap_or_else(|_| panic!("{file}:{}: #if {name}: not an integer", i + 1));
+                active.push(value != 0)
+            }
             ["#else"] => {
                 let top = active.last_mut().expect("#else without #if");
                 *top = !*top;
@@ -378,12 +567,9 @@ fn preprocess(file: &str, text: &str, frames: Option<i64>) -> String {
                     .pop()
                     .unwrap_or_else(|| panic!("{file}:{}: #endif without #if", i + 1));
             }
-            ["#define", name, value] => {
+            ["#define", name, value @ ..] if !value.is_empty() => {
                 if on {
-                    let v = value.parse().unwrap_or_else(|_| {
-                        panic!("{file}:{}: #define {name} {value}: not an integer", i + 1)
-                    });
-                    defines.insert(name.to_string(), v);
+                    defines.insert(name.to_string(), value.join(" "));
                 }
             }
             [d, ..] if d.starts_with('#') && *d != "#pragma" && *d != "#!/usr/sbin/dtrace" => {
@@ -483,4 +669,78 @@ fn clause_parser_reads_predicates_and_multi_probe_heads() {
         printfs(&c[2].body),
         vec![("%d".to_string(), vec!["(arg1 + 1)".to_string()])]
     );
+}
+
+/// Runs a real C preprocessor over `script` the way Apple's dtrace does for `-C` (`clang
+/// -E -xc -U__GNUC__ -D__APPLE__`, the `#!` line left out), or GNU cpp when clang is
+/// missing; `None` when neither is installed.
+fn dtrace_cpp(script: &str, defines: &[&str]) -> Option<String> {
+    let text = fs::read_to_string(root().join("probes").join(script)).unwrap();
+    // dtrace drops the interpreter line itself before running cpp
+    let body: String = text
+        .lines()
+        .map(|l| if l.starts_with("#!") { "" } else { l })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = std::env::temp_dir().join(format!("vnet-dcpp-{}-{script}", std::process::id()));
+    fs::write(&path, body).unwrap();
+    let runs: [(&str, &[&str]); 2] = [
+        ("clang", &["-E", "-xc", "-U__GNUC__", "-D__APPLE__"]),
+        ("cpp", &["-P"]),
+    ];
+    let mut result = None;
+    for (tool, args) in runs {
+        let mut cmd = std::process::Command::new(tool);
+        cmd.args(args);
+        for d in defines {
+            cmd.arg(format!("-D{d}"));
+        }
+        let Ok(out) = cmd.arg(&path).output() else {
+            continue;
+        };
+        assert!(
+            out.status.success(),
+            "{tool} over {script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        result = Some(String::from_utf8(out.stdout).unwrap());
+        break;
+    }
+    let _ = fs::remove_file(&path);
+    result
+}
+
+#[test]
+fn dtrace_options_are_cpp_macros_with_the_documented_defaults() {
+    // (script, option, default, an override)
+    let cases = [
+        ("enobufs.d", "bufsize", "16m", "BUFSIZE=64m"),
+        ("enobufs.d", "switchrate", "100hz", "SWITCHRATE=200hz"),
+        ("enobufs.d", "dynvarsize", "4m", "DYNVARSIZE=8m"),
+        ("stall.d", "switchrate", "100hz", "SWITCHRATE=200hz"),
+        ("enobufs-hist.d", "dynvarsize", "4m", "DYNVARSIZE=8m"),
+    ];
+    for (script, option, default, over) in cases {
+        let Some(plain) = dtrace_cpp(script, &[]) else {
+            eprintln!("skipped: neither clang nor cpp is installed to preprocess {script}");
+            return;
+        };
+        let pragma = |v: &str| format!("#pragma D option {option}={v}");
+        assert!(plain.contains(&pragma(default)), "{script}: {plain}");
+        assert!(
+            !plain.contains("VNET_OPTION"),
+            "{script}: macro left unexpanded"
+        );
+        let value = over.split_once('=').unwrap().1;
+        let set = dtrace_cpp(script, &[over]).unwrap();
+        assert!(set.contains(&pragma(value)), "{script} -D {over}: {set}");
+        assert!(!set.contains(&pragma(default)), "{script} -D {over}: {set}");
+        // The header documents the macro, its default and how to set it.
+        let text = fs::read_to_string(root().join("probes").join(script)).unwrap();
+        let name = over.split_once('=').unwrap().0;
+        assert!(
+            text.contains(&format!("-D {over}")) && text.contains(&format!("(default {default})")),
+            "{script}: header does not document -D {name}"
+        );
+    }
 }

@@ -4,13 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use clap::Parser;
 use vnet_device::backend::{BackendOptions, BackendSpec, FaultConfig};
 use vnet_device::metrics::Metrics;
 use vnet_device::probes;
 use vnet_device::recorder::Recorder;
+use vnet_device::retry_timer::RetryTimer;
 use vnet_device::worker::WorkerOptions;
 use vnet_vhost::{DaemonRun, SessionEnd};
 
@@ -105,20 +105,16 @@ pub fn main() -> ExitCode {
             }
         }
     }
-    let retry = args
-        .retry_delay_us
-        .map(|us| (us > 0).then(|| Duration::from_micros(us)));
     let backend_opts = BackendOptions {
         vfkit: args.vfkit,
-        retry_delay: retry,
-        fault: FaultConfig {
-            enobufs_every: args.inject_enobufs,
-            enobufs_burst: 1,
-        },
         ..Default::default()
     };
     let worker_opts = WorkerOptions {
-        retry_delay: retry,
+        retry_timer: RetryTimer::from_micros_flag(args.retry_delay_us),
+        inject_enobufs: FaultConfig {
+            enobufs_every: args.inject_enobufs,
+            enobufs_burst: 1,
+        },
         ..Default::default()
     };
     let metrics = Arc::new(Metrics::default());

@@ -17,7 +17,7 @@ pub struct SharedBackend {
     // Fixed for the connection's life; kept here so the hot path does not lock for them.
     fd: RawFd,
     kind: &'static str,
-    retry_delay: Option<Duration>,
+    default_retry_delay: Option<Duration>,
 }
 
 impl SharedBackend {
@@ -25,7 +25,7 @@ impl SharedBackend {
         SharedBackend {
             fd: backend.raw_fd(),
             kind: backend.kind(),
-            retry_delay: backend.retry_delay(),
+            default_retry_delay: backend.default_retry_delay(),
             inner: Arc::new(Mutex::new(backend)),
         }
     }
@@ -42,8 +42,8 @@ impl Backend for SharedBackend {
         self.fd
     }
 
-    fn retry_delay(&self) -> Option<Duration> {
-        self.retry_delay
+    fn default_retry_delay(&self) -> Option<Duration> {
+        self.default_retry_delay
     }
 
     fn kind(&self) -> &'static str {
@@ -56,9 +56,5 @@ impl Backend for SharedBackend {
 
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
         self.lock().read_frame(buf)
-    }
-
-    fn injected_faults(&self) -> u64 {
-        self.lock().injected_faults()
     }
 }

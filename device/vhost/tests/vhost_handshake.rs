@@ -395,22 +395,12 @@ fn a_frame_in_flight_at_stop_is_offered_again_and_arrives_whole() {
     r.kicks[1].write(1).unwrap();
     // Bounded wait for the worker to hit the full socket.
     for _ in 0..2000 {
-        if r.metrics
-            .episodes
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-        {
+        if r.metrics.episodes.get() > 0 {
             break;
         }
         thread::sleep(Duration::from_millis(10));
     }
-    assert!(
-        r.metrics
-            .episodes
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0,
-        "frame never blocked"
-    );
+    assert!(r.metrics.episodes.get() > 0, "frame never blocked");
     // Stopped with the chain taken but not used: the base excludes it.
     assert_eq!(r.frontend.get_vring_base(0).unwrap(), 0);
     assert_eq!(r.frontend.get_vring_base(1).unwrap(), 0);

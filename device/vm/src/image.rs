@@ -189,8 +189,7 @@ fn run_bytes(cmd: &mut Command) -> Result<Vec<u8>, ImageError> {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 fn apt_update() -> Result<(), ImageError> {

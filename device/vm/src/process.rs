@@ -10,6 +10,9 @@ use std::process::{Child, Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
 pub struct Guarded {
     pub name: String,
     child: Child,
@@ -61,37 +64,33 @@ impl Guarded {
         }
     }
 
-    fn signal_group(&self, sig: libc::c_int) {
-        // SAFETY: plain syscall; the group id is our child's pid (process_group(0)).
-        unsafe {
-            libc::kill(-(self.child.id() as libc::pid_t), sig);
-        }
+    /// The child leads its own group (process_group(0)), so the group id is its pid. A
+    /// group already gone (ESRCH) is what stopping wants anyway.
+    fn signal_group(&self, sig: Signal) {
+        let _ = killpg(Pid::from_raw(self.child.id() as libc::pid_t), sig);
     }
 
     /// Asks the group to stop (SIGTERM), then kills it after `grace`; always reaps.
     pub fn stop(&mut self, grace: Duration) -> io::Result<ExitStatus> {
         if let Some(s) = self.try_status()? {
             // The leader is gone; helpers it left in the group must not linger either.
-            self.signal_group(libc::SIGKILL);
+            self.signal_group(Signal::SIGKILL);
             return Ok(s);
         }
-        self.signal_group(libc::SIGTERM);
+        self.signal_group(Signal::SIGTERM);
         if let Some(s) = self.wait_timeout(grace)? {
-            self.signal_group(libc::SIGKILL);
+            self.signal_group(Signal::SIGKILL);
             return Ok(s);
         }
-        self.signal_group(libc::SIGKILL);
+        self.signal_group(Signal::SIGKILL);
         let s = self.child.wait()?;
         self.status = Some(s);
         Ok(s)
     }
 
     /// Sends one signal to the leader only (e.g. SIGINT to ask for a clean shutdown).
-    pub fn signal(&self, sig: libc::c_int) {
-        // SAFETY: plain syscall on our own child.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, sig);
-        }
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(self.child.id() as libc::pid_t), sig);
     }
 }
 
@@ -120,8 +119,8 @@ mod tests {
         drop(g);
         // Reaped leader: no such process. The grandchild was reparented and killed; it
         // may linger as a zombie of init for a moment, so check its state, not existence.
-        // SAFETY: signal 0 only checks existence.
-        assert_eq!(unsafe { libc::kill(leader, 0) }, -1);
+        // Signal "none" only checks existence.
+        assert!(kill(Pid::from_raw(leader), None).is_err());
         // SIGKILL is delivered asynchronously: wait for it to take effect (bounded).
         let running = || {
             let stat =

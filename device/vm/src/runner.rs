@@ -568,7 +568,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
                 .map_err(io_err("waiting for the daemon"))?;
             if exited.is_none() {
                 // It did not notice; SIGINT asks for the same clean exit.
-                d.signal(libc::SIGINT);
+                d.signal(nix::sys::signal::Signal::SIGINT);
                 let _ = d.wait_timeout(Duration::from_secs(10));
             }
             let _ = d.stop(Duration::from_secs(2));

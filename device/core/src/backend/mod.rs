@@ -1,29 +1,22 @@
-//! Proxy backends behind one trait.
-// INTERFACE (fixed, front ends depend on it):
-//   pub enum BackendSpec { UnixGram(PathBuf), UnixStream(PathBuf) }  + FromStr for
-//       "unixgram:/path" and "unixstream:/path" (error names the accepted forms)
-//   pub struct BackendOptions { pub vfkit: bool, pub retry_delay: Option<Option<Duration>>,
-//       pub local_path: Option<PathBuf>, pub sndbuf: Option<usize>, pub rcvbuf: Option<usize>,
-//       pub fault: FaultConfig }   (Default)
-//   pub struct FaultConfig { pub enobufs_every: u32 /* 0 = never; inject ENOBUFS on every
-//       Nth send */, pub enobufs_burst: u32 /* consecutive injected failures per hit */ } (Default)
-//   pub fn connect(spec: &BackendSpec, opts: &BackendOptions) -> Result<Box<dyn Backend>, BackendError>
-//   unixgram::UnixGram::from_socket(std::os::unix::net::UnixDatagram, &BackendOptions)
-//   unixstream::UnixStreamBackend::from_socket(std::os::unix::net::UnixStream, &BackendOptions)
-//   pub trait Backend: Send { fn raw_fd(&self) -> RawFd; fn retry_delay(&self) -> Option<Duration>;
-//       ...read/write methods chosen by the device implementer... }
+//! Proxy backends behind one trait: [`connect`] turns a [`BackendSpec`] (parsed from
+//! `unixgram:/path` or `unixstream:/path`) into a [`Backend`] the worker drives;
+//! [`Faulty`] wraps any of them to inject ENOBUFS.
 
-pub mod frame;
+mod faulty;
 pub mod unixgram;
 pub mod unixstream;
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
+
+use crate::bufsize::fits;
+use crate::sockopt::{request_sock_buf, set_no_sigpipe, SockBuf};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use frame::TxFrame;
+pub use crate::frame::TxFrame;
+pub use faulty::{FaultConfig, Faulty};
 pub use unixgram::UnixGram;
 pub use unixstream::UnixStreamBackend;
 
@@ -70,27 +63,15 @@ impl FromStr for BackendSpec {
     }
 }
 
-/// Fault injection for tests and the simulator: makes sends fail with ENOBUFS without
-/// touching the socket, so episodes can be produced on demand on any OS.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FaultConfig {
-    /// 0 = never; otherwise every Nth real send attempt fails with ENOBUFS.
-    pub enobufs_every: u32,
-    /// Consecutive injected failures per hit (0 is treated as 1).
-    pub enobufs_burst: u32,
-}
-
+/// How to set up the proxy's socket.
 #[derive(Debug, Clone, Default)]
 pub struct BackendOptions {
     /// Send the 4-byte `VFKT` datagram after connecting (vfkit protocol, unixgram only).
     pub vfkit: bool,
-    /// Overrides the backend's retry delay: `Some(None)` disables the retry timer.
-    pub retry_delay: Option<Option<Duration>>,
     /// unixgram: the path to bind; default a fresh temp path, unlinked on drop.
     pub local_path: Option<PathBuf>,
     pub sndbuf: Option<usize>,
     pub rcvbuf: Option<usize>,
-    pub fault: FaultConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +88,14 @@ pub enum BackendError {
     SockOpt {
         opt: &'static str,
         source: io::Error,
+    },
+    /// The socket's buffer ended up smaller than a frame needs, whatever was asked for.
+    #[error("{opt}: {requested} asked for, the kernel allows {obtained}, a frame needs {needed}")]
+    BufferTooSmall {
+        opt: &'static str,
+        requested: usize,
+        obtained: usize,
+        needed: usize,
     },
     /// The proxy closed its end or died; the device cannot continue.
     #[error("proxy is gone (fd {fd}): {detail}")]
@@ -130,6 +119,10 @@ pub enum WriteStatus {
     /// unchanged. `errno` is why (ENOBUFS, EAGAIN); `partial` says some bytes of it were
     /// written (stream sockets resume exactly there).
     Blocked { errno: i32, partial: bool },
+    /// The kernel could not read the frame's memory (EFAULT: guest buffers inside a
+    /// mapping but past the end of the file behind it). The frame is done with: nothing
+    /// went out, or on a stream the rest of it as zeros, so the framing stays intact.
+    Unreadable,
 }
 
 /// Result of reading one frame.
@@ -139,7 +132,8 @@ pub enum ReadStatus {
     Frame(usize),
     /// Nothing (complete) to read now.
     WouldBlock,
-    /// A frame larger than the buffer arrived and was discarded; its length.
+    /// A frame larger than the buffer arrived and was discarded; its length. On macOS a
+    /// datagram's is a lower bound (the buffer's length: its `recvmsg` cannot report more).
     Oversize(usize),
 }
 
@@ -147,9 +141,12 @@ pub enum ReadStatus {
 /// edge-triggered, so callers read and write until `WouldBlock`/`Blocked`.
 pub trait Backend: Send {
     fn raw_fd(&self) -> RawFd;
-    /// Delay of the one-shot retry timer after a send that wrote nothing; `None` = rely
-    /// on write events and kicks only.
-    fn retry_delay(&self) -> Option<Duration>;
+    /// The retry timer this transport needs when the front end does not choose one (see
+    /// [`crate::retry_timer::RetryTimer::BackendDefault`]); `None` = write events and
+    /// kicks are enough.
+    fn default_retry_delay(&self) -> Option<Duration> {
+        None
+    }
     /// "unixgram" or "unixstream", for logs.
     fn kind(&self) -> &'static str;
     /// Writes one frame (without any virtio header), gathered from wherever its pieces
@@ -159,11 +156,30 @@ pub trait Backend: Send {
     fn write_bytes(&mut self, frame: &[u8]) -> Result<WriteStatus, BackendError> {
         self.write_frame(&TxFrame::from_slice(frame))
     }
-    /// Reads one frame into `buf` (which must hold [`crate::net::MAX_FRAME`] bytes).
+    /// Reads one frame into `buf` (which must hold [`crate::frame::MAX_FRAME`] bytes).
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError>;
-    /// Failures injected so far by the fault configuration.
-    fn injected_faults(&self) -> u64 {
-        0
+}
+
+/// A boxed backend is a backend, so wrappers such as [`Faulty`] take either.
+impl<B: Backend + ?Sized> Backend for Box<B> {
+    fn raw_fd(&self) -> RawFd {
+        (**self).raw_fd()
+    }
+
+    fn default_retry_delay(&self) -> Option<Duration> {
+        (**self).default_retry_delay()
+    }
+
+    fn kind(&self) -> &'static str {
+        (**self).kind()
+    }
+
+    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
+        (**self).write_frame(frame)
+    }
+
+    fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
+        (**self).read_frame(buf)
     }
 }
 
@@ -175,51 +191,6 @@ pub fn connect(
     match spec {
         BackendSpec::UnixGram(p) => Ok(Box::new(UnixGram::connect(p, opts)?)),
         BackendSpec::UnixStream(p) => Ok(Box::new(UnixStreamBackend::connect(p, opts)?)),
-    }
-}
-
-/// Decides which sends fail by injection. Counts sends of new frames: the retry that
-/// follows an injected burst goes through uncounted, so `enobufs_every: 1` makes every
-/// frame fail `burst` times and then pass, instead of failing forever.
-#[derive(Debug, Default)]
-pub(crate) struct FaultInjector {
-    cfg: FaultConfig,
-    sends: u64,
-    burst_left: u32,
-    pass_next: bool,
-    pub(crate) injected: u64,
-}
-
-impl FaultInjector {
-    pub(crate) fn new(cfg: FaultConfig) -> FaultInjector {
-        FaultInjector {
-            cfg,
-            ..Default::default()
-        }
-    }
-
-    /// Called before each send; true = pretend the send failed with ENOBUFS.
-    pub(crate) fn inject(&mut self) -> bool {
-        if self.cfg.enobufs_every == 0 {
-            return false;
-        }
-        if self.burst_left > 0 {
-            self.burst_left -= 1;
-            self.injected += 1;
-            self.pass_next = self.burst_left == 0;
-            return true;
-        }
-        if std::mem::take(&mut self.pass_next) {
-            return false;
-        }
-        self.sends += 1;
-        if self.sends % u64::from(self.cfg.enobufs_every) == 0 {
-            self.burst_left = self.cfg.enobufs_burst.max(1) - 1;
-            self.injected += 1;
-            self.pass_next = self.burst_left == 0;
-            return true;
-        }
-        false
     }
 }
 
@@ -249,61 +220,36 @@ pub(crate) fn socket_failure(fd: RawFd, op: &'static str, err: io::Error) -> Bac
     }
 }
 
-pub(crate) fn set_buf(
-    fd: RawFd,
-    opt: libc::c_int,
-    name: &'static str,
-    size: usize,
-) -> Result<(), BackendError> {
-    let v = size.min(i32::MAX as usize) as libc::c_int;
-    // SAFETY: v is a valid int for setsockopt.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(BackendError::SockOpt {
-            opt: name,
-            source: io::Error::last_os_error(),
+/// Sizes one of the socket's buffers: `requested`, or less where the kernel refuses it (a
+/// warning naming the size obtained). Fails only when what the socket ends up with is below
+/// `floor`, the size a frame needs (0 for a stream, which carries frames in pieces).
+pub(crate) fn size_buf(
+    fd: BorrowedFd<'_>,
+    which: SockBuf,
+    requested: usize,
+    floor: usize,
+) -> Result<usize, BackendError> {
+    let out =
+        request_sock_buf(fd, which, requested, floor).map_err(|source| BackendError::SockOpt {
+            opt: which.name(),
+            source,
+        })?;
+    if !fits(out.obtained, floor) {
+        return Err(BackendError::BufferTooSmall {
+            opt: which.name(),
+            requested,
+            obtained: out.obtained,
+            needed: floor,
         });
     }
-    Ok(())
+    Ok(out.obtained)
 }
 
-/// Current value of an int socket option (tests and logs).
-pub fn sockopt_int(fd: RawFd, opt: libc::c_int) -> io::Result<i64> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: v and len are valid for getsockopt's writes.
-    if unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    } < 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(v.into())
-}
-
-/// macOS has no MSG_NOSIGNAL: a dead peer must not kill the process with SIGPIPE.
-#[cfg(target_os = "macos")]
-pub(crate) fn no_sigpipe(fd: RawFd) -> Result<(), BackendError> {
-    set_buf(fd, libc::SO_NOSIGPIPE, "SO_NOSIGPIPE", 1)
-}
-
-#[cfg(target_os = "linux")]
-pub(crate) fn no_sigpipe(_fd: RawFd) -> Result<(), BackendError> {
-    Ok(())
+pub(crate) fn no_sigpipe(fd: BorrowedFd<'_>) -> Result<(), BackendError> {
+    set_no_sigpipe(fd).map_err(|source| BackendError::SockOpt {
+        opt: "SO_NOSIGPIPE",
+        source,
+    })
 }
 
 #[cfg(target_os = "linux")]
@@ -336,32 +282,5 @@ mod tests {
             BackendSpec::UnixGram("/a".into()).to_string(),
             "unixgram:/a"
         );
-    }
-
-    #[test]
-    fn injector_hits_every_nth_with_bursts() {
-        let mut f = FaultInjector::new(FaultConfig {
-            enobufs_every: 3,
-            enobufs_burst: 2,
-        });
-        let pattern: Vec<bool> = (0..10).map(|_| f.inject()).collect();
-        // Frames 1, 2 pass; frame 3 fails twice, its retry passes; frames 4, 5 pass; 6 fails...
-        let want = [
-            false, false, true, true, false, false, false, true, true, false,
-        ];
-        assert_eq!(pattern, want);
-        assert_eq!(f.injected, 4);
-        let mut all = FaultInjector::new(FaultConfig {
-            enobufs_every: 1,
-            enobufs_burst: 1,
-        });
-        let pattern: Vec<bool> = (0..4).map(|_| all.inject()).collect();
-        assert_eq!(
-            pattern,
-            [true, false, true, false],
-            "every frame fails once, then passes"
-        );
-        let mut never = FaultInjector::new(FaultConfig::default());
-        assert!((0..100).all(|_| !never.inject()));
     }
 }

@@ -6,28 +6,35 @@
 //! as many `read` calls as it takes, never blocking.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
 
-use super::frame::{EMPTY_IOV, MAX_IOV};
 use super::{
-    is_peer_gone, no_sigpipe, set_buf, socket_failure, Backend, BackendError, BackendOptions,
-    FaultInjector, ReadStatus, TxFrame, WriteStatus, SEND_FLAGS,
+    is_peer_gone, no_sigpipe, size_buf, socket_failure, Backend, BackendError, BackendOptions,
+    ReadStatus, TxFrame, WriteStatus, SEND_FLAGS,
 };
-use crate::net::MAX_FRAME;
+use nix::errno::Errno;
+use nix::sys::socket::{recv, MsgFlags};
+
+use crate::bufsize::{stream_plan, Os};
+use crate::frame::{EMPTY_IOV, MAX_FRAME, MAX_IOV};
+use crate::sockopt::SockBuf;
 
 const PREFIX: usize = 4;
 
+/// Source of the padding that completes a frame whose guest memory faulted mid-send.
+static ZEROS: [u8; 4096] = [0; 4096];
+
 pub struct UnixStreamBackend {
     sock: UnixStream,
-    retry_delay: Option<Duration>,
-    fault: FaultInjector,
     /// Bytes of the current frame (prefix included) already written.
     woff: usize,
     /// Length of the frame being written, to catch a caller that changes it mid-frame.
     wlen: usize,
+    /// The frame's memory faulted (EFAULT) after part of it went out: the rest is sent as
+    /// zeros, so the proxy still finds the next length prefix where it expects it.
+    zero_fill: bool,
     rbuf: Box<[u8]>,
     rstart: usize,
     rend: usize,
@@ -49,25 +56,26 @@ impl UnixStreamBackend {
         sock: UnixStream,
         opts: &BackendOptions,
     ) -> Result<UnixStreamBackend, BackendError> {
-        let fd = sock.as_raw_fd();
         sock.set_nonblocking(true)
             .map_err(|source| BackendError::SockOpt {
                 opt: "O_NONBLOCK",
                 source,
             })?;
-        if let Some(n) = opts.sndbuf {
-            set_buf(fd, libc::SO_SNDBUF, "SO_SNDBUF", n)?;
+        // A stream carries a frame in pieces, so no size is too small to work (floor 0):
+        // only slow. Unless told otherwise, macOS gets libkrun's 16 MiB (see `bufsize`).
+        let plan = stream_plan(Os::CURRENT);
+        if let Some(n) = opts.sndbuf.or(plan.sndbuf) {
+            size_buf(sock.as_fd(), SockBuf::Send, n, 0)?;
         }
-        if let Some(n) = opts.rcvbuf {
-            set_buf(fd, libc::SO_RCVBUF, "SO_RCVBUF", n)?;
+        if let Some(n) = opts.rcvbuf.or(plan.rcvbuf) {
+            size_buf(sock.as_fd(), SockBuf::Recv, n, 0)?;
         }
-        no_sigpipe(fd)?;
+        no_sigpipe(sock.as_fd())?;
         Ok(UnixStreamBackend {
             sock,
-            retry_delay: opts.retry_delay.unwrap_or(None),
-            fault: FaultInjector::new(opts.fault),
             woff: 0,
             wlen: 0,
+            zero_fill: false,
             // Room for two maximal frames so a read can pull in more than one at a time.
             rbuf: vec![0u8; 2 * (PREFIX + MAX_FRAME)].into_boxed_slice(),
             rstart: 0,
@@ -82,13 +90,33 @@ impl UnixStreamBackend {
     }
 }
 
+/// `prefix` (what is left of the length prefix), then `zeros` bytes of padding, as iovecs
+/// for one send; returns how many were filled.
+fn zero_fill_iovecs(prefix: &[u8], zeros: usize, out: &mut [libc::iovec; MAX_IOV + 1]) -> usize {
+    let mut k = 0;
+    if !prefix.is_empty() {
+        out[k] = libc::iovec {
+            iov_base: prefix.as_ptr() as *mut libc::c_void,
+            iov_len: prefix.len(),
+        };
+        k += 1;
+    }
+    let mut left = zeros;
+    while left > 0 && k < out.len() {
+        let n = left.min(ZEROS.len());
+        out[k] = libc::iovec {
+            iov_base: ZEROS.as_ptr() as *mut libc::c_void,
+            iov_len: n,
+        };
+        left -= n;
+        k += 1;
+    }
+    k
+}
+
 impl Backend for UnixStreamBackend {
     fn raw_fd(&self) -> RawFd {
         self.sock.as_raw_fd()
-    }
-
-    fn retry_delay(&self) -> Option<Duration> {
-        self.retry_delay
     }
 
     fn kind(&self) -> &'static str {
@@ -98,12 +126,6 @@ impl Backend for UnixStreamBackend {
     fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
         let fd = self.raw_fd();
         if self.woff == 0 {
-            if self.fault.inject() {
-                return Ok(WriteStatus::Blocked {
-                    errno: libc::ENOBUFS,
-                    partial: false,
-                });
-            }
             self.wlen = frame.len();
         } else if frame.len() != self.wlen {
             return Err(BackendError::Protocol {
@@ -124,7 +146,11 @@ impl Backend for UnixStreamBackend {
             } else {
                 (&prefix[..0], self.woff - PREFIX)
             };
-            let k = frame.iovecs_after(p, f, &mut iov);
+            let k = if self.zero_fill {
+                zero_fill_iovecs(p, total - self.woff.max(PREFIX), &mut iov)
+            } else {
+                frame.iovecs_after(p, f, &mut iov)
+            };
             // SAFETY: a zeroed msghdr is valid; iov points at live buffers.
             let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
             msg.msg_iov = iov.as_mut_ptr();
@@ -144,6 +170,11 @@ impl Backend for UnixStreamBackend {
                         errno,
                         partial: self.woff > 0,
                     })
+                }
+                libc::EFAULT if self.woff == 0 => return Ok(WriteStatus::Unreadable),
+                libc::EFAULT if !self.zero_fill => {
+                    self.zero_fill = true;
+                    continue;
                 }
                 e if is_peer_gone(e) => {
                     let detail = if self.woff > 0 {
@@ -166,6 +197,9 @@ impl Backend for UnixStreamBackend {
             }
         }
         self.woff = 0;
+        if std::mem::take(&mut self.zero_fill) {
+            return Ok(WriteStatus::Unreadable);
+        }
         Ok(WriteStatus::Sent)
     }
 
@@ -206,33 +240,22 @@ impl Backend for UnixStreamBackend {
                 self.rstart = 0;
             }
             let room = &mut self.rbuf[self.rend..];
-            // SAFETY: room is valid for its length.
-            let n =
-                unsafe { libc::recv(fd, room.as_mut_ptr().cast(), room.len(), libc::MSG_DONTWAIT) };
-            if n > 0 {
-                self.rend += n as usize;
-                continue;
-            }
-            if n == 0 {
-                let pending = self.rend - self.rstart;
-                let detail = if pending > 0 || self.skip > 0 {
-                    format!("proxy closed the stream in the middle of a frame ({pending} bytes of it received)")
-                } else {
-                    "proxy closed the stream".to_string()
-                };
-                return Err(BackendError::PeerGone { fd, detail });
-            }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error().unwrap_or(0) {
-                libc::EINTR => continue,
-                libc::EAGAIN => return Ok(ReadStatus::WouldBlock),
-                _ => return Err(socket_failure(fd, "recv", err)),
+            match recv(fd, room, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => {
+                    let pending = self.rend - self.rstart;
+                    let detail = if pending > 0 || self.skip > 0 {
+                        format!("proxy closed the stream in the middle of a frame ({pending} bytes of it received)")
+                    } else {
+                        "proxy closed the stream".to_string()
+                    };
+                    return Err(BackendError::PeerGone { fd, detail });
+                }
+                Ok(n) => self.rend += n,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return Ok(ReadStatus::WouldBlock),
+                Err(e) => return Err(socket_failure(fd, "recv", e.into())),
             }
         }
-    }
-
-    fn injected_faults(&self) -> u64 {
-        self.fault.injected
     }
 }
 
@@ -326,5 +349,76 @@ mod tests {
             msg.contains("middle of a frame") && msg.contains("7 bytes"),
             "{msg}"
         );
+    }
+
+    /// Guest memory that faults halfway through a frame the stream already started: the
+    /// rest goes out as zeros, the frame is reported unreadable, and the next frame is
+    /// framed correctly.
+    #[test]
+    fn a_frame_that_faults_midway_is_padded_and_the_stream_stays_in_sync() {
+        use vm_memory::VolatileSlice;
+        let (a, mut peer) = UnixStream::pair().unwrap();
+        let opts = BackendOptions {
+            sndbuf: Some(4096),
+            ..Default::default()
+        };
+        let mut be = UnixStreamBackend::from_socket(a, &opts).unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            peer.read_to_end(&mut all).unwrap();
+            all
+        });
+        let mut good = vec![0xabu8; 16384];
+        // SAFETY: an anonymous mapping nobody else uses; PROT_NONE makes every access fault.
+        let bad = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(bad, libc::MAP_FAILED);
+        let mut frame = TxFrame::new();
+        // SAFETY: both slices stay mapped for the whole test; the kernel only reads them.
+        let (ok, fault) = unsafe {
+            (
+                VolatileSlice::new(good.as_mut_ptr(), good.len()),
+                VolatileSlice::new(bad.cast::<u8>(), 4096),
+            )
+        };
+        frame.push_volatile(&ok).unwrap();
+        frame.push_volatile(&fault).unwrap();
+        let status = loop {
+            match be.write_frame(&frame).unwrap() {
+                WriteStatus::Blocked { .. } => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                other => break other,
+            }
+        };
+        assert_eq!(status, WriteStatus::Unreadable);
+        loop {
+            match be.write_bytes(b"next").unwrap() {
+                WriteStatus::Blocked { .. } => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                other => break assert_eq!(other, WriteStatus::Sent),
+            }
+        }
+        drop(be);
+        let wire = reader.join().unwrap();
+        let total = 16384 + 4096;
+        assert_eq!(wire.len(), 4 + total + 4 + 4);
+        assert_eq!(wire[..4], (total as u32).to_be_bytes());
+        // Whatever of the good piece went out before the fault, then zeros to the end.
+        let body = &wire[4..4 + total];
+        let cut = body.iter().position(|&b| b != 0xab).unwrap_or(total);
+        assert!(body[cut..].iter().all(|&b| b == 0), "padding is zeros");
+        assert_eq!(&wire[4 + total..], b"\0\0\0\x04next");
+        // SAFETY: unmapping the page mapped above.
+        unsafe { libc::munmap(bad, 4096) };
     }
 }

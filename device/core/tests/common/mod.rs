@@ -205,6 +205,47 @@ impl DriverQueue {
         .unwrap();
     }
 
+    /// Writes descriptor `i` of the table exactly as given: no bookkeeping, no checks
+    /// (hostile-guest tests lay out loops, bad `next` values, indirect flags...).
+    pub fn put_raw_desc(&self, mem: &GuestMemoryMmap, i: u16, d: Descriptor) {
+        Self::write_desc(mem, self.desc, i, d);
+    }
+
+    /// Makes `head` available as it is, even out of range; the driver does not track it.
+    pub fn publish_raw(&mut self, mem: &GuestMemoryMmap, head: u16) {
+        self.publish(mem, head);
+    }
+
+    /// Guest address of the descriptor table.
+    pub fn queue_desc_addr(&self) -> u64 {
+        self.desc.0
+    }
+
+    /// Address of data slot `i` (room for [`SLOT`] bytes) for raw chains.
+    pub fn slot_addr(&self, i: u16) -> u64 {
+        self.slot(i)
+    }
+
+    /// Address of indirect table page `i` (2 KiB each) for raw chains.
+    pub fn indirect_addr(&self, i: u16) -> u64 {
+        self.indirect.0 + u64::from(i) * 0x800
+    }
+
+    /// New used entries since the last call as (id, len), without the driver's bookkeeping
+    /// (for raw chains).
+    pub fn take_used_raw(&mut self, mem: &GuestMemoryMmap) -> Vec<(u32, u32)> {
+        let idx = self.used_idx(mem);
+        let mut out = Vec::new();
+        while self.used_seen != idx {
+            let e = GuestAddress(self.used.0 + 4 + 8 * u64::from(self.used_seen % self.size));
+            let id: u32 = mem.read_obj(e).unwrap();
+            let len: u32 = mem.read_obj(GuestAddress(e.0 + 4)).unwrap();
+            out.push((id, len));
+            self.used_seen = self.used_seen.wrapping_add(1);
+        }
+        out
+    }
+
     /// The device's used index.
     pub fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
         u16::from_le(
@@ -451,4 +492,27 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         d.check(what);
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// A datagram socketpair whose second end is sized like a proxy's socket
+/// (`sockopt::size_proxy_dgram`): macOS's defaults (2 KiB send, 4 KiB receive) would refuse
+/// most test frames; Linux keeps its defaults, as before.
+pub fn gram_pair() -> (
+    std::os::unix::net::UnixDatagram,
+    std::os::unix::net::UnixDatagram,
+) {
+    let (a, peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    vnet_device::sockopt::size_proxy_dgram(std::os::fd::AsFd::as_fd(&peer), None).unwrap();
+    (a, peer)
+}
+
+/// Whether a datagram send failed because the path to the receiver is full. The OS decides
+/// how that looks: Linux holds the datagram against the sender's own SO_SNDBUF and answers
+/// EAGAIN (a socketpair is exempt from `max_dgram_qlen`); macOS has no datagram send buffer
+/// to fill, appends straight to the receiver's and answers ENOBUFS when that is full.
+pub fn is_dgram_full(e: &std::io::Error) -> bool {
+    #[cfg(target_os = "linux")]
+    return e.kind() == std::io::ErrorKind::WouldBlock;
+    #[cfg(target_os = "macos")]
+    return e.raw_os_error() == Some(libc::ENOBUFS);
 }

@@ -1,4 +1,8 @@
-//! A frame to send, described by where its bytes already are.
+//! Frames as the data path carries them: the size limits and [`TxFrame`], a frame to send
+//! described by where its bytes already are.
+//!
+//! A leaf module: `net` (which builds frames from guest chains) and `backend` (which sends
+//! them) both import it, and it imports neither.
 //!
 //! A guest's TX chain leaves the frame scattered over its descriptors in guest memory. The
 //! kernel can gather those pieces itself in one `sendmsg`, so the device never copies a
@@ -10,6 +14,10 @@ use std::marker::PhantomData;
 
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
+
+/// Largest Ethernet frame carried (65562-byte guest buffer minus the 12-byte
+/// virtio_net_hdr_v1).
+pub const MAX_FRAME: usize = 65550;
 
 /// Pieces one frame may have. Linux's virtio-net sends a header, the linear part and at
 /// most 17 page fragments; a chain with more pieces than this is copied instead.

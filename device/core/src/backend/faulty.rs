@@ -1,0 +1,247 @@
+//! ENOBUFS on demand: a backend wrapper that refuses sends without touching the socket, so
+//! tests and the simulator produce backpressure episodes on any OS.
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Backend, BackendError, ReadStatus, TxFrame, WriteStatus};
+use crate::metrics::Metrics;
+
+/// Which sends fail.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultConfig {
+    /// 0 = never; otherwise every Nth new frame's send fails with ENOBUFS.
+    pub enobufs_every: u32,
+    /// Consecutive injected failures per hit (0 is treated as 1).
+    pub enobufs_burst: u32,
+}
+
+impl FaultConfig {
+    pub fn is_off(&self) -> bool {
+        self.enobufs_every == 0
+    }
+
+    /// `backend` wrapped in [`Faulty`], or unchanged when no fault is configured (so the
+    /// normal path has no wrapper at all).
+    pub fn wrap(self, backend: Box<dyn Backend>, metrics: Arc<Metrics>) -> Box<dyn Backend> {
+        if self.is_off() {
+            backend
+        } else {
+            Box::new(Faulty::new(backend, self, metrics))
+        }
+    }
+}
+
+/// Decides which sends fail. Counts sends of new frames: the retry that follows an
+/// injected burst goes through uncounted, so `enobufs_every: 1` makes every frame fail
+/// `burst` times and then pass, instead of failing forever.
+#[derive(Debug, Default)]
+struct Injector {
+    cfg: FaultConfig,
+    sends: u64,
+    burst_left: u32,
+    pass_next: bool,
+}
+
+impl Injector {
+    /// Called before a send; true = pretend it failed with ENOBUFS.
+    fn inject(&mut self) -> bool {
+        if self.cfg.enobufs_every == 0 {
+            return false;
+        }
+        if self.burst_left > 0 {
+            self.burst_left -= 1;
+            self.pass_next = self.burst_left == 0;
+            return true;
+        }
+        if std::mem::take(&mut self.pass_next) {
+            return false;
+        }
+        self.sends += 1;
+        if self.sends % u64::from(self.cfg.enobufs_every) == 0 {
+            self.burst_left = self.cfg.enobufs_burst.max(1) - 1;
+            self.pass_next = self.burst_left == 0;
+            return true;
+        }
+        false
+    }
+}
+
+/// A backend whose sends fail with ENOBUFS as [`FaultConfig`] says; reads and every other
+/// call go to `inner` unchanged. Each injected failure counts in `injected_faults`.
+pub struct Faulty<B> {
+    inner: B,
+    injector: Injector,
+    /// The inner backend wrote part of a frame and must be offered the rest: a stream
+    /// cannot take a refusal in the middle of a frame, so nothing is injected until the
+    /// frame is complete.
+    mid_frame: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl<B: Backend> Faulty<B> {
+    pub fn new(inner: B, cfg: FaultConfig, metrics: Arc<Metrics>) -> Faulty<B> {
+        Faulty {
+            inner,
+            injector: Injector {
+                cfg,
+                ..Injector::default()
+            },
+            mid_frame: false,
+            metrics,
+        }
+    }
+
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+}
+
+impl<B: Backend> Backend for Faulty<B> {
+    fn raw_fd(&self) -> RawFd {
+        self.inner.raw_fd()
+    }
+
+    fn default_retry_delay(&self) -> Option<Duration> {
+        self.inner.default_retry_delay()
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
+        if !self.mid_frame && self.injector.inject() {
+            self.metrics.injected_faults.inc();
+            return Ok(WriteStatus::Blocked {
+                errno: libc::ENOBUFS,
+                partial: false,
+            });
+        }
+        let status = self.inner.write_frame(frame);
+        self.mid_frame = matches!(status, Ok(WriteStatus::Blocked { partial: true, .. }));
+        status
+    }
+
+    fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
+        self.inner.read_frame(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixDatagram;
+
+    use super::*;
+    use crate::backend::{BackendOptions, UnixGram};
+
+    fn pattern(cfg: FaultConfig, n: usize) -> Vec<bool> {
+        let mut i = Injector {
+            cfg,
+            ..Injector::default()
+        };
+        (0..n).map(|_| i.inject()).collect()
+    }
+
+    #[test]
+    fn hits_every_nth_with_bursts() {
+        let cfg = |every, burst| FaultConfig {
+            enobufs_every: every,
+            enobufs_burst: burst,
+        };
+        // Frames 1, 2 pass; frame 3 fails twice, its retry passes; frames 4, 5 pass; 6 fails...
+        let want = [
+            false, false, true, true, false, false, false, true, true, false,
+        ];
+        assert_eq!(pattern(cfg(3, 2), 10), want);
+        assert_eq!(
+            pattern(cfg(1, 1), 4),
+            [true, false, true, false],
+            "every frame fails once, then passes"
+        );
+        assert!(pattern(FaultConfig::default(), 100).iter().all(|f| !f));
+    }
+
+    #[test]
+    fn injected_enobufs_writes_nothing_and_counts() {
+        let (a, peer) = UnixDatagram::pair().unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let cfg = FaultConfig {
+            enobufs_every: 2,
+            enobufs_burst: 1,
+        };
+        let gram = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
+        let mut b = Faulty::new(gram, cfg, metrics.clone());
+        assert_eq!(b.write_bytes(b"one").unwrap(), WriteStatus::Sent);
+        assert_eq!(
+            b.write_bytes(b"two").unwrap(),
+            WriteStatus::Blocked {
+                errno: libc::ENOBUFS,
+                partial: false
+            }
+        );
+        assert_eq!(b.write_bytes(b"two").unwrap(), WriteStatus::Sent);
+        let mut buf = [0u8; 8];
+        assert_eq!(peer.recv(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"one");
+        assert_eq!(peer.recv(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"two");
+        assert!(peer.recv(&mut buf).is_err());
+        assert_eq!(metrics.snapshot().injected_faults, 1);
+    }
+
+    /// A stream that wrote part of a frame gets the rest offered without a refusal in
+    /// between, even when the injector would hit.
+    #[test]
+    fn never_interrupts_a_partly_written_frame() {
+        struct Partial {
+            calls: Vec<&'static str>,
+            partial_next: bool,
+        }
+        impl Backend for Partial {
+            fn raw_fd(&self) -> RawFd {
+                -1
+            }
+            fn kind(&self) -> &'static str {
+                "test"
+            }
+            fn write_frame(&mut self, _: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
+                if std::mem::take(&mut self.partial_next) {
+                    self.calls.push("partial");
+                    return Ok(WriteStatus::Blocked {
+                        errno: libc::EAGAIN,
+                        partial: true,
+                    });
+                }
+                self.calls.push("sent");
+                Ok(WriteStatus::Sent)
+            }
+            fn read_frame(&mut self, _: &mut [u8]) -> Result<ReadStatus, BackendError> {
+                Ok(ReadStatus::WouldBlock)
+            }
+        }
+        let inner = Partial {
+            calls: Vec::new(),
+            partial_next: true,
+        };
+        let cfg = FaultConfig {
+            enobufs_every: 1,
+            enobufs_burst: 1,
+        };
+        let mut b = Faulty::new(inner, cfg, Arc::new(Metrics::new()));
+        let blocked = |partial| WriteStatus::Blocked {
+            errno: if partial { libc::EAGAIN } else { libc::ENOBUFS },
+            partial,
+        };
+        // Frame 1: injected, then partial, then (mid-frame: no injection) sent.
+        assert_eq!(b.write_bytes(b"x").unwrap(), blocked(false));
+        assert_eq!(b.write_bytes(b"x").unwrap(), blocked(true));
+        assert_eq!(b.write_bytes(b"x").unwrap(), WriteStatus::Sent);
+        // Frame 2: injected again, then sent.
+        assert_eq!(b.write_bytes(b"y").unwrap(), blocked(false));
+        assert_eq!(b.write_bytes(b"y").unwrap(), WriteStatus::Sent);
+        assert_eq!(b.inner().calls, ["partial", "sent", "sent"]);
+    }
+}

@@ -1,0 +1,318 @@
+//! A guest driver that writes nonsense into its rings must not stop the device: heads past
+//! the end of the ring, chains that loop or point past the table, indirect descriptors the
+//! device never offered, TX buffers the kernel cannot read. Each such chain is rejected and
+//! counted (`drops.guest_driver_error`, a `frame_drop` row with reason 6), returned to the
+//! guest with length 0 where its head is a real descriptor, never forwarded, and the
+//! chains after it keep flowing.
+//!
+//! Descriptor tables are written raw into guest memory, as a buggy or hostile driver would.
+
+mod common;
+
+#[cfg(target_os = "linux")]
+use std::fs::File;
+#[cfg(target_os = "linux")]
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::sync::Arc;
+
+use common::{frame, DriverQueue};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::split::Descriptor;
+#[cfg(target_os = "linux")]
+use vm_memory::FileOffset;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use vnet_device::backend::{BackendOptions, UnixGram};
+use vnet_device::device::{NetDevice, RxPass, TxPass};
+use vnet_device::metrics::{Metrics, MetricsSnapshot};
+use vnet_device::net::{DEVICE_FEATURES, FEATURE_MRG_RXBUF, MAX_FRAME, NET_HDR_LEN};
+use vnet_device::notify::Notifier;
+
+const NEXT: u16 = VRING_DESC_F_NEXT as u16;
+const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
+const QSIZE: u16 = 16;
+
+struct Rig {
+    mem: GuestMemoryMmap,
+    rx: DriverQueue,
+    tx: DriverQueue,
+    dev: NetDevice,
+    peer: UnixDatagram,
+    metrics: Arc<Metrics>,
+}
+
+fn rig_on(mem: GuestMemoryMmap, features: u64) -> Rig {
+    let (rx, tx) = (DriverQueue::new(0, QSIZE), DriverQueue::new(1, QSIZE));
+    let (a, peer) = UnixDatagram::pair().unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let backend = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let dev = NetDevice::new(
+        common::atomic(&mem),
+        rx.queue(),
+        tx.queue(),
+        Notifier::new().unwrap(),
+        Notifier::new().unwrap(),
+        features,
+        Box::new(backend),
+        metrics.clone(),
+    );
+    Rig {
+        mem,
+        rx,
+        tx,
+        dev,
+        peer,
+        metrics,
+    }
+}
+
+fn rig() -> Rig {
+    rig_on(common::memory(), DEVICE_FEATURES)
+}
+
+impl Rig {
+    /// A good one-descriptor TX chain at descriptor `i` carrying `f`.
+    fn good_tx(&mut self, i: u16, f: &[u8]) {
+        let addr = self.tx.slot_addr(i);
+        let mut bytes = vec![0u8; NET_HDR_LEN];
+        bytes.extend_from_slice(f);
+        self.mem.write_slice(&bytes, GuestAddress(addr)).unwrap();
+        self.tx.put_raw_desc(
+            &self.mem,
+            i,
+            Descriptor::new(addr, bytes.len() as u32, 0, 0),
+        );
+        self.tx.publish_raw(&self.mem, i);
+    }
+
+    /// A good one-descriptor RX buffer at descriptor `i`.
+    fn good_rx(&mut self, i: u16, len: u32) {
+        let addr = self.rx.slot_addr(i);
+        self.rx
+            .put_raw_desc(&self.mem, i, Descriptor::new(addr, len, WRITE, 0));
+        self.rx.publish_raw(&self.mem, i);
+    }
+
+    fn tx_desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        self.tx
+            .put_raw_desc(&self.mem, i, Descriptor::new(addr, len, flags, next));
+    }
+
+    fn rx_desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        self.rx
+            .put_raw_desc(&self.mem, i, Descriptor::new(addr, len, flags, next));
+    }
+
+    fn sent(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; MAX_FRAME + 1];
+        while let Ok(n) = self.peer.recv(&mut buf) {
+            out.push(buf[..n].to_vec());
+        }
+        out
+    }
+
+    fn m(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+
+    /// What the device wrote into RX buffer `i` after the header.
+    fn rx_frame(&self, i: u16, len: u32) -> Vec<u8> {
+        let mut b = vec![0u8; len as usize - NET_HDR_LEN];
+        self.mem
+            .read_slice(
+                &mut b,
+                GuestAddress(self.rx.slot_addr(i) + NET_HDR_LEN as u64),
+            )
+            .unwrap();
+        b
+    }
+}
+
+#[test]
+fn tx_head_past_the_ring_is_counted_and_the_next_chain_goes_out() {
+    let mut r = rig();
+    r.tx.publish_raw(&r.mem, 999);
+    let f = frame(1, 200);
+    r.good_tx(0, &f);
+    assert_eq!(r.dev.process_tx().unwrap(), TxPass::Idle);
+    assert_eq!(r.sent(), vec![f]);
+    // 999 is no descriptor: it cannot be returned; the good chain is.
+    assert_eq!(r.tx.take_used_raw(&r.mem), vec![(0, 0)]);
+    let m = r.m();
+    assert_eq!((m.rejected_chains, m.drops.guest_driver_error), (1, 1));
+    assert_eq!(m.tx_frames, 1);
+    // And again later: the device is still serving.
+    r.tx.publish_raw(&r.mem, QSIZE);
+    let g = frame(2, 60);
+    r.good_tx(1, &g);
+    r.dev.process_tx().unwrap();
+    assert_eq!(r.sent(), vec![g]);
+    assert_eq!(r.m().drops.guest_driver_error, 2);
+}
+
+#[test]
+fn rx_head_past_the_ring_is_counted_and_the_frame_goes_to_the_next_buffer() {
+    let mut r = rig_on(common::memory(), DEVICE_FEATURES & !FEATURE_MRG_RXBUF);
+    r.rx.publish_raw(&r.mem, 999);
+    r.good_rx(3, 2048);
+    let f = frame(5, 1000);
+    r.peer.send(&f).unwrap();
+    assert_eq!(r.dev.process_rx().unwrap(), RxPass::Idle);
+    let len = (NET_HDR_LEN + f.len()) as u32;
+    assert_eq!(r.rx.take_used_raw(&r.mem), vec![(3, len)]);
+    assert_eq!(r.rx_frame(3, len), f);
+    let m = r.m();
+    assert_eq!((m.rejected_chains, m.drops.guest_driver_error), (1, 1));
+    assert_eq!(m.rx_frames, 1);
+}
+
+#[test]
+fn tx_looped_chain_is_rejected_not_sent_as_repeated_memory() {
+    let mut r = rig();
+    // 0 -> 1 -> 0 -> ... over 20 bytes of guest memory.
+    let a = r.tx.slot_addr(0);
+    r.tx_desc(0, a, 10, NEXT, 1);
+    r.tx_desc(1, a + 10, 10, NEXT, 0);
+    r.tx.publish_raw(&r.mem, 0);
+    let f = frame(2, 300);
+    r.good_tx(2, &f);
+    r.dev.process_tx().unwrap();
+    assert_eq!(r.sent(), vec![f], "the loop is not forwarded");
+    assert_eq!(r.tx.take_used_raw(&r.mem), vec![(0, 0), (2, 0)]);
+    assert_eq!(r.m().drops.guest_driver_error, 1);
+    assert_eq!(r.m().rejected_chains, 1);
+}
+
+#[test]
+fn tx_next_past_the_table_and_next_on_the_last_descriptor_are_rejected() {
+    let mut r = rig();
+    let a = r.tx.slot_addr(0);
+    r.mem
+        .write_slice(&frame(9, 500), GuestAddress(a + NET_HDR_LEN as u64))
+        .unwrap();
+    // NEXT set, next = 40 on a 16-entry table: virtio-queue ends the chain silently.
+    r.tx_desc(0, a, 512, NEXT, 40);
+    r.tx.publish_raw(&r.mem, 0);
+    // NEXT set on what the driver meant as the last descriptor, next = itself.
+    r.tx_desc(1, a, 512, NEXT, 1);
+    r.tx.publish_raw(&r.mem, 1);
+    let f = frame(3, 100);
+    r.good_tx(2, &f);
+    r.dev.process_tx().unwrap();
+    assert_eq!(r.sent(), vec![f]);
+    assert_eq!(r.tx.take_used_raw(&r.mem), vec![(0, 0), (1, 0), (2, 0)]);
+    assert_eq!(r.m().drops.guest_driver_error, 2);
+}
+
+#[test]
+fn tx_indirect_descriptors_are_rejected_without_the_feature() {
+    let mut r = rig();
+    let f = frame(4, 300);
+    let mut bytes = vec![0u8; NET_HDR_LEN];
+    bytes.extend_from_slice(&f);
+    let data = r.tx.slot_addr(0);
+    r.mem.write_slice(&bytes, GuestAddress(data)).unwrap();
+    // An indirect table holding one well-formed descriptor for the whole frame.
+    let table = r.tx.indirect_addr(0);
+    r.mem
+        .write_obj(
+            Descriptor::new(data, bytes.len() as u32, 0, 0),
+            GuestAddress(table),
+        )
+        .unwrap();
+    r.tx_desc(0, table, 16, INDIRECT, 0);
+    r.tx.publish_raw(&r.mem, 0);
+    // Nested: an indirect table whose entry is itself indirect.
+    let outer = r.tx.indirect_addr(1);
+    r.mem
+        .write_obj(Descriptor::new(table, 16, INDIRECT, 0), GuestAddress(outer))
+        .unwrap();
+    r.tx_desc(1, outer, 16, INDIRECT, 0);
+    r.tx.publish_raw(&r.mem, 1);
+    let g = frame(5, 80);
+    r.good_tx(2, &g);
+    r.dev.process_tx().unwrap();
+    assert_eq!(r.sent(), vec![g], "INDIRECT_DESC was never offered");
+    assert_eq!(r.tx.take_used_raw(&r.mem), vec![(0, 0), (1, 0), (2, 0)]);
+    assert_eq!(r.m().drops.guest_driver_error, 2);
+    assert_eq!(
+        DEVICE_FEATURES & (1 << 28),
+        0,
+        "INDIRECT_DESC is not offered"
+    );
+}
+
+#[test]
+fn rx_looped_and_indirect_chains_are_returned_empty_and_skipped() {
+    let mut r = rig_on(common::memory(), DEVICE_FEATURES & !FEATURE_MRG_RXBUF);
+    let a = r.rx.slot_addr(0);
+    r.rx_desc(0, a, 56, WRITE | NEXT, 1);
+    r.rx_desc(1, a + 56, 56, WRITE | NEXT, 0);
+    r.rx.publish_raw(&r.mem, 0);
+    let table = r.rx.indirect_addr(2);
+    r.mem
+        .write_obj(
+            Descriptor::new(r.rx.slot_addr(2), 2048, WRITE, 0),
+            GuestAddress(table),
+        )
+        .unwrap();
+    r.rx_desc(2, table, 16, INDIRECT, 0);
+    r.rx.publish_raw(&r.mem, 2);
+    r.good_rx(3, 2048);
+    let f = frame(6, 100);
+    r.peer.send(&f).unwrap();
+    r.dev.process_rx().unwrap();
+    let len = (NET_HDR_LEN + f.len()) as u32;
+    assert_eq!(r.rx.take_used_raw(&r.mem), vec![(0, 0), (2, 0), (3, len)]);
+    assert_eq!(r.rx_frame(3, len), f);
+    let m = r.m();
+    assert_eq!((m.rejected_chains, m.drops.guest_driver_error), (2, 2));
+}
+
+/// Guest memory whose second region is a memfd mapping that the file no longer fully
+/// backs (the front end shrank it after the memory table was set up).
+#[cfg(target_os = "linux")]
+fn memory_with_a_hole() -> (GuestMemoryMmap, u64) {
+    const REGION: usize = 2 << 20;
+    // SAFETY: a valid NUL-terminated name; the fd is owned by the File below.
+    let fd = unsafe { libc::memfd_create(c"vnet-hostile".as_ptr(), 0) };
+    assert!(fd >= 0);
+    // SAFETY: fd is a fresh memfd nobody else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(REGION as u64).unwrap();
+    let base = common::MEM_END;
+    let mem = GuestMemoryMmap::from_ranges_with_files([
+        (GuestAddress(0), common::MEM_SIZE, None),
+        (
+            GuestAddress(base),
+            REGION,
+            Some(FileOffset::new(file.try_clone().unwrap(), 0)),
+        ),
+    ])
+    .unwrap();
+    file.set_len(REGION as u64 / 2).unwrap();
+    (mem, base + REGION as u64 * 3 / 4)
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn tx_buffer_past_the_end_of_its_backing_is_rejected_and_the_next_goes_out() {
+    let (mem, hole) = memory_with_a_hole();
+    let mut r = rig_on(mem, DEVICE_FEATURES);
+    let hdr = r.tx.slot_addr(0);
+    r.tx_desc(0, hdr, NET_HDR_LEN as u32, NEXT, 1);
+    r.tx_desc(1, hole, 1000, 0, 0);
+    r.tx.publish_raw(&r.mem, 0);
+    let f = frame(7, 400);
+    r.good_tx(2, &f);
+    assert_eq!(r.dev.process_tx().unwrap(), TxPass::Idle);
+    assert_eq!(r.sent(), vec![f]);
+    assert_eq!(r.tx.take_used_raw(&r.mem), vec![(0, 0), (2, 0)]);
+    let m = r.m();
+    assert_eq!((m.rejected_chains, m.drops.guest_driver_error), (1, 1));
+    assert_eq!(m.tx_frames, 1);
+}
