@@ -238,7 +238,11 @@ pub fn enobufs_resolved_at(ts_ns: u64, fd: i64, retries: i64, wait_ns: i64, fram
         vnet::enobufs_resolved!(|| (fd, retries, wait_ns, frame_len));
     }
     if recording() {
-        record_at(ts_ns, Probe::EnobufsResolved, &[fd, retries, wait_ns, frame_len]);
+        record_at(
+            ts_ns,
+            Probe::EnobufsResolved,
+            &[fd, retries, wait_ns, frame_len],
+        );
     }
 }
 
