@@ -4,8 +4,8 @@
 #
 #  (a) enobufs.bt: with backpressure and injected ENOBUFS, the CSV has the header of
 #      dtrace/README.md, its enobufs_begin/enobufs_resolved/tx_frame/rx_frame counts equal
-#      the run's JSON summary, `analyze report` reads it, and it has the same rows per probe as the run's
-#      own in-process trace. Again with FRAMES=0: no frame rows, the rest unchanged, but the
+#      the run's JSON summary, `analyze report` reads it, and it has the same rows per probe
+#      as the run's own in-process trace. Again with FRAMES=0: no frame rows, the rest unchanged, but the
 #      frame probes attached (their USDT semaphores are non-zero); and with capture.sh
 #      --no-frames: the same rows, and the frame probes not attached (semaphores 0).
 #  (b) stall.bt: reports the lost-write-event run with the timer off; silent on a healthy one.
