@@ -33,7 +33,7 @@ struct Args {
     /// Send the vfkit `VFKT` greeting after connecting (unixgram only).
     #[arg(long)]
     vfkit: bool,
-    /// Record every probe firing into this CSV (the trace format of design.md).
+    /// Record every probe firing into this CSV (the trace CSV of dtrace/README.md).
     #[arg(long)]
     trace: Option<PathBuf>,
     /// Print the summary as one JSON object on stdout.

@@ -23,10 +23,7 @@ fn trace_header_ok(trace: &Path) {
         lines.next().unwrap().starts_with("# clock mono_ns="),
         "{text}"
     );
-    assert_eq!(
-        lines.next().unwrap(),
-        "ts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errno"
-    );
+    assert_eq!(lines.next().unwrap(), vnet_trace_schema::HEADER);
 }
 
 #[test]
