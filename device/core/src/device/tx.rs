@@ -115,7 +115,7 @@ impl TxVirtio {
                         self.episode.on_failure(events, d.len, errno);
                         // EVENT_IDX: ask for a kick on the guest's next chain, so a kick
                         // can retry the frame (the ring's state itself is left alone).
-                        self.vq.enable_notification(mem)?;
+                        self.vq.enable_notification(mem, events)?;
                         break TxPass::Blocked;
                     }
                 }
@@ -126,7 +126,7 @@ impl TxVirtio {
             let Some(chain) = self.vq.queue.pop_descriptor_chain(mem) else {
                 // Re-arm kicks (EVENT_IDX: avail_event = next_avail); a chain that raced
                 // in before that shows up here.
-                if self.vq.enable_notification(mem)? {
+                if self.vq.enable_notification(mem, events)? {
                     continue;
                 }
                 break TxPass::Idle;
