@@ -98,12 +98,14 @@ stop_watch() { # before any bare 'wait', which would wait for the watcher too
 
 # Sorts the capture and reports lost records; exits with the tracer's status.
 finish() {
-  lost=$( { grep -oE 'Lost [0-9]+ events|[0-9]+ drops on CPU' "$err" || true; } | { grep -oE '^[0-9]+|[0-9]+' || true; } | awk '{s += $1} END {print s + 0}')
+  # (a tracer writing to stdout, under --ready, may put its "Lost N events" in the CSV)
+  lost=$( { grep -hoE 'Lost [0-9]+ events|[0-9]+ drops on CPU' "$err" "$out" 2> /dev/null || true; } | { grep -oE '^[0-9]+|[0-9]+' || true; } | awk '{s += $1} END {print s + 0}')
   if [ -s "$out" ]; then
     # comment lines and the header stay first; rows sorted by ts_ns, stable
     tmp=$(mktemp "$out.XXXXXX")
-    { grep -E '^(#|ts_ns,)' "$out" || true; grep -vE '^(#|ts_ns,)' "$out" | sort -t, -k1,1n -s; } > "$tmp"
-    mv "$tmp" "$out"
+    { grep -E '^(#|ts_ns,)' "$out" || true; grep -vE '^(#|ts_ns,|Lost [0-9]+ events)' "$out" | sort -t, -k1,1n -s; } > "$tmp"
+    # copied back, not moved: the CSV keeps the tracer's mode (mktemp makes 0600)
+    cat "$tmp" > "$out" && rm -f "$tmp"
   fi
   if [ "$lost" -gt 0 ]; then
     echo "# warning: the tracer lost $lost records; this trace is incomplete" >> "$out"
