@@ -222,6 +222,21 @@ print(path)
 PY
 }
 
+# A tracer without root or without bpftrace: one line naming the flag, exit 2, nothing booted.
+bad_tracer_use() { # expected-message-part command...
+  local want=$1 rc=0; shift
+  "$@" > "$out/bad.out" 2> "$out/bad.err" || rc=$?
+  if [ $rc = 2 ] && [ "$(wc -l < "$out/bad.err")" = 1 ] && grep -q -- "$want" "$out/bad.err"; then
+    echo "ok   $(cat "$out/bad.err")"
+  else
+    echo "FAIL vnet-vm $want: exit $rc, stderr:"; cat "$out/bad.err"; exit 1
+  fi
+}
+bad_tracer_use "--tracer syscalls needs bpftrace" env PATH=/nonexistent "$bin/vnet-vm" --tracer syscalls
+cp "$bin/vnet-vm" "$out/vnet-vm" && chmod 755 "$out/vnet-vm"   # nobody may not reach target/
+bad_tracer_use "--tracer syscalls needs root" setpriv --reuid=65534 --regid=65534 --clear-groups "$out/vnet-vm" --tracer syscalls
+rm -f "$out/vnet-vm"
+
 # q35 + virtio-net-pci under bpftrace, then -M microvm + virtio-net-device (virtio-mmio).
 run pc --tests fwd,rev --seconds "$SECONDS_PER_TEST" "${tracer[@]}"
 # QEMU itself and passt (baseline), the daemon and passt (vhost), each captured from outside
