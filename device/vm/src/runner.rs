@@ -528,7 +528,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         // passt's end exists once it accepted its peer: the daemon at its start, QEMU's
         // -netdev stream while QEMU initialises (it connects even when held).
         wait_for(
-            "QEMU's connection to passt",
+            "the connection of passt's peer",
             Duration::from_secs(60),
             Some(&mut q),
             || capture::accepted_at(&passt_sock),
