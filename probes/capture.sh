@@ -106,9 +106,10 @@ finish() {
   # (a tracer writing to stdout, under --ready, may put its "Lost N events" in the CSV)
   lost=$( { grep -hoE 'Lost [0-9]+ events|[0-9]+ drops on CPU' "$err" "$out" 2> /dev/null || true; } | { grep -oE '^[0-9]+|[0-9]+' || true; } | awk '{s += $1} END {print s + 0}')
   if [ -s "$out" ]; then
-    # comment lines and the header stay first; rows sorted by ts_ns, stable
+    # comment lines and the header stay first; rows sorted by ts_ns, stable (no rows is a
+    # capture too: grep's status 1 must not end the script under pipefail)
     tmp=$(mktemp "$out.XXXXXX")
-    { grep -E '^(#|ts_ns,)' "$out" || true; grep -vE '^(#|ts_ns,|Lost [0-9]+ events)' "$out" | sort -t, -k1,1n -s; } > "$tmp"
+    { grep -E '^(#|ts_ns,)' "$out" || true; { grep -vE '^(#|ts_ns,|Lost [0-9]+ events)' "$out" || true; } | sort -t, -k1,1n -s; } > "$tmp"
     mv "$tmp" "$out"
   fi
   if [ "$lost" -gt 0 ]; then
@@ -193,6 +194,12 @@ case $(uname -s) in
         if [ -n "$socket" ]; then
           fds=$(socket_fds_linux "$pid" "$socket") || die "--socket $socket: no AF_UNIX socket of process $pid is bound there or connected to it"
           fd=$(head -1 <<< "$fds")
+          # only a listening socket there: no connection accepted yet, and the capture will
+          # see none of the traffic of the one accepted later (it gets a new fd)
+          if awk -v p="$socket" 'NR > 1 && $8 == p && $4 == "00010000" { print $7 }' /proc/net/unix \
+              | grep -qx "$(readlink "/proc/$pid/fd/$fd" | tr -dc 0-9)"; then
+            echo "capture.sh: fd $fd of process $pid is the listening socket at $socket (nothing accepted yet): its connections will not be traced" >&2
+          fi
           [ "$(wc -l <<< "$fds")" = 1 ] || echo "capture.sh: fds $(echo $fds) of process $pid are the same socket; tracing fd $fd only" >&2
         fi
         args=("$pid")

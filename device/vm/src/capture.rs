@@ -243,20 +243,42 @@ pub fn analyze_report(analyze: &Path, csv: &Path) -> Result<String, CaptureError
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// True once a connection to the socket bound at `path` has been accepted: /proc/net/unix
-/// then lists a second, non-listening socket under that path (an accepted socket carries
-/// its listener's name).
-pub fn accepted_at(path: &Path) -> bool {
-    fs::read_to_string("/proc/net/unix").is_ok_and(|t| accepted_in(&t, path))
+/// True once process `pid` holds the accepted end of a connection to the socket bound at
+/// `path`. A connection waiting in the listen backlog already shows in /proc/net/unix under
+/// the listener's name, before the process has it: capture.sh, started then, would find only
+/// the listening socket and trace that.
+pub fn accepted_by(pid: u32, path: &Path) -> bool {
+    let Ok(table) = fs::read_to_string("/proc/net/unix") else {
+        return false;
+    };
+    let inodes = connected_at(&table, path);
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    dir.filter_map(Result::ok).any(|e| {
+        fs::read_link(e.path()).is_ok_and(|l| {
+            l.to_str()
+                .and_then(|l| l.strip_prefix("socket:[")?.strip_suffix(']'))
+                .is_some_and(|ino| inodes.iter().any(|i| i == ino))
+        })
+    })
 }
 
-fn accepted_in(proc_net_unix: &str, path: &Path) -> bool {
+/// Inodes of the non-listening sockets named `path` (accepted or waiting to be).
+fn connected_at(proc_net_unix: &str, path: &Path) -> Vec<String> {
     let want = path.to_string_lossy();
     // Num RefCount Protocol Flags Type St Inode Path; Flags 00010000 = listening
-    proc_net_unix.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() >= 8 && f[7] == want && f[3] != "00010000"
-    })
+    proc_net_unix
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 8 && f[7] == want && f[3] != "00010000").then(|| f[6].to_string())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -264,30 +286,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepted_connection_is_the_non_listening_entry() {
+    fn connected_entries_are_the_non_listening_ones() {
         let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
             0000000000000000: 00000002 00000000 00010000 0001 01 100 /tmp/x/passt.sock\n\
-            0000000000000000: 00000003 00000000 00000000 0001 03 101\n";
-        assert!(!accepted_in(table, Path::new("/tmp/x/passt.sock")));
-        let table = format!(
-            "{table}0000000000000000: 00000003 00000000 00000000 0001 03 102 /tmp/x/passt.sock\n"
-        );
-        assert!(accepted_in(&table, Path::new("/tmp/x/passt.sock")));
-        assert!(!accepted_in(&table, Path::new("/tmp/x/passt")));
+            0000000000000000: 00000003 00000000 00000000 0001 03 101\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 102 /tmp/x/passt.sock\n";
+        assert_eq!(connected_at(table, Path::new("/tmp/x/passt.sock")), ["102"]);
+        assert!(connected_at(table, Path::new("/tmp/x/passt")).is_empty());
     }
 
     #[test]
-    fn a_real_accept_is_seen_in_proc() {
+    fn a_connection_counts_once_accepted_not_while_in_the_backlog() {
         use std::os::unix::net::{UnixListener, UnixStream};
         let dir = std::env::temp_dir().join(format!("vnet-vm-accept-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let p = dir.join("s.sock");
+        let me = std::process::id();
         let l = UnixListener::bind(&p).unwrap();
-        assert!(!accepted_at(&p));
+        assert!(!accepted_by(me, &p));
         let _c = UnixStream::connect(&p).unwrap();
+        // In the backlog: /proc/net/unix lists it under the path, no process holds it yet.
+        let table = fs::read_to_string("/proc/net/unix").unwrap();
+        assert_eq!(connected_at(&table, &p).len(), 1);
+        assert!(!accepted_by(me, &p));
         let _a = l.accept().unwrap();
-        assert!(accepted_at(&p));
+        assert!(accepted_by(me, &p));
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -525,13 +525,15 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         Guarded::spawn("qemu", die_with_parent(&mut qemu)).map_err(io_err("starting QEMU"))?;
     let mut captures: Vec<Capture> = Vec::new();
     if let Some(t) = syscalls {
-        // passt's end exists once it accepted its peer: the daemon at its start, QEMU's
-        // -netdev stream while QEMU initialises (it connects even when held).
+        // passt's end exists once passt accepted its peer (the daemon connects at its start,
+        // QEMU's -netdev stream while QEMU initialises, held or not); passt, still setting
+        // up, may leave it in the backlog for a second.
+        let passt_pid = passt.id();
         wait_for(
-            "the connection of passt's peer",
+            "passt accepting its peer's connection",
             Duration::from_secs(60),
             Some(&mut q),
-            || capture::accepted_at(&passt_sock),
+            || capture::accepted_by(passt_pid, &passt_sock),
         )?;
         let (peer_name, peer_pid) = match daemon.as_ref() {
             Some(d) => ("daemon", d.id()),
