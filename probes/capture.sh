@@ -192,7 +192,15 @@ case $(uname -s) in
       if [ "${target[0]}" = -p ]; then
         pid=${target[1]}
         if [ -n "$socket" ]; then
-          fds=$(socket_fds_linux "$pid" "$socket") || die "--socket $socket: no AF_UNIX socket of process $pid is bound there or connected to it"
+          # a few tries: once in about ten vnet-vm runs QEMU's connected end was not found
+          # although passt had accepted it (cause not pinned down; ss's netlink dump of unix
+          # sockets on a busy machine is the suspect)
+          fds=""
+          for _ in 1 2 3 4 5 6 7 8 9 10; do
+            fds=$(socket_fds_linux "$pid" "$socket") && break
+            sleep 0.2
+          done
+          [ -n "$fds" ] || die "--socket $socket: no AF_UNIX socket of process $pid is bound there or connected to it"
           fd=$(head -1 <<< "$fds")
           # only a listening socket there: no connection accepted yet, and the capture will
           # see none of the traffic of the one accepted later (it gets a new fd)
