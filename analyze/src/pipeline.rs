@@ -247,7 +247,10 @@ fn tracer_line(line: &[u8]) -> Option<Item> {
 enum Msg {
     /// Items in input order; `seq` orders batches that parse workers finish out of order.
     Batch(u64, Vec<Item>),
-    Fatal(Error),
+    /// A stream error (I/O, gzip, an endless line) after the batches numbered before `seq`:
+    /// handled in that order, so a bad line earlier in the input is the error reported, not
+    /// whichever thread finished first.
+    Fatal(u64, Error),
 }
 
 /// Raw trace lines for a parse worker: the bytes, each line's end offset, the first line's
@@ -342,7 +345,7 @@ fn produce(
     let mut reader = match input::open(path) {
         Ok(r) => r,
         Err(e) => {
-            let _ = tx.send(Msg::Fatal(e));
+            let _ = tx.send(Msg::Fatal(0, e));
             return;
         }
     };
@@ -465,9 +468,10 @@ fn produce(
     if !raw.ends.is_empty() {
         raw.seq = seq;
         let _ = work.send(raw);
+        seq += 1;
     }
     if let Err(e) = result {
-        let _ = tx.send(Msg::Fatal(e));
+        let _ = tx.send(Msg::Fatal(seq, e));
     }
 }
 
@@ -635,17 +639,21 @@ pub fn run(
             // Owned here so that returning early drops it: the others' next send fails and
             // they stop, instead of blocking the scope's join forever.
             let rx = rx;
-            let mut pending: std::collections::BTreeMap<u64, Vec<Item>> = Default::default();
+            let mut pending: std::collections::BTreeMap<u64, Result<Vec<Item>, Error>> =
+                Default::default();
             let mut next = 0u64;
             for msg in rx.iter() {
                 match msg {
                     Msg::Batch(seq, items) => {
-                        pending.insert(seq, items);
+                        pending.insert(seq, Ok(items));
                     }
-                    Msg::Fatal(e) => return Err(e),
+                    Msg::Fatal(seq, e) => {
+                        pending.insert(seq, Err(e));
+                    }
                 }
-                while let Some(mut items) = pending.remove(&next) {
+                while let Some(batch) = pending.remove(&next) {
                     next += 1;
+                    let mut items = batch?;
                     for item in items.drain(..) {
                         match item {
                             Item::Event(ev) => {
