@@ -241,7 +241,14 @@ fn check(data: &[u8], file: &str, lenient: bool) -> Result<Runs, TestCaseError> 
                 out.len(),
                 data.len()
             ),
-            Err(e) => check_error(e, what, &name, &input)?,
+            Err(e) => {
+                check_error(e, what, &name, &input)?;
+                // --lenient skips and counts every line error; only stream errors stop it.
+                prop_assert!(
+                    !(lenient && e.is_line_error()),
+                    "{what}: a line error under --lenient: {e}"
+                );
+            }
         }
     }
     // They all read through the same pipeline: a bad input is bad for all of them, and the
@@ -490,9 +497,14 @@ fn arbitrary_input() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+/// 384 cases per property keeps the file at a few seconds in release; `PROPTEST_CASES=N` runs
+/// a longer search by hand.
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: 384,
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(384),
         ..ProptestConfig::default()
     }
 }
