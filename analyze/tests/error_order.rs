@@ -25,16 +25,16 @@ fn messages(data: &[u8]) -> Vec<String> {
     let path: PathBuf = dir.path().join("t.csv");
     std::fs::write(&path, data).unwrap();
     (0..200)
-        .map(
-            |_| match analyze::render_report(&[path.clone()], &ReportOptions::default()) {
+        .map(|_| {
+            match analyze::render_report(std::slice::from_ref(&path), &ReportOptions::default()) {
                 Ok(out) => panic!("a bad line was accepted: {out}"),
                 Err(e @ Error::Field { .. }) => {
                     assert!(e.to_string().contains("t.csv:3: field `len`"), "{e}");
                     e.to_string()
                 }
                 Err(e) => panic!("the stream error overtook line 3's: {e}"),
-            },
-        )
+            }
+        })
         .collect()
 }
 
