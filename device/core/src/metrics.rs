@@ -166,6 +166,9 @@ pub struct Drops {
     pub peer_gone: u64,
     #[serde(default)]
     pub guest_driver_error: u64,
+    /// Deferred TX frames a bounded retry policy gave up on.
+    #[serde(default)]
+    pub retry_exhausted: u64,
     pub total: u64,
 }
 

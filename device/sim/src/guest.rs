@@ -17,8 +17,10 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, Guest
 use super::driver::{align, Buf, DriverError, GuestQueue, RingLayout};
 use super::integrity::{Checker, Kind, Payload, Stamp, Verdict, STAMP_LEN};
 use super::workload::{Idle, Next, Scheduler, SendLedger, ETH_HDR};
+use vnet_device::metrics::Metrics;
 use vnet_device::net::NET_HDR_LEN;
 use vnet_device::notify::Notifier;
+use vnet_device::probes::DropReason;
 
 /// Where everything lives in guest memory.
 #[derive(Debug, Clone, Copy)]
@@ -230,6 +232,9 @@ pub struct Shared {
     pub guest_rx_data_complete: AtomicBool,
     /// Set when the proxy has all the data the guest will send.
     pub proxy_rx_data_complete: AtomicBool,
+    /// The device's counters, once the worker runs: TX frames a bounded retry policy
+    /// dropped never reach the proxy, so the ledgers count them as accounted for.
+    pub device: std::sync::OnceLock<Arc<Metrics>>,
 }
 
 impl Shared {
@@ -251,7 +256,19 @@ impl Shared {
             guest_tx_wake: Notifier::new()?,
             guest_rx_data_complete: AtomicBool::new(false),
             proxy_rx_data_complete: AtomicBool::new(false),
+            device: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Guest frames the device dropped on purpose (`retry_exhausted`): they will never
+    /// arrive. The guest cannot tell which ones (a dropped chain comes back like a sent
+    /// one), so each drop also stands for a lost ACK in the senders' windows, as a TCP
+    /// sender's retransmission timeout would eventually free the window; the sim does not
+    /// retransmit.
+    pub fn tx_dropped(&self) -> u64 {
+        self.device
+            .get()
+            .map_or(0, |m| m.drops.get(DropReason::RetryExhausted))
     }
 
     pub fn stopping(&self) -> bool {
@@ -263,6 +280,7 @@ impl Shared {
         check_data_complete(
             &self.proxy_sent,
             &self.guest_received_data,
+            0,
             &self.guest_rx_data_complete,
         )
     }
@@ -271,6 +289,7 @@ impl Shared {
         check_data_complete(
             &self.guest_sent,
             &self.proxy_received_data,
+            self.tx_dropped(),
             &self.proxy_rx_data_complete,
         )
     }
@@ -284,16 +303,23 @@ impl Shared {
     /// The proxy has everything the guest sent, ACKs included.
     pub fn proxy_rx_complete(&self) -> bool {
         self.guest_sent.all_done()
-            && self.proxy_received.load(Ordering::Acquire) >= self.guest_sent.total()
+            && self.proxy_received.load(Ordering::Acquire) + self.tx_dropped()
+                >= self.guest_sent.total()
     }
 }
 
-fn check_data_complete(sent: &SendLedger, received: &AtomicU64, flag: &AtomicBool) -> bool {
+/// `dropped`: frames the device dropped on the way, counted as arrived.
+fn check_data_complete(
+    sent: &SendLedger,
+    received: &AtomicU64,
+    dropped: u64,
+    flag: &AtomicBool,
+) -> bool {
     if flag.load(Ordering::Acquire) {
         return true;
     }
     if sent.data_done.load(Ordering::Acquire)
-        && received.load(Ordering::Acquire) >= sent.data.load(Ordering::Acquire)
+        && received.load(Ordering::Acquire) + dropped >= sent.data.load(Ordering::Acquire)
     {
         flag.store(true, Ordering::Release);
         return true;
@@ -454,6 +480,7 @@ impl GuestTx {
                         .guest_received_data
                         .load(Ordering::Acquire)
                         .min(self.shared.guest_received.load(Ordering::Acquire));
+                let acks_in = acks_in + self.shared.tx_dropped();
                 let next = match self.sched.next(owed, acks_in) {
                     Ok(n) => n,
                     Err(Idle::Paced(d)) => {

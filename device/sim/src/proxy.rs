@@ -307,7 +307,8 @@ fn write_loop(
     while !shared.stopping() {
         let owed = shared.proxy_acks_owed.load(Ordering::Acquire);
         let got = shared.proxy_received.load(Ordering::Acquire);
-        let acks_in = got - shared.proxy_received_data.load(Ordering::Acquire).min(got);
+        let acks_in =
+            got - shared.proxy_received_data.load(Ordering::Acquire).min(got) + shared.tx_dropped();
         match sched.next(owed, acks_in) {
             Ok(n) => {
                 framer.build(&mut frame, &n);

@@ -23,7 +23,15 @@ pub struct Summary {
     pub rx_frames: u64,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
-    /// Integrity, both directions added up.
+    /// The device's retry policy (`--retry-policy`).
+    pub retry_policy: String,
+    /// Guest frames the retry policy dropped (`drops.retry_exhausted`); each is missing at
+    /// the proxy and counted here, not in `lost`.
+    pub dropped: u64,
+    /// Drops the device reported that the proxy did not miss, plus frames the proxy missed
+    /// that the device did not report: an integrity error.
+    pub unreported_drops: u64,
+    /// Integrity, both directions added up (drops the device reported excluded).
     pub lost: u64,
     pub duplicated: u64,
     pub reordered: u64,
@@ -60,7 +68,13 @@ pub struct Summary {
 impl Summary {
     /// Errors that make the run fail: integrity counters and stalls (not UDP loss).
     pub fn failed(&self) -> bool {
-        self.lost + self.duplicated + self.reordered + self.corrupted + self.stalls > 0
+        self.lost
+            + self.unreported_drops
+            + self.duplicated
+            + self.reordered
+            + self.corrupted
+            + self.stalls
+            > 0
     }
 
     pub fn to_json(&self) -> String {
@@ -122,6 +136,13 @@ impl Summary {
                 )
             }
         );
+        if self.retry_policy != "timer" || self.dropped + self.unreported_drops > 0 {
+            let _ = writeln!(
+                s,
+                "  retry policy {}: dropped {} guest frames (frame_drop retry_exhausted), unreported {}",
+                self.retry_policy, self.dropped, self.unreported_drops
+            );
+        }
         if let Some(c) = &self.to_proxy {
             let _ = writeln!(s, "    guest->proxy {}", counts_line(c));
         }

@@ -10,6 +10,7 @@ use vnet_device::backend::{BackendOptions, BackendSpec, FaultConfig};
 use vnet_device::metrics::Metrics;
 use vnet_device::probes;
 use vnet_device::recorder::Recorder;
+use vnet_device::retry_policy::RetryPolicy;
 use vnet_device::retry_timer::RetryTimer;
 use vnet_device::worker::WorkerOptions;
 use vnet_vhost::DaemonRun;
@@ -39,6 +40,10 @@ struct Args {
     /// Retry timer delay in microseconds for a deferred frame (0 = no timer).
     #[arg(long)]
     retry_delay_us: Option<u64>,
+    /// How a deferred frame is retried: timer (the default), bounded:N (drop after N failed
+    /// retries), backoff[:CAP_US] or room (retry when the free space fits the frame).
+    #[arg(long, default_value = "timer")]
+    retry_policy: String,
     /// Fault injection: make every Nth send fail with ENOBUFS.
     #[arg(long, default_value_t = 0)]
     inject_enobufs: u32,
@@ -49,6 +54,13 @@ struct Args {
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    let retry_policy: RetryPolicy = match args.retry_policy.parse() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("vnet-vhost: --retry-policy {e}");
+            return ExitCode::from(2);
+        }
+    };
     probes::register();
     vnet_vhost::install_signal_handlers();
     tracing_subscriber::fmt()
@@ -75,6 +87,7 @@ pub fn main() -> ExitCode {
     };
     let worker_opts = WorkerOptions {
         retry_timer: RetryTimer::from_micros_flag(args.retry_delay_us),
+        retry_policy,
         inject_enobufs: FaultConfig {
             enobufs_every: args.inject_enobufs,
             enobufs_burst: 1,
