@@ -16,6 +16,7 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, Guest
 
 use super::driver::{align, Buf, DriverError, GuestQueue, RingLayout};
 use super::integrity::{Checker, Kind, Payload, Stamp, Verdict, STAMP_LEN};
+use super::latency::OneWay;
 use super::workload::{Idle, Next, Scheduler, SendLedger, ETH_HDR};
 use vnet_device::metrics::Metrics;
 use vnet_device::net::NET_HDR_LEN;
@@ -157,7 +158,7 @@ impl SimFramer {
     }
 }
 
-fn stamp_for(n: &Next) -> Stamp {
+pub(crate) fn stamp_for(n: &Next) -> Stamp {
     Stamp {
         stream: n.stream,
         kind: if n.ack { Kind::Ack } else { Kind::Data },
@@ -235,6 +236,10 @@ pub struct Shared {
     /// The device's counters, once the worker runs: TX frames a bounded retry policy
     /// dropped never reach the proxy, so the ledgers count them as accounted for.
     pub device: std::sync::OnceLock<Arc<Metrics>>,
+    /// One-way latency, guest to proxy (built-in proxy only).
+    pub tx_latency: OneWay,
+    /// One-way latency, proxy to guest (built-in proxy only).
+    pub rx_latency: OneWay,
 }
 
 impl Shared {
@@ -257,6 +262,8 @@ impl Shared {
             guest_rx_data_complete: AtomicBool::new(false),
             proxy_rx_data_complete: AtomicBool::new(false),
             device: std::sync::OnceLock::new(),
+            tx_latency: OneWay::new(Instant::now()),
+            rx_latency: OneWay::new(Instant::now()),
         })
     }
 
@@ -526,6 +533,7 @@ impl GuestTx {
                 )?;
                 slot_len[slot as usize] = next.len;
                 debug_assert_eq!(len, next.len);
+                self.shared.tx_latency.sent(&stamp_for(&next));
                 self.queue.add(&chain, slot)?;
                 self.shared.guest_frames_out.fetch_add(1, Ordering::AcqRel);
                 free_slots.pop();
@@ -750,6 +758,11 @@ impl GuestRx {
             return;
         }
         self.shared.guest_received.fetch_add(1, Ordering::AcqRel);
+        if let (Some(s), true) = (stamp, self.exit_when_complete) {
+            // Built-in mode: the proxy stamped the send time (a real proxy's echoes
+            // carry the guest's own stamps, timed by nobody).
+            self.shared.rx_latency.arrived(&s);
+        }
         let mut data_no = 0;
         if matches!(stamp, Some(s) if s.kind == Kind::Ack) {
             // An ACK may open the TX half's send window.

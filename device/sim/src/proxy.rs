@@ -271,6 +271,9 @@ fn read_loop(
             .proxy_rx_bytes
             .fetch_add(len as u64, Ordering::Relaxed);
         if counts_as_received(verdict) {
+            if let Some(s) = &stamp {
+                shared.tx_latency.arrived(s);
+            }
             shared.proxy_received.fetch_add(1, Ordering::AcqRel);
             if matches!(stamp, Some(s) if s.kind == Kind::Ack) {
                 let _ = wake.notify();
@@ -312,6 +315,7 @@ fn write_loop(
         match sched.next(owed, acks_in) {
             Ok(n) => {
                 framer.build(&mut frame, &n);
+                shared.rx_latency.sent(&super::guest::stamp_for(&n));
                 let sent = match &mut sock {
                     PeerSocket::Gram(s, to) => send_gram(s, to.as_deref(), &frame, &shared)?,
                     PeerSocket::Stream(s) => {

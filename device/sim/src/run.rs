@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::driver::{DriverError, GuestQueue};
 use super::guest::{GuestLayout, GuestRx, GuestTx, Shared, SimFramer, GUEST_MAC, PROXY_MAC};
 use super::integrity::{Checker, Counts};
+use super::latency::LatencySummary;
 use super::proxy::{BuiltinProxy, PeerSocket, ProxyOptions};
 use super::real_proxy::{EchoServer, NetConfig, UdpFramer, UDP_OVERHEAD};
 use super::summary::Summary;
@@ -454,6 +455,12 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         guest_kicks_sent: tx_queue.kicks + rx_queue.kicks,
         guest_kicks_suppressed: tx_queue.kicks_suppressed + rx_queue.kicks_suppressed,
         device: d,
+        latency_us: (!real).then(|| {
+            LatencySummary::new(
+                &shared.tx_latency.histograms(),
+                &shared.rx_latency.histograms(),
+            )
+        }),
     })
 }
 

@@ -5,6 +5,7 @@ use serde::Serialize;
 use std::fmt::Write as _;
 
 use super::integrity::Counts;
+use super::latency::{LatencyStats, LatencySummary};
 use vnet_device::metrics::MetricsSnapshot;
 
 #[derive(Debug, Clone, Serialize)]
@@ -63,6 +64,8 @@ pub struct Summary {
     pub guest_kicks_sent: u64,
     pub guest_kicks_suppressed: u64,
     pub device: MetricsSnapshot,
+    /// One-way latency per frame class, in microseconds (built-in proxy only).
+    pub latency_us: Option<LatencySummary>,
 }
 
 impl Summary {
@@ -147,6 +150,16 @@ impl Summary {
             let _ = writeln!(s, "    guest->proxy {}", counts_line(c));
         }
         let _ = writeln!(s, "    proxy->guest {}", counts_line(&self.to_guest));
+        if let Some(l) = &self.latency_us {
+            let _ = writeln!(
+                s,
+                "  latency us (p50/p99/max): tx ack {}  tx data {}  rx ack {}  rx data {}",
+                stats(&l.tx_ack),
+                stats(&l.tx_data),
+                stats(&l.rx_ack),
+                stats(&l.rx_data)
+            );
+        }
         match &self.stall {
             Some(why) => {
                 let _ = writeln!(s, "  STALL: {why}");
@@ -180,4 +193,8 @@ fn counts_line(c: &Counts) -> String {
             String::new()
         }
     )
+}
+
+fn stats(l: &LatencyStats) -> String {
+    format!("{:.0}/{:.0}/{:.0}", l.p50, l.p99, l.max)
 }
