@@ -9,6 +9,9 @@
 # With several rounds each cell shows the median of its runs (rounds run one after another,
 # so machine drift hits every policy); `x timer` is the Gbit/s against `timer` in the same
 # case, the baseline measured in the same invocation.
+# The table also goes to target/policies-bench/matrix.csv (or $MATRIX_CSV), one row per cell,
+# for notebooks/policies.ipynb.
+#
 # Exit status 1 when any run fails its integrity check (a drop the device did not report
 # counts as a failure; reported drops do not).
 set -euo pipefail
@@ -44,8 +47,8 @@ for ((r = 0; r < rounds; r++)); do
   done
 done
 
-python3 - "$format" "${results[@]}" <<'PY'
-import csv, json, math, statistics, sys
+MATRIX_CSV=${MATRIX_CSV:-$out/matrix.csv} python3 - "$format" "${results[@]}" <<'PY'
+import csv, json, math, os, statistics, sys
 
 fmt, args = sys.argv[1], sys.argv[2:]
 cells, order, failed = {}, [], False
@@ -99,6 +102,12 @@ for case, policy in order:
     ])
 head = ["case", "policy", "Gbit/s", "x timer", "drops", "episodes", "p99 wait us",
         "ACK p99 us", "ACK max us", "data p99 us", "rx ACK p99 us", "integrity"]
+with open(os.environ["MATRIX_CSV"], "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["case", "policy", "gbit_per_s", "x_timer", "drops", "episodes", "p99_wait_us",
+                "tx_ack_p99_us", "tx_ack_max_us", "tx_data_p99_us", "rx_ack_p99_us", "integrity"])
+    for r in rows:
+        w.writerow(r)
 if fmt == "--markdown":
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
