@@ -401,13 +401,12 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
     // Guest frames the device dropped on purpose show up as lost at the proxy: each one
     // the device reported is accounted for; a drop it reported that the proxy did not
     // miss (or a loss it did not report) is an integrity error.
+    // (Real-proxy mode took the drops out of the missing echoes above already.)
     let dropped = d.drops.retry_exhausted;
-    let missed_at_proxy = if real {
-        dropped
-    } else {
-        to_proxy.as_ref().map_or(0, |c| c.lost)
+    let (accounted_drops, unreported_drops) = match (&to_proxy, real) {
+        (Some(c), false) => (c.lost.min(dropped), c.lost.abs_diff(dropped)),
+        _ => (0, 0),
     };
-    let unreported_drops = missed_at_proxy.abs_diff(dropped);
     let mut stall_text = stall;
     if let Some(e) = worker_err {
         stall_text = Some(match stall_text {
@@ -433,7 +432,7 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         rx_frames: d.rx_frames,
         tx_bytes: d.tx_bytes,
         rx_bytes: d.rx_bytes,
-        lost: sum(|c| c.lost) - missed_at_proxy.min(dropped),
+        lost: sum(|c| c.lost) - accounted_drops,
         retry_policy: cfg.retry_policy.to_string(),
         dropped,
         unreported_drops,
