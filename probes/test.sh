@@ -2,10 +2,10 @@
 # Runs the bpftrace scripts against the simulated VM and checks what they print.
 # Needs root and bpftrace; skips with the reason otherwise. Called by .ci/test.sh.
 #
-#  (a) enobufs.bt: with backpressure and injected ENOBUFS, the CSV has the design.md header,
-#      its enobufs_begin/enobufs_resolved/tx_frame/rx_frame counts equal the run's JSON
-#      summary, `analyze report` reads it, and it has the same rows per probe as the run's
-#      own in-process trace. Again with FRAMES=0: no frame rows, the rest unchanged, but the
+#  (a) enobufs.bt: with backpressure and injected ENOBUFS, the CSV has the header of
+#      dtrace/README.md, its enobufs_begin/enobufs_resolved/tx_frame/rx_frame counts equal
+#      the run's JSON summary, `analyze report` reads it, and it has the same rows per probe
+#      as the run's own in-process trace. Again with FRAMES=0: no frame rows, the rest unchanged, but the
 #      frame probes attached (their USDT semaphores are non-zero); and with capture.sh
 #      --no-frames: the same rows, and the frame probes not attached (semaphores 0).
 #  (b) stall.bt: reports the lost-write-event run with the timer off; silent on a healthy one.
@@ -212,7 +212,7 @@ run_capture() { # $1 = FRAMES argument (may be empty), $2 = name
 }
 run_capture "" all
 if bt=$(counts "$work/all.bt.csv") && inproc=$(counts "$work/all.inproc.csv"); then
-  ok "both traces parse with the design.md clock line and header"
+  ok "both traces parse with the clock line of dtrace/README.md and header"
   python3 - "$work/all.json" "$bt" "$inproc" <<'EOF' && ok "bpftrace counts equal the JSON summary and the in-process trace" || bad "counts differ"
 import json, sys
 s = json.load(open(sys.argv[1])); bt = json.loads(sys.argv[2]); inproc = json.loads(sys.argv[3])
