@@ -86,6 +86,23 @@ impl DeviceEvents {
         );
     }
 
+    /// The backend made `sends` send and `recvs` receive calls since the last report.
+    #[inline]
+    pub fn syscalls(&self, sends: u64, recvs: u64) {
+        if sends > 0 {
+            self.metrics.tx_syscalls.add(sends);
+        }
+        if recvs > 0 {
+            self.metrics.rx_syscalls.add(recvs);
+        }
+    }
+
+    /// The worker thread is exiting after `cpu_ns` of its own CPU time.
+    pub fn worker_exit_cpu(&self, cpu_ns: u64) {
+        self.metrics.worker_cpu_ns.add(cpu_ns);
+        tracing::info!(fd = self.fd, cpu_ns, "device worker CPU time");
+    }
+
     /// A TX frame was copied out of guest memory (too many pieces for one send).
     pub fn tx_copied(&self) {
         self.metrics.tx_copied.inc();

@@ -153,6 +153,15 @@ pub struct Metrics {
     /// Sends refused by [`crate::backend::Faulty`].
     pub injected_faults: Counter,
     pub peer_gone: Flag,
+    /// Send system calls made on the proxy's socket, whatever they returned (one
+    /// `sendmmsg` carrying many frames counts once); refusals [`crate::backend::Faulty`]
+    /// injects are not system calls and do not count.
+    pub tx_syscalls: Counter,
+    /// Receive system calls made on the proxy's socket, whatever they returned.
+    pub rx_syscalls: Counter,
+    /// CPU time (user + system, the thread's own clock) of device worker threads, added
+    /// when a worker exits: 0 while the first one runs.
+    pub worker_cpu_ns: Counter,
 }
 
 /// Dropped frames by reason, as read back from [`DropCounters`].
@@ -199,6 +208,12 @@ pub struct MetricsSnapshot {
     pub wakeups: u64,
     pub injected_faults: u64,
     pub peer_gone: bool,
+    #[serde(default)]
+    pub tx_syscalls: u64,
+    #[serde(default)]
+    pub rx_syscalls: u64,
+    #[serde(default)]
+    pub worker_cpu_ns: u64,
 }
 
 impl Metrics {

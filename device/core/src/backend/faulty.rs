@@ -5,7 +5,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Backend, BackendError, ReadStatus, TxFrame, WriteStatus};
+use super::{Backend, BackendError, ReadStatus, SyscallCounts, TxFrame, WriteStatus};
 use crate::metrics::Metrics;
 
 /// Which sends fail.
@@ -126,6 +126,11 @@ impl<B: Backend> Backend for Faulty<B> {
 
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
         self.inner.read_frame(buf)
+    }
+
+    /// The inner backend's: an injected refusal is not a system call.
+    fn syscalls(&self) -> SyscallCounts {
+        self.inner.syscalls()
     }
 }
 

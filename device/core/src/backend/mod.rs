@@ -137,6 +137,14 @@ pub enum ReadStatus {
     Oversize(usize),
 }
 
+/// System calls a backend made on its socket's data path so far, whatever each returned
+/// (EINTR and EAGAIN included): what batching is measured by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyscallCounts {
+    pub sends: u64,
+    pub recvs: u64,
+}
+
 /// A connection to a user-space network proxy. Non-blocking; the worker polls `raw_fd`
 /// edge-triggered, so callers read and write until `WouldBlock`/`Blocked`.
 pub trait Backend: Send {
@@ -158,6 +166,10 @@ pub trait Backend: Send {
     }
     /// Reads one frame into `buf` (which must hold [`crate::frame::MAX_FRAME`] bytes).
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError>;
+    /// Send and receive calls made so far (a backend that makes none reports zeros).
+    fn syscalls(&self) -> SyscallCounts {
+        SyscallCounts::default()
+    }
 }
 
 /// A boxed backend is a backend, so wrappers such as [`Faulty`] take either.
@@ -180,6 +192,10 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
 
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
         (**self).read_frame(buf)
+    }
+
+    fn syscalls(&self) -> SyscallCounts {
+        (**self).syscalls()
     }
 }
 
