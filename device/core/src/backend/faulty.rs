@@ -138,6 +138,10 @@ impl<B: Backend> Backend for Faulty<B> {
         status
     }
 
+    fn batch_limit(&self) -> usize {
+        self.inner.batch_limit()
+    }
+
     /// The frames before the next injected refusal go to the inner backend as one batch;
     /// the refusal then stops the batch at that frame, as a full socket would. The injector
     /// advances once per frame tried, as with [`Backend::write_frame`].

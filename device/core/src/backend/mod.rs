@@ -186,6 +186,11 @@ pub trait Backend: Send {
     fn write_bytes(&mut self, frame: &[u8]) -> Result<WriteStatus, BackendError> {
         self.write_frame(&TxFrame::from_slice(frame))
     }
+    /// Most frames one [`Backend::write_frames`] call can send: the device offers no more
+    /// (the default, 1, for backends that send one frame per call).
+    fn batch_limit(&self) -> usize {
+        1
+    }
     /// Writes `frames` in order, as many as the socket takes. A frame that does not go
     /// out stops the batch (nothing after it is tried): it is reported in
     /// [`BatchWrite::stopped`] and must be offered again first, exactly as after
@@ -246,6 +251,10 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
 
     fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
         (**self).write_frame(frame)
+    }
+
+    fn batch_limit(&self) -> usize {
+        (**self).batch_limit()
     }
 
     fn write_frames(&mut self, frames: &[TxFrame<'_>]) -> Result<BatchWrite, BackendError> {

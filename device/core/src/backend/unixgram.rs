@@ -195,6 +195,11 @@ impl Backend for UnixGram {
         }
     }
 
+    #[cfg(target_os = "linux")]
+    fn batch_limit(&self) -> usize {
+        super::MAX_BATCH_FRAMES
+    }
+
     /// Linux: one `sendmmsg` per batch. (macOS sends one frame per call: `sendmsg_x`
     /// exists there but is private and unmeasured.)
     #[cfg(target_os = "linux")]

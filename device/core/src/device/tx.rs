@@ -89,7 +89,10 @@ impl TxVirtio {
             // The batch: the deferred frame first, then new chains while the limits allow.
             let mut n = usize::from(self.held);
             let mut bytes = if self.held { self.batch[0].len } else { 0 };
-            while n < MAX_BATCH_FRAMES && done + n < BATCH {
+            // No more chains than the backend sends in one call: the rest would be popped
+            // and parsed only to go back to the ring.
+            let limit = backend.batch_limit().clamp(1, MAX_BATCH_FRAMES);
+            while n < limit && done + n < BATCH {
                 let Some(chain) = self.vq.queue.pop_descriptor_chain(mem) else {
                     // Re-arm kicks (EVENT_IDX: avail_event = next_avail); a chain that
                     // raced in before that shows up here.
