@@ -1,4 +1,4 @@
-"""Reading a vnetscope trace CSV (design.md) with polars, shared by the notebooks.
+"""Reading a vnetscope trace CSV (dtrace/README.md) with polars, shared by the notebooks.
 
 Everything here stays lazy until the last step and reduces before collecting, so a
 10M-row trace costs one or two streaming scans, never a 10M-point plot.

@@ -58,10 +58,15 @@ if [ $syscalls = 1 ]; then
 else
   [ -z "$socket$fd" ] || die "--socket and --fd go with --syscalls"
 fi
+# The tracer writes to a scratch file beside FILE, renamed over FILE when the run ends: FILE
+# is never removed or truncated before a capture exists to replace it, and a device or FIFO
+# named by -o is refused instead of deleted (dtrace -o appends, so it needs a new file).
+[ ! -e "$out" ] || [ -f "$out" ] || die "-o $out: not a regular file"
+final=$out
+out=$(mktemp "$final.XXXXXX" 2>/dev/null) || die "-o $final: cannot create a file in its directory"
 err=$(mktemp)
 tmpscript=$(mktemp)
-trap 'rm -f "$err" "$tmpscript"' EXIT
-rm -f "$out" # dtrace -o appends
+trap 'rm -f "$err" "$tmpscript" "$out"' EXIT
 
 # Sorts the capture and reports lost records; exits with the tracer's status.
 finish() {
@@ -74,10 +79,16 @@ finish() {
   fi
   if [ "$lost" -gt 0 ]; then
     echo "# warning: the tracer lost $lost records; this trace is incomplete" >> "$out"
-    echo "capture.sh: WARNING: the tracer lost $lost records: $out is incomplete (raise BPFTRACE_PERF_RB_PAGES, or the D script's -D BUFSIZE= for DTrace, or use --no-frames)" >&2
+    echo "capture.sh: WARNING: the tracer lost $lost records: $final is incomplete (raise BPFTRACE_PERF_RB_PAGES, or the D script's -D BUFSIZE= for DTrace, or use --no-frames)" >&2
   fi
   rows=$(grep -cvE '^(#|ts_ns,)' "$out" || true)
-  echo "capture.sh: $rows rows in $out" >&2
+  if [ -s "$out" ] || [ "$status" = 0 ]; then
+    chmod "$(printf '%o' $((0666 & ~$(umask))))" "$out"
+    mv "$out" "$final"
+    echo "capture.sh: $rows rows in $final" >&2
+  else
+    echo "capture.sh: the tracer failed before writing anything; $final left as it was" >&2
+  fi
   exit "$status"
 }
 

@@ -4,7 +4,7 @@
  *
  * The macOS twin of enobufs.bt (same rows, same columns; a test in
  * device/sim/tests/probe_scripts.rs keeps the two from drifting). Output is the
- * trace CSV of design.md: one clock comment line, the header, then one row
+ * trace CSV of dtrace/README.md: one clock comment line, the header, then one row
  * per probe firing, for `analyze report` and the notebooks.
  *
  * USAGE: sudo dtrace -C -s probes/enobufs.d [-D NAME=VALUE ...] -p PID       [-o FILE]
@@ -51,7 +51,7 @@
  * warning to look for (rows are missing from the CSV). Runtime errors
  * (dtrace:::ERROR) are counted and reported in a '# warning' comment at exit.
  *
- * Columns (design.md): ts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errno
+ * Columns (dtrace/README.md): ts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errno
  * ts_ns is `timestamp` (mach_absolute_time in ns: it stops while the Mac
  * sleeps); the clock line pairs it with `walltimestamp`. The in-process
  * recorder uses CLOCK_UPTIME_RAW on macOS, the same clock, so its rows and

@@ -4,7 +4,7 @@
  *
  * The macOS twin of syscalls.bt: for one unmodified process (krunkit, vfkit,
  * QEMU, gvproxy, vmnet-helper, ...) it watches the system calls on its unix
- * sockets and writes the vnetscope trace CSV of design.md, for `analyze`, the
+ * sockets and writes the vnetscope trace CSV (dtrace/README.md), for `analyze`, the
  * notebooks and the timelines:
  *
  *   enobufs_begin     a send failed with ENOBUFS (55) or EAGAIN (35) and that
@@ -62,7 +62,7 @@
  * Other errors (EPIPE, ...) write no row and leave an episode open. Rows come
  * from per-CPU buffers: sort by ts_ns (capture.sh does). ts_ns is
  * `timestamp` at the system call's return.
- * Columns (design.md): ts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errno
+ * Columns (dtrace/README.md): ts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errno
  */
 
 #ifndef FRAMES

@@ -2,10 +2,10 @@
 # Runs the bpftrace scripts against the simulated VM and checks what they print.
 # Needs root and bpftrace; skips with the reason otherwise. Called by .ci/test.sh.
 #
-#  (a) enobufs.bt: with backpressure and injected ENOBUFS, the CSV has the design.md header,
-#      its enobufs_begin/enobufs_resolved/tx_frame/rx_frame counts equal the run's JSON
-#      summary, `analyze report` reads it, and it has the same rows per probe as the run's
-#      own in-process trace. Again with FRAMES=0: no frame rows, the rest unchanged, but the
+#  (a) enobufs.bt: with backpressure and injected ENOBUFS, the CSV has the header of
+#      dtrace/README.md, its enobufs_begin/enobufs_resolved/tx_frame/rx_frame counts equal
+#      the run's JSON summary, `analyze report` reads it, and it has the same rows per probe
+#      as the run's own in-process trace. Again with FRAMES=0: no frame rows, the rest unchanged, but the
 #      frame probes attached (their USDT semaphores are non-zero); and with capture.sh
 #      --no-frames: the same rows, and the frame probes not attached (semaphores 0).
 #  (b) stall.bt: reports the lost-write-event run with the timer off; silent on a healthy one.
@@ -48,7 +48,7 @@ rm -rf "$fake"
 bad_use() { # expected-message-part args...
   local want=$1; shift
   local rc=0
-  bash probes/capture.sh -o /dev/null --syscalls "$@" > /dev/null 2> "$fake.err" || rc=$?
+  bash probes/capture.sh -o "$fake.csv" --syscalls "$@" > /dev/null 2> "$fake.err" || rc=$?
   [ $rc = 2 ] && [ "$(wc -l < "$fake.err")" = 1 ] && grep -q -- "$want" "$fake.err" \
     || { echo "     capture.sh --syscalls $*: exit $rc, stderr: $(cat "$fake.err")"; return 1; }
 }
@@ -59,12 +59,21 @@ if [ "$(id -u)" = 0 ]; then
   bad_use "no such process" -p notapid || use_ok=0
   bad_use "no AF_UNIX socket of process $$" -p $$ --socket /nonexistent/sock || use_ok=0
   bad_use "not a file descriptor" -p $$ --fd x || use_ok=0
-  what="no such pid, bad fd, no socket at the path"
+  # -o naming a device is refused, never removed (it once deleted /dev/null)
+  rc=0; bash probes/capture.sh -o /dev/null --syscalls -p $$ > /dev/null 2> "$fake.err" || rc=$?
+  { [ $rc = 2 ] && [ -c /dev/null ] && grep -q "not a regular file" "$fake.err"; } \
+    || { echo "     capture.sh -o /dev/null: exit $rc, stderr: $(cat "$fake.err")"; use_ok=0; }
+  # a failed run leaves an existing -o file as it was
+  echo "keep me" > "$fake.csv"
+  bad_use "no AF_UNIX socket" -p $$ --socket /nonexistent/sock || use_ok=0
+  [ "$(cat "$fake.csv")" = "keep me" ] && [ -z "$(ls "$fake.csv".?????? 2>/dev/null)" ] \
+    || { echo "     capture.sh: a failed run changed or left scratch files beside -o"; use_ok=0; }
+  what="no such pid, bad fd, no socket at the path, -o a device; a failed run keeps -o"
 else
   bad_use "needs root" -p $$ || use_ok=0
   what="not root"
 fi
-rm -f "$fake" "$fake.err"
+rm -f "$fake" "$fake.err" "$fake.csv"
 capture_total=2
 if [ $use_ok = 1 ]; then
   echo "ok   capture.sh --syscalls: bad use is one line and exit 2 ($what)"
@@ -203,7 +212,7 @@ run_capture() { # $1 = FRAMES argument (may be empty), $2 = name
 }
 run_capture "" all
 if bt=$(counts "$work/all.bt.csv") && inproc=$(counts "$work/all.inproc.csv"); then
-  ok "both traces parse with the design.md clock line and header"
+  ok "both traces parse with the clock line of dtrace/README.md and header"
   python3 - "$work/all.json" "$bt" "$inproc" <<'EOF' && ok "bpftrace counts equal the JSON summary and the in-process trace" || bad "counts differ"
 import json, sys
 s = json.load(open(sys.argv[1])); bt = json.loads(sys.argv[2]); inproc = json.loads(sys.argv[3])

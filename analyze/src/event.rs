@@ -115,7 +115,7 @@ pub fn errno_name(errno: i64) -> String {
     }
 }
 
-/// The errno the log parser assigns to a named error (macOS numbering: the reference VMM's
+/// The errno the log parser assigns to a named error (macOS numbering: libkrun's
 /// ENOBUFS episodes are a macOS phenomenon).
 pub fn errno_from_name(name: &str) -> Option<i64> {
     match name {

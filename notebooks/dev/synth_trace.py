@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Synthetic trace CSV for notebook development and the 10M-row plotting check.
 
-Not used by CI (CI plots real vnet-sim traces). Shapes follow the reference PR: mostly
+Not used by CI (CI plots real vnet-sim traces). Shapes follow libkrun PR 556: mostly
 1-retry episodes of tens to hundreds of microseconds, write wake-ups that often report
 less free space than the 65226-byte frame, a retry timer, guest kicks, TSO frames out and
 ACK-sized frames in. Usage: synth_trace.py OUT.csv [ROWS] [SEED]

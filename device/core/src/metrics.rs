@@ -1,6 +1,6 @@
 //! Device counters in the Firecracker style: each counter is a small relaxed atomic that
-//! serialises itself, so [`Metrics`] serialises as it is and a snapshot is that
-//! serialisation read back, with no hand-kept copy of each field.
+//! serialises itself, so [`Metrics`] serialises as it is. [`Metrics`] and its plain
+//! [`MetricsSnapshot`] are declared together from one field list (`metrics!`).
 //!
 //! The worker is the only writer; front ends read snapshots from other threads, so every
 //! counter is a relaxed atomic (no ordering between counters is promised).
@@ -118,112 +118,138 @@ impl Serialize for DropCounters {
     }
 }
 
-/// The device's counters. Field order is the JSON order front ends print.
-#[derive(Debug, Default, Serialize)]
-pub struct Metrics {
-    pub tx_frames: Counter,
-    pub tx_bytes: Counter,
-    pub rx_frames: Counter,
-    pub rx_bytes: Counter,
-    /// Episodes opened (first failed send of a frame).
-    pub episodes: Counter,
-    /// Failed sends, the first of each episode included.
-    pub retries: Counter,
-    pub resolved: Counter,
-    pub max_wait_ns: Max,
-    pub total_wait_ns: Counter,
-    pub open_episode: Flag,
-    /// Stream sends that wrote part of a frame before the socket filled.
-    pub partial_writes: Counter,
-    /// TX frames copied out of guest memory before sending, because their chain had more
-    /// pieces than one gathered send takes (every other frame is sent in place).
-    pub tx_copied: Counter,
-    pub drops: DropCounters,
-    /// Guest descriptor chains returned unused because they were malformed.
-    pub rejected_chains: Counter,
-    pub timer_fired: Counter,
-    pub write_events: Counter,
-    pub read_events: Counter,
-    pub guest_kicks: Counter,
-    pub guest_irqs: Counter,
-    /// Times RX stopped because the guest had no buffers for a waiting frame.
-    pub rx_no_buffers: Counter,
-    /// Event-loop turns (returns from epoll_wait/kevent): a busy loop shows up here.
-    pub wakeups: Counter,
-    /// Sends refused by [`crate::backend::Faulty`].
-    pub injected_faults: Counter,
-    pub peer_gone: Flag,
-    /// Send system calls made on the proxy's socket, whatever they returned (one
-    /// `sendmmsg` carrying many frames counts once); refusals [`crate::backend::Faulty`]
-    /// injects are not system calls and do not count.
-    pub tx_syscalls: Counter,
-    /// Receive system calls made on the proxy's socket, whatever they returned.
-    pub rx_syscalls: Counter,
-    /// CPU time (user + system, the thread's own clock) of device worker threads, added
-    /// when a worker exits: 0 while the first one runs.
-    pub worker_cpu_ns: Counter,
+/// A live counter's plain value, as a snapshot holds it.
+pub trait Reading {
+    type Value;
+    fn read(&self) -> Self::Value;
 }
 
-/// Dropped frames by reason, as read back from [`DropCounters`].
+impl Reading for Counter {
+    type Value = u64;
+    fn read(&self) -> u64 {
+        self.get()
+    }
+}
+
+impl Reading for Max {
+    type Value = u64;
+    fn read(&self) -> u64 {
+        self.get()
+    }
+}
+
+impl Reading for Flag {
+    type Value = bool;
+    fn read(&self) -> bool {
+        self.get()
+    }
+}
+
+impl Reading for DropCounters {
+    type Value = Drops;
+    fn read(&self) -> Drops {
+        Drops {
+            rx_oversize: self.get(DropReason::RxOversize),
+            rx_no_room: self.get(DropReason::RxNoRoom),
+            tx_bad_chain: self.get(DropReason::TxBadChain),
+            rx_empty: self.get(DropReason::RxEmpty),
+            peer_gone: self.get(DropReason::PeerGone),
+            guest_driver_error: self.get(DropReason::GuestDriverError),
+            total: self.total(),
+        }
+    }
+}
+
+/// Dropped frames by reason, as read back from [`DropCounters`] (the same JSON shape: a
+/// test compares the two).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Drops {
     pub rx_oversize: u64,
     pub rx_no_room: u64,
     pub tx_bad_chain: u64,
     pub rx_empty: u64,
     pub peer_gone: u64,
-    #[serde(default)]
     pub guest_driver_error: u64,
     pub total: u64,
 }
 
-/// Plain values of [`Metrics`] at one moment, for readers. Filled by deserialising what
-/// `Metrics` serialises; unknown fields are refused, so a counter added to `Metrics`
-/// without a field here fails every snapshot (and its tests) instead of vanishing.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsSnapshot {
-    pub tx_frames: u64,
-    pub tx_bytes: u64,
-    pub rx_frames: u64,
-    pub rx_bytes: u64,
-    pub episodes: u64,
-    pub retries: u64,
-    pub resolved: u64,
-    pub max_wait_ns: u64,
-    pub total_wait_ns: u64,
-    pub open_episode: bool,
-    pub partial_writes: u64,
-    #[serde(default)]
-    pub tx_copied: u64,
-    pub drops: Drops,
-    pub rejected_chains: u64,
-    pub timer_fired: u64,
-    pub write_events: u64,
-    pub read_events: u64,
-    pub guest_kicks: u64,
-    pub guest_irqs: u64,
-    pub rx_no_buffers: u64,
-    pub wakeups: u64,
-    pub injected_faults: u64,
-    pub peer_gone: bool,
-    #[serde(default)]
-    pub tx_syscalls: u64,
-    #[serde(default)]
-    pub rx_syscalls: u64,
-    #[serde(default)]
-    pub worker_cpu_ns: u64,
+/// Declares the live counters ([`Metrics`]) and their plain snapshot ([`MetricsSnapshot`])
+/// from one field list, so the two cannot drift apart.
+macro_rules! metrics {
+    ($($(#[doc = $doc:literal])* $name:ident: $kind:ty,)*) => {
+        /// The device's counters. Field order is the JSON order front ends print.
+        #[derive(Debug, Default, Serialize)]
+        pub struct Metrics {
+            $($(#[doc = $doc])* pub $name: $kind,)*
+        }
+
+        /// Plain values of [`Metrics`] at one moment, for readers; serialises to the same
+        /// JSON as the live counters. Reading JSON from a build with fewer counters leaves
+        /// the missing ones 0; a counter this build does not know is refused.
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct MetricsSnapshot {
+            $($(#[doc = $doc])* pub $name: <$kind as Reading>::Value,)*
+        }
+
+        impl Metrics {
+            pub fn snapshot(&self) -> MetricsSnapshot {
+                MetricsSnapshot {
+                    $($name: self.$name.read(),)*
+                }
+            }
+        }
+    };
+}
+
+metrics! {
+    tx_frames: Counter,
+    tx_bytes: Counter,
+    rx_frames: Counter,
+    rx_bytes: Counter,
+    /// Episodes opened (first failed send of a frame).
+    episodes: Counter,
+    /// Failed sends, the first of each episode included.
+    retries: Counter,
+    resolved: Counter,
+    max_wait_ns: Max,
+    total_wait_ns: Counter,
+    open_episode: Flag,
+    /// Stream sends that wrote part of a frame before the socket filled.
+    partial_writes: Counter,
+    /// TX frames copied out of guest memory before sending, because their chain had more
+    /// pieces than one gathered send takes (every other frame is sent in place).
+    tx_copied: Counter,
+    drops: DropCounters,
+    /// Guest descriptor chains returned unused because they were malformed.
+    rejected_chains: Counter,
+    timer_fired: Counter,
+    write_events: Counter,
+    read_events: Counter,
+    guest_kicks: Counter,
+    guest_irqs: Counter,
+    /// Times RX stopped because the guest had no buffers for a waiting frame.
+    rx_no_buffers: Counter,
+    /// Event-loop turns (returns from epoll_wait/kevent): a busy loop shows up here.
+    wakeups: Counter,
+    /// Sends refused by [`crate::backend::Faulty`].
+    injected_faults: Counter,
+    peer_gone: Flag,
+    /// Send system calls made on the proxy's socket, whatever they returned (one
+    /// `sendmmsg` carrying many frames counts once); refusals [`crate::backend::Faulty`]
+    /// injects are not system calls and do not count.
+    tx_syscalls: Counter,
+    /// Receive system calls made on the proxy's socket, whatever they returned.
+    rx_syscalls: Counter,
+    /// CPU time (user + system, the thread's own clock) of device worker threads, added
+    /// when a worker exits: 0 while the first one runs.
+    worker_cpu_ns: Counter,
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         Metrics::default()
-    }
-
-    pub fn snapshot(&self) -> MetricsSnapshot {
-        let live = serde_json::to_value(self).expect("counters serialise");
-        serde_json::from_value(live).expect("MetricsSnapshot has a field for every counter")
     }
 }
 

@@ -68,85 +68,10 @@ impl DropReason {
     }
 }
 
-/// The probes of the contract, in `vnet.d` order; the recorder writes these names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Probe {
-    EnobufsBegin,
-    EnobufsRetry,
-    EnobufsResolved,
-    KeventWrite,
-    KeventRead,
-    TimerFired,
-    TxFrame,
-    RxFrame,
-    GuestKick,
-    GuestIrq,
-    FrameDrop,
-}
-
-impl Probe {
-    pub const ALL: [Probe; 11] = [
-        Probe::EnobufsBegin,
-        Probe::EnobufsRetry,
-        Probe::EnobufsResolved,
-        Probe::KeventWrite,
-        Probe::KeventRead,
-        Probe::TimerFired,
-        Probe::TxFrame,
-        Probe::RxFrame,
-        Probe::GuestKick,
-        Probe::GuestIrq,
-        Probe::FrameDrop,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Probe::EnobufsBegin => "enobufs_begin",
-            Probe::EnobufsRetry => "enobufs_retry",
-            Probe::EnobufsResolved => "enobufs_resolved",
-            Probe::KeventWrite => "kevent_write",
-            Probe::KeventRead => "kevent_read",
-            Probe::TimerFired => "timer_fired",
-            Probe::TxFrame => "tx_frame",
-            Probe::RxFrame => "rx_frame",
-            Probe::GuestKick => "guest_kick",
-            Probe::GuestIrq => "guest_irq",
-            Probe::FrameDrop => "frame_drop",
-        }
-    }
-}
-
-/// One trace row before formatting; `None` is an empty CSV field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Row {
-    pub ts_ns: u64,
-    pub tid: i64,
-    pub probe: Probe,
-    pub fd: Option<i64>,
-    pub queue: Option<i64>,
-    pub len: Option<i64>,
-    pub data: Option<i64>,
-    pub retries: Option<i64>,
-    pub wait_ns: Option<i64>,
-    pub errno: Option<i64>,
-}
-
-impl Row {
-    fn new(probe: Probe) -> Row {
-        Row {
-            ts_ns: mono_ns(),
-            tid: current_tid(),
-            probe,
-            fd: None,
-            queue: None,
-            len: None,
-            data: None,
-            retries: None,
-            wait_ns: None,
-            errno: None,
-        }
-    }
-}
+/// The probe names, the trace row and which column each probe argument fills all come from
+/// the trace schema crate (`dtrace/schema`), which the analyzer reads with and a test ties
+/// to `dtrace/vnet.d`.
+pub use vnet_trace_schema::{Probe, Row};
 
 static RECORDING: AtomicBool = AtomicBool::new(false);
 static RECORDER: Mutex<Option<Recorder>> = Mutex::new(None);
@@ -185,12 +110,23 @@ pub fn recording() -> bool {
     RECORDING.load(Ordering::Relaxed)
 }
 
+/// Records one firing of `probe` at `ts_ns` on this thread; `args` in `vnet.d` order (the
+/// schema puts each in its column).
 #[cold]
 #[inline(never)]
-fn record(row: Row) {
+fn record_at(ts_ns: u64, probe: Probe, args: &[i64]) {
+    debug_assert_eq!(args.len(), probe.arg_columns().len(), "{}", probe.name());
+    let row = Row::from_args(probe, ts_ns, current_tid(), args);
     if let Some(rec) = RECORDER.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
         rec.write_row(&row);
     }
+}
+
+/// [`record_at`] now.
+#[cold]
+#[inline(never)]
+fn record(probe: Probe, args: &[i64]) {
+    record_at(mono_ns(), probe, args);
 }
 
 /// The clock of `ts_ns` and of episode wait times, chosen so recorder rows and the tracer's
@@ -249,7 +185,7 @@ pub fn enobufs_begin(fd: i64, frame_len: i64, errno: i64) {
         vnet::enobufs_begin!(|| (fd, frame_len, errno));
     }
     if recording() {
-        record_begin(mono_ns(), fd, frame_len, errno);
+        record(Probe::EnobufsBegin, &[fd, frame_len, errno]);
     }
 }
 
@@ -264,19 +200,8 @@ pub fn enobufs_begin_at(ts_ns: u64, fd: i64, frame_len: i64, errno: i64) {
         vnet::enobufs_begin!(|| (fd, frame_len, errno));
     }
     if recording() {
-        record_begin(ts_ns, fd, frame_len, errno);
+        record_at(ts_ns, Probe::EnobufsBegin, &[fd, frame_len, errno]);
     }
-}
-
-#[cold]
-fn record_begin(ts_ns: u64, fd: i64, frame_len: i64, errno: i64) {
-    record(Row {
-        ts_ns,
-        fd: Some(fd),
-        len: Some(frame_len),
-        errno: Some(errno),
-        ..Row::new(Probe::EnobufsBegin)
-    });
 }
 
 #[inline(always)]
@@ -287,12 +212,7 @@ pub fn enobufs_retry(fd: i64, attempt: i64, errno: i64) {
         vnet::enobufs_retry!(|| (fd, attempt, errno));
     }
     if recording() {
-        record(Row {
-            fd: Some(fd),
-            retries: Some(attempt),
-            errno: Some(errno),
-            ..Row::new(Probe::EnobufsRetry)
-        });
+        record(Probe::EnobufsRetry, &[fd, attempt, errno]);
     }
 }
 
@@ -304,7 +224,7 @@ pub fn enobufs_resolved(fd: i64, retries: i64, wait_ns: i64, frame_len: i64) {
         vnet::enobufs_resolved!(|| (fd, retries, wait_ns, frame_len));
     }
     if recording() {
-        record_resolved(mono_ns(), fd, retries, wait_ns, frame_len);
+        record(Probe::EnobufsResolved, &[fd, retries, wait_ns, frame_len]);
     }
 }
 
@@ -318,20 +238,12 @@ pub fn enobufs_resolved_at(ts_ns: u64, fd: i64, retries: i64, wait_ns: i64, fram
         vnet::enobufs_resolved!(|| (fd, retries, wait_ns, frame_len));
     }
     if recording() {
-        record_resolved(ts_ns, fd, retries, wait_ns, frame_len);
+        record_at(
+            ts_ns,
+            Probe::EnobufsResolved,
+            &[fd, retries, wait_ns, frame_len],
+        );
     }
-}
-
-#[cold]
-fn record_resolved(ts_ns: u64, fd: i64, retries: i64, wait_ns: i64, frame_len: i64) {
-    record(Row {
-        ts_ns,
-        fd: Some(fd),
-        retries: Some(retries),
-        wait_ns: Some(wait_ns),
-        len: Some(frame_len),
-        ..Row::new(Probe::EnobufsResolved)
-    });
 }
 
 #[inline(always)]
@@ -348,11 +260,7 @@ pub fn kevent_write_with(fd: i64, data: impl Fn() -> i64) {
         vnet::kevent_write!(|| (fd, data()));
     }
     if recording() {
-        record(Row {
-            fd: Some(fd),
-            data: Some(data()),
-            ..Row::new(Probe::KeventWrite)
-        });
+        record(Probe::KeventWrite, &[fd, data()]);
     }
 }
 
@@ -370,11 +278,7 @@ pub fn kevent_read_with(fd: i64, data: impl Fn() -> i64) {
         vnet::kevent_read!(|| (fd, data()));
     }
     if recording() {
-        record(Row {
-            fd: Some(fd),
-            data: Some(data()),
-            ..Row::new(Probe::KeventRead)
-        });
+        record(Probe::KeventRead, &[fd, data()]);
     }
 }
 
@@ -386,10 +290,7 @@ pub fn timer_fired(delay_us: i64) {
         vnet::timer_fired!(|| delay_us);
     }
     if recording() {
-        record(Row {
-            data: Some(delay_us),
-            ..Row::new(Probe::TimerFired)
-        });
+        record(Probe::TimerFired, &[delay_us]);
     }
 }
 
@@ -401,11 +302,7 @@ pub fn tx_frame(fd: i64, len: i64) {
         vnet::tx_frame!(|| (fd, len));
     }
     if recording() {
-        record(Row {
-            fd: Some(fd),
-            len: Some(len),
-            ..Row::new(Probe::TxFrame)
-        });
+        record(Probe::TxFrame, &[fd, len]);
     }
 }
 
@@ -417,11 +314,7 @@ pub fn rx_frame(fd: i64, len: i64) {
         vnet::rx_frame!(|| (fd, len));
     }
     if recording() {
-        record(Row {
-            fd: Some(fd),
-            len: Some(len),
-            ..Row::new(Probe::RxFrame)
-        });
+        record(Probe::RxFrame, &[fd, len]);
     }
 }
 
@@ -433,10 +326,7 @@ pub fn guest_kick(queue: i64) {
         vnet::guest_kick!(|| queue);
     }
     if recording() {
-        record(Row {
-            queue: Some(queue),
-            ..Row::new(Probe::GuestKick)
-        });
+        record(Probe::GuestKick, &[queue]);
     }
 }
 
@@ -448,10 +338,7 @@ pub fn guest_irq(queue: i64) {
         vnet::guest_irq!(|| queue);
     }
     if recording() {
-        record(Row {
-            queue: Some(queue),
-            ..Row::new(Probe::GuestIrq)
-        });
+        record(Probe::GuestIrq, &[queue]);
     }
 }
 
@@ -463,11 +350,6 @@ pub fn frame_drop(fd: i64, len: i64, reason: i64) {
         vnet::frame_drop!(|| (fd, len, reason));
     }
     if recording() {
-        record(Row {
-            fd: Some(fd),
-            len: Some(len),
-            data: Some(reason),
-            ..Row::new(Probe::FrameDrop)
-        });
+        record(Probe::FrameDrop, &[fd, len, reason]);
     }
 }

@@ -23,7 +23,6 @@ use virtio_queue::desc::split::Descriptor;
 use vm_memory::FileOffset;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use vnet_device::backend::{BackendOptions, UnixGram};
 use vnet_device::device::{NetDevice, RxPass, TxPass};
 use vnet_device::metrics::{Metrics, MetricsSnapshot};
 use vnet_device::net::{DEVICE_FEATURES, FEATURE_MRG_RXBUF, MAX_FRAME, NET_HDR_LEN};
@@ -45,19 +44,12 @@ struct Rig {
 
 fn rig_on(mem: GuestMemoryMmap, features: u64) -> Rig {
     let (rx, tx) = (DriverQueue::new(0, QSIZE), DriverQueue::new(1, QSIZE));
-    let (a, peer) = UnixDatagram::pair().unwrap();
-    peer.set_nonblocking(true).unwrap();
-    let backend = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let dev = NetDevice::new(
-        common::atomic(&mem),
+    let (dev, peer, metrics) = common::gram_device(
+        &mem,
         rx.queue(),
         tx.queue(),
         Notifier::new().unwrap(),
-        Notifier::new().unwrap(),
         features,
-        Box::new(backend),
-        metrics.clone(),
     );
     Rig {
         mem,

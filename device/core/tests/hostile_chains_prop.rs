@@ -20,7 +20,6 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRI
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use vnet_device::backend::{BackendOptions, UnixGram};
 use vnet_device::device::{NetDevice, RxPass, TxPass};
 use vnet_device::metrics::{Metrics, MetricsSnapshot};
 use vnet_device::net::{DEVICE_FEATURES, FEATURE_MRG_RXBUF, MAX_FRAME, NET_HDR_LEN};
@@ -154,19 +153,12 @@ struct Rig {
 fn rig(tx_side: bool, features: u64) -> Rig {
     let mem = common::memory();
     let (rx, tx) = (DriverQueue::new(0, QSIZE), DriverQueue::new(1, QSIZE));
-    let (a, peer) = UnixDatagram::pair().unwrap();
-    peer.set_nonblocking(true).unwrap();
-    let backend = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let dev = NetDevice::new(
-        common::atomic(&mem),
+    let (dev, peer, metrics) = common::gram_device(
+        &mem,
         rx.queue(),
         tx.queue(),
         Notifier::new().unwrap(),
-        Notifier::new().unwrap(),
         features,
-        Box::new(backend),
-        metrics.clone(),
     );
     Rig {
         mem,

@@ -1,7 +1,7 @@
 //! The probe contract as built: every probe of dtrace/vnet.d is in the binary's ELF notes
 //! (what bpftrace attaches to), and the in-process recorder writes the trace CSV (the
-//! clock line, `recorder::HEADER`, one row per firing) with each probe's arguments in
-//! its columns.
+//! clock line, the trace schema's `HEADER`, one row per firing) with each probe's arguments
+//! in the schema's columns.
 
 mod common;
 
@@ -14,7 +14,7 @@ use vnet_device::metrics::Metrics;
 use vnet_device::net::DEVICE_FEATURES;
 use vnet_device::notify::Notifier;
 use vnet_device::probes::{self, Probe, Recorder};
-use vnet_device::recorder::HEADER;
+use vnet_trace_schema::{Column, HEADER};
 
 /// Fires every probe once with recognisable arguments; also forces every probe site into
 /// this test binary so its ELF notes can be inspected.
@@ -171,26 +171,36 @@ fn recorder_writes_the_trace_csv_with_each_argument_in_its_column() {
     let ts: Vec<u64> = mine.iter().map(|r| r[0].parse().unwrap()).collect();
     assert!(ts.windows(2).all(|w| w[0] <= w[1]), "monotonic timestamps");
 
-    // Column placement per probe (ts,tid,probe,fd,queue,len,data,retries,wait_ns,errno).
-    let direct: Vec<Vec<&str>> = mine[..11]
-        .iter()
-        .map(|r| r[2..].iter().map(String::as_str).collect())
-        .collect();
+    // Each probe's arguments (as `fire_all` passes them, in vnet.d order) in the columns the
+    // schema names for it, every other argument column empty.
+    let fired: [(Probe, &[i64]); 11] = [
+        (Probe::EnobufsBegin, &[7, 65226, 55]),
+        (Probe::EnobufsRetry, &[7, 2, 55]),
+        (Probe::EnobufsResolved, &[7, 3, 123456, 65226]),
+        (Probe::KeventWrite, &[7, 17996]),
+        (Probe::KeventRead, &[40, 16]),
+        (Probe::TimerFired, &[50]),
+        (Probe::TxFrame, &[7, 1514]),
+        (Probe::RxFrame, &[7, 66]),
+        (Probe::GuestKick, &[1]),
+        (Probe::GuestIrq, &[0]),
+        (
+            Probe::FrameDrop,
+            &[7, 9000, probes::DropReason::RxNoRoom.code()],
+        ),
+    ];
+    for (row, (probe, args)) in mine[..11].iter().zip(fired) {
+        assert_eq!(row[Column::Probe.index()], probe.name());
+        let mut want = vec![String::new(); Column::ALL.len()];
+        for (column, value) in probe.arg_columns().iter().zip(args) {
+            want[column.index()] = value.to_string();
+        }
+        assert_eq!(row[3..], want[3..], "{}: argument columns", probe.name());
+    }
+    // One spelled-out row, so a schema that moved every probe's columns alike still fails.
     assert_eq!(
-        direct,
-        vec![
-            vec!["enobufs_begin", "7", "", "65226", "", "", "", "55"],
-            vec!["enobufs_retry", "7", "", "", "", "2", "", "55"],
-            vec!["enobufs_resolved", "7", "", "65226", "", "3", "123456", ""],
-            vec!["kevent_write", "7", "", "", "17996", "", "", ""],
-            vec!["kevent_read", "40", "", "", "16", "", "", ""],
-            vec!["timer_fired", "", "", "", "50", "", "", ""],
-            vec!["tx_frame", "7", "", "1514", "", "", "", ""],
-            vec!["rx_frame", "7", "", "66", "", "", "", ""],
-            vec!["guest_kick", "", "1", "", "", "", "", ""],
-            vec!["guest_irq", "", "0", "", "", "", "", ""],
-            vec!["frame_drop", "7", "", "9000", "2", "", "", ""],
-        ]
+        mine[2][2..],
+        ["enobufs_resolved", "7", "", "65226", "", "3", "123456", ""]
     );
 
     // The data path's rows: frame 0 out (interrupt at the end of the pass, frame 1 then

@@ -14,7 +14,6 @@ use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use vnet_device::backend::{BackendOptions, UnixGram};
 use vnet_device::device::{NetDevice, RxPass, TxPass};
 use vnet_device::metrics::Metrics;
 use vnet_device::net::{
@@ -42,20 +41,13 @@ struct Rig<'a> {
 fn rig(mem: &GuestMemoryMmap, features: u64, qsize: u16) -> Rig<'_> {
     let rxq = MockSplitQueue::create(mem, GuestAddress(0), qsize);
     let txq = MockSplitQueue::create(mem, GuestAddress(0x10_0000), qsize);
-    let (a, peer) = common::gram_pair();
-    peer.set_nonblocking(true).unwrap();
-    let backend = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
-    let metrics = Arc::new(Metrics::new());
     let rx_call = Notifier::new().unwrap();
-    let dev = NetDevice::new(
-        common::atomic(mem),
+    let (dev, peer, metrics) = common::gram_device(
+        mem,
         rxq.create_queue::<Queue>().unwrap(),
         txq.create_queue::<Queue>().unwrap(),
         rx_call.try_clone().unwrap(),
-        Notifier::new().unwrap(),
         features,
-        Box::new(backend),
-        metrics.clone(),
     );
     Rig {
         mem,

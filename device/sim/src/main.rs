@@ -26,6 +26,8 @@ use vnet_sim::{BuiltinKind, SimConfig, Summary};
 #[derive(Parser, Debug)]
 #[command(
     name = "vnet-sim",
+    // `--duration -1` is a bad value for --duration, not an unknown flag `-1`.
+    allow_negative_numbers = true,
     about = "Drive the virtio-net device like a VM under iperf3-style load and check every frame",
     after_help = "With no arguments: a 10 s run, trace in target/vnet-sim/trace.csv, summary and retry report."
 )]
@@ -159,7 +161,26 @@ struct Cli {
 
 fn main() -> ExitCode {
     let no_args = std::env::args_os().len() == 1;
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version.
+        Err(e) if !e.use_stderr() => e.exit(),
+        // One line naming the flag, as for the checks in `config` (clap adds usage lines).
+        Err(e) => {
+            // Up to the first blank line: the message and any lines it lists (missing flags).
+            let text = e.to_string();
+            let first = text
+                .split("\n\n")
+                .next()
+                .unwrap_or("bad usage")
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
+            eprintln!("vnet-sim: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
     probes::register();
     match real_main(cli, no_args) {
         Ok(true) => ExitCode::SUCCESS,
@@ -183,16 +204,59 @@ fn default_trace() -> PathBuf {
 }
 
 fn real_main(cli: Cli, no_args: bool) -> Result<bool, String> {
+    // Every flag is checked before any file or directory is created.
     let filter = EnvFilter::try_new(&cli.log_level)
         .map_err(|e| format!("--log-level {:?}: {e}", cli.log_level))?;
+    let cfg = config(&cli)?;
+    let report = cli.report || no_args;
+    let trace = match (&cli.trace, report) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => Some(default_trace()),
+        (None, false) => None,
+    };
+    if let (Some(t), Some(c)) = (&trace, &cli.chrome) {
+        if same_file(t, c) {
+            return Err(format!(
+                "--chrome {}: the same file as the trace; give each its own path",
+                c.display()
+            ));
+        }
+    }
+    if let Some(path) = &trace {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    format!(
+                        "--trace {}: creating {}: {e}",
+                        path.display(),
+                        dir.display()
+                    )
+                })?;
+                // The default run's target/vnet-sim needs no mention.
+                if cli.trace.is_some() {
+                    eprintln!("vnet-sim: created directory {} for --trace", dir.display());
+                }
+            }
+        }
+        let rec = Recorder::create(path).map_err(|e| format!("--trace {}: {e}", path.display()))?;
+        probes::install_recorder(rec);
+    }
+    // Opened here, not by tracing-chrome, which panics on a path it cannot create.
+    let chrome_file = match &cli.chrome {
+        Some(path) => Some(
+            std::fs::File::create(path).map_err(|e| format!("--chrome {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_filter(filter);
     let mut chrome_guard = None;
-    let chrome = match &cli.chrome {
-        Some(path) => {
+    let chrome = match chrome_file {
+        Some(file) => {
             let (layer, guard) = tracing_chrome::ChromeLayerBuilder::new()
-                .file(path)
+                .writer(file)
                 .include_args(true)
                 .build();
             chrome_guard = Some(guard);
@@ -203,21 +267,6 @@ fn real_main(cli: Cli, no_args: bool) -> Result<bool, String> {
     };
     tracing_subscriber::registry().with(fmt).with(chrome).init();
 
-    let report = cli.report || no_args;
-    let trace = match (&cli.trace, report) {
-        (Some(p), _) => Some(p.clone()),
-        (None, true) => Some(default_trace()),
-        (None, false) => None,
-    };
-    if let Some(path) = &trace {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-        let rec = Recorder::create(path).map_err(|e| format!("--trace {}: {e}", path.display()))?;
-        probes::install_recorder(rec);
-    }
-
-    let cfg = config(&cli)?;
     let result = vnet_sim::run(&cfg);
     let rows = match probes::take_recorder() {
         Some(rec) => Some(
@@ -237,14 +286,52 @@ fn real_main(cli: Cli, no_args: bool) -> Result<bool, String> {
     Ok(!summary.failed())
 }
 
+/// Whether two paths name one file: the same path, or (when both exist) the same inode.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if a == b {
+        return true;
+    }
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// Upper bounds for the time flags: far beyond any useful run, and small enough that
+/// `Duration` and `Instant` arithmetic cannot overflow.
+const MAX_DURATION_SECS: f64 = 30.0 * 86_400.0;
+const MAX_STALL_TIMEOUT_SECS: f64 = 3_600.0;
+const MAX_RETRY_DELAY_US: u64 = 10_000_000;
+const MAX_PROXY_READ_DELAY_US: u64 = 1_000_000;
+const MAX_PROXY_PAUSE_MS: u64 = 60_000;
+
+/// A positive number of seconds up to `max`, as a Duration.
+fn secs(name: &str, v: f64, max: f64) -> Result<Duration, String> {
+    if !(v.is_finite() && v > 0.0 && v <= max) {
+        return Err(format!(
+            "{name} {v}: must be more than 0 and at most {max} seconds"
+        ));
+    }
+    Duration::try_from_secs_f64(v).map_err(|e| format!("{name} {v}: {e}"))
+}
+
+/// A count or size that must not be zero.
+fn nonzero<T: PartialEq + Default + std::fmt::Display>(name: &str, v: T) -> Result<T, String> {
+    if v == T::default() {
+        return Err(format!("{name} 0: must be at least 1"));
+    }
+    Ok(v)
+}
+
+fn at_most(name: &str, v: u64, max: u64, unit: &str) -> Result<u64, String> {
+    if v > max {
+        return Err(format!("{name} {v}: must be at most {max} {unit}"));
+    }
+    Ok(v)
+}
+
 fn config(cli: &Cli) -> Result<SimConfig, String> {
-    let secs = |name: &str, v: f64| {
-        if v.is_finite() && v > 0.0 {
-            Ok(Duration::from_secs_f64(v))
-        } else {
-            Err(format!("{name} {v}: must be a positive number of seconds"))
-        }
-    };
     if let (Some(bytes), None, BuiltinKind::UnixGram) = (cli.proxy_rcvbuf, &cli.proxy, &cli.backend)
     {
         check_dgram_rcvbuf(bytes).map_err(|e| format!("--proxy-rcvbuf {e}"))?;
@@ -252,8 +339,28 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
     let limit = match cli.frames {
         Some(0) => return Err("--frames 0: must be at least 1".into()),
         Some(n) => Limit::Frames(n),
-        None => Limit::Duration(secs("--duration", cli.duration)?),
+        None => Limit::Duration(secs("--duration", cli.duration, MAX_DURATION_SECS)?),
     };
+    if let Some(us) = cli.retry_delay_us {
+        at_most("--retry-delay-us", us, MAX_RETRY_DELAY_US, "µs")?;
+    }
+    at_most(
+        "--proxy-read-delay-us",
+        cli.proxy_read_delay_us,
+        MAX_PROXY_READ_DELAY_US,
+        "µs",
+    )?;
+    at_most(
+        "--proxy-pause-ms",
+        cli.proxy_pause_ms,
+        MAX_PROXY_PAUSE_MS,
+        "ms",
+    )?;
+    nonzero("--proxy-pause-every-ms", cli.proxy_pause_every_ms)?;
+    nonzero("--inject-enobufs-burst", cli.inject_enobufs_burst)?;
+    if let Some(n) = cli.proxy_rcvbuf {
+        nonzero("--proxy-rcvbuf", n)?;
+    }
     let mut cfg = SimConfig {
         workload: Workload {
             direction: cli.direction,
@@ -280,7 +387,7 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
             rcvbuf: cli.proxy_rcvbuf,
             read_delay: Duration::from_micros(cli.proxy_read_delay_us),
             pause: Duration::from_millis(cli.proxy_pause_ms),
-            pause_every: Duration::from_millis(cli.proxy_pause_every_ms.max(1)),
+            pause_every: Duration::from_millis(cli.proxy_pause_every_ms),
             verify_crc: !cli.no_checksum,
         },
         fault: FaultConfig {
@@ -294,7 +401,7 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
             (false, None) => RetryTimer::BackendDefault,
         },
         sndbuf: cli.sndbuf,
-        stall_timeout: secs("--stall-timeout", cli.stall_timeout)?,
+        stall_timeout: secs("--stall-timeout", cli.stall_timeout, MAX_STALL_TIMEOUT_SECS)?,
         queue_size: cli.queue_size,
         rx_buf_len: cli.rx_buf_len,
         tx_frame_offset: cli.tx_frame_offset,
@@ -310,6 +417,26 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
         }
         if cli.rate_mbit.is_none() {
             cfg.workload.rate_mbit = Some(100);
+        }
+    }
+    if let Some(n) = cli.sndbuf {
+        // A datagram larger than the send buffer fails every time with EMSGSIZE (Linux
+        // doubles the value it is given; macOS takes it as the largest datagram).
+        let datagram = match &cli.proxy {
+            Some(spec) => matches!(spec, BackendSpec::UnixGram(_)),
+            None => matches!(cli.backend, BuiltinKind::UnixGram),
+        };
+        let frame = cfg.workload.tx_size.max(cfg.workload.ack_size);
+        if n == 0 || (datagram && n < frame) {
+            return Err(format!(
+                "--sndbuf {n}: must be at least {} bytes{}",
+                if datagram { frame } else { 1 },
+                if datagram {
+                    " (the largest guest frame) on a datagram socket, or every send fails with EMSGSIZE"
+                } else {
+                    ""
+                }
+            ));
         }
     }
     if cli.rx_buf_len < 64 {

@@ -122,6 +122,15 @@ impl Workload {
         if self.rate_mbit == Some(0) {
             return Err("--rate-mbit 0: must be positive".into());
         }
+        // The receiver ACKs every ack_every-th frame; a window smaller than that fills before
+        // the first ACK is due, and both sides wait for each other for ever.
+        if self.ack_size > 0 && self.send_window > 0 && self.ack_every > self.send_window {
+            return Err(format!(
+                "--ack-every {}: larger than --send-window {}, so the window fills before the \
+                 first ACK and the sender waits for ever",
+                self.ack_every, self.send_window
+            ));
+        }
         Ok(())
     }
 }

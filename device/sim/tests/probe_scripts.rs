@@ -1,29 +1,27 @@
 //! Keeps the capture and live-watch scripts in probes/ from drifting away from the probe
 //! contract. CI can only run the bpftrace scripts; the DTrace ones (macOS) are checked here
 //! by reading them: every probe they name exists in dtrace/vnet.d with enough arguments, and
-//! the two capture scripts print the design.md header and put each probe argument in the
-//! same column. The syscall-level scripts (syscalls.bt, syscalls.d) attach to no vnet probe;
-//! their rows are checked against design.md's columns the same way.
+//! the two capture scripts print the trace schema's header (`dtrace/schema`) and put each
+//! probe argument in the schema's column. The syscall-level scripts (syscalls.bt,
+//! syscalls.d) attach to no vnet probe; their rows are checked against the schema's columns
+//! the same way.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-const HEADER: &str = "ts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errno";
+use vnet_trace_schema::{Probe, HEADER};
 
-/// Where each probe's arguments go in the CSV (design.md, "Where each probe's arguments go").
-fn expected_columns(probe: &str) -> &'static [(&'static str, usize)] {
-    match probe {
-        "enobufs_begin" => &[("fd", 0), ("len", 1), ("errno", 2)],
-        "enobufs_retry" => &[("fd", 0), ("retries", 1), ("errno", 2)],
-        "enobufs_resolved" => &[("fd", 0), ("retries", 1), ("wait_ns", 2), ("len", 3)],
-        "kevent_write" | "kevent_read" => &[("fd", 0), ("data", 1)],
-        "timer_fired" => &[("data", 0)],
-        "tx_frame" | "rx_frame" => &[("fd", 0), ("len", 1)],
-        "guest_kick" | "guest_irq" => &[("queue", 0)],
-        "frame_drop" => &[("fd", 0), ("len", 1), ("data", 2)],
-        other => panic!("probe {other} is in dtrace/vnet.d but not in design.md's column table"),
-    }
+/// Where each probe's arguments go in the CSV: (column name, argument index), from the
+/// trace schema the recorder writes and `analyze` reads with.
+fn expected_columns(probe: &str) -> Vec<(&'static str, usize)> {
+    let p = Probe::from_name(probe.as_bytes())
+        .unwrap_or_else(|| panic!("probe {probe} is in dtrace/vnet.d but not in the trace schema"));
+    p.arg_columns()
+        .iter()
+        .enumerate()
+        .map(|(k, c)| (c.name(), k))
+        .collect()
 }
 
 fn root() -> PathBuf {
@@ -273,7 +271,7 @@ const SYSCALL_ROWS: [&str; 7] = [
 
 /// Checks every row a syscall script prints, wherever it prints it (one printf may write
 /// two rows; the D script prints from macros): ten fields, a contract probe name in the
-/// probe column, values exactly in design.md's columns for that probe (plus ts_ns and tid),
+/// probe column, values exactly in the schema's columns for that probe (plus ts_ns and tid),
 /// and as many printf arguments as values. Returns the probes it writes rows for.
 fn check_syscall_rows(file: &str, text: &str) -> Vec<String> {
     let columns: Vec<&str> = HEADER.split(',').collect();
@@ -288,7 +286,7 @@ fn check_syscall_rows(file: &str, text: &str) -> Vec<String> {
     assert_eq!(
         headers[0].0,
         format!("{HEADER}\\n"),
-        "{file}: header differs from design.md"
+        "{file}: header differs from the trace schema"
     );
     assert!(
         all.iter()
@@ -307,7 +305,7 @@ fn check_syscall_rows(file: &str, text: &str) -> Vec<String> {
             let name = fields[2];
             assert!(SYSCALL_ROWS.contains(&name), "{file}: {row}: probe {name}");
             let mut want: Vec<&str> = vec!["ts_ns", "tid"];
-            want.extend(expected_columns(name).iter().map(|(c, _)| *c));
+            want.extend(expected_columns(name).into_iter().map(|(c, _)| c));
             for (col, field) in columns.iter().zip(&fields) {
                 if *col == "probe" {
                     continue;
@@ -341,7 +339,7 @@ fn check_syscall_rows(file: &str, text: &str) -> Vec<String> {
 }
 
 #[test]
-fn syscall_scripts_write_the_design_csv() {
+fn syscall_scripts_write_the_schema_csv() {
     let want: Vec<String> = {
         let mut v: Vec<String> = SYSCALL_ROWS.iter().map(|s| s.to_string()).collect();
         v.sort();
@@ -434,8 +432,8 @@ fn syscall_row_check_catches_a_misplaced_column() {
 /// The per-frame probes: the ones a capture for long runs leaves out.
 const FRAME_PROBES: [&str; 2] = ["tx_frame", "rx_frame"];
 
-/// Checks one variant of a capture script: the clock line, the design.md header, and one
-/// row clause per probe in `want`, each putting its arguments in design.md's columns.
+/// Checks one variant of a capture script: the clock line, the schema's header, and one
+/// row clause per probe in `want`, each putting its arguments in the schema's columns.
 fn check_capture(file: &str, text: &str, ts_expr: &str, want: &[&String]) {
     let columns: Vec<&str> = HEADER.split(',').collect();
     let cl = clauses(text);
@@ -453,7 +451,7 @@ fn check_capture(file: &str, text: &str, ts_expr: &str, want: &[&String]) {
     assert_eq!(
         headers[0].0,
         format!("{HEADER}\\n"),
-        "{file}: header differs from design.md"
+        "{file}: header differs from the trace schema"
     );
     assert!(
         cl.iter()
@@ -508,15 +506,15 @@ fn check_capture(file: &str, text: &str, ts_expr: &str, want: &[&String]) {
             "{file}:{}: {name}: extra printf arguments",
             c.line
         );
-        let mut design = BTreeMap::new();
-        design.insert("ts_ns", ts_expr.to_string());
-        design.insert("tid", "tid".to_string());
+        let mut schema = BTreeMap::new();
+        schema.insert("ts_ns", ts_expr.to_string());
+        schema.insert("tid", "tid".to_string());
         for (col, k) in expected_columns(name) {
-            design.insert(*col, format!("arg{k}"));
+            schema.insert(col, format!("arg{k}"));
         }
         assert_eq!(
-            got, design,
-            "{file}:{}: {name}: columns differ from design.md",
+            got, schema,
+            "{file}:{}: {name}: columns differ from the trace schema",
             c.line
         );
     }
@@ -606,7 +604,7 @@ fn bpftrace_without_frames() -> String {
 }
 
 #[test]
-fn capture_scripts_write_the_design_csv() {
+fn capture_scripts_write_the_schema_csv() {
     let probes = provider_probes();
     let all: Vec<&String> = probes.keys().collect();
     let no_frames: Vec<&String> = probes
@@ -647,12 +645,6 @@ fn preprocess_follows_cpp_for_the_frames_switch() {
     };
     assert_eq!(keep(None), ["a", "b", "d"]);
     assert_eq!(keep(Some(0)), ["a", "c", "d"]);
-}
-
-#[test]
-fn design_header_is_the_recorders() {
-    // The in-process recorder is the third producer of the same CSV.
-    assert_eq!(HEADER, vnet_device::recorder::HEADER);
 }
 
 #[test]

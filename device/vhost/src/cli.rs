@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use clap::Parser;
 use vnet_device::backend::{BackendOptions, BackendSpec, FaultConfig};
@@ -12,12 +13,14 @@ use vnet_device::probes;
 use vnet_device::recorder::Recorder;
 use vnet_device::retry_timer::RetryTimer;
 use vnet_device::worker::WorkerOptions;
-use vnet_vhost::DaemonRun;
+use vnet_vhost::{DaemonRun, SessionEnd};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "vnet-vhost",
     version,
+    // `--request-timeout -1` is a bad value for that flag, not an unknown flag `-1`.
+    allow_negative_numbers = true,
     about = "vhost-user virtio-net daemon with USDT probes"
 )]
 struct Args {
@@ -30,7 +33,7 @@ struct Args {
     /// Send the vfkit `VFKT` greeting after connecting (unixgram only).
     #[arg(long)]
     vfkit: bool,
-    /// Record every probe firing into this CSV (the trace format of design.md).
+    /// Record every probe firing into this CSV (the trace CSV of dtrace/README.md).
     #[arg(long)]
     trace: Option<PathBuf>,
     /// Print the summary as one JSON object on stdout.
@@ -42,22 +45,56 @@ struct Args {
     /// Fault injection: make every Nth send fail with ENOBUFS.
     #[arg(long, default_value_t = 0)]
     inject_enobufs: u32,
+    /// Seconds a front end may take to finish a message it started (or to read our reply)
+    /// before the session is ended; idle time between messages is unlimited.
+    #[arg(long, default_value = "5", value_parser = parse_request_timeout)]
+    request_timeout: Duration,
     /// Log filter for stderr (tracing syntax: info, debug, vnet_device::worker=debug, ...).
     #[arg(long, default_value = "info")]
     log_level: String,
 }
 
+/// A usage error: one line naming the flag, exit 2.
+fn usage(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("vnet-vhost: {msg}");
+    ExitCode::from(2)
+}
+
 pub fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        // --help and --version.
+        Err(e) if !e.use_stderr() => e.exit(),
+        // clap's first line names the flag; the usage lines after it add nothing.
+        Err(e) => {
+            // Up to the first blank line: the message and any lines it lists (missing flags).
+            let text = e.to_string();
+            let first = text
+                .split("\n\n")
+                .next()
+                .unwrap_or("bad usage")
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
+            return usage(first.trim_start_matches("error: "));
+        }
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log_level) {
+        Ok(f) => f,
+        Err(e) => return usage(format!("--log-level {:?}: {e}", args.log_level)),
+    };
+    if let Some(us) = args.retry_delay_us.filter(|&us| us > MAX_RETRY_DELAY_US) {
+        return usage(format!(
+            "--retry-delay-us {us}: must be at most {MAX_RETRY_DELAY_US} µs"
+        ));
+    }
     probes::register();
     vnet_vhost::install_signal_handlers();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log_level)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .init();
 
     if let Some(t) = &args.trace {
@@ -89,16 +126,21 @@ pub fn main() -> ExitCode {
         metrics.clone(),
     )
     .and_then(|h| {
-        let listener = vnet_vhost::listen(&args.socket)?;
+        // Only after the proxy answered: a run that cannot start touches no path.
+        let (listener, owned) = vnet_vhost::listen(&args.socket)?;
         tracing::info!(socket = %args.socket.display(), proxy = %args.proxy, "waiting for QEMU");
-        vnet_vhost::run(
+        let run = vnet_vhost::run(
             listener,
             &args.socket,
             Arc::new(Mutex::new(h)),
             &vnet_vhost::STOP,
-        )
+            args.request_timeout,
+        );
+        if !owned.remove() {
+            tracing::warn!(socket = %args.socket.display(), "socket path was replaced during the run; left alone");
+        }
+        run
     });
-    let _ = std::fs::remove_file(&args.socket);
     let trace_rows = probes::take_recorder().map(|r| r.finish());
     let trace_rows = match trace_rows {
         Some(Ok(n)) => Some(n),
@@ -114,11 +156,20 @@ pub fn main() -> ExitCode {
             if vnet_vhost::STOP.load(Ordering::SeqCst) {
                 tracing::info!("stopped by signal");
             }
-            ExitCode::SUCCESS
+            // A front end that stalled mid-message failed the run, though we ended it cleanly.
+            if run.end == SessionEnd::FrontEndStalled {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("vnet-vhost: error: {e}");
-            ExitCode::FAILURE
+            if e.is_usage() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -148,4 +199,22 @@ fn print_summary(args: &Args, metrics: &Metrics, run: &DaemonRun, trace_rows: Op
     if let (Some(t), Some(n)) = (&args.trace, trace_rows) {
         println!("  trace: {} ({n} rows)", t.display());
     }
+}
+
+/// Longest retry timer: far beyond any useful delay, and clear of timerfd overflow.
+const MAX_RETRY_DELAY_US: u64 = 10_000_000;
+
+/// Longest `--request-timeout`: a day is already far past any front end worth waiting for.
+const MAX_REQUEST_TIMEOUT_SECS: f64 = 86_400.0;
+
+fn parse_request_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= MAX_REQUEST_TIMEOUT_SECS) {
+        return Err(format!(
+            "{s}: must be more than 0 and at most {MAX_REQUEST_TIMEOUT_SECS} seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }

@@ -80,6 +80,8 @@ pub struct HandshakeStats {
     pub call_fd_swaps: u32,
     pub mem_regions: usize,
     pub last_exit: Option<String>,
+    /// Guest regions lost to a front end truncating their file (see `sigbus.rs`).
+    pub memory_faults: u64,
 }
 
 pub struct VhostNetHandler {
@@ -93,6 +95,8 @@ pub struct VhostNetHandler {
     rings: [Ring; NUM_QUEUES],
     running: Option<Running>,
     stats: HandshakeStats,
+    /// `sigbus::faults()` when we last looked.
+    faults_seen: u64,
 }
 
 impl VhostNetHandler {
@@ -121,6 +125,7 @@ impl VhostNetHandler {
             rings: Default::default(),
             running: None,
             stats: HandshakeStats::default(),
+            faults_seen: crate::sigbus::faults(),
         }
     }
 
@@ -141,6 +146,24 @@ impl VhostNetHandler {
         self.running
             .as_ref()
             .is_some_and(|r| r.handle.is_finished())
+    }
+
+    /// After a SIGBUS in guest memory the affected region reads as zeros: the data path
+    /// stops, and stays stopped until the front end sends a new memory table.
+    pub fn check_memory_faults(&mut self) {
+        let now = crate::sigbus::faults();
+        if now == self.faults_seen {
+            return;
+        }
+        self.stats.memory_faults += now - self.faults_seen;
+        self.faults_seen = now;
+        tracing::error!(
+            "guest memory shrank under the device (the front end truncated a region's file): \
+             stopping the data path until the next SET_MEM_TABLE"
+        );
+        self.stop_worker();
+        self.table.clear();
+        self.stats.mem_regions = 0;
     }
 
     fn protocol_features_acked(&self) -> bool {

@@ -9,9 +9,10 @@ pub mod handler;
 pub mod memory;
 pub mod session;
 pub mod shared_backend;
+pub mod sigbus;
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,10 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
+    #[error("vhost-user socket {path}: exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
+    #[error("vhost-user socket {path}: another process is listening on it")]
+    SocketInUse { path: PathBuf },
     #[error("proxy {proxy}: {source}")]
     Proxy {
         proxy: String,
@@ -44,6 +49,17 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Session(#[from] SessionError),
+}
+
+impl DaemonError {
+    /// A refusal the user has to resolve (a path that is not ours to take) rather than a
+    /// failure of the run: the binary exits 2 for these, as for a bad flag.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            DaemonError::NotASocket { .. } | DaemonError::SocketInUse { .. }
+        )
+    }
 }
 
 /// Set by SIGINT/SIGTERM; the request loop and the accept loop watch it.
@@ -61,27 +77,93 @@ pub fn install_signal_handlers() {
     }
 }
 
+/// The vhost-user socket this run created, identified by inode so that at exit we unlink
+/// our own socket and nothing else: whoever replaced it meanwhile keeps theirs.
+#[derive(Debug)]
+pub struct OwnedSocket {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl OwnedSocket {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Unlinks the path if it is still the socket we bound; says whether it did.
+    pub fn remove(self) -> bool {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.file_type().is_socket() && m.dev() == self.dev && m.ino() == self.ino);
+        ours && std::fs::remove_file(&self.path).is_ok()
+    }
+}
+
+/// Checks what sits at `path` before we bind there. Nothing is fine; a socket nobody listens
+/// on (connect() is refused: a daemon before us died) is stale and may be replaced; a live
+/// socket or anything that is not a socket is someone else's and is refused.
+fn clear_stale_socket(path: &Path) -> Result<(), DaemonError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(DaemonError::Socket {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(DaemonError::NotASocket {
+            path: path.to_path_buf(),
+        });
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(DaemonError::SocketInUse {
+            path: path.to_path_buf(),
+        }),
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+            tracing::info!(socket = %path.display(), "replacing a stale socket nobody listens on");
+            std::fs::remove_file(path).map_err(|source| DaemonError::Socket {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        Err(source) => Err(DaemonError::Socket {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// Creates the listening socket readable and writable by its owner only: whoever can
 /// connect gets to map memory into our process and feed us descriptors.
-pub fn listen(path: &Path) -> Result<UnixListener, DaemonError> {
+pub fn listen(path: &Path) -> Result<(UnixListener, OwnedSocket), DaemonError> {
     let err = |source| DaemonError::Socket {
         path: path.to_path_buf(),
         source,
     };
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
-    }
+    clear_stale_socket(path)?;
     // umask narrows the mode at bind time, so there is no window with a wider one.
     // SAFETY: umask only swaps the process mask.
     let old = unsafe { libc::umask(0o177) };
     let l = UnixListener::bind(path);
     // SAFETY: as above.
     unsafe { libc::umask(old) };
+    // bind() never replaces an existing path (EADDRINUSE), so a file that appeared since the
+    // check above is left alone.
     let l = l.map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-    Ok(l)
+    let meta = std::fs::symlink_metadata(path).map_err(err)?;
+    let owned = OwnedSocket {
+        path: path.to_path_buf(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        owned.remove();
+        return Err(err(e));
+    }
+    Ok((l, owned))
 }
 
 /// The outcome of one daemon run.
@@ -96,6 +178,7 @@ pub fn run(
     path: &Path,
     handler: Arc<Mutex<VhostNetHandler>>,
     stop: &AtomicBool,
+    request_timeout: Duration,
 ) -> Result<DaemonRun, DaemonError> {
     let err = |source| DaemonError::Socket {
         path: path.to_path_buf(),
@@ -123,8 +206,10 @@ pub fn run(
     };
     sock.set_nonblocking(false).map_err(err)?;
     tracing::info!(socket = %path.display(), "QEMU connected");
-    let end = session::serve(sock, handler.clone(), stop);
+    let end = session::serve(sock, handler.clone(), stop, request_timeout);
     let mut h = handler.lock().unwrap_or_else(|e| e.into_inner());
+    // A fault in the session's last moments still reaches the summary.
+    h.check_memory_faults();
     h.stop_worker();
     let handshake = h.stats();
     Ok(DaemonRun {

@@ -14,9 +14,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
-    FrontendReq, VhostUserHeaderFlag, VhostUserU64, VhostUserVringState,
+    FrontendReq, VhostUserHeaderFlag, VhostUserU64, VhostUserVringState, MAX_MSG_SIZE,
 };
 use vhost::vhost_user::{BackendReqHandler, Error as VuError, VhostUserBackendReqHandlerMut};
 use vm_memory::ByteValued;
@@ -32,7 +34,13 @@ pub enum SessionEnd {
     Disconnected,
     /// SIGINT/SIGTERM (or the stop flag) asked us to end.
     Stopped,
+    /// The front end started a message and sent nothing more for the request timeout.
+    FrontEndStalled,
 }
+
+/// How long a front end may take to finish a message once its first byte arrived. Idle time
+/// between messages is unlimited (QEMU is silent while the guest runs).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -78,11 +86,11 @@ impl Header {
     }
 }
 
-/// Waits up to `ms` for the socket to become readable.
-fn readable(fd: i32, ms: i32) -> io::Result<bool> {
+/// Waits up to `ms` for the socket; returns its poll events (0 on timeout or a signal).
+fn poll_socket(fd: i32, ms: i32) -> io::Result<libc::c_short> {
     let mut p = libc::pollfd {
         fd,
-        events: libc::POLLIN,
+        events: libc::POLLIN | libc::POLLRDHUP,
         revents: 0,
     };
     // SAFETY: one valid pollfd.
@@ -90,12 +98,111 @@ fn readable(fd: i32, ms: i32) -> io::Result<bool> {
     if n < 0 {
         let e = io::Error::last_os_error();
         return if e.kind() == io::ErrorKind::Interrupted {
-            Ok(false)
+            Ok(0)
         } else {
             Err(e)
         };
     }
-    Ok(n > 0)
+    Ok(if n > 0 { p.revents } else { 0 })
+}
+
+/// Peeks how many bytes of the next message are queued, up to `buf.len()`; `None` on EOF.
+fn peek_len(sock: &UnixStream, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    // SAFETY: buf is a valid, writable buffer of buf.len() bytes.
+    let n = unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(Some(0)),
+            io::ErrorKind::ConnectionReset => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok((n > 0).then_some(n as usize))
+}
+
+/// What waiting for the rest of a message ended in.
+enum MessageWait {
+    Complete,
+    Eof,
+    Stop,
+    Stalled { have: usize, want: usize },
+}
+
+/// A message has started to arrive: waits (in short sleeps, watching `stop`) until all of it,
+/// header and body, is queued, so that the `vhost` crate's blocking reads never wait on the
+/// front end. The bytes are readable all along, so poll() would return at once; sleeping
+/// keeps this from spinning.
+///
+/// A peek stops at the end of a chunk that carried fds; a message whose fds came with its
+/// header in one send and its body in another would look stalled. QEMU, DPDK and the
+/// `vhost` crate send each message (header, body, fds) with one sendmsg().
+fn wait_for_message(
+    sock: &UnixStream,
+    stop: &AtomicBool,
+    timeout: Duration,
+) -> io::Result<MessageWait> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; HEADER_LEN + MAX_MSG_SIZE];
+    loop {
+        let have = match peek_len(sock, &mut buf)? {
+            None => return Ok(MessageWait::Eof),
+            Some(n) => n,
+        };
+        // An oversized body is not waited for: the crate refuses such a header by itself.
+        let want = match have {
+            0..HEADER_LEN => HEADER_LEN,
+            _ => match Header::parse(buf[..HEADER_LEN].try_into().expect("header length")).size
+                as usize
+            {
+                size if size > MAX_MSG_SIZE => HEADER_LEN,
+                size => HEADER_LEN + size,
+            },
+        };
+        if have >= want {
+            return Ok(MessageWait::Complete);
+        }
+        if stop.load(Ordering::SeqCst) {
+            return Ok(MessageWait::Stop);
+        }
+        // The peer closed mid-message: nothing more can come.
+        if poll_socket(sock.as_raw_fd(), 0)? & (libc::POLLHUP | libc::POLLRDHUP) != 0
+            && peek_len(sock, &mut buf)?.unwrap_or(0) == have
+        {
+            tracing::warn!(
+                "vhost-user front end closed the socket {have} bytes into a {want}-byte message"
+            );
+            return Ok(MessageWait::Eof);
+        }
+        if Instant::now() >= deadline {
+            return Ok(MessageWait::Stalled { have, want });
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads never block once the whole message is queued, but a front end that stops reading
+/// our replies makes a write time out (SO_SNDTIMEO); SO_RCVTIMEO is a second bound on reads.
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Bounds every blocking read and write on the socket: a front end that stops sending the
+/// rest of a message, or stops reading our replies, costs at most `timeout`.
+fn set_timeouts(sock: &UnixStream, timeout: Duration) -> io::Result<()> {
+    let t = Some(timeout.max(Duration::from_millis(1)));
+    sock.set_read_timeout(t)?;
+    sock.set_write_timeout(t)
 }
 
 /// Peeks at the next header without consuming it; `None` on EOF, `Some(None)` when fewer
@@ -126,26 +233,57 @@ fn peek_header(sock: &UnixStream) -> io::Result<Option<Option<Header>>> {
     })
 }
 
-/// Serves one connection until QEMU disconnects or `stop` is set.
+/// Serves one connection until QEMU disconnects, `stop` is set, or the front end stalls
+/// mid-message for `request_timeout`.
+///
+/// A stalled front end must neither hang the daemon nor keep SIGTERM from stopping it: a
+/// request is handed to the `vhost` crate (which reads it with blocking calls) only once its
+/// whole header is queued, and SO_RCVTIMEO bounds the body reads that follow.
 pub fn serve(
     sock: UnixStream,
     handler: Arc<Mutex<VhostNetHandler>>,
     stop: &AtomicBool,
+    request_timeout: Duration,
 ) -> Result<SessionEnd, SessionError> {
+    set_timeouts(&sock, request_timeout)?;
     let mut side = sock.try_clone()?;
     let mut req = BackendReqHandler::from_stream(sock, handler.clone());
     let mut warned_worker_gone = false;
+    let secs = request_timeout.as_secs_f64();
+    let stalled = |what: String| {
+        tracing::error!("vhost-user front end {what}; ending the session");
+        Ok(SessionEnd::FrontEndStalled)
+    };
     loop {
         if stop.load(Ordering::SeqCst) {
             return Ok(SessionEnd::Stopped);
         }
-        if !readable(side.as_raw_fd(), 100)? {
+        handler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check_memory_faults();
+        if poll_socket(side.as_raw_fd(), 100)? == 0 {
             let h = handler.lock().unwrap_or_else(|e| e.into_inner());
             if h.worker_finished() && !warned_worker_gone {
                 warned_worker_gone = true;
                 tracing::error!("device worker ended (proxy gone?); still serving QEMU's requests");
             }
             continue;
+        }
+        match wait_for_message(&side, stop, request_timeout)? {
+            MessageWait::Complete => {}
+            MessageWait::Eof => return Ok(SessionEnd::Disconnected),
+            MessageWait::Stop => return Ok(SessionEnd::Stopped),
+            MessageWait::Stalled { have, .. } if have < HEADER_LEN => {
+                return stalled(format!(
+                    "sent {have} bytes of a {HEADER_LEN}-byte header, then nothing for {secs:.1} s"
+                ))
+            }
+            MessageWait::Stalled { have, want } => {
+                return stalled(format!(
+                    "sent {have} bytes of a {want}-byte message (header and body), then nothing for {secs:.1} s"
+                ))
+            }
         }
         let hdr = match peek_header(&side)? {
             None => return Ok(SessionEnd::Disconnected),
@@ -158,25 +296,49 @@ pub fn serve(
                     .unwrap_or_else(|e| e.into_inner())
                     .features_set()
         });
+        let body_stall = |e: &io::Error| -> Option<Result<SessionEnd, SessionError>> {
+            if stop.load(Ordering::SeqCst) {
+                return Some(Ok(SessionEnd::Stopped));
+            }
+            is_timeout(e).then(|| {
+                let (code, size) = hdr.map_or((0, 0), |h| (h.code, h.size));
+                stalled(format!(
+                    "stalled for {secs:.1} s in request {code} ({size}-byte body): \
+                     it stopped reading our reply"
+                ))
+            })
+        };
         match hdr {
             Some(h) if h.code == FrontendReq::GET_PROTOCOL_FEATURES as u32 => {
-                consume(&mut side, h)?;
+                if let Err(e) = consume(&mut side, h) {
+                    return body_stall(&e).unwrap_or(Err(e.into()));
+                }
                 let features = handler
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .get_protocol_features()?;
                 let body = VhostUserU64::new(features.bits());
-                write_reply(
+                if let Err(e) = write_reply(
                     &mut side,
                     FrontendReq::GET_PROTOCOL_FEATURES,
                     body.as_slice(),
-                )?;
+                ) {
+                    return body_stall(&e).unwrap_or(Err(e.into()));
+                }
             }
             Some(h) if early_enable => {
-                let body = consume(&mut side, h)?;
+                let body = match consume(&mut side, h) {
+                    Ok(b) => b,
+                    Err(e) => return body_stall(&e).unwrap_or(Err(e.into())),
+                };
                 let mut state = VhostUserVringState::default();
                 if body.len() != state.as_slice().len() {
-                    return Err(SessionError::Protocol(VuError::InvalidMessage));
+                    // Consumed whole, so the stream is still in step: refuse and go on.
+                    tracing::warn!(
+                        "vhost-user request refused: SET_VRING_ENABLE with a {}-byte body",
+                        body.len()
+                    );
+                    continue;
                 }
                 state.as_mut_slice().copy_from_slice(&body);
                 let (index, num) = (state.index, state.num);
@@ -186,14 +348,26 @@ pub fn serve(
                     .set_vring_enable(index, num == 1);
                 if h.flags & VhostUserHeaderFlag::NEED_REPLY.bits() != 0 {
                     let ack = VhostUserU64::new(u64::from(res.is_err()));
-                    write_reply(&mut side, FrontendReq::SET_VRING_ENABLE, ack.as_slice())?;
+                    if let Err(e) =
+                        write_reply(&mut side, FrontendReq::SET_VRING_ENABLE, ack.as_slice())
+                    {
+                        return body_stall(&e).unwrap_or(Err(e.into()));
+                    }
                 }
-                res?;
+                if let Err(e) = res {
+                    tracing::warn!("vhost-user request refused: {e}");
+                }
             }
             _ => match req.handle_request() {
                 Ok(()) => {}
                 Err(VuError::Disconnected | VuError::PartialMessage) => {
                     return Ok(SessionEnd::Disconnected)
+                }
+                // A timed-out read or write (SO_RCVTIMEO/SO_SNDTIMEO), or one a signal
+                // interrupted: the message is half handled and the stream cannot be
+                // resynchronised, so the session ends either way.
+                Err(VuError::SocketRetry(e)) => {
+                    return body_stall(&e).unwrap_or(Err(SessionError::Io(e)))
                 }
                 Err(e @ (VuError::SocketBroken(_) | VuError::SocketError(_))) => {
                     return Err(e.into())
@@ -209,7 +383,7 @@ pub fn serve(
 fn consume(sock: &mut UnixStream, h: Header) -> io::Result<Vec<u8>> {
     let mut hdr = [0u8; HEADER_LEN];
     sock.read_exact(&mut hdr)?;
-    if h.size as usize > vhost::vhost_user::message::MAX_MSG_SIZE {
+    if h.size as usize > MAX_MSG_SIZE {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("message of {} bytes", h.size),

@@ -85,7 +85,8 @@ fn rig_with(opts: &BackendOptions) -> Rig {
     let h = handler.clone();
     let server = thread::spawn(move || {
         static NEVER: AtomicBool = AtomicBool::new(false);
-        session::serve(back_sock, h, &NEVER).expect("request loop failed")
+        session::serve(back_sock, h, &NEVER, session::DEFAULT_REQUEST_TIMEOUT)
+            .expect("request loop failed")
     });
     let raw = front_sock.try_clone().unwrap();
     let file = memfd(MEM_SIZE);

@@ -303,6 +303,22 @@ mod tests {
                 i64::MIN
             )
         );
+        // Every integer shape the recorder meets: 0, negative, both extremes, empty.
+        let r = Row {
+            data: Some(-1),
+            retries: Some(i64::MAX),
+            ..Row::from_args(Probe::EnobufsResolved, u64::MAX >> 1, -7, &[0, 3, 9, 65226])
+        };
+        let mut b = Vec::new();
+        write_row(&mut b, &r).unwrap();
+        assert_eq!(
+            String::from_utf8(b).unwrap(),
+            format!(
+                "{},-7,enobufs_resolved,0,,65226,-1,{},9,\n",
+                u64::MAX >> 1,
+                i64::MAX
+            )
+        );
         assert!(Probe::GuestKick.fills(Column::Queue));
         assert!(!Probe::GuestKick.fills(Column::Fd));
         assert_eq!(clock_comment(5, 7), "# clock mono_ns=5 wall_ns=7");

@@ -9,6 +9,7 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use super::Notifier;
 
 impl Notifier {
+    /// A fresh pipe, both ends non-blocking and close-on-exec, with nothing pending.
     pub fn new() -> io::Result<Notifier> {
         // macOS has no pipe2: the flags are set right after, before anyone else sees the fds.
         let (read, write) = nix::unistd::pipe()?;

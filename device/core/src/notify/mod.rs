@@ -1,9 +1,6 @@
 //! A counting wake-up fd: an eventfd on Linux (`linux.rs`), a non-blocking pipe on macOS
-//! (`macos.rs`). Queue kicks, interrupts and the worker's stop request all use it.
-//!
-//! Front ends rely on: [`Notifier::new`], [`Notifier::from_fd`] (an eventfd handed over by
-//! QEMU), [`Notifier::notify`], [`Notifier::drain`] (non-blocking, 0 when nothing is
-//! pending), [`Notifier::wait_timeout`], [`Notifier::try_clone`] and the fd traits.
+//! (`macos.rs`). Queue kicks, interrupts and the worker's stop request all use it; the
+//! read side (`AsFd`) goes into the worker's poller.
 
 #[cfg(target_os = "linux")]
 mod linux;
@@ -41,6 +38,7 @@ impl Notifier {
         self.write.as_ref().unwrap_or(&self.read).as_fd()
     }
 
+    /// Adds one notification and wakes whoever polls the read side. Never blocks.
     pub fn notify(&self) -> io::Result<()> {
         let buf = 1u64.to_ne_bytes();
         // An eventfd needs all 8 bytes; a pipe takes any non-empty write as a wake-up.
@@ -52,8 +50,8 @@ impl Notifier {
         }
     }
 
-    /// Consumes every pending notification; returns how many there were (for a pipe, the
-    /// number of bytes, each one notification).
+    /// Consumes every pending notification without blocking; returns how many there were
+    /// (0 when none; for a pipe, the number of bytes, each one notification).
     pub fn drain(&self) -> io::Result<u64> {
         let mut total = 0u64;
         loop {
@@ -73,7 +71,8 @@ impl Notifier {
         }
     }
 
-    /// Waits until notified or the timeout passes; consumes the notifications it saw.
+    /// Waits until notified or the timeout passes; consumes the notifications it saw and
+    /// returns whether there were any.
     pub fn wait_timeout(&self, timeout: Duration) -> io::Result<bool> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -97,6 +96,8 @@ impl Notifier {
         }
     }
 
+    /// A second handle on the same channel (duplicated fds): a notify through either wakes
+    /// a waiter on either.
     pub fn try_clone(&self) -> io::Result<Notifier> {
         Ok(Notifier {
             read: self.read.try_clone()?,

@@ -516,3 +516,34 @@ pub fn is_dgram_full(e: &std::io::Error) -> bool {
     #[cfg(target_os = "macos")]
     return e.raw_os_error() == Some(libc::ENOBUFS);
 }
+
+/// A device on guest memory `mem` and queues `rx`/`tx`, its proxy a datagram socketpair
+/// (the peer end returned, non-blocking): the rig most device tests start from.
+pub fn gram_device(
+    mem: &GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    rx_call: vnet_device::notify::Notifier,
+    features: u64,
+) -> (
+    vnet_device::device::NetDevice,
+    std::os::unix::net::UnixDatagram,
+    std::sync::Arc<vnet_device::metrics::Metrics>,
+) {
+    use vnet_device::backend::{BackendOptions, UnixGram};
+    let (a, peer) = gram_pair();
+    peer.set_nonblocking(true).unwrap();
+    let backend = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
+    let metrics = std::sync::Arc::new(vnet_device::metrics::Metrics::new());
+    let dev = vnet_device::device::NetDevice::new(
+        atomic(mem),
+        rx,
+        tx,
+        rx_call,
+        vnet_device::notify::Notifier::new().unwrap(),
+        features,
+        Box::new(backend),
+        metrics.clone(),
+    );
+    (dev, peer, metrics)
+}

@@ -105,3 +105,30 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Runs vnet-sim with exactly `args`, killed if it outlives `bound`: (exit code, stderr).
+pub fn sim_raw(args: &[&str], bound: Duration) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vnet-sim"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vnet-sim");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait vnet-sim") {
+            break s;
+        }
+        if start.elapsed() > bound {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vnet-sim {args:?} still running after {bound:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().expect("collect vnet-sim output");
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
