@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # User-space instructions per frame of the device worker thread, counted by callgrind for a
-# fixed run (a number of frames, not a time): the same code gives the same count whatever
-# else the machine runs, so a change to the device's own code shows up even where the
-# throughput bench's wall-clock and CPU-time ratios drown it. The kernel's side of each
+# fixed run (a number of frames, not a time): other jobs on the machine do not move the
+# count, so a change to the device's own code shows up where the throughput bench's
+# wall-clock and CPU-time ratios drown it. Runs of one build agree within about 2%; how
+# valgrind interleaves the threads changes how frames batch, so compare several runs. The kernel's side of each
 # system call is not counted (callgrind sees user space only): system calls per frame are
 # in the same run's `tx_syscalls`/`rx_syscalls`, printed below.
 #

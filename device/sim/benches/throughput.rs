@@ -17,7 +17,7 @@
 //! frame of the device's worker thread (its thread clock, read when it exits) against the
 //! raw loop's sending thread, median and min..max over the rounds (the raw loop's RX
 //! figure is its receiving thread's, reading what the sender sent). Instructions per frame,
-//! which noise cannot move at all, come from `callgrind.sh`.
+//! which other jobs on the machine do not move, come from `callgrind.sh`.
 //!
 //! Both sides send frames from the same place relative to a cache line: 64 bytes into a
 //! page by default (the simulated guest's default), and again 12 bytes in (a virtio header
