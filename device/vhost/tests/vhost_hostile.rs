@@ -526,7 +526,8 @@ fn sigterm_stops_a_daemon_whose_tx_avail_index_went_backwards() {
     // The device has taken 2; the driver now says 0: 65534 entries ahead.
     set_avail_idx(&s.mem, &txq, 0);
     s.fds[1].write(1).unwrap();
-    thread::sleep(Duration::from_millis(300));
+    // No used entry or interrupt tells when the worker has seen the index: give it time.
+    thread::sleep(Duration::from_millis(500));
     s.d.signal(libc::SIGTERM);
     // Before the fix the worker looped between "more work" and "no chain" and never saw
     // the stop flag: this wait is what fails then.
