@@ -5,7 +5,8 @@
 //! frame deferred: the chain is neither re-queued nor used, so the guest sees it
 //! outstanding (its buffers stay the frame's until the chain is used), and nothing else is
 //! sent before it (frames stay in order). A write event, a TX kick or the one-shot timer
-//! retries it.
+//! retries it, as the retry policy (`crate::retry_policy`) says; a bounded policy drops it
+//! after its last allowed failed send.
 
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
@@ -25,6 +26,9 @@ struct Deferred {
     len: usize,
     /// The frame is in `copy` (it had more pieces than one send gathers).
     copied: bool,
+    /// Part of it is already in a stream socket: it can no longer be dropped without
+    /// breaking the stream's framing, so no retry policy gives up on it.
+    started: bool,
 }
 
 pub(crate) struct TxVirtio {
@@ -33,6 +37,8 @@ pub(crate) struct TxVirtio {
     copy: Vec<u8>,
     deferred: Option<Deferred>,
     episode: Episode,
+    /// Failed sends after which the deferred frame is dropped (`RetryPolicy::Bounded`).
+    max_failed_sends: Option<u32>,
 }
 
 impl TxVirtio {
@@ -43,7 +49,22 @@ impl TxVirtio {
             copy: Vec::new(),
             deferred: None,
             episode: Episode::default(),
+            max_failed_sends: None,
         }
+    }
+
+    pub(crate) fn set_max_failed_sends(&mut self, max: Option<u32>) {
+        self.max_failed_sends = max;
+    }
+
+    /// Length of the deferred frame, if one waits.
+    pub(crate) fn deferred_len(&self) -> Option<usize> {
+        self.deferred.map(|d| d.len)
+    }
+
+    /// Failed sends of the deferred frame so far.
+    pub(crate) fn failures(&self) -> u32 {
+        self.episode.failures()
     }
 
     pub(crate) fn deferred(&self) -> bool {
@@ -111,12 +132,34 @@ impl TxVirtio {
                     WriteStatus::Blocked { errno, partial } => {
                         if partial {
                             events.partial_write();
+                            d.started = true;
+                            self.deferred = Some(d);
                         }
                         self.episode.on_failure(events, d.len, errno);
-                        // EVENT_IDX: ask for a kick on the guest's next chain, so a kick
-                        // can retry the frame (the ring's state itself is left alone).
-                        self.vq.enable_notification(mem, events)?;
-                        break TxPass::Blocked;
+                        if !d.started
+                            && self
+                                .max_failed_sends
+                                .is_some_and(|max| self.episode.failures() >= max)
+                        {
+                            // The policy gives up: the chain goes back used, as a sent
+                            // frame's does, and the ring moves on.
+                            self.deferred = None;
+                            self.episode.give_up(events, d.len);
+                            self.vq
+                                .queue
+                                .add_used(mem, d.head, 0)
+                                .map_err(self.vq.err())?;
+                            used = true;
+                            // Counts toward the batch, so a policy that drops at once
+                            // cannot keep the loop from RX.
+                            done += 1;
+                        } else {
+                            // EVENT_IDX: ask for a kick on the guest's next chain, so a
+                            // kick can retry the frame (the ring's state itself is left
+                            // alone).
+                            self.vq.enable_notification(mem, events)?;
+                            break TxPass::Blocked;
+                        }
                     }
                 }
                 if done >= BATCH {
@@ -141,6 +184,7 @@ impl TxVirtio {
                         head,
                         len: self.chain.len(),
                         copied: false,
+                        started: false,
                     })
                 }
                 Err(error) => {
