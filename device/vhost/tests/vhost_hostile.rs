@@ -526,8 +526,14 @@ fn sigterm_stops_a_daemon_whose_tx_avail_index_went_backwards() {
     // The device has taken 2; the driver now says 0: 65534 entries ahead.
     set_avail_idx(&s.mem, &txq, 0);
     s.fds[1].write(1).unwrap();
-    // No used entry or interrupt tells when the worker has seen the index: give it time.
-    thread::sleep(Duration::from_millis(500));
+    // No used entry or interrupt tells when the worker has seen the index; its log line does.
+    assert!(
+        s.d.wait_for_stderr(
+            "avail index 0 is 65534 entries past",
+            Duration::from_secs(10)
+        ),
+        "the worker never reported the backwards avail index"
+    );
     s.d.signal(libc::SIGTERM);
     // Before the fix the worker looped between "more work" and "no chain" and never saw
     // the stop flag: this wait is what fails then.
