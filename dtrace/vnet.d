@@ -29,6 +29,8 @@ provider vnet {
 	 * device/core/src/probes.rs): 1 rx_oversize, 2 rx_no_room, 3 tx_bad_chain,
 	 * 4 rx_empty, 5 peer_gone, 6 guest_driver_error (a chain the ring cannot describe:
 	 * head past the ring, loop, next past the table, indirect descriptor, TX buffer
-	 * the kernel cannot read; len 0) */
+	 * the kernel cannot read; len 0), 7 retry_exhausted (--retry-policy bounded:N
+	 * gave up on a deferred TX frame after N + 1 failed sends; len = the frame's; its
+	 * episode ends with this row and no enobufs_resolved) */
 	probe frame_drop(int64_t, int64_t, int64_t); /* fd, len, reason */
 };

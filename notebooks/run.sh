@@ -5,6 +5,7 @@
 #   notebooks/run.sh --write-back    # also copy the executed notebooks over notebooks/*.ipynb
 #                                    # (how the committed outputs are made)
 #   TRACE=my.csv notebooks/run.sh    # plot an existing trace instead of a fresh run
+#   MATRIX=m.csv notebooks/run.sh    # plot an existing policies.sh matrix instead of a fresh one
 #
 # Outputs: notebooks/out/*.png, notebooks/out/*.ipynb (executed copies), notebooks/out/traces/.
 # Fails on any cell error, and when an expected PNG is missing or empty.
@@ -60,14 +61,23 @@ run_nb() {
     --ExecutePreprocessor.timeout=900 --output-dir "$out" --output "$name.ipynb" "$nb/$name.ipynb" \
     2> >(grep -v -e 'Kernel is running over TCP' -e '^\s*$' >&2)
 }
+# The retry-policy matrix with short runs (the README's table uses longer ones).
+matrix=$out/traces/policies-matrix.csv
+if [ -z "${MATRIX:-}" ]; then
+  say "retry-policy matrix -> $matrix"
+  MATRIX_CSV=$matrix bash "$root/device/sim/benches/policies.sh" "${POLICY_SECS:-1}" 1 > "$out/policies-matrix.txt"
+else
+  matrix=$(realpath "$MATRIX")
+fi
 rm -f "$out"/*.png
 run_nb enobufs TRACE="$trace_a"
 run_nb compare TRACE_A="$trace_a" TRACE_B="$trace_b" LABEL_A="A: paused proxy + ENOBUFS" LABEL_B="B: paused proxy"
+run_nb policies MATRIX="$matrix"
 
 # 4. every expected figure exists and is not empty.
 expected=(enobufs_1_wait_cdf enobufs_2_retries enobufs_3_wakeup_space enobufs_4_over_time
   enobufs_5_episode_timeline compare_1_wait_cdf compare_2_retries compare_3_wakeup_space
-  compare_4_over_time)
+  compare_4_over_time policies_1_gbit policies_2_ack_p99 policies_3_ack_max policies_4_drops)
 missing=0
 for f in "${expected[@]}"; do
   p=$out/$f.png
@@ -81,7 +91,7 @@ done
 [ $missing -eq 0 ] || { echo "notebooks: $missing figure(s) missing"; exit 1; }
 
 if [ $write_back -eq 1 ]; then
-  cp "$out/enobufs.ipynb" "$out/compare.ipynb" "$nb/"
+  cp "$out/enobufs.ipynb" "$out/compare.ipynb" "$out/policies.ipynb" "$nb/"
   say "executed notebooks written back to $nb"
 fi
 say "${#expected[@]} figures in $out"

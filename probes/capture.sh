@@ -11,6 +11,7 @@
 #        sudo probes/capture.sh -o FILE [--no-frames] -c 'BINARY ARGS' BINARY
 #        sudo probes/capture.sh -o FILE --syscalls [--no-frames] -p PID [--socket PATH | --fd N]
 #        sudo probes/capture.sh -o FILE --syscalls [--no-frames] -c 'CMD ARGS' [--fd N]
+#        any of the -p forms with --ready FILE
 #
 #   BINARY       executable with the vnet probes (bpftrace needs its path; DTrace ignores it)
 #   --no-frames  leave out tx_frame/rx_frame, for long runs: they are not attached at all
@@ -21,23 +22,27 @@
 #                socket of PID bound at PATH, else one connected to the socket bound there);
 #                with --no-frames the receives are not traced and sends write no tx_frame
 #                (episodes and wake-ups only: the '/* frames { */' blocks cut out, -D FRAMES=0)
+#   --ready FILE create FILE (it must not exist) once every probe is attached (the tracer
+#                printed its header), so a script can start the load then; -p only: -c
+#                holds the command until then anyway
 #
 # Example: sudo probes/capture.sh -o trace.csv -c 'target/release/vnet-sim --duration 30' \
 #              target/release/vnet-sim && target/release/analyze report trace.csv
 #          sudo probes/capture.sh -o passt.csv --syscalls -p "$(pgrep -n passt)" --socket /tmp/passt.sock
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-usage() { sed -n 's/^# \{0,1\}//; 10,26p' "$0" >&2; exit 2; }
+usage() { sed -n 's/^# \{0,1\}//; 10,30p' "$0" >&2; exit 2; }
 # usage errors: one line naming the problem, exit 2
 die() { echo "capture.sh: $*" >&2; exit 2; }
 need() { [ $# -ge 2 ] || die "$1 needs a value"; }
 
-out="" frames=1 target=() binary="" syscalls=0 socket="" fd=""
+out="" frames=1 target=() binary="" syscalls=0 socket="" fd="" ready="" watcher=""
 while [ $# -gt 0 ]; do
   case $1 in
     -o) need "$@"; out=$2; shift 2 ;;
     --no-frames) frames=0; shift ;;
     --syscalls) syscalls=1; shift ;;
+    --ready) need "$@"; ready=$2; shift 2 ;;
     --socket) need "$@"; socket=$2; shift 2 ;;
     --fd) need "$@"; fd=$2; shift 2
       [[ $fd =~ ^[0-9]+$ ]] || die "--fd $fd: not a file descriptor number" ;;
@@ -48,6 +53,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$out" ] && [ ${#target[@]} -eq 2 ] || usage
+if [ -n "$ready" ]; then
+  [ "${target[0]}" = -p ] || die "--ready goes with -p (with -c the command's output would land in the CSV, and -c holds it until the probes are attached anyway)"
+  [ ! -e "$ready" ] && [ ! -L "$ready" ] || die "--ready $ready: exists already (it would say ready at once)"
+fi
 if [ $syscalls = 1 ]; then
   [ -z "$binary" ] || die "--syscalls takes no BINARY (got $binary)"
   [ -z "$socket" ] || [ -z "$fd" ] || die "give --socket or --fd, not both"
@@ -66,15 +75,41 @@ final=$out
 out=$(mktemp "$final.XXXXXX" 2>/dev/null) || die "-o $final: cannot create a file in its directory"
 err=$(mktemp)
 tmpscript=$(mktemp)
-trap 'rm -f "$err" "$tmpscript" "$out"' EXIT
+trap 'stop_watch; rm -f "$err" "$tmpscript" "$out"' EXIT
+
+# --ready: bpftrace -o and dtrace -o buffer the file until the tracer exits, so with --ready
+# the tracer writes to stdout (flushed as it prints) into $out instead, and a watcher creates
+# the ready file once the CSV header is there. The header comes from BEGIN, which both
+# tracers fire after every probe is attached.
+oflag=(-o "$out")
+[ -z "$ready" ] || oflag=()
+tracer_out() { # CMD...: runs the tracer, its stdout into $out when --ready
+  if [ -n "$ready" ]; then "$@" > "$out"; else "$@"; fi
+}
+start_watch() {
+  [ -n "$ready" ] || return 0
+  ( while kill -0 $$ 2> /dev/null; do
+      if grep -q '^ts_ns,' "$out" 2> /dev/null; then : > "$ready"; exit 0; fi
+      sleep 0.1
+    done ) &
+  watcher=$!
+}
+stop_watch() { # before any bare 'wait', which would wait for the watcher too
+  [ -n "$watcher" ] || return 0
+  kill "$watcher" 2> /dev/null || true
+  wait "$watcher" 2> /dev/null || true
+  watcher=""
+}
 
 # Sorts the capture and reports lost records; exits with the tracer's status.
 finish() {
-  lost=$( { grep -oE 'Lost [0-9]+ events|[0-9]+ drops on CPU' "$err" || true; } | { grep -oE '^[0-9]+|[0-9]+' || true; } | awk '{s += $1} END {print s + 0}')
+  # (a tracer writing to stdout, under --ready, may put its "Lost N events" in the CSV)
+  lost=$( { grep -hoE 'Lost [0-9]+ events|[0-9]+ drops on CPU' "$err" "$out" 2> /dev/null || true; } | { grep -oE '^[0-9]+|[0-9]+' || true; } | awk '{s += $1} END {print s + 0}')
   if [ -s "$out" ]; then
-    # comment lines and the header stay first; rows sorted by ts_ns, stable
+    # comment lines and the header stay first; rows sorted by ts_ns, stable (no rows is a
+    # capture too: grep's status 1 must not end the script under pipefail)
     tmp=$(mktemp "$out.XXXXXX")
-    { grep -E '^(#|ts_ns,)' "$out" || true; grep -vE '^(#|ts_ns,)' "$out" | sort -t, -k1,1n -s; } > "$tmp"
+    { grep -E '^(#|ts_ns,)' "$out" || true; { grep -vE '^(#|ts_ns,|Lost [0-9]+ events)' "$out" || true; } | sort -t, -k1,1n -s; } > "$tmp"
     mv "$tmp" "$out"
   fi
   if [ "$lost" -gt 0 ]; then
@@ -157,8 +192,22 @@ case $(uname -s) in
       if [ "${target[0]}" = -p ]; then
         pid=${target[1]}
         if [ -n "$socket" ]; then
-          fds=$(socket_fds_linux "$pid" "$socket") || die "--socket $socket: no AF_UNIX socket of process $pid is bound there or connected to it"
+          # a few tries: once in about ten vnet-vm runs QEMU's connected end was not found
+          # although passt had accepted it (cause not pinned down; ss's netlink dump of unix
+          # sockets on a busy machine is the suspect)
+          fds=""
+          for _ in 1 2 3 4 5 6 7 8 9 10; do
+            fds=$(socket_fds_linux "$pid" "$socket") && break
+            sleep 0.2
+          done
+          [ -n "$fds" ] || die "--socket $socket: no AF_UNIX socket of process $pid is bound there or connected to it"
           fd=$(head -1 <<< "$fds")
+          # only a listening socket there: no connection accepted yet, and the capture will
+          # see none of the traffic of the one accepted later (it gets a new fd)
+          if awk -v p="$socket" 'NR > 1 && $8 == p && $4 == "00010000" { print $7 }' /proc/net/unix \
+              | grep -qx "$(readlink "/proc/$pid/fd/$fd" | tr -dc 0-9)"; then
+            echo "capture.sh: fd $fd of process $pid is the listening socket at $socket (nothing accepted yet): its connections will not be traced" >&2
+          fi
           [ "$(wc -l <<< "$fds")" = 1 ] || echo "capture.sh: fds $(echo $fds) of process $pid are the same socket; tracing fd $fd only" >&2
         fi
         args=("$pid")
@@ -170,7 +219,7 @@ case $(uname -s) in
           echo "capture.sh: tracing fd $fd of process $pid${seeds:+ (epoll registrations: ${seeds[*]})}" >&2
         fi
         cp "$here/syscalls.bt" "$tmpscript"
-        runner=(bpftrace -q -o "$out" "$tmpscript" "${args[@]}" -p "$pid")
+        runner=(bpftrace -q ${oflag[@]+"${oflag[@]}"} "$tmpscript" "${args[@]}" -p "$pid")
       else
         # bpftrace -c holds the command until every probe is attached; the pid filter is
         # then its child, cpid, which the script cannot name unless -c is given: a copy of
@@ -185,7 +234,9 @@ case $(uname -s) in
       fi
       export BPFTRACE_PERF_RB_PAGES=${BPFTRACE_PERF_RB_PAGES:-1024}
       status=0
-      "${runner[@]}" 2> >(tee "$err" >&2) || status=$?
+      start_watch
+      tracer_out "${runner[@]}" 2> >(tee "$err" >&2) || status=$?
+      stop_watch
       # bpftrace prints an empty line for each (cleared) map as it exits
       [ ! -f "$out" ] || sed -i '/^$/d' "$out"
       wait
@@ -201,7 +252,9 @@ case $(uname -s) in
       awk -f "$here/noframes.awk" "$here/enobufs.bt" > "$script"
     fi
     status=0
-    bpftrace -q -o "$out" "$script" "$binary" "${target[@]}" 2> >(tee "$err" >&2) || status=$?
+    start_watch
+    tracer_out bpftrace -q ${oflag[@]+"${oflag[@]}"} "$script" "$binary" "${target[@]}" 2> >(tee "$err" >&2) || status=$?
+    stop_watch
     ;;
   Darwin)
     if [ $syscalls = 1 ]; then
@@ -221,7 +274,9 @@ case $(uname -s) in
       fi
       status=0
       # stderr to a file, shown afterwards (see below: bash 3.2 and process substitution)
-      dtrace -C -D FRAMES=$frames ${dargs[@]+"${dargs[@]}"} -s "$here/syscalls.d" "${target[@]}" -o "$out" 2> "$err" || status=$?
+      start_watch
+      tracer_out dtrace -C -D FRAMES=$frames ${dargs[@]+"${dargs[@]}"} -s "$here/syscalls.d" "${target[@]}" ${oflag[@]+"${oflag[@]}"} 2> "$err" || status=$?
+      stop_watch
       cat "$err" >&2
       finish
     fi
@@ -229,7 +284,9 @@ case $(uname -s) in
     # -C runs cpp: enobufs.d's '#if FRAMES' leaves the frame clauses unenabled
     # stderr to a file, shown afterwards: macOS's /bin/bash 3.2 does not wait for a
     # process substitution, so a tee of it could still be writing when we count drops
-    dtrace -C -D FRAMES=$frames -s "$here/enobufs.d" "${target[@]}" -o "$out" 2> "$err" || status=$?
+    start_watch
+    tracer_out dtrace -C -D FRAMES=$frames -s "$here/enobufs.d" "${target[@]}" ${oflag[@]+"${oflag[@]}"} 2> "$err" || status=$?
+    stop_watch
     cat "$err" >&2
     ;;
   *) echo "capture.sh: no tracer for $(uname -s)" >&2; exit 1 ;;

@@ -59,6 +59,8 @@ if [ "$(id -u)" = 0 ]; then
   bad_use "no such process" -p notapid || use_ok=0
   bad_use "no AF_UNIX socket of process $$" -p $$ --socket /nonexistent/sock || use_ok=0
   bad_use "not a file descriptor" -p $$ --fd x || use_ok=0
+  bad_use "exists already" -p $$ --ready "$fake" || use_ok=0
+  bad_use "goes with -p" -c true --ready "$fake.none" || use_ok=0
   # -o naming a device is refused, never removed (it once deleted /dev/null)
   rc=0; bash probes/capture.sh -o /dev/null --syscalls -p $$ > /dev/null 2> "$fake.err" || rc=$?
   { [ $rc = 2 ] && [ -c /dev/null ] && grep -q "not a regular file" "$fake.err"; } \
@@ -68,7 +70,7 @@ if [ "$(id -u)" = 0 ]; then
   bad_use "no AF_UNIX socket" -p $$ --socket /nonexistent/sock || use_ok=0
   [ "$(cat "$fake.csv")" = "keep me" ] && [ -z "$(ls "$fake.csv".?????? 2>/dev/null)" ] \
     || { echo "     capture.sh: a failed run changed or left scratch files beside -o"; use_ok=0; }
-  what="no such pid, bad fd, no socket at the path, -o a device; a failed run keeps -o"
+  what="no such pid, bad fd, no socket at the path, -o a device; a failed run keeps -o, --ready misused"
 else
   bad_use "needs root" -p $$ || use_ok=0
   what="not root"
@@ -467,6 +469,30 @@ then
   ok "capture.sh --syscalls -p PID --socket PATH: $(grep -o 'tracing fd.*' "$work/sysp.err")"
 else
   bad "capture.sh --syscalls --socket ${sock:-(device socket not found)}:"; quiet_sys < "$work/sysp.err" 2>&1 | sed 's/^/     /'
+fi
+
+# --ready FILE: the file appears only once every probe is attached. A process that starts
+# sending only when it sees the file must have every one of its sends in the capture.
+rm -f "$work/ready"
+python3 - "$work/ready" <<'EOF' &
+import os, socket, sys, time
+a, b = socket.socketpair()
+deadline = time.time() + 120
+while not os.path.exists(sys.argv[1]) and time.time() < deadline:
+    time.sleep(0.05)
+for _ in range(500):
+    a.send(b"x" * 100)
+    b.recv(1000)
+EOF
+sendpid=$!
+bash probes/capture.sh --syscalls -o "$work/ready.csv" -p "$sendpid" --ready "$work/ready" 2> "$work/ready.err" || true
+wait "$sendpid" || true
+tx=$(grep -c ',tx_frame,' "$work/ready.csv" || true)
+rx=$(grep -c ',rx_frame,' "$work/ready.csv" || true)
+if [ -e "$work/ready" ] && [ "$tx" = 500 ] && [ "$rx" = 500 ]; then
+  ok "capture.sh --ready: every send after the ready file is in the capture (tx $tx, rx $rx of 500)"
+else
+  bad "capture.sh --ready: tx $tx, rx $rx of 500 (ready file: $(ls "$work/ready" 2>&1))"; quiet_sys < "$work/ready.err" 2>&1 | sed 's/^/     /'
 fi
 
 echo "probes: $pass passed, $fail failed"

@@ -74,6 +74,13 @@ impl Episode {
         }
     }
 
+    /// A retry policy gave up on the deferred frame: the episode ends with a `frame_drop`
+    /// row (reason `retry_exhausted`, the frame's length) in place of `enobufs_resolved`.
+    pub fn give_up(&mut self, events: &DeviceEvents, frame_len: usize) {
+        self.abandon(events);
+        events.frame_dropped(frame_len, crate::probes::DropReason::RetryExhausted);
+    }
+
     /// The deferred frame went out; closes the episode if one is open.
     pub fn on_success(&mut self, events: &DeviceEvents) -> Option<Resolved> {
         let open = self.open.take()?;

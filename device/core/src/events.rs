@@ -103,6 +103,18 @@ impl DeviceEvents {
         tracing::info!(fd = self.fd, cpu_ns, "device worker CPU time");
     }
 
+    /// The driver published an avail index more than a ring ahead of the device's (or moved
+    /// it backwards): nothing on that ring can be trusted until it is sane again.
+    pub fn avail_index_corrupt(&self, queue: u16, avail: u16, next: u16, size: u16) {
+        self.frame_dropped(0, DropReason::GuestDriverError);
+        tracing::error!(
+            queue,
+            "guest driver error: avail index {avail} is {} entries past the device's {next} on a \
+             {size}-entry ring; the queue waits for a sane index or a reset",
+            avail.wrapping_sub(next)
+        );
+    }
+
     /// A TX frame was copied out of guest memory (too many pieces for one send).
     pub fn tx_copied(&self) {
         self.metrics.tx_copied.inc();

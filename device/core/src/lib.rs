@@ -18,6 +18,7 @@ pub mod notify;
 pub mod poller;
 pub mod probes;
 pub mod recorder;
+pub mod retry_policy;
 pub mod retry_timer;
 pub mod sockopt;
 pub mod worker;

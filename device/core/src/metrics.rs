@@ -155,6 +155,7 @@ impl Reading for DropCounters {
             rx_empty: self.get(DropReason::RxEmpty),
             peer_gone: self.get(DropReason::PeerGone),
             guest_driver_error: self.get(DropReason::GuestDriverError),
+            retry_exhausted: self.get(DropReason::RetryExhausted),
             total: self.total(),
         }
     }
@@ -171,6 +172,8 @@ pub struct Drops {
     pub rx_empty: u64,
     pub peer_gone: u64,
     pub guest_driver_error: u64,
+    /// Deferred TX frames a bounded retry policy gave up on.
+    pub retry_exhausted: u64,
     pub total: u64,
 }
 

@@ -40,16 +40,23 @@ pub enum DropReason {
     /// returned to the guest with length 0 when its head is a real descriptor and never
     /// forwarded; `len` is 0. Valid chains after it keep flowing.
     GuestDriverError = 6,
+    /// 7: `--retry-policy bounded:N` gave up on a deferred TX frame after its send failed
+    /// N + 1 times (the first send and N retries). The episode the frame opened ends here,
+    /// with this row instead of `enobufs_resolved`; `len` is the frame's. The chain goes back
+    /// to the guest as used (length 0, as for every TX chain), so the guest sees what a NIC
+    /// dropping on the wire shows it: nothing, and its transport retransmits.
+    RetryExhausted = 7,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::RxOversize,
         DropReason::RxNoRoom,
         DropReason::TxBadChain,
         DropReason::RxEmpty,
         DropReason::PeerGone,
         DropReason::GuestDriverError,
+        DropReason::RetryExhausted,
     ];
 
     pub fn code(self) -> i64 {
@@ -64,6 +71,7 @@ impl DropReason {
             DropReason::RxEmpty => "rx_empty",
             DropReason::PeerGone => "peer_gone",
             DropReason::GuestDriverError => "guest_driver_error",
+            DropReason::RetryExhausted => "retry_exhausted",
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::net::{RX_QUEUE, TX_QUEUE};
 use crate::notify::Notifier;
 use crate::poller::{Event, Interest, Poller};
+use crate::retry_policy::RetryPolicy;
 use crate::retry_timer::RetryTimer;
 
 /// Everything a worker runs on.
@@ -44,6 +45,8 @@ pub struct WorkerSetup {
 pub struct WorkerOptions {
     /// Whether a deferred frame is also retried on a timer, and after how long.
     pub retry_timer: RetryTimer,
+    /// When a deferred frame is retried and whether it is ever dropped.
+    pub retry_policy: RetryPolicy,
     /// Fault: while a frame is deferred, ignore writable events (as macOS kqueue sometimes
     /// does), so only the timer or a guest kick can rescue the frame.
     pub lose_write_events: bool,
@@ -149,11 +152,15 @@ struct Loop {
     rx_kick: Notifier,
     tx_kick: Notifier,
     stop: Notifier,
+    /// The retry-timer setting resolved against the backend (`None`: no timer).
     retry_delay: Option<Duration>,
+    retry_policy: RetryPolicy,
+    /// The delay of the timer last armed, for the `timer_fired` probe.
+    armed_delay: Option<Duration>,
     lose_write_events: bool,
     /// Whether the poller reports the backend socket writable; on while a frame is
-    /// deferred (see `Poller::watch_writable`).
-    watching_writable: bool,
+    /// deferred (see `Poller::watch_writable`), with the low-water mark asked for.
+    watching_writable: (bool, Option<usize>),
 }
 
 fn run(setup: WorkerSetup, stop: Notifier) -> Result<WorkerExit, WorkerError> {
@@ -172,7 +179,8 @@ fn run(setup: WorkerSetup, stop: Notifier) -> Result<WorkerExit, WorkerError> {
     } = setup;
     let backend = options.inject_enobufs.wrap(backend, metrics.clone());
     let retry_delay = options.retry_timer.delay(backend.default_retry_delay());
-    let dev = NetDevice::new(mem, rx, tx, rx_call, tx_call, features, backend, metrics);
+    let mut dev = NetDevice::new(mem, rx, tx, rx_call, tx_call, features, backend, metrics);
+    dev.set_max_failed_sends(options.retry_policy.max_failed_sends());
     let mut poller = Poller::new().map_err(WorkerError::Poller)?;
     poller
         .add(stop.as_fd(), TOKEN_STOP, Interest::Read)
@@ -193,6 +201,7 @@ fn run(setup: WorkerSetup, stop: Notifier) -> Result<WorkerExit, WorkerError> {
         fd = dev.backend_fd(),
         backend = dev.backend().kind(),
         retry_delay_us = retry_delay.map(|d| d.as_micros() as u64),
+        retry_policy = %options.retry_policy,
         "device worker started"
     );
     let mut l = Loop {
@@ -203,8 +212,10 @@ fn run(setup: WorkerSetup, stop: Notifier) -> Result<WorkerExit, WorkerError> {
         tx_kick,
         stop,
         retry_delay,
+        retry_policy: options.retry_policy,
+        armed_delay: None,
         lose_write_events: options.lose_write_events,
-        watching_writable: true,
+        watching_writable: (true, None),
     };
     let ended = l.event_loop();
     l.report.worker_exit_cpu(thread_cpu_ns());
@@ -239,8 +250,13 @@ impl Loop {
                 tx_work = false;
                 match self.dev.process_tx()? {
                     TxPass::Blocked => {
-                        if let Some(d) = self.retry_delay {
-                            self.poller.arm_timer(d).map_err(WorkerError::Poller)?;
+                        let delay = self
+                            .retry_policy
+                            .delay(self.retry_delay, self.dev.tx_failures());
+                        if let Some(d) = delay {
+                            if self.poller.arm_timer(d).map_err(WorkerError::Poller)? {
+                                self.armed_delay = Some(d);
+                            }
                         }
                     }
                     TxPass::More => tx_work = true,
@@ -253,12 +269,16 @@ impl Loop {
                     rx_work = true;
                 }
             }
-            let deferred = self.dev.tx_deferred();
-            if deferred != self.watching_writable {
+            let deferred = self.dev.tx_deferred_len();
+            let watch = (
+                deferred.is_some(),
+                deferred.and_then(|len| self.retry_policy.low_water(len)),
+            );
+            if watch != self.watching_writable {
                 self.poller
-                    .watch_writable(sock, TOKEN_BACKEND, deferred)
+                    .watch_writable(sock, TOKEN_BACKEND, watch.0, watch.1)
                     .map_err(WorkerError::Poller)?;
-                self.watching_writable = deferred;
+                self.watching_writable = watch;
             }
             // Unfinished batches: look at new events without sleeping, then continue.
             let timeout = if tx_work || rx_work {
@@ -288,7 +308,10 @@ impl Loop {
                         rx_work |= kicked(&self.rx_kick, RX_QUEUE, report)?;
                     }
                     TOKEN_TX_KICK => {
-                        tx_work |= kicked(&self.tx_kick, TX_QUEUE, report)?;
+                        // `room` retries only when the frame fits: a kick then waits for
+                        // the deferred frame like every chain behind it.
+                        let retry = self.retry_policy.retry_on_kick() || !self.dev.tx_deferred();
+                        tx_work |= kicked(&self.tx_kick, TX_QUEUE, report)? && retry;
                     }
                     TOKEN_BACKEND => {
                         if ev.readable {
@@ -297,7 +320,9 @@ impl Loop {
                         }
                         if ev.writable && !(self.lose_write_events && self.dev.tx_deferred()) {
                             report.socket_writable(ev.data);
-                            tx_work |= self.dev.tx_deferred();
+                            if let Some(len) = self.dev.tx_deferred_len() {
+                                tx_work |= self.retry_on_write(ev.data, len);
+                            }
                         }
                         if let Some(code) = ev.error_code {
                             // kqueue: EV_EOF carrying the socket's error. Frames already
@@ -314,7 +339,7 @@ impl Loop {
                         hup |= ev.hup;
                     }
                     _ if ev.is_timer() => {
-                        let delay_us = self.retry_delay.map_or(0, |d| d.as_micros() as i64);
+                        let delay_us = self.armed_delay.map_or(0, |d| d.as_micros() as i64);
                         report.timer_fired(delay_us);
                         tx_work |= self.dev.tx_deferred();
                     }
@@ -341,6 +366,20 @@ impl Loop {
                 .into());
             }
         }
+    }
+
+    /// Whether a write event retries the deferred `frame_len`-byte frame; the free space
+    /// is asked of the socket only when the policy looks at it.
+    fn retry_on_write(&self, data: Option<i64>, frame_len: usize) -> bool {
+        if self.retry_policy.low_water(frame_len).is_none() {
+            return true;
+        }
+        let free = data.unwrap_or_else(|| {
+            // SAFETY: the backend socket lives in `self.dev`, borrowed for this call only.
+            let sock = unsafe { BorrowedFd::borrow_raw(self.dev.backend_fd()) };
+            crate::poller::send_space(sock)
+        });
+        self.retry_policy.retry_on_write(free, frame_len)
     }
 
     fn check_socket_error(&self) -> Result<(), WorkerError> {

@@ -146,6 +146,67 @@ fn tx_head_past_the_ring_is_counted_and_the_next_chain_goes_out() {
     assert_eq!(r.m().drops.guest_driver_error, 2);
 }
 
+/// Runs `f` on its own thread and fails the test if it has not returned in 10 s: the bug
+/// these tests guard against is the device looping forever.
+fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(f()).unwrap());
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the device did not return: it loops on the corrupt avail index")
+}
+
+#[test]
+fn tx_avail_index_moved_backwards_is_counted_once_and_a_sane_index_resumes() {
+    let mut r = rig();
+    let (a, b) = (frame(1, 100), frame(2, 100));
+    r.good_tx(0, &a);
+    r.good_tx(1, &b);
+    assert_eq!(r.dev.process_tx().unwrap(), TxPass::Idle);
+    assert_eq!(r.sent(), vec![a, b]);
+    // The driver writes its index back to 0: 65534 entries "ahead" on a 16-entry ring.
+    r.tx.set_avail_idx_raw(&r.mem, Some(0));
+    let mut r = bounded(move || {
+        for _ in 0..3 {
+            assert_eq!(r.dev.process_tx().unwrap(), TxPass::Idle);
+        }
+        r
+    });
+    assert_eq!(
+        r.m().drops.guest_driver_error,
+        1,
+        "counted once, not per pass"
+    );
+    assert!(r.sent().is_empty());
+    // A sane index again, with a new chain: it goes out.
+    r.tx.set_avail_idx_raw(&r.mem, None);
+    let c = frame(3, 80);
+    r.good_tx(2, &c);
+    assert_eq!(r.dev.process_tx().unwrap(), TxPass::Idle);
+    assert_eq!(r.sent(), vec![c]);
+    assert_eq!(r.m().tx_frames, 3);
+}
+
+#[test]
+fn rx_avail_index_past_the_ring_does_not_spin_the_device() {
+    let mut r = rig_on(common::memory(), DEVICE_FEATURES & !FEATURE_MRG_RXBUF);
+    let f = frame(7, 1000);
+    r.peer.send(&f).unwrap();
+    // No buffers, and an index 40 entries ahead of the device on a 16-entry ring.
+    r.rx.set_avail_idx_raw(&r.mem, Some(40));
+    let mut r = bounded(move || {
+        assert_eq!(r.dev.process_rx().unwrap(), RxPass::NoBuffers);
+        r
+    });
+    assert_eq!(r.m().drops.guest_driver_error, 1);
+    // Sane again with one buffer: the waiting frame lands in it.
+    r.rx.set_avail_idx_raw(&r.mem, Some(0));
+    r.good_rx(3, 2048);
+    assert_eq!(r.dev.process_rx().unwrap(), RxPass::Idle);
+    let len = (NET_HDR_LEN + f.len()) as u32;
+    assert_eq!(r.rx.take_used_raw(&r.mem), vec![(3, len)]);
+    assert_eq!(r.rx_frame(3, len), f);
+}
+
 #[test]
 fn rx_head_past_the_ring_is_counted_and_the_frame_goes_to_the_next_buffer() {
     let mut r = rig_on(common::memory(), DEVICE_FEATURES & !FEATURE_MRG_RXBUF);

@@ -15,6 +15,7 @@ use vnet_device::device::{NetDevice, TxPass};
 use vnet_device::metrics::Metrics;
 use vnet_device::net::{DEVICE_FEATURES, FEATURE_EVENT_IDX, MAX_FRAME};
 use vnet_device::notify::Notifier;
+use vnet_device::retry_policy::RetryPolicy;
 use vnet_device::retry_timer::RetryTimer;
 use vnet_device::worker::{ExitReason, WorkerOptions};
 
@@ -613,4 +614,84 @@ fn worker_sleeps_while_a_frame_is_deferred_without_timer() {
     assert_eq!(after.retries, before.retries, "no retries without an event");
     h.stop();
     assert_eq!(h.join().unwrap().reason, ExitReason::Stopped);
+}
+
+#[test]
+fn worker_bounded_policy_drops_after_its_retries_and_keeps_order() {
+    let (a, peer) = common::gram_pair();
+    let filler = a.try_clone().unwrap();
+    let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
+    let junk = fill_gram(&filler);
+    let wopts = WorkerOptions {
+        retry_policy: RetryPolicy::Bounded { retries: 2 },
+        ..Default::default()
+    };
+    let (mut g, h) = common::start(Box::new(be), DEVICE_FEATURES, wopts, 64);
+    for i in 0..5 {
+        g.tx.add(&g.mem, &tx_segs(&frame(i, 1514), &[])).unwrap();
+    }
+    g.tx_kick.notify().unwrap();
+    // Nobody reads: each frame fails its first send and 2 retries, then goes back to the
+    // guest used, dropped.
+    wait_until("five drops", || {
+        g.metrics.snapshot().drops.retry_exhausted == 5
+    });
+    let m = g.metrics.snapshot();
+    assert_eq!((m.episodes, m.resolved, m.retries), (5, 0, 15), "{m:?}");
+    assert_eq!((m.tx_frames, m.drops.total), (0, 5));
+    assert!(!m.open_episode);
+    let used = g.tx.take_used(&g.mem);
+    assert_eq!(used.len(), 5, "every dropped chain is returned");
+    assert!(used.iter().all(|u| u.len == 0));
+    // Room again: the next frame goes out, alone and whole.
+    for _ in 0..junk {
+        let mut b = [0u8; 2000];
+        peer.recv(&mut b).unwrap();
+    }
+    g.tx.add(&g.mem, &tx_segs(&frame(5, 1514), &[])).unwrap();
+    g.tx_kick.notify().unwrap();
+    let mut b = vec![0u8; MAX_FRAME];
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let k = peer.recv(&mut b).unwrap();
+    assert_eq!((seq_of(&b[..k]), k), (5, 1514));
+    h.stop();
+    h.join().unwrap();
+    assert_eq!(g.metrics.snapshot().tx_frames, 1);
+}
+
+#[test]
+fn worker_room_policy_never_drops_and_keeps_order() {
+    let (a, peer) = common::gram_pair();
+    let filler = a.try_clone().unwrap();
+    let be = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
+    let junk = fill_gram(&filler);
+    let wopts = WorkerOptions {
+        retry_policy: RetryPolicy::Room,
+        ..Default::default()
+    };
+    let (mut g, h) = common::start(Box::new(be), DEVICE_FEATURES, wopts, 64);
+    for i in 0..10 {
+        g.tx.add(&g.mem, &tx_segs(&frame(i, 9000), &[])).unwrap();
+    }
+    g.tx_kick.notify().unwrap();
+    wait_until("episode", || g.metrics.snapshot().episodes >= 1);
+    // Kicks do not retry under `room`: only the safety-net timer and write events do.
+    let mut b = vec![0u8; MAX_FRAME];
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut skipped = 0;
+    while got.len() < 10 {
+        let k = peer.recv(&mut b).unwrap();
+        if skipped < junk {
+            skipped += 1;
+        } else {
+            got.push(seq_of(&b[..k]));
+        }
+    }
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    h.stop();
+    h.join().unwrap();
+    let m = g.metrics.snapshot();
+    assert_eq!(m.drops.total, 0);
+    assert_eq!(m.resolved, m.episodes);
 }

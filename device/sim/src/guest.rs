@@ -16,9 +16,12 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, Guest
 
 use super::driver::{align, Buf, DriverError, GuestQueue, RingLayout};
 use super::integrity::{Checker, Kind, Payload, Stamp, Verdict, STAMP_LEN};
+use super::latency::OneWay;
 use super::workload::{Idle, Next, Scheduler, SendLedger, ETH_HDR};
+use vnet_device::metrics::Metrics;
 use vnet_device::net::NET_HDR_LEN;
 use vnet_device::notify::Notifier;
+use vnet_device::probes::DropReason;
 
 /// Where everything lives in guest memory.
 #[derive(Debug, Clone, Copy)]
@@ -155,7 +158,7 @@ impl SimFramer {
     }
 }
 
-fn stamp_for(n: &Next) -> Stamp {
+pub(crate) fn stamp_for(n: &Next) -> Stamp {
     Stamp {
         stream: n.stream,
         kind: if n.ack { Kind::Ack } else { Kind::Data },
@@ -230,6 +233,13 @@ pub struct Shared {
     pub guest_rx_data_complete: AtomicBool,
     /// Set when the proxy has all the data the guest will send.
     pub proxy_rx_data_complete: AtomicBool,
+    /// The device's counters, once the worker runs: TX frames a bounded retry policy
+    /// dropped never reach the proxy, so the ledgers count them as accounted for.
+    pub device: std::sync::OnceLock<Arc<Metrics>>,
+    /// One-way latency, guest to proxy (built-in proxy only).
+    pub tx_latency: OneWay,
+    /// One-way latency, proxy to guest (built-in proxy only).
+    pub rx_latency: OneWay,
 }
 
 impl Shared {
@@ -251,7 +261,21 @@ impl Shared {
             guest_tx_wake: Notifier::new()?,
             guest_rx_data_complete: AtomicBool::new(false),
             proxy_rx_data_complete: AtomicBool::new(false),
+            device: std::sync::OnceLock::new(),
+            tx_latency: OneWay::new(Instant::now()),
+            rx_latency: OneWay::new(Instant::now()),
         })
+    }
+
+    /// Guest frames the device dropped on purpose (`retry_exhausted`): they will never
+    /// arrive. The guest cannot tell which ones (a dropped chain comes back like a sent
+    /// one), so each drop also stands for a lost ACK in the senders' windows, as a TCP
+    /// sender's retransmission timeout would eventually free the window; the sim does not
+    /// retransmit.
+    pub fn tx_dropped(&self) -> u64 {
+        self.device
+            .get()
+            .map_or(0, |m| m.drops.get(DropReason::RetryExhausted))
     }
 
     pub fn stopping(&self) -> bool {
@@ -263,6 +287,7 @@ impl Shared {
         check_data_complete(
             &self.proxy_sent,
             &self.guest_received_data,
+            0,
             &self.guest_rx_data_complete,
         )
     }
@@ -271,6 +296,7 @@ impl Shared {
         check_data_complete(
             &self.guest_sent,
             &self.proxy_received_data,
+            self.tx_dropped(),
             &self.proxy_rx_data_complete,
         )
     }
@@ -284,16 +310,23 @@ impl Shared {
     /// The proxy has everything the guest sent, ACKs included.
     pub fn proxy_rx_complete(&self) -> bool {
         self.guest_sent.all_done()
-            && self.proxy_received.load(Ordering::Acquire) >= self.guest_sent.total()
+            && self.proxy_received.load(Ordering::Acquire) + self.tx_dropped()
+                >= self.guest_sent.total()
     }
 }
 
-fn check_data_complete(sent: &SendLedger, received: &AtomicU64, flag: &AtomicBool) -> bool {
+/// `dropped`: frames the device dropped on the way, counted as arrived.
+fn check_data_complete(
+    sent: &SendLedger,
+    received: &AtomicU64,
+    dropped: u64,
+    flag: &AtomicBool,
+) -> bool {
     if flag.load(Ordering::Acquire) {
         return true;
     }
     if sent.data_done.load(Ordering::Acquire)
-        && received.load(Ordering::Acquire) >= sent.data.load(Ordering::Acquire)
+        && received.load(Ordering::Acquire) + dropped >= sent.data.load(Ordering::Acquire)
     {
         flag.store(true, Ordering::Release);
         return true;
@@ -454,6 +487,7 @@ impl GuestTx {
                         .guest_received_data
                         .load(Ordering::Acquire)
                         .min(self.shared.guest_received.load(Ordering::Acquire));
+                let acks_in = acks_in + self.shared.tx_dropped();
                 let next = match self.sched.next(owed, acks_in) {
                     Ok(n) => n,
                     Err(Idle::Paced(d)) => {
@@ -499,6 +533,7 @@ impl GuestTx {
                 )?;
                 slot_len[slot as usize] = next.len;
                 debug_assert_eq!(len, next.len);
+                self.shared.tx_latency.sent(&stamp_for(&next));
                 self.queue.add(&chain, slot)?;
                 self.shared.guest_frames_out.fetch_add(1, Ordering::AcqRel);
                 free_slots.pop();
@@ -723,6 +758,11 @@ impl GuestRx {
             return;
         }
         self.shared.guest_received.fetch_add(1, Ordering::AcqRel);
+        if let (Some(s), true) = (stamp, self.exit_when_complete) {
+            // Built-in mode: the proxy stamped the send time (a real proxy's echoes
+            // carry the guest's own stamps, timed by nobody).
+            self.shared.rx_latency.arrived(&s);
+        }
         let mut data_no = 0;
         if matches!(stamp, Some(s) if s.kind == Kind::Ack) {
             // An ACK may open the TX half's send window.

@@ -9,6 +9,7 @@
 pub mod driver;
 pub mod guest;
 pub mod integrity;
+pub mod latency;
 pub mod proxy;
 pub mod real_proxy;
 pub mod run;

@@ -101,6 +101,11 @@ struct Cli {
     /// Retry timer delay (default: the backend's own).
     #[arg(long)]
     retry_delay_us: Option<u64>,
+    /// How the device retries a deferred frame: timer (PR 556, the default), bounded:N
+    /// (drop after N failed retries), backoff[:CAP_US] or room (retry when the free space
+    /// fits the frame).
+    #[arg(long, default_value = "timer")]
+    retry_policy: String,
     /// SO_SNDBUF of the device's socket.
     #[arg(long)]
     sndbuf: Option<usize>,
@@ -400,6 +405,10 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
             (false, Some(us)) => RetryTimer::After(Duration::from_micros(us)),
             (false, None) => RetryTimer::BackendDefault,
         },
+        retry_policy: cli
+            .retry_policy
+            .parse()
+            .map_err(|e| format!("--retry-policy {e}"))?,
         sndbuf: cli.sndbuf,
         stall_timeout: secs("--stall-timeout", cli.stall_timeout, MAX_STALL_TIMEOUT_SECS)?,
         queue_size: cli.queue_size,

@@ -271,6 +271,9 @@ fn read_loop(
             .proxy_rx_bytes
             .fetch_add(len as u64, Ordering::Relaxed);
         if counts_as_received(verdict) {
+            if let Some(s) = &stamp {
+                shared.tx_latency.arrived(s);
+            }
             shared.proxy_received.fetch_add(1, Ordering::AcqRel);
             if matches!(stamp, Some(s) if s.kind == Kind::Ack) {
                 let _ = wake.notify();
@@ -307,10 +310,12 @@ fn write_loop(
     while !shared.stopping() {
         let owed = shared.proxy_acks_owed.load(Ordering::Acquire);
         let got = shared.proxy_received.load(Ordering::Acquire);
-        let acks_in = got - shared.proxy_received_data.load(Ordering::Acquire).min(got);
+        let acks_in =
+            got - shared.proxy_received_data.load(Ordering::Acquire).min(got) + shared.tx_dropped();
         match sched.next(owed, acks_in) {
             Ok(n) => {
                 framer.build(&mut frame, &n);
+                shared.rx_latency.sent(&super::guest::stamp_for(&n));
                 let sent = match &mut sock {
                     PeerSocket::Gram(s, to) => send_gram(s, to.as_deref(), &frame, &shared)?,
                     PeerSocket::Stream(s) => {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::driver::{DriverError, GuestQueue};
 use super::guest::{GuestLayout, GuestRx, GuestTx, Shared, SimFramer, GUEST_MAC, PROXY_MAC};
 use super::integrity::{Checker, Counts};
+use super::latency::LatencySummary;
 use super::proxy::{BuiltinProxy, PeerSocket, ProxyOptions};
 use super::real_proxy::{EchoServer, NetConfig, UdpFramer, UDP_OVERHEAD};
 use super::summary::Summary;
@@ -19,6 +20,7 @@ use vnet_device::backend::{self, BackendOptions, BackendSpec, FaultConfig};
 use vnet_device::metrics::Metrics;
 use vnet_device::net::{DEVICE_FEATURES, MAX_FRAME};
 use vnet_device::notify::Notifier;
+use vnet_device::retry_policy::RetryPolicy;
 use vnet_device::retry_timer::RetryTimer;
 use vnet_device::worker::{self, WorkerOptions, WorkerSetup};
 
@@ -58,6 +60,7 @@ pub struct SimConfig {
     pub fault: FaultConfig,
     pub lose_write_events: bool,
     pub retry_timer: RetryTimer,
+    pub retry_policy: RetryPolicy,
     pub sndbuf: Option<usize>,
     pub stall_timeout: Duration,
     /// Real-proxy mode: how long to wait for the last echoes once sending stopped.
@@ -94,6 +97,7 @@ impl Default for SimConfig {
             fault: FaultConfig::default(),
             lose_write_events: false,
             retry_timer: RetryTimer::BackendDefault,
+            retry_policy: RetryPolicy::Timer,
             sndbuf: None,
             stall_timeout: Duration::from_secs(1),
             drain_timeout: Duration::from_millis(500),
@@ -247,6 +251,7 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         backend,
         options: WorkerOptions {
             retry_timer,
+            retry_policy: cfg.retry_policy,
             lose_write_events: cfg.lose_write_events,
             inject_enobufs: cfg.fault,
         },
@@ -255,6 +260,7 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
     let worker = worker::spawn(setup).map_err(SimError::Spawn)?;
 
     let shared = Arc::new(Shared::new().map_err(io("eventfd"))?);
+    let _ = shared.device.set(metrics.clone());
     let start = Instant::now();
     let cpu_start = process_cpu_seconds();
 
@@ -375,12 +381,12 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         // frame the guest posted must have been written out, and every frame the device
         // read must have reached the guest. Only what the device cannot account for is
         // an integrity error; the rest is the network's.
-        let missing = std::mem::take(&mut to_guest.lost);
+        let missing = std::mem::take(&mut to_guest.lost).saturating_sub(d.drops.retry_exhausted);
         let device_lost = if stall.is_none() {
             shared
                 .guest_frames_out
                 .load(Ordering::Acquire)
-                .saturating_sub(d.tx_frames)
+                .saturating_sub(d.tx_frames + d.drops.retry_exhausted)
                 + d.rx_frames
                     .saturating_sub(shared.guest_frames_in.load(Ordering::Acquire))
         } else {
@@ -392,6 +398,15 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
 
     let gbit = |bytes: u64| bytes as f64 * 8.0 / seconds.max(1e-9) / 1e9;
     let sum = |f: fn(&Counts) -> u64| f(&to_guest) + to_proxy.as_ref().map_or(0, f);
+    // Guest frames the device dropped on purpose show up as lost at the proxy: each one
+    // the device reported is accounted for; a drop it reported that the proxy did not
+    // miss (or a loss it did not report) is an integrity error.
+    // (Real-proxy mode took the drops out of the missing echoes above already.)
+    let dropped = d.drops.retry_exhausted;
+    let (accounted_drops, unreported_drops) = match (&to_proxy, real) {
+        (Some(c), false) => (c.lost.min(dropped), c.lost.abs_diff(dropped)),
+        _ => (0, 0),
+    };
     let mut stall_text = stall;
     if let Some(e) = worker_err {
         stall_text = Some(match stall_text {
@@ -417,7 +432,10 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         rx_frames: d.rx_frames,
         tx_bytes: d.tx_bytes,
         rx_bytes: d.rx_bytes,
-        lost: sum(|c| c.lost),
+        lost: sum(|c| c.lost) - accounted_drops,
+        retry_policy: cfg.retry_policy.to_string(),
+        dropped,
+        unreported_drops,
         duplicated: sum(|c| c.duplicated),
         reordered: sum(|c| c.reordered),
         corrupted: sum(|c| c.corrupted),
@@ -436,6 +454,12 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         guest_kicks_sent: tx_queue.kicks + rx_queue.kicks,
         guest_kicks_suppressed: tx_queue.kicks_suppressed + rx_queue.kicks_suppressed,
         device: d,
+        latency_us: (!real).then(|| {
+            LatencySummary::new(
+                &shared.tx_latency.histograms(),
+                &shared.rx_latency.histograms(),
+            )
+        }),
     })
 }
 
@@ -581,7 +605,7 @@ fn watch(
 fn in_flight(s: &Shared) -> u64 {
     let g = s.guest_sent.total();
     let p = s.proxy_sent.total();
-    g.saturating_sub(s.proxy_received.load(Ordering::Acquire))
+    g.saturating_sub(s.proxy_received.load(Ordering::Acquire) + s.tx_dropped())
         + p.saturating_sub(s.guest_received.load(Ordering::Acquire))
 }
 

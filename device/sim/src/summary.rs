@@ -5,6 +5,7 @@ use serde::Serialize;
 use std::fmt::Write as _;
 
 use super::integrity::Counts;
+use super::latency::{LatencyStats, LatencySummary};
 use vnet_device::metrics::MetricsSnapshot;
 
 #[derive(Debug, Clone, Serialize)]
@@ -23,7 +24,15 @@ pub struct Summary {
     pub rx_frames: u64,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
-    /// Integrity, both directions added up.
+    /// The device's retry policy (`--retry-policy`).
+    pub retry_policy: String,
+    /// Guest frames the retry policy dropped (`drops.retry_exhausted`); each is missing at
+    /// the proxy and counted here, not in `lost`.
+    pub dropped: u64,
+    /// Drops the device reported that the proxy did not miss, plus frames the proxy missed
+    /// that the device did not report: an integrity error.
+    pub unreported_drops: u64,
+    /// Integrity, both directions added up (drops the device reported excluded).
     pub lost: u64,
     pub duplicated: u64,
     pub reordered: u64,
@@ -55,12 +64,20 @@ pub struct Summary {
     pub guest_kicks_sent: u64,
     pub guest_kicks_suppressed: u64,
     pub device: MetricsSnapshot,
+    /// One-way latency per frame class, in microseconds (built-in proxy only).
+    pub latency_us: Option<LatencySummary>,
 }
 
 impl Summary {
     /// Errors that make the run fail: integrity counters and stalls (not UDP loss).
     pub fn failed(&self) -> bool {
-        self.lost + self.duplicated + self.reordered + self.corrupted + self.stalls > 0
+        self.lost
+            + self.unreported_drops
+            + self.duplicated
+            + self.reordered
+            + self.corrupted
+            + self.stalls
+            > 0
     }
 
     pub fn to_json(&self) -> String {
@@ -122,10 +139,27 @@ impl Summary {
                 )
             }
         );
+        if self.retry_policy != "timer" || self.dropped + self.unreported_drops > 0 {
+            let _ = writeln!(
+                s,
+                "  retry policy {}: dropped {} guest frames (frame_drop retry_exhausted), unreported {}",
+                self.retry_policy, self.dropped, self.unreported_drops
+            );
+        }
         if let Some(c) = &self.to_proxy {
             let _ = writeln!(s, "    guest->proxy {}", counts_line(c));
         }
         let _ = writeln!(s, "    proxy->guest {}", counts_line(&self.to_guest));
+        if let Some(l) = &self.latency_us {
+            let _ = writeln!(
+                s,
+                "  latency us (p50/p99/max): tx ack {}  tx data {}  rx ack {}  rx data {}",
+                stats(&l.tx_ack),
+                stats(&l.tx_data),
+                stats(&l.rx_ack),
+                stats(&l.rx_data)
+            );
+        }
         match &self.stall {
             Some(why) => {
                 let _ = writeln!(s, "  STALL: {why}");
@@ -159,4 +193,8 @@ fn counts_line(c: &Counts) -> String {
             String::new()
         }
     )
+}
+
+fn stats(l: &LatencyStats) -> String {
+    format!("{:.0}/{:.0}/{:.0}", l.p50, l.p99, l.max)
 }

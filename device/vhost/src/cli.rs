@@ -11,6 +11,7 @@ use vnet_device::backend::{BackendOptions, BackendSpec, FaultConfig};
 use vnet_device::metrics::Metrics;
 use vnet_device::probes;
 use vnet_device::recorder::Recorder;
+use vnet_device::retry_policy::RetryPolicy;
 use vnet_device::retry_timer::RetryTimer;
 use vnet_device::worker::WorkerOptions;
 use vnet_vhost::{DaemonRun, SessionEnd};
@@ -42,6 +43,10 @@ struct Args {
     /// Retry timer delay in microseconds for a deferred frame (0 = no timer).
     #[arg(long)]
     retry_delay_us: Option<u64>,
+    /// How a deferred frame is retried: timer (the default), bounded:N (drop after N failed
+    /// retries), backoff[:CAP_US] or room (retry when the free space fits the frame).
+    #[arg(long, default_value = "timer")]
+    retry_policy: String,
     /// Fault injection: make every Nth send fail with ENOBUFS.
     #[arg(long, default_value_t = 0)]
     inject_enobufs: u32,
@@ -89,6 +94,10 @@ pub fn main() -> ExitCode {
             "--retry-delay-us {us}: must be at most {MAX_RETRY_DELAY_US} µs"
         ));
     }
+    let retry_policy: RetryPolicy = match args.retry_policy.parse() {
+        Ok(p) => p,
+        Err(e) => return usage(format!("--retry-policy {e}")),
+    };
     probes::register();
     vnet_vhost::install_signal_handlers();
     tracing_subscriber::fmt()
@@ -112,6 +121,7 @@ pub fn main() -> ExitCode {
     };
     let worker_opts = WorkerOptions {
         retry_timer: RetryTimer::from_micros_flag(args.retry_delay_us),
+        retry_policy,
         inject_enobufs: FaultConfig {
             enobufs_every: args.inject_enobufs,
             enobufs_burst: 1,

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use super::capture::{CaptureResult, SyscallTracer};
 use super::image::{self, ImageOptions};
 use super::runner::{self, Accel, Machine, NetMode, RunConfig, RunResult, Tracer};
 use super::summary::Summary;
@@ -22,7 +23,11 @@ fn repo_root() -> PathBuf {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TracerKind {
+    /// The daemon under probes/enobufs.bt (its USDT probes); trace.csv in the output directory.
     Bpftrace,
+    /// passt and its peer (QEMU, or the daemon) by their system calls (probes/syscalls.bt),
+    /// each capture then read with `analyze report`.
+    Syscalls,
 }
 
 /// Boot a Linux guest whose virtio-net is served by vnet-vhost, run iperf3 through passt,
@@ -52,10 +57,13 @@ pub struct Args {
     /// Only the QEMU virtio-net run (no daemon).
     #[arg(long, conflicts_with = "baseline")]
     pub baseline_only: bool,
-    /// Run the daemon under probes/enobufs.bt; trace.csv lands in the output directory.
+    /// bpftrace: the daemon under probes/enobufs.bt (trace.csv in the output directory);
+    /// syscalls: passt and QEMU (baseline) or the daemon captured by probes/syscalls.bt
+    /// (passt.csv, qemu.csv / daemon.csv per run) and each printed by `analyze report`.
+    /// Both need root and bpftrace.
     #[arg(long, value_enum)]
     pub tracer: Option<TracerKind>,
-    /// Leave the per-frame probes out of the bpftrace capture.
+    /// Leave the per-frame rows (tx_frame/rx_frame) out of the capture.
     #[arg(long)]
     pub no_frame_probes: bool,
     /// QEMU machine type and the matching virtio-net transport.
@@ -123,10 +131,55 @@ pub enum CliError {
     },
     #[error("{0}")]
     Setup(String),
+    /// A flag this machine cannot honour (exit 2).
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn in_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| {
+            std::fs::metadata(d.join(program)).is_ok_and(|m| {
+                m.is_file()
+                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+            })
+        })
+    })
+}
+
+/// Refuses a tracer this machine cannot run, before anything boots.
+fn check_tracer_use(kind: TracerKind) -> Result<(), CliError> {
+    let flag = match kind {
+        TracerKind::Bpftrace => "--tracer bpftrace",
+        TracerKind::Syscalls => "--tracer syscalls",
+    };
+    if !nix::unistd::geteuid().is_root() {
+        return Err(CliError::Usage(format!(
+            "{flag} needs root (bpftrace attaches to the processes' probes and system calls)"
+        )));
+    }
+    if !in_path("bpftrace") {
+        return Err(CliError::Usage(format!(
+            "{flag} needs bpftrace, which is not in PATH (apt-get install bpftrace)"
+        )));
+    }
+    Ok(())
 }
 
 /// Runs everything the arguments ask for; returns the summary JSON.
 pub fn run(args: &Args) -> Result<serde_json::Value, CliError> {
+    if let Some(kind) = args.tracer {
+        check_tracer_use(kind)?;
+    }
     runner::install_signal_handlers();
     let target = default_target_dir();
     let cache = args
@@ -192,10 +245,33 @@ pub fn run(args: &Args) -> Result<serde_json::Value, CliError> {
                     script.display()
                 )));
             }
-            Some(Tracer {
+            Some(Tracer::Usdt {
                 script,
                 frames: u32::from(!args.no_frame_probes),
             })
+        }
+        Some(TracerKind::Syscalls) => {
+            let capture_sh = repo_root().join("probes/capture.sh");
+            if !capture_sh.is_file() {
+                return Err(CliError::Setup(format!(
+                    "{} not found",
+                    capture_sh.display()
+                )));
+            }
+            let analyze = std::env::current_exe()
+                .map_err(|e| CliError::Setup(format!("locating vnet-vm itself: {e}")))?
+                .with_file_name("analyze");
+            if !analyze.is_file() {
+                return Err(CliError::Setup(format!(
+                    "{} not found (build it: cargo build --release -p analyze)",
+                    analyze.display()
+                )));
+            }
+            Some(Tracer::Syscalls(SyscallTracer {
+                capture_sh,
+                analyze,
+                frames: !args.no_frame_probes,
+            }))
         }
     };
     let mut tests: Vec<String> = Vec::new();
@@ -265,7 +341,32 @@ pub fn run(args: &Args) -> Result<serde_json::Value, CliError> {
     } else {
         print!("{}", summary.to_text());
     }
+    // The captures' reports after the summary (on stderr under --json: stdout stays one
+    // JSON object).
+    for (label, r) in [
+        ("vhost", daemon_run.as_ref()),
+        ("baseline", baseline_run.as_ref()),
+    ] {
+        for c in r.map_or(&[][..], |r| &r.captures[..]) {
+            let text = capture_text(label, c);
+            if args.json {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
+            }
+        }
+    }
     Ok(json)
+}
+
+fn capture_text(label: &str, c: &CaptureResult) -> String {
+    format!(
+        "\n== {label} run, {} (pid {}): analyze report {}\n{}",
+        c.name,
+        c.pid,
+        c.csv.display(),
+        c.report
+    )
 }
 
 #[cfg(test)]
@@ -293,5 +394,18 @@ mod tests {
         let e = parse(&["--tests", "fwd,sideways"]).unwrap_err().to_string();
         assert!(e.contains("sideways"), "{e}");
         assert!(parse(&["--baseline", "--baseline-only"]).is_err());
+        let e = parse(&["--tracer", "strace"]).unwrap_err().to_string();
+        assert!(e.contains("strace") && e.contains("syscalls"), "{e}");
+    }
+
+    #[test]
+    fn tracer_syscalls_parses_and_is_checked_before_booting() {
+        let a = parse(&["--tracer", "syscalls", "--baseline", "--no-frame-probes"]).unwrap();
+        assert_eq!(a.tracer, Some(TracerKind::Syscalls));
+        // Whichever of root and bpftrace is missing here, the refusal is a usage error.
+        if let Err(e) = check_tracer_use(TracerKind::Syscalls) {
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.to_string().starts_with("--tracer syscalls needs "), "{e}");
+        }
     }
 }

@@ -3,10 +3,12 @@
 //! results from the guest console.
 #![cfg(target_os = "linux")]
 
+pub mod capture;
 pub mod cli;
 pub mod cpio;
 pub mod image;
 pub mod iperf;
 pub mod process;
+pub mod qmp;
 pub mod runner;
 pub mod summary;

@@ -8,7 +8,7 @@ fn main() {
     let args = vnet_vm::cli::Args::parse();
     if let Err(e) = vnet_vm::cli::run(&args) {
         eprintln!("vnet-vm: error: {e}");
-        std::process::exit(1);
+        std::process::exit(e.exit_code());
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::capture::{self, Capture, CaptureResult, SyscallTracer};
 use super::image::GuestImage;
 use super::iperf::{parse_console, Console, TestResult};
 use super::process::Guarded;
@@ -45,6 +46,10 @@ pub enum RunError {
     GuestTimeout { secs: u64, tail: String },
     #[error("guest: {0}")]
     Guest(String),
+    #[error(transparent)]
+    Capture(#[from] capture::CaptureError),
+    #[error("resuming QEMU after the captures attached: {0}")]
+    Qmp(#[from] super::qmp::QmpError),
     #[error("interrupted")]
     Interrupted,
 }
@@ -105,11 +110,18 @@ pub enum NetMode {
 }
 
 #[derive(Debug, Clone)]
-pub struct Tracer {
-    /// probes/enobufs.bt
-    pub script: PathBuf,
-    /// 0 leaves out the per-frame probes.
-    pub frames: u32,
+pub enum Tracer {
+    /// The daemon under bpftrace with its USDT script.
+    Usdt {
+        /// probes/enobufs.bt
+        script: PathBuf,
+        /// 0 leaves out the per-frame probes.
+        frames: u32,
+    },
+    /// passt and its peer on the passt socket (QEMU in the baseline, else the daemon),
+    /// captured from outside by their system calls; QEMU starts held (-S) until both
+    /// captures are attached.
+    Syscalls(SyscallTracer),
 }
 
 #[derive(Debug, Clone)]
@@ -146,7 +158,7 @@ pub struct RunResult {
     /// Guest uptime when init started (kernel boot) and when the network was up.
     pub boot_s: Option<f64>,
     pub net_up_s: Option<f64>,
-    /// From starting QEMU to QEMU's exit.
+    /// From starting QEMU (resuming it, under `--tracer syscalls`) to QEMU's exit.
     pub wall_s: f64,
     /// The guest reported its results (VNET-DONE) but did not power off within
     /// [`SHUTDOWN_GRACE`]: the console lines it printed after VNET-DONE.
@@ -157,6 +169,8 @@ pub struct RunResult {
     pub out_dir: PathBuf,
     /// Where this run's `iperf3 -s` listened (lets scripts check it is gone).
     pub iperf3_port: u16,
+    /// `--tracer syscalls`: passt's capture, then its peer's.
+    pub captures: Vec<CaptureResult>,
 }
 
 /// A mode-1777 directory for the sockets (passt drops to `nobody` before binding).
@@ -248,7 +262,7 @@ fn tail(path: &Path, n: usize) -> String {
 }
 
 /// Children die with the runner even if it is SIGKILLed (no guard runs then).
-fn die_with_parent(cmd: &mut Command) -> &mut Command {
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -412,12 +426,12 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         ];
         args.extend(cfg.daemon_args.iter().cloned());
         let mut cmd = match &cfg.tracer {
-            None => {
+            None | Some(Tracer::Syscalls(_)) => {
                 let mut c = Command::new(&cfg.daemon);
                 c.args(&args);
                 c
             }
-            Some(t) => {
+            Some(Tracer::Usdt { script, frames }) => {
                 let csv = out.join("trace.csv");
                 trace = Some(csv.clone());
                 let mut shell = shell_quote(&cfg.daemon.display().to_string());
@@ -432,9 +446,9 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
                     .arg(&csv)
                     .arg("-c")
                     .arg(shell)
-                    .arg(&t.script)
+                    .arg(script)
                     .arg(&cfg.daemon);
-                c.arg(t.frames.to_string());
+                c.arg(frames.to_string());
                 c
             }
         };
@@ -444,7 +458,11 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         let mut d = Guarded::spawn("vnet-vhost", die_with_parent(&mut cmd))
             .map_err(io_err("starting the daemon"))?;
         // bpftrace compiles and attaches before it starts the command: allow for that.
-        let limit = if cfg.tracer.is_some() { 90 } else { 15 };
+        let limit = if matches!(cfg.tracer, Some(Tracer::Usdt { .. })) {
+            90
+        } else {
+            15
+        };
         wait_for(
             "vnet-vhost",
             Duration::from_secs(limit),
@@ -488,12 +506,50 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
     };
     qemu.arg("-device")
         .arg(format!("{device},netdev=n0,mac={GUEST_MAC}"));
+    let syscalls = match &cfg.tracer {
+        Some(Tracer::Syscalls(t)) => Some(t),
+        _ => None,
+    };
+    let qmp_sock = work.0.join("qmp.sock");
+    if syscalls.is_some() {
+        // Held before the first guest instruction; resumed over QMP once the captures are in.
+        qemu.arg("-S")
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp_sock.display()));
+    }
     qemu.stdin(Stdio::null())
         .stdout(log_file(out, "qemu.log")?)
         .stderr(log_file(out, "qemu.err")?);
-    let started = Instant::now();
+    let mut started = Instant::now();
     let mut q =
         Guarded::spawn("qemu", die_with_parent(&mut qemu)).map_err(io_err("starting QEMU"))?;
+    let mut captures: Vec<Capture> = Vec::new();
+    if let Some(t) = syscalls {
+        // passt's end exists once passt accepted its peer (the daemon connects at its start,
+        // QEMU's -netdev stream while QEMU initialises, held or not); passt, still setting
+        // up, may leave it in the backlog for a second.
+        let passt_pid = passt.id();
+        wait_for(
+            "passt accepting its peer's connection",
+            Duration::from_secs(60),
+            Some(&mut q),
+            || capture::accepted_by(passt_pid, &passt_sock),
+        )?;
+        let (peer_name, peer_pid) = match daemon.as_ref() {
+            Some(d) => ("daemon", d.id()),
+            None => ("qemu", q.id()),
+        };
+        captures.push(Capture::start(t, "passt", passt.id(), &passt_sock, out)?);
+        captures.push(Capture::start(t, peer_name, peer_pid, &passt_sock, out)?);
+        eprintln!("vnet-vm: attaching the syscall captures to passt and {peer_name} (guest held)");
+        // bpftrace compiles and attaches syscalls.bt in a few seconds each, the two at once
+        // on a loaded machine in far more.
+        capture::wait_ready(&mut captures, Duration::from_secs(180), || {
+            INTERRUPTED.load(Ordering::SeqCst)
+        })?;
+        super::qmp::cont(&qmp_sock, Duration::from_secs(10))?;
+        started = Instant::now();
+    }
     // Boot under TCG takes seconds; each test adds its duration plus connection set-up.
     let budget = Duration::from_secs(90 + (cfg.tests.len() as u64) * (u64::from(cfg.seconds) + 20));
     let mut done_at: Option<Instant> = None;
@@ -577,12 +633,25 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         None => None,
     };
     drop(daemon);
+    if syscalls.is_some() {
+        // passt -1 reads its peer's last bytes and exits on the hang-up: let it, so its
+        // capture's receive count is complete.
+        let _ = passt.wait_timeout(Duration::from_secs(5));
+    }
     let _ = passt.stop(Duration::from_secs(2));
     let _ = iperf.stop(Duration::from_secs(2));
+    let mut finished = Vec::new();
+    if let Some(t) = syscalls {
+        // Each capture ends with its process; capture.sh then sorts the CSV.
+        for c in captures {
+            finished.push(c.finish(t, Duration::from_secs(60))?);
+        }
+    }
 
     result(cfg, parsed, wall_s, daemon_json, trace).map(|r| RunResult {
         iperf3_port: port,
         shutdown_hung,
+        captures: finished,
         ..r
     })
 }
@@ -635,6 +704,7 @@ fn result(
         out_dir: cfg.out_dir.clone(),
         iperf3_port: 0,
         shutdown_hung: None,
+        captures: Vec::new(),
     })
 }
 

@@ -39,6 +39,9 @@ fn insert_run(m: &mut Map<String, Value>, prefix: &str, r: &RunResult) {
     );
     put("tests", json!(r.tests));
     put("out_dir", json!(r.out_dir));
+    if !r.captures.is_empty() {
+        put("captures", json!(r.captures));
+    }
 }
 
 /// Daemon counters worth a line of their own in the text summary.
@@ -202,6 +205,7 @@ mod tests {
             out_dir: "/tmp/x".into(),
             iperf3_port: 5201,
             shutdown_hung: None,
+            captures: vec![],
         }
     }
 

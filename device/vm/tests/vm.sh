@@ -4,9 +4,11 @@
 # machine's own Debian 12 kernel on q35 and on microvm, then Debian 13's current cloud
 # kernel (a newer virtio-net driver, modules compressed as .ko.xz).
 # Asserts that traffic moved both ways through the daemon (its counters cover what iperf3
-# moved), that the bpftrace capture has per-frame rows matching the counters, and that
-# nothing the run started is left running. Needs root (bpftrace, and apt-get download on
-# a fresh machine), QEMU, passt and iperf3; skips with the reason otherwise.
+# moved), that the bpftrace capture has per-frame rows matching the counters, that under
+# --tracer syscalls the captures of passt and of its peer (QEMU, the daemon) read with
+# analyze and agree on the bytes each side wrote and the other read, and that nothing the
+# run started is left running. Needs root (bpftrace, and apt-get download on a fresh
+# machine), QEMU, passt and iperf3; skips with the reason otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
@@ -17,7 +19,7 @@ for tool in qemu-system-x86_64 passt iperf3 python3; do
 done
 
 SECONDS_PER_TEST=${VNET_VM_SECONDS:-3}
-cargo build --release --quiet -p vnet-vm -p vnet-vhost
+cargo build --release --quiet -p vnet-vm -p vnet-vhost -p analyze
 bin=${CARGO_TARGET_DIR:-target}/release
 
 out=$(mktemp -d /tmp/vnet-vm-ci.XXXXXX)
@@ -39,7 +41,7 @@ run() {
     >"$dir/stdout.json" 2>"$dir/runner.log" || status=$?
   if [ $status -ne 0 ]; then
     echo "vm.sh: $name: vnet-vm failed ($status):"; cat "$dir/runner.log"
-    for f in "$dir"/vhost/{daemon.log,qemu.err,passt.err}; do [ -s "$f" ] && { echo "--- $f"; tail -20 "$f"; }; done
+    for f in "$dir"/vhost/{daemon.log,qemu.err,passt.err} "$dir"/*/*.capture.log; do [ -s "$f" ] && { echo "--- $f"; tail -20 "$f"; }; done
     [ -f "$dir/vhost/console.log" ] && { echo "--- console"; tail -60 "$dir/vhost/console.log"; }
     # Everything the run wrote, for a closer look than the tails above.
     rm -rf "${CARGO_TARGET_DIR:-target}/vm-failure" && cp -r "$dir" "${CARGO_TARGET_DIR:-target}/vm-failure" &&
@@ -54,7 +56,8 @@ check() {
 ANALYZE="$bin/analyze" python3 - "$@" <<'EOF'
 import json, os, sys
 summary = json.load(open(sys.argv[1]))
-traced = "--tracer" in sys.argv[2:]
+args = sys.argv[2:]
+tracer = args[args.index("--tracer") + 1] if "--tracer" in args else None
 out_dir = os.path.dirname(os.path.dirname(sys.argv[1]))
 fail = []
 def check(cond, msg):
@@ -90,7 +93,7 @@ if "--guest-linger" in sys.argv[2:]:
 else:
     print(("ok   " if shutdown == "clean" else "WARN ") + "guest shutdown: " + shutdown.splitlines()[0])
 
-if traced:
+if tracer == "bpftrace":
     counts = {}
     with open(summary["trace"]) as f:
         header = None
@@ -114,7 +117,57 @@ if traced:
     if os.path.exists(analyze):
         rep = subprocess.run([analyze, "report", summary["trace"]], capture_output=True, text=True)
         first = (rep.stdout.splitlines() or [""])[0]
-        check(rep.returncode == 0 and not first.startswith("trace: 0 events"), f"analyze reads the trace: {first!r}")
+        # A run may have no episode at all ("trace: 0 events"); the frame totals are always there.
+        frames = f"Frames: tx {d['tx_frames']} ("
+        check(rep.returncode == 0 and frames in rep.stdout, f"analyze reads the trace: {first!r}, {frames!r}...")
+
+if tracer == "syscalls":
+    import subprocess
+    analyze = os.environ["ANALYZE"]
+    # Bytes written but never read are what sat in the socket when the reader exited: under
+    # TCG the guest drains slowly, and a run here left 5.9 MB from passt to the daemon when
+    # iperf3's reverse test ended. A unix stream socket takes a write while the bytes queued
+    # are below the sender's SO_SNDBUF (at most 2 x wmem_max), and one write may add up to
+    # half of that: 3 x wmem_max bounds it.
+    inflight = 3 * int(open("/proc/sys/net/core/wmem_max").read()) + 65536
+    def capture_frames(c):
+        csv = c["csv"]
+        ok = os.path.exists(csv)
+        text = open(csv).read() if ok else ""
+        check(ok and "\nts_ns,tid,probe," in text, f"{c['name']} capture {csv} exists with the CSV header")
+        check("# warning: the tracer lost" not in text, f"{c['name']} capture lost no records")
+        rep = subprocess.run([analyze, "report", "--format", "json", csv], capture_output=True, text=True)
+        j = json.loads(rep.stdout) if rep.returncode == 0 else {}
+        bad = j.get("input", {}).get("bad_lines")
+        check(rep.returncode == 0 and bad == 0, f"analyze reads the {c['name']} capture: exit {rep.returncode}, bad lines {bad} {rep.stderr.strip()[:200]}")
+        check(c["report"].startswith(f"{c['name']}: ") and "Frames: tx" in c["report"], f"vnet-vm printed analyze report for {c['name']}: {c['report'].splitlines()[0]!r}")
+        return j.get("frames", {}), j.get("total", 0)
+    for prefix, peer in (("", "daemon"), ("baseline_", "qemu")):
+        caps = {c["name"]: c for c in summary.get(prefix + "captures", [])}
+        run_name = prefix.rstrip("_") or "vhost"
+        check(sorted(caps) == sorted(["passt", peer]), f"{run_name} run: captures of passt and {peer} ({sorted(caps)})")
+        if sorted(caps) != sorted(["passt", peer]):
+            continue
+        p, _ = capture_frames(caps["passt"])
+        q, episodes = capture_frames(caps[peer])
+        if not p or not q:
+            continue
+        # Both ends of one socket: what one side wrote the other read, but for bytes still
+        # in the socket when a side exited.
+        for a, b, what in ((p, q, f"passt -> {peer}"), (q, p, f"{peer} -> passt")):
+            diff = a["tx_bytes"] - b["rx_bytes"]
+            check(0 <= diff <= inflight, f"{run_name} run: {what}: written {a['tx_bytes']}, read {b['rx_bytes']} (in flight at the end: {diff} <= {inflight})")
+        t = {x["name"]: x for x in summary[prefix + "tests"]}
+        sent, received = t["fwd"]["fwd"]["bytes_sent"], t["rev"]["rev"]["bytes_received"]
+        check(p["rx_bytes"] >= sent and p["tx_bytes"] >= received,
+              f"{run_name} run: the guest's iperf3 payload crossed the traced socket (passt read {p['rx_bytes']} >= {sent} sent, wrote {p['tx_bytes']} >= {received} received)")
+        if peer == "daemon":
+            # The daemon's own counters are frames; on the stream each carries a 4-byte length.
+            wire_tx = d["tx_bytes"] + 4 * d["tx_frames"]
+            wire_rx = d["rx_bytes"] + 4 * d["rx_frames"]
+            check(0 <= q["tx_bytes"] - wire_tx <= 65540, f"daemon's writes {q['tx_bytes']} = its tx_bytes + 4 x tx_frames {wire_tx} (but a frame cut off at the end)")
+            check(0 <= q["rx_bytes"] - wire_rx <= inflight, f"daemon's reads {q['rx_bytes']} cover its rx_bytes + 4 x rx_frames {wire_rx}")
+            print(f"info daemon episodes: its counter {d['episodes']}, the syscall capture {episodes}")
 
 # Nothing left behind: every child of the run had $out (sockets, console, trace) or the
 # iperf3 port in its command line.
@@ -171,8 +224,28 @@ print(path)
 PY
 }
 
+# A tracer without root or without bpftrace: one line naming the flag, exit 2, nothing booted.
+bad_tracer_use() { # expected-message-part command...
+  local want=$1 rc=0; shift
+  "$@" > "$out/bad.out" 2> "$out/bad.err" || rc=$?
+  if [ $rc = 2 ] && [ "$(wc -l < "$out/bad.err")" = 1 ] && grep -q -- "$want" "$out/bad.err"; then
+    echo "ok   $(cat "$out/bad.err")"
+  else
+    echo "FAIL vnet-vm $want: exit $rc, stderr:"; cat "$out/bad.err"; exit 1
+  fi
+}
+bad_tracer_use "--tracer syscalls needs bpftrace" env PATH=/nonexistent "$bin/vnet-vm" --tracer syscalls
+cp "$bin/vnet-vm" "$out/vnet-vm" && chmod 755 "$out/vnet-vm"   # nobody may not reach target/
+bad_tracer_use "--tracer syscalls needs root" setpriv --reuid=65534 --regid=65534 --clear-groups "$out/vnet-vm" --tracer syscalls
+rm -f "$out/vnet-vm"
+
 # q35 + virtio-net-pci under bpftrace, then -M microvm + virtio-net-device (virtio-mmio).
 run pc --tests fwd,rev --seconds "$SECONDS_PER_TEST" "${tracer[@]}"
+# QEMU itself and passt (baseline), the daemon and passt (vhost), each captured from outside
+# by probes/syscalls.bt: the two ends of the passt socket must agree on the bytes.
+if [ ${#tracer[@]} -gt 0 ]; then
+  run syscalls --tracer syscalls --baseline --tests fwd,rev --seconds 2
+fi
 # microvm, whose guest then lingers instead of powering off: the runner must stop it.
 run microvm --machine microvm --tests fwd,rev --seconds 2 --guest-linger 600
 # Debian 13's kernel: the image builder must unpack its compressed modules.

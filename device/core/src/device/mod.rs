@@ -116,6 +116,21 @@ impl NetDevice {
         self.tx.deferred()
     }
 
+    /// Length of the TX frame waiting for the proxy, if one waits.
+    pub fn tx_deferred_len(&self) -> Option<usize> {
+        self.tx.deferred_len()
+    }
+
+    /// Failed sends of the deferred TX frame so far (0 when none waits).
+    pub fn tx_failures(&self) -> u32 {
+        self.tx.failures()
+    }
+
+    /// Drop a deferred TX frame after this many failed sends (`None`: never drop).
+    pub fn set_max_failed_sends(&mut self, max: Option<u32>) {
+        self.tx.set_max_failed_sends(max);
+    }
+
     /// True while an RX frame waits for guest buffers.
     pub fn rx_waiting(&self) -> bool {
         self.rx.waiting()

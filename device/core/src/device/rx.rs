@@ -148,7 +148,7 @@ impl RxVirtio {
                 }
                 RxOutcome::NoBuffers => {
                     // Ask for a kick when buffers arrive; if some raced in, use them now.
-                    if self.vq.enable_notification(mem)? {
+                    if self.vq.enable_notification(mem, events)? {
                         continue;
                     }
                     if !self.waiting {

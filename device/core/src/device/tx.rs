@@ -28,6 +28,9 @@ struct Popped {
     len: usize,
     /// The frame is in `TxVirtio::copy` (it had more pieces than one send gathers).
     copied: bool,
+    /// Part of it is already in a stream socket: it can no longer be dropped without
+    /// breaking the stream's framing, so no retry policy gives up on it.
+    started: bool,
     chain: TxChain,
 }
 
@@ -39,6 +42,8 @@ pub(crate) struct TxVirtio {
     held: bool,
     copy: Vec<u8>,
     episode: Episode,
+    /// Failed sends after which the deferred frame is dropped (`RetryPolicy::Bounded`).
+    max_failed_sends: Option<u32>,
 }
 
 impl TxVirtio {
@@ -49,7 +54,22 @@ impl TxVirtio {
             held: false,
             copy: Vec::new(),
             episode: Episode::default(),
+            max_failed_sends: None,
         }
+    }
+
+    pub(crate) fn set_max_failed_sends(&mut self, max: Option<u32>) {
+        self.max_failed_sends = max;
+    }
+
+    /// Length of the deferred frame, if one waits.
+    pub(crate) fn deferred_len(&self) -> Option<usize> {
+        self.held.then(|| self.batch[0].len)
+    }
+
+    /// Failed sends of the deferred frame so far.
+    pub(crate) fn failures(&self) -> u32 {
+        self.episode.failures()
     }
 
     pub(crate) fn deferred(&self) -> bool {
@@ -96,7 +116,7 @@ impl TxVirtio {
                 let Some(chain) = self.vq.queue.pop_descriptor_chain(mem) else {
                     // Re-arm kicks (EVENT_IDX: avail_event = next_avail); a chain that
                     // raced in before that shows up here.
-                    if n == 0 && self.vq.enable_notification(mem)? {
+                    if n == 0 && self.vq.enable_notification(mem, events)? {
                         continue;
                     }
                     break;
@@ -118,6 +138,7 @@ impl TxVirtio {
                         slot.head = head;
                         slot.len = slot.chain.len();
                         slot.copied = false;
+                        slot.started = false;
                         bytes += slot.len;
                         n += 1;
                     }
@@ -239,12 +260,34 @@ impl TxVirtio {
                 WriteStatus::Blocked { errno, partial } => {
                     if partial {
                         events.partial_write();
+                        self.batch[0].started = true;
                     }
-                    self.episode.on_failure(events, self.batch[0].len, errno);
-                    // EVENT_IDX: ask for a kick on the guest's next chain, so a kick
-                    // can retry the frame (the ring's state itself is left alone).
-                    self.vq.enable_notification(mem)?;
-                    break TxPass::Blocked;
+                    let (head, len) = (self.batch[0].head, self.batch[0].len);
+                    self.episode.on_failure(events, len, errno);
+                    if !self.batch[0].started
+                        && self
+                            .max_failed_sends
+                            .is_some_and(|max| self.episode.failures() >= max)
+                    {
+                        // The policy gives up: the chain goes back used, as a sent
+                        // frame's does, and the ring moves on.
+                        self.held = false;
+                        self.episode.give_up(events, len);
+                        self.vq
+                            .queue
+                            .add_used(mem, head, 0)
+                            .map_err(self.vq.err())?;
+                        used = true;
+                        // Counts toward the batch, so a policy that drops at once
+                        // cannot keep the loop from RX.
+                        done += 1;
+                    } else {
+                        // EVENT_IDX: ask for a kick on the guest's next chain, so a
+                        // kick can retry the frame (the ring's state itself is left
+                        // alone).
+                        self.vq.enable_notification(mem, events)?;
+                        break TxPass::Blocked;
+                    }
                 }
             }
         };

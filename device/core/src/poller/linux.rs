@@ -76,9 +76,16 @@ impl Poller {
 
     /// Turns write readiness reports for `fd` on or off. A no-op here: an edge-triggered
     /// epoll reports a socket becoming writable once per transition, so an idle writer
-    /// costs no wake-ups, and Linux keeps the behaviour it always had.
-    pub fn watch_writable(&mut self, fd: BorrowedFd<'_>, token: u64, on: bool) -> io::Result<()> {
-        let _ = (fd, token, on);
+    /// costs no wake-ups, and Linux keeps the behaviour it always had. `low_water` is
+    /// ignored: Linux cannot set SO_SNDLOWAT, so the worker compares the free space itself.
+    pub fn watch_writable(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        token: u64,
+        on: bool,
+        low_water: Option<usize>,
+    ) -> io::Result<()> {
+        let _ = (fd, token, on, low_water);
         Ok(())
     }
 

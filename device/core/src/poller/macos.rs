@@ -80,18 +80,33 @@ impl Poller {
     /// frame is deferred, so every write event of an episode is seen (and probed). Whether
     /// XNU reports a socket that is already writable the moment the filter is enabled has
     /// not been checked on a Mac; if it does not, the retry timer still retries the frame.
-    pub fn watch_writable(&mut self, fd: BorrowedFd<'_>, token: u64, on: bool) -> io::Result<()> {
+    /// `low_water` (the `room` retry policy) sets NOTE_LOWAT: the filter fires only once
+    /// that many bytes of send space are free. Type-checked only, never run.
+    pub fn watch_writable(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        token: u64,
+        on: bool,
+        low_water: Option<usize>,
+    ) -> io::Result<()> {
         let flags = if on {
             EvFlags::EV_ADD | EvFlags::EV_CLEAR | EvFlags::EV_ENABLE
         } else {
             EvFlags::EV_DISABLE
         };
+        let (fflags, data) = match low_water {
+            Some(bytes) if on => (
+                FilterFlag::NOTE_LOWAT,
+                bytes.min(isize::MAX as usize) as isize,
+            ),
+            _ => (FilterFlag::empty(), 0),
+        };
         self.change(&[KEvent::new(
             fd.as_raw_fd() as usize,
             EventFilter::EVFILT_WRITE,
             flags,
-            FilterFlag::empty(),
-            0,
+            fflags,
+            data,
             token as isize,
         )])
     }

@@ -98,7 +98,7 @@ mod tests {
         let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         p.add(a.as_fd(), 3, Interest::ReadWriteEdge).unwrap();
-        p.watch_writable(a.as_fd(), 3, false).unwrap();
+        p.watch_writable(a.as_fd(), 3, false, None).unwrap();
         b.send(&[1]).unwrap();
         let mut evs = Vec::new();
         p.wait(&mut evs, Some(Duration::from_secs(60))).unwrap();
@@ -106,8 +106,8 @@ mod tests {
         // macOS: with EVFILT_WRITE disabled nothing reports writable.
         #[cfg(target_os = "macos")]
         assert!(evs.iter().all(|e| !e.writable));
-        p.watch_writable(a.as_fd(), 3, true).unwrap();
-        p.watch_writable(a.as_fd(), 3, true).unwrap();
+        p.watch_writable(a.as_fd(), 3, true, None).unwrap();
+        p.watch_writable(a.as_fd(), 3, true, None).unwrap();
     }
 
     // Linux answers from the socket; on macOS the data comes from kqueue itself.

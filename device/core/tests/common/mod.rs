@@ -216,6 +216,14 @@ impl DriverQueue {
         self.publish(mem, head);
     }
 
+    /// Writes the avail ring's index as given, behind the driver's bookkeeping (a driver
+    /// that moves it backwards or past the ring), or back to the driver's own value (`None`).
+    pub fn set_avail_idx_raw(&self, mem: &GuestMemoryMmap, v: Option<u16>) {
+        let v = v.unwrap_or(self.avail_idx);
+        mem.store(v.to_le(), GuestAddress(self.avail.0 + 2), Ordering::Release)
+            .unwrap();
+    }
+
     /// Guest address of the descriptor table.
     pub fn queue_desc_addr(&self) -> u64 {
         self.desc.0
