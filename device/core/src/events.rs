@@ -86,6 +86,23 @@ impl DeviceEvents {
         );
     }
 
+    /// The backend made `sends` send and `recvs` receive calls since the last report.
+    #[inline]
+    pub fn syscalls(&self, sends: u64, recvs: u64) {
+        if sends > 0 {
+            self.metrics.tx_syscalls.add(sends);
+        }
+        if recvs > 0 {
+            self.metrics.rx_syscalls.add(recvs);
+        }
+    }
+
+    /// The worker thread is exiting after `cpu_ns` of its own CPU time.
+    pub fn worker_exit_cpu(&self, cpu_ns: u64) {
+        self.metrics.worker_cpu_ns.add(cpu_ns);
+        tracing::info!(fd = self.fd, cpu_ns, "device worker CPU time");
+    }
+
     /// The driver published an avail index more than a ring ahead of the device's (or moved
     /// it backwards): nothing on that ring can be trusted until it is sane again.
     pub fn avail_index_corrupt(&self, queue: u16, avail: u16, next: u16, size: u16) {

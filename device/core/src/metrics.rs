@@ -239,6 +239,15 @@ metrics! {
     /// Sends refused by [`crate::backend::Faulty`].
     injected_faults: Counter,
     peer_gone: Flag,
+    /// Send system calls made on the proxy's socket, whatever they returned (one
+    /// `sendmmsg` carrying many frames counts once); refusals [`crate::backend::Faulty`]
+    /// injects are not system calls and do not count.
+    tx_syscalls: Counter,
+    /// Receive system calls made on the proxy's socket, whatever they returned.
+    rx_syscalls: Counter,
+    /// CPU time (user + system, the thread's own clock) of device worker threads, added
+    /// when a worker exits: 0 while the first one runs.
+    worker_cpu_ns: Counter,
 }
 
 impl Metrics {

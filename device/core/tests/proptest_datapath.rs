@@ -5,13 +5,17 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
+use std::os::fd::RawFd;
 use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use common::{frame, tx_segs, DriverQueue, RxAssembler, Seg};
 use proptest::prelude::*;
-use vnet_device::backend::{Backend, BackendOptions, FaultConfig, UnixGram, UnixStreamBackend};
-use vnet_device::device::NetDevice;
+use vnet_device::backend::{
+    Backend, BackendError, BackendOptions, BatchWrite, FaultConfig, ReadStatus, SyscallCounts,
+    TxFrame, UnixGram, UnixStreamBackend, WriteStatus,
+};
+use vnet_device::device::{NetDevice, TxPass};
 use vnet_device::frame::MAX_IOV;
 use vnet_device::metrics::Metrics;
 use vnet_device::net::{DEVICE_FEATURES, FEATURE_EVENT_IDX, MAX_FRAME, NET_HDR_LEN};
@@ -203,6 +207,170 @@ fn device(
     (dev, metrics)
 }
 
+/// What [`Stopper`] saw: every refusal (by itself or by the socket under it), as the
+/// ordinal of the refused frame among the frames sent, and the calls that carried frames.
+#[derive(Debug, Default)]
+struct StopLog {
+    refused: Vec<usize>,
+    sent: usize,
+    batches: Vec<usize>,
+}
+
+/// A real datagram backend whose batches stop where a script says: call i stops at frame
+/// `script[i]` with EAGAIN (after sending the frames before it), as a socket filling up
+/// mid-batch would; calls past the script, and stops past the batch's end, pass through.
+struct Stopper {
+    inner: UnixGram,
+    script: Vec<Option<usize>>,
+    calls: usize,
+    log: Arc<Mutex<StopLog>>,
+}
+
+impl Backend for Stopper {
+    fn raw_fd(&self) -> RawFd {
+        self.inner.raw_fd()
+    }
+    fn kind(&self) -> &'static str {
+        "stopper"
+    }
+    fn batch_limit(&self) -> usize {
+        vnet_device::backend::MAX_BATCH_FRAMES
+    }
+    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
+        let out = self.write_frames(std::slice::from_ref(frame))?;
+        Ok(out.stopped.unwrap_or(WriteStatus::Sent))
+    }
+    fn write_frames(&mut self, frames: &[TxFrame<'_>]) -> Result<BatchWrite, BackendError> {
+        let stop = self.script.get(self.calls).copied().flatten();
+        self.calls += 1;
+        let mut log = self.log.lock().unwrap();
+        log.batches.push(frames.len());
+        let upto = stop.map_or(frames.len(), |k| k.min(frames.len()));
+        // The inner backend may take fewer per call (one, on macOS): offer it the rest.
+        let mut out = BatchWrite {
+            sent: 0,
+            stopped: None,
+        };
+        while out.sent < upto && out.stopped.is_none() {
+            let more = self.inner.write_frames(&frames[out.sent..upto])?;
+            out.sent += more.sent;
+            out.stopped = more.stopped;
+            if more.sent == 0 && more.stopped.is_none() {
+                break;
+            }
+        }
+        if out.sent == upto && upto < frames.len() {
+            out.stopped = Some(WriteStatus::Blocked {
+                errno: libc::EAGAIN,
+                partial: false,
+            });
+        }
+        log.sent += out.sent;
+        if let Some(WriteStatus::Blocked { .. }) = out.stopped {
+            let ordinal = log.sent;
+            log.refused.push(ordinal);
+        }
+        Ok(out)
+    }
+    fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
+        self.inner.read_frame(buf)
+    }
+    fn syscalls(&self) -> SyscallCounts {
+        self.inner.syscalls()
+    }
+}
+
+fn stopper(script: Vec<Option<usize>>) -> (Box<dyn Backend>, UnixDatagram, Arc<Mutex<StopLog>>) {
+    let (a, peer) = common::gram_pair();
+    peer.set_nonblocking(true).unwrap();
+    let log = Arc::new(Mutex::new(StopLog::default()));
+    let be = Stopper {
+        inner: UnixGram::from_socket(a, &BackendOptions::default()).unwrap(),
+        script,
+        calls: 0,
+        log: log.clone(),
+    };
+    (Box::new(be), peer, log)
+}
+
+fn drain(peer: &UnixDatagram) -> Vec<Vec<u8>> {
+    let mut buf = vec![0u8; MAX_FRAME];
+    let mut out = Vec::new();
+    loop {
+        match peer.recv(&mut buf) {
+            Ok(k) => out.push(buf[..k].to_vec()),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return out,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// A batch of eight ready frames that stops at frame k, for every k: frames 0..k go out
+/// and are used, frame k is the deferred frame with an episode of one failed send, the rest
+/// stay in the ring; the retry sends frame k and the rest in order and resolves the
+/// episode. Each batch is one system call.
+#[test]
+fn batch_stopping_at_every_position_defers_exactly_that_frame() {
+    const N: usize = 8;
+    for k in 0..N {
+        let mem = common::memory();
+        let (rx, mut tx) = (DriverQueue::new(0, 16), DriverQueue::new(1, 64));
+        let (be, peer, log) = stopper(vec![Some(k)]);
+        let (mut dev, metrics) =
+            device(&mem, &rx, &tx, be, DEVICE_FEATURES, FaultConfig::default());
+        let frames: Vec<Vec<u8>> = (0..N).map(|i| frame(i as u32, 100 + i)).collect();
+        for f in &frames {
+            tx.add(&mem, &tx_segs(f, &[NET_HDR_LEN, 40])).unwrap();
+        }
+        assert_eq!(dev.process_tx().unwrap(), TxPass::Blocked, "k={k}");
+        assert_eq!(
+            drain(&peer),
+            frames[..k],
+            "k={k}: the frames before the stop, only"
+        );
+        assert_eq!(tx.take_used(&mem).len(), k, "k={k}");
+        assert!(dev.tx_deferred());
+        let m = metrics.snapshot();
+        assert_eq!(
+            (m.tx_frames, m.episodes, m.retries, m.open_episode),
+            (k as u64, 1, 1, true),
+            "k={k}"
+        );
+        assert_eq!(
+            log.lock().unwrap().refused,
+            [k],
+            "the refused frame is frame k"
+        );
+
+        assert_eq!(dev.process_tx().unwrap(), TxPass::Idle, "k={k}");
+        assert_eq!(
+            drain(&peer),
+            frames[k..],
+            "k={k}: frame k, then the rest, in order"
+        );
+        assert_eq!(tx.take_used(&mem).len(), N - k, "k={k}");
+        let m = metrics.snapshot();
+        assert_eq!(
+            (
+                m.tx_frames,
+                m.episodes,
+                m.retries,
+                m.resolved,
+                m.open_episode
+            ),
+            (N as u64, 1, 1, 1, false),
+            "k={k}"
+        );
+        // The refusal was the script's, not a system call; on Linux each batch was one
+        // call (sendmmsg), elsewhere one call per frame.
+        #[cfg(target_os = "linux")]
+        assert_eq!(m.tx_syscalls, u64::from(k > 0) + 1, "k={k}");
+        #[cfg(not(target_os = "linux"))]
+        assert_eq!(m.tx_syscalls, N as u64, "k={k}");
+        assert_eq!(log.lock().unwrap().batches, [N, N - k], "k={k}");
+    }
+}
+
 /// Smallest RX buffer the RX property posts. A 128-descriptor ring of the smallest shape
 /// (one buffer of this size, or this size plus half of it over two descriptors) must hold
 /// the largest generated frame (20000 bytes plus the header): with smaller buffers a frame
@@ -291,6 +459,56 @@ proptest! {
         prop_assert_eq!(m.resolved, m.episodes);
         prop_assert!(!m.open_episode);
         prop_assert!(m.retries >= m.injected_faults);
+    }
+
+    /// Batches stopped at random positions (by script, by a socket the proxy reads
+    /// slowly, by injected ENOBUFS), with bad chains among good ones: every frame arrives
+    /// once and in order, each refusal counts as one failed send of the frame it stopped
+    /// at, and each frame refused at least once is one episode.
+    #[test]
+    fn tx_batches_stopping_anywhere_keep_order_and_episodes(
+        chains in prop::collection::vec(tx_chain(), 1..60),
+        script in prop::collection::vec(prop::option::weighted(0.7, 0usize..12), 0..30),
+        reads in prop::collection::vec(0usize..6, 1..8),
+        inject in any::<bool>(),
+        event_idx in any::<bool>(),
+    ) {
+        let mem = common::memory();
+        let (rx, mut tx) = (DriverQueue::new(0, 16), DriverQueue::new(1, 128));
+        let (be, peer, log) = stopper(script);
+        let features = if event_idx { DEVICE_FEATURES } else { DEVICE_FEATURES & !FEATURE_EVENT_IDX };
+        let faults = FaultConfig { enobufs_every: if inject { 3 } else { 0 }, enobufs_burst: 2 };
+        let (mut dev, metrics) = device(&mem, &rx, &tx, be, features, faults);
+        let expected: Vec<Vec<u8>> = chains.iter().enumerate().filter_map(|(i, c)| match c {
+            TxChain::Good { len, .. } => Some(frame(i as u32, *len)),
+            _ => None,
+        }).collect();
+        let mut peer = Peer::Gram(peer);
+        let (mut next, mut used, mut got, mut step) = (0usize, 0usize, Vec::new(), 0usize);
+        while got.len() < expected.len() || used < chains.len() {
+            step += 1;
+            prop_assert!(step < 100_000, "no progress: got {} of {}", got.len(), expected.len());
+            while next < chains.len() && tx.add(&mem, &segs_for(&chains[next], next as u32)).is_some() {
+                next += 1;
+            }
+            dev.process_tx().unwrap();
+            let n = reads[step % reads.len()].max(usize::from(step % 7 == 0));
+            got.extend(peer.read(n));
+            used += tx.take_used(&mem).len();
+        }
+        prop_assert_eq!(&got, &expected);
+        let m = metrics.snapshot();
+        let log = log.lock().unwrap();
+        prop_assert_eq!(log.sent, expected.len());
+        prop_assert_eq!(m.tx_frames as usize, expected.len());
+        prop_assert_eq!(m.retries as usize, log.refused.len() + m.injected_faults as usize);
+        prop_assert_eq!(m.resolved, m.episodes);
+        prop_assert!(!m.open_episode);
+        if !inject {
+            let mut frames_refused = log.refused.clone();
+            frames_refused.dedup();
+            prop_assert_eq!(m.episodes as usize, frames_refused.len());
+        }
     }
 
     #[test]

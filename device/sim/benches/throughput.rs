@@ -8,6 +8,16 @@
 //!    connected back is held to net.unix.max_dgram_qlen, a socketpair would not be.
 //! 2. the same with 1514-byte frames: frames/s and the ratio.
 //! 3. the in-process trace recorder on vs off.
+//! 4. 1514-byte frames both ways under the default load (ACKs, windows, 8 streams), the
+//!    device against the raw 1514-byte TX loop.
+//!
+//! Wall-clock and per-process-CPU ratios move with whatever else the machine runs, so each
+//! case also prints measures noise moves little: system calls per frame (the device's
+//! `tx_syscalls`/`rx_syscalls` counters; the raw loop counts its own) and CPU time per
+//! frame of the device's worker thread (its thread clock, read when it exits) against the
+//! raw loop's sending thread, median and min..max over the rounds (the raw loop's RX
+//! figure is its receiving thread's, reading what the sender sent). Instructions per frame,
+//! which other jobs on the machine do not move, come from `callgrind.sh`.
 //!
 //! Both sides send frames from the same place relative to a cache line: 64 bytes into a
 //! page by default (the simulated guest's default), and again 12 bytes in (a virtio header
@@ -42,6 +52,24 @@ struct Rate {
     /// loading the machine, which wall-clock rates are not.
     bytes_per_cpu_s: f64,
     frames_per_cpu_s: f64,
+    /// Send calls per frame sent; receive calls per frame received (NaN: none received).
+    tx_calls_per_frame: f64,
+    rx_calls_per_frame: f64,
+    /// CPU ns per frame of the thread doing the work: the device's worker (frames both
+    /// ways), the raw loop's sender.
+    cpu_ns_per_frame: f64,
+}
+
+/// CPU time of the calling thread so far, in ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec for the call to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Where frames start relative to a page: the device's default, and a misaligned one.
@@ -49,8 +77,9 @@ const ALIGNED: usize = 64;
 const MISALIGNED: usize = 12;
 
 fn device(kind: BuiltinKind, frame: usize, secs: f64, offset: usize) -> Rate {
-    let mut cfg = SimConfig {
-        workload: Workload {
+    device_with(
+        kind,
+        Workload {
             direction: Direction::Tx,
             tx_size: frame,
             ack_size: 0,
@@ -58,6 +87,27 @@ fn device(kind: BuiltinKind, frame: usize, secs: f64, offset: usize) -> Rate {
             limit: Limit::Duration(Duration::from_secs_f64(secs)),
             ..Workload::default()
         },
+        offset,
+    )
+}
+
+/// `frame`-byte frames both ways under the default load otherwise (ACKs, send window).
+fn device_both(kind: BuiltinKind, frame: usize, secs: f64) -> Rate {
+    device_with(
+        kind,
+        Workload {
+            tx_size: frame,
+            rx_size: frame,
+            limit: Limit::Duration(Duration::from_secs_f64(secs)),
+            ..Workload::default()
+        },
+        ALIGNED,
+    )
+}
+
+fn device_with(kind: BuiltinKind, workload: Workload, offset: usize) -> Rate {
+    let mut cfg = SimConfig {
+        workload,
         backend: kind,
         progress: false,
         // On a loaded machine a starved thread is not a device hang.
@@ -74,11 +124,24 @@ fn device(kind: BuiltinKind, frame: usize, secs: f64, offset: usize) -> Rate {
         "bench run failed its integrity checks: {}",
         s.to_text()
     );
+    let d = &s.device;
+    let (bytes, frames) = (
+        (s.tx_bytes + s.rx_bytes) as f64,
+        (s.tx_frames + s.rx_frames) as f64,
+    );
     Rate {
-        bytes_per_s: s.tx_bytes as f64 / s.seconds,
-        frames_per_s: s.tx_frames as f64 / s.seconds,
-        bytes_per_cpu_s: s.tx_bytes as f64 / s.cpu_seconds,
-        frames_per_cpu_s: s.tx_frames as f64 / s.cpu_seconds,
+        bytes_per_s: bytes / s.seconds,
+        frames_per_s: frames / s.seconds,
+        bytes_per_cpu_s: bytes / s.cpu_seconds,
+        frames_per_cpu_s: frames / s.cpu_seconds,
+        tx_calls_per_frame: d.tx_syscalls as f64 / d.tx_frames as f64,
+        // A TX-only run reads nothing: no RX figure (NaN prints as "-").
+        rx_calls_per_frame: if d.rx_frames == 0 {
+            f64::NAN
+        } else {
+            d.rx_syscalls as f64 / d.rx_frames as f64
+        },
+        cpu_ns_per_frame: d.worker_cpu_ns as f64 / frames,
     }
 }
 
@@ -91,7 +154,7 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize) -> Rate {
     let page = mem.as_ptr().align_offset(4096);
     let at = page + offset;
     let cpu0 = process_cpu_seconds();
-    let (frames, elapsed) = match kind {
+    let (frames, elapsed, sends, recvs, sender_cpu, sent) = match kind {
         BuiltinKind::UnixGram => {
             let dir = std::env::temp_dir().join(format!("vnet-bench-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
@@ -107,33 +170,39 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize) -> Rate {
             let st = stop.clone();
             let rx = std::thread::spawn(move || {
                 let mut r = vec![0u8; 70000];
-                let mut n = 0u64;
+                let (mut n, mut calls) = (0u64, 0u64);
                 while !st.load(Ordering::Relaxed) {
+                    calls += 1;
                     if b.recv(&mut r).is_ok() {
                         n += 1;
                     }
                 }
-                n
+                (n, calls)
             });
             let t = Instant::now();
+            let cpu0 = thread_cpu_ns();
             let buf = &mem[at..at + frame];
+            let mut sends = 0u64;
             while t.elapsed() < deadline {
                 a.send(buf).unwrap();
+                sends += 1;
             }
+            let sender_cpu = thread_cpu_ns() - cpu0;
             let elapsed = t.elapsed();
             stop.store(true, Ordering::Relaxed);
-            let n = rx.join().unwrap();
+            let (n, recvs) = rx.join().unwrap();
             let _ = std::fs::remove_dir_all(&dir);
-            (n, elapsed)
+            (n, elapsed, sends, recvs, sender_cpu, sends)
         }
         BuiltinKind::UnixStream => {
-            let (mut a, mut b) = UnixStream::pair().unwrap();
+            let (a, b) = UnixStream::pair().unwrap();
             b.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
             let st = stop.clone();
             let rx = std::thread::spawn(move || {
                 let mut r = vec![0u8; 70000];
                 let mut n = 0u64;
                 let mut len = [0u8; 4];
+                let mut b = Counted { inner: b, calls: 0 };
                 while !st.load(Ordering::Relaxed) {
                     if b.read_exact(&mut len).is_err() {
                         continue;
@@ -148,18 +217,24 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize) -> Rate {
                         n += 1;
                     }
                 }
-                n
+                (n, b.calls)
             });
             // The length prefix right before the frame, the frame where the device's is.
             mem[at - 4..at].copy_from_slice(&(frame as u32).to_be_bytes());
             let framed = &mem[at - 4..at + frame];
             let t = Instant::now();
+            let cpu0 = thread_cpu_ns();
+            let mut a = Counted { inner: a, calls: 0 };
+            let mut sent = 0u64;
             while t.elapsed() < deadline {
                 a.write_all(framed).unwrap();
+                sent += 1;
             }
+            let sender_cpu = thread_cpu_ns() - cpu0;
             let elapsed = t.elapsed();
             stop.store(true, Ordering::Relaxed);
-            (rx.join().unwrap(), elapsed)
+            let (n, recvs) = rx.join().unwrap();
+            (n, elapsed, a.calls, recvs, sender_cpu, sent)
         }
     };
     let cpu = process_cpu_seconds() - cpu0;
@@ -169,54 +244,98 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize) -> Rate {
         frames_per_s: frames as f64 / s,
         bytes_per_cpu_s: (frames * frame as u64) as f64 / cpu,
         frames_per_cpu_s: frames as f64 / cpu,
+        tx_calls_per_frame: sends as f64 / sent as f64,
+        rx_calls_per_frame: recvs as f64 / frames as f64,
+        cpu_ns_per_frame: sender_cpu as f64 / sent as f64,
+    }
+}
+
+/// A stream that counts its read and write calls (each is one system call).
+struct Counted<S> {
+    inner: S,
+    calls: u64,
+}
+
+impl<S: Read> Read for Counted<S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.calls += 1;
+        self.inner.read(buf)
+    }
+}
+
+impl<S: Write> Write for Counted<S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.calls += 1;
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
-/// Alternates the two measurements `rounds` times so drift on a shared machine hits both;
-/// each field is the median over the rounds.
-fn paired(rounds: usize, mut a: impl FnMut() -> Rate, mut b: impl FnMut() -> Rate) -> (Rate, Rate) {
-    let (mut xs, mut ys) = (vec![], vec![]);
-    for _ in 0..rounds {
-        xs.push(a());
-        ys.push(b());
+/// `median (min..max)` of `v`, with `digits` decimals.
+fn spread(v: Vec<f64>, digits: usize) -> String {
+    if v.iter().any(|x| !x.is_finite()) {
+        return "-".into();
     }
-    let med = |v: &[Rate]| Rate {
-        bytes_per_s: median(v.iter().map(|r| r.bytes_per_s).collect()),
-        frames_per_s: median(v.iter().map(|r| r.frames_per_s).collect()),
-        bytes_per_cpu_s: median(v.iter().map(|r| r.bytes_per_cpu_s).collect()),
-        frames_per_cpu_s: median(v.iter().map(|r| r.frames_per_cpu_s).collect()),
-    };
-    (med(&xs), med(&ys))
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let m = median(v);
+    format!("{m:.digits$} ({lo:.digits$}..{hi:.digits$})")
 }
 
-/// One result line: wall-clock rates and ratio, then per-CPU-second rates and ratio.
-fn line(case: &str, a: Rate, b: Rate, frames: bool, note: &str) {
-    let (wa, wb, ca, cb, unit) = if frames {
-        (
-            a.frames_per_s / 1e3,
-            b.frames_per_s / 1e3,
-            a.frames_per_cpu_s / 1e3,
-            b.frames_per_cpu_s / 1e3,
-            "kf/s",
-        )
+/// Alternates the two measurements `rounds` times so drift on a shared machine hits both;
+/// returns every round's pair.
+fn paired(
+    rounds: usize,
+    mut a: impl FnMut() -> Rate,
+    mut b: impl FnMut() -> Rate,
+) -> Vec<(Rate, Rate)> {
+    (0..rounds).map(|_| (a(), b())).collect()
+}
+
+/// One case: wall-clock rates (medians) and the ratio (median and min..max of the rounds'
+/// ratios), the same per process CPU second; then system calls per frame and CPU per frame
+/// of the working thread, median (min..max).
+fn line(case: &str, rounds: &[(Rate, Rate)], frames: bool, note: &str) {
+    let (scale, unit): (fn(&Rate) -> f64, &str) = if frames {
+        (|r| r.frames_per_s / 1e3, "kf/s")
     } else {
-        (
-            a.bytes_per_s * 8e-9,
-            b.bytes_per_s * 8e-9,
-            a.bytes_per_cpu_s * 8e-9,
-            b.bytes_per_cpu_s * 8e-9,
-            "Gb/s",
-        )
+        (|r| r.bytes_per_s * 8e-9, "Gb/s")
     };
+    let per_cpu: fn(&Rate) -> f64 = if frames {
+        |r| r.frames_per_cpu_s / 1e3
+    } else {
+        |r| r.bytes_per_cpu_s * 8e-9
+    };
+    let a = |f: &dyn Fn(&Rate) -> f64| rounds.iter().map(|(a, _)| f(a)).collect::<Vec<_>>();
+    let b = |f: &dyn Fn(&Rate) -> f64| rounds.iter().map(|(_, b)| f(b)).collect::<Vec<_>>();
+    let ratio =
+        |f: &dyn Fn(&Rate) -> f64| rounds.iter().map(|(a, b)| 100.0 * f(a) / f(b)).collect();
     println!(
-        "{case:<40} {wa:>8.2} {wb:>8.2} {unit} {:>6.1}%   {ca:>8.2} {cb:>8.2} {unit}/CPU {:>6.1}%  {note}",
-        100.0 * wa / wb,
-        100.0 * ca / cb
+        "{case:<40} {:>8.2} {:>8.2} {unit} wall {:>22}%   {:>8.2} {:>8.2} {unit}/CPU {:>22}%  {note}",
+        median(a(&scale)),
+        median(b(&scale)),
+        spread(ratio(&scale), 1),
+        median(a(&per_cpu)),
+        median(b(&per_cpu)),
+        spread(ratio(&per_cpu), 1),
+    );
+    println!(
+        "{:<40} syscalls/frame TX {} vs {}, RX {} vs {}; CPU ns/frame {} vs {} = {}%",
+        "",
+        spread(a(&|r| r.tx_calls_per_frame), 3),
+        spread(b(&|r| r.tx_calls_per_frame), 3),
+        spread(a(&|r| r.rx_calls_per_frame), 3),
+        spread(b(&|r| r.rx_calls_per_frame), 3),
+        spread(a(&|r| r.cpu_ns_per_frame), 0),
+        spread(b(&|r| r.cpu_ns_per_frame), 0),
+        spread(ratio(&|r| r.cpu_ns_per_frame), 1),
     );
 }
 
@@ -237,8 +356,9 @@ fn main() {
     let rounds: usize = env_num("BENCH_ROUNDS", 5);
     println!("vnet-sim throughput bench: {secs} s per run, median of {rounds} alternating runs");
     println!(
-        "{:<40} {:>8} {:>8} {:>4} {:>7}   {:>8} {:>8} {:>8} {:>7}",
-        "case (a vs b)", "a", "b", "", "wall", "a", "b", "per CPU", "ratio"
+        "case (a vs b): medians of a and b, then the ratio a/b as median (min..max) of the \
+         rounds; wall clock, then per CPU second of the process; second line: calls per \
+         frame and the working thread's CPU per frame"
     );
     for kind in [BuiltinKind::UnixGram, BuiltinKind::UnixStream] {
         let name = match kind {
@@ -264,20 +384,31 @@ fn main() {
             (1514, ALIGNED, "1514 B device vs raw socket", true, ""),
         ];
         for (frame, offset, label, per_frame, note) in cases {
-            let (d, r) = paired(
+            let runs = paired(
                 rounds,
                 || device(kind, frame, secs, offset),
                 || raw(kind, frame, secs, offset),
             );
-            line(&format!("{name} {label}"), d, r, per_frame, note);
+            line(&format!("{name} {label}"), &runs, per_frame, note);
         }
+        let runs = paired(
+            rounds,
+            || device_both(kind, 1514, secs),
+            || raw(kind, 1514, secs, ALIGNED),
+        );
+        line(
+            &format!("{name} 1514 B both ways vs raw TX loop"),
+            &runs,
+            true,
+            "(target: <= 0.25 calls/frame, CPU <= 100%)",
+        );
     }
     // Recorder on vs off: the on run records every probe firing to a CSV.
     let dir = std::env::temp_dir().join(format!("vnet-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let trace = dir.join("trace.csv");
     for (frame, frames) in [(65536, false), (1514, true)] {
-        let (on, off) = paired(
+        let runs = paired(
             rounds,
             || {
                 probes::install_recorder(Recorder::create(&trace).unwrap());
@@ -289,8 +420,7 @@ fn main() {
         );
         line(
             &format!("unixgram {frame} B recorder on vs off"),
-            on,
-            off,
+            &runs,
             frames,
             "",
         );

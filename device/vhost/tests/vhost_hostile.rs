@@ -20,7 +20,7 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap,
+    Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap,
     MmapRegion,
 };
 use vmm_sys_util::eventfd::EventFd;
@@ -305,8 +305,8 @@ fn a_memfd_truncated_while_running_does_not_kill_the_daemon() {
 
     // The rings are live and empty. Truncated, every page of them faults; the kick makes
     // the worker read the avail index. (With frames already through the rings, the zero
-    // pages read as an avail index that went backwards, which the core worker does not
-    // survive yet: issue 12, the guest-side validation work.)
+    // pages read as an avail index that went backwards: see
+    // sigterm_stops_a_daemon_whose_tx_avail_index_went_backwards.)
     // From here on our own mapping is past EOF too: the test touches it no more.
     file.set_len(0).unwrap();
     fds[1].write(1).unwrap();
@@ -347,4 +347,248 @@ fn a_sealable_memfd_is_sealed_against_shrinking() {
     drop(fe);
     let end = d.finish();
     assert!(end.status.success(), "{}", end.stderr);
+}
+
+// ---- a guest driver that writes nonsense into its rings (issue 12, item 3) ----
+
+const RXQ: u64 = 0;
+const RX_BUF: u64 = 0x4_0000;
+const RX_BUF_LEN: u32 = 2048;
+
+/// One running session: the daemon, the proxy's end, our front end and mapping of guest
+/// memory, the rings' eventfds (kick RX, kick TX, call RX, call TX).
+struct Session {
+    d: daemon_support::Daemon,
+    proxy: UnixStream,
+    fe: Frontend,
+    file: File,
+    mem: GuestMemoryMmap,
+    fds: Vec<EventFd>,
+}
+
+fn session(dir: &Dir) -> Session {
+    let d = start(&dir.0, &[]);
+    let (proxy, _) = d.proxy.accept().unwrap();
+    let mut fe = Frontend::from_stream(d.connect(), 2);
+    negotiate(&mut fe);
+    // No MFD_ALLOW_SEALING: the daemon cannot seal it, so the test may shrink it later.
+    let file = memfd(MEM as u64, 0);
+    let mem = map(&file);
+    fe.set_mem_table(&[region(&mem, &file, MEM as u64)])
+        .unwrap();
+    let fds = {
+        let txq = MockSplitQueue::create(&mem, GuestAddress(TXQ), QSIZE);
+        let rxq = MockSplitQueue::create(&mem, GuestAddress(RXQ), QSIZE);
+        rings(&mut fe, &mem, &txq, &rxq)
+    };
+    Session {
+        d,
+        proxy,
+        fe,
+        file,
+        mem,
+        fds,
+    }
+}
+
+/// Publishes `head` as the next avail entry of the ring at `q`, whatever it is, as a
+/// buggy driver would (the mock queue only publishes descriptors it wrote).
+fn publish_raw(mem: &GuestMemoryMmap, q: &MockSplitQueue<'_, GuestMemoryMmap>, head: u16) {
+    let idx_at = q.avail_addr().unchecked_add(2);
+    let idx: u16 = mem.read_obj(idx_at).unwrap();
+    let slot = q.avail_addr().unchecked_add(4 + 2 * u64::from(idx % QSIZE));
+    mem.write_obj(head, slot).unwrap();
+    mem.write_obj(idx.wrapping_add(1), idx_at).unwrap();
+}
+
+fn set_avail_idx(mem: &GuestMemoryMmap, q: &MockSplitQueue<'_, GuestMemoryMmap>, idx: u16) {
+    mem.write_obj(idx, q.avail_addr().unchecked_add(2)).unwrap();
+}
+
+/// Waits (bounded) until the device has put `n` entries in the used ring at `q`; returns
+/// the last one (id, len).
+fn wait_used(mem: &GuestMemoryMmap, q: &MockSplitQueue<'_, GuestMemoryMmap>, n: u16) -> (u32, u32) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let idx: u16 = mem.read_obj(q.used_addr().unchecked_add(2)).unwrap();
+        if idx >= n {
+            let at = q
+                .used_addr()
+                .unchecked_add(4 + 8 * u64::from((n - 1) % QSIZE));
+            return (
+                mem.read_obj(at).unwrap(),
+                mem.read_obj(at.unchecked_add(4)).unwrap(),
+            );
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "used index {idx} after 10 s, waiting for {n}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Asserts the summary counted exactly `n` rejected chains, all as guest driver errors.
+fn counted_guest_errors(end: &daemon_support::Finished, rejected: u64, driver_errors: u64) {
+    assert_eq!(
+        (
+            end.summary["rejected_chains"].as_u64(),
+            end.summary["drops"]["guest_driver_error"].as_u64()
+        ),
+        (Some(rejected), Some(driver_errors)),
+        "{}\n{}",
+        end.summary,
+        end.stderr
+    );
+}
+
+#[test]
+fn a_tx_head_past_the_ring_is_counted_and_the_next_frame_goes_out() {
+    let dir = Dir::new("tx-head");
+    let mut s = session(&dir);
+    let txq = MockSplitQueue::create(&s.mem, GuestAddress(TXQ), QSIZE);
+    publish_raw(&s.mem, &txq, 999);
+    s.fds[1].write(1).unwrap();
+    // Descriptor 1, avail entry 1: the proxy gets this frame and nothing before it.
+    send_frame(&s.mem, &txq, &s.fds[1], &mut s.proxy, b"after head 999", 1);
+    // And again: the worker is still serving.
+    publish_raw(&s.mem, &txq, 999);
+    send_frame(&s.mem, &txq, &s.fds[1], &mut s.proxy, b"after another", 2);
+    // 999 is no descriptor and cannot be returned; the good chains are.
+    assert_eq!(wait_used(&s.mem, &txq, 2).0, 2);
+    drop(s.fe);
+    let end = s.d.finish();
+    assert!(end.status.success(), "{}", end.stderr);
+    assert_eq!(end.summary["end"], "disconnected");
+    assert_eq!(end.summary["tx_frames"], 2);
+    counted_guest_errors(&end, 2, 2);
+    assert!(
+        !end.stderr.contains("device worker failed"),
+        "{}",
+        end.stderr
+    );
+}
+
+#[test]
+fn an_rx_head_past_the_ring_is_counted_and_the_next_buffer_gets_the_frame() {
+    let dir = Dir::new("rx-head");
+    let mut s = session(&dir);
+    let rxq = MockSplitQueue::create(&s.mem, GuestAddress(RXQ), QSIZE);
+    // Twice: after the first rejection the worker must still be there for the second frame.
+    for round in 0..2u16 {
+        publish_raw(&s.mem, &rxq, 999);
+        let buf = RX_BUF + u64::from(round) * 0x1000;
+        rxq.add_desc_chains(
+            &[RawDescriptor::from(Descriptor::new(
+                buf,
+                RX_BUF_LEN,
+                virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16,
+                0,
+            ))],
+            round,
+        )
+        .unwrap();
+        s.fds[0].write(1).unwrap();
+        let payload = format!("from the proxy, past head 999, round {round}");
+        let mut msg = (payload.len() as u32).to_be_bytes().to_vec();
+        msg.extend_from_slice(payload.as_bytes());
+        s.proxy.write_all(&msg).unwrap();
+        let (id, len) = wait_used(&s.mem, &rxq, round + 1);
+        assert_eq!(
+            (id, len),
+            (u32::from(round), (NET_HDR_LEN + payload.len()) as u32)
+        );
+        let mut got = vec![0u8; payload.len()];
+        s.mem
+            .read_slice(&mut got, GuestAddress(buf + NET_HDR_LEN as u64))
+            .unwrap();
+        assert_eq!(got, payload.as_bytes());
+    }
+    drop(s.fe);
+    let end = s.d.finish();
+    assert!(end.status.success(), "{}", end.stderr);
+    assert_eq!(end.summary["rx_frames"], 2);
+    counted_guest_errors(&end, 2, 2);
+    assert!(
+        !end.stderr.contains("device worker failed"),
+        "{}",
+        end.stderr
+    );
+}
+
+#[test]
+fn sigterm_stops_a_daemon_whose_tx_avail_index_went_backwards() {
+    let dir = Dir::new("avail-back");
+    let mut s = session(&dir);
+    let txq = MockSplitQueue::create(&s.mem, GuestAddress(TXQ), QSIZE);
+    send_frame(&s.mem, &txq, &s.fds[1], &mut s.proxy, b"one", 0);
+    send_frame(&s.mem, &txq, &s.fds[1], &mut s.proxy, b"two", 1);
+    // The device has taken 2; the driver now says 0: 65534 entries ahead.
+    set_avail_idx(&s.mem, &txq, 0);
+    s.fds[1].write(1).unwrap();
+    // No used entry or interrupt tells when the worker has seen the index; its log line does.
+    assert!(
+        s.d.wait_for_stderr(
+            "avail index 0 is 65534 entries past",
+            Duration::from_secs(10)
+        ),
+        "the worker never reported the backwards avail index"
+    );
+    s.d.signal(libc::SIGTERM);
+    // Before the fix the worker looped between "more work" and "no chain" and never saw
+    // the stop flag: this wait is what fails then.
+    let end = s.d.finish_within(Duration::from_secs(5));
+    assert!(end.status.success(), "{}", end.stderr);
+    assert_eq!(end.summary["end"], "stopped");
+    assert_eq!(end.summary["tx_frames"], 2);
+    // Not a chain: nothing to return, so not a rejected one.
+    counted_guest_errors(&end, 0, 1);
+    assert!(
+        end.stderr.contains("avail index 0 is 65534 entries past"),
+        "{}",
+        end.stderr
+    );
+    trace_flushed(&dir);
+    drop(s.fe);
+}
+
+#[test]
+fn a_tx_buffer_past_the_end_of_a_shrunk_memfd_is_rejected_and_the_next_frame_goes_out() {
+    let dir = Dir::new("tx-efault");
+    let mut s = session(&dir);
+    let txq = MockSplitQueue::create(&s.mem, GuestAddress(TXQ), QSIZE);
+    send_frame(&s.mem, &txq, &s.fds[1], &mut s.proxy, b"before", 0);
+    // The region still declares 1 MiB; the file now ends at 512 KiB. The rings and the
+    // good frames stay below; descriptor 1 points at 0x9_0000, past EOF (our own mapping
+    // faults there too: the test never touches it).
+    s.file.set_len(MEM as u64 / 2).unwrap();
+    txq.add_desc_chains(
+        &[RawDescriptor::from(Descriptor::new(
+            0x9_0000,
+            (NET_HDR_LEN + 100) as u32,
+            0,
+            0,
+        ))],
+        1,
+    )
+    .unwrap();
+    s.fds[1].write(1).unwrap();
+    send_frame(&s.mem, &txq, &s.fds[1], &mut s.proxy, b"after", 2);
+    // The bad chain went back to the guest unused (length 0), in order.
+    assert_eq!(wait_used(&s.mem, &txq, 2), (1, 0));
+    drop(s.fe);
+    let end = s.d.finish();
+    assert!(end.status.success(), "{}", end.stderr);
+    assert_eq!(end.summary["end"], "disconnected");
+    assert_eq!(end.summary["tx_frames"], 2);
+    counted_guest_errors(&end, 1, 1);
+    // A one-descriptor frame is sent in place: the kernel's copy meets the hole and says
+    // EFAULT; the daemon never touches those bytes itself, so no SIGBUS is taken.
+    assert!(
+        end.stderr
+            .contains("the kernel could not read the TX buffers (EFAULT)"),
+        "{}",
+        end.stderr
+    );
+    assert_eq!(end.summary["handshake"]["memory_faults"], 0);
 }

@@ -5,7 +5,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Backend, BackendError, ReadStatus, TxFrame, WriteStatus};
+use super::{Backend, BackendError, BatchWrite, ReadStatus, SyscallCounts, TxFrame, WriteStatus};
 use crate::metrics::Metrics;
 
 /// Which sends fail.
@@ -36,7 +36,7 @@ impl FaultConfig {
 /// Decides which sends fail. Counts sends of new frames: the retry that follows an
 /// injected burst goes through uncounted, so `enobufs_every: 1` makes every frame fail
 /// `burst` times and then pass, instead of failing forever.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Injector {
     cfg: FaultConfig,
     sends: u64,
@@ -65,6 +65,20 @@ impl Injector {
             return true;
         }
         false
+    }
+
+    /// How many of the next sends of frames pass before one is refused, without changing
+    /// anything: a batch that long goes to the real backend whole.
+    fn passes_before_hit(&self) -> usize {
+        let every = u64::from(self.cfg.enobufs_every);
+        if every == 0 {
+            return usize::MAX;
+        }
+        if self.burst_left > 0 {
+            return 0;
+        }
+        let counted = every - self.sends % every - 1;
+        usize::from(self.pass_next) + counted as usize
     }
 }
 
@@ -124,8 +138,61 @@ impl<B: Backend> Backend for Faulty<B> {
         status
     }
 
+    fn batch_limit(&self) -> usize {
+        self.inner.batch_limit()
+    }
+
+    /// The frames before the next injected refusal go to the inner backend as one batch;
+    /// the refusal then stops the batch at that frame, as a full socket would. The injector
+    /// advances once per frame tried, as with [`Backend::write_frame`].
+    fn write_frames(&mut self, frames: &[TxFrame<'_>]) -> Result<BatchWrite, BackendError> {
+        let pass = self.injector.passes_before_hit().min(frames.len());
+        if self.mid_frame || frames.len() <= 1 || pass == 0 {
+            let Some(first) = frames.first() else {
+                return Ok(BatchWrite {
+                    sent: 0,
+                    stopped: None,
+                });
+            };
+            return Ok(match self.write_frame(first)? {
+                WriteStatus::Sent => BatchWrite {
+                    sent: 1,
+                    stopped: None,
+                },
+                other => BatchWrite {
+                    sent: 0,
+                    stopped: Some(other),
+                },
+            });
+        }
+        let out = self.inner.write_frames(&frames[..pass])?;
+        let tried = out.sent + usize::from(out.stopped.is_some());
+        for _ in 0..tried {
+            let refused = self.injector.inject();
+            debug_assert!(!refused, "passes_before_hit promised a pass");
+        }
+        self.mid_frame = matches!(
+            out.stopped,
+            Some(WriteStatus::Blocked { partial: true, .. })
+        );
+        Ok(out)
+    }
+
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
         self.inner.read_frame(buf)
+    }
+
+    fn read_frames(
+        &mut self,
+        bufs: &mut [Box<[u8]>],
+        got: &mut Vec<ReadStatus>,
+    ) -> Result<(), BackendError> {
+        self.inner.read_frames(bufs, got)
+    }
+
+    /// The inner backend's: an injected refusal is not a system call.
+    fn syscalls(&self) -> SyscallCounts {
+        self.inner.syscalls()
     }
 }
 
@@ -161,6 +228,27 @@ mod tests {
             "every frame fails once, then passes"
         );
         assert!(pattern(FaultConfig::default(), 100).iter().all(|f| !f));
+    }
+
+    /// The look-ahead agrees with what `inject` then does, from every state.
+    #[test]
+    fn passes_before_hit_predicts_inject() {
+        for (every, burst) in [(1, 1), (1, 3), (2, 1), (3, 2), (5, 1), (0, 1)] {
+            let mut i = Injector {
+                cfg: FaultConfig {
+                    enobufs_every: every,
+                    enobufs_burst: burst,
+                },
+                ..Injector::default()
+            };
+            for _ in 0..40 {
+                let p = i.passes_before_hit();
+                let mut probe = i.clone();
+                let passes = (0..20).take_while(|_| !probe.inject()).count();
+                assert_eq!(p.min(20), passes, "every {every} burst {burst}");
+                i.inject();
+            }
+        }
     }
 
     #[test]

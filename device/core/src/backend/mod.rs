@@ -3,6 +3,8 @@
 //! [`Faulty`] wraps any of them to inject ENOBUFS.
 
 mod faulty;
+#[cfg(target_os = "linux")]
+mod mmsg;
 pub mod unixgram;
 pub mod unixstream;
 
@@ -137,6 +139,34 @@ pub enum ReadStatus {
     Oversize(usize),
 }
 
+/// Most frames one batched call carries (`sendmmsg`/`recvmmsg`); the device gives a
+/// backend at most this many at a time.
+pub const MAX_BATCH_FRAMES: usize = 32;
+
+/// Most frame bytes one batched send carries (a single larger frame goes alone). Large
+/// batches of large datagrams cost more than they save: on a 2-core Linux machine 16
+/// frames of 64 KiB per `sendmmsg` ran 3.6x slower than single sends, 16 of 1514 B cut
+/// the sender's CPU by about 10%.
+pub const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// How a [`Backend::write_frames`] call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchWrite {
+    /// Frames that went out whole, from the first.
+    pub sent: usize,
+    /// What happened to frame `sent` when it did not go out: `Blocked` or `Unreadable`
+    /// (never `Sent`). `None`: it was not tried (the call ended early; offer it again).
+    pub stopped: Option<WriteStatus>,
+}
+
+/// System calls a backend made on its socket's data path so far, whatever each returned
+/// (EINTR and EAGAIN included): what batching is measured by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyscallCounts {
+    pub sends: u64,
+    pub recvs: u64,
+}
+
 /// A connection to a user-space network proxy. Non-blocking; the worker polls `raw_fd`
 /// edge-triggered, so callers read and write until `WouldBlock`/`Blocked`.
 pub trait Backend: Send {
@@ -156,8 +186,53 @@ pub trait Backend: Send {
     fn write_bytes(&mut self, frame: &[u8]) -> Result<WriteStatus, BackendError> {
         self.write_frame(&TxFrame::from_slice(frame))
     }
+    /// Most frames one [`Backend::write_frames`] call can send: the device offers no more
+    /// (the default, 1, for backends that send one frame per call).
+    fn batch_limit(&self) -> usize {
+        1
+    }
+    /// Writes `frames` in order, as many as the socket takes. A frame that does not go
+    /// out stops the batch (nothing after it is tried): it is reported in
+    /// [`BatchWrite::stopped`] and must be offered again first, exactly as after
+    /// [`Backend::write_frame`]. An error means no frame of this call went out. The
+    /// default sends one frame per call (macOS; streams).
+    fn write_frames(&mut self, frames: &[TxFrame<'_>]) -> Result<BatchWrite, BackendError> {
+        let Some(first) = frames.first() else {
+            return Ok(BatchWrite {
+                sent: 0,
+                stopped: None,
+            });
+        };
+        Ok(match self.write_frame(first)? {
+            WriteStatus::Sent => BatchWrite {
+                sent: 1,
+                stopped: None,
+            },
+            other => BatchWrite {
+                sent: 0,
+                stopped: Some(other),
+            },
+        })
+    }
     /// Reads one frame into `buf` (which must hold [`crate::frame::MAX_FRAME`] bytes).
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError>;
+    /// Reads up to `bufs.len()` frames, frame i into `bufs[i]` (each holding
+    /// [`crate::frame::MAX_FRAME`] bytes), appending one status per buffer used to `got`
+    /// (cleared first). `WouldBlock`, when pushed, is last: the socket had nothing more.
+    /// At least one status is pushed. The default reads one frame per call.
+    fn read_frames(
+        &mut self,
+        bufs: &mut [Box<[u8]>],
+        got: &mut Vec<ReadStatus>,
+    ) -> Result<(), BackendError> {
+        got.clear();
+        got.push(self.read_frame(&mut bufs[0])?);
+        Ok(())
+    }
+    /// Send and receive calls made so far (a backend that makes none reports zeros).
+    fn syscalls(&self) -> SyscallCounts {
+        SyscallCounts::default()
+    }
 }
 
 /// A boxed backend is a backend, so wrappers such as [`Faulty`] take either.
@@ -178,8 +253,28 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
         (**self).write_frame(frame)
     }
 
+    fn batch_limit(&self) -> usize {
+        (**self).batch_limit()
+    }
+
+    fn write_frames(&mut self, frames: &[TxFrame<'_>]) -> Result<BatchWrite, BackendError> {
+        (**self).write_frames(frames)
+    }
+
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
         (**self).read_frame(buf)
+    }
+
+    fn read_frames(
+        &mut self,
+        bufs: &mut [Box<[u8]>],
+        got: &mut Vec<ReadStatus>,
+    ) -> Result<(), BackendError> {
+        (**self).read_frames(bufs, got)
+    }
+
+    fn syscalls(&self) -> SyscallCounts {
+        (**self).syscalls()
     }
 }
 

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use super::{
     is_peer_gone, no_sigpipe, size_buf, socket_failure, Backend, BackendError, BackendOptions,
-    ReadStatus, TxFrame, WriteStatus, SEND_FLAGS,
+    ReadStatus, SyscallCounts, TxFrame, WriteStatus, SEND_FLAGS,
 };
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
@@ -40,6 +40,7 @@ pub struct UnixStreamBackend {
     rend: usize,
     /// Bytes still to discard of an oversized frame.
     skip: usize,
+    calls: SyscallCounts,
 }
 
 impl UnixStreamBackend {
@@ -81,6 +82,7 @@ impl UnixStreamBackend {
             rstart: 0,
             rend: 0,
             skip: 0,
+            calls: SyscallCounts::default(),
         })
     }
 
@@ -123,6 +125,10 @@ impl Backend for UnixStreamBackend {
         "unixstream"
     }
 
+    fn syscalls(&self) -> SyscallCounts {
+        self.calls
+    }
+
     fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
         let fd = self.raw_fd();
         if self.woff == 0 {
@@ -155,6 +161,7 @@ impl Backend for UnixStreamBackend {
             let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
             msg.msg_iov = iov.as_mut_ptr();
             msg.msg_iovlen = k as _;
+            self.calls.sends += 1;
             // SAFETY: msg is fully initialised above.
             let n = unsafe { libc::sendmsg(fd, &msg, SEND_FLAGS) };
             if n >= 0 {
@@ -240,6 +247,7 @@ impl Backend for UnixStreamBackend {
                 self.rstart = 0;
             }
             let room = &mut self.rbuf[self.rend..];
+            self.calls.recvs += 1;
             match recv(fd, room, MsgFlags::MSG_DONTWAIT) {
                 Ok(0) => {
                     let pending = self.rend - self.rstart;

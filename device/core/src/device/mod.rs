@@ -16,7 +16,7 @@ use std::sync::Arc;
 use virtio_queue::Queue;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, SyscallCounts};
 use crate::events::DeviceEvents;
 use crate::metrics::Metrics;
 use crate::net::{FEATURE_EVENT_IDX, FEATURE_MRG_RXBUF, RX_QUEUE, TX_QUEUE};
@@ -70,6 +70,8 @@ pub struct NetDevice {
     events: DeviceEvents,
     tx: TxVirtio,
     rx: RxVirtio,
+    /// The backend's system call counts already added to the metrics.
+    syscalls_counted: SyscallCounts,
 }
 
 impl NetDevice {
@@ -97,6 +99,7 @@ impl NetDevice {
                 Virtq::new(rx, rx_call, RX_QUEUE, event_idx),
                 features & FEATURE_MRG_RXBUF != 0,
             ),
+            syscalls_counted: SyscallCounts::default(),
         }
     }
 
@@ -155,14 +158,27 @@ impl NetDevice {
     pub fn process_tx(&mut self) -> Result<TxPass, DeviceError> {
         let _span = tracing::debug_span!("tx_pass", fd = self.events.fd()).entered();
         let mem = self.mem.memory();
-        self.tx.process(&mem, &mut *self.backend, &self.events)
+        let pass = self.tx.process(&mem, &mut *self.backend, &self.events);
+        self.count_syscalls();
+        pass
     }
 
     /// Reads frames from the proxy and writes them into guest RX buffers.
     pub fn process_rx(&mut self) -> Result<RxPass, DeviceError> {
         let _span = tracing::debug_span!("rx_pass", fd = self.events.fd()).entered();
         let mem = self.mem.memory();
-        self.rx.process(&mem, &mut *self.backend, &self.events)
+        let pass = self.rx.process(&mem, &mut *self.backend, &self.events);
+        self.count_syscalls();
+        pass
+    }
+
+    /// Adds the system calls the backend made since the last pass to the metrics (one
+    /// update per pass, not per call: the backend keeps plain counts).
+    fn count_syscalls(&mut self) {
+        let now = self.backend.syscalls();
+        let before = std::mem::replace(&mut self.syscalls_counted, now);
+        self.events
+            .syscalls(now.sends - before.sends, now.recvs - before.recvs);
     }
 
     /// The proxy went away: drop what was in flight, report once.

@@ -1,14 +1,17 @@
 //! The RX direction: frames from the proxy into guest buffers.
 //!
-//! A frame read from the proxy waits in `frame` until the guest has buffers for it; until
-//! then the socket is not read (the proxy's queue is the buffer), and the next RX kick
-//! resumes.
+//! Frames are read in batches, no more than the guest has posted buffers for; a frame read
+//! from the proxy waits in its batch buffer until the guest has buffers for it; until then
+//! the socket is not read (the proxy's queue is the buffer), and the next RX kick resumes.
 
+use std::sync::atomic::Ordering;
+
+use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
 use super::virtq::Virtq;
 use super::{DeviceError, RxPass, BATCH};
-use crate::backend::{Backend, ReadStatus};
+use crate::backend::{Backend, ReadStatus, MAX_BATCH_FRAMES};
 use crate::events::DeviceEvents;
 use crate::frame::MAX_FRAME;
 use crate::net::{Rejected, RxBuffers, RxOutcome};
@@ -18,11 +21,14 @@ pub(crate) struct RxVirtio {
     pub(crate) vq: Virtq,
     /// VIRTIO_NET_F_MRG_RXBUF: a frame may span several guest buffers.
     mergeable: bool,
-    frame: Box<[u8]>,
-    /// Length of the frame in `frame` that waits for guest buffers.
-    pending: Option<usize>,
+    /// Frame buffers for one batched read, `MAX_FRAME` bytes each (grown on demand).
+    bufs: Vec<Box<[u8]>>,
+    /// What the last read returned, status i for `bufs[i]`; `got[next..]` is still to
+    /// deliver (a frame there waits for guest buffers).
+    got: Vec<ReadStatus>,
+    next: usize,
     buffers: RxBuffers,
-    /// The guest had no buffers for the pending frame; an RX kick resumes.
+    /// The guest had no buffers for the waiting frame; an RX kick resumes.
     waiting: bool,
     /// Reused list of chains the last delivery rejected.
     rejected: Vec<Rejected>,
@@ -33,8 +39,9 @@ impl RxVirtio {
         RxVirtio {
             vq,
             mergeable,
-            frame: vec![0u8; MAX_FRAME].into_boxed_slice(),
-            pending: None,
+            bufs: Vec::new(),
+            got: Vec::new(),
+            next: 0,
             buffers: RxBuffers::default(),
             waiting: false,
             rejected: Vec::new(),
@@ -45,7 +52,22 @@ impl RxVirtio {
         self.waiting
     }
 
-    /// Reads frames from the proxy and writes them into guest RX buffers.
+    /// Chains the guest has posted that the device has not filled: each takes at most
+    /// one frame, so no more frames than this are read at once (at least one, which then
+    /// waits for buffers as before).
+    fn posted(&self, mem: &GuestMemoryMmap) -> Result<usize, DeviceError> {
+        let avail = self
+            .vq
+            .queue
+            .avail_idx(mem, Ordering::Acquire)
+            .map_err(self.vq.err())?;
+        let new = avail.0.wrapping_sub(self.vq.queue.next_avail());
+        Ok(usize::from(new) + self.buffers.reserved())
+    }
+
+    /// Reads frames from the proxy, as many per backend call as the guest has buffers
+    /// for (Linux datagrams: one `recvmmsg`), and writes them into guest RX buffers in
+    /// the order read.
     pub(crate) fn process(
         &mut self,
         mem: &GuestMemoryMmap,
@@ -54,37 +76,57 @@ impl RxVirtio {
     ) -> Result<RxPass, DeviceError> {
         let mut done = 0;
         let mut used = false;
+        // A `WouldBlock` after a short batch says the socket was empty when this pass read
+        // it; a later pass cannot trust it (the readable event for what came since may
+        // already be spent), so it reads again.
+        let mut read_in_this_pass = false;
         let result = loop {
-            let len = match self.pending {
-                Some(len) => len,
-                None => {
-                    if done >= BATCH {
-                        break RxPass::More;
-                    }
-                    match backend.read_frame(&mut self.frame)? {
-                        ReadStatus::WouldBlock => break RxPass::Idle,
+            if self.next == self.got.len() {
+                if done >= BATCH {
+                    break RxPass::More;
+                }
+                let want = self
+                    .posted(mem)?
+                    .clamp(1, MAX_BATCH_FRAMES)
+                    .min(BATCH - done);
+                while self.bufs.len() < want {
+                    self.bufs.push(vec![0u8; MAX_FRAME].into_boxed_slice());
+                }
+                self.next = 0;
+                backend.read_frames(&mut self.bufs[..want], &mut self.got)?;
+                read_in_this_pass = true;
+                // Each frame is reported once, when read (it may then wait for buffers).
+                for status in &self.got {
+                    match *status {
+                        ReadStatus::WouldBlock => {}
                         ReadStatus::Oversize(len) => {
                             events.frame_dropped(len, DropReason::RxOversize);
-                            continue;
                         }
-                        ReadStatus::Frame(0) => {
-                            events.frame_dropped(0, DropReason::RxEmpty);
-                            continue;
-                        }
-                        ReadStatus::Frame(len) => {
-                            events.frame_received(len);
-                            self.pending = Some(len);
-                            len
-                        }
+                        ReadStatus::Frame(0) => events.frame_dropped(0, DropReason::RxEmpty),
+                        ReadStatus::Frame(len) => events.frame_received(len),
                     }
                 }
+            }
+            let len = match self.got[self.next] {
+                ReadStatus::WouldBlock => {
+                    self.next = self.got.len();
+                    if read_in_this_pass {
+                        break RxPass::Idle;
+                    }
+                    continue;
+                }
+                ReadStatus::Frame(0) | ReadStatus::Oversize(_) => {
+                    self.next += 1;
+                    continue;
+                }
+                ReadStatus::Frame(len) => len,
             };
             let outcome = self
                 .buffers
                 .deliver(
                     &mut self.vq.queue,
                     mem,
-                    &self.frame[..len],
+                    &self.bufs[self.next][..len],
                     self.mergeable,
                     &mut self.rejected,
                 )
@@ -95,13 +137,13 @@ impl RxVirtio {
             }
             match outcome? {
                 RxOutcome::Delivered { .. } => {
-                    self.pending = None;
+                    self.next += 1;
                     self.waiting = false;
                     used = true;
                     done += 1;
                 }
                 RxOutcome::NoRoom => {
-                    self.pending = None;
+                    self.next += 1;
                     events.frame_dropped(len, DropReason::RxNoRoom);
                 }
                 RxOutcome::NoBuffers => {
@@ -123,10 +165,13 @@ impl RxVirtio {
         Ok(result)
     }
 
-    /// The proxy went away: the frame waiting for buffers will never be delivered.
+    /// The proxy went away: frames read and not delivered never will be.
     pub(crate) fn peer_gone(&mut self, events: &DeviceEvents) {
-        if let Some(len) = self.pending.take() {
-            events.frame_dropped(len, DropReason::PeerGone);
+        for status in self.got.drain(self.next..) {
+            if let ReadStatus::Frame(len @ 1..) = status {
+                events.frame_dropped(len, DropReason::PeerGone);
+            }
         }
+        self.next = self.got.len();
     }
 }

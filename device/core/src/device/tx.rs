@@ -1,41 +1,46 @@
-//! The TX direction: guest chains out to the proxy, one deferred frame at a time.
+//! The TX direction: guest chains out to the proxy in batches, one deferred frame at a time.
 //!
-//! A chain's frame is sent straight from guest memory (one gathered sendmsg; a chain with
-//! too many pieces is copied into `copy` first). A send that does not complete keeps the
+//! A chain's frame is sent straight from guest memory (gathered by the kernel; a chain with
+//! too many pieces is copied into `copy` first and sent alone). Ready chains go to the
+//! backend together (Linux datagrams: one `sendmmsg`), at most `MAX_BATCH_FRAMES` frames
+//! and `MAX_BATCH_BYTES` bytes per call. A send that does not complete keeps the
 //! frame deferred: the chain is neither re-queued nor used, so the guest sees it
 //! outstanding (its buffers stay the frame's until the chain is used), and nothing else is
 //! sent before it (frames stay in order). A write event, a TX kick or the one-shot timer
-//! retries it, as the retry policy (`crate::retry_policy`) says; a bounded policy drops it
-//! after its last allowed failed send.
+//! retries it.
 
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
 use super::virtq::Virtq;
 use super::{DeviceError, TxPass, BATCH};
-use crate::backend::{Backend, WriteStatus};
+use crate::backend::{Backend, WriteStatus, MAX_BATCH_BYTES, MAX_BATCH_FRAMES};
 use crate::episode::Episode;
 use crate::events::DeviceEvents;
+use crate::frame::TxFrame;
 use crate::net::{ChainError, ChainWalk, Rejected, TxChain};
 use crate::probes::DropReason;
 
-/// The frame waiting for the proxy; its pieces are in `TxVirtio::chain`.
-#[derive(Debug, Clone, Copy)]
-struct Deferred {
+/// A chain popped from the ring and parsed, in the batch being sent.
+#[derive(Default)]
+struct Popped {
     head: u16,
     len: usize,
-    /// The frame is in `copy` (it had more pieces than one send gathers).
+    /// The frame is in `TxVirtio::copy` (it had more pieces than one send gathers).
     copied: bool,
     /// Part of it is already in a stream socket: it can no longer be dropped without
     /// breaking the stream's framing, so no retry policy gives up on it.
     started: bool,
+    chain: TxChain,
 }
 
 pub(crate) struct TxVirtio {
     pub(crate) vq: Virtq,
-    chain: TxChain,
+    /// The batch: chains popped and parsed, in ring order (storage reused across passes).
+    batch: Vec<Popped>,
+    /// `batch[0]` is a frame popped earlier and not sent yet: the deferred frame.
+    held: bool,
     copy: Vec<u8>,
-    deferred: Option<Deferred>,
     episode: Episode,
     /// Failed sends after which the deferred frame is dropped (`RetryPolicy::Bounded`).
     max_failed_sends: Option<u32>,
@@ -45,9 +50,9 @@ impl TxVirtio {
     pub(crate) fn new(vq: Virtq) -> TxVirtio {
         TxVirtio {
             vq,
-            chain: TxChain::default(),
+            batch: Vec::new(),
+            held: false,
             copy: Vec::new(),
-            deferred: None,
             episode: Episode::default(),
             max_failed_sends: None,
         }
@@ -59,7 +64,7 @@ impl TxVirtio {
 
     /// Length of the deferred frame, if one waits.
     pub(crate) fn deferred_len(&self) -> Option<usize> {
-        self.deferred.map(|d| d.len)
+        self.held.then(|| self.batch[0].len)
     }
 
     /// Failed sends of the deferred frame so far.
@@ -68,11 +73,27 @@ impl TxVirtio {
     }
 
     pub(crate) fn deferred(&self) -> bool {
-        self.deferred.is_some()
+        self.held
     }
 
-    /// Sends the deferred frame, then every chain the guest made available, until the
-    /// proxy pushes back, the ring is empty or the batch is done.
+    /// Gives the last `k` chains popped back to the ring: they were not sent and come
+    /// first in a later batch (popped and parsed again), so frames stay in ring order and
+    /// the guest sees the ring as it was.
+    fn unpop(&mut self, k: usize) {
+        if k > 0 {
+            let q = &mut self.vq.queue;
+            q.set_next_avail(q.next_avail().wrapping_sub(k as u16));
+        }
+    }
+
+    /// Sends the deferred frame, then every chain the guest made available, in batches
+    /// (one backend call each), until the proxy pushes back, the ring is empty or the pass
+    /// has sent [`BATCH`] frames.
+    ///
+    /// A batch that stops at frame k sent frames 0..k, which are used and reported one by
+    /// one; frame k becomes the deferred frame (an episode begins at its first refusal,
+    /// and only its own refused sends count as the episode's retries); the chains after it
+    /// go back to the ring.
     pub(crate) fn process(
         &mut self,
         mem: &GuestMemoryMmap,
@@ -82,114 +103,191 @@ impl TxVirtio {
         let mut done = 0;
         let mut used = false;
         let result = loop {
-            if let Some(mut d) = self.deferred {
-                let sent = if d.copied {
-                    Ok(backend.write_bytes(&self.copy))
-                } else {
-                    match self.chain.gather(mem) {
-                        Ok(Some(frame)) => Ok(backend.write_frame(&frame)),
-                        Ok(None) => self.chain.copy_to(mem, &mut self.copy).map(|()| {
-                            d.copied = true;
-                            self.deferred = Some(d);
-                            events.tx_copied();
-                            backend.write_bytes(&self.copy)
-                        }),
-                        Err(error) => Err(error),
-                    }
-                };
-                let status = match sent {
-                    Ok(status) => status?,
-                    // The memory map changed under the deferred frame: it no longer lies
-                    // inside guest memory.
-                    Err(error) => {
-                        self.deferred = None;
-                        self.reject(mem, d.head, error, events)?;
-                        used = true;
+            if done >= BATCH {
+                break TxPass::More;
+            }
+            // The batch: the deferred frame first, then new chains while the limits allow.
+            let mut n = usize::from(self.held);
+            let mut bytes = if self.held { self.batch[0].len } else { 0 };
+            // No more chains than the backend sends in one call: the rest would be popped
+            // and parsed only to go back to the ring.
+            let limit = backend.batch_limit().clamp(1, MAX_BATCH_FRAMES);
+            while n < limit && done + n < BATCH {
+                let Some(chain) = self.vq.queue.pop_descriptor_chain(mem) else {
+                    // Re-arm kicks (EVENT_IDX: avail_event = next_avail); a chain that
+                    // raced in before that shows up here.
+                    if n == 0 && self.vq.enable_notification(mem, events)? {
                         continue;
                     }
+                    break;
                 };
-                match status {
-                    WriteStatus::Sent => {
-                        self.deferred = None;
-                        self.vq
-                            .queue
-                            .add_used(mem, d.head, 0)
-                            .map_err(self.vq.err())?;
-                        used = true;
-                        self.episode.on_success(events);
-                        events.frame_sent(d.len);
-                        done += 1;
-                    }
-                    WriteStatus::Unreadable => {
-                        // The guest's buffers are not all backed by memory: nothing (or,
-                        // on a stream, zero padding that keeps the framing) went out.
-                        self.deferred = None;
-                        self.episode.abandon(events);
-                        self.reject(mem, d.head, ChainError::Unreadable, events)?;
-                        used = true;
-                        continue;
-                    }
-                    WriteStatus::Blocked { errno, partial } => {
-                        if partial {
-                            events.partial_write();
-                            d.started = true;
-                            self.deferred = Some(d);
-                        }
-                        self.episode.on_failure(events, d.len, errno);
-                        if !d.started
-                            && self
-                                .max_failed_sends
-                                .is_some_and(|max| self.episode.failures() >= max)
-                        {
-                            // The policy gives up: the chain goes back used, as a sent
-                            // frame's does, and the ring moves on.
-                            self.deferred = None;
-                            self.episode.give_up(events, d.len);
-                            self.vq
-                                .queue
-                                .add_used(mem, d.head, 0)
-                                .map_err(self.vq.err())?;
-                            used = true;
-                            // Counts toward the batch, so a policy that drops at once
-                            // cannot keep the loop from RX.
-                            done += 1;
-                        } else {
-                            // EVENT_IDX: ask for a kick on the guest's next chain, so a
-                            // kick can retry the frame (the ring's state itself is left
-                            // alone).
-                            self.vq.enable_notification(mem, events)?;
-                            break TxPass::Blocked;
-                        }
-                    }
+                let head = chain.head_index();
+                if self.batch.len() == n {
+                    self.batch.push(Popped::default());
                 }
-                if done >= BATCH {
-                    break TxPass::More;
+                let slot = &mut self.batch[n];
+                match slot
+                    .chain
+                    .parse(mem, ChainWalk::new(mem, &self.vq.queue, head))
+                {
+                    Ok(_) if n > 0 && bytes + slot.chain.len() > MAX_BATCH_BYTES => {
+                        self.unpop(1);
+                        break;
+                    }
+                    Ok(_) => {
+                        slot.head = head;
+                        slot.len = slot.chain.len();
+                        slot.copied = false;
+                        slot.started = false;
+                        bytes += slot.len;
+                        n += 1;
+                    }
+                    // Rejected in ring order: after the frames before it are sent.
+                    Err(_) if n > 0 => {
+                        self.unpop(1);
+                        break;
+                    }
+                    Err(error) => {
+                        self.reject(mem, head, error, events)?;
+                        used = true;
+                    }
                 }
             }
-            let Some(chain) = self.vq.queue.pop_descriptor_chain(mem) else {
-                // Re-arm kicks (EVENT_IDX: avail_event = next_avail); a chain that raced
-                // in before that shows up here.
-                if self.vq.enable_notification(mem, events)? {
-                    continue;
-                }
+            if n == 0 {
                 break TxPass::Idle;
-            };
-            let head = chain.head_index();
-            match self
-                .chain
-                .parse(mem, ChainWalk::new(mem, &self.vq.queue, head))
-            {
-                Ok(_) => {
-                    self.deferred = Some(Deferred {
-                        head,
-                        len: self.chain.len(),
-                        copied: false,
-                        started: false,
-                    })
+            }
+            // The frames as the backend sends them, straight from guest memory. A frame
+            // that cannot be gathered ends the batch before it (it comes first in the
+            // next); only a first frame is copied (and then goes alone) or rejected.
+            let mut frames: Vec<TxFrame<'_>> = Vec::with_capacity(n);
+            let mut first_error = None;
+            let mut copy_first = self.batch[0].copied;
+            if !copy_first {
+                for (i, p) in self.batch[..n].iter().enumerate() {
+                    match p.chain.gather(mem) {
+                        Ok(Some(frame)) => frames.push(frame),
+                        Ok(None) if i == 0 => {
+                            copy_first = true;
+                            break;
+                        }
+                        Err(error) if i == 0 => {
+                            first_error = Some(error);
+                            break;
+                        }
+                        _ => break,
+                    }
                 }
-                Err(error) => {
-                    self.reject(mem, head, error, events)?;
+            }
+            if copy_first && !self.batch[0].copied {
+                match self.batch[0].chain.copy_to(mem, &mut self.copy) {
+                    Ok(()) => {
+                        self.batch[0].copied = true;
+                        events.tx_copied();
+                    }
+                    Err(error) => first_error = Some(error),
+                }
+            }
+            if let Some(error) = first_error {
+                // The memory map changed under the frame: it no longer lies inside guest
+                // memory. Dropped, and its episode (if any) with it.
+                self.unpop(n - 1);
+                self.held = false;
+                self.episode.abandon(events);
+                self.reject(mem, self.batch[0].head, error, events)?;
+                used = true;
+                continue;
+            }
+            if copy_first {
+                frames.push(TxFrame::from_slice(&self.copy));
+            }
+            let tried = frames.len();
+            let out = backend.write_frames(&frames);
+            drop(frames);
+            self.unpop(n - tried);
+            let out = match out {
+                Ok(out) => out,
+                Err(e) => {
+                    // Nothing of this call went out: the first frame stays deferred (a
+                    // dying proxy's drop report counts it), the rest go back.
+                    self.unpop(tried - 1);
+                    self.held = true;
+                    return Err(e.into());
+                }
+            };
+            for i in 0..out.sent {
+                let p = &self.batch[i];
+                self.vq
+                    .queue
+                    .add_used(mem, p.head, 0)
+                    .map_err(self.vq.err())?;
+                used = true;
+                if i == 0 {
+                    // Only the first frame can have been deferred.
+                    self.episode.on_success(events);
+                }
+                events.frame_sent(p.len);
+                done += 1;
+            }
+            if out.sent == tried {
+                self.held = false;
+                continue;
+            }
+            // Frame `sent` did not go out: it is the deferred frame now.
+            self.unpop(tried - out.sent - 1);
+            self.batch.swap(0, out.sent);
+            self.held = true;
+            let stopped = match out.stopped {
+                Some(status) => status,
+                // Not tried: it goes first in the next batch.
+                None if out.sent > 0 => continue,
+                // A backend that neither sent nor refused: treat it as a full socket
+                // rather than spin.
+                None => WriteStatus::Blocked {
+                    errno: libc::EAGAIN,
+                    partial: false,
+                },
+            };
+            match stopped {
+                WriteStatus::Sent => continue,
+                WriteStatus::Unreadable => {
+                    // The guest's buffers are not all backed by memory: nothing (or, on a
+                    // stream, zero padding that keeps the framing) went out.
+                    self.held = false;
+                    self.episode.abandon(events);
+                    self.reject(mem, self.batch[0].head, ChainError::Unreadable, events)?;
                     used = true;
+                }
+                WriteStatus::Blocked { errno, partial } => {
+                    if partial {
+                        events.partial_write();
+                        self.batch[0].started = true;
+                    }
+                    let (head, len) = (self.batch[0].head, self.batch[0].len);
+                    self.episode.on_failure(events, len, errno);
+                    if !self.batch[0].started
+                        && self
+                            .max_failed_sends
+                            .is_some_and(|max| self.episode.failures() >= max)
+                    {
+                        // The policy gives up: the chain goes back used, as a sent
+                        // frame's does, and the ring moves on.
+                        self.held = false;
+                        self.episode.give_up(events, len);
+                        self.vq
+                            .queue
+                            .add_used(mem, head, 0)
+                            .map_err(self.vq.err())?;
+                        used = true;
+                        // Counts toward the batch, so a policy that drops at once
+                        // cannot keep the loop from RX.
+                        done += 1;
+                    } else {
+                        // EVENT_IDX: ask for a kick on the guest's next chain, so a
+                        // kick can retry the frame (the ring's state itself is left
+                        // alone).
+                        self.vq.enable_notification(mem, events)?;
+                        break TxPass::Blocked;
+                    }
                 }
             }
         };
@@ -219,8 +317,8 @@ impl TxVirtio {
 
     /// The proxy went away: the deferred frame will never be sent.
     pub(crate) fn peer_gone(&mut self, events: &DeviceEvents) {
-        if let Some(d) = self.deferred.take() {
-            events.frame_dropped(d.len, DropReason::PeerGone);
+        if std::mem::take(&mut self.held) {
+            events.frame_dropped(self.batch[0].len, DropReason::PeerGone);
         }
     }
 }

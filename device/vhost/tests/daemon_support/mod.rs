@@ -3,11 +3,12 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,8 @@ pub struct Daemon {
     /// stdout and stderr, drained as they come so a chatty daemon never blocks on a full pipe.
     stdout: Option<thread::JoinHandle<String>>,
     stderr: Option<thread::JoinHandle<String>>,
+    /// What stderr said so far, for tests that wait for a log line.
+    stderr_so_far: Arc<Mutex<String>>,
     pub sock: PathBuf,
     pub trace: PathBuf,
     /// The proxy's listening socket: the daemon connected to it before creating `sock`.
@@ -91,11 +94,26 @@ pub fn start_at(dir: &Path, sock: &Path, extra: &[&str]) -> Daemon {
         })
     };
     let stdout = Some(drain(Box::new(child.stdout.take().unwrap())));
-    let stderr = Some(drain(Box::new(child.stderr.take().unwrap())));
+    let stderr_so_far = Arc::new(Mutex::new(String::new()));
+    let stderr = {
+        let seen = stderr_so_far.clone();
+        let mut r = BufReader::new(child.stderr.take().unwrap());
+        Some(thread::spawn(move || {
+            let mut line = Vec::new();
+            while matches!(r.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&line));
+                line.clear();
+            }
+            seen.lock().unwrap().clone()
+        }))
+    };
     let mut d = Daemon {
         child: Some(child),
         stdout,
         stderr,
+        stderr_so_far,
         sock,
         trace,
         proxy,
@@ -133,6 +151,18 @@ impl Daemon {
                 Err(e) => panic!("connecting to {}: {e}", self.sock.display()),
             }
         }
+    }
+
+    /// Waits at most `limit` for `needle` to appear on the daemon's stderr.
+    pub fn wait_for_stderr(&self, needle: &str, limit: Duration) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if self.stderr_so_far.lock().unwrap().contains(needle) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        false
     }
 
     pub fn signal(&self, sig: libc::c_int) {
