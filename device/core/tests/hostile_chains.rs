@@ -25,7 +25,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use vnet_device::device::{NetDevice, RxPass, TxPass};
 use vnet_device::metrics::{Metrics, MetricsSnapshot};
-use vnet_device::net::{DEVICE_FEATURES, FEATURE_MRG_RXBUF, MAX_FRAME, NET_HDR_LEN};
+use vnet_device::net::{DEVICE_FEATURES, FEATURE_MRG_RXBUF, NET_HDR_LEN};
 use vnet_device::notify::Notifier;
 
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;
@@ -99,12 +99,7 @@ impl Rig {
     }
 
     fn sent(&self) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; MAX_FRAME + 1];
-        while let Ok(n) = self.peer.recv(&mut buf) {
-            out.push(buf[..n].to_vec());
-        }
-        out
+        common::recv_all(&self.peer)
     }
 
     fn m(&self) -> MetricsSnapshot {

@@ -107,12 +107,7 @@ impl Rig<'_> {
     }
 
     fn recv_all(&self) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; MAX_FRAME + 1];
-        while let Ok(n) = self.peer.recv(&mut buf) {
-            out.push(buf[..n].to_vec());
-        }
-        out
+        common::recv_all(&self.peer)
     }
 }
 

@@ -74,15 +74,6 @@ fn fill_gram(sock: &UnixDatagram) -> usize {
     }
 }
 
-fn recv_frames(peer: &UnixDatagram) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; MAX_FRAME];
-    while let Ok(n) = peer.recv(&mut buf) {
-        out.push(buf[..n].to_vec());
-    }
-    out
-}
-
 #[test]
 fn gram_full_peer_defers_frame_keeps_descriptor_then_delivers_in_order() {
     let (a, peer) = common::gram_pair();
@@ -113,11 +104,11 @@ fn gram_full_peer_defers_frame_keeps_descriptor_then_delivers_in_order() {
     );
     assert_eq!(m.tx_frames, 0);
 
-    let got_junk = recv_frames(&peer);
+    let got_junk = common::recv_all(&peer);
     assert_eq!(got_junk.len(), junk);
     assert_eq!(s.dev.process_tx().unwrap(), TxPass::Idle);
     assert_eq!(
-        recv_frames(&peer),
+        common::recv_all(&peer),
         frames,
         "every frame exactly once, in order"
     );
@@ -233,7 +224,7 @@ fn event_idx_suppresses_and_then_sends_interrupts() {
         "used index passed used_event"
     );
     assert_eq!(s.metrics.snapshot().guest_irqs, 1);
-    assert_eq!(recv_frames(&peer).len(), 5);
+    assert_eq!(common::recv_all(&peer).len(), 5);
 }
 
 #[test]
@@ -256,7 +247,7 @@ fn injected_enobufs_make_episodes_with_counted_retries() {
     while s.dev.process_tx().unwrap() != TxPass::Idle {
         passes += 1;
     }
-    assert_eq!(recv_frames(&peer), frames);
+    assert_eq!(common::recv_all(&peer), frames);
     let m = s.metrics.snapshot();
     // Frames 3, 6 and 9 are hit, each failing twice before going out.
     let counts = (m.episodes, m.retries, m.resolved, m.injected_faults);

@@ -555,3 +555,14 @@ pub fn gram_device(
     );
     (dev, peer, metrics)
 }
+
+/// Every datagram waiting at `peer` (non-blocking), in order. The buffer is one byte larger
+/// than the largest frame, so an oversized datagram shows as such instead of being cut.
+pub fn recv_all(peer: &std::os::unix::net::UnixDatagram) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; vnet_device::net::MAX_FRAME + 1];
+    while let Ok(n) = peer.recv(&mut buf) {
+        out.push(buf[..n].to_vec());
+    }
+    out
+}

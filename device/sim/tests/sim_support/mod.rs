@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct Outcome {
@@ -42,21 +42,7 @@ pub fn sim(args: &[&str], bound: Duration) -> Outcome {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn vnet-sim");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait vnet-sim") {
-            break s;
-        }
-        if start.elapsed() > bound {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "vnet-sim {args:?} still running after {bound:?}; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_bounded(&mut child, args, bound);
     let out = child.wait_with_output().expect("collect vnet-sim output");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -69,6 +55,27 @@ pub fn sim(args: &[&str], bound: Duration) -> Outcome {
         code: status.code().unwrap_or(-1),
         json,
         stderr,
+    }
+}
+
+/// Waits for the vnet-sim run with `args` to exit; kills it and fails the test, with its
+/// stderr, if it outlives `bound`.
+fn wait_bounded(child: &mut Child, args: &[&str], bound: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().expect("wait vnet-sim") {
+            return s;
+        }
+        if start.elapsed() > bound {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+            }
+            panic!("vnet-sim {args:?} still running after {bound:?}; stderr:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -114,18 +121,7 @@ pub fn sim_raw(args: &[&str], bound: Duration) -> (i32, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn vnet-sim");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait vnet-sim") {
-            break s;
-        }
-        if start.elapsed() > bound {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("vnet-sim {args:?} still running after {bound:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_bounded(&mut child, args, bound);
     let out = child.wait_with_output().expect("collect vnet-sim output");
     (
         status.code().unwrap_or(-1),
