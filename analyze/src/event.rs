@@ -1,65 +1,8 @@
 //! The one event type both inputs (trace CSV rows and reference VMM log lines) turn into.
 
-use serde::Serialize;
-use vnet_trace_schema::Probe;
-
-/// What happened: one of the probes of `dtrace/vnet.d` (see the `vnet-trace-schema` crate),
-/// also what a reference VMM log line is turned into.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    EnobufsBegin,
-    EnobufsRetry,
-    EnobufsResolved,
-    KeventWrite,
-    KeventRead,
-    TimerFired,
-    TxFrame,
-    RxFrame,
-    GuestKick,
-    GuestIrq,
-    FrameDrop,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 11] = [
-        Kind::EnobufsBegin,
-        Kind::EnobufsRetry,
-        Kind::EnobufsResolved,
-        Kind::KeventWrite,
-        Kind::KeventRead,
-        Kind::TimerFired,
-        Kind::TxFrame,
-        Kind::RxFrame,
-        Kind::GuestKick,
-        Kind::GuestIrq,
-        Kind::FrameDrop,
-    ];
-
-    /// The schema's probe (same order as [`Kind::ALL`]; a test checks it).
-    pub fn probe(self) -> Probe {
-        Probe::ALL[self as usize]
-    }
-
-    /// The probe name as written in the trace CSV.
-    pub fn probe_name(self) -> &'static str {
-        self.probe().name()
-    }
-
-    /// Probe name to kind (once per trace row).
-    #[inline]
-    pub fn from_probe_name(name: &[u8]) -> Option<Kind> {
-        Probe::from_name(name).map(|p| Kind::ALL[p as usize])
-    }
-
-    /// Wake-ups are what can trigger a retry of a deferred frame.
-    pub fn is_wakeup(self) -> bool {
-        matches!(
-            self,
-            Kind::KeventWrite | Kind::KeventRead | Kind::TimerFired | Kind::GuestKick
-        )
-    }
-}
+/// What happened: one of the probes of `dtrace/vnet.d`, also what a reference VMM log line
+/// is turned into. The schema's own type, so analyze and the device cannot disagree.
+pub use vnet_trace_schema::Probe as Kind;
 
 /// One probe firing or one recognised log line.
 ///
@@ -122,19 +65,5 @@ pub fn errno_from_name(name: &str) -> Option<i64> {
         "ENOBUFS" => Some(55),
         "EAGAIN" | "EWOULDBLOCK" => Some(35),
         _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kinds_are_the_schema_probes_in_order() {
-        assert_eq!(Kind::ALL.len(), Probe::ALL.len());
-        for (k, p) in Kind::ALL.iter().zip(Probe::ALL) {
-            assert_eq!(k.probe(), p);
-            assert_eq!(Kind::from_probe_name(p.name().as_bytes()), Some(*k));
-        }
     }
 }

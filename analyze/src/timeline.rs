@@ -645,7 +645,7 @@ fn describe(ev: &Event, ep: &Episode, info: &SourceInfo) -> TimelineEvent {
         ts_ns: ev.ts_ns,
         wall: info.wall_ns(ev.ts_ns).map(crate::log::format_rfc3339_us),
         offset_ns: ev.ts_ns - ep.start_ns,
-        probe: ev.kind.probe_name(),
+        probe: ev.kind.name(),
         line: ev.line,
         text,
     }

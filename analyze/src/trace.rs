@@ -128,7 +128,7 @@ pub fn parse_row_into(
     };
     let ts_ns = opt(0).ok_or_else(|| missing("ts_ns", file, line_no, "empty"))?;
     let name = &line[probe.0..probe.1];
-    let kind = Kind::from_probe_name(name).ok_or_else(|| Error::Field {
+    let kind = Kind::from_name(name).ok_or_else(|| Error::Field {
         file: file.to_string(),
         line: line_no,
         field: "probe",
@@ -175,7 +175,7 @@ pub fn parse_row_into(
                 name,
                 file,
                 line_no,
-                &format!("empty, but {} rows must fill it", kind.probe_name()),
+                &format!("empty, but {} rows must fill it", kind.name()),
             ));
         }
     }
@@ -191,7 +191,7 @@ pub fn parse_row_into(
             "retries",
             file,
             line_no,
-            &format!("{r}, but {} rows count at least {least}", kind.probe_name()),
+            &format!("{r}, but {} rows count at least {least}", kind.name()),
         ));
     }
     Ok(())
@@ -315,7 +315,7 @@ pub fn write_row(out: &mut impl std::io::Write, ev: &Event) -> std::io::Result<(
         "{},{},{},{},{},{},{},{},{},{}",
         ev.ts_ns,
         opt(ev.tid),
-        ev.kind.probe_name(),
+        ev.kind.name(),
         opt(ev.fd),
         opt(ev.queue),
         opt(ev.len),
@@ -372,13 +372,13 @@ mod tests {
         for kind in Kind::ALL {
             for name in required_columns(kind) {
                 let col = Column::ALL.into_iter().find(|c| c.name() == *name).unwrap();
-                assert!(kind.probe().fills(col), "{} {name}", kind.probe_name());
+                assert!(kind.fills(col), "{} {name}", kind.name());
                 // A row with every argument column filled except this one is refused.
                 let fields: Vec<String> = Column::ALL[3..]
                     .iter()
                     .map(|c| if c == &col { String::new() } else { "1".into() })
                     .collect();
-                let line = format!("5,1,{},{}", kind.probe_name(), fields.join(","));
+                let line = format!("5,1,{},{}", kind.name(), fields.join(","));
                 let e = parse_row("f", 0, 2, line.as_bytes())
                     .unwrap_err()
                     .to_string();

@@ -60,8 +60,9 @@ pub const COLUMN_NAMES: [&str; 10] = [
     "ts_ns", "tid", "probe", "fd", "queue", "len", "data", "retries", "wait_ns", "errno",
 ];
 
-/// The probes of `vnet.d`, in its order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The probes of `vnet.d`, in its order. Serialised as its name (`enobufs_begin`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Probe {
     EnobufsBegin,
     EnobufsRetry,
@@ -90,6 +91,14 @@ impl Probe {
         Probe::GuestIrq,
         Probe::FrameDrop,
     ];
+
+    /// Wake-ups are what can trigger a retry of a deferred frame.
+    pub fn is_wakeup(self) -> bool {
+        matches!(
+            self,
+            Probe::KeventWrite | Probe::KeventRead | Probe::TimerFired | Probe::GuestKick
+        )
+    }
 
     /// The name in `vnet.d` and in the CSV's `probe` column.
     pub fn name(self) -> &'static str {
@@ -258,6 +267,14 @@ pub fn write_row(out: &mut impl Write, r: &Row) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_serialises_as_its_name() {
+        for p in Probe::ALL {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.name());
+            assert_eq!(Probe::from_name(p.name().as_bytes()), Some(p));
+        }
+    }
 
     #[test]
     fn header_is_the_column_names() {
