@@ -21,4 +21,5 @@ pub mod recorder;
 pub mod retry_policy;
 pub mod retry_timer;
 pub mod sockopt;
+pub mod usage;
 pub mod worker;

@@ -172,17 +172,7 @@ fn main() -> ExitCode {
         Err(e) if !e.use_stderr() => e.exit(),
         // One line naming the flag, as for the checks in `config` (clap adds usage lines).
         Err(e) => {
-            // Up to the first blank line: the message and any lines it lists (missing flags).
-            let text = e.to_string();
-            let first = text
-                .split("\n\n")
-                .next()
-                .unwrap_or("bad usage")
-                .lines()
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join(" ");
-            eprintln!("vnet-sim: {}", first.trim_start_matches("error: "));
+            eprintln!("vnet-sim: {}", vnet_device::usage::one_line(&e.to_string()));
             return ExitCode::from(2);
         }
     };

@@ -71,19 +71,7 @@ pub fn main() -> ExitCode {
         // --help and --version.
         Err(e) if !e.use_stderr() => e.exit(),
         // clap's first line names the flag; the usage lines after it add nothing.
-        Err(e) => {
-            // Up to the first blank line: the message and any lines it lists (missing flags).
-            let text = e.to_string();
-            let first = text
-                .split("\n\n")
-                .next()
-                .unwrap_or("bad usage")
-                .lines()
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join(" ");
-            return usage(first.trim_start_matches("error: "));
-        }
+        Err(e) => return usage(vnet_device::usage::one_line(&e.to_string())),
     };
     let filter = match tracing_subscriber::EnvFilter::try_new(&args.log_level) {
         Ok(f) => f,
