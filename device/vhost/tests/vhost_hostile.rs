@@ -429,7 +429,19 @@ fn wait_used(mem: &GuestMemoryMmap, q: &MockSplitQueue<'_, GuestMemoryMmap>, n: 
 }
 
 /// Asserts the summary counted exactly `n` rejected chains, all as guest driver errors.
-fn counted_guest_errors(end: &daemon_support::Finished, rejected: u64, driver_errors: u64) {
+/// The daemon ended cleanly, its worker alive to the end, having counted exactly these
+/// rejected chains and guest driver errors.
+fn ended_with_counted_guest_errors(
+    end: &daemon_support::Finished,
+    rejected: u64,
+    driver_errors: u64,
+) {
+    assert!(end.status.success(), "{}", end.stderr);
+    assert!(
+        !end.stderr.contains("device worker failed"),
+        "{}",
+        end.stderr
+    );
     assert_eq!(
         (
             end.summary["rejected_chains"].as_u64(),
@@ -458,15 +470,9 @@ fn a_tx_head_past_the_ring_is_counted_and_the_next_frame_goes_out() {
     assert_eq!(wait_used(&s.mem, &txq, 2).0, 2);
     drop(s.fe);
     let end = s.d.finish();
-    assert!(end.status.success(), "{}", end.stderr);
     assert_eq!(end.summary["end"], "disconnected");
     assert_eq!(end.summary["tx_frames"], 2);
-    counted_guest_errors(&end, 2, 2);
-    assert!(
-        !end.stderr.contains("device worker failed"),
-        "{}",
-        end.stderr
-    );
+    ended_with_counted_guest_errors(&end, 2, 2);
 }
 
 #[test]
@@ -506,14 +512,8 @@ fn an_rx_head_past_the_ring_is_counted_and_the_next_buffer_gets_the_frame() {
     }
     drop(s.fe);
     let end = s.d.finish();
-    assert!(end.status.success(), "{}", end.stderr);
     assert_eq!(end.summary["rx_frames"], 2);
-    counted_guest_errors(&end, 2, 2);
-    assert!(
-        !end.stderr.contains("device worker failed"),
-        "{}",
-        end.stderr
-    );
+    ended_with_counted_guest_errors(&end, 2, 2);
 }
 
 #[test]
@@ -538,11 +538,10 @@ fn sigterm_stops_a_daemon_whose_tx_avail_index_went_backwards() {
     // Before the fix the worker looped between "more work" and "no chain" and never saw
     // the stop flag: this wait is what fails then.
     let end = s.d.finish_within(Duration::from_secs(5));
-    assert!(end.status.success(), "{}", end.stderr);
     assert_eq!(end.summary["end"], "stopped");
     assert_eq!(end.summary["tx_frames"], 2);
     // Not a chain: nothing to return, so not a rejected one.
-    counted_guest_errors(&end, 0, 1);
+    ended_with_counted_guest_errors(&end, 0, 1);
     assert!(
         end.stderr.contains("avail index 0 is 65534 entries past"),
         "{}",
@@ -578,10 +577,9 @@ fn a_tx_buffer_past_the_end_of_a_shrunk_memfd_is_rejected_and_the_next_frame_goe
     assert_eq!(wait_used(&s.mem, &txq, 2), (1, 0));
     drop(s.fe);
     let end = s.d.finish();
-    assert!(end.status.success(), "{}", end.stderr);
     assert_eq!(end.summary["end"], "disconnected");
     assert_eq!(end.summary["tx_frames"], 2);
-    counted_guest_errors(&end, 1, 1);
+    ended_with_counted_guest_errors(&end, 1, 1);
     // A one-descriptor frame is sent in place: the kernel's copy meets the hole and says
     // EFAULT; the daemon never touches those bytes itself, so no SIGBUS is taken.
     assert!(
