@@ -12,8 +12,8 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
-use crate::frame::TxFrame;
 pub use crate::frame::MAX_FRAME;
+use crate::frame::{TxFrame, TxList};
 
 /// The features the device offers: VERSION_1, MAC, EVENT_IDX and MRG_RXBUF. No
 /// offloads, and no INDIRECT_DESC (so an indirect descriptor from the guest is an error).
@@ -263,6 +263,44 @@ impl TxChain {
         Ok(Some(f))
     }
 
+    /// [`TxChain::gather`] into the batch's reused storage: appends the frame to `list`
+    /// and returns true, or false when it has more pieces than one send takes (then
+    /// nothing is appended). Nothing is allocated or zeroed per frame.
+    pub fn gather_into<M: GuestMemory>(
+        &self,
+        mem: &M,
+        list: &mut TxList,
+    ) -> Result<bool, ChainError> {
+        for &(addr, len) in &self.segs {
+            let oob = || ChainError::OutOfBounds {
+                addr: addr.0,
+                len: len as u32,
+            };
+            let slices = match mem.get_slices(addr, len, Permissions::Read) {
+                Ok(s) => s,
+                Err(_) => {
+                    list.cancel_frame();
+                    return Err(oob());
+                }
+            };
+            for slice in slices {
+                let pushed = match slice {
+                    Ok(slice) => list.push_volatile(&slice),
+                    Err(_) => {
+                        list.cancel_frame();
+                        return Err(oob());
+                    }
+                };
+                if pushed.is_err() {
+                    list.cancel_frame();
+                    return Ok(false);
+                }
+            }
+        }
+        list.end_frame();
+        Ok(true)
+    }
+
     /// Copies the frame into `out` (for chains [`TxChain::gather`] cannot send as they are).
     pub fn copy_to<M: GuestMemory>(&self, mem: &M, out: &mut Vec<u8>) -> Result<(), ChainError> {
         out.clear();
@@ -303,31 +341,46 @@ pub fn parse_rx_chain<M: GuestMemory>(
         capacity: 0,
         descs: 0,
     };
-    for d in descs {
-        let d = d?;
-        if !d.is_write_only() {
-            return Err(ChainError::ReadOnlyInRx { addr: d.addr().0 });
-        }
-        if d.len() > 0 && !mem.check_range(d.addr(), d.len() as usize, Permissions::Write) {
-            return Err(ChainError::OutOfBounds {
-                addr: d.addr().0,
-                len: d.len(),
-            });
-        }
-        b.capacity = b.capacity.saturating_add(d.len() as usize);
-        b.descs += 1;
-        b.segs.push((d.addr(), d.len() as usize));
-    }
-    if b.descs == 0 {
-        return Err(ChainError::Empty);
-    }
-    if b.capacity < NET_HDR_LEN {
-        return Err(ChainError::TooShort { len: b.capacity });
-    }
+    b.parse(mem, head, descs)?;
     Ok(b)
 }
 
 impl RxBuffer {
+    /// [`parse_rx_chain`] into this value, reusing its storage.
+    fn parse<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        head: u16,
+        descs: impl Iterator<Item = Result<Descriptor, ChainError>>,
+    ) -> Result<(), ChainError> {
+        self.head = head;
+        self.segs.clear();
+        self.capacity = 0;
+        self.descs = 0;
+        for d in descs {
+            let d = d?;
+            if !d.is_write_only() {
+                return Err(ChainError::ReadOnlyInRx { addr: d.addr().0 });
+            }
+            if d.len() > 0 && !mem.check_range(d.addr(), d.len() as usize, Permissions::Write) {
+                return Err(ChainError::OutOfBounds {
+                    addr: d.addr().0,
+                    len: d.len(),
+                });
+            }
+            self.capacity = self.capacity.saturating_add(d.len() as usize);
+            self.descs += 1;
+            self.segs.push((d.addr(), d.len() as usize));
+        }
+        if self.descs == 0 {
+            return Err(ChainError::Empty);
+        }
+        if self.capacity < NET_HDR_LEN {
+            return Err(ChainError::TooShort { len: self.capacity });
+        }
+        Ok(())
+    }
+
     /// Writes `parts` back to back from the start of the buffer; returns bytes written.
     fn fill<M: GuestMemory>(&self, mem: &M, parts: &mut [&[u8]]) -> Result<usize, ChainError> {
         let mut written = 0;
@@ -377,6 +430,11 @@ pub struct Rejected {
 #[derive(Debug, Default)]
 pub struct RxBuffers {
     reserved: VecDeque<RxBuffer>,
+    /// Buffers already used, kept so the next chains reuse their storage: no allocation
+    /// per frame.
+    free: Vec<RxBuffer>,
+    /// Bytes written into each buffer of the frame being delivered (reused).
+    lens: Vec<usize>,
 }
 
 impl RxBuffers {
@@ -401,12 +459,19 @@ impl RxBuffers {
                 return Ok(false);
             };
             let head = chain.head_index();
-            match parse_rx_chain(mem, head, ChainWalk::new(mem, queue, head)) {
-                Ok(b) => {
+            let mut b = self.free.pop().unwrap_or_else(|| RxBuffer {
+                head,
+                segs: Vec::new(),
+                capacity: 0,
+                descs: 0,
+            });
+            match b.parse(mem, head, ChainWalk::new(mem, queue, head)) {
+                Ok(()) => {
                     self.reserved.push_back(b);
                     return Ok(true);
                 }
                 Err(error) => {
+                    self.free.push(b);
                     if error.returnable() {
                         queue.add_used(mem, head, 0)?;
                     }
@@ -435,8 +500,7 @@ impl RxBuffers {
                 // The buffer stays reserved for the next (smaller) frame.
                 return Ok(RxOutcome::NoRoom);
             }
-            let b = self.reserved.pop_front().expect("reserved above");
-            return self.write(queue, mem, frame, vec![b], rejected);
+            return self.write(queue, mem, frame, 1, rejected);
         }
         while self.reserved_capacity() < needed {
             if !self.reserve_one(queue, mem, rejected)? {
@@ -448,47 +512,55 @@ impl RxBuffers {
                 return Ok(RxOutcome::NoBuffers);
             }
         }
-        let mut take = Vec::new();
+        let mut take = 0;
         let mut cap = 0;
         while cap < needed {
-            let b = self.reserved.pop_front().expect("capacity checked");
-            cap += b.capacity;
-            take.push(b);
+            cap += self.reserved[take].capacity;
+            take += 1;
         }
         self.write(queue, mem, frame, take, rejected)
     }
 
+    /// Writes the header and `frame` into the first `take` reserved buffers and uses
+    /// them; they then go to the free list.
     fn write<M: GuestMemory>(
         &mut self,
         queue: &mut Queue,
         mem: &M,
         frame: &[u8],
-        bufs: Vec<RxBuffer>,
+        take: usize,
         rejected: &mut Vec<Rejected>,
     ) -> Result<RxOutcome, virtio_queue::Error> {
-        let n = bufs.len() as u16;
+        let n = take as u16;
         let hdr = rx_header(n);
         let mut parts: [&[u8]; 2] = [&hdr, frame];
-        let mut lens = Vec::with_capacity(bufs.len());
-        for b in &bufs {
+        self.lens.clear();
+        let mut failed = None;
+        for b in self.reserved.range(..take) {
             match b.fill(mem, &mut parts) {
-                Ok(w) => lens.push(w),
+                Ok(w) => self.lens.push(w),
                 Err(error) => {
-                    // Memory went away under a checked chain (hot-unplug): hand every
-                    // buffer back empty rather than publish a partial frame.
-                    for b in &bufs {
-                        queue.add_used(mem, b.head, 0)?;
-                    }
-                    rejected.push(Rejected {
+                    failed = Some(Rejected {
                         head: b.head,
                         error,
                     });
-                    return Ok(RxOutcome::NoRoom);
+                    break;
                 }
             }
         }
-        for (b, len) in bufs.iter().zip(lens) {
+        if let Some(r) = failed {
+            // Memory went away under a checked chain (hot-unplug): hand every
+            // buffer back empty rather than publish a partial frame.
+            for b in self.reserved.drain(..take) {
+                queue.add_used(mem, b.head, 0)?;
+                self.free.push(b);
+            }
+            rejected.push(r);
+            return Ok(RxOutcome::NoRoom);
+        }
+        for (b, &len) in self.reserved.drain(..take).zip(&self.lens) {
             queue.add_used(mem, b.head, len as u32)?;
+            self.free.push(b);
         }
         Ok(RxOutcome::Delivered { buffers: n })
     }

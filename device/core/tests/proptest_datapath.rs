@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use common::{frame, tx_segs, DriverQueue, RxAssembler, Seg};
 use proptest::prelude::*;
 use vnet_device::backend::{
-    Backend, BackendError, BackendOptions, BatchWrite, FaultConfig, ReadStatus, SyscallCounts,
-    TxFrame, UnixGram, UnixStreamBackend, WriteStatus,
+    Backend, BackendError, BackendOptions, BatchWrite, FaultConfig, FrameRef, Frames, ReadStatus,
+    SyscallCounts, TxList, UnixGram, UnixStreamBackend, WriteStatus,
 };
 use vnet_device::device::{NetDevice, TxPass};
 use vnet_device::frame::MAX_IOV;
@@ -236,11 +236,13 @@ impl Backend for Stopper {
     fn batch_limit(&self) -> usize {
         vnet_device::backend::MAX_BATCH_FRAMES
     }
-    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
-        let out = self.write_frames(std::slice::from_ref(frame))?;
+    fn write_frame(&mut self, frame: FrameRef<'_>) -> Result<WriteStatus, BackendError> {
+        let mut one = TxList::new();
+        one.push_frame(frame);
+        let out = self.write_frames(one.frames())?;
         Ok(out.stopped.unwrap_or(WriteStatus::Sent))
     }
-    fn write_frames(&mut self, frames: &[TxFrame<'_>]) -> Result<BatchWrite, BackendError> {
+    fn write_frames(&mut self, frames: Frames<'_>) -> Result<BatchWrite, BackendError> {
         let stop = self.script.get(self.calls).copied().flatten();
         self.calls += 1;
         let mut log = self.log.lock().unwrap();
@@ -252,7 +254,7 @@ impl Backend for Stopper {
             stopped: None,
         };
         while out.sent < upto && out.stopped.is_none() {
-            let more = self.inner.write_frames(&frames[out.sent..upto])?;
+            let more = self.inner.write_frames(frames.range(out.sent..upto))?;
             out.sent += more.sent;
             out.stopped = more.stopped;
             if more.sent == 0 && more.stopped.is_none() {

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use crate::frame::TxFrame;
+pub use crate::frame::{FrameRef, Frames, TxFrame, TxList};
 pub use faulty::{FaultConfig, Faulty};
 pub use unixgram::UnixGram;
 pub use unixstream::UnixStreamBackend;
@@ -181,10 +181,10 @@ pub trait Backend: Send {
     fn kind(&self) -> &'static str;
     /// Writes one frame (without any virtio header), gathered from wherever its pieces
     /// are. After `Blocked { partial: true }` the same frame must be passed again.
-    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError>;
+    fn write_frame(&mut self, frame: FrameRef<'_>) -> Result<WriteStatus, BackendError>;
     /// [`Backend::write_frame`] for a frame in one buffer.
     fn write_bytes(&mut self, frame: &[u8]) -> Result<WriteStatus, BackendError> {
-        self.write_frame(&TxFrame::from_slice(frame))
+        self.write_frame(TxFrame::from_slice(frame).as_frame())
     }
     /// Most frames one [`Backend::write_frames`] call can send: the device offers no more
     /// (the default, 1, for backends that send one frame per call).
@@ -196,23 +196,8 @@ pub trait Backend: Send {
     /// [`BatchWrite::stopped`] and must be offered again first, exactly as after
     /// [`Backend::write_frame`]. An error means no frame of this call went out. The
     /// default sends one frame per call (macOS; streams).
-    fn write_frames(&mut self, frames: &[TxFrame<'_>]) -> Result<BatchWrite, BackendError> {
-        let Some(first) = frames.first() else {
-            return Ok(BatchWrite {
-                sent: 0,
-                stopped: None,
-            });
-        };
-        Ok(match self.write_frame(first)? {
-            WriteStatus::Sent => BatchWrite {
-                sent: 1,
-                stopped: None,
-            },
-            other => BatchWrite {
-                sent: 0,
-                stopped: Some(other),
-            },
-        })
+    fn write_frames(&mut self, frames: Frames<'_>) -> Result<BatchWrite, BackendError> {
+        write_first(self, frames)
     }
     /// Reads one frame into `buf` (which must hold [`crate::frame::MAX_FRAME`] bytes).
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError>;
@@ -249,7 +234,7 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
         (**self).kind()
     }
 
-    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
+    fn write_frame(&mut self, frame: FrameRef<'_>) -> Result<WriteStatus, BackendError> {
         (**self).write_frame(frame)
     }
 
@@ -257,7 +242,7 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
         (**self).batch_limit()
     }
 
-    fn write_frames(&mut self, frames: &[TxFrame<'_>]) -> Result<BatchWrite, BackendError> {
+    fn write_frames(&mut self, frames: Frames<'_>) -> Result<BatchWrite, BackendError> {
         (**self).write_frames(frames)
     }
 
@@ -276,6 +261,30 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
     fn syscalls(&self) -> SyscallCounts {
         (**self).syscalls()
     }
+}
+
+/// [`Backend::write_frames`] for a backend that sends one frame per call: the first of
+/// `frames` through [`Backend::write_frame`].
+pub fn write_first<B: Backend + ?Sized>(
+    backend: &mut B,
+    frames: Frames<'_>,
+) -> Result<BatchWrite, BackendError> {
+    let Some(first) = frames.first() else {
+        return Ok(BatchWrite {
+            sent: 0,
+            stopped: None,
+        });
+    };
+    Ok(match backend.write_frame(first)? {
+        WriteStatus::Sent => BatchWrite {
+            sent: 1,
+            stopped: None,
+        },
+        other => BatchWrite {
+            sent: 0,
+            stopped: Some(other),
+        },
+    })
 }
 
 /// Connects to the proxy named by `spec`.

@@ -12,13 +12,13 @@ use std::path::Path;
 
 use super::{
     is_peer_gone, no_sigpipe, size_buf, socket_failure, Backend, BackendError, BackendOptions,
-    ReadStatus, SyscallCounts, TxFrame, WriteStatus, SEND_FLAGS,
+    FrameRef, ReadStatus, SyscallCounts, WriteStatus, SEND_FLAGS,
 };
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
 
 use crate::bufsize::{stream_plan, Os};
-use crate::frame::{EMPTY_IOV, MAX_FRAME, MAX_IOV};
+use crate::frame::{IovBuf, MAX_FRAME};
 use crate::sockopt::SockBuf;
 
 const PREFIX: usize = 4;
@@ -35,6 +35,8 @@ pub struct UnixStreamBackend {
     /// The frame's memory faulted (EFAULT) after part of it went out: the rest is sent as
     /// zeros, so the proxy still finds the next length prefix where it expects it.
     zero_fill: bool,
+    /// The iovecs of one send, reused from call to call.
+    wiov: IovBuf,
     rbuf: Box<[u8]>,
     rstart: usize,
     rend: usize,
@@ -77,6 +79,7 @@ impl UnixStreamBackend {
             woff: 0,
             wlen: 0,
             zero_fill: false,
+            wiov: IovBuf::default(),
             // Room for two maximal frames so a read can pull in more than one at a time.
             rbuf: vec![0u8; 2 * (PREFIX + MAX_FRAME)].into_boxed_slice(),
             rstart: 0,
@@ -92,28 +95,32 @@ impl UnixStreamBackend {
     }
 }
 
-/// `prefix` (what is left of the length prefix), then `zeros` bytes of padding, as iovecs
-/// for one send; returns how many were filled.
-fn zero_fill_iovecs(prefix: &[u8], zeros: usize, out: &mut [libc::iovec; MAX_IOV + 1]) -> usize {
-    let mut k = 0;
-    if !prefix.is_empty() {
-        out[k] = libc::iovec {
-            iov_base: prefix.as_ptr() as *mut libc::c_void,
-            iov_len: prefix.len(),
-        };
-        k += 1;
-    }
+/// Most iovecs of zero padding one send carries.
+const ZERO_IOVS: usize = 32;
+
+/// Appends `zeros` bytes of padding (at most [`ZERO_IOVS`] pieces of it) to `out`.
+fn zero_fill_iovecs(zeros: usize, out: &mut Vec<libc::iovec>) {
     let mut left = zeros;
-    while left > 0 && k < out.len() {
+    let mut k = 0;
+    while left > 0 && k < ZERO_IOVS {
         let n = left.min(ZEROS.len());
-        out[k] = libc::iovec {
+        out.push(libc::iovec {
             iov_base: ZEROS.as_ptr() as *mut libc::c_void,
             iov_len: n,
-        };
+        });
         left -= n;
         k += 1;
     }
-    k
+}
+
+/// Appends what is left of the length prefix `prefix` to `out`.
+fn push_bytes(bytes: &[u8], out: &mut Vec<libc::iovec>) {
+    if !bytes.is_empty() {
+        out.push(libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        });
+    }
 }
 
 impl Backend for UnixStreamBackend {
@@ -129,7 +136,7 @@ impl Backend for UnixStreamBackend {
         self.calls
     }
 
-    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
+    fn write_frame(&mut self, frame: FrameRef<'_>) -> Result<WriteStatus, BackendError> {
         let fd = self.raw_fd();
         if self.woff == 0 {
             self.wlen = frame.len();
@@ -145,22 +152,23 @@ impl Backend for UnixStreamBackend {
         }
         let prefix = (frame.len() as u32).to_be_bytes();
         let total = PREFIX + frame.len();
-        let mut iov = [EMPTY_IOV; MAX_IOV + 1];
         while self.woff < total {
             let (p, f) = if self.woff < PREFIX {
                 (&prefix[self.woff..], 0)
             } else {
                 (&prefix[..0], self.woff - PREFIX)
             };
-            let k = if self.zero_fill {
-                zero_fill_iovecs(p, total - self.woff.max(PREFIX), &mut iov)
+            self.wiov.clear();
+            push_bytes(p, &mut self.wiov);
+            if self.zero_fill {
+                zero_fill_iovecs(total - self.woff.max(PREFIX), &mut self.wiov);
             } else {
-                frame.iovecs_after(p, f, &mut iov)
-            };
-            // SAFETY: a zeroed msghdr is valid; iov points at live buffers.
+                frame.iovecs_from(f, &mut self.wiov);
+            }
+            // SAFETY: a zeroed msghdr is valid; wiov points at live buffers.
             let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = iov.as_mut_ptr();
-            msg.msg_iovlen = k as _;
+            msg.msg_iov = self.wiov.as_mut_ptr();
+            msg.msg_iovlen = self.wiov.len() as _;
             self.calls.sends += 1;
             // SAFETY: msg is fully initialised above.
             let n = unsafe { libc::sendmsg(fd, &msg, SEND_FLAGS) };
@@ -270,6 +278,7 @@ impl Backend for UnixStreamBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::TxFrame;
     use std::io::{Read, Write};
 
     fn pair() -> (UnixStreamBackend, UnixStream) {
@@ -400,7 +409,7 @@ mod tests {
         frame.push_volatile(&ok).unwrap();
         frame.push_volatile(&fault).unwrap();
         let status = loop {
-            match be.write_frame(&frame).unwrap() {
+            match be.write_frame(frame.as_frame()).unwrap() {
                 WriteStatus::Blocked { .. } => {
                     std::thread::sleep(std::time::Duration::from_millis(1))
                 }

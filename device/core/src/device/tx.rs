@@ -17,7 +17,7 @@ use super::{DeviceError, TxPass, BATCH};
 use crate::backend::{Backend, WriteStatus, MAX_BATCH_BYTES, MAX_BATCH_FRAMES};
 use crate::episode::Episode;
 use crate::events::DeviceEvents;
-use crate::frame::TxFrame;
+use crate::frame::TxList;
 use crate::net::{ChainError, ChainWalk, Rejected, TxChain};
 use crate::probes::DropReason;
 
@@ -41,6 +41,8 @@ pub(crate) struct TxVirtio {
     /// `batch[0]` is a frame popped earlier and not sent yet: the deferred frame.
     held: bool,
     copy: Vec<u8>,
+    /// The batch's frames as the backend sends them (storage reused across batches).
+    list: TxList,
     episode: Episode,
     /// Failed sends after which the deferred frame is dropped (`RetryPolicy::Bounded`).
     max_failed_sends: Option<u32>,
@@ -53,6 +55,7 @@ impl TxVirtio {
             batch: Vec::new(),
             held: false,
             copy: Vec::new(),
+            list: TxList::new(),
             episode: Episode::default(),
             max_failed_sends: None,
         }
@@ -159,14 +162,14 @@ impl TxVirtio {
             // The frames as the backend sends them, straight from guest memory. A frame
             // that cannot be gathered ends the batch before it (it comes first in the
             // next); only a first frame is copied (and then goes alone) or rejected.
-            let mut frames: Vec<TxFrame<'_>> = Vec::with_capacity(n);
+            self.list.clear();
             let mut first_error = None;
             let mut copy_first = self.batch[0].copied;
             if !copy_first {
                 for (i, p) in self.batch[..n].iter().enumerate() {
-                    match p.chain.gather(mem) {
-                        Ok(Some(frame)) => frames.push(frame),
-                        Ok(None) if i == 0 => {
+                    match p.chain.gather_into(mem, &mut self.list) {
+                        Ok(true) => {}
+                        Ok(false) if i == 0 => {
                             copy_first = true;
                             break;
                         }
@@ -198,11 +201,11 @@ impl TxVirtio {
                 continue;
             }
             if copy_first {
-                frames.push(TxFrame::from_slice(&self.copy));
+                self.list.push_slice(&self.copy);
             }
-            let tried = frames.len();
-            let out = backend.write_frames(&frames);
-            drop(frames);
+            // The list points into `mem`, borrowed for this whole pass.
+            let tried = self.list.len();
+            let out = backend.write_frames(self.list.frames());
             self.unpop(n - tried);
             let out = match out {
                 Ok(out) => out,
