@@ -7,6 +7,7 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::RawFd;
 use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::{frame, tx_segs, DriverQueue, RxAssembler, Seg};
@@ -373,6 +374,99 @@ fn batch_stopping_at_every_position_defers_exactly_that_frame() {
     }
 }
 
+/// A stream backend whose socket a test can make take at most N more bytes (then refuse
+/// once with EAGAIN), and its peer.
+fn limited_stream() -> (Box<dyn Backend>, Peer, Arc<AtomicUsize>) {
+    let (a, b) = UnixStream::pair().unwrap();
+    b.set_nonblocking(true).unwrap();
+    let mut be = UnixStreamBackend::from_socket(a, &BackendOptions::default()).unwrap();
+    let limit = be.send_limit();
+    let peer = Peer::Stream {
+        sock: b,
+        wire: Vec::new(),
+        rbuf: Vec::new(),
+        out: Vec::new(),
+    };
+    (Box::new(be), peer, limit)
+}
+
+/// Every complete frame the peer can read now.
+fn drain_peer(peer: &mut Peer) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let got = peer.read(64);
+        if got.is_empty() {
+            return out;
+        }
+        out.extend(got);
+    }
+}
+
+/// The stream's batches (several length-prefixed frames per send), stopped by the socket
+/// at every byte of the wire: the frames wholly written are used, the frame the stop falls
+/// in is the deferred frame (partly written when the stop is inside it) with an episode of
+/// one failed send, the frames after it stay in the ring; the retry resumes exactly there
+/// and sends the rest, each frame once and in order.
+#[test]
+fn stream_batch_stopping_at_every_byte_defers_exactly_that_frame() {
+    let lens = [60usize, 100, 7, 300, 20];
+    let frames: Vec<Vec<u8>> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| frame(i as u32, l))
+        .collect();
+    let ends: Vec<usize> = lens
+        .iter()
+        .scan(0, |pos, l| {
+            *pos += 4 + l;
+            Some(*pos)
+        })
+        .collect();
+    let total = *ends.last().unwrap();
+    for cut in 0..total {
+        let mem = common::memory();
+        let (rx, mut tx) = (DriverQueue::new(0, 16), DriverQueue::new(1, 64));
+        let (be, mut peer, limit) = limited_stream();
+        let (mut dev, metrics) =
+            device(&mem, &rx, &tx, be, DEVICE_FEATURES, FaultConfig::default());
+        for f in &frames {
+            tx.add(&mem, &tx_segs(f, &[NET_HDR_LEN, 40, 3])).unwrap();
+        }
+        limit.store(cut, Ordering::Relaxed);
+        let whole = ends.iter().filter(|&&e| e <= cut).count();
+        let start = if whole == 0 { 0 } else { ends[whole - 1] };
+        assert_eq!(dev.process_tx().unwrap(), TxPass::Blocked, "cut {cut}");
+        assert_eq!(drain_peer(&mut peer), frames[..whole], "cut {cut}");
+        assert_eq!(tx.take_used(&mem).len(), whole, "cut {cut}");
+        assert_eq!(dev.tx_deferred_len(), Some(lens[whole]), "cut {cut}");
+        let m = metrics.snapshot();
+        assert_eq!(
+            (
+                m.tx_frames,
+                m.episodes,
+                m.retries,
+                m.open_episode,
+                m.partial_writes
+            ),
+            (whole as u64, 1, 1, true, u64::from(cut > start)),
+            "cut {cut}"
+        );
+        // All in one pass of sends: the batch's bytes in one call, the refusal in another.
+        assert_eq!(m.tx_syscalls, if cut == 0 { 0 } else { 1 }, "cut {cut}");
+
+        assert_eq!(dev.process_tx().unwrap(), TxPass::Idle, "cut {cut}");
+        assert_eq!(drain_peer(&mut peer), frames[whole..], "cut {cut}");
+        assert_eq!(tx.take_used(&mem).len(), lens.len() - whole, "cut {cut}");
+        let m = metrics.snapshot();
+        assert_eq!(
+            (m.tx_frames, m.episodes, m.resolved, m.open_episode),
+            (lens.len() as u64, 1, 1, false),
+            "cut {cut}"
+        );
+        assert!(!dev.tx_deferred());
+    }
+}
+
 /// Smallest RX buffer the RX property posts. A 128-descriptor ring of the smallest shape
 /// (one buffer of this size, or this size plus half of it over two descriptors) must hold
 /// the largest generated frame (20000 bytes plus the header): with smaller buffers a frame
@@ -511,6 +605,57 @@ proptest! {
             frames_refused.dedup();
             prop_assert_eq!(m.episodes as usize, frames_refused.len());
         }
+    }
+
+    /// The stream's batches stopped by the socket at random bytes, with bad chains among
+    /// good ones and injected ENOBUFS: every frame arrives once and in order, every
+    /// refusal is one failed send of the frame it stopped in, and every episode ends.
+    #[test]
+    fn tx_stream_batches_stopping_anywhere_keep_order_and_episodes(
+        chains in prop::collection::vec(tx_chain(), 1..60),
+        cuts in prop::collection::vec(prop::option::weighted(0.7, 0usize..6000), 1..30),
+        reads in prop::collection::vec(0usize..6, 1..8),
+        inject in any::<bool>(),
+        event_idx in any::<bool>(),
+    ) {
+        let mem = common::memory();
+        let (rx, mut tx) = (DriverQueue::new(0, 16), DriverQueue::new(1, 128));
+        let (be, mut peer, limit) = limited_stream();
+        let features = if event_idx { DEVICE_FEATURES } else { DEVICE_FEATURES & !FEATURE_EVENT_IDX };
+        let faults = FaultConfig { enobufs_every: if inject { 3 } else { 0 }, enobufs_burst: 2 };
+        let (mut dev, metrics) = device(&mem, &rx, &tx, be, features, faults);
+        let expected: Vec<Vec<u8>> = chains.iter().enumerate().filter_map(|(i, c)| match c {
+            TxChain::Good { len, .. } => Some(frame(i as u32, *len)),
+            _ => None,
+        }).collect();
+        let (mut next, mut used, mut got, mut step) = (0usize, 0usize, Vec::new(), 0usize);
+        let mut limited = 0u64;
+        while got.len() < expected.len() || used < chains.len() {
+            step += 1;
+            prop_assert!(step < 100_000, "no progress: got {} of {}", got.len(), expected.len());
+            while next < chains.len() && tx.add(&mem, &segs_for(&chains[next], next as u32)).is_some() {
+                next += 1;
+            }
+            if let Some(cut) = cuts[step % cuts.len()] {
+                if limit.load(Ordering::Relaxed) == usize::MAX {
+                    limit.store(cut, Ordering::Relaxed);
+                    limited += 1;
+                }
+            }
+            dev.process_tx().unwrap();
+            let n = reads[step % reads.len()].max(usize::from(step % 7 == 0));
+            got.extend(peer.read(n));
+            used += tx.take_used(&mem).len();
+        }
+        prop_assert_eq!(&got, &expected);
+        let m = metrics.snapshot();
+        prop_assert_eq!(m.tx_frames as usize, expected.len());
+        prop_assert_eq!(m.resolved, m.episodes);
+        prop_assert!(!m.open_episode);
+        // Each refusal is a limit reached or an injected fault (the socket itself, 208 KiB
+        // by default, never fills here).
+        prop_assert!(m.retries <= limited + m.injected_faults);
+        prop_assert!(m.retries >= m.injected_faults);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod faulty;
 #[cfg(target_os = "linux")]
 mod mmsg;
+mod stream_tx;
 pub mod unixgram;
 pub mod unixstream;
 

@@ -5,38 +5,26 @@
 //! worker offers the same frame again). Reads are assembled in an internal buffer across
 //! as many `read` calls as it takes, never blocking.
 
-use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
+use super::stream_tx::{StreamTx, PREFIX};
 use super::{
-    is_peer_gone, no_sigpipe, size_buf, socket_failure, Backend, BackendError, BackendOptions,
-    FrameRef, ReadStatus, SyscallCounts, WriteStatus, SEND_FLAGS,
+    no_sigpipe, size_buf, socket_failure, Backend, BackendError, BackendOptions, BatchWrite,
+    FrameRef, Frames, ReadStatus, SyscallCounts, WriteStatus, MAX_BATCH_FRAMES,
 };
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
 
 use crate::bufsize::{stream_plan, Os};
-use crate::frame::{IovBuf, MAX_FRAME};
+use crate::frame::MAX_FRAME;
 use crate::sockopt::SockBuf;
-
-const PREFIX: usize = 4;
-
-/// Source of the padding that completes a frame whose guest memory faulted mid-send.
-static ZEROS: [u8; 4096] = [0; 4096];
 
 pub struct UnixStreamBackend {
     sock: UnixStream,
-    /// Bytes of the current frame (prefix included) already written.
-    woff: usize,
-    /// Length of the frame being written, to catch a caller that changes it mid-frame.
-    wlen: usize,
-    /// The frame's memory faulted (EFAULT) after part of it went out: the rest is sent as
-    /// zeros, so the proxy still finds the next length prefix where it expects it.
-    zero_fill: bool,
-    /// The iovecs of one send, reused from call to call.
-    wiov: IovBuf,
+    /// The sending half: batches of frames and the partly written one.
+    tx: StreamTx,
     rbuf: Box<[u8]>,
     rstart: usize,
     rend: usize,
@@ -76,10 +64,7 @@ impl UnixStreamBackend {
         no_sigpipe(sock.as_fd())?;
         Ok(UnixStreamBackend {
             sock,
-            woff: 0,
-            wlen: 0,
-            zero_fill: false,
-            wiov: IovBuf::default(),
+            tx: StreamTx::default(),
             // Room for two maximal frames so a read can pull in more than one at a time.
             rbuf: vec![0u8; 2 * (PREFIX + MAX_FRAME)].into_boxed_slice(),
             rstart: 0,
@@ -91,35 +76,14 @@ impl UnixStreamBackend {
 
     /// Bytes of a partially written frame (0 between frames).
     pub fn write_offset(&self) -> usize {
-        self.woff
+        self.tx.offset()
     }
-}
 
-/// Most iovecs of zero padding one send carries.
-const ZERO_IOVS: usize = 32;
-
-/// Appends `zeros` bytes of padding (at most [`ZERO_IOVS`] pieces of it) to `out`.
-fn zero_fill_iovecs(zeros: usize, out: &mut Vec<libc::iovec>) {
-    let mut left = zeros;
-    let mut k = 0;
-    while left > 0 && k < ZERO_IOVS {
-        let n = left.min(ZEROS.len());
-        out.push(libc::iovec {
-            iov_base: ZEROS.as_ptr() as *mut libc::c_void,
-            iov_len: n,
-        });
-        left -= n;
-        k += 1;
-    }
-}
-
-/// Appends what is left of the length prefix `prefix` to `out`.
-fn push_bytes(bytes: &[u8], out: &mut Vec<libc::iovec>) {
-    if !bytes.is_empty() {
-        out.push(libc::iovec {
-            iov_base: bytes.as_ptr() as *mut libc::c_void,
-            iov_len: bytes.len(),
-        });
+    /// For tests: a handle through which the socket is made to take at most N more bytes
+    /// (store N) and then refuse one send with EAGAIN, as a full socket does, so a test
+    /// can stop a batch at any byte. `usize::MAX`, the initial value, is no limit.
+    pub fn send_limit(&mut self) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+        self.tx.send_limit()
     }
 }
 
@@ -137,85 +101,20 @@ impl Backend for UnixStreamBackend {
     }
 
     fn write_frame(&mut self, frame: FrameRef<'_>) -> Result<WriteStatus, BackendError> {
-        let fd = self.raw_fd();
-        if self.woff == 0 {
-            self.wlen = frame.len();
-        } else if frame.len() != self.wlen {
-            return Err(BackendError::Protocol {
-                fd,
-                detail: format!(
-                    "resumed a {}-byte frame with a {}-byte one",
-                    self.wlen,
-                    frame.len()
-                ),
-            });
-        }
-        let prefix = (frame.len() as u32).to_be_bytes();
-        let total = PREFIX + frame.len();
-        while self.woff < total {
-            let (p, f) = if self.woff < PREFIX {
-                (&prefix[self.woff..], 0)
-            } else {
-                (&prefix[..0], self.woff - PREFIX)
-            };
-            self.wiov.clear();
-            push_bytes(p, &mut self.wiov);
-            if self.zero_fill {
-                zero_fill_iovecs(total - self.woff.max(PREFIX), &mut self.wiov);
-            } else {
-                frame.iovecs_from(f, &mut self.wiov);
-            }
-            // SAFETY: a zeroed msghdr is valid; wiov points at live buffers.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = self.wiov.as_mut_ptr();
-            msg.msg_iovlen = self.wiov.len() as _;
-            self.calls.sends += 1;
-            // SAFETY: msg is fully initialised above.
-            let n = unsafe { libc::sendmsg(fd, &msg, SEND_FLAGS) };
-            if n >= 0 {
-                self.woff += n as usize;
-                continue;
-            }
-            let err = io::Error::last_os_error();
-            let errno = err.raw_os_error().unwrap_or(0);
-            match errno {
-                libc::EINTR => continue,
-                libc::EAGAIN | libc::ENOBUFS => {
-                    return Ok(WriteStatus::Blocked {
-                        errno,
-                        partial: self.woff > 0,
-                    })
-                }
-                libc::EFAULT if self.woff == 0 => return Ok(WriteStatus::Unreadable),
-                libc::EFAULT if !self.zero_fill => {
-                    self.zero_fill = true;
-                    continue;
-                }
-                e if is_peer_gone(e) => {
-                    let detail = if self.woff > 0 {
-                        format!(
-                            "send after {} of {} bytes of a frame: {err}",
-                            self.woff, total
-                        )
-                    } else {
-                        format!("send: {err}")
-                    };
-                    return Err(BackendError::PeerGone { fd, detail });
-                }
-                _ => {
-                    return Err(BackendError::Io {
-                        op: "sendmsg",
-                        fd,
-                        source: err,
-                    })
-                }
-            }
-        }
-        self.woff = 0;
-        if std::mem::take(&mut self.zero_fill) {
-            return Ok(WriteStatus::Unreadable);
-        }
-        Ok(WriteStatus::Sent)
+        let fd = self.sock.as_raw_fd();
+        let out = self.tx.write(fd, 1, |_| frame, &mut self.calls.sends)?;
+        Ok(out.stopped.unwrap_or(WriteStatus::Sent))
+    }
+
+    fn batch_limit(&self) -> usize {
+        MAX_BATCH_FRAMES
+    }
+
+    /// Several length-prefixed frames per `sendmsg` (see `stream_tx`).
+    fn write_frames(&mut self, frames: Frames<'_>) -> Result<BatchWrite, BackendError> {
+        let fd = self.sock.as_raw_fd();
+        self.tx
+            .write(fd, frames.len(), |i| frames.get(i), &mut self.calls.sends)
     }
 
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
