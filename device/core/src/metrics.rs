@@ -224,6 +224,9 @@ metrics! {
     /// TX frames copied out of guest memory before sending, because their chain had more
     /// pieces than one gathered send takes (every other frame is sent in place).
     tx_copied: Counter,
+    /// RX frames read from a stream socket straight into guest buffers (no copy in user
+    /// space; see the unixstream backend's `DIRECT_MIN`).
+    rx_direct: Counter,
     drops: DropCounters,
     /// Guest descriptor chains returned unused because they were malformed.
     rejected_chains: Counter,

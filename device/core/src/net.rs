@@ -491,25 +491,42 @@ impl RxBuffers {
         mergeable: bool,
         rejected: &mut Vec<Rejected>,
     ) -> Result<RxOutcome, virtio_queue::Error> {
-        let needed = NET_HDR_LEN + frame.len();
+        match self.reserve(queue, mem, frame.len(), mergeable, rejected)? {
+            Ok(take) => self.write(queue, mem, frame, take, rejected),
+            Err(outcome) => Ok(outcome),
+        }
+    }
+
+    /// Reserves guest buffers for a frame of `len` bytes (and its header) without writing
+    /// it: `Ok(take)`, the frame goes into the first `take` reserved buffers; otherwise
+    /// why it cannot go anywhere now (`NoBuffers`) or ever (`NoRoom`).
+    pub fn reserve<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        len: usize,
+        mergeable: bool,
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<Result<usize, RxOutcome>, virtio_queue::Error> {
+        let needed = NET_HDR_LEN + len;
         if !mergeable {
             if self.reserved.is_empty() && !self.reserve_one(queue, mem, rejected)? {
-                return Ok(RxOutcome::NoBuffers);
+                return Ok(Err(RxOutcome::NoBuffers));
             }
             if self.reserved[0].capacity < needed {
                 // The buffer stays reserved for the next (smaller) frame.
-                return Ok(RxOutcome::NoRoom);
+                return Ok(Err(RxOutcome::NoRoom));
             }
-            return self.write(queue, mem, frame, 1, rejected);
+            return Ok(Ok(1));
         }
         while self.reserved_capacity() < needed {
             if !self.reserve_one(queue, mem, rejected)? {
                 let descs: usize = self.reserved.iter().map(|b| b.descs).sum();
                 // Every descriptor of the ring is already reserved: no kick can help.
                 if descs >= usize::from(queue.size()) {
-                    return Ok(RxOutcome::NoRoom);
+                    return Ok(Err(RxOutcome::NoRoom));
                 }
-                return Ok(RxOutcome::NoBuffers);
+                return Ok(Err(RxOutcome::NoBuffers));
             }
         }
         let mut take = 0;
@@ -518,7 +535,101 @@ impl RxBuffers {
             cap += self.reserved[take].capacity;
             take += 1;
         }
-        self.write(queue, mem, frame, take, rejected)
+        Ok(Ok(take))
+    }
+
+    /// Appends to `out` the guest memory a frame of `len` bytes fills in the first `take`
+    /// reserved buffers (after the header), as iovecs the kernel can read into: the frame
+    /// is then read from the socket straight into the guest (see [`RxBuffers::complete`]).
+    pub fn payload_iovecs<M: GuestMemory>(
+        &self,
+        mem: &M,
+        take: usize,
+        len: usize,
+        out: &mut Vec<libc::iovec>,
+    ) -> Result<(), Rejected> {
+        let mut skip = NET_HDR_LEN;
+        let mut left = len;
+        for b in self.reserved.range(..take) {
+            for &(addr, seg) in &b.segs {
+                if left == 0 {
+                    return Ok(());
+                }
+                if skip >= seg {
+                    skip -= seg;
+                    continue;
+                }
+                let n = (seg - skip).min(left);
+                let a = GuestAddress(addr.0 + skip as u64);
+                skip = 0;
+                left -= n;
+                let bad = || Rejected {
+                    head: b.head,
+                    error: ChainError::OutOfBounds {
+                        addr: a.0,
+                        len: n as u32,
+                    },
+                };
+                for slice in mem
+                    .get_slices(a, n, Permissions::Write)
+                    .map_err(|_| bad())?
+                {
+                    let slice = slice.map_err(|_| bad())?;
+                    // Without vm-memory's `xen` feature the pointer lives as long as the
+                    // memory mapping, which the caller borrows for the read.
+                    out.push(libc::iovec {
+                        iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                        iov_len: slice.len(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A frame of `len` bytes is in place in the first `take` reserved buffers (read
+    /// there through [`RxBuffers::payload_iovecs`]): writes its header and uses them.
+    pub fn complete<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        take: usize,
+        len: usize,
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<RxOutcome, virtio_queue::Error> {
+        let hdr = rx_header(take as u16);
+        if let Err(error) = self.reserved[0].fill(mem, &mut [&hdr[..]]) {
+            let head = self.reserved[0].head;
+            return self.abandon(queue, mem, take, Rejected { head, error }, rejected);
+        }
+        let mut left = NET_HDR_LEN + len;
+        for b in self.reserved.drain(..take) {
+            let w = b.capacity.min(left);
+            left -= w;
+            queue.add_used(mem, b.head, w as u32)?;
+            self.free.push(b);
+        }
+        Ok(RxOutcome::Delivered {
+            buffers: take as u16,
+        })
+    }
+
+    /// Memory went away under a checked chain (hot-unplug): hands the first `take`
+    /// reserved buffers back empty rather than publish a partial frame.
+    pub fn abandon<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        take: usize,
+        why: Rejected,
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<RxOutcome, virtio_queue::Error> {
+        for b in self.reserved.drain(..take) {
+            queue.add_used(mem, b.head, 0)?;
+            self.free.push(b);
+        }
+        rejected.push(why);
+        Ok(RxOutcome::NoRoom)
     }
 
     /// Writes the header and `frame` into the first `take` reserved buffers and uses
@@ -549,14 +660,7 @@ impl RxBuffers {
             }
         }
         if let Some(r) = failed {
-            // Memory went away under a checked chain (hot-unplug): hand every
-            // buffer back empty rather than publish a partial frame.
-            for b in self.reserved.drain(..take) {
-                queue.add_used(mem, b.head, 0)?;
-                self.free.push(b);
-            }
-            rejected.push(r);
-            return Ok(RxOutcome::NoRoom);
+            return self.abandon(queue, mem, take, r, rejected);
         }
         for (b, &len) in self.reserved.drain(..take).zip(&self.lens) {
             queue.add_used(mem, b.head, len as u32)?;

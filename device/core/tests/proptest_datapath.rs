@@ -467,6 +467,116 @@ fn stream_batch_stopping_at_every_byte_defers_exactly_that_frame() {
     }
 }
 
+/// A stream peer (the proxy's end) and a device reading from it, with `bufs` RX buffers
+/// of `buf_len` bytes posted.
+fn stream_rx(
+    mem: &vm_memory::GuestMemoryMmap,
+    rx: &mut DriverQueue,
+    tx: &DriverQueue,
+    bufs: usize,
+    buf_len: u32,
+) -> (NetDevice, Arc<Metrics>, UnixStream) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let be = Box::new(UnixStreamBackend::from_socket(a, &BackendOptions::default()).unwrap());
+    let (dev, metrics) = device(mem, rx, tx, be, DEVICE_FEATURES, FaultConfig::default());
+    for _ in 0..bufs {
+        assert!(rx.add(mem, &[Seg::write(buf_len)]).is_some());
+    }
+    (dev, metrics, b)
+}
+
+fn wire(frames: &[Vec<u8>]) -> Vec<u8> {
+    frames
+        .iter()
+        .flat_map(|f| (f.len() as u32).to_be_bytes().into_iter().chain(f.clone()))
+        .collect()
+}
+
+/// Large frames whose payload arrives after their length prefix are read from the socket
+/// straight into the guest's buffers, one read per piece that arrives, and arrive intact
+/// and in order among small ones copied the usual way.
+#[test]
+fn stream_rx_large_frames_are_read_straight_into_guest_buffers() {
+    let mem = common::memory();
+    let (mut rx, tx) = (DriverQueue::new(0, 64), DriverQueue::new(1, 16));
+    let (mut dev, metrics, mut peer) = stream_rx(&mem, &mut rx, &tx, 64, 4096);
+    let frames: Vec<Vec<u8>> = [3000usize, 60, 9000, 2048, 2047, 20000]
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| frame(i as u32, l))
+        .collect();
+    let w = wire(&frames);
+    let mut asm = RxAssembler::default();
+    // Dribble the wire in pieces that split prefixes and payloads; read after each.
+    let mut pos = 0;
+    for (i, piece) in [4usize, 1, 100, 2900, 3, 600, 7000]
+        .iter()
+        .cycle()
+        .enumerate()
+    {
+        if pos == w.len() {
+            break;
+        }
+        assert!(i < 1000);
+        let n = (*piece).min(w.len() - pos);
+        peer.write_all(&w[pos..pos + n]).unwrap();
+        pos += n;
+        dev.process_rx().unwrap();
+        for u in rx.take_used(&mem) {
+            asm.push(&mem, &u);
+        }
+    }
+    assert_eq!(asm.frames, frames);
+    let m = metrics.snapshot();
+    assert_eq!(m.rx_frames, frames.len() as u64);
+    // 3000, 9000, 2048 and 20000 each arrive after their prefix; 2047 is under the limit.
+    assert_eq!(m.rx_direct, 4, "{m:?}");
+    assert_eq!(m.drops.total, 0);
+}
+
+/// The proxy closes its end right after a whole frame, and in the middle of one (small,
+/// and large enough to be read straight into the guest): the frames before the close
+/// arrive, the close is reported as the proxy gone, and reading again reports it again
+/// at once instead of waiting for an event that never comes or spinning.
+#[test]
+fn stream_peer_closing_is_reported_not_waited_or_spun_on() {
+    for (case, tail) in [
+        ("after a whole frame", 0usize),
+        ("mid small frame", 500),
+        ("mid large frame", 5000),
+    ] {
+        let mem = common::memory();
+        let (mut rx, tx) = (DriverQueue::new(0, 16), DriverQueue::new(1, 16));
+        let (mut dev, metrics, mut peer) = stream_rx(&mem, &mut rx, &tx, 16, 8192);
+        let first = frame(0, 1000);
+        let mut w = wire(std::slice::from_ref(&first));
+        if tail > 0 {
+            let next = frame(1, tail);
+            w.extend_from_slice(&(tail as u32).to_be_bytes());
+            w.extend_from_slice(&next[..tail / 2]);
+        }
+        peer.write_all(&w).unwrap();
+        drop(peer);
+        let e = dev.process_rx().unwrap_err().to_string();
+        assert!(e.contains("proxy is gone"), "{case}: {e}");
+        assert_eq!(e.contains("middle of a frame"), tail > 0, "{case}: {e}");
+        let mut asm = RxAssembler::default();
+        for u in rx.take_used(&mem) {
+            asm.push(&mem, &u);
+        }
+        assert_eq!(asm.frames, std::slice::from_ref(&first), "{case}");
+        let calls = metrics.snapshot().rx_syscalls;
+        assert!(calls <= 3, "{case}: {calls} reads");
+        let again = dev.process_rx().unwrap_err().to_string();
+        assert!(again.contains("proxy is gone"), "{case}: {again}");
+        assert_eq!(
+            metrics.snapshot().rx_syscalls,
+            calls,
+            "{case}: reported without reading"
+        );
+    }
+}
+
 /// Smallest RX buffer the RX property posts. A 128-descriptor ring of the smallest shape
 /// (one buffer of this size, or this size plus half of it over two descriptors) must hold
 /// the largest generated frame (20000 bytes plus the header): with smaller buffers a frame

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use vnet_device::backend::{
-    Backend, BackendError, BatchWrite, FrameRef, Frames, ReadStatus, SyscallCounts, WriteStatus,
+    Backend, BackendError, BatchWrite, DirectRead, FrameRef, Frames, ReadStatus, SyscallCounts,
+    WriteStatus,
 };
 
 #[derive(Clone)]
@@ -76,6 +77,15 @@ impl Backend for SharedBackend {
         got: &mut Vec<ReadStatus>,
     ) -> Result<(), BackendError> {
         self.lock().read_frames(bufs, got)
+    }
+
+    unsafe fn read_direct(&mut self, dst: &[libc::iovec]) -> Result<DirectRead, BackendError> {
+        // SAFETY: the caller's promise about dst, passed on.
+        unsafe { self.lock().read_direct(dst) }
+    }
+
+    fn skip_direct(&mut self) {
+        self.lock().skip_direct()
     }
 
     fn syscalls(&self) -> SyscallCounts {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    write_first, Backend, BackendError, BatchWrite, FrameRef, Frames, ReadStatus, SyscallCounts,
-    WriteStatus,
+    write_first, Backend, BackendError, BatchWrite, DirectRead, FrameRef, Frames, ReadStatus,
+    SyscallCounts, WriteStatus,
 };
 use crate::metrics::Metrics;
 
@@ -176,6 +176,15 @@ impl<B: Backend> Backend for Faulty<B> {
         got: &mut Vec<ReadStatus>,
     ) -> Result<(), BackendError> {
         self.inner.read_frames(bufs, got)
+    }
+
+    unsafe fn read_direct(&mut self, dst: &[libc::iovec]) -> Result<DirectRead, BackendError> {
+        // SAFETY: the caller's promise about dst, passed on.
+        unsafe { self.inner.read_direct(dst) }
+    }
+
+    fn skip_direct(&mut self) {
+        self.inner.skip_direct()
     }
 
     /// The inner backend's: an injected refusal is not a system call.

@@ -138,6 +138,20 @@ pub enum ReadStatus {
     /// A frame larger than the buffer arrived and was discarded; its length. On macOS a
     /// datagram's is a lower bound (the buffer's length: its `recvmsg` cannot report more).
     Oversize(usize),
+    /// A frame of this many bytes whose payload the caller reads straight into its own
+    /// buffers with [`Backend::read_direct`] (or discards with [`Backend::skip_direct`]);
+    /// nothing of it is in the caller's buffer. Only [`Backend::read_frames`] returns it,
+    /// and only last.
+    Direct(usize),
+}
+
+/// How a [`Backend::read_direct`] call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectRead {
+    /// The whole payload is in the caller's buffers.
+    Done,
+    /// Part of it is; the rest has not arrived. Call again (same buffers) when readable.
+    WouldBlock,
 }
 
 /// Most frames one batched call carries (`sendmmsg`/`recvmmsg`); the device gives a
@@ -215,6 +229,22 @@ pub trait Backend: Send {
         got.push(self.read_frame(&mut bufs[0])?);
         Ok(())
     }
+    /// Reads the payload of the frame the last [`Backend::read_frames`] announced as
+    /// [`ReadStatus::Direct`] into `dst`, which covers exactly its length; after
+    /// `WouldBlock`, call again with the same `dst` (it resumes where it stopped). The
+    /// default, for backends that never announce one, is a protocol error.
+    ///
+    /// # Safety
+    /// Every iovec of `dst` must be memory writable for the whole call.
+    unsafe fn read_direct(&mut self, dst: &[libc::iovec]) -> Result<DirectRead, BackendError> {
+        let _ = dst;
+        Err(BackendError::Protocol {
+            fd: self.raw_fd(),
+            detail: "read_direct on a backend that announces no direct frames".into(),
+        })
+    }
+    /// Discards the payload of the announced direct frame (the guest has no room for it).
+    fn skip_direct(&mut self) {}
     /// Send and receive calls made so far (a backend that makes none reports zeros).
     fn syscalls(&self) -> SyscallCounts {
         SyscallCounts::default()
@@ -257,6 +287,15 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
         got: &mut Vec<ReadStatus>,
     ) -> Result<(), BackendError> {
         (**self).read_frames(bufs, got)
+    }
+
+    unsafe fn read_direct(&mut self, dst: &[libc::iovec]) -> Result<DirectRead, BackendError> {
+        // SAFETY: the caller's promise about dst, passed on.
+        unsafe { (**self).read_direct(dst) }
+    }
+
+    fn skip_direct(&mut self) {
+        (**self).skip_direct()
     }
 
     fn syscalls(&self) -> SyscallCounts {
