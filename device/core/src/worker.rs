@@ -181,6 +181,7 @@ fn run(setup: WorkerSetup, stop: Notifier) -> Result<WorkerExit, WorkerError> {
     let retry_delay = options.retry_timer.delay(backend.default_retry_delay());
     let mut dev = NetDevice::new(mem, rx, tx, rx_call, tx_call, features, backend, metrics);
     dev.set_max_failed_sends(options.retry_policy.max_failed_sends());
+    dev.set_look_ahead(options.retry_policy.looks_ahead());
     let mut poller = Poller::new().map_err(WorkerError::Poller)?;
     poller
         .add(stop.as_fd(), TOKEN_STOP, Interest::Read)
@@ -202,6 +203,7 @@ fn run(setup: WorkerSetup, stop: Notifier) -> Result<WorkerExit, WorkerError> {
         backend = dev.backend().kind(),
         retry_delay_us = retry_delay.map(|d| d.as_micros() as u64),
         retry_policy = %options.retry_policy,
+        look_ahead = dev.tx_looks_ahead(),
         "device worker started"
     );
     let mut l = Loop {

@@ -102,8 +102,8 @@ struct Cli {
     #[arg(long)]
     retry_delay_us: Option<u64>,
     /// How the device retries a deferred frame: timer (PR 556, the default), bounded:N
-    /// (drop after N failed retries), backoff[:CAP_US] or room (retry when the free space
-    /// fits the frame).
+    /// (drop after N failed retries), backoff[:CAP_US], room (retry when the free space
+    /// fits the frame) or small-first (frames of other flows go ahead of a deferred one).
     #[arg(long, default_value = "timer")]
     retry_policy: String,
     /// SO_SNDBUF of the device's socket.

@@ -57,4 +57,8 @@ impl Backend for SharedBackend {
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
         self.lock().read_frame(buf)
     }
+
+    fn whole_frames(&self) -> bool {
+        self.lock().whole_frames()
+    }
 }

@@ -142,6 +142,10 @@ impl<B: Backend> Backend for Faulty<B> {
         self.inner.batch_limit()
     }
 
+    fn whole_frames(&self) -> bool {
+        self.inner.whole_frames()
+    }
+
     /// The frames before the next injected refusal go to the inner backend as one batch;
     /// the refusal then stops the batch at that frame, as a full socket would. The injector
     /// advances once per frame tried, as with [`Backend::write_frame`].
