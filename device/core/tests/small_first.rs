@@ -328,6 +328,23 @@ fn a_refused_frame_holds_its_flow_but_not_smaller_frames_of_others() {
 }
 
 #[test]
+fn only_frames_smaller_than_the_deferred_one_are_tried() {
+    let mut r = rig(true, true, 64);
+    r.room.store(1000, Ordering::Relaxed);
+    let t = r.post(&[(Some(1), BIG), (Some(2), BIG), (Some(3), SMALL)], 0);
+    assert_eq!(r.dev.process_tx().unwrap(), TxPass::Blocked);
+    assert_eq!(r.received(), [t[2]]);
+    assert_eq!(
+        r.m().tx_ahead_refused,
+        0,
+        "flow 2's frame is not even tried"
+    );
+    r.room.store(OPEN, Ordering::Relaxed);
+    assert_eq!(r.dev.process_tx().unwrap(), TxPass::Idle);
+    assert_eq!(r.received(), [t[0], t[1]]);
+}
+
+#[test]
 fn the_look_ahead_is_bounded() {
     // 70 frames of the deferred frame's own flow behind it on a 256-entry ring: 64 are
     // popped to wait behind it, the rest (and flow 2's frame after them) stay in the ring.

@@ -412,11 +412,11 @@ impl TxVirtio {
     }
 
     /// `small-first`, with `batch[0]` deferred: sends the frames behind it that may go
-    /// ahead (see [`TxVirtio::may_pass`]) and the socket takes, first those already
-    /// waiting, then new chains from the ring until [`LOOK_AHEAD`] wait. After a refusal
-    /// only smaller frames are tried in this pass (a datagram that did not fit tells
-    /// nothing about a smaller one, but one of the same size or larger would not fit
-    /// either). Returns whether any chain was used.
+    /// ahead (see [`TxVirtio::may_pass`]), are smaller than it and the socket takes,
+    /// first those already waiting, then new chains from the ring until [`LOOK_AHEAD`]
+    /// wait. After a refusal only still smaller frames are tried in this pass (a datagram
+    /// that did not fit tells nothing about a smaller one, but one of the same size or
+    /// larger would not fit either). Returns whether any chain was used.
     fn send_ahead(
         &mut self,
         mem: &GuestMemoryMmap,
@@ -430,7 +430,10 @@ impl TxVirtio {
             return Ok(false);
         };
         let mut used = false;
-        let mut refused_len = usize::MAX;
+        // Only frames smaller than the deferred one: one as large would not have fitted
+        // either a moment ago, and if the proxy has just made room, the deferred frame
+        // is owed it (else a flow of large frames could starve it).
+        let mut refused_len = self.batch[0].len;
         let mut i = 0;
         while i < self.behind.len() {
             let b = &self.behind[i];
