@@ -126,6 +126,18 @@ impl DeviceEvents {
         self.metrics.tx_copied.inc();
     }
 
+    /// A TX frame of `len` bytes went out ahead of the deferred frame (`small-first`).
+    #[inline]
+    pub fn frame_sent_ahead(&self, len: usize) {
+        self.metrics.tx_sent_ahead.inc();
+        self.frame_sent(len);
+    }
+
+    /// A send trying to go ahead of the deferred frame was refused (`small-first`).
+    pub fn ahead_refused(&self) {
+        self.metrics.tx_ahead_refused.inc();
+    }
+
     /// A stream send wrote part of a frame before the socket filled.
     pub fn partial_write(&self) {
         self.metrics.partial_writes.inc();

@@ -301,6 +301,29 @@ impl TxChain {
         Ok(true)
     }
 
+    /// Copies the frame's first `out.len()` bytes (fewer if it is shorter) into `out`;
+    /// returns how many. For looking at headers (`crate::flow`) without copying the frame.
+    pub fn read_prefix<M: GuestMemory>(
+        &self,
+        mem: &M,
+        out: &mut [u8],
+    ) -> Result<usize, ChainError> {
+        let mut pos = 0;
+        for &(addr, len) in &self.segs {
+            let n = len.min(out.len() - pos);
+            if n == 0 {
+                break;
+            }
+            mem.read_slice(&mut out[pos..pos + n], addr)
+                .map_err(|_| ChainError::OutOfBounds {
+                    addr: addr.0,
+                    len: len as u32,
+                })?;
+            pos += n;
+        }
+        Ok(pos)
+    }
+
     /// Copies the frame into `out` (for chains [`TxChain::gather`] cannot send as they are).
     pub fn copy_to<M: GuestMemory>(&self, mem: &M, out: &mut Vec<u8>) -> Result<(), ChainError> {
         out.clear();

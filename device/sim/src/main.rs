@@ -92,6 +92,11 @@ struct Cli {
     /// Consecutive injected failures per hit.
     #[arg(long, default_value_t = 1)]
     inject_enobufs_burst: u32,
+    /// Model macOS's datagram admission on Linux: the device's send is refused (ENOBUFS)
+    /// when the frame does not fit BYTES minus what the proxy has not read yet, even if
+    /// the socket has some room (the issue's 17996 bytes free for a 65226-byte frame).
+    #[arg(long, value_name = "BYTES")]
+    proxy_room: Option<usize>,
     /// Fault: the device ignores writable events while a frame is deferred.
     #[arg(long)]
     lose_write_events: bool,
@@ -102,8 +107,8 @@ struct Cli {
     #[arg(long)]
     retry_delay_us: Option<u64>,
     /// How the device retries a deferred frame: timer (PR 556, the default), bounded:N
-    /// (drop after N failed retries), backoff[:CAP_US] or room (retry when the free space
-    /// fits the frame).
+    /// (drop after N failed retries), backoff[:CAP_US], room (retry when the free space
+    /// fits the frame) or small-first (frames of other flows go ahead of a deferred one).
     #[arg(long, default_value = "timer")]
     retry_policy: String,
     /// SO_SNDBUF of the device's socket.
@@ -366,6 +371,15 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
     if let Some(n) = cli.proxy_rcvbuf {
         nonzero("--proxy-rcvbuf", n)?;
     }
+    if let Some(room) = cli.proxy_room {
+        let largest = cli.tx_size.max(cli.ack_size);
+        if room < largest {
+            return Err(format!(
+                "--proxy-room {room}: smaller than the largest TX frame ({largest} bytes), \
+                 which could never be sent"
+            ));
+        }
+    }
     let mut cfg = SimConfig {
         workload: Workload {
             direction: cli.direction,
@@ -400,6 +414,7 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
             enobufs_burst: cli.inject_enobufs_burst,
         },
         lose_write_events: cli.lose_write_events,
+        proxy_room: cli.proxy_room,
         retry_timer: match (cli.no_timer, cli.retry_delay_us) {
             (true, _) => RetryTimer::Off,
             (false, Some(us)) => RetryTimer::After(Duration::from_micros(us)),

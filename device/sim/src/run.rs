@@ -59,6 +59,8 @@ pub struct SimConfig {
     pub proxy_opts: ProxyOptions,
     pub fault: FaultConfig,
     pub lose_write_events: bool,
+    /// Model of macOS's datagram admission (`WorkerOptions::proxy_room`).
+    pub proxy_room: Option<usize>,
     pub retry_timer: RetryTimer,
     pub retry_policy: RetryPolicy,
     pub sndbuf: Option<usize>,
@@ -99,6 +101,7 @@ impl Default for SimConfig {
             },
             fault: FaultConfig::default(),
             lose_write_events: false,
+            proxy_room: None,
             retry_timer: RetryTimer::BackendDefault,
             retry_policy: RetryPolicy::Timer,
             sndbuf: None,
@@ -259,6 +262,7 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
             retry_policy: cfg.retry_policy,
             lose_write_events: cfg.lose_write_events,
             inject_enobufs: cfg.fault,
+            proxy_room: cfg.proxy_room,
         },
         metrics: metrics.clone(),
     };
@@ -443,6 +447,8 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         unreported_drops,
         duplicated: sum(|c| c.duplicated),
         reordered: sum(|c| c.reordered),
+        reordered_across_streams: sum(|c| c.reordered_across_streams),
+        across_streams_allowed: cfg.retry_policy.looks_ahead(),
         corrupted: sum(|c| c.corrupted),
         udp_lost,
         udp_echoed,

@@ -49,7 +49,8 @@ struct Args {
     #[arg(long)]
     retry_delay_us: Option<u64>,
     /// How a deferred frame is retried: timer (the default), bounded:N (drop after N failed
-    /// retries), backoff[:CAP_US] or room (retry when the free space fits the frame).
+    /// retries), backoff[:CAP_US], room (retry when the free space fits the frame) or
+    /// small-first (frames of other flows go ahead of a deferred one).
     #[arg(long, default_value = "timer")]
     retry_policy: String,
     /// Fault injection: make every Nth send fail with ENOBUFS.

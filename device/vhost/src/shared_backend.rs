@@ -91,4 +91,8 @@ impl Backend for SharedBackend {
     fn syscalls(&self) -> SyscallCounts {
         self.lock().syscalls()
     }
+
+    fn whole_frames(&self) -> bool {
+        self.lock().whole_frames()
+    }
 }

@@ -207,6 +207,12 @@ pub trait Backend: Send {
     fn write_bytes(&mut self, frame: &[u8]) -> Result<WriteStatus, BackendError> {
         self.write_frame(TxFrame::from_slice(frame).as_frame())
     }
+    /// Whether every send is all-or-nothing (datagrams): a refused frame left no bytes on
+    /// the wire, so another frame may be sent before it (the `small-first` retry policy).
+    /// A stream may hold part of a refused frame and must finish it first.
+    fn whole_frames(&self) -> bool {
+        false
+    }
     /// Most frames one [`Backend::write_frames`] call can send: the device offers no more
     /// (the default, 1, for backends that send one frame per call).
     fn batch_limit(&self) -> usize {
@@ -277,6 +283,10 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
 
     fn batch_limit(&self) -> usize {
         (**self).batch_limit()
+    }
+
+    fn whole_frames(&self) -> bool {
+        (**self).whole_frames()
     }
 
     fn write_frames(&mut self, frames: Frames<'_>) -> Result<BatchWrite, BackendError> {

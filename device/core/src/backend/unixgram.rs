@@ -210,6 +210,11 @@ impl Backend for UnixGram {
         }
     }
 
+    /// One datagram per frame: the kernel takes all of it or none.
+    fn whole_frames(&self) -> bool {
+        true
+    }
+
     #[cfg(target_os = "linux")]
     fn batch_limit(&self) -> usize {
         super::MAX_BATCH_FRAMES
