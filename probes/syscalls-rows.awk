@@ -82,7 +82,7 @@ END {
     lost = 0
     for (t in made) lost += made[t] - seen[t]
     if (lost > 0)
-      printf "syscalls-rows.awk: lost %d rows of %d: more than the row map holds (BPFTRACE_MAP_KEYS_MAX) arrived within 100 ms; this trace is incomplete\n", lost, total > "/dev/stderr"
+      printf "syscalls-rows.awk: lost %d rows of %d: more arrived between two prints than the row map holds (BPFTRACE_MAP_KEYS_MAX); this trace is incomplete\n", lost, total > "/dev/stderr"
   }
   if (bad) exit 1
 }
