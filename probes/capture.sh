@@ -223,8 +223,9 @@ case $(uname -s) in
         fi
         cp "$here/syscalls.bt" "$tmpscript"
         # stdout, not -o: the rows go through the awk as they are printed (and --ready sees
-        # the header at once); a running process's output is not in the way
-        runner=(bpftrace -q "$tmpscript" "${args[@]}" -p "$pid")
+        # the header at once); a running process's output is not in the way. Line-buffered:
+        # into a pipe bpftrace's stdio would hold the header until 4 KiB had gathered.
+        runner=(stdbuf -oL bpftrace -q "$tmpscript" "${args[@]}" -p "$pid")
       else
         # bpftrace -c holds the command until every probe is attached; the pid filter is
         # then its child, cpid, which the script cannot name unless -c is given: a copy of
@@ -248,8 +249,12 @@ case $(uname -s) in
       export BPFTRACE_MAP_KEYS_MAX=${BPFTRACE_MAP_KEYS_MAX:-65536}
       status=0
       if [ "${target[0]}" = -p ]; then
+        # mawk (Debian's awk) reads a pipe in blocks, so the header would wait for more
+        # input; -W interactive reads it line by line (gawk reads what is there anyway)
+        rows_awk=(awk)
+        if awk -W version 2> /dev/null | head -1 | grep -q mawk; then rows_awk=(awk -W interactive); fi
         start_watch
-        { "${runner[@]}" | awk -f "$here/syscalls-rows.awk" > "$out"; } 2> >(tee "$err" >&2) || status=$?
+        { "${runner[@]}" | "${rows_awk[@]}" -f "$here/syscalls-rows.awk" > "$out"; } 2> >(tee "$err" >&2) || status=$?
         stop_watch
       else
         "${runner[@]}" 2> >(tee "$err" >&2) || status=$?
