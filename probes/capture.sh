@@ -21,7 +21,10 @@
 #                every AF_UNIX socket, or the one --fd N, or the one at --socket PATH (a
 #                socket of PID bound at PATH, else one connected to the socket bound there);
 #                with --no-frames the receives are not traced and sends write no tx_frame
-#                (episodes and wake-ups only: the '/* frames { */' blocks cut out, -D FRAMES=0)
+#                (episodes and wake-ups only: the '/* frames { */' blocks cut out, -D FRAMES=0);
+#                on Linux syscalls-rows.awk turns syscalls.bt's map lines into the CSV and
+#                counts rows its maps could not hold (reported as lost records); it sets
+#                BPFTRACE_MAP_KEYS_MAX=65536 (about 100 MiB of kernel memory, probes/README.md)
 #   --ready FILE create FILE (it must not exist) once every probe is attached (the tracer
 #                printed its header), so a script can start the load then; -p only: -c
 #                holds the command until then anyway
@@ -31,7 +34,7 @@
 #          sudo probes/capture.sh -o passt.csv --syscalls -p "$(pgrep -n passt)" --socket /tmp/passt.sock
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-usage() { sed -n 's/^# \{0,1\}//; 10,30p' "$0" >&2; exit 2; }
+usage() { sed -n 's/^# \{0,1\}//; 10,33p' "$0" >&2; exit 2; }
 # usage errors: one line naming the problem, exit 2
 die() { echo "capture.sh: $*" >&2; exit 2; }
 need() { [ $# -ge 2 ] || die "$1 needs a value"; }
@@ -243,7 +246,7 @@ case $(uname -s) in
       fi
       # syscalls.bt keeps its rows in a map between two prints (100 ms apart): 65536 rows
       # instead of bpftrace's default 4096 (the simulated VM makes ~6000 in 100 ms). Every
-      # map of the script gets that size, preallocated: ~90 MiB of kernel memory while it
+      # map of the script gets that size, preallocated: ~100 MiB of kernel memory while it
       # runs (probes/README.md). Rows no longer go through the perf ring, so its default
       # size does.
       export BPFTRACE_MAP_KEYS_MAX=${BPFTRACE_MAP_KEYS_MAX:-65536}
