@@ -57,6 +57,12 @@ impl DeviceEvents {
         tracing::debug!(fd = self.fd, len, "Read eth frame from proxy: {len} bytes");
     }
 
+    /// A frame was read straight into guest buffers.
+    #[inline]
+    pub fn rx_direct(&self) {
+        self.metrics.rx_direct.inc();
+    }
+
     pub fn frame_dropped(&self, len: usize, reason: DropReason) {
         self.metrics.drops.count(reason);
         probes::frame_drop(self.fd.into(), len as i64, reason.code());

@@ -230,6 +230,9 @@ metrics! {
     /// `small-first`: sends of frames trying to go ahead of a deferred frame that the
     /// socket refused (those frames wait behind it, in ring order).
     tx_ahead_refused: Counter,
+    /// RX frames read from a stream socket straight into guest buffers (no copy in user
+    /// space; see the unixstream backend's `DIRECT_MIN`).
+    rx_direct: Counter,
     drops: DropCounters,
     /// Guest descriptor chains returned unused because they were malformed.
     rejected_chains: Counter,

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use common::{tx_segs, DriverQueue};
 use proptest::prelude::*;
 use vnet_device::backend::{
-    Backend, BackendError, BackendOptions, BatchWrite, ReadStatus, TxFrame, UnixGram, WriteStatus,
+    Backend, BackendError, BackendOptions, BatchWrite, FrameRef, Frames, ReadStatus, UnixGram,
+    WriteStatus,
 };
 use vnet_device::device::{NetDevice, TxPass};
 use vnet_device::metrics::{Metrics, MetricsSnapshot};
@@ -41,7 +42,7 @@ impl Backend for Gate {
     fn batch_limit(&self) -> usize {
         vnet_device::backend::MAX_BATCH_FRAMES
     }
-    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
+    fn write_frame(&mut self, frame: FrameRef<'_>) -> Result<WriteStatus, BackendError> {
         if frame.len() > self.room.load(Ordering::Relaxed) {
             return Ok(WriteStatus::Blocked {
                 errno: libc::ENOBUFS,
@@ -50,9 +51,9 @@ impl Backend for Gate {
         }
         self.inner.write_frame(frame)
     }
-    fn write_frames(&mut self, frames: &[TxFrame<'_>]) -> Result<BatchWrite, BackendError> {
+    fn write_frames(&mut self, frames: Frames<'_>) -> Result<BatchWrite, BackendError> {
         let mut sent = 0;
-        for f in frames {
+        for f in frames.iter() {
             match self.write_frame(f)? {
                 WriteStatus::Sent => sent += 1,
                 other => {

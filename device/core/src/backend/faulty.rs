@@ -5,7 +5,10 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Backend, BackendError, BatchWrite, ReadStatus, SyscallCounts, TxFrame, WriteStatus};
+use super::{
+    write_first, Backend, BackendError, BatchWrite, DirectRead, FrameRef, Frames, ReadStatus,
+    SyscallCounts, WriteStatus,
+};
 use crate::metrics::Metrics;
 
 /// Which sends fail.
@@ -179,7 +182,7 @@ impl<B: Backend> Backend for Faulty<B> {
         self.inner.kind()
     }
 
-    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
+    fn write_frame(&mut self, frame: FrameRef<'_>) -> Result<WriteStatus, BackendError> {
         if !self.mid_frame && (!self.fits_room(frame.len()) || self.injector.inject()) {
             self.metrics.injected_faults.inc();
             return Ok(WriteStatus::Blocked {
@@ -203,27 +206,12 @@ impl<B: Backend> Backend for Faulty<B> {
     /// The frames before the next injected refusal go to the inner backend as one batch;
     /// the refusal then stops the batch at that frame, as a full socket would. The injector
     /// advances once per frame tried, as with [`Backend::write_frame`].
-    fn write_frames(&mut self, frames: &[TxFrame<'_>]) -> Result<BatchWrite, BackendError> {
+    fn write_frames(&mut self, frames: Frames<'_>) -> Result<BatchWrite, BackendError> {
         let pass = self.injector.passes_before_hit().min(frames.len());
         if self.mid_frame || frames.len() <= 1 || pass == 0 || self.room.is_some() {
-            let Some(first) = frames.first() else {
-                return Ok(BatchWrite {
-                    sent: 0,
-                    stopped: None,
-                });
-            };
-            return Ok(match self.write_frame(first)? {
-                WriteStatus::Sent => BatchWrite {
-                    sent: 1,
-                    stopped: None,
-                },
-                other => BatchWrite {
-                    sent: 0,
-                    stopped: Some(other),
-                },
-            });
+            return write_first(self, frames);
         }
-        let out = self.inner.write_frames(&frames[..pass])?;
+        let out = self.inner.write_frames(frames.range(0..pass))?;
         let tried = out.sent + usize::from(out.stopped.is_some());
         for _ in 0..tried {
             let refused = self.injector.inject();
@@ -246,6 +234,15 @@ impl<B: Backend> Backend for Faulty<B> {
         got: &mut Vec<ReadStatus>,
     ) -> Result<(), BackendError> {
         self.inner.read_frames(bufs, got)
+    }
+
+    unsafe fn read_direct(&mut self, dst: &[libc::iovec]) -> Result<DirectRead, BackendError> {
+        // SAFETY: the caller's promise about dst, passed on.
+        unsafe { self.inner.read_direct(dst) }
+    }
+
+    fn skip_direct(&mut self) {
+        self.inner.skip_direct()
     }
 
     /// The inner backend's: an injected refusal is not a system call.
@@ -353,7 +350,7 @@ mod tests {
             fn kind(&self) -> &'static str {
                 "test"
             }
-            fn write_frame(&mut self, _: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
+            fn write_frame(&mut self, _: FrameRef<'_>) -> Result<WriteStatus, BackendError> {
                 if std::mem::take(&mut self.partial_next) {
                     self.calls.push("partial");
                     return Ok(WriteStatus::Blocked {

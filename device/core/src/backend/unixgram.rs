@@ -14,9 +14,11 @@ use crate::bufsize::MIN_DGRAM_RCVBUF;
 use crate::net::MAX_FRAME;
 use crate::sockopt::SockBuf;
 
+#[cfg(target_os = "linux")]
+use super::{mmsg::Mmsg, Frames};
 use super::{
-    no_sigpipe, size_buf, socket_failure, Backend, BackendError, BackendOptions, ReadStatus,
-    SyscallCounts, TxFrame, WriteStatus, SEND_FLAGS,
+    no_sigpipe, size_buf, socket_failure, Backend, BackendError, BackendOptions, FrameRef,
+    ReadStatus, SyscallCounts, WriteStatus, SEND_FLAGS,
 };
 
 /// Receive buffer libkrun's unixgram backend (PR 556) sets.
@@ -49,6 +51,9 @@ pub struct UnixGram {
     /// Our bound path, unlinked on drop (only when we created it).
     bound: Option<PathBuf>,
     calls: SyscallCounts,
+    /// The batched calls' message headers, reused from call to call.
+    #[cfg(target_os = "linux")]
+    mmsg: Mmsg,
 }
 
 fn default_local_path() -> PathBuf {
@@ -113,6 +118,8 @@ impl UnixGram {
             sock,
             bound: None,
             calls: SyscallCounts::default(),
+            #[cfg(target_os = "linux")]
+            mmsg: Mmsg::default(),
         };
         // connect() sends it itself after connecting; a connected pair can send now.
         if opts.vfkit && me.sock.peer_addr().is_ok() {
@@ -163,7 +170,7 @@ impl Backend for UnixGram {
         self.calls
     }
 
-    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
+    fn write_frame(&mut self, frame: FrameRef<'_>) -> Result<WriteStatus, BackendError> {
         let fd = self.raw_fd();
         let iov = frame.iovecs();
         // SAFETY: a zeroed msghdr is valid (no name, no control data).
@@ -208,26 +215,13 @@ impl Backend for UnixGram {
     /// Linux: one `sendmmsg` per batch. (macOS sends one frame per call: `sendmsg_x`
     /// exists there but is private and unmeasured.)
     #[cfg(target_os = "linux")]
-    fn write_frames(&mut self, frames: &[TxFrame<'_>]) -> Result<super::BatchWrite, BackendError> {
-        use super::BatchWrite;
-        match frames {
-            [] => Ok(BatchWrite {
-                sent: 0,
-                stopped: None,
-            }),
+    fn write_frames(&mut self, frames: Frames<'_>) -> Result<super::BatchWrite, BackendError> {
+        if frames.len() <= 1 {
             // One frame: the plain call, which costs the kernel less per message.
-            [one] => Ok(match self.write_frame(one)? {
-                WriteStatus::Sent => BatchWrite {
-                    sent: 1,
-                    stopped: None,
-                },
-                other => BatchWrite {
-                    sent: 0,
-                    stopped: Some(other),
-                },
-            }),
-            _ => super::mmsg::send(self.raw_fd(), frames, &mut self.calls.sends),
+            return super::write_first(self, frames);
         }
+        self.mmsg
+            .send(self.sock.as_raw_fd(), frames, &mut self.calls.sends)
     }
 
     /// Linux: one `recvmmsg` per batch.
@@ -237,7 +231,8 @@ impl Backend for UnixGram {
         bufs: &mut [Box<[u8]>],
         got: &mut Vec<ReadStatus>,
     ) -> Result<(), BackendError> {
-        super::mmsg::recv(self.raw_fd(), bufs, got, &mut self.calls.recvs)
+        self.mmsg
+            .recv(self.sock.as_raw_fd(), bufs, got, &mut self.calls.recvs)
     }
 
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {

@@ -28,7 +28,7 @@ use crate::backend::{Backend, WriteStatus, MAX_BATCH_BYTES, MAX_BATCH_FRAMES};
 use crate::episode::Episode;
 use crate::events::DeviceEvents;
 use crate::flow::{classify, FlowKey, HEADER_PREFIX};
-use crate::frame::TxFrame;
+use crate::frame::TxList;
 use crate::net::{ChainError, ChainWalk, Rejected, TxChain};
 use crate::probes::DropReason;
 
@@ -62,6 +62,8 @@ pub(crate) struct TxVirtio {
     /// `batch[0]` is a frame popped earlier and not sent yet: the deferred frame.
     held: bool,
     copy: Vec<u8>,
+    /// The batch's frames as the backend sends them (storage reused across batches).
+    list: TxList,
     episode: Episode,
     /// Failed sends after which the deferred frame is dropped (`RetryPolicy::Bounded`).
     max_failed_sends: Option<u32>,
@@ -81,6 +83,7 @@ impl TxVirtio {
             batch: Vec::new(),
             held: false,
             copy: Vec::new(),
+            list: TxList::new(),
             episode: Episode::default(),
             max_failed_sends: None,
             look_ahead: false,
@@ -201,14 +204,14 @@ impl TxVirtio {
             // The frames as the backend sends them, straight from guest memory. A frame
             // that cannot be gathered ends the batch before it (it comes first in the
             // next); only a first frame is copied (and then goes alone) or rejected.
-            let mut frames: Vec<TxFrame<'_>> = Vec::with_capacity(n);
+            self.list.clear();
             let mut first_error = None;
             let mut copy_first = self.batch[0].copied;
             if !copy_first {
                 for (i, p) in self.batch[..n].iter().enumerate() {
-                    match p.chain.gather(mem) {
-                        Ok(Some(frame)) => frames.push(frame),
-                        Ok(None) if i == 0 => {
+                    match p.chain.gather_into(mem, &mut self.list) {
+                        Ok(true) => {}
+                        Ok(false) if i == 0 => {
                             copy_first = true;
                             break;
                         }
@@ -240,11 +243,11 @@ impl TxVirtio {
                 continue;
             }
             if copy_first {
-                frames.push(TxFrame::from_slice(&self.copy));
+                self.list.push_slice(&self.copy);
             }
-            let tried = frames.len();
-            let out = backend.write_frames(&frames);
-            drop(frames);
+            // The list points into `mem`, borrowed for this whole pass.
+            let tried = self.list.len();
+            let out = backend.write_frames(self.list.frames());
             self.unpop(n - tried);
             let out = match out {
                 Ok(out) => out,
@@ -512,29 +515,28 @@ impl TxVirtio {
                 return Ok(Ahead::Sent);
             }
         };
-        let out = backend.write_frames(std::slice::from_ref(&frame));
-        let out = match out {
-            Ok(out) => out,
+        let status = match backend.write_frame(frame.as_frame()) {
+            Ok(status) => status,
             Err(e) => {
                 // Counted with the others if the proxy is gone.
                 self.behind.push_back(b);
                 return Err(e.into());
             }
         };
-        if out.sent == 1 {
-            self.vq
-                .queue
-                .add_used(mem, head, 0)
-                .map_err(self.vq.err())?;
-            events.frame_sent_ahead(len);
-            return Ok(Ahead::Sent);
-        }
-        match out.stopped {
-            Some(WriteStatus::Unreadable) => {
+        match status {
+            WriteStatus::Sent => {
+                self.vq
+                    .queue
+                    .add_used(mem, head, 0)
+                    .map_err(self.vq.err())?;
+                events.frame_sent_ahead(len);
+                Ok(Ahead::Sent)
+            }
+            WriteStatus::Unreadable => {
                 self.reject(mem, head, ChainError::Unreadable, events)?;
                 Ok(Ahead::Sent)
             }
-            _ => {
+            WriteStatus::Blocked { .. } => {
                 events.ahead_refused();
                 Ok(Ahead::Waits(b))
             }
