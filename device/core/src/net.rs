@@ -263,29 +263,6 @@ impl TxChain {
         Ok(Some(f))
     }
 
-    /// Copies the frame's first `out.len()` bytes (fewer if it is shorter) into `out`;
-    /// returns how many. For looking at headers (`crate::flow`) without copying the frame.
-    pub fn read_prefix<M: GuestMemory>(
-        &self,
-        mem: &M,
-        out: &mut [u8],
-    ) -> Result<usize, ChainError> {
-        let mut pos = 0;
-        for &(addr, len) in &self.segs {
-            let n = len.min(out.len() - pos);
-            if n == 0 {
-                break;
-            }
-            mem.read_slice(&mut out[pos..pos + n], addr)
-                .map_err(|_| ChainError::OutOfBounds {
-                    addr: addr.0,
-                    len: len as u32,
-                })?;
-            pos += n;
-        }
-        Ok(pos)
-    }
-
     /// [`TxChain::gather`] into the batch's reused storage: appends the frame to `list`
     /// and returns true, or false when it has more pieces than one send takes (then
     /// nothing is appended). Nothing is allocated or zeroed per frame.
@@ -322,6 +299,29 @@ impl TxChain {
         }
         list.end_frame();
         Ok(true)
+    }
+
+    /// Copies the frame's first `out.len()` bytes (fewer if it is shorter) into `out`;
+    /// returns how many. For looking at headers (`crate::flow`) without copying the frame.
+    pub fn read_prefix<M: GuestMemory>(
+        &self,
+        mem: &M,
+        out: &mut [u8],
+    ) -> Result<usize, ChainError> {
+        let mut pos = 0;
+        for &(addr, len) in &self.segs {
+            let n = len.min(out.len() - pos);
+            if n == 0 {
+                break;
+            }
+            mem.read_slice(&mut out[pos..pos + n], addr)
+                .map_err(|_| ChainError::OutOfBounds {
+                    addr: addr.0,
+                    len: len as u32,
+                })?;
+            pos += n;
+        }
+        Ok(pos)
     }
 
     /// Copies the frame into `out` (for chains [`TxChain::gather`] cannot send as they are).

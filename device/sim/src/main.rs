@@ -114,6 +114,11 @@ struct Cli {
     /// SO_SNDBUF of the device's socket.
     #[arg(long)]
     sndbuf: Option<usize>,
+    /// macOS, unixgram: send and receive batches of datagrams with sendmsg_x/recvmsg_x
+    /// (type-checked for macOS, never run). Accepted and ignored on Linux, which batches
+    /// with sendmmsg/recvmmsg.
+    #[arg(long)]
+    macos_batch_syscalls: bool,
     /// Report a stall (and fail) after this long without progress.
     #[arg(long, default_value_t = 1.0)]
     stall_timeout: f64,
@@ -336,6 +341,11 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
     {
         check_dgram_rcvbuf(bytes).map_err(|e| format!("--proxy-rcvbuf {e}"))?;
     }
+    if cli.macos_batch_syscalls && cfg!(not(target_os = "macos")) {
+        eprintln!(
+            "vnet-sim: --macos-batch-syscalls ignored: it is for macOS (this OS batches with sendmmsg/recvmmsg)"
+        );
+    }
     let limit = match cli.frames {
         Some(0) => return Err("--frames 0: must be at least 1".into()),
         Some(n) => Limit::Frames(n),
@@ -415,6 +425,7 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
             .parse()
             .map_err(|e| format!("--retry-policy {e}"))?,
         sndbuf: cli.sndbuf,
+        macos_batch_syscalls: cli.macos_batch_syscalls,
         stall_timeout: secs("--stall-timeout", cli.stall_timeout, MAX_STALL_TIMEOUT_SECS)?,
         queue_size: cli.queue_size,
         rx_buf_len: cli.rx_buf_len,

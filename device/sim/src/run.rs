@@ -64,6 +64,9 @@ pub struct SimConfig {
     pub retry_timer: RetryTimer,
     pub retry_policy: RetryPolicy,
     pub sndbuf: Option<usize>,
+    /// macOS, unixgram: batches of datagrams per `sendmsg_x`/`recvmsg_x` (see
+    /// `BackendOptions::macos_batch_syscalls`; type-checked for macOS, never run).
+    pub macos_batch_syscalls: bool,
     pub stall_timeout: Duration,
     /// Real-proxy mode: how long to wait for the last echoes once sending stopped.
     pub drain_timeout: Duration,
@@ -102,6 +105,7 @@ impl Default for SimConfig {
             retry_timer: RetryTimer::BackendDefault,
             retry_policy: RetryPolicy::Timer,
             sndbuf: None,
+            macos_batch_syscalls: false,
             stall_timeout: Duration::from_secs(1),
             drain_timeout: Duration::from_millis(500),
             window: 64,
@@ -191,6 +195,7 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
     let mut bopts = BackendOptions {
         vfkit: cfg.vfkit,
         sndbuf: cfg.sndbuf,
+        macos_batch_syscalls: cfg.macos_batch_syscalls,
         ..BackendOptions::default()
     };
     // Declared before the backend so it outlives it: the device's socket file is inside.

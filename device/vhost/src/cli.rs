@@ -34,6 +34,11 @@ struct Args {
     /// Send the vfkit `VFKT` greeting after connecting (unixgram only).
     #[arg(long)]
     vfkit: bool,
+    /// macOS, unixgram: send and receive batches of datagrams with sendmsg_x/recvmsg_x
+    /// (type-checked for macOS, never run). Accepted and ignored on Linux, which batches
+    /// with sendmmsg/recvmmsg.
+    #[arg(long)]
+    macos_batch_syscalls: bool,
     /// Record every probe firing into this CSV (the trace CSV of dtrace/README.md).
     #[arg(long)]
     trace: Option<PathBuf>,
@@ -104,8 +109,14 @@ pub fn main() -> ExitCode {
             }
         }
     }
+    if args.macos_batch_syscalls && cfg!(not(target_os = "macos")) {
+        eprintln!(
+            "vnet-vhost: --macos-batch-syscalls ignored: it is for macOS (this OS batches with sendmmsg/recvmmsg)"
+        );
+    }
     let backend_opts = BackendOptions {
         vfkit: args.vfkit,
+        macos_batch_syscalls: args.macos_batch_syscalls,
         ..Default::default()
     };
     let worker_opts = WorkerOptions {

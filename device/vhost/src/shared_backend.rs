@@ -71,10 +71,6 @@ impl Backend for SharedBackend {
         self.lock().read_frame(buf)
     }
 
-    fn whole_frames(&self) -> bool {
-        self.lock().whole_frames()
-    }
-
     fn read_frames(
         &mut self,
         bufs: &mut [Box<[u8]>],
@@ -94,5 +90,9 @@ impl Backend for SharedBackend {
 
     fn syscalls(&self) -> SyscallCounts {
         self.lock().syscalls()
+    }
+
+    fn whole_frames(&self) -> bool {
+        self.lock().whole_frames()
     }
 }

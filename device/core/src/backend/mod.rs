@@ -5,6 +5,8 @@
 mod faulty;
 #[cfg(target_os = "linux")]
 mod mmsg;
+#[cfg(target_os = "macos")]
+mod msgx;
 mod stream_tx;
 pub mod unixgram;
 pub mod unixstream;
@@ -75,6 +77,10 @@ pub struct BackendOptions {
     pub local_path: Option<PathBuf>,
     pub sndbuf: Option<usize>,
     pub rcvbuf: Option<usize>,
+    /// macOS, unixgram: send and receive batches of datagrams with `sendmsg_x`/
+    /// `recvmsg_x` (private XNU calls; type-checked for macOS, never run) instead of one
+    /// datagram per call. Ignored elsewhere (Linux batches with `sendmmsg`/`recvmmsg`).
+    pub macos_batch_syscalls: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,10 @@ use crate::net::MAX_FRAME;
 use crate::sockopt::SockBuf;
 
 #[cfg(target_os = "linux")]
-use super::{mmsg::Mmsg, Frames};
+use super::mmsg::Mmsg;
+#[cfg(target_os = "macos")]
+use super::msgx::Msgx;
+use super::Frames;
 use super::{
     no_sigpipe, size_buf, socket_failure, Backend, BackendError, BackendOptions, FrameRef,
     ReadStatus, SyscallCounts, WriteStatus, SEND_FLAGS,
@@ -54,6 +57,9 @@ pub struct UnixGram {
     /// The batched calls' message headers, reused from call to call.
     #[cfg(target_os = "linux")]
     mmsg: Mmsg,
+    /// macOS: `sendmsg_x`/`recvmsg_x`, when asked for (`macos_batch_syscalls`).
+    #[cfg(target_os = "macos")]
+    msgx: Option<Msgx>,
 }
 
 fn default_local_path() -> PathBuf {
@@ -120,6 +126,8 @@ impl UnixGram {
             calls: SyscallCounts::default(),
             #[cfg(target_os = "linux")]
             mmsg: Mmsg::default(),
+            #[cfg(target_os = "macos")]
+            msgx: opts.macos_batch_syscalls.then(Msgx::default),
         };
         // connect() sends it itself after connecting; a connected pair can send now.
         if opts.vfkit && me.sock.peer_addr().is_ok() {
@@ -212,8 +220,7 @@ impl Backend for UnixGram {
         super::MAX_BATCH_FRAMES
     }
 
-    /// Linux: one `sendmmsg` per batch. (macOS sends one frame per call: `sendmsg_x`
-    /// exists there but is private and unmeasured.)
+    /// Linux: one `sendmmsg` per batch.
     #[cfg(target_os = "linux")]
     fn write_frames(&mut self, frames: Frames<'_>) -> Result<super::BatchWrite, BackendError> {
         if frames.len() <= 1 {
@@ -222,6 +229,43 @@ impl Backend for UnixGram {
         }
         self.mmsg
             .send(self.sock.as_raw_fd(), frames, &mut self.calls.sends)
+    }
+
+    #[cfg(target_os = "macos")]
+    fn batch_limit(&self) -> usize {
+        if self.msgx.is_some() {
+            super::MAX_BATCH_FRAMES
+        } else {
+            1
+        }
+    }
+
+    /// macOS: one frame per call, or one `sendmsg_x` per batch when asked for.
+    #[cfg(target_os = "macos")]
+    fn write_frames(&mut self, frames: Frames<'_>) -> Result<super::BatchWrite, BackendError> {
+        let fd = self.sock.as_raw_fd();
+        match &mut self.msgx {
+            Some(m) if frames.len() > 1 => m.send(fd, frames, &mut self.calls.sends),
+            _ => super::write_first(self, frames),
+        }
+    }
+
+    /// macOS: one frame per call, or one `recvmsg_x` per batch when asked for.
+    #[cfg(target_os = "macos")]
+    fn read_frames(
+        &mut self,
+        bufs: &mut [Box<[u8]>],
+        got: &mut Vec<ReadStatus>,
+    ) -> Result<(), BackendError> {
+        let fd = self.sock.as_raw_fd();
+        match &mut self.msgx {
+            Some(m) => m.recv(fd, bufs, got, &mut self.calls.recvs),
+            None => {
+                got.clear();
+                got.push(self.read_frame(&mut bufs[0])?);
+                Ok(())
+            }
+        }
     }
 
     /// Linux: one `recvmmsg` per batch.

@@ -506,37 +506,39 @@ impl TxVirtio {
         b: Behind,
     ) -> Result<Ahead, DeviceError> {
         let (head, len) = (b.popped.head, b.popped.len);
-        let frame = match b.popped.chain.gather(mem) {
-            Ok(Some(frame)) => frame,
+        self.list.clear();
+        match b.popped.chain.gather_into(mem, &mut self.list) {
+            Ok(true) => {}
             // Too many pieces to send in place: it waits its turn (then it is copied).
-            Ok(None) => return Ok(Ahead::Waits(b)),
+            Ok(false) => return Ok(Ahead::Waits(b)),
             Err(error) => {
                 self.reject(mem, head, error, events)?;
                 return Ok(Ahead::Sent);
             }
-        };
-        let status = match backend.write_frame(frame.as_frame()) {
-            Ok(status) => status,
+        }
+        let out = backend.write_frames(self.list.frames());
+        let out = match out {
+            Ok(out) => out,
             Err(e) => {
                 // Counted with the others if the proxy is gone.
                 self.behind.push_back(b);
                 return Err(e.into());
             }
         };
-        match status {
-            WriteStatus::Sent => {
-                self.vq
-                    .queue
-                    .add_used(mem, head, 0)
-                    .map_err(self.vq.err())?;
-                events.frame_sent_ahead(len);
-                Ok(Ahead::Sent)
-            }
-            WriteStatus::Unreadable => {
+        if out.sent == 1 {
+            self.vq
+                .queue
+                .add_used(mem, head, 0)
+                .map_err(self.vq.err())?;
+            events.frame_sent_ahead(len);
+            return Ok(Ahead::Sent);
+        }
+        match out.stopped {
+            Some(WriteStatus::Unreadable) => {
                 self.reject(mem, head, ChainError::Unreadable, events)?;
                 Ok(Ahead::Sent)
             }
-            WriteStatus::Blocked { .. } => {
+            _ => {
                 events.ahead_refused();
                 Ok(Ahead::Waits(b))
             }
