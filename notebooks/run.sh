@@ -77,7 +77,8 @@ run_nb policies MATRIX="$matrix"
 # 4. every expected figure exists and is not empty.
 expected=(enobufs_1_wait_cdf enobufs_2_retries enobufs_3_wakeup_space enobufs_4_over_time
   enobufs_5_episode_timeline compare_1_wait_cdf compare_2_retries compare_3_wakeup_space
-  compare_4_over_time policies_1_gbit policies_2_ack_p99 policies_3_ack_max policies_4_drops)
+  compare_4_over_time policies_1_gbit policies_2_ack_p99 policies_3_ack_max policies_4_drops
+  policies_5_ack_over_1ms)
 missing=0
 for f in "${expected[@]}"; do
   p=$out/$f.png

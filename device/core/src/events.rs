@@ -57,6 +57,12 @@ impl DeviceEvents {
         tracing::debug!(fd = self.fd, len, "Read eth frame from proxy: {len} bytes");
     }
 
+    /// A frame was read straight into guest buffers.
+    #[inline]
+    pub fn rx_direct(&self) {
+        self.metrics.rx_direct.inc();
+    }
+
     pub fn frame_dropped(&self, len: usize, reason: DropReason) {
         self.metrics.drops.count(reason);
         probes::frame_drop(self.fd.into(), len as i64, reason.code());
@@ -118,6 +124,18 @@ impl DeviceEvents {
     /// A TX frame was copied out of guest memory (too many pieces for one send).
     pub fn tx_copied(&self) {
         self.metrics.tx_copied.inc();
+    }
+
+    /// A TX frame of `len` bytes went out ahead of the deferred frame (`small-first`).
+    #[inline]
+    pub fn frame_sent_ahead(&self, len: usize) {
+        self.metrics.tx_sent_ahead.inc();
+        self.frame_sent(len);
+    }
+
+    /// A send trying to go ahead of the deferred frame was refused (`small-first`).
+    pub fn ahead_refused(&self) {
+        self.metrics.tx_ahead_refused.inc();
     }
 
     /// A stream send wrote part of a frame before the socket filled.

@@ -11,6 +11,7 @@ pub mod bufsize;
 pub mod device;
 pub mod episode;
 pub mod events;
+pub mod flow;
 pub mod frame;
 pub mod metrics;
 pub mod net;

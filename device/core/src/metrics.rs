@@ -224,6 +224,15 @@ metrics! {
     /// TX frames copied out of guest memory before sending, because their chain had more
     /// pieces than one gathered send takes (every other frame is sent in place).
     tx_copied: Counter,
+    /// RX frames read from a stream socket straight into guest buffers (no copy in user
+    /// space; see the unixstream backend's `DIRECT_MIN`).
+    rx_direct: Counter,
+    /// `small-first`: frames sent ahead of a deferred frame of another flow (their used
+    /// entries come back out of ring order). Not episode retries.
+    tx_sent_ahead: Counter,
+    /// `small-first`: sends of frames trying to go ahead of a deferred frame that the
+    /// socket refused (those frames wait behind it, in ring order).
+    tx_ahead_refused: Counter,
     drops: DropCounters,
     /// Guest descriptor chains returned unused because they were malformed.
     rejected_chains: Counter,

@@ -12,8 +12,8 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
-use crate::frame::TxFrame;
 pub use crate::frame::MAX_FRAME;
+use crate::frame::{TxFrame, TxList};
 
 /// The features the device offers: VERSION_1, MAC, EVENT_IDX and MRG_RXBUF. No
 /// offloads, and no INDIRECT_DESC (so an indirect descriptor from the guest is an error).
@@ -263,6 +263,67 @@ impl TxChain {
         Ok(Some(f))
     }
 
+    /// [`TxChain::gather`] into the batch's reused storage: appends the frame to `list`
+    /// and returns true, or false when it has more pieces than one send takes (then
+    /// nothing is appended). Nothing is allocated or zeroed per frame.
+    pub fn gather_into<M: GuestMemory>(
+        &self,
+        mem: &M,
+        list: &mut TxList,
+    ) -> Result<bool, ChainError> {
+        for &(addr, len) in &self.segs {
+            let oob = || ChainError::OutOfBounds {
+                addr: addr.0,
+                len: len as u32,
+            };
+            let slices = match mem.get_slices(addr, len, Permissions::Read) {
+                Ok(s) => s,
+                Err(_) => {
+                    list.cancel_frame();
+                    return Err(oob());
+                }
+            };
+            for slice in slices {
+                let pushed = match slice {
+                    Ok(slice) => list.push_volatile(&slice),
+                    Err(_) => {
+                        list.cancel_frame();
+                        return Err(oob());
+                    }
+                };
+                if pushed.is_err() {
+                    list.cancel_frame();
+                    return Ok(false);
+                }
+            }
+        }
+        list.end_frame();
+        Ok(true)
+    }
+
+    /// Copies the frame's first `out.len()` bytes (fewer if it is shorter) into `out`;
+    /// returns how many. For looking at headers (`crate::flow`) without copying the frame.
+    pub fn read_prefix<M: GuestMemory>(
+        &self,
+        mem: &M,
+        out: &mut [u8],
+    ) -> Result<usize, ChainError> {
+        let mut pos = 0;
+        for &(addr, len) in &self.segs {
+            let n = len.min(out.len() - pos);
+            if n == 0 {
+                break;
+            }
+            mem.read_slice(&mut out[pos..pos + n], addr)
+                .map_err(|_| ChainError::OutOfBounds {
+                    addr: addr.0,
+                    len: len as u32,
+                })?;
+            pos += n;
+        }
+        Ok(pos)
+    }
+
     /// Copies the frame into `out` (for chains [`TxChain::gather`] cannot send as they are).
     pub fn copy_to<M: GuestMemory>(&self, mem: &M, out: &mut Vec<u8>) -> Result<(), ChainError> {
         out.clear();
@@ -303,31 +364,46 @@ pub fn parse_rx_chain<M: GuestMemory>(
         capacity: 0,
         descs: 0,
     };
-    for d in descs {
-        let d = d?;
-        if !d.is_write_only() {
-            return Err(ChainError::ReadOnlyInRx { addr: d.addr().0 });
-        }
-        if d.len() > 0 && !mem.check_range(d.addr(), d.len() as usize, Permissions::Write) {
-            return Err(ChainError::OutOfBounds {
-                addr: d.addr().0,
-                len: d.len(),
-            });
-        }
-        b.capacity = b.capacity.saturating_add(d.len() as usize);
-        b.descs += 1;
-        b.segs.push((d.addr(), d.len() as usize));
-    }
-    if b.descs == 0 {
-        return Err(ChainError::Empty);
-    }
-    if b.capacity < NET_HDR_LEN {
-        return Err(ChainError::TooShort { len: b.capacity });
-    }
+    b.parse(mem, head, descs)?;
     Ok(b)
 }
 
 impl RxBuffer {
+    /// [`parse_rx_chain`] into this value, reusing its storage.
+    fn parse<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        head: u16,
+        descs: impl Iterator<Item = Result<Descriptor, ChainError>>,
+    ) -> Result<(), ChainError> {
+        self.head = head;
+        self.segs.clear();
+        self.capacity = 0;
+        self.descs = 0;
+        for d in descs {
+            let d = d?;
+            if !d.is_write_only() {
+                return Err(ChainError::ReadOnlyInRx { addr: d.addr().0 });
+            }
+            if d.len() > 0 && !mem.check_range(d.addr(), d.len() as usize, Permissions::Write) {
+                return Err(ChainError::OutOfBounds {
+                    addr: d.addr().0,
+                    len: d.len(),
+                });
+            }
+            self.capacity = self.capacity.saturating_add(d.len() as usize);
+            self.descs += 1;
+            self.segs.push((d.addr(), d.len() as usize));
+        }
+        if self.descs == 0 {
+            return Err(ChainError::Empty);
+        }
+        if self.capacity < NET_HDR_LEN {
+            return Err(ChainError::TooShort { len: self.capacity });
+        }
+        Ok(())
+    }
+
     /// Writes `parts` back to back from the start of the buffer; returns bytes written.
     fn fill<M: GuestMemory>(&self, mem: &M, parts: &mut [&[u8]]) -> Result<usize, ChainError> {
         let mut written = 0;
@@ -377,6 +453,11 @@ pub struct Rejected {
 #[derive(Debug, Default)]
 pub struct RxBuffers {
     reserved: VecDeque<RxBuffer>,
+    /// Buffers already used, kept so the next chains reuse their storage: no allocation
+    /// per frame.
+    free: Vec<RxBuffer>,
+    /// Bytes written into each buffer of the frame being delivered (reused).
+    lens: Vec<usize>,
 }
 
 impl RxBuffers {
@@ -401,12 +482,19 @@ impl RxBuffers {
                 return Ok(false);
             };
             let head = chain.head_index();
-            match parse_rx_chain(mem, head, ChainWalk::new(mem, queue, head)) {
-                Ok(b) => {
+            let mut b = self.free.pop().unwrap_or_else(|| RxBuffer {
+                head,
+                segs: Vec::new(),
+                capacity: 0,
+                descs: 0,
+            });
+            match b.parse(mem, head, ChainWalk::new(mem, queue, head)) {
+                Ok(()) => {
                     self.reserved.push_back(b);
                     return Ok(true);
                 }
                 Err(error) => {
+                    self.free.push(b);
                     if error.returnable() {
                         queue.add_used(mem, head, 0)?;
                     }
@@ -426,69 +514,180 @@ impl RxBuffers {
         mergeable: bool,
         rejected: &mut Vec<Rejected>,
     ) -> Result<RxOutcome, virtio_queue::Error> {
-        let needed = NET_HDR_LEN + frame.len();
+        match self.reserve(queue, mem, frame.len(), mergeable, rejected)? {
+            Ok(take) => self.write(queue, mem, frame, take, rejected),
+            Err(outcome) => Ok(outcome),
+        }
+    }
+
+    /// Reserves guest buffers for a frame of `len` bytes (and its header) without writing
+    /// it: `Ok(take)`, the frame goes into the first `take` reserved buffers; otherwise
+    /// why it cannot go anywhere now (`NoBuffers`) or ever (`NoRoom`).
+    pub fn reserve<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        len: usize,
+        mergeable: bool,
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<Result<usize, RxOutcome>, virtio_queue::Error> {
+        let needed = NET_HDR_LEN + len;
         if !mergeable {
             if self.reserved.is_empty() && !self.reserve_one(queue, mem, rejected)? {
-                return Ok(RxOutcome::NoBuffers);
+                return Ok(Err(RxOutcome::NoBuffers));
             }
             if self.reserved[0].capacity < needed {
                 // The buffer stays reserved for the next (smaller) frame.
-                return Ok(RxOutcome::NoRoom);
+                return Ok(Err(RxOutcome::NoRoom));
             }
-            let b = self.reserved.pop_front().expect("reserved above");
-            return self.write(queue, mem, frame, vec![b], rejected);
+            return Ok(Ok(1));
         }
         while self.reserved_capacity() < needed {
             if !self.reserve_one(queue, mem, rejected)? {
                 let descs: usize = self.reserved.iter().map(|b| b.descs).sum();
                 // Every descriptor of the ring is already reserved: no kick can help.
                 if descs >= usize::from(queue.size()) {
-                    return Ok(RxOutcome::NoRoom);
+                    return Ok(Err(RxOutcome::NoRoom));
                 }
-                return Ok(RxOutcome::NoBuffers);
+                return Ok(Err(RxOutcome::NoBuffers));
             }
         }
-        let mut take = Vec::new();
+        let mut take = 0;
         let mut cap = 0;
         while cap < needed {
-            let b = self.reserved.pop_front().expect("capacity checked");
-            cap += b.capacity;
-            take.push(b);
+            cap += self.reserved[take].capacity;
+            take += 1;
         }
-        self.write(queue, mem, frame, take, rejected)
+        Ok(Ok(take))
     }
 
+    /// Appends to `out` the guest memory a frame of `len` bytes fills in the first `take`
+    /// reserved buffers (after the header), as iovecs the kernel can read into: the frame
+    /// is then read from the socket straight into the guest (see [`RxBuffers::complete`]).
+    pub fn payload_iovecs<M: GuestMemory>(
+        &self,
+        mem: &M,
+        take: usize,
+        len: usize,
+        out: &mut Vec<libc::iovec>,
+    ) -> Result<(), Rejected> {
+        let mut skip = NET_HDR_LEN;
+        let mut left = len;
+        for b in self.reserved.range(..take) {
+            for &(addr, seg) in &b.segs {
+                if left == 0 {
+                    return Ok(());
+                }
+                if skip >= seg {
+                    skip -= seg;
+                    continue;
+                }
+                let n = (seg - skip).min(left);
+                let a = GuestAddress(addr.0 + skip as u64);
+                skip = 0;
+                left -= n;
+                let bad = || Rejected {
+                    head: b.head,
+                    error: ChainError::OutOfBounds {
+                        addr: a.0,
+                        len: n as u32,
+                    },
+                };
+                for slice in mem
+                    .get_slices(a, n, Permissions::Write)
+                    .map_err(|_| bad())?
+                {
+                    let slice = slice.map_err(|_| bad())?;
+                    // Without vm-memory's `xen` feature the pointer lives as long as the
+                    // memory mapping, which the caller borrows for the read.
+                    out.push(libc::iovec {
+                        iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                        iov_len: slice.len(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A frame of `len` bytes is in place in the first `take` reserved buffers (read
+    /// there through [`RxBuffers::payload_iovecs`]): writes its header and uses them.
+    pub fn complete<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        take: usize,
+        len: usize,
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<RxOutcome, virtio_queue::Error> {
+        let hdr = rx_header(take as u16);
+        if let Err(error) = self.reserved[0].fill(mem, &mut [&hdr[..]]) {
+            let head = self.reserved[0].head;
+            return self.abandon(queue, mem, take, Rejected { head, error }, rejected);
+        }
+        let mut left = NET_HDR_LEN + len;
+        for b in self.reserved.drain(..take) {
+            let w = b.capacity.min(left);
+            left -= w;
+            queue.add_used(mem, b.head, w as u32)?;
+            self.free.push(b);
+        }
+        Ok(RxOutcome::Delivered {
+            buffers: take as u16,
+        })
+    }
+
+    /// Memory went away under a checked chain (hot-unplug): hands the first `take`
+    /// reserved buffers back empty rather than publish a partial frame.
+    pub fn abandon<M: GuestMemory>(
+        &mut self,
+        queue: &mut Queue,
+        mem: &M,
+        take: usize,
+        why: Rejected,
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<RxOutcome, virtio_queue::Error> {
+        for b in self.reserved.drain(..take) {
+            queue.add_used(mem, b.head, 0)?;
+            self.free.push(b);
+        }
+        rejected.push(why);
+        Ok(RxOutcome::NoRoom)
+    }
+
+    /// Writes the header and `frame` into the first `take` reserved buffers and uses
+    /// them; they then go to the free list.
     fn write<M: GuestMemory>(
         &mut self,
         queue: &mut Queue,
         mem: &M,
         frame: &[u8],
-        bufs: Vec<RxBuffer>,
+        take: usize,
         rejected: &mut Vec<Rejected>,
     ) -> Result<RxOutcome, virtio_queue::Error> {
-        let n = bufs.len() as u16;
+        let n = take as u16;
         let hdr = rx_header(n);
         let mut parts: [&[u8]; 2] = [&hdr, frame];
-        let mut lens = Vec::with_capacity(bufs.len());
-        for b in &bufs {
+        self.lens.clear();
+        let mut failed = None;
+        for b in self.reserved.range(..take) {
             match b.fill(mem, &mut parts) {
-                Ok(w) => lens.push(w),
+                Ok(w) => self.lens.push(w),
                 Err(error) => {
-                    // Memory went away under a checked chain (hot-unplug): hand every
-                    // buffer back empty rather than publish a partial frame.
-                    for b in &bufs {
-                        queue.add_used(mem, b.head, 0)?;
-                    }
-                    rejected.push(Rejected {
+                    failed = Some(Rejected {
                         head: b.head,
                         error,
                     });
-                    return Ok(RxOutcome::NoRoom);
+                    break;
                 }
             }
         }
-        for (b, len) in bufs.iter().zip(lens) {
+        if let Some(r) = failed {
+            return self.abandon(queue, mem, take, r, rejected);
+        }
+        for (b, &len) in self.reserved.drain(..take).zip(&self.lens) {
             queue.add_used(mem, b.head, len as u32)?;
+            self.free.push(b);
         }
         Ok(RxOutcome::Delivered { buffers: n })
     }

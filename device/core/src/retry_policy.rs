@@ -39,11 +39,17 @@ pub enum RetryPolicy {
     /// EVFILT_WRITE with NOTE_LOWAT set to the frame size), with [`ROOM_SAFETY_NET`] as the
     /// only timer; guest kicks do not retry.
     Room,
+    /// `Timer`, and while a frame is deferred, frames of *other* flows (`crate::flow`)
+    /// behind it that the socket takes go ahead of it; within one flow, and for any frame
+    /// whose flow is unknown, the order never changes. Only on backends whose sends are
+    /// all-or-nothing (datagrams: [`crate::backend::Backend::whole_frames`]); elsewhere
+    /// it is `Timer`.
+    SmallFirst,
 }
 
 /// A `--retry-policy` value that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{value:?}: {why} (expected timer, bounded:N, backoff[:CAP_US] or room)")]
+#[error("{value:?}: {why} (expected timer, bounded:N, backoff[:CAP_US], room or small-first)")]
 pub struct RetryPolicyError {
     value: String,
     why: &'static str,
@@ -64,6 +70,7 @@ impl FromStr for RetryPolicy {
         match (name, arg) {
             ("timer", None) => Ok(RetryPolicy::Timer),
             ("room", None) => Ok(RetryPolicy::Room),
+            ("small-first", None) => Ok(RetryPolicy::SmallFirst),
             ("bounded", Some(n)) => n
                 .parse::<u32>()
                 .map(|retries| RetryPolicy::Bounded { retries })
@@ -80,7 +87,9 @@ impl FromStr for RetryPolicy {
                 }
                 _ => Err(err("CAP_US must be microseconds from 50 to 10000000")),
             },
-            ("timer" | "room", Some(_)) => Err(err("this policy takes no argument")),
+            ("timer" | "room" | "small-first", Some(_)) => {
+                Err(err("this policy takes no argument"))
+            }
             _ => Err(err("unknown policy")),
         }
     }
@@ -93,6 +102,7 @@ impl fmt::Display for RetryPolicy {
             RetryPolicy::Bounded { retries } => write!(f, "bounded:{retries}"),
             RetryPolicy::Backoff { cap } => write!(f, "backoff:{}", cap.as_micros()),
             RetryPolicy::Room => write!(f, "room"),
+            RetryPolicy::SmallFirst => write!(f, "small-first"),
         }
     }
 }
@@ -110,7 +120,7 @@ impl RetryPolicy {
     /// retry-timer setting resolved against the backend (`None` = no timer).
     pub fn delay(self, configured: Option<Duration>, failures: u32) -> Option<Duration> {
         match self {
-            RetryPolicy::Timer => configured,
+            RetryPolicy::Timer | RetryPolicy::SmallFirst => configured,
             RetryPolicy::Bounded { .. } => Some(configured.unwrap_or(BASE_DELAY)),
             RetryPolicy::Backoff { cap } => {
                 let base = configured.unwrap_or(BASE_DELAY);
@@ -128,6 +138,11 @@ impl RetryPolicy {
             RetryPolicy::Room => free < 0 || free as u64 >= frame_len as u64,
             _ => true,
         }
+    }
+
+    /// Whether frames of other flows may go ahead of a deferred frame.
+    pub fn looks_ahead(self) -> bool {
+        self == RetryPolicy::SmallFirst
     }
 
     /// Whether a guest kick retries a deferred frame.
@@ -154,6 +169,7 @@ mod tests {
         for (s, p) in [
             ("timer", RetryPolicy::Timer),
             ("room", RetryPolicy::Room),
+            ("small-first", RetryPolicy::SmallFirst),
             ("bounded:10", RetryPolicy::Bounded { retries: 10 }),
             ("bounded:0", RetryPolicy::Bounded { retries: 0 }),
             (
@@ -182,6 +198,8 @@ mod tests {
             "backoff:x",
             "timer:5",
             "room:1",
+            "small-first:1",
+            "smallfirst",
             "sometimes",
         ] {
             let e = bad.parse::<RetryPolicy>().unwrap_err().to_string();
@@ -216,5 +234,9 @@ mod tests {
         assert!(RetryPolicy::Room.retry_on_write(65226, 65226));
         assert!(RetryPolicy::Room.retry_on_write(-1, 65226));
         assert!(RetryPolicy::Timer.retry_on_write(0, 65226));
+        assert_eq!(RetryPolicy::SmallFirst.delay(None, 3), None);
+        assert_eq!(RetryPolicy::SmallFirst.delay(d50, 3), d50);
+        assert!(RetryPolicy::SmallFirst.retry_on_kick() && RetryPolicy::SmallFirst.looks_ahead());
+        assert!(!RetryPolicy::Timer.looks_ahead());
     }
 }

@@ -52,6 +52,10 @@ pub struct WorkerOptions {
     pub lose_write_events: bool,
     /// Fault: sends refused with ENOBUFS (the backend runs inside [`crate::backend::Faulty`]).
     pub inject_enobufs: FaultConfig,
+    /// Model of macOS's datagram admission: a send is refused with ENOBUFS when the frame
+    /// does not fit this many bytes minus those the proxy has not read
+    /// ([`crate::backend::Faulty::with_room`]; Linux only).
+    pub proxy_room: Option<usize>,
 }
 
 pub struct WorkerExit {
@@ -177,10 +181,14 @@ fn run(setup: WorkerSetup, stop: Notifier) -> Result<WorkerExit, WorkerError> {
         options,
         metrics,
     } = setup;
-    let backend = options.inject_enobufs.wrap(backend, metrics.clone());
+    let backend =
+        options
+            .inject_enobufs
+            .wrap_with_room(backend, options.proxy_room, metrics.clone());
     let retry_delay = options.retry_timer.delay(backend.default_retry_delay());
     let mut dev = NetDevice::new(mem, rx, tx, rx_call, tx_call, features, backend, metrics);
     dev.set_max_failed_sends(options.retry_policy.max_failed_sends());
+    dev.set_look_ahead(options.retry_policy.looks_ahead());
     let mut poller = Poller::new().map_err(WorkerError::Poller)?;
     poller
         .add(stop.as_fd(), TOKEN_STOP, Interest::Read)
@@ -202,6 +210,7 @@ fn run(setup: WorkerSetup, stop: Notifier) -> Result<WorkerExit, WorkerError> {
         backend = dev.backend().kind(),
         retry_delay_us = retry_delay.map(|d| d.as_micros() as u64),
         retry_policy = %options.retry_policy,
+        look_ahead = dev.tx_looks_ahead(),
         "device worker started"
     );
     let mut l = Loop {

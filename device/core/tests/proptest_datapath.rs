@@ -7,13 +7,14 @@ mod common;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::RawFd;
 use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::{frame, tx_segs, DriverQueue, RxAssembler, Seg};
 use proptest::prelude::*;
 use vnet_device::backend::{
-    Backend, BackendError, BackendOptions, BatchWrite, FaultConfig, ReadStatus, SyscallCounts,
-    TxFrame, UnixGram, UnixStreamBackend, WriteStatus,
+    Backend, BackendError, BackendOptions, BatchWrite, FaultConfig, FrameRef, Frames, ReadStatus,
+    SyscallCounts, TxList, UnixGram, UnixStreamBackend, WriteStatus,
 };
 use vnet_device::device::{NetDevice, TxPass};
 use vnet_device::frame::MAX_IOV;
@@ -236,11 +237,13 @@ impl Backend for Stopper {
     fn batch_limit(&self) -> usize {
         vnet_device::backend::MAX_BATCH_FRAMES
     }
-    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
-        let out = self.write_frames(std::slice::from_ref(frame))?;
+    fn write_frame(&mut self, frame: FrameRef<'_>) -> Result<WriteStatus, BackendError> {
+        let mut one = TxList::new();
+        one.push_frame(frame);
+        let out = self.write_frames(one.frames())?;
         Ok(out.stopped.unwrap_or(WriteStatus::Sent))
     }
-    fn write_frames(&mut self, frames: &[TxFrame<'_>]) -> Result<BatchWrite, BackendError> {
+    fn write_frames(&mut self, frames: Frames<'_>) -> Result<BatchWrite, BackendError> {
         let stop = self.script.get(self.calls).copied().flatten();
         self.calls += 1;
         let mut log = self.log.lock().unwrap();
@@ -252,7 +255,7 @@ impl Backend for Stopper {
             stopped: None,
         };
         while out.sent < upto && out.stopped.is_none() {
-            let more = self.inner.write_frames(&frames[out.sent..upto])?;
+            let more = self.inner.write_frames(frames.range(out.sent..upto))?;
             out.sent += more.sent;
             out.stopped = more.stopped;
             if more.sent == 0 && more.stopped.is_none() {
@@ -368,6 +371,209 @@ fn batch_stopping_at_every_position_defers_exactly_that_frame() {
         #[cfg(not(target_os = "linux"))]
         assert_eq!(m.tx_syscalls, N as u64, "k={k}");
         assert_eq!(log.lock().unwrap().batches, [N, N - k], "k={k}");
+    }
+}
+
+/// A stream backend whose socket a test can make take at most N more bytes (then refuse
+/// once with EAGAIN), and its peer.
+fn limited_stream() -> (Box<dyn Backend>, Peer, Arc<AtomicUsize>) {
+    let (a, b) = UnixStream::pair().unwrap();
+    b.set_nonblocking(true).unwrap();
+    let mut be = UnixStreamBackend::from_socket(a, &BackendOptions::default()).unwrap();
+    let limit = be.send_limit();
+    let peer = Peer::Stream {
+        sock: b,
+        wire: Vec::new(),
+        rbuf: Vec::new(),
+        out: Vec::new(),
+    };
+    (Box::new(be), peer, limit)
+}
+
+/// Every complete frame the peer can read now.
+fn drain_peer(peer: &mut Peer) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let got = peer.read(64);
+        if got.is_empty() {
+            return out;
+        }
+        out.extend(got);
+    }
+}
+
+/// The stream's batches (several length-prefixed frames per send), stopped by the socket
+/// at every byte of the wire: the frames wholly written are used, the frame the stop falls
+/// in is the deferred frame (partly written when the stop is inside it) with an episode of
+/// one failed send, the frames after it stay in the ring; the retry resumes exactly there
+/// and sends the rest, each frame once and in order.
+#[test]
+fn stream_batch_stopping_at_every_byte_defers_exactly_that_frame() {
+    let lens = [60usize, 100, 7, 300, 20];
+    let frames: Vec<Vec<u8>> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| frame(i as u32, l))
+        .collect();
+    let ends: Vec<usize> = lens
+        .iter()
+        .scan(0, |pos, l| {
+            *pos += 4 + l;
+            Some(*pos)
+        })
+        .collect();
+    let total = *ends.last().unwrap();
+    for cut in 0..total {
+        let mem = common::memory();
+        let (rx, mut tx) = (DriverQueue::new(0, 16), DriverQueue::new(1, 64));
+        let (be, mut peer, limit) = limited_stream();
+        let (mut dev, metrics) =
+            device(&mem, &rx, &tx, be, DEVICE_FEATURES, FaultConfig::default());
+        for f in &frames {
+            tx.add(&mem, &tx_segs(f, &[NET_HDR_LEN, 40, 3])).unwrap();
+        }
+        limit.store(cut, Ordering::Relaxed);
+        let whole = ends.iter().filter(|&&e| e <= cut).count();
+        let start = if whole == 0 { 0 } else { ends[whole - 1] };
+        assert_eq!(dev.process_tx().unwrap(), TxPass::Blocked, "cut {cut}");
+        assert_eq!(drain_peer(&mut peer), frames[..whole], "cut {cut}");
+        assert_eq!(tx.take_used(&mem).len(), whole, "cut {cut}");
+        assert_eq!(dev.tx_deferred_len(), Some(lens[whole]), "cut {cut}");
+        let m = metrics.snapshot();
+        assert_eq!(
+            (
+                m.tx_frames,
+                m.episodes,
+                m.retries,
+                m.open_episode,
+                m.partial_writes
+            ),
+            (whole as u64, 1, 1, true, u64::from(cut > start)),
+            "cut {cut}"
+        );
+        // All in one pass of sends: the batch's bytes in one call, the refusal in another.
+        assert_eq!(m.tx_syscalls, if cut == 0 { 0 } else { 1 }, "cut {cut}");
+
+        assert_eq!(dev.process_tx().unwrap(), TxPass::Idle, "cut {cut}");
+        assert_eq!(drain_peer(&mut peer), frames[whole..], "cut {cut}");
+        assert_eq!(tx.take_used(&mem).len(), lens.len() - whole, "cut {cut}");
+        let m = metrics.snapshot();
+        assert_eq!(
+            (m.tx_frames, m.episodes, m.resolved, m.open_episode),
+            (lens.len() as u64, 1, 1, false),
+            "cut {cut}"
+        );
+        assert!(!dev.tx_deferred());
+    }
+}
+
+/// A stream peer (the proxy's end) and a device reading from it, with `bufs` RX buffers
+/// of `buf_len` bytes posted.
+fn stream_rx(
+    mem: &vm_memory::GuestMemoryMmap,
+    rx: &mut DriverQueue,
+    tx: &DriverQueue,
+    bufs: usize,
+    buf_len: u32,
+) -> (NetDevice, Arc<Metrics>, UnixStream) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let be = Box::new(UnixStreamBackend::from_socket(a, &BackendOptions::default()).unwrap());
+    let (dev, metrics) = device(mem, rx, tx, be, DEVICE_FEATURES, FaultConfig::default());
+    for _ in 0..bufs {
+        assert!(rx.add(mem, &[Seg::write(buf_len)]).is_some());
+    }
+    (dev, metrics, b)
+}
+
+fn wire(frames: &[Vec<u8>]) -> Vec<u8> {
+    frames
+        .iter()
+        .flat_map(|f| (f.len() as u32).to_be_bytes().into_iter().chain(f.clone()))
+        .collect()
+}
+
+/// Large frames whose payload arrives after their length prefix are read from the socket
+/// straight into the guest's buffers, one read per piece that arrives, and arrive intact
+/// and in order among small ones copied the usual way.
+#[test]
+fn stream_rx_large_frames_are_read_straight_into_guest_buffers() {
+    let mem = common::memory();
+    let (mut rx, tx) = (DriverQueue::new(0, 64), DriverQueue::new(1, 16));
+    let (mut dev, metrics, mut peer) = stream_rx(&mem, &mut rx, &tx, 64, 4096);
+    let frames: Vec<Vec<u8>> = [3000usize, 60, 9000, 2048, 2047, 20000]
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| frame(i as u32, l))
+        .collect();
+    let w = wire(&frames);
+    let mut asm = RxAssembler::default();
+    // Dribble the wire in pieces that split prefixes and payloads; read after each.
+    let mut pos = 0;
+    for (i, piece) in [4usize, 1, 100, 2900, 3, 600, 7000]
+        .iter()
+        .cycle()
+        .enumerate()
+    {
+        if pos == w.len() {
+            break;
+        }
+        assert!(i < 1000);
+        let n = (*piece).min(w.len() - pos);
+        peer.write_all(&w[pos..pos + n]).unwrap();
+        pos += n;
+        dev.process_rx().unwrap();
+        for u in rx.take_used(&mem) {
+            asm.push(&mem, &u);
+        }
+    }
+    assert_eq!(asm.frames, frames);
+    let m = metrics.snapshot();
+    assert_eq!(m.rx_frames, frames.len() as u64);
+    // 3000, 9000, 2048 and 20000 each arrive after their prefix; 2047 is under the limit.
+    assert_eq!(m.rx_direct, 4, "{m:?}");
+    assert_eq!(m.drops.total, 0);
+}
+
+/// The proxy closes its end right after a whole frame, and in the middle of one (small,
+/// and large enough to be read straight into the guest): the frames before the close
+/// arrive, the close is reported as the proxy gone, and reading again reports it again
+/// at once instead of waiting for an event that never comes or spinning.
+#[test]
+fn stream_peer_closing_is_reported_not_waited_or_spun_on() {
+    for (case, tail) in [
+        ("after a whole frame", 0usize),
+        ("mid small frame", 500),
+        ("mid large frame", 5000),
+    ] {
+        let mem = common::memory();
+        let (mut rx, tx) = (DriverQueue::new(0, 16), DriverQueue::new(1, 16));
+        let (mut dev, metrics, mut peer) = stream_rx(&mem, &mut rx, &tx, 16, 8192);
+        let first = frame(0, 1000);
+        let mut w = wire(std::slice::from_ref(&first));
+        if tail > 0 {
+            let next = frame(1, tail);
+            w.extend_from_slice(&(tail as u32).to_be_bytes());
+            w.extend_from_slice(&next[..tail / 2]);
+        }
+        peer.write_all(&w).unwrap();
+        drop(peer);
+        let e = dev.process_rx().unwrap_err().to_string();
+        assert!(e.contains("proxy is gone"), "{case}: {e}");
+        assert_eq!(e.contains("middle of a frame"), tail > 0, "{case}: {e}");
+        let mut asm = RxAssembler::default();
+        for u in rx.take_used(&mem) {
+            asm.push(&mem, &u);
+        }
+        assert_eq!(asm.frames, std::slice::from_ref(&first), "{case}");
+        let calls = metrics.snapshot().rx_syscalls;
+        assert!(calls <= 3, "{case}: {calls} reads");
+        let again = dev.process_rx().unwrap_err().to_string();
+        assert!(again.contains("proxy is gone"), "{case}: {again}");
+        assert_eq!(
+            metrics.snapshot().rx_syscalls,
+            calls,
+            "{case}: reported without reading"
+        );
     }
 }
 
@@ -509,6 +715,57 @@ proptest! {
             frames_refused.dedup();
             prop_assert_eq!(m.episodes as usize, frames_refused.len());
         }
+    }
+
+    /// The stream's batches stopped by the socket at random bytes, with bad chains among
+    /// good ones and injected ENOBUFS: every frame arrives once and in order, every
+    /// refusal is one failed send of the frame it stopped in, and every episode ends.
+    #[test]
+    fn tx_stream_batches_stopping_anywhere_keep_order_and_episodes(
+        chains in prop::collection::vec(tx_chain(), 1..60),
+        cuts in prop::collection::vec(prop::option::weighted(0.7, 0usize..6000), 1..30),
+        reads in prop::collection::vec(0usize..6, 1..8),
+        inject in any::<bool>(),
+        event_idx in any::<bool>(),
+    ) {
+        let mem = common::memory();
+        let (rx, mut tx) = (DriverQueue::new(0, 16), DriverQueue::new(1, 128));
+        let (be, mut peer, limit) = limited_stream();
+        let features = if event_idx { DEVICE_FEATURES } else { DEVICE_FEATURES & !FEATURE_EVENT_IDX };
+        let faults = FaultConfig { enobufs_every: if inject { 3 } else { 0 }, enobufs_burst: 2 };
+        let (mut dev, metrics) = device(&mem, &rx, &tx, be, features, faults);
+        let expected: Vec<Vec<u8>> = chains.iter().enumerate().filter_map(|(i, c)| match c {
+            TxChain::Good { len, .. } => Some(frame(i as u32, *len)),
+            _ => None,
+        }).collect();
+        let (mut next, mut used, mut got, mut step) = (0usize, 0usize, Vec::new(), 0usize);
+        let mut limited = 0u64;
+        while got.len() < expected.len() || used < chains.len() {
+            step += 1;
+            prop_assert!(step < 100_000, "no progress: got {} of {}", got.len(), expected.len());
+            while next < chains.len() && tx.add(&mem, &segs_for(&chains[next], next as u32)).is_some() {
+                next += 1;
+            }
+            if let Some(cut) = cuts[step % cuts.len()] {
+                if limit.load(Ordering::Relaxed) == usize::MAX {
+                    limit.store(cut, Ordering::Relaxed);
+                    limited += 1;
+                }
+            }
+            dev.process_tx().unwrap();
+            let n = reads[step % reads.len()].max(usize::from(step % 7 == 0));
+            got.extend(peer.read(n));
+            used += tx.take_used(&mem).len();
+        }
+        prop_assert_eq!(&got, &expected);
+        let m = metrics.snapshot();
+        prop_assert_eq!(m.tx_frames as usize, expected.len());
+        prop_assert_eq!(m.resolved, m.episodes);
+        prop_assert!(!m.open_episode);
+        // Each refusal is a limit reached or an injected fault (the socket itself, 208 KiB
+        // by default, never fills here).
+        prop_assert!(m.retries <= limited + m.injected_faults);
+        prop_assert!(m.retries >= m.injected_faults);
     }
 
     #[test]

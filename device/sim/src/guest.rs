@@ -17,7 +17,7 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, Guest
 use super::driver::{align, Buf, DriverError, GuestQueue, RingLayout};
 use super::integrity::{Checker, Kind, Payload, Stamp, Verdict, STAMP_LEN};
 use super::latency::OneWay;
-use super::workload::{Idle, Next, Scheduler, SendLedger, ETH_HDR};
+use super::workload::{Idle, Next, Scheduler, SendLedger, SIM_HDR};
 use vnet_device::metrics::Metrics;
 use vnet_device::net::NET_HDR_LEN;
 use vnet_device::notify::Notifier;
@@ -99,8 +99,9 @@ pub trait Framer: Send {
         n: &Next,
         same_len_before: bool,
     ) -> Result<usize, DriverError>;
-    /// The stamped region of a received frame, or None if the frame is not ours.
-    fn region<'a>(&mut self, frame: &'a [u8]) -> Option<&'a [u8]>;
+    /// The stamped region of a received frame and, where the frame carries it, the
+    /// sender's send order over all streams; None if the frame is not ours.
+    fn region<'a>(&mut self, frame: &'a [u8]) -> Option<(&'a [u8], Option<u16>)>;
     /// A control frame (e.g. an ARP request) to send before any data; polled by TX.
     fn control(&mut self) -> Option<Vec<u8>> {
         None
@@ -113,21 +114,47 @@ pub trait Framer: Send {
 
 pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 pub const PROXY_MAC: [u8; 6] = [0x02, 0x76, 0x6e, 0x65, 0x74, 0x01];
-/// IEEE "local experimental" EtherType: frames the built-in proxy knows are ours.
-pub const ETHERTYPE_SIM: u16 = 0x88b5;
+/// UDP destination port of the simulation's data frames (IEEE's "local experimental"
+/// EtherType, which the frames carried before they were UDP).
+pub const SIM_DATA_PORT: u16 = 0x88b5;
+/// UDP destination port of its ACK frames: ACKs are a flow of their own, as a TCP
+/// receiver's ACKs are not part of its peer's data flow.
+pub const SIM_ACK_PORT: u16 = 0xffff;
+const GUEST_IP: [u8; 4] = [10, 0, 2, 15];
+const PROXY_IP: [u8; 4] = [10, 0, 2, 2];
 
-/// Frames for the built-in proxy: Ethernet header, stamp, pseudo-random payload.
+/// Frames for the built-in proxy: Ethernet + IPv4 + UDP headers (so the device can tell
+/// their flows apart, as `small-first` needs), stamp, pseudo-random payload.
+///
+/// The UDP source port is the stream (ACKs: [`super::integrity::ACK_STREAM`]), the
+/// destination port [`SIM_DATA_PORT`] or [`SIM_ACK_PORT`]: each data stream and the ACKs
+/// are one flow each. The IPv4 identification is the sender's send order over all
+/// streams (mod 2^16): the stamp's sequence number orders a stream, this number tells
+/// the checker a frame overtook one sent before it on another stream
+/// (`Counts::reordered_across_streams`). The UDP checksum is 0 (none, allowed on IPv4).
 pub struct SimFramer {
     src: [u8; 6],
     dst: [u8; 6],
+    src_ip: [u8; 4],
+    dst_ip: [u8; 4],
+    /// Frames built so far: the next frame's IPv4 identification.
+    order: u16,
     payloads: std::collections::HashMap<usize, Payload>,
 }
 
 impl SimFramer {
     pub fn new(src: [u8; 6], dst: [u8; 6]) -> SimFramer {
+        let (src_ip, dst_ip) = if src == GUEST_MAC {
+            (GUEST_IP, PROXY_IP)
+        } else {
+            (PROXY_IP, GUEST_IP)
+        };
         SimFramer {
             src,
             dst,
+            src_ip,
+            dst_ip,
+            order: 0,
             payloads: Default::default(),
         }
     }
@@ -135,27 +162,73 @@ impl SimFramer {
     /// Builds the whole frame into `out` (the proxy side, which sends from a buffer).
     pub fn build(&mut self, out: &mut Vec<u8>, n: &Next) {
         out.clear();
-        out.extend_from_slice(&self.eth_header());
-        out.resize(ETH_HDR + STAMP_LEN, 0);
+        out.extend_from_slice(&self.header(n));
+        out.resize(SIM_HDR + STAMP_LEN, 0);
         let p = self.payload(n.len);
         out.extend_from_slice(p.bytes());
         let stamp = stamp_for(n);
-        super::integrity::write_stamp(&mut out[ETH_HDR..ETH_HDR + STAMP_LEN], &stamp, p);
+        super::integrity::write_stamp(&mut out[SIM_HDR..SIM_HDR + STAMP_LEN], &stamp, p);
     }
 
-    fn eth_header(&self) -> [u8; ETH_HDR] {
-        let mut h = [0u8; ETH_HDR];
+    /// The headers of the next frame, `n`; counts it in the send order.
+    fn header(&mut self, n: &Next) -> [u8; SIM_HDR] {
+        let mut h = [0u8; SIM_HDR];
         h[0..6].copy_from_slice(&self.dst);
         h[6..12].copy_from_slice(&self.src);
-        h[12..14].copy_from_slice(&ETHERTYPE_SIM.to_be_bytes());
+        h[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let ip = &mut h[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&((n.len - 14) as u16).to_be_bytes());
+        ip[4..6].copy_from_slice(&self.order.to_be_bytes());
+        ip[6] = 0x40; // don't fragment
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&self.src_ip);
+        ip[16..20].copy_from_slice(&self.dst_ip);
+        let sum = ipv4_checksum(ip);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        let udp = &mut h[34..42];
+        udp[0..2].copy_from_slice(&n.stream.to_be_bytes());
+        let dport = if n.ack { SIM_ACK_PORT } else { SIM_DATA_PORT };
+        udp[2..4].copy_from_slice(&dport.to_be_bytes());
+        udp[4..6].copy_from_slice(&((n.len - 34) as u16).to_be_bytes());
+        self.order = self.order.wrapping_add(1);
         h
     }
 
     fn payload(&mut self, frame_len: usize) -> &Payload {
         self.payloads
             .entry(frame_len)
-            .or_insert_with(|| Payload::new(frame_len - ETH_HDR - STAMP_LEN))
+            .or_insert_with(|| Payload::new(frame_len - SIM_HDR - STAMP_LEN))
     }
+}
+
+/// The IPv4 header checksum (RFC 791) of `ip`, its checksum field zero.
+fn ipv4_checksum(ip: &[u8]) -> u16 {
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The stamped region of a simulation frame (after its UDP header) and the sender's send
+/// order from its IPv4 identification; `None` for anything else.
+pub fn sim_region(frame: &[u8]) -> Option<(&[u8], u16)> {
+    if frame.len() < SIM_HDR || frame[12..14] != [0x08, 0x00] || frame[23] != 17 {
+        return None;
+    }
+    let dport = u16::from_be_bytes([frame[36], frame[37]]);
+    if dport != SIM_DATA_PORT && dport != SIM_ACK_PORT {
+        return None;
+    }
+    Some((
+        &frame[SIM_HDR..],
+        u16::from_be_bytes([frame[18], frame[19]]),
+    ))
 }
 
 pub(crate) fn stamp_for(n: &Next) -> Stamp {
@@ -163,7 +236,7 @@ pub(crate) fn stamp_for(n: &Next) -> Stamp {
         stream: n.stream,
         kind: if n.ack { Kind::Ack } else { Kind::Data },
         seq: n.seq,
-        len: (n.len - ETH_HDR) as u32,
+        len: (n.len - SIM_HDR) as u32,
     }
 }
 
@@ -175,11 +248,11 @@ impl Framer for SimFramer {
         n: &Next,
         same_len_before: bool,
     ) -> Result<usize, DriverError> {
-        let eth = self.eth_header();
+        let hdr = self.header(n);
         let p = self.payload(n.len);
-        let mut head = [0u8; ETH_HDR + STAMP_LEN];
-        head[..ETH_HDR].copy_from_slice(&eth);
-        super::integrity::write_stamp(&mut head[ETH_HDR..], &stamp_for(n), p);
+        let mut head = [0u8; SIM_HDR + STAMP_LEN];
+        head[..SIM_HDR].copy_from_slice(&hdr);
+        super::integrity::write_stamp(&mut head[SIM_HDR..], &stamp_for(n), p);
         let err = |a: GuestAddress| move |source| DriverError::Memory { addr: a.0, source };
         mem.write_slice(&head, addr).map_err(err(addr))?;
         // The payload is a function of the length only: a slot that carried a frame of
@@ -193,12 +266,8 @@ impl Framer for SimFramer {
         Ok(n.len)
     }
 
-    fn region<'a>(&mut self, frame: &'a [u8]) -> Option<&'a [u8]> {
-        if frame.len() >= ETH_HDR && frame[12..14] == ETHERTYPE_SIM.to_be_bytes() {
-            Some(&frame[ETH_HDR..])
-        } else {
-            None
-        }
+    fn region<'a>(&mut self, frame: &'a [u8]) -> Option<(&'a [u8], Option<u16>)> {
+        sim_region(frame).map(|(r, order)| (r, Some(order)))
     }
 }
 
@@ -700,7 +769,7 @@ impl GuestRx {
                         if len < NET_HDR_LEN {
                             self.bad_frames += 1;
                             self.shared.guest_frames_in.fetch_add(1, Ordering::AcqRel);
-                            self.checker.observe(&[], 0);
+                            self.checker.observe(&[], 0, None);
                             continue;
                         }
                         let want = u16::from_le_bytes([scratch[10], scratch[11]]).max(1);
@@ -742,11 +811,11 @@ impl GuestRx {
 
     fn deliver(&mut self, frame: &[u8]) {
         self.shared.guest_frames_in.fetch_add(1, Ordering::AcqRel);
-        let Some(region) = self.framer.region(frame) else {
+        let Some((region, order)) = self.framer.region(frame) else {
             self.checker.foreign();
             return;
         };
-        let (verdict, stamp) = self.checker.observe(region, frame.len());
+        let (verdict, stamp) = self.checker.observe(region, frame.len(), order);
         self.rx_frames += 1;
         self.rx_bytes += frame.len() as u64;
         self.shared

@@ -92,6 +92,11 @@ struct Cli {
     /// Consecutive injected failures per hit.
     #[arg(long, default_value_t = 1)]
     inject_enobufs_burst: u32,
+    /// Model macOS's datagram admission on Linux: the device's send is refused (ENOBUFS)
+    /// when the frame does not fit BYTES minus what the proxy has not read yet, even if
+    /// the socket has some room (the issue's 17996 bytes free for a 65226-byte frame).
+    #[arg(long, value_name = "BYTES")]
+    proxy_room: Option<usize>,
     /// Fault: the device ignores writable events while a frame is deferred.
     #[arg(long)]
     lose_write_events: bool,
@@ -102,13 +107,18 @@ struct Cli {
     #[arg(long)]
     retry_delay_us: Option<u64>,
     /// How the device retries a deferred frame: timer (PR 556, the default), bounded:N
-    /// (drop after N failed retries), backoff[:CAP_US] or room (retry when the free space
-    /// fits the frame).
+    /// (drop after N failed retries), backoff[:CAP_US], room (retry when the free space
+    /// fits the frame) or small-first (frames of other flows go ahead of a deferred one).
     #[arg(long, default_value = "timer")]
     retry_policy: String,
     /// SO_SNDBUF of the device's socket.
     #[arg(long)]
     sndbuf: Option<usize>,
+    /// macOS, unixgram: send and receive batches of datagrams with sendmsg_x/recvmsg_x
+    /// (type-checked for macOS, never run). Accepted and ignored on Linux, which batches
+    /// with sendmmsg/recvmmsg.
+    #[arg(long)]
+    macos_batch_syscalls: bool,
     /// Report a stall (and fail) after this long without progress.
     #[arg(long, default_value_t = 1.0)]
     stall_timeout: f64,
@@ -331,6 +341,11 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
     {
         check_dgram_rcvbuf(bytes).map_err(|e| format!("--proxy-rcvbuf {e}"))?;
     }
+    if cli.macos_batch_syscalls && cfg!(not(target_os = "macos")) {
+        eprintln!(
+            "vnet-sim: --macos-batch-syscalls ignored: it is for macOS (this OS batches with sendmmsg/recvmmsg)"
+        );
+    }
     let limit = match cli.frames {
         Some(0) => return Err("--frames 0: must be at least 1".into()),
         Some(n) => Limit::Frames(n),
@@ -355,6 +370,15 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
     nonzero("--inject-enobufs-burst", cli.inject_enobufs_burst)?;
     if let Some(n) = cli.proxy_rcvbuf {
         nonzero("--proxy-rcvbuf", n)?;
+    }
+    if let Some(room) = cli.proxy_room {
+        let largest = cli.tx_size.max(cli.ack_size);
+        if room < largest {
+            return Err(format!(
+                "--proxy-room {room}: smaller than the largest TX frame ({largest} bytes), \
+                 which could never be sent"
+            ));
+        }
     }
     let mut cfg = SimConfig {
         workload: Workload {
@@ -390,6 +414,7 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
             enobufs_burst: cli.inject_enobufs_burst,
         },
         lose_write_events: cli.lose_write_events,
+        proxy_room: cli.proxy_room,
         retry_timer: match (cli.no_timer, cli.retry_delay_us) {
             (true, _) => RetryTimer::Off,
             (false, Some(us)) => RetryTimer::After(Duration::from_micros(us)),
@@ -400,6 +425,7 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
             .parse()
             .map_err(|e| format!("--retry-policy {e}"))?,
         sndbuf: cli.sndbuf,
+        macos_batch_syscalls: cli.macos_batch_syscalls,
         stall_timeout: secs("--stall-timeout", cli.stall_timeout, MAX_STALL_TIMEOUT_SECS)?,
         queue_size: cli.queue_size,
         rx_buf_len: cli.rx_buf_len,

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::guest::{counts_as_received, Shared, SimFramer, GUEST_MAC, PROXY_MAC};
+use super::guest::{counts_as_received, sim_region, Shared, SimFramer, GUEST_MAC, PROXY_MAC};
 use super::integrity::{Checker, Kind};
-use super::workload::{Idle, Scheduler, Workload, ETH_HDR};
+use super::workload::{Idle, Scheduler, Workload};
 use vnet_device::notify::Notifier;
 use vnet_device::sockopt::{set_sock_buf, size_proxy_dgram, SockBuf};
 
@@ -261,10 +261,10 @@ fn read_loop(
             continue;
         };
         let frame = &reader.buf[off..off + len];
-        let (verdict, stamp) = if frame.len() >= ETH_HDR {
-            checker.observe(&frame[ETH_HDR..], len)
-        } else {
-            checker.observe(&[], 0)
+        // Anything not shaped like our frames is damage here: only the device sends.
+        let (verdict, stamp) = match sim_region(frame) {
+            Some((region, order)) => checker.observe(region, len, Some(order)),
+            None => checker.observe(&[], 0, None),
         };
         reader.consume();
         shared

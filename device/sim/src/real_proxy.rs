@@ -260,8 +260,8 @@ impl Framer for UdpFramer {
         Ok(self.scratch.len())
     }
 
-    fn region<'a>(&mut self, frame: &'a [u8]) -> Option<&'a [u8]> {
-        self.parse(frame)
+    fn region<'a>(&mut self, frame: &'a [u8]) -> Option<(&'a [u8], Option<u16>)> {
+        self.parse(frame).map(|r| (r, None))
     }
 
     fn control(&mut self) -> Option<Vec<u8>> {
@@ -329,7 +329,7 @@ mod tests {
             .udp(7777, 40000)
             .write(&mut frame, b"hello")
             .unwrap();
-        assert_eq!(f.region(&frame), Some(&b"hello"[..]));
+        assert_eq!(f.region(&frame), Some((&b"hello"[..], None)));
         let mut other = Vec::new();
         PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], GUEST_MAC)
             .ipv4([10, 0, 2, 2], [10, 0, 2, 15], 64)

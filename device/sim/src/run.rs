@@ -59,9 +59,14 @@ pub struct SimConfig {
     pub proxy_opts: ProxyOptions,
     pub fault: FaultConfig,
     pub lose_write_events: bool,
+    /// Model of macOS's datagram admission (`WorkerOptions::proxy_room`).
+    pub proxy_room: Option<usize>,
     pub retry_timer: RetryTimer,
     pub retry_policy: RetryPolicy,
     pub sndbuf: Option<usize>,
+    /// macOS, unixgram: batches of datagrams per `sendmsg_x`/`recvmsg_x` (see
+    /// `BackendOptions::macos_batch_syscalls`; type-checked for macOS, never run).
+    pub macos_batch_syscalls: bool,
     pub stall_timeout: Duration,
     /// Real-proxy mode: how long to wait for the last echoes once sending stopped.
     pub drain_timeout: Duration,
@@ -96,9 +101,11 @@ impl Default for SimConfig {
             },
             fault: FaultConfig::default(),
             lose_write_events: false,
+            proxy_room: None,
             retry_timer: RetryTimer::BackendDefault,
             retry_policy: RetryPolicy::Timer,
             sndbuf: None,
+            macos_batch_syscalls: false,
             stall_timeout: Duration::from_secs(1),
             drain_timeout: Duration::from_millis(500),
             window: 64,
@@ -188,6 +195,7 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
     let mut bopts = BackendOptions {
         vfkit: cfg.vfkit,
         sndbuf: cfg.sndbuf,
+        macos_batch_syscalls: cfg.macos_batch_syscalls,
         ..BackendOptions::default()
     };
     // Declared before the backend so it outlives it: the device's socket file is inside.
@@ -254,6 +262,7 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
             retry_policy: cfg.retry_policy,
             lose_write_events: cfg.lose_write_events,
             inject_enobufs: cfg.fault,
+            proxy_room: cfg.proxy_room,
         },
         metrics: metrics.clone(),
     };
@@ -438,6 +447,8 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         unreported_drops,
         duplicated: sum(|c| c.duplicated),
         reordered: sum(|c| c.reordered),
+        reordered_across_streams: sum(|c| c.reordered_across_streams),
+        across_streams_allowed: cfg.retry_policy.looks_ahead(),
         corrupted: sum(|c| c.corrupted),
         udp_lost,
         udp_echoed,

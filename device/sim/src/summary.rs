@@ -36,6 +36,13 @@ pub struct Summary {
     pub lost: u64,
     pub duplicated: u64,
     pub reordered: u64,
+    /// Frames that overtook one sent earlier on another stream (see
+    /// `integrity::Counts::reordered_across_streams`): what `small-first` does on
+    /// purpose, an error under every other policy.
+    pub reordered_across_streams: u64,
+    /// The retry policy reorders across streams on purpose (`small-first`).
+    #[serde(skip)]
+    pub across_streams_allowed: bool,
     pub corrupted: u64,
     /// Real-proxy mode: echoes that never came back. UDP may drop, so this is reported,
     /// not an error.
@@ -75,6 +82,11 @@ impl Summary {
             + self.unreported_drops
             + self.duplicated
             + self.reordered
+            + if self.across_streams_allowed {
+                0
+            } else {
+                self.reordered_across_streams
+            }
             + self.corrupted
             + self.stalls
             > 0
@@ -124,11 +136,17 @@ impl Summary {
         );
         let _ = writeln!(
             s,
-            "  integrity: lost {}  duplicated {}  reordered {}  corrupted {}{}",
+            "  integrity: lost {}  duplicated {}  reordered {}  corrupted {}  across streams {}{}{}",
             self.lost,
             self.duplicated,
             self.reordered,
             self.corrupted,
+            self.reordered_across_streams,
+            if self.across_streams_allowed {
+                " (allowed by the policy)"
+            } else {
+                ""
+            },
             if self.peer.starts_with("builtin") {
                 String::new()
             } else {
@@ -142,8 +160,12 @@ impl Summary {
         if self.retry_policy != "timer" || self.dropped + self.unreported_drops > 0 {
             let _ = writeln!(
                 s,
-                "  retry policy {}: dropped {} guest frames (frame_drop retry_exhausted), unreported {}",
-                self.retry_policy, self.dropped, self.unreported_drops
+                "  retry policy {}: dropped {} guest frames (frame_drop retry_exhausted), unreported {}, sent ahead {}, refused ahead {}",
+                self.retry_policy,
+                self.dropped,
+                self.unreported_drops,
+                d.tx_sent_ahead,
+                d.tx_ahead_refused
             );
         }
         if let Some(c) = &self.to_proxy {
@@ -158,6 +180,14 @@ impl Summary {
                 stats(&l.tx_data),
                 stats(&l.rx_ack),
                 stats(&l.rx_data)
+            );
+            let _ = writeln!(
+                s,
+                "  share over 1 ms: tx ack {:.3}%  tx data {:.3}%  rx ack {:.3}%  rx data {:.3}%",
+                100.0 * l.tx_ack.over_1ms,
+                100.0 * l.tx_data.over_1ms,
+                100.0 * l.rx_ack.over_1ms,
+                100.0 * l.rx_data.over_1ms
             );
         }
         match &self.stall {
@@ -179,7 +209,7 @@ impl Summary {
 
 fn counts_line(c: &Counts) -> String {
     format!(
-        "{} frames ({} data, {} acks), lost {} dup {} reord {} corrupt {}{}",
+        "{} frames ({} data, {} acks), lost {} dup {} reord {} corrupt {} across streams {}{}",
         c.frames,
         c.data_frames,
         c.ack_frames,
@@ -187,6 +217,7 @@ fn counts_line(c: &Counts) -> String {
         c.duplicated,
         c.reordered,
         c.corrupted,
+        c.reordered_across_streams,
         if c.foreign > 0 {
             format!(", {} foreign frames ignored", c.foreign)
         } else {

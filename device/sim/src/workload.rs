@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use super::integrity::ACK_STREAM;
 
-/// Bytes of Ethernet header in every frame; the integrity stamp follows it.
-pub const ETH_HDR: usize = 14;
-/// Smallest frame that holds an Ethernet header and a stamp.
-pub const MIN_FRAME: usize = ETH_HDR + super::integrity::STAMP_LEN;
+/// Bytes of Ethernet + IPv4 + UDP header in every frame; the integrity stamp follows.
+pub const SIM_HDR: usize = 14 + 20 + 8;
+/// Smallest frame that holds the headers and a stamp (66 bytes: a TCP ACK's size).
+pub const MIN_FRAME: usize = SIM_HDR + super::integrity::STAMP_LEN;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -111,3 +111,24 @@ fn trace_into_a_missing_directory_creates_it_and_says_so() {
         "{err}"
     );
 }
+
+/// `--macos-batch-syscalls` is for macOS: elsewhere the run goes on as without it, and
+/// says so in exactly one stderr line.
+#[cfg(not(target_os = "macos"))]
+#[test]
+fn macos_batch_flag_is_accepted_and_ignored_with_one_line() {
+    let (code, err) = sim_raw(
+        &["--frames", "50", "--no-progress", "--macos-batch-syscalls"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{err}");
+    let notes: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("--macos-batch-syscalls"))
+        .collect();
+    assert_eq!(notes.len(), 1, "{err}");
+    assert!(
+        notes[0].starts_with("vnet-sim: ") && notes[0].contains("ignored"),
+        "{err}"
+    );
+}

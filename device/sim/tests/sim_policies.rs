@@ -28,12 +28,23 @@ fn paused(policy: &str, trace: &str) -> sim_support::Outcome {
 #[test]
 fn every_policy_keeps_integrity_under_a_paused_proxy() {
     let dir = TempDir::new("policies");
-    for policy in ["timer", "bounded:10", "backoff", "backoff:400", "room"] {
+    for policy in [
+        "timer",
+        "bounded:10",
+        "backoff",
+        "backoff:400",
+        "room",
+        "small-first",
+    ] {
         let trace = dir.path().join(format!("{}.csv", policy.replace(':', "_")));
         let o = paused(policy, trace.to_str().unwrap());
         assert_eq!(o.code, 0, "{policy}: {}\n{}", o.stderr, o.json);
         assert_eq!(o.errors(), 0, "{policy}: {}", o.json);
         assert_eq!(o.u("unreported_drops"), 0, "{policy}: {}", o.json);
+        if policy != "small-first" {
+            // Only small-first sends frames ahead of others.
+            assert_eq!(o.u("reordered_across_streams"), 0, "{policy}: {}", o.json);
+        }
         let shown = if policy == "backoff" {
             "backoff:1600"
         } else {

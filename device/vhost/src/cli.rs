@@ -34,6 +34,11 @@ struct Args {
     /// Send the vfkit `VFKT` greeting after connecting (unixgram only).
     #[arg(long)]
     vfkit: bool,
+    /// macOS, unixgram: send and receive batches of datagrams with sendmsg_x/recvmsg_x
+    /// (type-checked for macOS, never run). Accepted and ignored on Linux, which batches
+    /// with sendmmsg/recvmmsg.
+    #[arg(long)]
+    macos_batch_syscalls: bool,
     /// Record every probe firing into this CSV (the trace CSV of dtrace/README.md).
     #[arg(long)]
     trace: Option<PathBuf>,
@@ -44,7 +49,8 @@ struct Args {
     #[arg(long)]
     retry_delay_us: Option<u64>,
     /// How a deferred frame is retried: timer (the default), bounded:N (drop after N failed
-    /// retries), backoff[:CAP_US] or room (retry when the free space fits the frame).
+    /// retries), backoff[:CAP_US], room (retry when the free space fits the frame) or
+    /// small-first (frames of other flows go ahead of a deferred one).
     #[arg(long, default_value = "timer")]
     retry_policy: String,
     /// Fault injection: make every Nth send fail with ENOBUFS.
@@ -103,8 +109,14 @@ pub fn main() -> ExitCode {
             }
         }
     }
+    if args.macos_batch_syscalls && cfg!(not(target_os = "macos")) {
+        eprintln!(
+            "vnet-vhost: --macos-batch-syscalls ignored: it is for macOS (this OS batches with sendmmsg/recvmmsg)"
+        );
+    }
     let backend_opts = BackendOptions {
         vfkit: args.vfkit,
+        macos_batch_syscalls: args.macos_batch_syscalls,
         ..Default::default()
     };
     let worker_opts = WorkerOptions {

@@ -9,7 +9,10 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use vnet_device::backend::{Backend, BackendError, ReadStatus, TxFrame, WriteStatus};
+use vnet_device::backend::{
+    Backend, BackendError, BatchWrite, DirectRead, FrameRef, Frames, ReadStatus, SyscallCounts,
+    WriteStatus,
+};
 
 #[derive(Clone)]
 pub struct SharedBackend {
@@ -50,11 +53,46 @@ impl Backend for SharedBackend {
         self.kind
     }
 
-    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
+    fn write_frame(&mut self, frame: FrameRef<'_>) -> Result<WriteStatus, BackendError> {
         self.lock().write_frame(frame)
+    }
+
+    // The batched calls and the counters go to the shared backend too: without them
+    // vnet-vhost would send and read one frame per call and report no system calls.
+    fn batch_limit(&self) -> usize {
+        self.lock().batch_limit()
+    }
+
+    fn write_frames(&mut self, frames: Frames<'_>) -> Result<BatchWrite, BackendError> {
+        self.lock().write_frames(frames)
     }
 
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
         self.lock().read_frame(buf)
+    }
+
+    fn read_frames(
+        &mut self,
+        bufs: &mut [Box<[u8]>],
+        got: &mut Vec<ReadStatus>,
+    ) -> Result<(), BackendError> {
+        self.lock().read_frames(bufs, got)
+    }
+
+    unsafe fn read_direct(&mut self, dst: &[libc::iovec]) -> Result<DirectRead, BackendError> {
+        // SAFETY: the caller's promise about dst, passed on.
+        unsafe { self.lock().read_direct(dst) }
+    }
+
+    fn skip_direct(&mut self) {
+        self.lock().skip_direct()
+    }
+
+    fn syscalls(&self) -> SyscallCounts {
+        self.lock().syscalls()
+    }
+
+    fn whole_frames(&self) -> bool {
+        self.lock().whole_frames()
     }
 }

@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 use super::{
-    socket_failure, BackendError, BatchWrite, ReadStatus, TxFrame, WriteStatus, MAX_BATCH_FRAMES,
+    socket_failure, BackendError, BatchWrite, Frames, ReadStatus, WriteStatus, MAX_BATCH_FRAMES,
     SEND_FLAGS,
 };
 
@@ -24,119 +24,146 @@ const EMPTY_MSG: libc::mmsghdr = libc::mmsghdr {
     msg_len: 0,
 };
 
-/// Sends up to [`MAX_BATCH_FRAMES`] of `frames` in one `sendmmsg`; `sends` counts the calls.
-///
-/// The kernel stops at the first datagram it refuses and returns how many went before it;
-/// the refusal itself is only reported when that datagram comes first in a call. So a short
-/// batch reports its stopping frame as not tried (`stopped: None`) and the caller's next
-/// call, which starts with it, gets its errno: the deferred frame's first failed send is a
-/// send of that frame alone, as the episode's definition wants.
-pub(super) fn send(
-    fd: RawFd,
-    frames: &[TxFrame<'_>],
-    sends: &mut u64,
-) -> Result<BatchWrite, BackendError> {
-    let n = frames.len().min(MAX_BATCH_FRAMES);
-    let mut msgs = [EMPTY_MSG; MAX_BATCH_FRAMES];
-    for (m, f) in msgs.iter_mut().zip(&frames[..n]) {
-        let iov = f.iovecs();
-        m.msg_hdr.msg_iov = iov.as_ptr() as *mut libc::iovec;
-        m.msg_hdr.msg_iovlen = iov.len() as _;
-    }
-    loop {
-        *sends += 1;
-        // SAFETY: the first n messages point at the frames' iovecs, each readable for the
-        // call (the frames borrow the memory they describe); the kernel writes msg_len only.
-        let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), n as libc::c_uint, SEND_FLAGS) };
-        if r > 0 {
-            return Ok(BatchWrite {
-                sent: r as usize,
-                stopped: None,
-            });
+/// The message headers (and, for receiving, iovecs) of one batched call, kept from call
+/// to call so a batch neither allocates nor clears a fresh array.
+pub(super) struct Mmsg {
+    msgs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+}
+
+impl Default for Mmsg {
+    fn default() -> Mmsg {
+        Mmsg {
+            msgs: vec![EMPTY_MSG; MAX_BATCH_FRAMES],
+            iovs: vec![crate::frame::EMPTY_IOV; MAX_BATCH_FRAMES],
         }
-        let err = if r == 0 {
-            // Not documented for a non-empty batch; treat it as a full socket rather
-            // than spin.
-            io::Error::from_raw_os_error(libc::EAGAIN)
-        } else {
-            io::Error::last_os_error()
-        };
-        let errno = err.raw_os_error().unwrap_or(0);
-        let stopped = match errno {
-            libc::EINTR => continue,
-            libc::ENOBUFS | libc::EAGAIN => WriteStatus::Blocked {
-                errno,
-                partial: false,
-            },
-            // Datagrams are atomic: the first frame faulted and sent nothing.
-            libc::EFAULT => WriteStatus::Unreadable,
-            _ => return Err(socket_failure(fd, "sendmmsg", err)),
-        };
-        return Ok(BatchWrite {
-            sent: 0,
-            stopped: Some(stopped),
-        });
     }
 }
 
-/// Receives up to [`MAX_BATCH_FRAMES`] datagrams, datagram i into `bufs[i]`, in one
-/// `recvmmsg`; `recvs` counts the calls. A batch shorter than asked means the socket was
-/// empty when the kernel looked (it stops at the first EAGAIN), so `WouldBlock` follows
-/// it without another call; a datagram arriving later raises a new edge-triggered event.
-pub(super) fn recv(
-    fd: RawFd,
-    bufs: &mut [Box<[u8]>],
-    got: &mut Vec<ReadStatus>,
-    recvs: &mut u64,
-) -> Result<(), BackendError> {
-    let n = bufs.len().min(MAX_BATCH_FRAMES);
-    let mut iovs = [crate::frame::EMPTY_IOV; MAX_BATCH_FRAMES];
-    let mut msgs = [EMPTY_MSG; MAX_BATCH_FRAMES];
-    for ((m, iov), b) in msgs.iter_mut().zip(iovs.iter_mut()).zip(bufs.iter_mut()) {
-        *iov = libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: b.len(),
-        };
-        m.msg_hdr.msg_iov = iov;
-        m.msg_hdr.msg_iovlen = 1;
-    }
-    got.clear();
-    loop {
-        *recvs += 1;
-        // SAFETY: the first n messages each point at one iovec covering one of `bufs`,
-        // writable for the call; MSG_TRUNC makes msg_len the datagram's real length.
-        let r = unsafe {
-            libc::recvmmsg(
-                fd,
-                msgs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                std::ptr::null_mut(),
-            )
-        };
-        if r >= 0 {
-            let k = r as usize;
-            for m in &msgs[..k] {
-                let len = m.msg_len as usize;
-                got.push(if m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-                    ReadStatus::Oversize(len)
-                } else {
-                    ReadStatus::Frame(len)
+// SAFETY: the headers hold addresses only, set at the start of each call for that call;
+// nothing reads through them between calls.
+unsafe impl Send for Mmsg {}
+
+impl Mmsg {
+    /// Sends up to [`MAX_BATCH_FRAMES`] of `frames` in one `sendmmsg`; `sends` counts the calls.
+    ///
+    /// The kernel stops at the first datagram it refuses and returns how many went before it;
+    /// the refusal itself is only reported when that datagram comes first in a call. So a short
+    /// batch reports its stopping frame as not tried (`stopped: None`) and the caller's next
+    /// call, which starts with it, gets its errno: the deferred frame's first failed send is a
+    /// send of that frame alone, as the episode's definition wants.
+    pub(super) fn send(
+        &mut self,
+        fd: RawFd,
+        frames: Frames<'_>,
+        sends: &mut u64,
+    ) -> Result<BatchWrite, BackendError> {
+        let n = frames.len().min(MAX_BATCH_FRAMES);
+        let msgs = &mut self.msgs[..n];
+        for (m, f) in msgs.iter_mut().zip(frames.iter()) {
+            let iov = f.iovecs();
+            m.msg_hdr.msg_iov = iov.as_ptr() as *mut libc::iovec;
+            m.msg_hdr.msg_iovlen = iov.len() as _;
+        }
+        loop {
+            *sends += 1;
+            // SAFETY: the first n messages point at the frames' iovecs, each readable for the
+            // call (the frames borrow the memory they describe); the kernel writes msg_len only.
+            let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), n as libc::c_uint, SEND_FLAGS) };
+            if r > 0 {
+                return Ok(BatchWrite {
+                    sent: r as usize,
+                    stopped: None,
                 });
             }
-            if k < n {
-                got.push(ReadStatus::WouldBlock);
-            }
-            return Ok(());
+            let err = if r == 0 {
+                // Not documented for a non-empty batch; treat it as a full socket rather
+                // than spin.
+                io::Error::from_raw_os_error(libc::EAGAIN)
+            } else {
+                io::Error::last_os_error()
+            };
+            let errno = err.raw_os_error().unwrap_or(0);
+            let stopped = match errno {
+                libc::EINTR => continue,
+                libc::ENOBUFS | libc::EAGAIN => WriteStatus::Blocked {
+                    errno,
+                    partial: false,
+                },
+                // Datagrams are atomic: the first frame faulted and sent nothing.
+                libc::EFAULT => WriteStatus::Unreadable,
+                _ => return Err(socket_failure(fd, "sendmmsg", err)),
+            };
+            return Ok(BatchWrite {
+                sent: 0,
+                stopped: Some(stopped),
+            });
         }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error().unwrap_or(0) {
-            libc::EINTR => continue,
-            libc::EAGAIN => {
-                got.push(ReadStatus::WouldBlock);
+    }
+
+    /// Receives up to [`MAX_BATCH_FRAMES`] datagrams, datagram i into `bufs[i]`, in one
+    /// `recvmmsg`; `recvs` counts the calls. A batch shorter than asked means the socket was
+    /// empty when the kernel looked (it stops at the first EAGAIN), so `WouldBlock` follows
+    /// it without another call; a datagram arriving later raises a new edge-triggered event.
+    pub(super) fn recv(
+        &mut self,
+        fd: RawFd,
+        bufs: &mut [Box<[u8]>],
+        got: &mut Vec<ReadStatus>,
+        recvs: &mut u64,
+    ) -> Result<(), BackendError> {
+        let n = bufs.len().min(MAX_BATCH_FRAMES);
+        let msgs = &mut self.msgs[..n];
+        for ((m, iov), b) in msgs
+            .iter_mut()
+            .zip(self.iovs.iter_mut())
+            .zip(bufs.iter_mut())
+        {
+            *iov = libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            };
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        got.clear();
+        loop {
+            *recvs += 1;
+            // SAFETY: the first n messages each point at one iovec covering one of `bufs`,
+            // writable for the call; MSG_TRUNC makes msg_len the datagram's real length.
+            let r = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    msgs.as_mut_ptr(),
+                    n as libc::c_uint,
+                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                    std::ptr::null_mut(),
+                )
+            };
+            if r >= 0 {
+                let k = r as usize;
+                for m in &msgs[..k] {
+                    let len = m.msg_len as usize;
+                    got.push(if m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                        ReadStatus::Oversize(len)
+                    } else {
+                        ReadStatus::Frame(len)
+                    });
+                }
+                if k < n {
+                    got.push(ReadStatus::WouldBlock);
+                }
                 return Ok(());
             }
-            _ => return Err(socket_failure(fd, "recvmmsg", err)),
+            let err = io::Error::last_os_error();
+            match err.raw_os_error().unwrap_or(0) {
+                libc::EINTR => continue,
+                libc::EAGAIN => {
+                    got.push(ReadStatus::WouldBlock);
+                    return Ok(());
+                }
+                _ => return Err(socket_failure(fd, "recvmmsg", err)),
+            }
         }
     }
 }

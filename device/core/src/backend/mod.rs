@@ -5,6 +5,9 @@
 mod faulty;
 #[cfg(target_os = "linux")]
 mod mmsg;
+#[cfg(target_os = "macos")]
+mod msgx;
+mod stream_tx;
 pub mod unixgram;
 pub mod unixstream;
 
@@ -17,7 +20,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use crate::frame::TxFrame;
+pub use crate::frame::{FrameRef, Frames, TxFrame, TxList};
 pub use faulty::{FaultConfig, Faulty};
 pub use unixgram::UnixGram;
 pub use unixstream::UnixStreamBackend;
@@ -74,6 +77,10 @@ pub struct BackendOptions {
     pub local_path: Option<PathBuf>,
     pub sndbuf: Option<usize>,
     pub rcvbuf: Option<usize>,
+    /// macOS, unixgram: send and receive batches of datagrams with `sendmsg_x`/
+    /// `recvmsg_x` (private XNU calls; type-checked for macOS, never run) instead of one
+    /// datagram per call. Ignored elsewhere (Linux batches with `sendmmsg`/`recvmmsg`).
+    pub macos_batch_syscalls: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +144,20 @@ pub enum ReadStatus {
     /// A frame larger than the buffer arrived and was discarded; its length. On macOS a
     /// datagram's is a lower bound (the buffer's length: its `recvmsg` cannot report more).
     Oversize(usize),
+    /// A frame of this many bytes whose payload the caller reads straight into its own
+    /// buffers with [`Backend::read_direct`] (or discards with [`Backend::skip_direct`]);
+    /// nothing of it is in the caller's buffer. Only [`Backend::read_frames`] returns it,
+    /// and only last.
+    Direct(usize),
+}
+
+/// How a [`Backend::read_direct`] call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectRead {
+    /// The whole payload is in the caller's buffers.
+    Done,
+    /// Part of it is; the rest has not arrived. Call again (same buffers) when readable.
+    WouldBlock,
 }
 
 /// Most frames one batched call carries (`sendmmsg`/`recvmmsg`); the device gives a
@@ -181,10 +202,16 @@ pub trait Backend: Send {
     fn kind(&self) -> &'static str;
     /// Writes one frame (without any virtio header), gathered from wherever its pieces
     /// are. After `Blocked { partial: true }` the same frame must be passed again.
-    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError>;
+    fn write_frame(&mut self, frame: FrameRef<'_>) -> Result<WriteStatus, BackendError>;
     /// [`Backend::write_frame`] for a frame in one buffer.
     fn write_bytes(&mut self, frame: &[u8]) -> Result<WriteStatus, BackendError> {
-        self.write_frame(&TxFrame::from_slice(frame))
+        self.write_frame(TxFrame::from_slice(frame).as_frame())
+    }
+    /// Whether every send is all-or-nothing (datagrams): a refused frame left no bytes on
+    /// the wire, so another frame may be sent before it (the `small-first` retry policy).
+    /// A stream may hold part of a refused frame and must finish it first.
+    fn whole_frames(&self) -> bool {
+        false
     }
     /// Most frames one [`Backend::write_frames`] call can send: the device offers no more
     /// (the default, 1, for backends that send one frame per call).
@@ -196,23 +223,8 @@ pub trait Backend: Send {
     /// [`BatchWrite::stopped`] and must be offered again first, exactly as after
     /// [`Backend::write_frame`]. An error means no frame of this call went out. The
     /// default sends one frame per call (macOS; streams).
-    fn write_frames(&mut self, frames: &[TxFrame<'_>]) -> Result<BatchWrite, BackendError> {
-        let Some(first) = frames.first() else {
-            return Ok(BatchWrite {
-                sent: 0,
-                stopped: None,
-            });
-        };
-        Ok(match self.write_frame(first)? {
-            WriteStatus::Sent => BatchWrite {
-                sent: 1,
-                stopped: None,
-            },
-            other => BatchWrite {
-                sent: 0,
-                stopped: Some(other),
-            },
-        })
+    fn write_frames(&mut self, frames: Frames<'_>) -> Result<BatchWrite, BackendError> {
+        write_first(self, frames)
     }
     /// Reads one frame into `buf` (which must hold [`crate::frame::MAX_FRAME`] bytes).
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError>;
@@ -229,6 +241,22 @@ pub trait Backend: Send {
         got.push(self.read_frame(&mut bufs[0])?);
         Ok(())
     }
+    /// Reads the payload of the frame the last [`Backend::read_frames`] announced as
+    /// [`ReadStatus::Direct`] into `dst`, which covers exactly its length; after
+    /// `WouldBlock`, call again with the same `dst` (it resumes where it stopped). The
+    /// default, for backends that never announce one, is a protocol error.
+    ///
+    /// # Safety
+    /// Every iovec of `dst` must be memory writable for the whole call.
+    unsafe fn read_direct(&mut self, dst: &[libc::iovec]) -> Result<DirectRead, BackendError> {
+        let _ = dst;
+        Err(BackendError::Protocol {
+            fd: self.raw_fd(),
+            detail: "read_direct on a backend that announces no direct frames".into(),
+        })
+    }
+    /// Discards the payload of the announced direct frame (the guest has no room for it).
+    fn skip_direct(&mut self) {}
     /// Send and receive calls made so far (a backend that makes none reports zeros).
     fn syscalls(&self) -> SyscallCounts {
         SyscallCounts::default()
@@ -249,7 +277,7 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
         (**self).kind()
     }
 
-    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
+    fn write_frame(&mut self, frame: FrameRef<'_>) -> Result<WriteStatus, BackendError> {
         (**self).write_frame(frame)
     }
 
@@ -257,7 +285,11 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
         (**self).batch_limit()
     }
 
-    fn write_frames(&mut self, frames: &[TxFrame<'_>]) -> Result<BatchWrite, BackendError> {
+    fn whole_frames(&self) -> bool {
+        (**self).whole_frames()
+    }
+
+    fn write_frames(&mut self, frames: Frames<'_>) -> Result<BatchWrite, BackendError> {
         (**self).write_frames(frames)
     }
 
@@ -273,9 +305,42 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
         (**self).read_frames(bufs, got)
     }
 
+    unsafe fn read_direct(&mut self, dst: &[libc::iovec]) -> Result<DirectRead, BackendError> {
+        // SAFETY: the caller's promise about dst, passed on.
+        unsafe { (**self).read_direct(dst) }
+    }
+
+    fn skip_direct(&mut self) {
+        (**self).skip_direct()
+    }
+
     fn syscalls(&self) -> SyscallCounts {
         (**self).syscalls()
     }
+}
+
+/// [`Backend::write_frames`] for a backend that sends one frame per call: the first of
+/// `frames` through [`Backend::write_frame`].
+pub fn write_first<B: Backend + ?Sized>(
+    backend: &mut B,
+    frames: Frames<'_>,
+) -> Result<BatchWrite, BackendError> {
+    let Some(first) = frames.first() else {
+        return Ok(BatchWrite {
+            sent: 0,
+            stopped: None,
+        });
+    };
+    Ok(match backend.write_frame(first)? {
+        WriteStatus::Sent => BatchWrite {
+            sent: 1,
+            stopped: None,
+        },
+        other => BatchWrite {
+            sent: 0,
+            stopped: Some(other),
+        },
+    })
 }
 
 /// Connects to the proxy named by `spec`.

@@ -14,9 +14,14 @@ use crate::bufsize::MIN_DGRAM_RCVBUF;
 use crate::net::MAX_FRAME;
 use crate::sockopt::SockBuf;
 
+#[cfg(target_os = "linux")]
+use super::mmsg::Mmsg;
+#[cfg(target_os = "macos")]
+use super::msgx::Msgx;
+use super::Frames;
 use super::{
-    no_sigpipe, size_buf, socket_failure, Backend, BackendError, BackendOptions, ReadStatus,
-    SyscallCounts, TxFrame, WriteStatus, SEND_FLAGS,
+    no_sigpipe, size_buf, socket_failure, Backend, BackendError, BackendOptions, FrameRef,
+    ReadStatus, SyscallCounts, WriteStatus, SEND_FLAGS,
 };
 
 /// Receive buffer libkrun's unixgram backend (PR 556) sets.
@@ -49,6 +54,12 @@ pub struct UnixGram {
     /// Our bound path, unlinked on drop (only when we created it).
     bound: Option<PathBuf>,
     calls: SyscallCounts,
+    /// The batched calls' message headers, reused from call to call.
+    #[cfg(target_os = "linux")]
+    mmsg: Mmsg,
+    /// macOS: `sendmsg_x`/`recvmsg_x`, when asked for (`macos_batch_syscalls`).
+    #[cfg(target_os = "macos")]
+    msgx: Option<Msgx>,
 }
 
 fn default_local_path() -> PathBuf {
@@ -113,6 +124,10 @@ impl UnixGram {
             sock,
             bound: None,
             calls: SyscallCounts::default(),
+            #[cfg(target_os = "linux")]
+            mmsg: Mmsg::default(),
+            #[cfg(target_os = "macos")]
+            msgx: opts.macos_batch_syscalls.then(Msgx::default),
         };
         // connect() sends it itself after connecting; a connected pair can send now.
         if opts.vfkit && me.sock.peer_addr().is_ok() {
@@ -163,7 +178,7 @@ impl Backend for UnixGram {
         self.calls
     }
 
-    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
+    fn write_frame(&mut self, frame: FrameRef<'_>) -> Result<WriteStatus, BackendError> {
         let fd = self.raw_fd();
         let iov = frame.iovecs();
         // SAFETY: a zeroed msghdr is valid (no name, no control data).
@@ -195,33 +210,61 @@ impl Backend for UnixGram {
         }
     }
 
+    /// One datagram per frame: the kernel takes all of it or none.
+    fn whole_frames(&self) -> bool {
+        true
+    }
+
     #[cfg(target_os = "linux")]
     fn batch_limit(&self) -> usize {
         super::MAX_BATCH_FRAMES
     }
 
-    /// Linux: one `sendmmsg` per batch. (macOS sends one frame per call: `sendmsg_x`
-    /// exists there but is private and unmeasured.)
+    /// Linux: one `sendmmsg` per batch.
     #[cfg(target_os = "linux")]
-    fn write_frames(&mut self, frames: &[TxFrame<'_>]) -> Result<super::BatchWrite, BackendError> {
-        use super::BatchWrite;
-        match frames {
-            [] => Ok(BatchWrite {
-                sent: 0,
-                stopped: None,
-            }),
+    fn write_frames(&mut self, frames: Frames<'_>) -> Result<super::BatchWrite, BackendError> {
+        if frames.len() <= 1 {
             // One frame: the plain call, which costs the kernel less per message.
-            [one] => Ok(match self.write_frame(one)? {
-                WriteStatus::Sent => BatchWrite {
-                    sent: 1,
-                    stopped: None,
-                },
-                other => BatchWrite {
-                    sent: 0,
-                    stopped: Some(other),
-                },
-            }),
-            _ => super::mmsg::send(self.raw_fd(), frames, &mut self.calls.sends),
+            return super::write_first(self, frames);
+        }
+        self.mmsg
+            .send(self.sock.as_raw_fd(), frames, &mut self.calls.sends)
+    }
+
+    #[cfg(target_os = "macos")]
+    fn batch_limit(&self) -> usize {
+        if self.msgx.is_some() {
+            super::MAX_BATCH_FRAMES
+        } else {
+            1
+        }
+    }
+
+    /// macOS: one frame per call, or one `sendmsg_x` per batch when asked for.
+    #[cfg(target_os = "macos")]
+    fn write_frames(&mut self, frames: Frames<'_>) -> Result<super::BatchWrite, BackendError> {
+        let fd = self.sock.as_raw_fd();
+        match &mut self.msgx {
+            Some(m) if frames.len() > 1 => m.send(fd, frames, &mut self.calls.sends),
+            _ => super::write_first(self, frames),
+        }
+    }
+
+    /// macOS: one frame per call, or one `recvmsg_x` per batch when asked for.
+    #[cfg(target_os = "macos")]
+    fn read_frames(
+        &mut self,
+        bufs: &mut [Box<[u8]>],
+        got: &mut Vec<ReadStatus>,
+    ) -> Result<(), BackendError> {
+        let fd = self.sock.as_raw_fd();
+        match &mut self.msgx {
+            Some(m) => m.recv(fd, bufs, got, &mut self.calls.recvs),
+            None => {
+                got.clear();
+                got.push(self.read_frame(&mut bufs[0])?);
+                Ok(())
+            }
         }
     }
 
@@ -232,7 +275,8 @@ impl Backend for UnixGram {
         bufs: &mut [Box<[u8]>],
         got: &mut Vec<ReadStatus>,
     ) -> Result<(), BackendError> {
-        super::mmsg::recv(self.raw_fd(), bufs, got, &mut self.calls.recvs)
+        self.mmsg
+            .recv(self.sock.as_raw_fd(), bufs, got, &mut self.calls.recvs)
     }
 
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {

@@ -5,43 +5,58 @@
 //! worker offers the same frame again). Reads are assembled in an internal buffer across
 //! as many `read` calls as it takes, never blocking.
 
-use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
+use super::stream_tx::{StreamTx, PREFIX};
 use super::{
-    is_peer_gone, no_sigpipe, size_buf, socket_failure, Backend, BackendError, BackendOptions,
-    ReadStatus, SyscallCounts, TxFrame, WriteStatus, SEND_FLAGS,
+    no_sigpipe, size_buf, socket_failure, Backend, BackendError, BackendOptions, BatchWrite,
+    DirectRead, FrameRef, Frames, ReadStatus, SyscallCounts, WriteStatus, MAX_BATCH_FRAMES,
 };
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
 
 use crate::bufsize::{stream_plan, Os};
-use crate::frame::{EMPTY_IOV, MAX_FRAME, MAX_IOV};
+use crate::frame::{IovBuf, MAX_FRAME};
 use crate::sockopt::SockBuf;
-
-const PREFIX: usize = 4;
-
-/// Source of the padding that completes a frame whose guest memory faulted mid-send.
-static ZEROS: [u8; 4096] = [0; 4096];
 
 pub struct UnixStreamBackend {
     sock: UnixStream,
-    /// Bytes of the current frame (prefix included) already written.
-    woff: usize,
-    /// Length of the frame being written, to catch a caller that changes it mid-frame.
-    wlen: usize,
-    /// The frame's memory faulted (EFAULT) after part of it went out: the rest is sent as
-    /// zeros, so the proxy still finds the next length prefix where it expects it.
-    zero_fill: bool,
+    /// The sending half: batches of frames and the partly written one.
+    tx: StreamTx,
     rbuf: Box<[u8]>,
     rstart: usize,
     rend: usize,
     /// Bytes still to discard of an oversized frame.
     skip: usize,
+    /// The proxy closed its end (read returned 0) while frames read before it were still
+    /// being handed out: the next read reports it.
+    eof: bool,
+    /// The frame announced by [`ReadStatus::Direct`], read straight into the caller's
+    /// buffers.
+    direct: Option<DirectFrame>,
+    /// The iovecs of one direct read, reused from call to call.
+    riov: IovBuf,
     calls: SyscallCounts,
 }
+
+/// A frame read straight into the caller's buffers: its length, and bytes of it read.
+#[derive(Debug, Clone, Copy)]
+struct DirectFrame {
+    len: usize,
+    done: usize,
+}
+
+/// Frames at least this large whose payload is still on its way are read straight into
+/// the guest's buffers (copy-free); smaller ones are copied out of the bytes a read
+/// brought in, which batches many of them per call.
+pub const DIRECT_MIN: usize = 2048;
+
+/// Most bytes past a direct frame one read brings into the internal buffer: enough for
+/// the next length prefix, little enough that a following large frame is mostly read
+/// straight into the guest too.
+const DIRECT_TAIL: usize = 4096;
 
 impl UnixStreamBackend {
     pub fn connect(proxy: &Path, opts: &BackendOptions) -> Result<UnixStreamBackend, BackendError> {
@@ -74,46 +89,30 @@ impl UnixStreamBackend {
         no_sigpipe(sock.as_fd())?;
         Ok(UnixStreamBackend {
             sock,
-            woff: 0,
-            wlen: 0,
-            zero_fill: false,
+            tx: StreamTx::default(),
             // Room for two maximal frames so a read can pull in more than one at a time.
             rbuf: vec![0u8; 2 * (PREFIX + MAX_FRAME)].into_boxed_slice(),
             rstart: 0,
             rend: 0,
             skip: 0,
+            eof: false,
+            direct: None,
+            riov: IovBuf::default(),
             calls: SyscallCounts::default(),
         })
     }
 
     /// Bytes of a partially written frame (0 between frames).
     pub fn write_offset(&self) -> usize {
-        self.woff
+        self.tx.offset()
     }
-}
 
-/// `prefix` (what is left of the length prefix), then `zeros` bytes of padding, as iovecs
-/// for one send; returns how many were filled.
-fn zero_fill_iovecs(prefix: &[u8], zeros: usize, out: &mut [libc::iovec; MAX_IOV + 1]) -> usize {
-    let mut k = 0;
-    if !prefix.is_empty() {
-        out[k] = libc::iovec {
-            iov_base: prefix.as_ptr() as *mut libc::c_void,
-            iov_len: prefix.len(),
-        };
-        k += 1;
+    /// For tests: a handle through which the socket is made to take at most N more bytes
+    /// (store N) and then refuse one send with EAGAIN, as a full socket does, so a test
+    /// can stop a batch at any byte. `usize::MAX`, the initial value, is no limit.
+    pub fn send_limit(&mut self) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+        self.tx.send_limit()
     }
-    let mut left = zeros;
-    while left > 0 && k < out.len() {
-        let n = left.min(ZEROS.len());
-        out[k] = libc::iovec {
-            iov_base: ZEROS.as_ptr() as *mut libc::c_void,
-            iov_len: n,
-        };
-        left -= n;
-        k += 1;
-    }
-    k
 }
 
 impl Backend for UnixStreamBackend {
@@ -129,147 +128,309 @@ impl Backend for UnixStreamBackend {
         self.calls
     }
 
-    fn write_frame(&mut self, frame: &TxFrame<'_>) -> Result<WriteStatus, BackendError> {
-        let fd = self.raw_fd();
-        if self.woff == 0 {
-            self.wlen = frame.len();
-        } else if frame.len() != self.wlen {
-            return Err(BackendError::Protocol {
-                fd,
-                detail: format!(
-                    "resumed a {}-byte frame with a {}-byte one",
-                    self.wlen,
-                    frame.len()
-                ),
-            });
-        }
-        let prefix = (frame.len() as u32).to_be_bytes();
-        let total = PREFIX + frame.len();
-        let mut iov = [EMPTY_IOV; MAX_IOV + 1];
-        while self.woff < total {
-            let (p, f) = if self.woff < PREFIX {
-                (&prefix[self.woff..], 0)
-            } else {
-                (&prefix[..0], self.woff - PREFIX)
-            };
-            let k = if self.zero_fill {
-                zero_fill_iovecs(p, total - self.woff.max(PREFIX), &mut iov)
-            } else {
-                frame.iovecs_after(p, f, &mut iov)
-            };
-            // SAFETY: a zeroed msghdr is valid; iov points at live buffers.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = iov.as_mut_ptr();
-            msg.msg_iovlen = k as _;
-            self.calls.sends += 1;
-            // SAFETY: msg is fully initialised above.
-            let n = unsafe { libc::sendmsg(fd, &msg, SEND_FLAGS) };
-            if n >= 0 {
-                self.woff += n as usize;
-                continue;
-            }
-            let err = io::Error::last_os_error();
-            let errno = err.raw_os_error().unwrap_or(0);
-            match errno {
-                libc::EINTR => continue,
-                libc::EAGAIN | libc::ENOBUFS => {
-                    return Ok(WriteStatus::Blocked {
-                        errno,
-                        partial: self.woff > 0,
-                    })
-                }
-                libc::EFAULT if self.woff == 0 => return Ok(WriteStatus::Unreadable),
-                libc::EFAULT if !self.zero_fill => {
-                    self.zero_fill = true;
-                    continue;
-                }
-                e if is_peer_gone(e) => {
-                    let detail = if self.woff > 0 {
-                        format!(
-                            "send after {} of {} bytes of a frame: {err}",
-                            self.woff, total
-                        )
-                    } else {
-                        format!("send: {err}")
-                    };
-                    return Err(BackendError::PeerGone { fd, detail });
-                }
-                _ => {
-                    return Err(BackendError::Io {
-                        op: "sendmsg",
-                        fd,
-                        source: err,
-                    })
-                }
-            }
-        }
-        self.woff = 0;
-        if std::mem::take(&mut self.zero_fill) {
-            return Ok(WriteStatus::Unreadable);
-        }
-        Ok(WriteStatus::Sent)
+    fn write_frame(&mut self, frame: FrameRef<'_>) -> Result<WriteStatus, BackendError> {
+        let fd = self.sock.as_raw_fd();
+        let out = self.tx.write(fd, 1, |_| frame, &mut self.calls.sends)?;
+        Ok(out.stopped.unwrap_or(WriteStatus::Sent))
+    }
+
+    fn batch_limit(&self) -> usize {
+        MAX_BATCH_FRAMES
+    }
+
+    /// Several length-prefixed frames per `sendmsg` (see `stream_tx`).
+    fn write_frames(&mut self, frames: Frames<'_>) -> Result<BatchWrite, BackendError> {
+        let fd = self.sock.as_raw_fd();
+        self.tx
+            .write(fd, frames.len(), |i| frames.get(i), &mut self.calls.sends)
     }
 
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
-        let fd = self.raw_fd();
+        loop {
+            if let Some(status) = self.parse(buf, false) {
+                return Ok(status);
+            }
+            if self.eof {
+                return Err(self.closed());
+            }
+            match self.fill()? {
+                Fill::Got => {}
+                Fill::WouldBlock => return Ok(ReadStatus::WouldBlock),
+                Fill::Eof => return Err(self.closed()),
+            }
+        }
+    }
+
+    /// As many frames as `bufs` holds out of as few reads as it takes: one read pulls in
+    /// whatever the socket has (up to two maximal frames), parsed here into frames. A
+    /// frame of at least [`DIRECT_MIN`] bytes whose payload has not all arrived yet ends
+    /// the batch as [`ReadStatus::Direct`]: the caller reads it into its own buffers.
+    fn read_frames(
+        &mut self,
+        bufs: &mut [Box<[u8]>],
+        got: &mut Vec<ReadStatus>,
+    ) -> Result<(), BackendError> {
+        got.clear();
+        if self.eof {
+            return Err(self.closed());
+        }
+        let mut i = 0;
+        while i < bufs.len() {
+            if let Some(status) = self.parse(&mut bufs[i], true) {
+                got.push(status);
+                if let ReadStatus::Direct(_) = status {
+                    return Ok(());
+                }
+                i += 1;
+                continue;
+            }
+            match self.fill()? {
+                Fill::Got => {}
+                Fill::WouldBlock => {
+                    got.push(ReadStatus::WouldBlock);
+                    return Ok(());
+                }
+                // The close is reported by the next call, after these frames (without a
+                // WouldBlock, which would have the caller wait for an event that never
+                // comes).
+                Fill::Eof if !got.is_empty() => {
+                    self.eof = true;
+                    return Ok(());
+                }
+                Fill::Eof => return Err(self.closed()),
+            }
+        }
+        Ok(())
+    }
+
+    unsafe fn read_direct(&mut self, dst: &[libc::iovec]) -> Result<DirectRead, BackendError> {
+        let fd = self.sock.as_raw_fd();
+        let Some(mut d) = self.direct.take() else {
+            return Err(BackendError::Protocol {
+                fd,
+                detail: "read_direct without a frame announced by ReadStatus::Direct".into(),
+            });
+        };
+        // The payload's first bytes came in with the length prefix.
+        let avail = self.rend - self.rstart;
+        if avail > 0 && d.done < d.len {
+            let n = avail.min(d.len - d.done);
+            // SAFETY: the caller promises dst is writable for the call.
+            unsafe {
+                copy_to_iovecs(&self.rbuf[self.rstart..self.rstart + n], dst, d.done);
+            }
+            self.rstart += n;
+            d.done += n;
+        }
+        if self.rstart == self.rend {
+            self.rstart = 0;
+            self.rend = 0;
+        }
+        while d.done < d.len {
+            if self.eof {
+                self.direct = Some(d);
+                return Err(self.closed());
+            }
+            // The rest of the payload into the caller's buffers, and what follows it (the
+            // next length prefix, at most DIRECT_TAIL bytes) into ours: one call per frame.
+            self.riov.clear();
+            iovecs_from(dst, d.done, &mut self.riov);
+            let tail_end = (self.rend + DIRECT_TAIL).min(self.rbuf.len());
+            let tail = &mut self.rbuf[self.rend..tail_end];
+            self.riov.push(libc::iovec {
+                iov_base: tail.as_mut_ptr().cast(),
+                iov_len: tail.len(),
+            });
+            // SAFETY: a zeroed msghdr is valid (no name, no control data).
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = self.riov.as_mut_ptr();
+            msg.msg_iovlen = self.riov.len() as _;
+            self.calls.recvs += 1;
+            // SAFETY: the iovecs cover the rest of dst (writable, as the caller promises)
+            // and the free end of our buffer.
+            let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+            if n > 0 {
+                let n = n as usize;
+                let k = n.min(d.len - d.done);
+                d.done += k;
+                self.rend += n - k;
+                continue;
+            }
+            if n == 0 {
+                self.eof = true;
+                self.direct = Some(d);
+                return Err(self.closed());
+            }
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error().unwrap_or(0) {
+                libc::EINTR => {}
+                libc::EAGAIN => {
+                    self.direct = Some(d);
+                    return Ok(DirectRead::WouldBlock);
+                }
+                _ => {
+                    self.direct = Some(d);
+                    return Err(socket_failure(fd, "recvmsg", err));
+                }
+            }
+        }
+        Ok(DirectRead::Done)
+    }
+
+    fn skip_direct(&mut self) {
+        if let Some(d) = self.direct.take() {
+            let left = d.len - d.done;
+            let n = left.min(self.rend - self.rstart);
+            self.rstart += n;
+            self.skip = left - n;
+        }
+    }
+}
+
+/// How one read into the internal buffer went.
+enum Fill {
+    Got,
+    WouldBlock,
+    Eof,
+}
+
+impl UnixStreamBackend {
+    /// The next frame out of the bytes already read, without a system call: `None` when
+    /// they do not hold one. With `direct`, a large frame whose payload is still on its
+    /// way is announced as [`ReadStatus::Direct`] (its prefix consumed).
+    fn parse(&mut self, buf: &mut [u8], direct: bool) -> Option<ReadStatus> {
         loop {
             let avail = self.rend - self.rstart;
-            if self.skip > 0 && avail > 0 {
+            if self.skip > 0 {
+                if avail == 0 {
+                    return None;
+                }
                 let n = self.skip.min(avail);
                 self.skip -= n;
                 self.rstart += n;
                 continue;
             }
-            if self.skip == 0 && avail >= PREFIX {
-                let p = &self.rbuf[self.rstart..self.rstart + PREFIX];
-                let len = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
-                if len > buf.len() || len > MAX_FRAME {
-                    // Discard the frame's bytes as they arrive; the stream stays in sync.
-                    self.rstart += PREFIX;
-                    self.skip = len;
-                    return Ok(ReadStatus::Oversize(len));
-                }
-                if avail >= PREFIX + len {
-                    let s = self.rstart + PREFIX;
-                    buf[..len].copy_from_slice(&self.rbuf[s..s + len]);
-                    self.rstart = s + len;
-                    if self.rstart == self.rend {
-                        self.rstart = 0;
-                        self.rend = 0;
-                    }
-                    return Ok(ReadStatus::Frame(len));
-                }
+            if avail < PREFIX {
+                return None;
             }
-            // Need more bytes: make room at the end first.
-            if self.rend == self.rbuf.len() {
-                self.rbuf.copy_within(self.rstart..self.rend, 0);
-                self.rend -= self.rstart;
-                self.rstart = 0;
+            let p = &self.rbuf[self.rstart..self.rstart + PREFIX];
+            let len = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
+            if len > buf.len() || len > MAX_FRAME {
+                // Discard the frame's bytes as they arrive; the stream stays in sync.
+                self.rstart += PREFIX;
+                self.skip = len;
+                return Some(ReadStatus::Oversize(len));
             }
+            if avail >= PREFIX + len {
+                let s = self.rstart + PREFIX;
+                buf[..len].copy_from_slice(&self.rbuf[s..s + len]);
+                self.rstart = s + len;
+                if self.rstart == self.rend {
+                    self.rstart = 0;
+                    self.rend = 0;
+                }
+                return Some(ReadStatus::Frame(len));
+            }
+            if direct && len >= DIRECT_MIN {
+                self.rstart += PREFIX;
+                self.direct = Some(DirectFrame { len, done: 0 });
+                return Some(ReadStatus::Direct(len));
+            }
+            return None;
+        }
+    }
+
+    /// One read from the socket into the free end of the internal buffer.
+    fn fill(&mut self) -> Result<Fill, BackendError> {
+        let fd = self.sock.as_raw_fd();
+        // Make room at the end first.
+        if self.rend == self.rbuf.len() {
+            self.rbuf.copy_within(self.rstart..self.rend, 0);
+            self.rend -= self.rstart;
+            self.rstart = 0;
+        }
+        loop {
             let room = &mut self.rbuf[self.rend..];
             self.calls.recvs += 1;
             match recv(fd, room, MsgFlags::MSG_DONTWAIT) {
-                Ok(0) => {
-                    let pending = self.rend - self.rstart;
-                    let detail = if pending > 0 || self.skip > 0 {
-                        format!("proxy closed the stream in the middle of a frame ({pending} bytes of it received)")
-                    } else {
-                        "proxy closed the stream".to_string()
-                    };
-                    return Err(BackendError::PeerGone { fd, detail });
+                Ok(0) => return Ok(Fill::Eof),
+                Ok(n) => {
+                    self.rend += n;
+                    return Ok(Fill::Got);
                 }
-                Ok(n) => self.rend += n,
                 Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) => return Ok(ReadStatus::WouldBlock),
+                Err(Errno::EAGAIN) => return Ok(Fill::WouldBlock),
                 Err(e) => return Err(socket_failure(fd, "recv", e.into())),
             }
         }
+    }
+
+    /// The error for a proxy that closed its end, saying whether it stopped mid-frame.
+    fn closed(&mut self) -> BackendError {
+        self.eof = true;
+        let pending = self.rend - self.rstart;
+        let detail = if let Some(d) = self.direct {
+            format!(
+                "proxy closed the stream in the middle of a frame ({} of its {} bytes received)",
+                d.done, d.len
+            )
+        } else if pending > 0 || self.skip > 0 {
+            format!(
+                "proxy closed the stream in the middle of a frame ({pending} bytes of it received)"
+            )
+        } else {
+            "proxy closed the stream".to_string()
+        };
+        BackendError::PeerGone {
+            fd: self.sock.as_raw_fd(),
+            detail,
+        }
+    }
+}
+
+/// Appends to `out` the iovecs of `iov`'s bytes from `offset` on.
+fn iovecs_from(iov: &[libc::iovec], mut offset: usize, out: &mut Vec<libc::iovec>) {
+    for v in iov {
+        if offset >= v.iov_len {
+            offset -= v.iov_len;
+            continue;
+        }
+        out.push(libc::iovec {
+            // SAFETY: offset < iov_len, so the result stays inside the same piece.
+            iov_base: unsafe { (v.iov_base as *mut u8).add(offset) }.cast(),
+            iov_len: v.iov_len - offset,
+        });
+        offset = 0;
+    }
+}
+
+/// Copies `src` into the memory `dst` describes, starting `offset` bytes into it.
+///
+/// # Safety
+/// Every iovec of `dst` must be writable memory, not overlapping `src`.
+unsafe fn copy_to_iovecs(mut src: &[u8], dst: &[libc::iovec], mut offset: usize) {
+    for v in dst {
+        if src.is_empty() {
+            return;
+        }
+        if offset >= v.iov_len {
+            offset -= v.iov_len;
+            continue;
+        }
+        let n = (v.iov_len - offset).min(src.len());
+        // SAFETY: the caller promises v is writable; offset + n <= iov_len.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), (v.iov_base as *mut u8).add(offset), n);
+        }
+        src = &src[n..];
+        offset = 0;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::TxFrame;
     use std::io::{Read, Write};
 
     fn pair() -> (UnixStreamBackend, UnixStream) {
@@ -400,7 +561,7 @@ mod tests {
         frame.push_volatile(&ok).unwrap();
         frame.push_volatile(&fault).unwrap();
         let status = loop {
-            match be.write_frame(&frame).unwrap() {
+            match be.write_frame(frame.as_frame()).unwrap() {
                 WriteStatus::Blocked { .. } => {
                     std::thread::sleep(std::time::Duration::from_millis(1))
                 }

@@ -131,6 +131,17 @@ impl NetDevice {
         self.tx.set_max_failed_sends(max);
     }
 
+    /// `small-first`: let frames of other flows go ahead of a deferred frame. Only takes
+    /// effect on a backend whose sends are all-or-nothing ([`Backend::whole_frames`]).
+    pub fn set_look_ahead(&mut self, on: bool) {
+        self.tx.set_look_ahead(on && self.backend.whole_frames());
+    }
+
+    /// `small-first` is active: frames of other flows may go ahead of a deferred frame.
+    pub fn tx_looks_ahead(&self) -> bool {
+        self.tx.looks_ahead()
+    }
+
     /// True while an RX frame waits for guest buffers.
     pub fn rx_waiting(&self) -> bool {
         self.rx.waiting()

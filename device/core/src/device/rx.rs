@@ -11,9 +11,9 @@ use vm_memory::GuestMemoryMmap;
 
 use super::virtq::Virtq;
 use super::{DeviceError, RxPass, BATCH};
-use crate::backend::{Backend, ReadStatus, MAX_BATCH_FRAMES};
+use crate::backend::{Backend, DirectRead, ReadStatus, MAX_BATCH_FRAMES};
 use crate::events::DeviceEvents;
-use crate::frame::MAX_FRAME;
+use crate::frame::{IovBuf, MAX_FRAME};
 use crate::net::{Rejected, RxBuffers, RxOutcome};
 use crate::probes::DropReason;
 
@@ -32,6 +32,8 @@ pub(crate) struct RxVirtio {
     waiting: bool,
     /// Reused list of chains the last delivery rejected.
     rejected: Vec<Rejected>,
+    /// The guest memory a direct frame is read into (reused).
+    iov: IovBuf,
 }
 
 impl RxVirtio {
@@ -45,6 +47,7 @@ impl RxVirtio {
             buffers: RxBuffers::default(),
             waiting: false,
             rejected: Vec::new(),
+            iov: IovBuf::default(),
         }
     }
 
@@ -103,7 +106,9 @@ impl RxVirtio {
                             events.frame_dropped(len, DropReason::RxOversize);
                         }
                         ReadStatus::Frame(0) => events.frame_dropped(0, DropReason::RxEmpty),
-                        ReadStatus::Frame(len) => events.frame_received(len),
+                        ReadStatus::Frame(len) | ReadStatus::Direct(len) => {
+                            events.frame_received(len)
+                        }
                     }
                 }
             }
@@ -120,17 +125,47 @@ impl RxVirtio {
                     continue;
                 }
                 ReadStatus::Frame(len) => len,
+                ReadStatus::Direct(len) => match self.direct(mem, backend, len)? {
+                    Some(outcome) => {
+                        used |= !self.rejected.is_empty();
+                        for r in self.rejected.drain(..) {
+                            events.chain_rejected(self.vq.index, r);
+                        }
+                        match outcome {
+                            RxOutcome::Delivered { .. } => {
+                                events.rx_direct();
+                                self.next += 1;
+                                self.waiting = false;
+                                used = true;
+                                done += 1;
+                                continue;
+                            }
+                            RxOutcome::NoRoom => {
+                                self.next += 1;
+                                events.frame_dropped(len, DropReason::RxNoRoom);
+                                continue;
+                            }
+                            RxOutcome::NoBuffers => len,
+                        }
+                    }
+                    // The rest of the frame has not arrived: the next readable event
+                    // resumes it, into the same buffers.
+                    None => break RxPass::Idle,
+                },
             };
-            let outcome = self
-                .buffers
-                .deliver(
-                    &mut self.vq.queue,
-                    mem,
-                    &self.bufs[self.next][..len],
-                    self.mergeable,
-                    &mut self.rejected,
-                )
-                .map_err(self.vq.err());
+            let outcome = if let ReadStatus::Direct(_) = self.got[self.next] {
+                Ok(RxOutcome::NoBuffers)
+            } else {
+                self.buffers
+                    .deliver(
+                        &mut self.vq.queue,
+                        mem,
+                        &self.bufs[self.next][..len],
+                        self.mergeable,
+                        &mut self.rejected,
+                    )
+                    .map_err(self.vq.err())
+            };
             used |= !self.rejected.is_empty();
             for r in self.rejected.drain(..) {
                 events.chain_rejected(self.vq.index, r);
@@ -165,10 +200,58 @@ impl RxVirtio {
         Ok(result)
     }
 
+    /// A frame announced by [`ReadStatus::Direct`]: reserves guest buffers for it and has
+    /// the backend read its payload straight into them (no copy in user space). `None`:
+    /// part of it is still on its way (its buffers stay reserved); otherwise where it
+    /// went (`NoBuffers`: the guest has none yet; nothing of it was read).
+    fn direct(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        backend: &mut dyn Backend,
+        len: usize,
+    ) -> Result<Option<RxOutcome>, DeviceError> {
+        let q = &mut self.vq.queue;
+        let take = match self
+            .buffers
+            .reserve(q, mem, len, self.mergeable, &mut self.rejected)
+            .map_err(self.vq.err())?
+        {
+            Ok(take) => take,
+            Err(RxOutcome::NoRoom) => {
+                backend.skip_direct();
+                return Ok(Some(RxOutcome::NoRoom));
+            }
+            Err(outcome) => return Ok(Some(outcome)),
+        };
+        self.iov.clear();
+        if let Err(why) = self.buffers.payload_iovecs(mem, take, len, &mut self.iov) {
+            backend.skip_direct();
+            let q = &mut self.vq.queue;
+            let outcome = self
+                .buffers
+                .abandon(q, mem, take, why, &mut self.rejected)
+                .map_err(self.vq.err())?;
+            return Ok(Some(outcome));
+        }
+        // SAFETY: the iovecs cover guest RX buffers the device has reserved (checked
+        // device-writable and inside guest memory), mapped while `mem` is borrowed.
+        match unsafe { backend.read_direct(&self.iov) }? {
+            DirectRead::WouldBlock => Ok(None),
+            DirectRead::Done => {
+                let q = &mut self.vq.queue;
+                let outcome = self
+                    .buffers
+                    .complete(q, mem, take, len, &mut self.rejected)
+                    .map_err(self.vq.err())?;
+                Ok(Some(outcome))
+            }
+        }
+    }
+
     /// The proxy went away: frames read and not delivered never will be.
     pub(crate) fn peer_gone(&mut self, events: &DeviceEvents) {
         for status in self.got.drain(self.next..) {
-            if let ReadStatus::Frame(len @ 1..) = status {
+            if let ReadStatus::Frame(len @ 1..) | ReadStatus::Direct(len) = status {
                 events.frame_dropped(len, DropReason::PeerGone);
             }
         }

@@ -8,6 +8,16 @@
 //! outstanding (its buffers stay the frame's until the chain is used), and nothing else is
 //! sent before it (frames stay in order). A write event, a TX kick or the one-shot timer
 //! retries it.
+//!
+//! Except under `small-first` (`look_ahead`, datagram backends only): while a frame is
+//! deferred, `send_ahead` walks the chains behind it and sends those of *other* flows
+//! (`crate::flow`) that the socket takes; their used entries go back out of ring order,
+//! which virtio allows. A frame that cannot go (same flow as a frame still waiting before
+//! it, no flow known, or refused) waits in `behind`, in ring order, and those go one by one
+//! once the deferred frame has left, before anything new is popped. Nothing of this runs
+//! while no frame is deferred.
+
+use std::collections::VecDeque;
 
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
@@ -17,7 +27,8 @@ use super::{DeviceError, TxPass, BATCH};
 use crate::backend::{Backend, WriteStatus, MAX_BATCH_BYTES, MAX_BATCH_FRAMES};
 use crate::episode::Episode;
 use crate::events::DeviceEvents;
-use crate::frame::TxFrame;
+use crate::flow::{classify, FlowKey, HEADER_PREFIX};
+use crate::frame::TxList;
 use crate::net::{ChainError, ChainWalk, Rejected, TxChain};
 use crate::probes::DropReason;
 
@@ -34,6 +45,16 @@ struct Popped {
     chain: TxChain,
 }
 
+/// Most chains `small-first` holds behind a deferred frame (fewer on a smaller ring): the
+/// look-ahead's memory and work per pass stay bounded.
+const LOOK_AHEAD: usize = 64;
+
+/// A chain popped behind the deferred frame that has not gone out (`small-first`).
+struct Behind {
+    popped: Popped,
+    flow: Option<FlowKey>,
+}
+
 pub(crate) struct TxVirtio {
     pub(crate) vq: Virtq,
     /// The batch: chains popped and parsed, in ring order (storage reused across passes).
@@ -41,9 +62,18 @@ pub(crate) struct TxVirtio {
     /// `batch[0]` is a frame popped earlier and not sent yet: the deferred frame.
     held: bool,
     copy: Vec<u8>,
+    /// The batch's frames as the backend sends them (storage reused across batches).
+    list: TxList,
     episode: Episode,
     /// Failed sends after which the deferred frame is dropped (`RetryPolicy::Bounded`).
     max_failed_sends: Option<u32>,
+    /// `RetryPolicy::SmallFirst` on a backend whose sends are all-or-nothing.
+    look_ahead: bool,
+    /// Chains popped behind the deferred frame, in ring order (empty unless `look_ahead`
+    /// and a frame is deferred, or the frames before them are still going out).
+    behind: VecDeque<Behind>,
+    /// A frame's first bytes, read for its flow.
+    head_buf: [u8; HEADER_PREFIX],
 }
 
 impl TxVirtio {
@@ -53,9 +83,21 @@ impl TxVirtio {
             batch: Vec::new(),
             held: false,
             copy: Vec::new(),
+            list: TxList::new(),
             episode: Episode::default(),
             max_failed_sends: None,
+            look_ahead: false,
+            behind: VecDeque::new(),
+            head_buf: [0; HEADER_PREFIX],
         }
+    }
+
+    pub(crate) fn set_look_ahead(&mut self, on: bool) {
+        self.look_ahead = on;
+    }
+
+    pub(crate) fn looks_ahead(&self) -> bool {
+        self.look_ahead
     }
 
     pub(crate) fn set_max_failed_sends(&mut self, max: Option<u32>) {
@@ -106,12 +148,15 @@ impl TxVirtio {
             if done >= BATCH {
                 break TxPass::More;
             }
+            self.next_from_behind();
             // The batch: the deferred frame first, then new chains while the limits allow.
             let mut n = usize::from(self.held);
             let mut bytes = if self.held { self.batch[0].len } else { 0 };
             // No more chains than the backend sends in one call: the rest would be popped
             // and parsed only to go back to the ring.
             let limit = backend.batch_limit().clamp(1, MAX_BATCH_FRAMES);
+            // Frames waiting behind the deferred one go before anything new, one at a time.
+            let limit = if self.behind.is_empty() { limit } else { 1 };
             while n < limit && done + n < BATCH {
                 let Some(chain) = self.vq.queue.pop_descriptor_chain(mem) else {
                     // Re-arm kicks (EVENT_IDX: avail_event = next_avail); a chain that
@@ -159,14 +204,14 @@ impl TxVirtio {
             // The frames as the backend sends them, straight from guest memory. A frame
             // that cannot be gathered ends the batch before it (it comes first in the
             // next); only a first frame is copied (and then goes alone) or rejected.
-            let mut frames: Vec<TxFrame<'_>> = Vec::with_capacity(n);
+            self.list.clear();
             let mut first_error = None;
             let mut copy_first = self.batch[0].copied;
             if !copy_first {
                 for (i, p) in self.batch[..n].iter().enumerate() {
-                    match p.chain.gather(mem) {
-                        Ok(Some(frame)) => frames.push(frame),
-                        Ok(None) if i == 0 => {
+                    match p.chain.gather_into(mem, &mut self.list) {
+                        Ok(true) => {}
+                        Ok(false) if i == 0 => {
                             copy_first = true;
                             break;
                         }
@@ -198,11 +243,11 @@ impl TxVirtio {
                 continue;
             }
             if copy_first {
-                frames.push(TxFrame::from_slice(&self.copy));
+                self.list.push_slice(&self.copy);
             }
-            let tried = frames.len();
-            let out = backend.write_frames(&frames);
-            drop(frames);
+            // The list points into `mem`, borrowed for this whole pass.
+            let tried = self.list.len();
+            let out = backend.write_frames(self.list.frames());
             self.unpop(n - tried);
             let out = match out {
                 Ok(out) => out,
@@ -285,7 +330,15 @@ impl TxVirtio {
                         // EVENT_IDX: ask for a kick on the guest's next chain, so a
                         // kick can retry the frame (the ring's state itself is left
                         // alone).
-                        self.vq.enable_notification(mem, events)?;
+                        if self.look_ahead {
+                            used |= self.send_ahead(mem, backend, events)?;
+                            // A chain that raced in before the kick was asked for.
+                            if self.vq.enable_notification(mem, events)? {
+                                used |= self.send_ahead(mem, backend, events)?;
+                            }
+                        } else {
+                            self.vq.enable_notification(mem, events)?;
+                        }
                         break TxPass::Blocked;
                     }
                 }
@@ -315,10 +368,188 @@ impl TxVirtio {
         Ok(())
     }
 
-    /// The proxy went away: the deferred frame will never be sent.
+    /// The proxy went away: the deferred frame and those behind it will never be sent.
     pub(crate) fn peer_gone(&mut self, events: &DeviceEvents) {
         if std::mem::take(&mut self.held) {
             events.frame_dropped(self.batch[0].len, DropReason::PeerGone);
         }
+        for b in self.behind.drain(..) {
+            events.frame_dropped(b.popped.len, DropReason::PeerGone);
+        }
     }
+
+    /// With no frame deferred, the first frame waiting behind (`small-first`) becomes the
+    /// frame to send first: the ring order resumes where the look-ahead left it.
+    fn next_from_behind(&mut self) {
+        if self.held {
+            return;
+        }
+        if let Some(b) = self.behind.pop_front() {
+            if self.batch.is_empty() {
+                self.batch.push(Popped::default());
+            }
+            self.batch[0] = b.popped;
+            self.held = true;
+        }
+    }
+
+    /// The flow of a parsed chain's frame (`None`: unknown, or its headers unreadable).
+    fn flow_of(&mut self, mem: &GuestMemoryMmap, chain: &TxChain) -> Option<FlowKey> {
+        let n = chain.read_prefix(mem, &mut self.head_buf).ok()?;
+        classify(&self.head_buf[..n], chain.len())
+    }
+
+    /// Whether a frame of `flow` may go ahead of the deferred frame (flow `deferred`) and
+    /// of the first `upto` frames behind it: all of them have a known flow other than its
+    /// own. A frame of unknown flow neither passes nor is passed.
+    fn may_pass(&self, flow: Option<FlowKey>, deferred: FlowKey, upto: usize) -> bool {
+        let Some(flow) = flow else {
+            return false;
+        };
+        flow != deferred
+            && self
+                .behind
+                .iter()
+                .take(upto)
+                .all(|b| b.flow.is_some_and(|f| f != flow))
+    }
+
+    /// `small-first`, with `batch[0]` deferred: sends the frames behind it that may go
+    /// ahead (see [`TxVirtio::may_pass`]), are smaller than it and the socket takes,
+    /// first those already waiting, then new chains from the ring until [`LOOK_AHEAD`]
+    /// wait. After a refusal only still smaller frames are tried in this pass (a datagram
+    /// that did not fit tells nothing about a smaller one, but one of the same size or
+    /// larger would not fit either). Returns whether any chain was used.
+    fn send_ahead(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        backend: &mut dyn Backend,
+        events: &DeviceEvents,
+    ) -> Result<bool, DeviceError> {
+        let chain = std::mem::take(&mut self.batch[0].chain);
+        let deferred = self.flow_of(mem, &chain);
+        self.batch[0].chain = chain;
+        let Some(deferred) = deferred else {
+            return Ok(false);
+        };
+        let mut used = false;
+        // Only frames smaller than the deferred one: one as large would not have fitted
+        // either a moment ago, and if the proxy has just made room, the deferred frame
+        // is owed it (else a flow of large frames could starve it).
+        let mut refused_len = self.batch[0].len;
+        let mut i = 0;
+        while i < self.behind.len() {
+            let b = &self.behind[i];
+            if b.flow.is_none() {
+                // Nothing after a frame of unknown flow may pass it.
+                break;
+            }
+            if b.popped.len < refused_len && self.may_pass(b.flow, deferred, i) {
+                let b = self.behind.remove(i).expect("index in range");
+                match self.try_ahead(mem, backend, events, b)? {
+                    Ahead::Sent => {
+                        used = true;
+                        continue;
+                    }
+                    Ahead::Waits(b) => {
+                        refused_len = refused_len.min(b.popped.len);
+                        self.behind.insert(i, b);
+                    }
+                }
+            }
+            i += 1;
+        }
+        let cap = LOOK_AHEAD.min(usize::from(self.vq.queue.size()));
+        while self.behind.len() < cap {
+            let Some(chain) = self.vq.queue.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let mut p = Popped {
+                head,
+                ..Popped::default()
+            };
+            if let Err(error) = p
+                .chain
+                .parse(mem, ChainWalk::new(mem, &self.vq.queue, head))
+            {
+                // Dropped either way, so it reorders nothing by going back now.
+                self.reject(mem, head, error, events)?;
+                used = true;
+                continue;
+            }
+            p.len = p.chain.len();
+            let flow = self.flow_of(mem, &p.chain);
+            let b = Behind { popped: p, flow };
+            if b.popped.len >= refused_len || !self.may_pass(flow, deferred, self.behind.len()) {
+                self.behind.push_back(b);
+                continue;
+            }
+            match self.try_ahead(mem, backend, events, b)? {
+                Ahead::Sent => used = true,
+                Ahead::Waits(b) => {
+                    refused_len = b.popped.len;
+                    self.behind.push_back(b);
+                }
+            }
+        }
+        Ok(used)
+    }
+
+    /// One send of a frame going ahead of the deferred one. A refused frame comes back to
+    /// wait; one whose memory cannot be read is rejected (dropped), as in ring order.
+    fn try_ahead(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        backend: &mut dyn Backend,
+        events: &DeviceEvents,
+        b: Behind,
+    ) -> Result<Ahead, DeviceError> {
+        let (head, len) = (b.popped.head, b.popped.len);
+        self.list.clear();
+        match b.popped.chain.gather_into(mem, &mut self.list) {
+            Ok(true) => {}
+            // Too many pieces to send in place: it waits its turn (then it is copied).
+            Ok(false) => return Ok(Ahead::Waits(b)),
+            Err(error) => {
+                self.reject(mem, head, error, events)?;
+                return Ok(Ahead::Sent);
+            }
+        }
+        let out = backend.write_frames(self.list.frames());
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                // Counted with the others if the proxy is gone.
+                self.behind.push_back(b);
+                return Err(e.into());
+            }
+        };
+        if out.sent == 1 {
+            self.vq
+                .queue
+                .add_used(mem, head, 0)
+                .map_err(self.vq.err())?;
+            events.frame_sent_ahead(len);
+            return Ok(Ahead::Sent);
+        }
+        match out.stopped {
+            Some(WriteStatus::Unreadable) => {
+                self.reject(mem, head, ChainError::Unreadable, events)?;
+                Ok(Ahead::Sent)
+            }
+            _ => {
+                events.ahead_refused();
+                Ok(Ahead::Waits(b))
+            }
+        }
+    }
+}
+
+/// What became of a frame offered ahead of the deferred one.
+enum Ahead {
+    /// Gone: sent, or rejected back to the guest; its chain is used.
+    Sent,
+    /// Not sent: it waits behind the deferred frame.
+    Waits(Behind),
 }
