@@ -11,7 +11,7 @@
 # receives on the proxy's socket (`tx_syscalls`/`rx_syscalls`), and their sum.
 #
 #   bash device/sim/benches/callgrind.sh [FRAMES per direction (default 20000)] [SIZE (default 1514)] [extra vnet-sim flags...]
-#   VNET_SIM=/path/to/vnet-sim bash device/sim/benches/callgrind.sh ...   # another build (before/after)
+#   VNET_SIM=/path/to/vnet-sim CALLGRIND_OUT=dir bash device/sim/benches/callgrind.sh ...   # another build (before/after), its own output directory
 #
 # Only the worker is measured: collection is on inside `vnet_device::worker::run` (the
 # thread's body) and off everywhere else (the simulated guest and proxy threads).
@@ -21,7 +21,7 @@ frames=${1:-20000}
 size=${2:-1514}
 shift $(( $# > 2 ? 2 : $# ))
 command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed" >&2; exit 1; }
-out=target/callgrind
+out=${CALLGRIND_OUT:-target/callgrind}
 mkdir -p "$out"
 bin=${VNET_SIM:-}
 if [ -z "$bin" ]; then

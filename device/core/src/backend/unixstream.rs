@@ -38,6 +38,11 @@ pub struct UnixStreamBackend {
     direct: Option<DirectFrame>,
     /// The iovecs of one direct read, reused from call to call.
     riov: IovBuf,
+    /// Frames parsed since the last large one, counting down from [`LARGE_RECENT`]: while
+    /// above zero, a read asks for at most [`DIRECT_TAIL`] bytes, so a large frame
+    /// arrives prefix first and goes straight into the guest (a read of everything the
+    /// socket holds would bring whole large frames into our buffer, to be copied twice).
+    large_recent: u8,
     calls: SyscallCounts,
 }
 
@@ -57,6 +62,10 @@ pub const DIRECT_MIN: usize = 2048;
 /// the next length prefix, little enough that a following large frame is mostly read
 /// straight into the guest too.
 const DIRECT_TAIL: usize = 4096;
+
+/// How many frames after a large one the reads stay short (small frames in between, such
+/// as ACKs, do not end a run of large ones).
+const LARGE_RECENT: u8 = 8;
 
 impl UnixStreamBackend {
     pub fn connect(proxy: &Path, opts: &BackendOptions) -> Result<UnixStreamBackend, BackendError> {
@@ -98,6 +107,7 @@ impl UnixStreamBackend {
             eof: false,
             direct: None,
             riov: IovBuf::default(),
+            large_recent: 0,
             calls: SyscallCounts::default(),
         })
     }
@@ -315,6 +325,14 @@ impl UnixStreamBackend {
             }
             let p = &self.rbuf[self.rstart..self.rstart + PREFIX];
             let len = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
+            if avail >= PREFIX + len || len >= DIRECT_MIN {
+                // A frame is handed out (or skipped) now: count it.
+                self.large_recent = if len >= DIRECT_MIN {
+                    LARGE_RECENT
+                } else {
+                    self.large_recent.saturating_sub(1)
+                };
+            }
             if len > buf.len() || len > MAX_FRAME {
                 // Discard the frame's bytes as they arrive; the stream stays in sync.
                 self.rstart += PREFIX;
@@ -340,7 +358,8 @@ impl UnixStreamBackend {
         }
     }
 
-    /// One read from the socket into the free end of the internal buffer.
+    /// One read from the socket into the free end of the internal buffer (a short one
+    /// while large frames come, see `large_recent`).
     fn fill(&mut self) -> Result<Fill, BackendError> {
         let fd = self.sock.as_raw_fd();
         // Make room at the end first.
@@ -349,8 +368,13 @@ impl UnixStreamBackend {
             self.rend -= self.rstart;
             self.rstart = 0;
         }
+        let end = if self.large_recent > 0 {
+            (self.rend + DIRECT_TAIL).min(self.rbuf.len())
+        } else {
+            self.rbuf.len()
+        };
         loop {
-            let room = &mut self.rbuf[self.rend..];
+            let room = &mut self.rbuf[self.rend..end];
             self.calls.recvs += 1;
             match recv(fd, room, MsgFlags::MSG_DONTWAIT) {
                 Ok(0) => return Ok(Fill::Eof),
