@@ -2,10 +2,19 @@
 # Overhead of watching the device: simulated-VM throughput with probes/enobufs.bt attached
 # (all probes; FRAMES=0, which only filters; and the script without the frame clauses that
 # capture.sh --no-frames runs, which leaves them unattached), with the in-process recorder,
-# with syscalls.bt (the syscall-level capture, which needs no probes: every AF_UNIX socket
-# of the process, as capture.sh --syscalls -c runs it; and as --syscalls --no-frames runs
-# it, without the receive probes and the tx_frame rows), and with DEBUG logging, each as a
-# ratio to the same workload untraced, measured in this run. Needs root for bpftrace.
+# with syscalls.bt (the syscall-level capture, which needs no probes), and with DEBUG
+# logging, each as a ratio to the same workload untraced, measured in this run. Needs root
+# for bpftrace. The syscalls.bt modes:
+#   syscalls.bt            every AF_UNIX socket of the process, as capture.sh --syscalls -c
+#                          runs it (here: the device's socket and its built-in proxy's two)
+#   syscalls-no-frames     the same as --syscalls --no-frames runs it (no receive probes,
+#                          no tx_frame/rx_frame rows)
+#   syscalls-fd            the device's socket only, as --socket/--fd traces a VMM's
+#   syscalls-fd-no-frames  that, with --no-frames
+#   syscalls-fd-nice       syscalls-fd with bpftrace (the reader of the row maps) at nice
+#                          $NICE (default 10), so it takes less CPU from the traced process
+# Each syscalls run's map lines go through syscalls-rows.awk, and rows it could not keep
+# are reported with the run's line on stderr ("lost N rows").
 #
 #   sudo probes/bench.sh [SECS per run, default 5] [REPEATS, default 3]
 #   sudo MODES="untraced syscalls.bt" probes/bench.sh 5 7     # only some modes
@@ -24,6 +33,9 @@ sim=${VNET_SIM:-$PWD/target/release/vnet-sim}
 # 4 MiB of perf ring per CPU instead of 256 KiB: a loaded machine must not lose rows
 # ("Lost N events"), or the counts below stop matching.
 export BPFTRACE_PERF_RB_PAGES=${BPFTRACE_PERF_RB_PAGES:-1024}
+# syscalls.bt's row maps, as capture.sh --syscalls sizes them
+export BPFTRACE_MAP_KEYS_MAX=${BPFTRACE_MAP_KEYS_MAX:-65536}
+nice=${NICE:-10}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # the workload: bidirectional, 8 streams, ENOBUFS injected on every 50th send so the
@@ -53,10 +65,19 @@ one() { # mode -> prints "Gbit/s cpu_s_per_GB" of one run
     no-frames) cpu bpftrace -q -o "$work/t.csv" "$work/noframes.bt" "$sim" -c "$sim $load" > "$out" 2>/dev/null ;;
     syscalls.bt) cpu bpftrace -q -o "$work/t.csv" "$work/syscalls.bt" 0 -c "$sim $load" > "$out" 2>/dev/null ;;
     syscalls-no-frames) cpu bpftrace -q -o "$work/t.csv" "$work/syscalls-nf.bt" 0 -c "$sim $load" > "$out" 2>/dev/null ;;
+    syscalls-fd) cpu bpftrace -q -o "$work/t.csv" "$work/syscalls.bt" 0 "$devfd" -c "$sim $load" > "$out" 2>/dev/null ;;
+    syscalls-fd-no-frames) cpu bpftrace -q -o "$work/t.csv" "$work/syscalls-nf.bt" 0 "$devfd" -c "$sim $load" > "$out" 2>/dev/null ;;
+    syscalls-fd-nice) cpu nice -n "$nice" bpftrace -q -o "$work/t.csv" "$work/syscalls.bt" 0 "$devfd" -c "$sim $load" > "$out" 2>/dev/null ;;
     recorder) cpu "$sim" $load --trace "$work/r.csv" > "$out" ;;
     debug-log) cpu "$sim" $load --log-level debug > "$out" 2> "$work/debug.log" ;;
   esac
-  stats "$out"
+  # third field: rows syscalls.bt's maps could not hold (the reader too slow), "-" otherwise
+  local lost=-
+  if [[ $mode == syscalls* ]]; then
+    lost=$(awk -f probes/syscalls-rows.awk "$work/t.csv" 2>&1 > /dev/null | grep -o 'lost [0-9]* rows of [0-9]*' || echo "lost 0 rows")
+    lost=${lost// /_}
+  fi
+  echo "$(stats "$out") $lost"
 }
 median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
@@ -66,8 +87,24 @@ awk -f probes/noframes.awk probes/enobufs.bt > "$work/noframes.bt"
 sed 's/pid == \$1/pid == cpid/' probes/syscalls.bt > "$work/syscalls.bt"
 # ... and with --no-frames: the frame blocks cut out (no receive probes, no tx_frame rows)
 sed '/\/\* frames {/,/\/\* } frames \*\//d' "$work/syscalls.bt" > "$work/syscalls-nf.bt"
-read -r -a modes <<< "${MODES:-untraced enobufs.bt enobufs.bt-FRAMES=0 no-frames syscalls.bt syscalls-no-frames recorder debug-log}"
+read -r -a modes <<< "${MODES:-untraced enobufs.bt enobufs.bt-FRAMES=0 no-frames syscalls.bt syscalls-no-frames syscalls-fd syscalls-fd-no-frames syscalls-fd-nice recorder debug-log}"
 [ "${modes[0]}" = untraced ] || { echo "bench.sh: MODES must start with untraced (the baseline)"; exit 2; }
+# The device's own socket, for the syscalls-fd modes: the fd whose sends are the device's
+# frames (its tx_frame rows number the run's tx_frames), found by a 1 s run of the same
+# command under syscalls.bt (fds are numbered alike in every run of it).
+devfd=""
+if [[ " ${modes[*]} " == *" syscalls-fd"* ]]; then
+  bpftrace -q -o "$work/fd.raw" "$work/syscalls.bt" 0 -c "$sim --duration 1 --inject-enobufs 50 --json --no-progress" \
+    > "$work/fd.json" 2> /dev/null
+  devfd=$(awk -f probes/syscalls-rows.awk "$work/fd.raw" 2> /dev/null | python3 -c '
+import csv, json, sys
+from collections import Counter
+tx = json.load(open(sys.argv[1]))["tx_frames"]
+n = Counter(r["fd"] for r in csv.DictReader(l for l in sys.stdin if not l.startswith("#")) if r["probe"] == "tx_frame")
+print(" ".join(fd for fd, c in n.items() if c == tx))' "$work/fd.json")
+  [[ $devfd =~ ^[0-9]+$ ]] || { echo "bench.sh: could not tell the device's fd (candidates: '$devfd')"; exit 1; }
+  echo "the device's socket is fd $devfd" >&2
+fi
 declare -A gb cpus rg rc
 for m in "${modes[@]}"; do gb[$m]=""; cpus[$m]=""; rg[$m]=""; rc[$m]=""; done
 # Interleave the modes and compare each run with the untraced run of its own round: on a
@@ -75,11 +112,11 @@ for m in "${modes[@]}"; do gb[$m]=""; cpus[$m]=""; rg[$m]=""; rc[$m]=""; done
 # per GB moved is the steadier number when other work competes for the cores.
 for r in $(seq "$reps"); do
   for m in "${modes[@]}"; do
-    read -r g c < <(one "$m")
+    read -r g c l < <(one "$m")
     [ "$m" = untraced ] && { bg=$g; bc=$c; }
     gb[$m]+="$g "; cpus[$m]+="$c "
     rg[$m]+="$(python3 -c "print($g / $bg)") "; rc[$m]+="$(python3 -c "print($c / $bc)") "
-    echo "round $r $m: $g Gbit/s, $c CPU s/GB" >&2
+    echo "round $r $m: $g Gbit/s, $c CPU s/GB${l#-}" | sed 's/GBlost_/GB, lost /; s/_/ /g' >&2
   done
 done
 med() { echo "$1" | tr ' ' '\n' | grep . | median; }

@@ -21,7 +21,10 @@
 #                every AF_UNIX socket, or the one --fd N, or the one at --socket PATH (a
 #                socket of PID bound at PATH, else one connected to the socket bound there);
 #                with --no-frames the receives are not traced and sends write no tx_frame
-#                (episodes and wake-ups only: the '/* frames { */' blocks cut out, -D FRAMES=0)
+#                (episodes and wake-ups only: the '/* frames { */' blocks cut out, -D FRAMES=0);
+#                on Linux syscalls-rows.awk turns syscalls.bt's map lines into the CSV and
+#                counts rows its maps could not hold (reported as lost records); it sets
+#                BPFTRACE_MAP_KEYS_MAX=65536 (about 100 MiB of kernel memory, probes/README.md)
 #   --ready FILE create FILE (it must not exist) once every probe is attached (the tracer
 #                printed its header), so a script can start the load then; -p only: -c
 #                holds the command until then anyway
@@ -31,7 +34,7 @@
 #          sudo probes/capture.sh -o passt.csv --syscalls -p "$(pgrep -n passt)" --socket /tmp/passt.sock
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-usage() { sed -n 's/^# \{0,1\}//; 10,30p' "$0" >&2; exit 2; }
+usage() { sed -n 's/^# \{0,1\}//; 10,33p' "$0" >&2; exit 2; }
 # usage errors: one line naming the problem, exit 2
 die() { echo "capture.sh: $*" >&2; exit 2; }
 need() { [ $# -ge 2 ] || die "$1 needs a value"; }
@@ -74,8 +77,10 @@ fi
 final=$out
 out=$(mktemp "$final.XXXXXX" 2>/dev/null) || die "-o $final: cannot create a file in its directory"
 err=$(mktemp)
+awkerr=$(mktemp)
 tmpscript=$(mktemp)
-trap 'stop_watch; rm -f "$err" "$tmpscript" "$out"' EXIT
+raw=""
+trap 'stop_watch; rm -f "$err" "$awkerr" "$tmpscript" "$out" ${raw:+"$raw"}' EXIT
 
 # --ready: bpftrace -o and dtrace -o buffer the file until the tracer exits, so with --ready
 # the tracer writes to stdout (flushed as it prints) into $out instead, and a watcher creates
@@ -104,7 +109,8 @@ stop_watch() { # before any bare 'wait', which would wait for the watcher too
 # Sorts the capture and reports lost records; exits with the tracer's status.
 finish() {
   # (a tracer writing to stdout, under --ready, may put its "Lost N events" in the CSV)
-  lost=$( { grep -hoE 'Lost [0-9]+ events|[0-9]+ drops on CPU' "$err" "$out" 2> /dev/null || true; } | { grep -oE '^[0-9]+|[0-9]+' || true; } | awk '{s += $1} END {print s + 0}')
+  # (syscalls-rows.awk says "lost N rows" when syscalls.bt's row map was full)
+  lost=$( { grep -hoE 'Lost [0-9]+ events|[0-9]+ drops on CPU|lost [0-9]+ rows' "$err" "$awkerr" "$out" 2> /dev/null || true; } | { grep -oE '^[0-9]+|[0-9]+' || true; } | awk '{s += $1} END {print s + 0}')
   if [ -s "$out" ]; then
     # comment lines and the header stay first; rows sorted by ts_ns, stable (no rows is a
     # capture too: grep's status 1 must not end the script under pipefail)
@@ -114,7 +120,7 @@ finish() {
   fi
   if [ "$lost" -gt 0 ]; then
     echo "# warning: the tracer lost $lost records; this trace is incomplete" >> "$out"
-    echo "capture.sh: WARNING: the tracer lost $lost records: $final is incomplete (raise BPFTRACE_PERF_RB_PAGES, or the D script's -D BUFSIZE= for DTrace, or use --no-frames)" >&2
+    echo "capture.sh: WARNING: the tracer lost $lost records: $final is incomplete (raise BPFTRACE_PERF_RB_PAGES, BPFTRACE_MAP_KEYS_MAX for --syscalls, or the D script's -D BUFSIZE= for DTrace, or use --no-frames)" >&2
   fi
   rows=$(grep -cvE '^(#|ts_ns,)' "$out" || true)
   if [ -s "$out" ] || [ "$status" = 0 ]; then
@@ -219,26 +225,46 @@ case $(uname -s) in
           echo "capture.sh: tracing fd $fd of process $pid${seeds:+ (epoll registrations: ${seeds[*]})}" >&2
         fi
         cp "$here/syscalls.bt" "$tmpscript"
-        runner=(bpftrace -q ${oflag[@]+"${oflag[@]}"} "$tmpscript" "${args[@]}" -p "$pid")
+        # stdout, not -o: the rows go through the awk as they are printed (and --ready sees
+        # the header at once); a running process's output is not in the way. Line-buffered:
+        # into a pipe bpftrace's stdio would hold the header until 4 KiB had gathered.
+        runner=(stdbuf -oL bpftrace -q "$tmpscript" "${args[@]}" -p "$pid")
       else
         # bpftrace -c holds the command until every probe is attached; the pid filter is
         # then its child, cpid, which the script cannot name unless -c is given: a copy of
         # syscalls.bt filtering on cpid ($1 is then a placeholder)
         sed 's/pid == \$1/pid == cpid/' "$here/syscalls.bt" > "$tmpscript"
         args=(0); [ -z "$fd" ] || args+=("$fd")
-        runner=(bpftrace -q -o "$out" "$tmpscript" "${args[@]}" -c "${target[1]}")
+        # -o: the command's own output goes to our stdout, not into the CSV; the map lines
+        # are turned into rows once it has ended
+        raw=$(mktemp "$final.raw.XXXXXX")
+        runner=(bpftrace -q -o "$raw" "$tmpscript" "${args[@]}" -c "${target[1]}")
       fi
       if [ $frames = 0 ]; then
         # bpftrace 0.17 attaches every clause it is given: cut the frame blocks out
         sed -i '/\/\* frames {/,/\/\* } frames \*\//d' "$tmpscript"
       fi
-      export BPFTRACE_PERF_RB_PAGES=${BPFTRACE_PERF_RB_PAGES:-1024}
+      # syscalls.bt keeps its rows in a map between two prints (100 ms apart): 65536 rows
+      # instead of bpftrace's default 4096 (the simulated VM makes ~6000 in 100 ms). Every
+      # map of the script gets that size, preallocated: ~100 MiB of kernel memory while it
+      # runs (probes/README.md). Rows no longer go through the perf ring, so its default
+      # size does.
+      export BPFTRACE_MAP_KEYS_MAX=${BPFTRACE_MAP_KEYS_MAX:-65536}
       status=0
-      start_watch
-      tracer_out "${runner[@]}" 2> >(tee "$err" >&2) || status=$?
-      stop_watch
-      # bpftrace prints an empty line for each (cleared) map as it exits
-      [ ! -f "$out" ] || sed -i '/^$/d' "$out"
+      if [ "${target[0]}" = -p ]; then
+        # mawk (Debian's awk) reads a pipe in blocks, so the header would wait for more
+        # input; -W interactive reads it line by line (gawk reads what is there anyway)
+        rows_awk=(awk)
+        if awk -W version 2> /dev/null | head -1 | grep -q mawk; then rows_awk=(awk -W interactive); fi
+        start_watch
+        { "${runner[@]}" | "${rows_awk[@]}" -f "$here/syscalls-rows.awk" > "$out"; } 2> >(tee "$err" >&2) || status=$?
+        stop_watch
+      else
+        "${runner[@]}" 2> >(tee "$err" >&2) || status=$?
+        awk -f "$here/syscalls-rows.awk" "$raw" > "$out" 2> "$awkerr" || status=$?
+        rm -f "$raw"
+        cat "$awkerr" >&2
+      fi
       wait
       finish
     fi

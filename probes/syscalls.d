@@ -59,9 +59,15 @@
  * episode. Datagram sockets (gvproxy, vmnet-helper, vfkit) are one frame per
  * call and match the device's own probes row for row.
  *
- * Other errors (EPIPE, ...) write no row and leave an episode open. Rows come
- * from per-CPU buffers: sort by ts_ns (capture.sh does). ts_ns is
- * `timestamp` at the system call's return.
+ * Other errors (EPIPE, ...) write no row and leave an episode open; closing
+ * the fd ends it without a row. Rows come from per-CPU buffers: sort by ts_ns
+ * (capture.sh does). ts_ns is `timestamp` at the system call's return.
+ *
+ * Rows are printed from the probes, unlike syscalls.bt (which keeps them in
+ * maps and prints every 100 ms, because a bpftrace printf wakes its reader and
+ * that delayed the traced thread): DTrace's printf only fills the per-CPU
+ * buffer, which dtrace drains SWITCHRATE times a second, so the traced thread
+ * never waits for the consumer. Not measured (no macOS here).
  * Columns (dtrace/README.md): ts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errno
  */
 
@@ -269,6 +275,18 @@ syscall::writev:return, syscall::writev_nocancel:return
 	    ep_retries[pid, this->fd], this->now - ep_start[pid, this->fd]);
 	ep_start[pid, this->fd] = 0;
 	ep_retries[pid, this->fd] = 0;
+}
+
+/*
+ * close: an episode still open on the fd ends with it, so the next socket that gets the
+ * number starts clean (its first send is a tx_frame, not the old episode's
+ * "resolved"). syscalls.bt does the same; test.sh checks it there.
+ */
+syscall::close:entry, syscall::close_nocancel:entry
+/pid == $target && ep_start[pid, arg0] != 0/
+{
+	ep_start[pid, arg0] = 0;
+	ep_retries[pid, arg0] = 0;
 }
 
 #if FRAMES

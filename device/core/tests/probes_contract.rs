@@ -9,10 +9,8 @@ use std::sync::Arc;
 
 use common::{frame, tx_segs, DriverQueue};
 use vnet_device::backend::{BackendOptions, FaultConfig, Faulty, UnixGram};
-use vnet_device::device::{NetDevice, TxPass};
+use vnet_device::device::TxPass;
 use vnet_device::metrics::Metrics;
-use vnet_device::net::DEVICE_FEATURES;
-use vnet_device::notify::Notifier;
 use vnet_device::probes::{self, Probe, Recorder};
 use vnet_trace_schema::{Column, HEADER};
 
@@ -127,16 +125,7 @@ fn recorder_writes_the_trace_csv_with_each_argument_in_its_column() {
         enobufs_burst: 3,
     };
     let be = Faulty::new(be, faults, metrics.clone());
-    let mut dev = NetDevice::new(
-        common::atomic(&mem),
-        rx.queue(),
-        tx.queue(),
-        Notifier::new().unwrap(),
-        Notifier::new().unwrap(),
-        DEVICE_FEATURES,
-        Box::new(be),
-        metrics.clone(),
-    );
+    let mut dev = common::device(&mem, &rx, &tx, Box::new(be), metrics.clone());
     for i in 0..2 {
         tx.add(&mem, &tx_segs(&frame(i, 1000 + i as usize), &[]))
             .unwrap();

@@ -18,8 +18,7 @@ use vnet_device::backend::{
 };
 use vnet_device::device::{NetDevice, TxPass};
 use vnet_device::metrics::{Metrics, MetricsSnapshot};
-use vnet_device::net::{DEVICE_FEATURES, NET_HDR_LEN};
-use vnet_device::notify::Notifier;
+use vnet_device::net::NET_HDR_LEN;
 
 /// Sends through a real datagram socket every frame no larger than `room`; refuses larger
 /// ones with ENOBUFS (nothing sent), stopping the batch there.
@@ -97,16 +96,7 @@ fn rig(small_first: bool, whole: bool, qsize: u16) -> Rig {
         whole,
     };
     let metrics = Arc::new(Metrics::new());
-    let mut dev = NetDevice::new(
-        common::atomic(&mem),
-        rx.queue(),
-        tx.queue(),
-        Notifier::new().unwrap(),
-        Notifier::new().unwrap(),
-        DEVICE_FEATURES,
-        Box::new(gate),
-        metrics.clone(),
-    );
+    let mut dev = common::device(&mem, &rx, &tx, Box::new(gate), metrics.clone());
     dev.set_look_ahead(small_first);
     Rig {
         mem,
@@ -157,6 +147,12 @@ fn tag_of(f: &[u8]) -> Tag {
 }
 
 impl Rig {
+    /// Opens the gate: the device sends everything it held back and goes idle.
+    fn open_and_send(&mut self) {
+        self.room.store(OPEN, Ordering::Relaxed);
+        assert_eq!(self.dev.process_tx().unwrap(), TxPass::Idle);
+    }
+
     /// Posts frames in order; returns their tags.
     fn post(&mut self, frames: &[(Option<u16>, usize)], first: u32) -> Vec<Tag> {
         frames
@@ -226,8 +222,7 @@ fn other_flows_go_ahead_and_each_flow_keeps_its_order() {
     let m = r.m();
     assert_eq!((m.tx_sent_ahead, m.episodes, m.retries), (4, 1, 2));
 
-    r.room.store(OPEN, Ordering::Relaxed);
-    assert_eq!(r.dev.process_tx().unwrap(), TxPass::Idle);
+    r.open_and_send();
     assert_eq!(r.received(), [t[0], t[1], more[1]]);
     assert_eq!(r.tx.take_used(&r.mem).len(), 3);
     let m = r.m();
@@ -245,19 +240,27 @@ fn other_flows_go_ahead_and_each_flow_keeps_its_order() {
     assert!(!r.dev.tx_deferred());
 }
 
+/// Posts `frames` with room for none of them: nothing goes ahead of the first, and all
+/// leave in ring order once the gate opens.
+fn assert_none_goes_ahead(r: &mut Rig, frames: &[(Option<u16>, usize)]) {
+    r.room.store(1000, Ordering::Relaxed);
+    let t = r.post(frames, 0);
+    assert_eq!(r.dev.process_tx().unwrap(), TxPass::Blocked);
+    assert_eq!(r.received(), []);
+    r.open_and_send();
+    assert_eq!(r.received(), t);
+    assert_eq!(r.m().tx_sent_ahead, 0);
+}
+
 #[test]
 fn timer_and_stream_like_backends_never_reorder() {
     for (small_first, whole) in [(false, true), (true, false)] {
         let mut r = rig(small_first, whole, 64);
         assert!(!r.dev.tx_looks_ahead());
-        r.room.store(1000, Ordering::Relaxed);
-        let t = r.post(&[(Some(1), BIG), (Some(2), SMALL), (Some(3), SMALL)], 0);
-        assert_eq!(r.dev.process_tx().unwrap(), TxPass::Blocked);
-        assert_eq!(r.received(), []);
-        r.room.store(OPEN, Ordering::Relaxed);
-        assert_eq!(r.dev.process_tx().unwrap(), TxPass::Idle);
-        assert_eq!(r.received(), t);
-        assert_eq!(r.m().tx_sent_ahead, 0);
+        assert_none_goes_ahead(
+            &mut r,
+            &[(Some(1), BIG), (Some(2), SMALL), (Some(3), SMALL)],
+        );
     }
 }
 
@@ -278,20 +281,12 @@ fn frames_without_a_flow_are_never_passed_and_never_pass() {
     );
     assert_eq!(r.dev.process_tx().unwrap(), TxPass::Blocked);
     assert_eq!(r.received(), [t[1]]);
-    r.room.store(OPEN, Ordering::Relaxed);
-    assert_eq!(r.dev.process_tx().unwrap(), TxPass::Idle);
+    r.open_and_send();
     assert_eq!(r.received(), [t[0], t[2], t[3]]);
 
     // A deferred frame with no flow: nothing passes it.
     let mut r = rig(true, true, 64);
-    r.room.store(1000, Ordering::Relaxed);
-    let t = r.post(&[(None, BIG), (Some(2), SMALL), (Some(3), SMALL)], 0);
-    assert_eq!(r.dev.process_tx().unwrap(), TxPass::Blocked);
-    assert_eq!(r.received(), []);
-    r.room.store(OPEN, Ordering::Relaxed);
-    assert_eq!(r.dev.process_tx().unwrap(), TxPass::Idle);
-    assert_eq!(r.received(), t);
-    assert_eq!(r.m().tx_sent_ahead, 0);
+    assert_none_goes_ahead(&mut r, &[(None, BIG), (Some(2), SMALL), (Some(3), SMALL)]);
 }
 
 #[test]
@@ -318,8 +313,7 @@ fn a_refused_frame_holds_its_flow_but_not_smaller_frames_of_others() {
     r.room.store(8000, Ordering::Relaxed);
     assert_eq!(r.dev.process_tx().unwrap(), TxPass::Blocked);
     assert_eq!(r.received(), [t[1], t[3], t[4]]);
-    r.room.store(OPEN, Ordering::Relaxed);
-    assert_eq!(r.dev.process_tx().unwrap(), TxPass::Idle);
+    r.open_and_send();
     assert_eq!(r.received(), [t[0]]);
     let m = r.m();
     assert_eq!(
@@ -340,8 +334,7 @@ fn only_frames_smaller_than_the_deferred_one_are_tried() {
         0,
         "flow 2's frame is not even tried"
     );
-    r.room.store(OPEN, Ordering::Relaxed);
-    assert_eq!(r.dev.process_tx().unwrap(), TxPass::Idle);
+    r.open_and_send();
     assert_eq!(r.received(), [t[0], t[1]]);
 }
 

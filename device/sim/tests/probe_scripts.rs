@@ -333,8 +333,112 @@ fn check_syscall_rows(file: &str, text: &str) -> Vec<String> {
             args.len()
         );
     }
+    if file.ends_with(".bt") {
+        seen.extend(map_rows(file, &text));
+    }
     seen.sort();
     seen.dedup();
+    seen
+}
+
+/// probes/syscalls-rows.awk's table: probe number -> (row name, the columns the values A, B
+/// and C of syscalls.bt's map rows go to).
+fn awk_layouts() -> BTreeMap<String, (String, Vec<String>)> {
+    let text = fs::read_to_string(root().join("probes/syscalls-rows.awk")).unwrap();
+    assert!(
+        text.contains(&format!("split(\"{HEADER}\", col, \",\")")),
+        "syscalls-rows.awk: its column list is not the trace schema's header"
+    );
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.trim().strip_prefix("layout[") else {
+            continue;
+        };
+        let (num, value) = rest.split_once("] = \"").expect("layout[N] = \"...\"");
+        let words: Vec<String> = value
+            .trim_end_matches('"')
+            .split(' ')
+            .map(String::from)
+            .collect();
+        out.insert(num.to_string(), (words[0].clone(), words[1..].to_vec()));
+    }
+    out
+}
+
+/// The rows syscalls.bt keeps in its maps (`@rows_a[...] = (ts, P, fd, A, B, C)`, the same
+/// tuple in `@rows_b` on the same line, the thread's row count raised first), named and laid
+/// out by syscalls-rows.awk: P must be in the awk's table, and fd plus the columns of A, B, C
+/// must be exactly the schema's argument columns of that row. Returns the rows written.
+fn map_rows(file: &str, text: &str) -> Vec<String> {
+    let layouts = awk_layouts();
+    let mut seen = Vec::new();
+    let tuple = |line: &str, map: &str| -> Option<Vec<String>> {
+        let at = line.find(&format!("{map}[tid, @rows_n[tid]] = ("))?;
+        let rest = &line[at..];
+        let rest = &rest[rest.find("= (").unwrap() + 3..];
+        let (mut depth, mut cur, mut parts) = (0, String::new(), Vec::new());
+        for c in rest.chars() {
+            match c {
+                '(' | '[' => depth += 1,
+                ')' | ']' if depth > 0 => depth -= 1,
+                ')' => break,
+                ',' if depth == 0 => {
+                    parts.push(cur.trim().to_string());
+                    cur.clear();
+                    continue;
+                }
+                _ => {}
+            }
+            cur.push(c);
+        }
+        parts.push(cur.trim().to_string());
+        Some(parts)
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let (a, b) = (tuple(line, "@rows_a"), tuple(line, "@rows_b"));
+        if a.is_none() && b.is_none() {
+            assert!(
+                !line.contains("@rows_a[") && !line.contains("@rows_b[") || !line.contains('='),
+                "{file}: {line}: a row written some other way"
+            );
+            continue;
+        }
+        assert_eq!(
+            a, b,
+            "{file}: {line}: @rows_a and @rows_b get different rows"
+        );
+        assert!(
+            i > 0 && lines[i - 1].trim() == "@rows_n[tid]++;",
+            "{file}: {line}: the thread's row count is not raised first"
+        );
+        let t = a.unwrap();
+        assert_eq!(t.len(), 6, "{file}: {line}: (ts, probe, fd, A, B, C)");
+        assert_eq!(t[2], "$fd", "{file}: {line}: fd");
+        let (name, cols) = layouts.get(&t[1]).unwrap_or_else(|| {
+            panic!(
+                "{file}: {line}: probe number {} not in syscalls-rows.awk",
+                t[1]
+            )
+        });
+        assert!(
+            SYSCALL_ROWS.contains(&name.as_str()),
+            "{file}: {line}: {name}"
+        );
+        let mut got: Vec<&str> = cols.iter().map(String::as_str).collect();
+        got.push("fd");
+        got.sort();
+        let mut want: Vec<&str> = expected_columns(name).into_iter().map(|(c, _)| c).collect();
+        want.sort();
+        assert_eq!(got, want, "syscalls-rows.awk: columns of {name}");
+        for (k, v) in t[3..].iter().enumerate() {
+            assert!(
+                k < cols.len() || v == "0",
+                "{file}: {line}: value {v} has no column in syscalls-rows.awk's {name}"
+            );
+        }
+        seen.push(name.clone());
+    }
     seen
 }
 
@@ -427,6 +531,28 @@ fn syscall_row_check_catches_a_misplaced_column() {
     // len of tx_frame in the data column
     let bad = good.replace(",,%d,,,,", ",,,%d,,,");
     assert!(std::panic::catch_unwind(|| check_syscall_rows("t", &bad)).is_err());
+}
+
+#[test]
+fn map_row_check_catches_wrong_numbers_values_and_maps() {
+    let good = "\t\t@rows_n[tid]++;\n\t\tif ($b) { @rows_b[tid, @rows_n[tid]] = ($now, 4, $fd, $ret, 0, 0); } \
+                else { @rows_a[tid, @rows_n[tid]] = ($now, 4, $fd, $ret, 0, 0); }\n";
+    assert_eq!(map_rows("t", good), vec!["tx_frame".to_string()]);
+    for bad in [
+        // a probe number the awk does not know
+        good.replace("= ($now, 4,", "= ($now, 9,"),
+        // the two maps get different rows
+        good.replacen("$ret, 0, 0", "$ret, 1, 0", 1),
+        // a value with no column for tx_frame
+        good.replace("$ret, 0, 0", "$ret, $x, 0"),
+        // the row count not raised: the awk could not tell lost rows
+        good.replace("@rows_n[tid]++;", ""),
+    ] {
+        assert!(
+            std::panic::catch_unwind(|| map_rows("t", &bad)).is_err(),
+            "{bad}"
+        );
+    }
 }
 
 /// The per-frame probes: the ones a capture for long runs leaves out.

@@ -399,6 +399,27 @@ pub fn atomic(mem: &GuestMemoryMmap) -> GuestMemoryAtomic<GuestMemoryMmap> {
     GuestMemoryAtomic::new(mem.clone())
 }
 
+/// A device on `mem`'s two rings with every offered feature, notifiers of its own and
+/// `backend`, counting into `metrics`.
+pub fn device(
+    mem: &GuestMemoryMmap,
+    rx: &DriverQueue,
+    tx: &DriverQueue,
+    backend: Box<dyn vnet_device::backend::Backend>,
+    metrics: std::sync::Arc<vnet_device::metrics::Metrics>,
+) -> vnet_device::device::NetDevice {
+    vnet_device::device::NetDevice::new(
+        atomic(mem),
+        rx.queue(),
+        tx.queue(),
+        vnet_device::notify::Notifier::new().unwrap(),
+        vnet_device::notify::Notifier::new().unwrap(),
+        vnet_device::net::DEVICE_FEATURES,
+        backend,
+        metrics,
+    )
+}
+
 /// A unique temp directory for sockets (5 helpers run tests at once).
 pub fn tempdir(tag: &str) -> std::path::PathBuf {
     use std::sync::atomic::AtomicU64;
