@@ -2,12 +2,10 @@
 //! bytes are, `recvmmsg` of several frames into the caller's buffers. One system call per
 //! batch instead of one per frame; each datagram keeps its boundaries and its order.
 
-use std::io;
 use std::os::fd::RawFd;
 
 use super::{
-    socket_failure, BackendError, BatchWrite, Frames, ReadStatus, WriteStatus, MAX_BATCH_FRAMES,
-    SEND_FLAGS,
+    batch_call, BackendError, BatchWrite, Frames, ReadStatus, MAX_BATCH_FRAMES, SEND_FLAGS,
 };
 
 /// An unused message slot: no name, no control data, no iovecs.
@@ -70,34 +68,9 @@ impl Mmsg {
             // SAFETY: the first n messages point at the frames' iovecs, each readable for the
             // call (the frames borrow the memory they describe); the kernel writes msg_len only.
             let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), n as libc::c_uint, SEND_FLAGS) };
-            if r > 0 {
-                return Ok(BatchWrite {
-                    sent: r as usize,
-                    stopped: None,
-                });
+            if let Some(out) = batch_call::send_outcome(fd, "sendmmsg", r as isize)? {
+                return Ok(out);
             }
-            let err = if r == 0 {
-                // Not documented for a non-empty batch; treat it as a full socket rather
-                // than spin.
-                io::Error::from_raw_os_error(libc::EAGAIN)
-            } else {
-                io::Error::last_os_error()
-            };
-            let errno = err.raw_os_error().unwrap_or(0);
-            let stopped = match errno {
-                libc::EINTR => continue,
-                libc::ENOBUFS | libc::EAGAIN => WriteStatus::Blocked {
-                    errno,
-                    partial: false,
-                },
-                // Datagrams are atomic: the first frame faulted and sent nothing.
-                libc::EFAULT => WriteStatus::Unreadable,
-                _ => return Err(socket_failure(fd, "sendmmsg", err)),
-            };
-            return Ok(BatchWrite {
-                sent: 0,
-                stopped: Some(stopped),
-            });
         }
     }
 
@@ -140,29 +113,17 @@ impl Mmsg {
                     std::ptr::null_mut(),
                 )
             };
-            if r >= 0 {
-                let k = r as usize;
-                for m in &msgs[..k] {
-                    let len = m.msg_len as usize;
-                    got.push(if m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-                        ReadStatus::Oversize(len)
-                    } else {
-                        ReadStatus::Frame(len)
-                    });
+            let status_of = |i: usize| {
+                let m = &msgs[i];
+                let len = m.msg_len as usize;
+                if m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                    ReadStatus::Oversize(len)
+                } else {
+                    ReadStatus::Frame(len)
                 }
-                if k < n {
-                    got.push(ReadStatus::WouldBlock);
-                }
+            };
+            if batch_call::recv_outcome(fd, "recvmmsg", r as isize, n, status_of, got)? {
                 return Ok(());
-            }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error().unwrap_or(0) {
-                libc::EINTR => continue,
-                libc::EAGAIN => {
-                    got.push(ReadStatus::WouldBlock);
-                    return Ok(());
-                }
-                _ => return Err(socket_failure(fd, "recvmmsg", err)),
             }
         }
     }

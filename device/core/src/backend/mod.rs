@@ -2,6 +2,8 @@
 //! `unixgram:/path` or `unixstream:/path`) into a [`Backend`] the worker drives;
 //! [`Faulty`] wraps any of them to inject ENOBUFS.
 
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+mod batch_call;
 mod faulty;
 #[cfg(target_os = "linux")]
 mod mmsg;

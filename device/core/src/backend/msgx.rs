@@ -8,12 +8,10 @@
 //! and vnet-vhost), off by default: this code is type-checked for macOS and has never run
 //! (there is no Mac here); the default sends and receives one datagram per call.
 
-use std::io;
 use std::os::fd::RawFd;
 
 use super::{
-    socket_failure, BackendError, BatchWrite, Frames, ReadStatus, WriteStatus, MAX_BATCH_FRAMES,
-    SEND_FLAGS,
+    batch_call, BackendError, BatchWrite, Frames, ReadStatus, MAX_BATCH_FRAMES, SEND_FLAGS,
 };
 
 /// XNU's `struct msghdr_x` (bsd/sys/socket.h, private): a `struct msghdr` plus the length
@@ -104,31 +102,9 @@ impl Msgx {
             // SAFETY: the first n headers point at the frames' iovecs, each readable for
             // the call; no name or control data.
             let r = unsafe { sendmsg_x(fd, msgs.as_ptr(), n as libc::c_uint, SEND_FLAGS) };
-            if r > 0 {
-                return Ok(BatchWrite {
-                    sent: r as usize,
-                    stopped: None,
-                });
+            if let Some(out) = batch_call::send_outcome(fd, "sendmsg_x", r)? {
+                return Ok(out);
             }
-            let err = if r == 0 {
-                io::Error::from_raw_os_error(libc::EAGAIN)
-            } else {
-                io::Error::last_os_error()
-            };
-            let errno = err.raw_os_error().unwrap_or(0);
-            let stopped = match errno {
-                libc::EINTR => continue,
-                libc::ENOBUFS | libc::EAGAIN => WriteStatus::Blocked {
-                    errno,
-                    partial: false,
-                },
-                libc::EFAULT => WriteStatus::Unreadable,
-                _ => return Err(socket_failure(fd, "sendmsg_x", err)),
-            };
-            return Ok(BatchWrite {
-                sent: 0,
-                stopped: Some(stopped),
-            });
         }
     }
 
@@ -164,28 +140,16 @@ impl Msgx {
             // writable for the call; the kernel writes msg_datalen and msg_flags.
             let r =
                 unsafe { recvmsg_x(fd, msgs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT) };
-            if r >= 0 {
-                let k = r as usize;
-                for m in &msgs[..k] {
-                    got.push(if m.msg_flags & libc::MSG_TRUNC != 0 {
-                        ReadStatus::Oversize(m.msg_datalen)
-                    } else {
-                        ReadStatus::Frame(m.msg_datalen)
-                    });
+            let status_of = |i: usize| {
+                let m = &msgs[i];
+                if m.msg_flags & libc::MSG_TRUNC != 0 {
+                    ReadStatus::Oversize(m.msg_datalen)
+                } else {
+                    ReadStatus::Frame(m.msg_datalen)
                 }
-                if k < n {
-                    got.push(ReadStatus::WouldBlock);
-                }
+            };
+            if batch_call::recv_outcome(fd, "recvmsg_x", r, n, status_of, got)? {
                 return Ok(());
-            }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error().unwrap_or(0) {
-                libc::EINTR => continue,
-                libc::EAGAIN => {
-                    got.push(ReadStatus::WouldBlock);
-                    return Ok(());
-                }
-                _ => return Err(socket_failure(fd, "recvmsg_x", err)),
             }
         }
     }
