@@ -8,7 +8,7 @@ use super::integrity::Counts;
 use super::latency::{LatencyStats, LatencySummary};
 use vnet_device::metrics::MetricsSnapshot;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
     /// "builtin:unixgram", "builtin:unixgram-socketpair", "builtin:unixstream" or the
     /// real proxy's spec.
@@ -228,4 +228,33 @@ fn counts_line(c: &Counts) -> String {
 
 fn stats(l: &LatencyStats) -> String {
     format!("{:.0}/{:.0}/{:.0}", l.p50, l.p99, l.max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overtaking_across_streams_fails_a_run_unless_the_policy_does_it_on_purpose() {
+        let clean = Summary::default();
+        assert!(!clean.failed());
+        let overtaken = Summary {
+            reordered_across_streams: 1,
+            ..Summary::default()
+        };
+        assert!(overtaken.failed(), "timer, bounded, backoff, room");
+        let small_first = Summary {
+            across_streams_allowed: true,
+            ..overtaken.clone()
+        };
+        assert!(!small_first.failed());
+        assert!(small_first.to_text().contains("result: ok"));
+        assert!(overtaken.to_text().contains("result: FAILED"));
+        // Within a stream an overtaking is an error whatever the policy.
+        let within = Summary {
+            reordered: 1,
+            ..small_first
+        };
+        assert!(within.failed());
+    }
 }
