@@ -50,7 +50,10 @@
  *
  * Limits: events past the 16th of one kevent return, and messages past the
  * 8th of one sendmsg_x/recvmsg_x, are not decoded (D has no loops: one clause
- * per index); a '# warning' line at the end counts them.
+ * per index); a '# warning' line at the end counts them. A send's length is
+ * summed over at most 128 iovecs (32 per sendmsg_x message): with more,
+ * enobufs_begin's len is -1, enobufs_resolved's is the return value, a
+ * sendmsg_x tx_frame's is -1 (syscalls.bt sums up to Linux's limit, 1024).
  *
  * Stream sockets (socket_vmnet, QEMU -netdev stream): rows are per system
  * call, not per frame (a frame is a 4-byte length and the payload, possibly
@@ -150,6 +153,9 @@ struct vnet_kevent_head {
 	uint16_t flags;
 };
 
+/* signed: -1 stands for "more iovecs than the sum covers" */
+self int64_t len;
+
 dtrace:::BEGIN
 {
 	printf("# clock mono_ns=%d wall_ns=%d\n", timestamp, walltimestamp);
@@ -193,15 +199,44 @@ syscall::writev:entry, syscall::writev_nocancel:entry
 	self->iovcnt = arg2;
 }
 
-/* the length asked for: up to 4 iovecs (a frame is 1-3 pieces) */
+/*
+ * The length asked for: the sum of EVERY iovec, up to VNET_IOV_BOUND of them. D has no
+ * loops, so the sum is written out term by term (VNET_SUM32: 32 terms, each guarded by
+ * the count), over one copyin of the array. A frame of the device is at most 32 pieces
+ * (device/core/src/frame.rs MAX_IOV); its stream backend puts up to 1024 iovecs (IOV_MAX)
+ * in one call (device/core/src/backend/stream_tx.rs IOV_LIMIT), and 128 covers a batch
+ * of small frames but not all. Above the bound no partial sum is made: len is -1 on
+ * enobufs_begin, and enobufs_resolved takes the return value instead (the bytes the
+ * kernel took: the whole message on a datagram socket, maybe part of it on a stream).
+ * Written against XNU's struct iovec (bsd/sys/uio.h), not run (no macOS here).
+ */
+#define VNET_IOV_BOUND 128
+#define VNET_T(v, k, j) ((k) > (j) ? (v)[j].len : 0)
+#define VNET_SUM8(v, k, j) (VNET_T(v, k, (j)) + VNET_T(v, k, (j) + 1) + VNET_T(v, k, (j) + 2) + \
+	VNET_T(v, k, (j) + 3) + VNET_T(v, k, (j) + 4) + VNET_T(v, k, (j) + 5) + \
+	VNET_T(v, k, (j) + 6) + VNET_T(v, k, (j) + 7))
+#define VNET_SUM32(v, k, j) (VNET_SUM8(v, k, (j)) + VNET_SUM8(v, k, (j) + 8) + \
+	VNET_SUM8(v, k, (j) + 16) + VNET_SUM8(v, k, (j) + 24))
+
+syscall::sendmsg:entry, syscall::sendmsg_nocancel:entry, syscall::sendmsg_x:entry,
+syscall::writev:entry, syscall::writev_nocancel:entry
+/self->fd && self->iovcnt > VNET_IOV_BOUND/
+{
+	self->len = -1;
+	self->iov = 0;
+	self->iovcnt = 0;
+}
+
 syscall::sendmsg:entry, syscall::sendmsg_nocancel:entry, syscall::sendmsg_x:entry,
 syscall::writev:entry, syscall::writev_nocancel:entry
 /self->fd && self->iovcnt > 0/
 {
-	this->k = self->iovcnt > 4 ? 4 : self->iovcnt;
+	this->k = self->iovcnt;
 	this->v = (struct vnet_iovec *)copyin(self->iov, this->k * sizeof (struct vnet_iovec));
-	self->len = this->v[0].len + (this->k > 1 ? this->v[1].len : 0) +
-	    (this->k > 2 ? this->v[2].len : 0) + (this->k > 3 ? this->v[3].len : 0);
+	self->len = VNET_SUM32(this->v, this->k, 0);
+	self->len += this->k > 32 ? VNET_SUM32(this->v, this->k, 32) : 0;
+	self->len += this->k > 64 ? VNET_SUM32(this->v, this->k, 64) : 0;
+	self->len += this->k > 96 ? VNET_SUM32(this->v, this->k, 96) : 0;
 	self->iov = 0;
 	self->iovcnt = 0;
 }
@@ -271,7 +306,8 @@ syscall::sendmsg_x:return,
 syscall::writev:return, syscall::writev_nocancel:return
 /self->fd && this->ok && this->open/
 {
-	printf("%d,%d,enobufs_resolved,%d,,%d,,%d,%d,\n", this->now, tid, this->fd, self->len,
+	printf("%d,%d,enobufs_resolved,%d,,%d,,%d,%d,\n", this->now, tid, this->fd,
+	    self->len >= 0 ? self->len : (int64_t)arg0,
 	    ep_retries[pid, this->fd], this->now - ep_start[pid, this->fd]);
 	ep_start[pid, this->fd] = 0;
 	ep_retries[pid, this->fd] = 0;
@@ -302,8 +338,9 @@ syscall::writev:return, syscall::writev_nocancel:return
 
 /*
  * sendmsg_x returns the number of messages sent: one tx_frame per message,
- * len = the sum of its first two iovecs. D has no loops: one clause per
- * message index, up to 8.
+ * len = the sum of its iovecs (a datagram frame: at most 32 pieces, the device's
+ * MAX_IOV; a message with more gets -1, not a partial sum). D has no loops: one
+ * clause per message index, up to 8.
  */
 #define VNET_SENT_MSG(i) \
 syscall::sendmsg_x:return \
@@ -311,10 +348,10 @@ syscall::sendmsg_x:return \
 { \
 	this->mx = (struct vnet_msghdr_x *)copyin(self->msgs + i * sizeof (struct vnet_msghdr_x), \
 	    sizeof (struct vnet_msghdr_x)); \
-	this->k = this->mx->iovlen > 2 ? 2 : this->mx->iovlen; \
+	this->k = this->mx->iovlen > 32 ? 32 : this->mx->iovlen; \
 	this->v = (struct vnet_iovec *)copyin(this->mx->iov, (this->k > 0 ? this->k : 1) * sizeof (struct vnet_iovec)); \
 	printf("%d,%d,tx_frame,%d,,%d,,,,\n", this->now, tid, this->fd, \
-	    (this->k > 0 ? this->v[0].len : 0) + (this->k > 1 ? this->v[1].len : 0)); \
+	    this->mx->iovlen > 32 ? (int64_t)-1 : (int64_t)VNET_SUM32(this->v, this->k, 0)); \
 }
 VNET_SENT_MSG(0)
 VNET_SENT_MSG(1)

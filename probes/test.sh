@@ -15,13 +15,15 @@
 #  (e) syscalls.bt (capture.sh --syscalls), which sees the process only through its system
 #      calls: on the device's socket it finds the same episodes as the device's own recorder
 #      in the same run (count, retries histogram; median |wait difference| and median begin
-#      stamp difference under 10 us), the same frames (length by length) and poller
-#      wake-ups, and no device stamp earlier than the tracer's for the same event; a row map
+#      stamp difference under 10 us; begin and resolved lengths equal episode by episode),
+#      the same frames (length by length) and poller wake-ups, and no device stamp
+#      earlier than the tracer's for the same event; a row map
 #      too small is reported (lost rows counted); with --no-frames the same episodes and no
 #      frame rows; attached by --socket PATH to a running process it traces that fd; with -p
 #      and no fd only the process's unix sockets (not a polled stdin), and no episode
-#      outlives its socket; bad use (no such pid, no socket at the path, not root) is one
-#      line and exit 2.
+#      outlives its socket; on a stream socket, begin/resolved len of 40- and 1024-iovec
+#      sends is every byte asked for; bad use (no such pid, no socket at the path, not
+#      root) is one line and exit 2.
 # The DTrace scripts cannot run here; device/sim/tests/probe_scripts.rs checks them by reading.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -422,6 +424,14 @@ for p in ("enobufs_begin", "enobufs_retry", "enobufs_resolved", "tx_frame", "rx_
         lens = sum(u["len"] != v["len"] for u, v in zip(x, y))
         print(f"     {p}: {len(y)} frames, lengths different in {lens}, device stamps earlier: {early}")
         ok &= lens == 0
+    # An episode's len is the frame the device tried to send (begin) and then sent
+    # (resolved): its pieces are up to 32 iovecs, so a tracer that adds up only some of
+    # them is wrong on the large gathered frames. Episode by episode, equal.
+    if p in ("enobufs_begin", "enobufs_resolved"):
+        lens = [(u["len"], v["len"]) for u, v in zip(x, y) if u["len"] != v["len"]]
+        print(f"     {p}: {len(y)} episodes, lengths different in {len(lens)}"
+              + (f" (tracer, device: {lens[:3]})" if lens else ""))
+        ok &= len(y) > 0 and not lens
 # FIONREAD of a datagram socket is the head datagram's length, which only the device's own
 # read changes: equal. The free send space is read by the tracer at the return and by the
 # device just after; in between only the proxy runs, and its reads free space: the device's
@@ -598,6 +608,61 @@ then
   ok "capture.sh --syscalls -p PID: rows only for the process's unix sockets (not its polled stdin), no episode outlives its socket"
 else
   bad "capture.sh --syscalls -p PID: rows for other fds, or stale episodes"; quiet_sys < "$work/fds.err" 2>&1 | sed 's/^/     /'
+fi
+
+# Send lengths past the device's gather limit: on a stream socket (where resolved's len is
+# what the call asked for, so the iovecs are added up for it too) episodes of sendmsg calls
+# with 40 and with 1024 iovecs (Linux's UIO_MAXIOV, the loop's bound) must show the exact
+# byte count in begin and resolved; 1100 iovecs fail with EMSGSIZE and make no row.
+rm -f "$work/iov.ready"
+cat > "$work/iov.py" <<'EOF'
+import json, os, socket, sys, time
+deadline = time.time() + 120
+while not os.path.exists(sys.argv[1]) and time.time() < deadline:
+    time.sleep(0.05)
+if not os.path.exists(sys.argv[1]):
+    sys.exit("the ready file never appeared")
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+a.setblocking(False)
+b.setblocking(False)
+want = []
+for bufs in ([b"x" * 1000] * 40, [b"y" * 64] * 1024):
+    try:
+        while True:
+            a.sendmsg(bufs)
+    except BlockingIOError:
+        pass
+    try:
+        while True:
+            b.recv(1 << 20)
+    except BlockingIOError:
+        pass
+    a.sendmsg(bufs)
+    want.append(sum(map(len, bufs)))
+try:
+    a.sendmsg([b"z"] * 1100)
+except OSError:
+    pass
+json.dump({"fd": a.fileno(), "lens": want}, open(sys.argv[2], "w"))
+EOF
+python3 "$work/iov.py" "$work/iov.ready" "$work/iov.json" &
+iovpid=$!
+bash probes/capture.sh --syscalls -o "$work/iov.csv" -p "$iovpid" --ready "$work/iov.ready" 2> "$work/iov.err" || true
+wait "$iovpid" || true
+if counts "$work/iov.csv" > /dev/null && python3 - "$work/iov.csv" "$work/iov.json" <<'EOF'
+import csv, json, sys
+rows = list(csv.DictReader(l for l in open(sys.argv[1]) if not l.startswith("#")))
+want = json.load(open(sys.argv[2]))
+got = [(r["probe"], int(r["len"])) for r in rows
+       if r["fd"] == str(want["fd"]) and r["probe"] in ("enobufs_begin", "enobufs_resolved")]
+exp = [(p, n) for n in want["lens"] for p in ("enobufs_begin", "enobufs_resolved")]
+print(f"     (probe, len) {got}; asked {want['lens']}")
+sys.exit(0 if got == exp else 1)
+EOF
+then
+  ok "syscalls.bt: begin/resolved len of 40- and 1024-iovec sends on a stream socket is every byte asked for"
+else
+  bad "syscalls.bt: begin/resolved len of many-iovec sends"; quiet_sys < "$work/iov.err" 2>&1 | sed 's/^/     /'
 fi
 
 echo "probes: $pass passed, $fail failed"
