@@ -163,19 +163,8 @@ impl<'a> FrameRef<'a> {
 
     /// Appends to `out` the iovecs of the frame's bytes from `offset` on: what a stream
     /// send still owes of it after a short write.
-    pub(crate) fn iovecs_from(&self, mut offset: usize, out: &mut Vec<libc::iovec>) {
-        for v in self.iov {
-            if offset >= v.iov_len {
-                offset -= v.iov_len;
-                continue;
-            }
-            out.push(libc::iovec {
-                // SAFETY: offset < iov_len, so the result stays inside the same piece.
-                iov_base: unsafe { (v.iov_base as *mut u8).add(offset) }.cast(),
-                iov_len: v.iov_len - offset,
-            });
-            offset = 0;
-        }
+    pub(crate) fn iovecs_from(&self, offset: usize, out: &mut Vec<libc::iovec>) {
+        iovecs_from(self.iov, offset, out)
     }
 }
 
@@ -428,5 +417,21 @@ mod tests {
         let last = unsafe { VolatileSlice::new(base.add(MAX_IOV), 1) };
         assert_eq!(f.push_volatile(&last), Err(TooManyPieces));
         assert_eq!(f.len(), MAX_IOV);
+    }
+}
+
+/// Appends to `out` the iovecs of `iov`'s bytes from `offset` on.
+pub(crate) fn iovecs_from(iov: &[libc::iovec], mut offset: usize, out: &mut Vec<libc::iovec>) {
+    for v in iov {
+        if offset >= v.iov_len {
+            offset -= v.iov_len;
+            continue;
+        }
+        out.push(libc::iovec {
+            // SAFETY: offset < iov_len, so the result stays inside the same piece.
+            iov_base: unsafe { (v.iov_base as *mut u8).add(offset) }.cast(),
+            iov_len: v.iov_len - offset,
+        });
+        offset = 0;
     }
 }

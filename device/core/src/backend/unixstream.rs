@@ -244,7 +244,7 @@ impl Backend for UnixStreamBackend {
             // The rest of the payload into the caller's buffers, and what follows it (the
             // next length prefix, at most DIRECT_TAIL bytes) into ours: one call per frame.
             self.riov.clear();
-            iovecs_from(dst, d.done, &mut self.riov);
+            crate::frame::iovecs_from(dst, d.done, &mut self.riov);
             let tail_end = (self.rend + DIRECT_TAIL).min(self.rbuf.len());
             let tail = &mut self.rbuf[self.rend..tail_end];
             self.riov.push(libc::iovec {
@@ -409,22 +409,6 @@ impl UnixStreamBackend {
             fd: self.sock.as_raw_fd(),
             detail,
         }
-    }
-}
-
-/// Appends to `out` the iovecs of `iov`'s bytes from `offset` on.
-fn iovecs_from(iov: &[libc::iovec], mut offset: usize, out: &mut Vec<libc::iovec>) {
-    for v in iov {
-        if offset >= v.iov_len {
-            offset -= v.iov_len;
-            continue;
-        }
-        out.push(libc::iovec {
-            // SAFETY: offset < iov_len, so the result stays inside the same piece.
-            iov_base: unsafe { (v.iov_base as *mut u8).add(offset) }.cast(),
-            iov_len: v.iov_len - offset,
-        });
-        offset = 0;
     }
 }
 
