@@ -332,6 +332,22 @@ impl TxList {
     }
 }
 
+/// Appends to `out` the iovecs of `iov`'s bytes from `offset` on.
+pub(crate) fn iovecs_from(iov: &[libc::iovec], mut offset: usize, out: &mut Vec<libc::iovec>) {
+    for v in iov {
+        if offset >= v.iov_len {
+            offset -= v.iov_len;
+            continue;
+        }
+        out.push(libc::iovec {
+            // SAFETY: offset < iov_len, so the result stays inside the same piece.
+            iov_base: unsafe { (v.iov_base as *mut u8).add(offset) }.cast(),
+            iov_len: v.iov_len - offset,
+        });
+        offset = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,21 +433,5 @@ mod tests {
         let last = unsafe { VolatileSlice::new(base.add(MAX_IOV), 1) };
         assert_eq!(f.push_volatile(&last), Err(TooManyPieces));
         assert_eq!(f.len(), MAX_IOV);
-    }
-}
-
-/// Appends to `out` the iovecs of `iov`'s bytes from `offset` on.
-pub(crate) fn iovecs_from(iov: &[libc::iovec], mut offset: usize, out: &mut Vec<libc::iovec>) {
-    for v in iov {
-        if offset >= v.iov_len {
-            offset -= v.iov_len;
-            continue;
-        }
-        out.push(libc::iovec {
-            // SAFETY: offset < iov_len, so the result stays inside the same piece.
-            iov_base: unsafe { (v.iov_base as *mut u8).add(offset) }.cast(),
-            iov_len: v.iov_len - offset,
-        });
-        offset = 0;
     }
 }
