@@ -357,9 +357,11 @@ impl Loop {
             }
             if hup {
                 // Frames the proxy sent before hanging up are still readable: take them
-                // (a stream read then reports the close itself), then stop.
+                // all, pass after pass (a stream read then reports the close itself), then
+                // stop. One pass takes at most a batch: stopping after it lost the rest
+                // without a count. The peer is gone, so what is left to read is bounded.
                 if !self.dev.rx_waiting() {
-                    self.dev.process_rx()?;
+                    while self.dev.process_rx()? == RxPass::More {}
                 }
                 return Err(match hup_error {
                     Some(code) => crate::backend::socket_failure(
