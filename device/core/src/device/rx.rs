@@ -120,8 +120,12 @@ impl RxVirtio {
                     }
                     continue;
                 }
+                // A dropped frame counts toward the pass's batch like a delivered one: a
+                // proxy flooding frames that are all dropped must not keep one pass (and
+                // the worker, deaf to stops and kicks) going for as long as it sends.
                 ReadStatus::Frame(0) | ReadStatus::Oversize(_) => {
                     self.next += 1;
+                    done += 1;
                     continue;
                 }
                 ReadStatus::Frame(len) => len,
@@ -142,6 +146,7 @@ impl RxVirtio {
                             }
                             RxOutcome::NoRoom => {
                                 self.next += 1;
+                                done += 1;
                                 events.frame_dropped(len, DropReason::RxNoRoom);
                                 continue;
                             }
@@ -179,6 +184,7 @@ impl RxVirtio {
                 }
                 RxOutcome::NoRoom => {
                     self.next += 1;
+                    done += 1;
                     events.frame_dropped(len, DropReason::RxNoRoom);
                 }
                 RxOutcome::NoBuffers => {
