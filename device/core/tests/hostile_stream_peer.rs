@@ -171,6 +171,56 @@ fn prefix_of_0xffffffff_is_one_oversize_drop_and_memory_stays_bounded() {
     );
 }
 
+/// An oversize frame's body already waiting in megabytes: one RX pass discards a bounded
+/// share of it and says there is more, so the worker sees its other events in between.
+#[test]
+fn discarding_a_huge_body_is_done_in_bounded_shares() {
+    let mut r = rig(DEVICE_FEATURES);
+    r.post(8, BIG);
+    // Let the socket hold megabytes (Linux counts a stream's bytes against the sender).
+    let want: libc::c_int = 4 << 20;
+    // SAFETY: setsockopt on a socket we own, with a c_int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&r.peer),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&want as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    r.peer.write_all(&[0xff; 4]).unwrap();
+    r.peer.set_nonblocking(true).unwrap();
+    let junk = vec![0x5au8; 1 << 16];
+    let mut queued = 0;
+    while queued < 3 << 20 {
+        match r.peer.write(&junk) {
+            Ok(k) => queued += k,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(queued >= 2 << 20, "only {queued} bytes queued");
+    assert_eq!(r.dev.process_rx().unwrap(), RxPass::More);
+    let first = r.m().rx_syscalls;
+    // The read that found the prefix, then at most 8 reads per call without a frame, in
+    // at most two calls (the one that found the prefix, one that found nothing).
+    assert!(first <= 17, "{first} reads in one pass");
+    let mut passes = 1;
+    while r.dev.process_rx().unwrap() == RxPass::More {
+        passes += 1;
+        assert!(passes < 10_000);
+    }
+    let m = r.m();
+    assert_eq!((m.drops.rx_oversize, m.drops.total, m.rx_frames), (1, 1, 0));
+    assert!(
+        m.rx_syscalls * 8192 <= queued as u64,
+        "{} reads",
+        m.rx_syscalls
+    );
+}
+
 #[test]
 fn thousands_of_tiny_frames_in_one_write_arrive_once_in_order_in_few_reads() {
     let mut r = rig(DEVICE_FEATURES);

@@ -233,7 +233,10 @@ pub trait Backend: Send {
     /// Reads up to `bufs.len()` frames, frame i into `bufs[i]` (each holding
     /// [`crate::frame::MAX_FRAME`] bytes), appending one status per buffer used to `got`
     /// (cleared first). `WouldBlock`, when pushed, is last: the socket had nothing more.
-    /// At least one status is pushed. The default reads one frame per call.
+    /// At least one status is pushed, except by a call that made its share of reads
+    /// without completing a frame (a stream discarding an oversize frame's body): it
+    /// pushes none, and the socket may still hold bytes that no readable event will
+    /// announce, so the caller calls again soon. The default reads one frame per call.
     fn read_frames(
         &mut self,
         bufs: &mut [Box<[u8]>],

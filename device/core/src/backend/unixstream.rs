@@ -63,6 +63,11 @@ pub const DIRECT_MIN: usize = 2048;
 /// straight into the guest too.
 const DIRECT_TAIL: usize = 4096;
 
+/// Most reads one [`Backend::read_frames`] call makes without completing a frame (1 MiB
+/// of an oversize frame's body at a time): then it returns, so the worker sees stops and
+/// kicks. Whole frames need far fewer (the largest fits one read, or goes direct).
+const MAX_READS_WITHOUT_FRAME: u32 = 8;
+
 /// How many frames after a large one the reads stay short (small frames in between, such
 /// as ACKs, do not end a run of large ones).
 const LARGE_RECENT: u8 = 8;
@@ -185,6 +190,9 @@ impl Backend for UnixStreamBackend {
             return Err(self.closed());
         }
         let mut i = 0;
+        // Reads since the last frame: a peer that sends an oversize frame's body (up to
+        // 4 GiB) as fast as we discard it must not hold this call for all of it.
+        let mut reads = 0;
         while i < bufs.len() {
             if let Some(status) = self.parse(&mut bufs[i], true) {
                 got.push(status);
@@ -192,8 +200,13 @@ impl Backend for UnixStreamBackend {
                     return Ok(());
                 }
                 i += 1;
+                reads = 0;
                 continue;
             }
+            if reads == MAX_READS_WITHOUT_FRAME {
+                return Ok(());
+            }
+            reads += 1;
             match self.fill()? {
                 Fill::Got => {}
                 Fill::WouldBlock => {

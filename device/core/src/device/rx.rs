@@ -98,6 +98,12 @@ impl RxVirtio {
                 self.next = 0;
                 backend.read_frames(&mut self.bufs[..want], &mut self.got)?;
                 read_in_this_pass = true;
+                // The backend read its share without completing a frame (see
+                // `Backend::read_frames`): more may be waiting unannounced, so the
+                // worker comes back after a look at its other events.
+                if self.got.is_empty() {
+                    break RxPass::More;
+                }
                 // Each frame is reported once, when read (it may then wait for buffers).
                 for status in &self.got {
                     match *status {
