@@ -330,4 +330,102 @@ mod tests {
             }
         }
     }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A valid header stack: 0-2 VLAN tags, IPv4 (IHL 5-15) or IPv6, TCP or UDP, then
+        /// a payload; and where its headers end.
+        fn valid() -> impl Strategy<Value = (Vec<u8>, usize)> {
+            (
+                0..=2usize,
+                any::<bool>(),
+                any::<bool>(),
+                5..=15u8,
+                any::<[u16; 2]>(),
+                0..64usize,
+            )
+                .prop_map(|(tags, v6, is_tcp, ihl, ports, payload)| {
+                    let mut l4 = if is_tcp {
+                        tcp(ports[0], ports[1])
+                    } else {
+                        udp(ports[0], ports[1], 0)
+                    };
+                    let l4_hdr = l4.len();
+                    l4.resize(l4_hdr + payload, 0x77);
+                    let proto = if is_tcp { 6 } else { 17 };
+                    let mut f = eth(if tags > 0 { 0x8100 } else { 0x0800 });
+                    for t in 0..tags {
+                        let inner: u16 = if t + 1 < tags {
+                            0x8100
+                        } else if v6 {
+                            0x86dd
+                        } else {
+                            0x0800
+                        };
+                        f.extend_from_slice(&[0x00, 0x05]);
+                        f.extend_from_slice(&inner.to_be_bytes());
+                    }
+                    if tags == 0 && v6 {
+                        f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+                    }
+                    let ip = if v6 {
+                        ipv6(proto, &l4)
+                    } else {
+                        // IPv4 with options: IHL words of header, options as NOPs.
+                        let mut h = ipv4(proto, [1, 2, 3, 4], 0, &[]);
+                        let hl = usize::from(ihl) * 4;
+                        h[0] = 0x40 | ihl;
+                        h.resize(hl, 1);
+                        h.extend_from_slice(&l4);
+                        let total = h.len() as u16;
+                        h[2..4].copy_from_slice(&total.to_be_bytes());
+                        h
+                    };
+                    let hdr_end = f.len() + ip.len() - payload;
+                    f.extend_from_slice(&ip);
+                    (f, hdr_end)
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..200),
+                len in prop_oneof![Just(usize::MAX), Just(0usize), any::<usize>(), 0..300usize],
+            ) {
+                let _ = classify(&bytes, len);
+                let _ = classify(&bytes, bytes.len());
+            }
+
+            /// Bytes that start like a real header stack, then go random: the parser walks
+            /// deep into them and still never panics.
+            #[test]
+            fn valid_prefix_then_garbage_never_panics(
+                (f, _end) in valid(),
+                at in 0..200usize,
+                tail in proptest::collection::vec(any::<u8>(), 0..120),
+            ) {
+                let mut g = f[..at.min(f.len())].to_vec();
+                g.extend_from_slice(&tail);
+                let _ = classify(&g, g.len());
+                let _ = classify(&g, usize::MAX);
+            }
+
+            #[test]
+            fn every_truncation_of_a_valid_frame_has_no_flow((f, end) in valid()) {
+                prop_assert!(key(&f).is_some());
+                for cut in 0..f.len() {
+                    // The frame really ends there.
+                    prop_assert_eq!(key(&f[..cut]), None, "frame cut at {}", cut);
+                }
+                for cut in 0..end {
+                    // Only the headers given are cut.
+                    prop_assert_eq!(classify(&f[..cut], f.len()), None, "head cut at {}", cut);
+                }
+                prop_assert_eq!(classify(&f[..end], f.len()), key(&f));
+            }
+        }
+    }
 }
