@@ -478,3 +478,30 @@ fn one_rx_pass_handles_a_bounded_number_of_dropped_frames() {
     );
     assert!(passes >= (1 << 14) / 64, "{passes} passes");
 }
+
+/// The proxy sends whole frames and hangs up while the guest has posted no buffers: none
+/// can be delivered, and every one is counted as dropped because the peer went away (not
+/// only the one the device had read), the large one read straight in included.
+#[test]
+fn peer_closing_while_the_guest_has_no_buffers_counts_every_whole_frame() {
+    let (g, h, mut peer) = start(64);
+    let frames: Vec<Vec<u8>> = (0..6).map(|i| frame(i, 100 + i as usize * 1000)).collect();
+    let mut w: Vec<u8> = frames.iter().flat_map(|f| wire(f)).collect();
+    // Half a frame at the end: not a frame, not counted.
+    w.extend_from_slice(&wire(&frame(9, 500))[..200]);
+    common::wait_until("the worker's first pass", || {
+        h.metrics().snapshot().rx_syscalls >= 1
+    });
+    peer.write_all(&w).unwrap();
+    common::wait_until("the device waits for buffers", || {
+        h.metrics().snapshot().rx_no_buffers >= 1
+    });
+    drop(peer);
+    let exit = h.join().unwrap();
+    assert_eq!(exit.reason, ExitReason::PeerGone);
+    let m = g.metrics.snapshot();
+    assert!(m.peer_gone);
+    assert_eq!(g.rx.used_idx(&g.mem), 0);
+    assert_eq!(m.drops.peer_gone, frames.len() as u64);
+    assert_eq!(m.drops.total, m.drops.peer_gone);
+}

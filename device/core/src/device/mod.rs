@@ -195,7 +195,7 @@ impl NetDevice {
     /// The proxy went away: drop what was in flight, report once.
     pub fn peer_gone(&mut self, detail: &str) {
         self.tx.peer_gone(&self.events);
-        self.rx.peer_gone(&self.events);
+        self.rx.peer_gone(&mut *self.backend, &self.events);
         self.events.peer_gone(self.backend.kind(), detail);
     }
 }

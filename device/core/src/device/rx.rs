@@ -17,6 +17,11 @@ use crate::frame::{IovBuf, MAX_FRAME};
 use crate::net::{Rejected, RxBuffers, RxOutcome};
 use crate::probes::DropReason;
 
+/// Most receive calls [`RxVirtio::peer_gone`] makes to count the frames a departed proxy
+/// left unread: a socket buffer's worth many times over, and a bound should the "gone"
+/// peer (one that only shut down its reading side) keep writing.
+const MAX_READS_TO_COUNT: u64 = 512;
+
 pub(crate) struct RxVirtio {
     pub(crate) vq: Virtq,
     /// VIRTIO_NET_F_MRG_RXBUF: a frame may span several guest buffers.
@@ -260,13 +265,49 @@ impl RxVirtio {
         }
     }
 
-    /// The proxy went away: frames read and not delivered never will be.
-    pub(crate) fn peer_gone(&mut self, events: &DeviceEvents) {
+    /// The proxy went away: frames read and not delivered never will be, nor will the
+    /// whole frames it sent that are still unread (the guest had no buffers for them, so
+    /// RX had stopped reading): those are read now, only to be counted, so every frame
+    /// the proxy sent is either delivered or in `drops`. The peer is gone, so what is
+    /// left is finite; the reads are capped anyway.
+    pub(crate) fn peer_gone(&mut self, backend: &mut dyn Backend, events: &DeviceEvents) {
         for status in self.got.drain(self.next..) {
             if let ReadStatus::Frame(len @ 1..) | ReadStatus::Direct(len) = status {
                 events.frame_dropped(len, DropReason::PeerGone);
             }
         }
-        self.next = self.got.len();
+        self.next = 0;
+        // A frame announced for reading straight into the guest is dropped above; the
+        // backend skips its payload so the reads below start at the next frame.
+        backend.skip_direct();
+        while self.bufs.len() < MAX_BATCH_FRAMES {
+            self.bufs.push(vec![0u8; MAX_FRAME].into_boxed_slice());
+        }
+        let start = backend.syscalls().recvs;
+        // Calls are capped too: a backend may not count its reads.
+        for _ in 0..MAX_READS_TO_COUNT {
+            if backend.syscalls().recvs - start >= MAX_READS_TO_COUNT {
+                break;
+            }
+            if backend.read_frames(&mut self.bufs, &mut self.got).is_err() {
+                break;
+            }
+            let mut more = true;
+            for status in self.got.drain(..) {
+                match status {
+                    ReadStatus::WouldBlock => more = false,
+                    ReadStatus::Frame(0) => events.frame_dropped(0, DropReason::RxEmpty),
+                    ReadStatus::Oversize(len) => events.frame_dropped(len, DropReason::RxOversize),
+                    ReadStatus::Frame(len) => events.frame_dropped(len, DropReason::PeerGone),
+                    ReadStatus::Direct(len) => {
+                        backend.skip_direct();
+                        events.frame_dropped(len, DropReason::PeerGone);
+                    }
+                }
+            }
+            if !more {
+                break;
+            }
+        }
     }
 }
