@@ -505,3 +505,14 @@ fn peer_closing_while_the_guest_has_no_buffers_counts_every_whole_frame() {
     assert_eq!(m.drops.peer_gone, frames.len() as u64);
     assert_eq!(m.drops.total, m.drops.peer_gone);
 }
+
+#[test]
+fn peer_closing_during_an_oversize_discard_stops_with_one_oversize_drop() {
+    let a = frame(1, 700);
+    let mut w = wire(&a);
+    w.extend_from_slice(&[0xff; 4]);
+    w.extend_from_slice(&wire(&frame(2, 100)));
+    let (m, got) = peer_gone_after(&w, 1);
+    assert_eq!(got, vec![a]);
+    assert_eq!((m.drops.rx_oversize, m.drops.total), (1, 1));
+}

@@ -413,7 +413,12 @@ impl UnixStreamBackend {
                 "proxy closed the stream in the middle of a frame ({} of its {} bytes received)",
                 d.done, d.len
             )
-        } else if pending > 0 || self.skip > 0 {
+        } else if self.skip > 0 {
+            format!(
+                "proxy closed the stream while an oversize frame was being discarded ({} of its bytes never came)",
+                self.skip
+            )
+        } else if pending > 0 {
             format!(
                 "proxy closed the stream in the middle of a frame ({pending} bytes of it received)"
             )
@@ -539,6 +544,27 @@ mod tests {
         assert!(matches!(e, BackendError::PeerGone { .. }), "{msg}");
         assert!(
             msg.contains("middle of a frame") && msg.contains("7 bytes"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn peer_closing_during_an_oversize_discard_says_so() {
+        let (mut be, mut peer) = pair();
+        peer.write_all(&[0xff; 4]).unwrap();
+        peer.write_all(&[7; 1000]).unwrap();
+        drop(peer);
+        let mut buf = vec![0u8; MAX_FRAME];
+        assert_eq!(
+            be.read_frame(&mut buf).unwrap(),
+            ReadStatus::Oversize(0xffff_ffff)
+        );
+        let e = be.read_frame(&mut buf).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, BackendError::PeerGone { .. }), "{msg}");
+        let left = 0xffff_ffffu64 - 1000;
+        assert!(
+            msg.contains("oversize") && msg.contains(&format!("{left} of its bytes")),
             "{msg}"
         );
     }
