@@ -336,6 +336,14 @@ fn at_most(name: &str, v: u64, max: u64, unit: &str) -> Result<u64, String> {
     Ok(v)
 }
 
+/// Whether the device's socket is a datagram one (built-in or real proxy).
+fn device_socket_is_datagram(cli: &Cli) -> bool {
+    match &cli.proxy {
+        Some(spec) => matches!(spec, BackendSpec::UnixGram(_)),
+        None => matches!(cli.backend, BuiltinKind::UnixGram),
+    }
+}
+
 fn config(cli: &Cli) -> Result<SimConfig, String> {
     if let (Some(bytes), None, BuiltinKind::UnixGram) = (cli.proxy_rcvbuf, &cli.proxy, &cli.backend)
     {
@@ -372,6 +380,13 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
         nonzero("--proxy-rcvbuf", n)?;
     }
     if let Some(room) = cli.proxy_room {
+        if !device_socket_is_datagram(cli) {
+            // A stream takes part of a frame, so macOS's all-or-nothing datagram admission
+            // has no meaning there.
+            return Err(format!(
+                "--proxy-room {room}: models datagram admission; the device's socket here is a stream"
+            ));
+        }
         let largest = cli.tx_size.max(cli.ack_size);
         if room < largest {
             return Err(format!(
@@ -447,10 +462,7 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
     if let Some(n) = cli.sndbuf {
         // A datagram larger than the send buffer fails every time with EMSGSIZE (Linux
         // doubles the value it is given; macOS takes it as the largest datagram).
-        let datagram = match &cli.proxy {
-            Some(spec) => matches!(spec, BackendSpec::UnixGram(_)),
-            None => matches!(cli.backend, BuiltinKind::UnixGram),
-        };
+        let datagram = device_socket_is_datagram(cli);
         let frame = cfg.workload.tx_size.max(cfg.workload.ack_size);
         if n == 0 || (datagram && n < frame) {
             return Err(format!(

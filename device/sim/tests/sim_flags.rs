@@ -65,6 +65,37 @@ fn a_send_buffer_smaller_than_a_datagram_is_refused_up_front() {
 }
 
 #[test]
+fn proxy_room_needs_a_datagram_socket_that_can_take_the_largest_frame() {
+    refused(&["--frames", "1", "--proxy-room", "0"], "--proxy-room 0");
+    refused(
+        &["--frames", "1", "--proxy-room", "18446744073709551616"],
+        "--proxy-room",
+    );
+    refused(
+        &[
+            "--frames",
+            "1",
+            "--backend",
+            "unixstream",
+            "--proxy-room",
+            "131072",
+        ],
+        "datagram",
+    );
+    refused(
+        &[
+            "--frames",
+            "1",
+            "--proxy",
+            "unixstream:/nonexistent/passt.sock",
+            "--proxy-room",
+            "131072",
+        ],
+        "datagram",
+    );
+}
+
+#[test]
 fn other_numeric_flags_refuse_meaningless_values() {
     for (args, needle) in [
         (&["--ack-every", "17"][..], "--ack-every 17"),

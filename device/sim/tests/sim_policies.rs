@@ -28,6 +28,7 @@ fn paused(policy: &str, trace: &str) -> sim_support::Outcome {
 #[test]
 fn every_policy_keeps_integrity_under_a_paused_proxy() {
     let dir = TempDir::new("policies");
+    let mut reports = Vec::new();
     for policy in [
         "timer",
         "bounded:10",
@@ -79,7 +80,40 @@ fn every_policy_keeps_integrity_under_a_paused_proxy() {
         assert_eq!(begins, o.u("episodes"), "{policy}");
         assert_eq!(begins, resolved + drops, "{policy}: {}", o.json);
         assert_eq!(drops, dropped, "{policy}");
+        // `analyze` reads every policy's trace with the same rules: its episodes are the
+        // run's resolved ones, its frames the run's.
+        let report = analyze::build_report(
+            std::slice::from_ref(&trace),
+            &analyze::ReportOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{policy}: analyze: {e}"));
+        assert_eq!(report.total, o.u("resolved"), "{policy}");
+        assert_eq!(report.frames.tx_frames, o.u("tx_frames"), "{policy}");
+        assert_eq!(report.frames.dropped, dropped, "{policy}");
+        reports.push(report);
     }
+    // `analyze compare` of two policies' traces, unchanged: one row per retry count of
+    // either side, both totals shown.
+    let (timer, small_first) = (&reports[0], &reports[5]);
+    let table = analyze::compare::render(
+        timer,
+        small_first,
+        analyze::OutputFormat::Json,
+        analyze::Unit::Auto,
+    );
+    let v: serde_json::Value = serde_json::from_str(&table).expect("compare emits JSON");
+    assert_eq!(v["a"]["total"].as_u64(), Some(timer.total));
+    assert_eq!(v["b"]["total"].as_u64(), Some(small_first.total));
+    let text = analyze::compare::render(
+        timer,
+        small_first,
+        analyze::OutputFormat::Text,
+        analyze::Unit::Auto,
+    );
+    assert!(
+        text.contains(&timer.total.to_string()) && text.contains(&small_first.total.to_string()),
+        "{text}"
+    );
 }
 
 #[test]
