@@ -109,6 +109,19 @@ sim=${VNET_SIM:-$PWD/target/release/vnet-sim}
 export BPFTRACE_PERF_RB_PAGES=${BPFTRACE_PERF_RB_PAGES:-1024}
 analyze=${ANALYZE:-$PWD/target/release/analyze}
 work=$(mktemp -d)
+# The test processes below start sending only once capture.sh's --ready file exists (a
+# send before every probe is attached would be missing from the capture).
+cat > "$work/await_ready.py" <<'EOF'
+import os, sys, time
+
+
+def await_ready(path, seconds=120):
+    deadline = time.time() + seconds
+    while not os.path.exists(path) and time.time() < deadline:
+        time.sleep(0.05)
+    if not os.path.exists(path):
+        sys.exit("the ready file never appeared")
+EOF
 trap 'rm -rf "$work"' EXIT
 pass=$capture_ok
 fail=$((capture_total - capture_ok))
@@ -519,14 +532,11 @@ fi
 # --ready FILE: the file appears only once every probe is attached. A process that starts
 # sending only when it sees the file must have every one of its sends in the capture.
 rm -f "$work/ready"
-python3 - "$work/ready" <<'EOF' &
-import os, socket, sys, time
+PYTHONPATH="$work" python3 - "$work/ready" <<'EOF' &
+import socket, sys
+from await_ready import await_ready
 a, b = socket.socketpair()
-deadline = time.time() + 120
-while not os.path.exists(sys.argv[1]) and time.time() < deadline:
-    time.sleep(0.05)
-if not os.path.exists(sys.argv[1]):
-    sys.exit("the ready file never appeared")
+await_ready(sys.argv[1])
 for _ in range(500):
     a.send(b"x" * 100)
     b.recv(1000)
@@ -550,11 +560,8 @@ fi
 rm -f "$work/fds.ready"
 cat > "$work/fds.py" <<'EOF'
 import json, os, select, socket, sys, time
-deadline = time.time() + 120
-while not os.path.exists(sys.argv[1]) and time.time() < deadline:
-    time.sleep(0.05)
-if not os.path.exists(sys.argv[1]):
-    sys.exit("the ready file never appeared")
+from await_ready import await_ready
+await_ready(sys.argv[1])
 ep = select.epoll()
 fds, begins, resolved = set(), 0, 0
 for _ in range(20):
@@ -617,11 +624,8 @@ fi
 rm -f "$work/iov.ready"
 cat > "$work/iov.py" <<'EOF'
 import json, os, socket, sys, time
-deadline = time.time() + 120
-while not os.path.exists(sys.argv[1]) and time.time() < deadline:
-    time.sleep(0.05)
-if not os.path.exists(sys.argv[1]):
-    sys.exit("the ready file never appeared")
+from await_ready import await_ready
+await_ready(sys.argv[1])
 a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 a.setblocking(False)
 b.setblocking(False)
