@@ -424,7 +424,7 @@ impl Loop {
 
 /// CPU time this thread has used (user + system), from its own clock: what the device
 /// costs, apart from the guest and proxy threads sharing the process. 0 if unreadable.
-fn thread_cpu_ns() -> u64 {
+pub fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

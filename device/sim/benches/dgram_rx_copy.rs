@@ -166,14 +166,9 @@ mod linux {
     }
 
     fn thread_cpu_ns() -> u64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: ts is a valid timespec for the call to fill.
-        let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        assert_eq!(r, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+        let ns = vnet_device::worker::thread_cpu_ns();
+        assert!(ns > 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+        ns
     }
 
     fn set_buf(fd: RawFd, opt: libc::c_int) {

@@ -40,6 +40,7 @@ use vnet_device::backend::unixgram;
 use vnet_device::probes;
 use vnet_device::recorder::Recorder;
 use vnet_device::sockopt::{set_sock_buf, SockBuf};
+use vnet_device::worker::thread_cpu_ns;
 use vnet_sim::run::process_cpu_seconds;
 use vnet_sim::workload::{Direction, Limit, Workload};
 use vnet_sim::{run, BuiltinKind, SimConfig};
@@ -58,18 +59,6 @@ struct Rate {
     /// CPU ns per frame of the thread doing the work: the device's worker (frames both
     /// ways), the raw loop's sender.
     cpu_ns_per_frame: f64,
-}
-
-/// CPU time of the calling thread so far, in ns.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec for the call to fill.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Where frames start relative to a page: the device's default, and a misaligned one.
