@@ -123,7 +123,8 @@ impl RxVirtio {
                     }
                 }
             }
-            let len = match self.got[self.next] {
+            let direct = matches!(self.got[self.next], ReadStatus::Direct(_));
+            let (len, outcome) = match self.got[self.next] {
                 ReadStatus::WouldBlock => {
                     self.next = self.got.len();
                     if read_in_this_pass {
@@ -139,48 +140,24 @@ impl RxVirtio {
                     done += 1;
                     continue;
                 }
-                ReadStatus::Frame(len) => len,
+                ReadStatus::Frame(len) => (
+                    len,
+                    self.buffers
+                        .deliver(
+                            &mut self.vq.queue,
+                            mem,
+                            &self.bufs[self.next][..len],
+                            self.mergeable,
+                            &mut self.rejected,
+                        )
+                        .map_err(self.vq.err()),
+                ),
                 ReadStatus::Direct(len) => match self.direct(mem, backend, len)? {
-                    Some(outcome) => {
-                        used |= !self.rejected.is_empty();
-                        for r in self.rejected.drain(..) {
-                            events.chain_rejected(self.vq.index, r);
-                        }
-                        match outcome {
-                            RxOutcome::Delivered { .. } => {
-                                events.rx_direct();
-                                self.next += 1;
-                                self.waiting = false;
-                                used = true;
-                                done += 1;
-                                continue;
-                            }
-                            RxOutcome::NoRoom => {
-                                self.next += 1;
-                                done += 1;
-                                events.frame_dropped(len, DropReason::RxNoRoom);
-                                continue;
-                            }
-                            RxOutcome::NoBuffers => len,
-                        }
-                    }
+                    Some(outcome) => (len, Ok(outcome)),
                     // The rest of the frame has not arrived: the next readable event
                     // resumes it, into the same buffers.
                     None => break RxPass::Idle,
                 },
-            };
-            let outcome = if let ReadStatus::Direct(_) = self.got[self.next] {
-                Ok(RxOutcome::NoBuffers)
-            } else {
-                self.buffers
-                    .deliver(
-                        &mut self.vq.queue,
-                        mem,
-                        &self.bufs[self.next][..len],
-                        self.mergeable,
-                        &mut self.rejected,
-                    )
-                    .map_err(self.vq.err())
             };
             used |= !self.rejected.is_empty();
             for r in self.rejected.drain(..) {
@@ -188,6 +165,9 @@ impl RxVirtio {
             }
             match outcome? {
                 RxOutcome::Delivered { .. } => {
+                    if direct {
+                        events.rx_direct();
+                    }
                     self.next += 1;
                     self.waiting = false;
                     used = true;
