@@ -16,8 +16,8 @@ use vm_memory::{
     MemoryRegionAddress, Permissions, VolatileSlice,
 };
 
+use crate::frame::TxList;
 pub use crate::frame::MAX_FRAME;
-use crate::frame::{TxFrame, TxList};
 
 /// The features the device offers: VERSION_1, MAC, EVENT_IDX and MRG_RXBUF. No
 /// offloads, and no INDIRECT_DESC (so an indirect descriptor from the guest is an error).
@@ -267,35 +267,11 @@ impl TxChain {
         Ok(total)
     }
 
-    /// The frame as pieces of guest memory for one gathered send. `Ok(None)`: it has more
-    /// pieces than one send takes (then [`TxChain::copy_to`]). An error means the memory
-    /// map changed under a deferred frame and the chain no longer lies inside it.
-    pub fn gather<'a, M: GuestMemory>(
-        &self,
-        mem: &'a M,
-    ) -> Result<Option<TxFrame<'a>>, ChainError> {
-        let mut f = TxFrame::new();
-        for &(addr, len) in &self.segs {
-            let oob = || ChainError::OutOfBounds {
-                addr: addr.0,
-                len: len as u32,
-            };
-            // A piece may span two memory regions: each region is its own mapping.
-            for slice in mem
-                .get_slices(addr, len, Permissions::Read)
-                .map_err(|_| oob())?
-            {
-                if f.push_volatile(&slice.map_err(|_| oob())?).is_err() {
-                    return Ok(None);
-                }
-            }
-        }
-        Ok(Some(f))
-    }
-
-    /// [`TxChain::gather`] into the batch's reused storage: appends the frame to `list`
-    /// and returns true, or false when it has more pieces than one send takes (then
-    /// nothing is appended). Nothing is allocated or zeroed per frame.
+    /// Appends the frame to `list` as pieces of guest memory for one gathered send (the
+    /// batch's reused storage: nothing is allocated or zeroed per frame). `Ok(false)`: it
+    /// has more pieces than one send takes (then [`TxChain::copy_to`]); nothing is
+    /// appended. An error means the memory map changed under a deferred frame and the
+    /// chain no longer lies inside it.
     pub fn gather_into<M: GuestMemoryBackend>(
         &self,
         mem: &M,
@@ -361,7 +337,7 @@ impl TxChain {
         Ok(pos)
     }
 
-    /// Copies the frame into `out` (for chains [`TxChain::gather`] cannot send as they are).
+    /// Copies the frame into `out` (for chains [`TxChain::gather_into`] cannot send as they are).
     pub fn copy_to<M: GuestMemory>(&self, mem: &M, out: &mut Vec<u8>) -> Result<(), ChainError> {
         out.clear();
         out.resize(self.len, 0);
