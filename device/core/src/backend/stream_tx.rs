@@ -96,18 +96,25 @@ fn limited_send(
         });
         room -= n;
     }
+    let n = send_iovecs(fd, &cut, sends)?;
+    limit.store(left - n, Ordering::Relaxed);
+    Ok(n)
+}
+
+/// One `sendmsg` of `iov` (readable for the call); `sends` counts it.
+fn send_iovecs(fd: RawFd, iov: &[libc::iovec], sends: &mut u64) -> io::Result<usize> {
     // SAFETY: a zeroed msghdr is valid (no name, no control data).
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = cut.as_mut_ptr();
-    msg.msg_iovlen = cut.len() as _;
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len() as _;
     *sends += 1;
-    // SAFETY: msg points at leading parts of the caller's iovecs, all readable.
+    // SAFETY: msg points at the caller's iovecs, all readable for the call.
     let n = unsafe { libc::sendmsg(fd, &msg, SEND_FLAGS) };
     if n < 0 {
-        return Err(io::Error::last_os_error());
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
-    limit.store(left - n as usize, Ordering::Relaxed);
-    Ok(n as usize)
 }
 
 impl StreamTx {
@@ -141,18 +148,7 @@ impl StreamTx {
                     return limited_send(fd, iov, left, limit, sends);
                 }
             }
-            // SAFETY: a zeroed msghdr is valid (no name, no control data).
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-            msg.msg_iovlen = iov.len() as _;
-            *sends += 1;
-            // SAFETY: msg points at the caller's iovecs, all readable for the call.
-            let n = unsafe { libc::sendmsg(fd, &msg, SEND_FLAGS) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
+            send_iovecs(fd, iov, sends)
         })
     }
 
