@@ -215,11 +215,8 @@ impl<'a> Frames<'a> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = FrameRef<'a>> + 'a {
-        let iov = self.iov;
-        self.spans.iter().map(move |s| FrameRef {
-            iov: &iov[s.start as usize..s.end as usize],
-            len: s.len,
-        })
+        let frames = *self;
+        (0..frames.len()).map(move |i| frames.get(i))
     }
 }
 
