@@ -867,3 +867,44 @@ pub type LearnedMac = Arc<Mutex<Option<[u8; 6]>>>;
 pub fn counts_as_received(v: Verdict) -> bool {
     matches!(v, Verdict::InOrder | Verdict::Gap(_) | Verdict::Reordered)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sim_frames_are_valid_ipv4_udp_whose_flow_is_the_stream() {
+        let mut framer = SimFramer::new(GUEST_MAC, [2, 0, 0, 0, 0, 2]);
+        let mut out = Vec::new();
+        for (i, (stream, ack, len)) in [(3u16, false, 1514usize), (7, true, 66)]
+            .into_iter()
+            .enumerate()
+        {
+            let n = Next {
+                stream,
+                seq: 0,
+                ack,
+                len,
+            };
+            framer.build(&mut out, &n);
+            assert_eq!(out.len(), len);
+            let p = etherparse::SlicedPacket::from_ethernet(&out).expect("parses");
+            let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+                panic!("not IPv4")
+            };
+            let h = ip.header().to_header();
+            assert_eq!(h.header_checksum, h.calc_header_checksum());
+            assert_eq!(usize::from(h.total_len), len - 14);
+            assert_eq!((h.identification, h.dont_fragment), (i as u16, true));
+            assert_eq!((h.source, h.destination), (GUEST_IP, PROXY_IP));
+            let Some(etherparse::TransportSlice::Udp(udp)) = p.transport else {
+                panic!("not UDP")
+            };
+            let dport = if ack { SIM_ACK_PORT } else { SIM_DATA_PORT };
+            assert_eq!((udp.source_port(), udp.destination_port()), (stream, dport));
+            assert_eq!(usize::from(udp.length()), len - 34);
+            let (region, order) = sim_region(&out).expect("ours");
+            assert_eq!((region.len(), order), (len - SIM_HDR, i as u16));
+        }
+    }
+}
