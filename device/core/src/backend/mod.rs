@@ -232,7 +232,9 @@ pub trait Backend: Send {
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError>;
     /// Reads up to `bufs.len()` frames, frame i into `bufs[i]` (each holding
     /// [`crate::frame::MAX_FRAME`] bytes), appending one status per buffer used to `got`
-    /// (cleared first). `WouldBlock`, when pushed, is last: the socket had nothing more.
+    /// (cleared first). `WouldBlock`, when pushed, is last: the socket had nothing more
+    /// (a read failed with EAGAIN, or, on a stream, returned fewer bytes than asked for;
+    /// either way, bytes that come later raise a readable event).
     /// At least one status is pushed, except by a call that made its share of reads
     /// without completing a frame (a stream discarding an oversize frame's body): it
     /// pushes none, and the socket may still hold bytes that no readable event will

@@ -169,7 +169,7 @@ impl Backend for UnixStreamBackend {
                 return Err(self.closed());
             }
             match self.fill()? {
-                Fill::Got => {}
+                Fill::Got { .. } => {}
                 Fill::WouldBlock => return Ok(ReadStatus::WouldBlock),
                 Fill::Eof => return Err(self.closed()),
             }
@@ -193,6 +193,13 @@ impl Backend for UnixStreamBackend {
         // Reads since the last frame: a peer that sends an oversize frame's body (up to
         // 4 GiB) as fast as we discard it must not hold this call for all of it.
         let mut reads = 0;
+        // The last read of this call emptied the socket (it returned fewer bytes than
+        // asked for). Another read would only find it empty: whatever arrives after that
+        // read raises a new readable event (the worker's poller is edge-triggered, and
+        // the event is not taken until it waits again). Trusted within this call only: a
+        // later call may come after the worker took that event without reading (see
+        // `RxVirtio::process`), so it reads before it says the socket is empty.
+        let mut drained = false;
         while i < bufs.len() {
             if let Some(status) = self.parse(&mut bufs[i], true) {
                 got.push(status);
@@ -203,12 +210,16 @@ impl Backend for UnixStreamBackend {
                 reads = 0;
                 continue;
             }
+            if drained {
+                got.push(ReadStatus::WouldBlock);
+                return Ok(());
+            }
             if reads == MAX_READS_WITHOUT_FRAME {
                 return Ok(());
             }
             reads += 1;
             match self.fill()? {
-                Fill::Got => {}
+                Fill::Got { drained: d } => drained = d,
                 Fill::WouldBlock => {
                     got.push(ReadStatus::WouldBlock);
                     return Ok(());
@@ -264,6 +275,7 @@ impl Backend for UnixStreamBackend {
                 iov_base: tail.as_mut_ptr().cast(),
                 iov_len: tail.len(),
             });
+            let asked = d.len - d.done + tail.len();
             // SAFETY: a zeroed msghdr is valid (no name, no control data).
             let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
             msg.msg_iov = self.riov.as_mut_ptr();
@@ -277,6 +289,12 @@ impl Backend for UnixStreamBackend {
                 let k = n.min(d.len - d.done);
                 d.done += k;
                 self.rend += n - k;
+                // Fewer bytes than asked for: the socket is empty, and the rest of the
+                // frame raises a readable event when it comes (see `read_frames`).
+                if n < asked && d.done < d.len {
+                    self.direct = Some(d);
+                    return Ok(DirectRead::WouldBlock);
+                }
                 continue;
             }
             if n == 0 {
@@ -312,7 +330,10 @@ impl Backend for UnixStreamBackend {
 
 /// How one read into the internal buffer went.
 enum Fill {
-    Got,
+    /// Bytes came in; `drained`: fewer than asked for, so the socket had no more.
+    Got {
+        drained: bool,
+    },
     WouldBlock,
     Eof,
 }
@@ -390,12 +411,13 @@ impl UnixStreamBackend {
         };
         loop {
             let room = &mut self.rbuf[self.rend..end];
+            let asked = room.len();
             self.calls.recvs += 1;
             match recv(fd, room, MsgFlags::MSG_DONTWAIT) {
                 Ok(0) => return Ok(Fill::Eof),
                 Ok(n) => {
                     self.rend += n;
-                    return Ok(Fill::Got);
+                    return Ok(Fill::Got { drained: n < asked });
                 }
                 Err(Errno::EINTR) => {}
                 Err(Errno::EAGAIN) => return Ok(Fill::WouldBlock),
@@ -509,6 +531,50 @@ mod tests {
         for (i, f) in got.iter().enumerate() {
             assert!(f.iter().all(|&b| b == i as u8 + 1));
         }
+    }
+
+    /// A read that returns fewer bytes than asked for emptied the socket: the batch ends
+    /// there without a read that would find it empty. The next call reads again whatever
+    /// that read said (it may come after the readable event for new bytes was taken).
+    #[test]
+    fn a_short_read_ends_the_batch_and_the_next_call_reads_again() {
+        let (mut be, mut peer) = pair();
+        let mut bufs: Vec<Box<[u8]>> = (0..8)
+            .map(|_| vec![0u8; MAX_FRAME].into_boxed_slice())
+            .collect();
+        let mut got = Vec::new();
+        let mut wire = Vec::new();
+        for (i, len) in [60usize, 1514, 700].iter().enumerate() {
+            wire.extend_from_slice(&(*len as u32).to_be_bytes());
+            wire.extend(std::iter::repeat_n(i as u8 + 1, *len));
+        }
+        peer.write_all(&wire).unwrap();
+        be.read_frames(&mut bufs, &mut got).unwrap();
+        assert_eq!(
+            got,
+            [
+                ReadStatus::Frame(60),
+                ReadStatus::Frame(1514),
+                ReadStatus::Frame(700),
+                ReadStatus::WouldBlock
+            ]
+        );
+        assert_eq!(be.syscalls().recvs, 1, "one read for the three frames");
+        // Half a frame: the read takes it, finds no whole frame, and stops.
+        peer.write_all(&[0, 0, 0, 100, 9, 9]).unwrap();
+        be.read_frames(&mut bufs, &mut got).unwrap();
+        assert_eq!(got, [ReadStatus::WouldBlock]);
+        assert_eq!(be.syscalls().recvs, 2);
+        // Bytes that came after that read are read by the next call.
+        peer.write_all(&[9; 98]).unwrap();
+        be.read_frames(&mut bufs, &mut got).unwrap();
+        assert_eq!(got, [ReadStatus::Frame(100), ReadStatus::WouldBlock]);
+        assert!(bufs[0][..100].iter().all(|&b| b == 9));
+        assert_eq!(be.syscalls().recvs, 3);
+        // Nothing came: the call reads (EAGAIN) rather than trust the last one.
+        be.read_frames(&mut bufs, &mut got).unwrap();
+        assert_eq!(got, [ReadStatus::WouldBlock]);
+        assert_eq!(be.syscalls().recvs, 4);
     }
 
     #[test]
