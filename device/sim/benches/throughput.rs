@@ -27,7 +27,8 @@
 //! Probes compiled in vs compiled out needs two builds: see `throughput-probes.sh`.
 //!
 //! `cargo bench -p vnet-sim --bench throughput` (env BENCH_SECS, default 2, per run;
-//! BENCH_ROUNDS, default 5: each measurement is the median of that many alternating runs).
+//! BENCH_ROUNDS, default 5: each measurement is the median of that many alternating runs;
+//! BENCH_ONLY=TEXT: only the cases whose name contains TEXT).
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -339,6 +340,9 @@ fn main() {
     probes::register();
     let secs: f64 = env_num("BENCH_SECS", 2.0);
     let rounds: usize = env_num("BENCH_ROUNDS", 5);
+    // BENCH_ONLY=TEXT runs only the cases whose name contains TEXT.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let wanted = |case: &str| case.contains(only.as_str());
     println!("vnet-sim throughput bench: {secs} s per run, median of {rounds} alternating runs");
     println!(
         "case (a vs b): medians of a and b, then the ratio a/b as median (min..max) of the \
@@ -369,6 +373,9 @@ fn main() {
             (1514, ALIGNED, "1514 B device vs raw socket", true, ""),
         ];
         for (frame, offset, label, per_frame, note) in cases {
+            if !wanted(&format!("{name} {label}")) {
+                continue;
+            }
             let runs = paired(
                 rounds,
                 || device(kind, frame, secs, offset),
@@ -376,13 +383,17 @@ fn main() {
             );
             line(&format!("{name} {label}"), &runs, per_frame, note);
         }
+        let case = format!("{name} 1514 B both ways vs raw TX loop");
+        if !wanted(&case) {
+            continue;
+        }
         let runs = paired(
             rounds,
             || device_both(kind, 1514, secs),
             || raw(kind, 1514, secs, ALIGNED),
         );
         line(
-            &format!("{name} 1514 B both ways vs raw TX loop"),
+            &case,
             &runs,
             true,
             "(target: <= 0.25 calls/frame, CPU <= 100%)",
@@ -393,6 +404,9 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let trace = dir.join("trace.csv");
     for (frame, frames) in [(65536, false), (1514, true)] {
+        if !wanted(&format!("unixgram {frame} B recorder on vs off")) {
+            continue;
+        }
         let runs = paired(
             rounds,
             || {
