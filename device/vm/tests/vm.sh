@@ -4,7 +4,7 @@
 # machine's own Debian 12 kernel on q35 and on microvm, then Debian 13's current cloud
 # kernel (a newer virtio-net driver, modules compressed as .ko.xz).
 # Asserts that traffic moved both ways through the daemon (its counters cover what iperf3
-# moved), that the bpftrace capture has per-frame rows matching the counters, that under
+# moved, and equal frame for frame and byte for byte what the guest's NIC counted), that the bpftrace capture has per-frame rows matching the counters, that under
 # --tracer syscalls the captures of passt and of its peer (QEMU, the daemon) read with
 # analyze and agree on the bytes each side wrote and the other read, and that nothing the
 # run started is left running. Needs root (bpftrace, and apt-get download on a fresh
