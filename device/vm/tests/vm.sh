@@ -2,7 +2,7 @@
 # A real VM through the vhost-user daemon: a Debian guest kernel's virtio-net driver on
 # vnet-vhost, passt behind it, iperf3 forward and reverse for a few seconds each: the
 # machine's own Debian 12 kernel on q35 and on microvm, then Debian 13's current cloud
-# kernel (a newer virtio-net driver, modules compressed as .ko.xz).
+# kernel (a newer virtio-net driver, modules compressed as .ko.xz) at MTU 65520.
 # Asserts that traffic moved both ways through the daemon (its counters cover what iperf3
 # moved, and equal frame for frame and byte for byte what the guest's NIC counted), that the bpftrace capture has per-frame rows matching the counters, that under
 # --tracer syscalls the captures of passt and of its peer (QEMU, the daemon) read with
@@ -109,6 +109,8 @@ check(d["handshake"]["early_enables"] > 0, f"QEMU's early SET_VRING_ENABLE seen 
 acked = d["handshake"]["acked_features"] or 0
 check(acked & (1 << 32) != 0, f"VERSION_1 negotiated (features {acked:#x})")
 check(d["drops"]["total"] == 0, f"no frames dropped ({d['drops']})")
+if "--mtu" in args and int(args[args.index("--mtu") + 1]) > 9000:
+    check(d.get("rx_direct", 0) > 0, f"frames read straight into the guest at MTU {args[args.index('--mtu') + 1]}: rx_direct {d.get('rx_direct')}")
 check(summary["retransmits"] is not None, f"retransmits reported ({summary['retransmits']})")
 # A guest kernel that hangs on its way down after reporting is the guest's problem, not the
 # device's (the runner stops QEMU after a grace period): shown, not failed.
@@ -279,7 +281,9 @@ deb=$(newer_kernel) || { echo "vm.sh: could not fetch Debian 13's cloud kernel";
 dpkg-deb -c "$deb" > "$out/trixie-files.txt"
 grep -q '/virtio_net\.ko\.xz$' "$out/trixie-files.txt" ||
   { echo "vm.sh: $deb has no virtio_net.ko.xz: this run would not test compressed modules"; exit 1; }
-run trixie --kernel-deb "$deb" --tests fwd,rev --seconds 2
+# At MTU 65520 passt sends the guest frames of up to 64 KiB, read from the stream straight
+# into the guest's buffers (rx_direct): this run checks that path against a real driver.
+run trixie --kernel-deb "$deb" --tests fwd,rev --seconds 2 --mtu 65520
 grep -q '"kernel": *"linux-image-[^"]*deb13' "$out/trixie/stdout.json" ||
   { echo "vm.sh: trixie run did not boot the Debian 13 kernel:"; grep '"kernel"' "$out/trixie/stdout.json"; exit 1; }
 echo "ok   guest booted $(basename "$deb") with its .ko.xz modules"
