@@ -360,8 +360,17 @@ impl Loop {
                 // all, pass after pass (a stream read then reports the close itself), then
                 // stop. One pass takes at most a batch: stopping after it lost the rest
                 // without a count. The peer is gone, so what is left to read is bounded.
-                if !self.dev.rx_waiting() {
-                    while self.dev.process_rx()? == RxPass::More {}
+                // A stream pass whose read emptied the socket ends `Idle` without
+                // reading again (see `UnixStreamBackend::read_frames`): one more pass
+                // meets the close and reports how it left the stream; two `Idle` passes
+                // in a row (datagrams have no end-of-stream) end it.
+                let mut idle = false;
+                while !self.dev.rx_waiting() {
+                    match self.dev.process_rx()? {
+                        RxPass::More => idle = false,
+                        RxPass::Idle if !idle => idle = true,
+                        _ => break,
+                    }
                 }
                 return Err(match hup_error {
                     Some(code) => crate::backend::socket_failure(

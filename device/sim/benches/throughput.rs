@@ -185,23 +185,18 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize) -> Rate {
         }
         BuiltinKind::UnixStream => {
             let (a, b) = UnixStream::pair().unwrap();
-            b.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-            let st = stop.clone();
+            // The receiver reads until the sender closes its end: a read timeout (to see
+            // `stop`) could fire in the middle of a frame when the machine starves this
+            // thread, lose the framing, and end the receiver while the sender still
+            // writes (EPIPE, and the bench panicked).
             let rx = std::thread::spawn(move || {
                 let mut r = vec![0u8; 70000];
                 let mut n = 0u64;
                 let mut len = [0u8; 4];
                 let mut b = Counted { inner: b, calls: 0 };
-                while !st.load(Ordering::Relaxed) {
-                    if b.read_exact(&mut len).is_err() {
-                        continue;
-                    }
+                while b.read_exact(&mut len).is_ok() {
                     let l = u32::from_be_bytes(len) as usize;
-                    if l > r.len() {
-                        // Lost sync after a timeout mid-frame: only happens once the
-                        // sender stopped, so the count is complete.
-                        break;
-                    }
+                    assert!(l <= r.len(), "raw stream lost its framing");
                     if b.read_exact(&mut r[..l]).is_ok() {
                         n += 1;
                     }
@@ -221,9 +216,10 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize) -> Rate {
             }
             let sender_cpu = thread_cpu_ns() - cpu0;
             let elapsed = t.elapsed();
-            stop.store(true, Ordering::Relaxed);
+            let sends = a.calls;
+            drop(a);
             let (n, recvs) = rx.join().unwrap();
-            (n, elapsed, a.calls, recvs, sender_cpu, sent)
+            (n, elapsed, sends, recvs, sender_cpu, sent)
         }
     };
     let cpu = process_cpu_seconds() - cpu0;

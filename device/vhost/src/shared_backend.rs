@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use vnet_device::backend::{
-    Backend, BackendError, BatchWrite, DirectRead, FrameRef, Frames, ReadStatus, SyscallCounts,
-    WriteStatus,
+    copy_held, Backend, BackendError, BatchWrite, DirectRead, FrameRef, Frames, ReadStatus,
+    SyscallCounts, WriteStatus,
 };
 
 #[derive(Clone)]
@@ -76,7 +76,11 @@ impl Backend for SharedBackend {
         bufs: &mut [Box<[u8]>],
         got: &mut Vec<ReadStatus>,
     ) -> Result<(), BackendError> {
-        self.lock().read_frames(bufs, got)
+        let mut inner = self.lock();
+        inner.read_frames(bufs, got)?;
+        // A frame the stream backend keeps in its buffer cannot be lent from behind the
+        // lock: copied out, as before frames were held.
+        copy_held(&**inner, bufs, got)
     }
 
     unsafe fn read_direct(&mut self, dst: &[libc::iovec]) -> Result<DirectRead, BackendError> {

@@ -245,6 +245,10 @@ impl<B: Backend> Backend for Faulty<B> {
         self.inner.skip_direct()
     }
 
+    fn held_frame(&self, i: usize) -> Option<&[u8]> {
+        self.inner.held_frame(i)
+    }
+
     /// The inner backend's: an injected refusal is not a system call.
     fn syscalls(&self) -> SyscallCounts {
         self.inner.syscalls()

@@ -151,6 +151,12 @@ pub enum ReadStatus {
     /// nothing of it is in the caller's buffer. Only [`Backend::read_frames`] returns it,
     /// and only last.
     Direct(usize),
+    /// A frame of this many bytes (at least one) left in the backend's own buffer instead
+    /// of copied into the caller's: [`Backend::held_frame`] lends it, by the index of this
+    /// status, until the next [`Backend::read_frames`] call. Only `read_frames` returns
+    /// it; a wrapper that cannot lend its inner backend's frames copies them out
+    /// ([`copy_held`]).
+    Held(usize),
 }
 
 /// How a [`Backend::read_direct`] call ended.
@@ -232,7 +238,9 @@ pub trait Backend: Send {
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError>;
     /// Reads up to `bufs.len()` frames, frame i into `bufs[i]` (each holding
     /// [`crate::frame::MAX_FRAME`] bytes), appending one status per buffer used to `got`
-    /// (cleared first). `WouldBlock`, when pushed, is last: the socket had nothing more.
+    /// (cleared first). `WouldBlock`, when pushed, is last: the socket had nothing more
+    /// (a read failed with EAGAIN, or, on a stream, returned fewer bytes than asked for;
+    /// either way, bytes that come later raise a readable event).
     /// At least one status is pushed, except by a call that made its share of reads
     /// without completing a frame (a stream discarding an oversize frame's body): it
     /// pushes none, and the socket may still hold bytes that no readable event will
@@ -262,6 +270,13 @@ pub trait Backend: Send {
     }
     /// Discards the payload of the announced direct frame (the guest has no room for it).
     fn skip_direct(&mut self) {}
+    /// The bytes of the frame the last [`Backend::read_frames`] call reported as
+    /// [`ReadStatus::Held`] at index `i` of its statuses; `None` for any other index (and
+    /// from backends that hold none).
+    fn held_frame(&self, i: usize) -> Option<&[u8]> {
+        let _ = i;
+        None
+    }
     /// Send and receive calls made so far (a backend that makes none reports zeros).
     fn syscalls(&self) -> SyscallCounts {
         SyscallCounts::default()
@@ -319,6 +334,10 @@ impl<B: Backend + ?Sized> Backend for Box<B> {
         (**self).skip_direct()
     }
 
+    fn held_frame(&self, i: usize) -> Option<&[u8]> {
+        (**self).held_frame(i)
+    }
+
     fn syscalls(&self) -> SyscallCounts {
         (**self).syscalls()
     }
@@ -346,6 +365,29 @@ pub fn write_first<B: Backend + ?Sized>(
             stopped: Some(other),
         },
     })
+}
+
+/// For a wrapper that cannot lend its inner backend's frames (one behind a lock): copies
+/// each [`ReadStatus::Held`] frame of the statuses `read_frames` just gave into the
+/// caller's buffer for it and makes it a [`ReadStatus::Frame`].
+pub fn copy_held<B: Backend + ?Sized>(
+    backend: &B,
+    bufs: &mut [Box<[u8]>],
+    got: &mut [ReadStatus],
+) -> Result<(), BackendError> {
+    for (i, status) in got.iter_mut().enumerate() {
+        if let ReadStatus::Held(len) = *status {
+            let frame = backend
+                .held_frame(i)
+                .ok_or_else(|| BackendError::Protocol {
+                    fd: backend.raw_fd(),
+                    detail: format!("frame {i} of a batch reported held, and none is"),
+                })?;
+            bufs[i][..len].copy_from_slice(frame);
+            *status = ReadStatus::Frame(len);
+        }
+    }
+    Ok(())
 }
 
 /// Connects to the proxy named by `spec`.

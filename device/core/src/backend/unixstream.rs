@@ -43,6 +43,10 @@ pub struct UnixStreamBackend {
     /// arrives prefix first and goes straight into the guest (a read of everything the
     /// socket holds would bring whole large frames into our buffer, to be copied twice).
     large_recent: u8,
+    /// Where in `rbuf` each frame the current `read_frames` batch reported as
+    /// [`ReadStatus::Held`] lies, by its index among the batch's statuses (`None` for the
+    /// others). `rbuf` keeps those bytes in place until the next `read_frames` call.
+    held: Vec<Option<(usize, usize)>>,
     calls: SyscallCounts,
 }
 
@@ -113,6 +117,7 @@ impl UnixStreamBackend {
             direct: None,
             riov: IovBuf::default(),
             large_recent: 0,
+            held: Vec::with_capacity(MAX_BATCH_FRAMES),
             calls: SyscallCounts::default(),
         })
     }
@@ -162,14 +167,14 @@ impl Backend for UnixStreamBackend {
 
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
         loop {
-            if let Some(status) = self.parse(buf, false) {
+            if let Some(status) = self.parse(buf, Parse::Copy) {
                 return Ok(status);
             }
             if self.eof {
                 return Err(self.closed());
             }
             match self.fill()? {
-                Fill::Got => {}
+                Fill::Got { .. } => {}
                 Fill::WouldBlock => return Ok(ReadStatus::WouldBlock),
                 Fill::Eof => return Err(self.closed()),
             }
@@ -177,15 +182,20 @@ impl Backend for UnixStreamBackend {
     }
 
     /// As many frames as `bufs` holds out of as few reads as it takes: one read pulls in
-    /// whatever the socket has (up to two maximal frames), parsed here into frames. A
-    /// frame of at least [`DIRECT_MIN`] bytes whose payload has not all arrived yet ends
-    /// the batch as [`ReadStatus::Direct`]: the caller reads it into its own buffers.
+    /// whatever the socket has (up to two maximal frames), parsed here into frames, which
+    /// stay where the read put them ([`ReadStatus::Held`]: the caller copies each once,
+    /// into the guest, not first into `bufs`). A frame of at least [`DIRECT_MIN`] bytes
+    /// whose payload has not all arrived yet ends the batch as [`ReadStatus::Direct`]:
+    /// the caller reads it into its own buffers.
     fn read_frames(
         &mut self,
         bufs: &mut [Box<[u8]>],
         got: &mut Vec<ReadStatus>,
     ) -> Result<(), BackendError> {
         got.clear();
+        // The last batch's held frames are done with: their bytes may go.
+        self.held.clear();
+        self.release();
         if self.eof {
             return Err(self.closed());
         }
@@ -193,8 +203,18 @@ impl Backend for UnixStreamBackend {
         // Reads since the last frame: a peer that sends an oversize frame's body (up to
         // 4 GiB) as fast as we discard it must not hold this call for all of it.
         let mut reads = 0;
+        // The last read of this call emptied the socket (it returned fewer bytes than
+        // asked for). Another read would only find it empty: whatever arrives after that
+        // read raises a new readable event (the worker's poller is edge-triggered, and
+        // the event is not taken until it waits again). Trusted within this call only: a
+        // later call may come after the worker took that event without reading (see
+        // `RxVirtio::process`), so it reads before it says the socket is empty.
+        let mut drained = false;
         while i < bufs.len() {
-            if let Some(status) = self.parse(&mut bufs[i], true) {
+            if let Some(status) = self.parse(&mut bufs[i], Parse::Hold) {
+                if !matches!(status, ReadStatus::Held(_)) {
+                    self.held.push(None);
+                }
                 got.push(status);
                 if let ReadStatus::Direct(_) = status {
                     return Ok(());
@@ -203,12 +223,21 @@ impl Backend for UnixStreamBackend {
                 reads = 0;
                 continue;
             }
+            if drained {
+                got.push(ReadStatus::WouldBlock);
+                return Ok(());
+            }
             if reads == MAX_READS_WITHOUT_FRAME {
                 return Ok(());
             }
             reads += 1;
+            // No room left behind the held frames: the batch ends with them, and the next
+            // call, which may move bytes, reads on.
+            if self.rend == self.rbuf.len() && self.held.iter().any(Option::is_some) {
+                return Ok(());
+            }
             match self.fill()? {
-                Fill::Got => {}
+                Fill::Got { drained: d } => drained = d,
                 Fill::WouldBlock => {
                     got.push(ReadStatus::WouldBlock);
                     return Ok(());
@@ -264,6 +293,7 @@ impl Backend for UnixStreamBackend {
                 iov_base: tail.as_mut_ptr().cast(),
                 iov_len: tail.len(),
             });
+            let asked = d.len - d.done + tail.len();
             // SAFETY: a zeroed msghdr is valid (no name, no control data).
             let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
             msg.msg_iov = self.riov.as_mut_ptr();
@@ -277,6 +307,12 @@ impl Backend for UnixStreamBackend {
                 let k = n.min(d.len - d.done);
                 d.done += k;
                 self.rend += n - k;
+                // Fewer bytes than asked for: the socket is empty, and the rest of the
+                // frame raises a readable event when it comes (see `read_frames`).
+                if n < asked && d.done < d.len {
+                    self.direct = Some(d);
+                    return Ok(DirectRead::WouldBlock);
+                }
                 continue;
             }
             if n == 0 {
@@ -300,6 +336,11 @@ impl Backend for UnixStreamBackend {
         Ok(DirectRead::Done)
     }
 
+    fn held_frame(&self, i: usize) -> Option<&[u8]> {
+        let (at, len) = (*self.held.get(i)?)?;
+        self.rbuf.get(at..at + len)
+    }
+
     fn skip_direct(&mut self) {
         if let Some(d) = self.direct.take() {
             let left = d.len - d.done;
@@ -310,18 +351,32 @@ impl Backend for UnixStreamBackend {
     }
 }
 
+/// What [`UnixStreamBackend::parse`] does with a whole frame.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Parse {
+    /// Copies it into the caller's buffer ([`ReadStatus::Frame`]).
+    Copy,
+    /// Leaves it in `rbuf` ([`ReadStatus::Held`]), and announces a large frame whose
+    /// payload is still on its way ([`ReadStatus::Direct`]).
+    Hold,
+}
+
 /// How one read into the internal buffer went.
 enum Fill {
-    Got,
+    /// Bytes came in; `drained`: fewer than asked for, so the socket had no more.
+    Got {
+        drained: bool,
+    },
     WouldBlock,
     Eof,
 }
 
 impl UnixStreamBackend {
     /// The next frame out of the bytes already read, without a system call: `None` when
-    /// they do not hold one. With `direct`, a large frame whose payload is still on its
-    /// way is announced as [`ReadStatus::Direct`] (its prefix consumed).
-    fn parse(&mut self, buf: &mut [u8], direct: bool) -> Option<ReadStatus> {
+    /// they do not hold one. With [`Parse::Hold`], a whole frame stays in `rbuf` (recorded
+    /// in `held`) and a large frame whose payload is still on its way is announced as
+    /// [`ReadStatus::Direct`] (its prefix consumed).
+    fn parse(&mut self, buf: &mut [u8], how: Parse) -> Option<ReadStatus> {
         loop {
             let avail = self.rend - self.rstart;
             if self.skip > 0 {
@@ -354,20 +409,43 @@ impl UnixStreamBackend {
             }
             if avail >= PREFIX + len {
                 let s = self.rstart + PREFIX;
-                buf[..len].copy_from_slice(&self.rbuf[s..s + len]);
                 self.rstart = s + len;
-                if self.rstart == self.rend {
-                    self.rstart = 0;
-                    self.rend = 0;
+                if how == Parse::Hold && len > 0 {
+                    // Not moved or overwritten before the next `read_frames` call: only
+                    // `release` (at its start) and `fill` (not with frames held) move
+                    // bytes, and reads land after `rend`.
+                    self.held.push(Some((s, len)));
+                    return Some(ReadStatus::Held(len));
                 }
+                buf[..len].copy_from_slice(&self.rbuf[s..s + len]);
+                self.release();
                 return Some(ReadStatus::Frame(len));
             }
-            if direct && len >= DIRECT_MIN {
+            if how == Parse::Hold && len >= DIRECT_MIN {
                 self.rstart += PREFIX;
                 self.direct = Some(DirectFrame { len, done: 0 });
                 return Some(ReadStatus::Direct(len));
             }
             return None;
+        }
+    }
+
+    /// Rewinds `rbuf` when all of it was handed out, or moves a small rest (the start of
+    /// a frame) to the front once less than a maximal frame's room is left behind it, so
+    /// reads keep their room. Larger rests stay: `fill` moves them when it must. Only
+    /// when no frame is held.
+    fn release(&mut self) {
+        let rest = self.rend - self.rstart;
+        if rest == 0 {
+            self.rstart = 0;
+            self.rend = 0;
+        } else if self.rstart > 0
+            && rest <= DIRECT_TAIL
+            && self.rbuf.len() - self.rend < PREFIX + MAX_FRAME
+        {
+            self.rbuf.copy_within(self.rstart..self.rend, 0);
+            self.rend = rest;
+            self.rstart = 0;
         }
     }
 
@@ -390,12 +468,13 @@ impl UnixStreamBackend {
         };
         loop {
             let room = &mut self.rbuf[self.rend..end];
+            let asked = room.len();
             self.calls.recvs += 1;
             match recv(fd, room, MsgFlags::MSG_DONTWAIT) {
                 Ok(0) => return Ok(Fill::Eof),
                 Ok(n) => {
                     self.rend += n;
-                    return Ok(Fill::Got);
+                    return Ok(Fill::Got { drained: n < asked });
                 }
                 Err(Errno::EINTR) => {}
                 Err(Errno::EAGAIN) => return Ok(Fill::WouldBlock),
@@ -509,6 +588,101 @@ mod tests {
         for (i, f) in got.iter().enumerate() {
             assert!(f.iter().all(|&b| b == i as u8 + 1));
         }
+    }
+
+    /// A read that returns fewer bytes than asked for emptied the socket: the batch ends
+    /// there without a read that would find it empty. The next call reads again whatever
+    /// that read said (it may come after the readable event for new bytes was taken).
+    #[test]
+    fn a_short_read_ends_the_batch_and_the_next_call_reads_again() {
+        let (mut be, mut peer) = pair();
+        let mut bufs: Vec<Box<[u8]>> = (0..8)
+            .map(|_| vec![0u8; MAX_FRAME].into_boxed_slice())
+            .collect();
+        let mut got = Vec::new();
+        let mut wire = Vec::new();
+        for (i, len) in [60usize, 1514, 700].iter().enumerate() {
+            wire.extend_from_slice(&(*len as u32).to_be_bytes());
+            wire.extend(std::iter::repeat_n(i as u8 + 1, *len));
+        }
+        peer.write_all(&wire).unwrap();
+        be.read_frames(&mut bufs, &mut got).unwrap();
+        assert_eq!(
+            got,
+            [
+                ReadStatus::Held(60),
+                ReadStatus::Held(1514),
+                ReadStatus::Held(700),
+                ReadStatus::WouldBlock
+            ]
+        );
+        for (i, len) in [60, 1514, 700].into_iter().enumerate() {
+            assert_eq!(be.held_frame(i), Some(&vec![i as u8 + 1; len][..]));
+        }
+        assert_eq!(be.held_frame(3), None, "the WouldBlock holds nothing");
+        assert_eq!(be.syscalls().recvs, 1, "one read for the three frames");
+        // Half a frame: the read takes it, finds no whole frame, and stops.
+        peer.write_all(&[0, 0, 0, 100, 9, 9]).unwrap();
+        be.read_frames(&mut bufs, &mut got).unwrap();
+        assert_eq!(got, [ReadStatus::WouldBlock]);
+        assert_eq!(be.syscalls().recvs, 2);
+        // Bytes that came after that read are read by the next call.
+        peer.write_all(&[9; 98]).unwrap();
+        be.read_frames(&mut bufs, &mut got).unwrap();
+        assert_eq!(got, [ReadStatus::Held(100), ReadStatus::WouldBlock]);
+        assert_eq!(be.held_frame(0), Some(&[9; 100][..]));
+        assert_eq!(be.syscalls().recvs, 3);
+        // Nothing came: the call reads (EAGAIN) rather than trust the last one.
+        be.read_frames(&mut bufs, &mut got).unwrap();
+        assert_eq!(got, [ReadStatus::WouldBlock]);
+        assert_eq!(be.syscalls().recvs, 4);
+    }
+
+    /// Frames held in the internal buffer stay intact until the next call, while the
+    /// batch that reported them read on behind them: a peer streaming far more than the
+    /// buffer holds, read in batches of 32 that end anywhere in the buffer (a full end
+    /// included), every frame checked by its bytes, once and in order.
+    #[test]
+    fn held_frames_stay_intact_until_the_next_call() {
+        let (mut be, peer) = pair();
+        // Far more queued than the internal buffer takes, so reads fill it to its end.
+        crate::sockopt::set_sock_buf(peer.as_fd(), SockBuf::Send, 4 << 20).unwrap();
+        let sizes = |i: u32| 1 + (i as usize * 7919) % (DIRECT_MIN - 1);
+        let n = 3000u32;
+        let writer = std::thread::spawn(move || {
+            let mut peer = peer;
+            for i in 0..n {
+                let mut w = (sizes(i) as u32).to_be_bytes().to_vec();
+                w.extend((0..sizes(i)).map(|k| (i as usize * 31 + k) as u8));
+                peer.write_all(&w).unwrap();
+            }
+        });
+        let mut bufs: Vec<Box<[u8]>> = (0..32)
+            .map(|_| vec![0u8; MAX_FRAME].into_boxed_slice())
+            .collect();
+        let mut got = Vec::new();
+        let mut next = 0u32;
+        let mut spins = 0u64;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        while next < n {
+            spins += 1;
+            assert!(spins < 10_000_000, "{next} of {n} frames");
+            be.read_frames(&mut bufs, &mut got).unwrap();
+            for (i, status) in got.iter().enumerate() {
+                match *status {
+                    ReadStatus::Held(len) => {
+                        let f = be.held_frame(i).expect("a held frame lends its bytes");
+                        assert_eq!(len, sizes(next), "frame {next}");
+                        let want = (0..len).map(|k| (next as usize * 31 + k) as u8);
+                        assert!(f.iter().copied().eq(want), "frame {next} intact");
+                        next += 1;
+                    }
+                    ReadStatus::WouldBlock => {}
+                    other => panic!("frame {next}: {other:?}"),
+                }
+            }
+        }
+        writer.join().unwrap();
     }
 
     #[test]

@@ -11,7 +11,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::virtq::Virtq;
 use super::{DeviceError, RxPass, BATCH};
-use crate::backend::{Backend, DirectRead, ReadStatus, MAX_BATCH_FRAMES};
+use crate::backend::{Backend, BackendError, DirectRead, ReadStatus, MAX_BATCH_FRAMES};
 use crate::events::DeviceEvents;
 use crate::frame::{IovBuf, MAX_FRAME};
 use crate::net::{Rejected, RxBuffers, RxOutcome};
@@ -117,9 +117,9 @@ impl RxVirtio {
                             events.frame_dropped(len, DropReason::RxOversize);
                         }
                         ReadStatus::Frame(0) => events.frame_dropped(0, DropReason::RxEmpty),
-                        ReadStatus::Frame(len) | ReadStatus::Direct(len) => {
-                            events.frame_received(len)
-                        }
+                        ReadStatus::Frame(len)
+                        | ReadStatus::Direct(len)
+                        | ReadStatus::Held(len) => events.frame_received(len),
                     }
                 }
             }
@@ -152,6 +152,30 @@ impl RxVirtio {
                         )
                         .map_err(self.vq.err()),
                 ),
+                ReadStatus::Held(len) => {
+                    let Some(frame) = backend.held_frame(self.next) else {
+                        return Err(BackendError::Protocol {
+                            fd: backend.raw_fd(),
+                            detail: format!(
+                                "frame {} of a batch reported held, and none is",
+                                self.next
+                            ),
+                        }
+                        .into());
+                    };
+                    (
+                        len,
+                        self.buffers
+                            .deliver(
+                                &mut self.vq.queue,
+                                mem,
+                                frame,
+                                self.mergeable,
+                                &mut self.rejected,
+                            )
+                            .map_err(self.vq.err()),
+                    )
+                }
                 ReadStatus::Direct(len) => match self.direct(mem, backend, len)? {
                     Some(outcome) => (len, Ok(outcome)),
                     // The rest of the frame has not arrived: the next readable event
@@ -252,7 +276,9 @@ impl RxVirtio {
     /// left is finite; the reads are capped anyway.
     pub(crate) fn peer_gone(&mut self, backend: &mut dyn Backend, events: &DeviceEvents) {
         for status in self.got.drain(self.next..) {
-            if let ReadStatus::Frame(len @ 1..) | ReadStatus::Direct(len) = status {
+            if let ReadStatus::Frame(len @ 1..) | ReadStatus::Direct(len) | ReadStatus::Held(len) =
+                status
+            {
                 events.frame_dropped(len, DropReason::PeerGone);
             }
         }
@@ -278,7 +304,9 @@ impl RxVirtio {
                     ReadStatus::WouldBlock => more = false,
                     ReadStatus::Frame(0) => events.frame_dropped(0, DropReason::RxEmpty),
                     ReadStatus::Oversize(len) => events.frame_dropped(len, DropReason::RxOversize),
-                    ReadStatus::Frame(len) => events.frame_dropped(len, DropReason::PeerGone),
+                    ReadStatus::Frame(len) | ReadStatus::Held(len) => {
+                        events.frame_dropped(len, DropReason::PeerGone)
+                    }
                     ReadStatus::Direct(len) => {
                         backend.skip_direct();
                         events.frame_dropped(len, DropReason::PeerGone);

@@ -29,7 +29,7 @@ use crate::episode::Episode;
 use crate::events::DeviceEvents;
 use crate::flow::{classify, FlowKey, HEADER_PREFIX};
 use crate::frame::TxList;
-use crate::net::{ChainError, ChainWalk, Rejected, TxChain};
+use crate::net::{add_used, pop_avail, ChainError, ChainWalk, Rejected, TxChain};
 use crate::probes::DropReason;
 
 /// A chain popped from the ring and parsed, in the batch being sent.
@@ -158,7 +158,7 @@ impl TxVirtio {
             // Frames waiting behind the deferred one go before anything new, one at a time.
             let limit = if self.behind.is_empty() { limit } else { 1 };
             while n < limit && done + n < BATCH {
-                let Some(chain) = self.vq.queue.pop_descriptor_chain(mem) else {
+                let Some(head) = pop_avail(&mut self.vq.queue, mem) else {
                     // Re-arm kicks (EVENT_IDX: avail_event = next_avail); a chain that
                     // raced in before that shows up here.
                     if n == 0 && self.vq.enable_notification(mem, events)? {
@@ -166,7 +166,6 @@ impl TxVirtio {
                     }
                     break;
                 };
-                let head = chain.head_index();
                 if self.batch.len() == n {
                     self.batch.push(Popped::default());
                 }
@@ -261,10 +260,7 @@ impl TxVirtio {
             };
             for i in 0..out.sent {
                 let p = &self.batch[i];
-                self.vq
-                    .queue
-                    .add_used(mem, p.head, 0)
-                    .map_err(self.vq.err())?;
+                add_used(&mut self.vq.queue, mem, p.head, 0).map_err(self.vq.err())?;
                 used = true;
                 if i == 0 {
                     // Only the first frame can have been deferred.
@@ -318,10 +314,7 @@ impl TxVirtio {
                         // frame's does, and the ring moves on.
                         self.held = false;
                         self.episode.give_up(events, len);
-                        self.vq
-                            .queue
-                            .add_used(mem, head, 0)
-                            .map_err(self.vq.err())?;
+                        add_used(&mut self.vq.queue, mem, head, 0).map_err(self.vq.err())?;
                         used = true;
                         // Counts toward the batch, so a policy that drops at once
                         // cannot keep the loop from RX.
@@ -359,10 +352,7 @@ impl TxVirtio {
         events: &DeviceEvents,
     ) -> Result<(), DeviceError> {
         if error.returnable() {
-            self.vq
-                .queue
-                .add_used(mem, head, 0)
-                .map_err(self.vq.err())?;
+            add_used(&mut self.vq.queue, mem, head, 0).map_err(self.vq.err())?;
         }
         events.chain_rejected(self.vq.index, Rejected { head, error });
         Ok(())
@@ -461,10 +451,9 @@ impl TxVirtio {
         }
         let cap = LOOK_AHEAD.min(usize::from(self.vq.queue.size()));
         while self.behind.len() < cap {
-            let Some(chain) = self.vq.queue.pop_descriptor_chain(mem) else {
+            let Some(head) = pop_avail(&mut self.vq.queue, mem) else {
                 break;
             };
-            let head = chain.head_index();
             let mut p = Popped {
                 head,
                 ..Popped::default()
@@ -526,10 +515,7 @@ impl TxVirtio {
             }
         };
         if out.sent == 1 {
-            self.vq
-                .queue
-                .add_used(mem, head, 0)
-                .map_err(self.vq.err())?;
+            add_used(&mut self.vq.queue, mem, head, 0).map_err(self.vq.err())?;
             events.frame_sent_ahead(len);
             return Ok(Ahead::Sent);
         }

@@ -12,6 +12,12 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 
 use super::{Event, Interest, TIMER_TOKEN};
 
+/// What [`Interest::ReadWriteEdge`] always watches; EPOLLOUT comes and goes with
+/// [`Poller::watch_writable`].
+const EDGE_READ: EpollFlags = EpollFlags::EPOLLIN
+    .union(EpollFlags::EPOLLRDHUP)
+    .union(EpollFlags::EPOLLET);
+
 /// Free send space of a socket: SO_SNDBUF minus the bytes queued (SIOCOUTQ), -1 if unknown.
 pub fn send_space(fd: BorrowedFd<'_>) -> i64 {
     let Ok(sndbuf) = getsockopt(&fd, sockopt::SndBuf) else {
@@ -63,21 +69,23 @@ impl Poller {
     pub fn add(&mut self, fd: BorrowedFd<'_>, token: u64, interest: Interest) -> io::Result<()> {
         let events = match interest {
             Interest::Read => EpollFlags::EPOLLIN,
-            Interest::ReadWriteEdge => {
-                EpollFlags::EPOLLIN
-                    | EpollFlags::EPOLLOUT
-                    | EpollFlags::EPOLLRDHUP
-                    | EpollFlags::EPOLLET
-            }
+            Interest::ReadWriteEdge => EDGE_READ | EpollFlags::EPOLLOUT,
         };
         self.epoll.add(fd, EpollEvent::new(events, token))?;
         Ok(())
     }
 
-    /// Turns write readiness reports for `fd` on or off. A no-op here: an edge-triggered
-    /// epoll reports a socket becoming writable once per transition, so an idle writer
-    /// costs no wake-ups, and Linux keeps the behaviour it always had. `low_water` is
-    /// ignored: Linux cannot set SO_SNDLOWAT, so the worker compares the free space itself.
+    /// Turns write readiness reports for `fd` on or off (`EPOLL_CTL_MOD`). Edge-triggered
+    /// epoll does not report a socket becoming writable once per transition: a unix
+    /// socket wakes its waiters with EPOLLOUT every time the peer takes data from it and
+    /// it is writable (`sock_wfree` calls `unix_write_space`). With EPOLLOUT always on,
+    /// every read the proxy made woke an idle worker for nothing (`vnet-sim --backend
+    /// unixstream`, 1514 B both ways: about one write event per 11 frames, with no frame
+    /// ever deferred). The worker turns it on only while a frame is deferred. Turning it
+    /// on re-polls the socket (`ep_modify`): one that became writable between the refused
+    /// send and this call is reported at once, so no write event is missed. `low_water`
+    /// is ignored: Linux cannot set SO_SNDLOWAT, so the worker compares the free space
+    /// itself.
     pub fn watch_writable(
         &mut self,
         fd: BorrowedFd<'_>,
@@ -85,7 +93,13 @@ impl Poller {
         on: bool,
         low_water: Option<usize>,
     ) -> io::Result<()> {
-        let _ = (fd, token, on, low_water);
+        let _ = low_water;
+        let events = if on {
+            EDGE_READ | EpollFlags::EPOLLOUT
+        } else {
+            EDGE_READ
+        };
+        self.epoll.modify(fd, &mut EpollEvent::new(events, token))?;
         Ok(())
     }
 

@@ -262,6 +262,11 @@ impl DriverQueue {
         )
     }
 
+    /// The driver's avail index: chains made available so far (wrapping).
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
     /// Chains made available and not yet returned.
     pub fn outstanding(&self) -> usize {
         self.chains.len()
