@@ -178,7 +178,11 @@ impl SimFramer {
         h[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
         let ip = &mut h[14..34];
         ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&((n.len - 14) as u16).to_be_bytes());
+        // The largest frames (up to MAX_FRAME) hold one byte more than an IPv4 packet can
+        // say it has: the packet is then 65535 bytes and the rest is Ethernet padding, so
+        // the frame still parses and keeps its flow.
+        let ip_len = (n.len - 14).min(usize::from(u16::MAX)) as u16;
+        ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
         ip[4..6].copy_from_slice(&self.order.to_be_bytes());
         ip[6] = 0x40; // don't fragment
         ip[8] = 64;
@@ -191,7 +195,7 @@ impl SimFramer {
         udp[0..2].copy_from_slice(&n.stream.to_be_bytes());
         let dport = if n.ack { SIM_ACK_PORT } else { SIM_DATA_PORT };
         udp[2..4].copy_from_slice(&dport.to_be_bytes());
-        udp[4..6].copy_from_slice(&((n.len - 34) as u16).to_be_bytes());
+        udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
         self.order = self.order.wrapping_add(1);
         h
     }
@@ -876,7 +880,8 @@ mod tests {
     fn sim_frames_are_valid_ipv4_udp_whose_flow_is_the_stream() {
         let mut framer = SimFramer::new(GUEST_MAC, [2, 0, 0, 0, 0, 2]);
         let mut out = Vec::new();
-        for (i, (stream, ack, len)) in [(3u16, false, 1514usize), (7, true, 66)]
+        let max = vnet_device::frame::MAX_FRAME;
+        for (i, (stream, ack, len)) in [(3u16, false, 1514usize), (7, true, 66), (9, false, max)]
             .into_iter()
             .enumerate()
         {
@@ -894,7 +899,9 @@ mod tests {
             };
             let h = ip.header().to_header();
             assert_eq!(h.header_checksum, h.calc_header_checksum());
-            assert_eq!(usize::from(h.total_len), len - 14);
+            // The largest frame carries one byte of padding past a full-size IPv4 packet.
+            let ip_len = (len - 14).min(65535);
+            assert_eq!(usize::from(h.total_len), ip_len);
             assert_eq!((h.identification, h.dont_fragment), (i as u16, true));
             assert_eq!((h.source, h.destination), (GUEST_IP, PROXY_IP));
             let Some(etherparse::TransportSlice::Udp(udp)) = p.transport else {
@@ -902,7 +909,9 @@ mod tests {
             };
             let dport = if ack { SIM_ACK_PORT } else { SIM_DATA_PORT };
             assert_eq!((udp.source_port(), udp.destination_port()), (stream, dport));
-            assert_eq!(usize::from(udp.length()), len - 34);
+            assert_eq!(usize::from(udp.length()), ip_len - 20);
+            let flow = vnet_device::flow::classify(&out, out.len());
+            assert!(flow.is_some(), "{len}-byte frame has a flow");
             let (region, order) = sim_region(&out).expect("ours");
             assert_eq!((region.len(), order), (len - SIM_HDR, i as u16));
         }

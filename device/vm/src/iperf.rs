@@ -19,6 +19,18 @@ pub enum ConsoleError {
     Iperf { test: String, message: String },
     #[error("test {test}: iperf3 JSON lacks field {field}")]
     MissingField { test: String, field: String },
+    #[error("console line {line}: VNET-STATS field {field:?} is not NAME=COUNT")]
+    BadStats { line: usize, field: String },
+}
+
+/// The guest's own counters at one moment (`VNET-STATS LABEL name=count ...`): its NIC's
+/// (`nic.rx_bytes`: what the device delivered) and its TCP stack's (`tcp.TCPDSACKOldSent`:
+/// segments that arrived a second time).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct GuestStats {
+    /// "start", or the test that had just ended.
+    pub label: String,
+    pub counters: std::collections::BTreeMap<String, u64>,
 }
 
 /// One direction of one test, as the receiving side measured it.
@@ -49,6 +61,7 @@ pub struct Console {
     /// Guest uptime (s) when init started and when eth0 was up.
     pub booted_at: Option<f64>,
     pub net_up_at: Option<f64>,
+    pub stats: Vec<GuestStats>,
     pub errors: Vec<ConsoleError>,
 }
 
@@ -86,6 +99,11 @@ pub fn parse_console(text: &str) -> Console {
             c.booted_at = rest.trim().parse().ok();
         } else if let Some(rest) = line.strip_prefix("VNET-NET ") {
             c.net_up_at = rest.split_whitespace().last().and_then(|s| s.parse().ok());
+        } else if let Some(rest) = line.strip_prefix("VNET-STATS ") {
+            match parse_stats(rest, lineno) {
+                Ok(stats) => c.stats.push(stats),
+                Err(e) => c.errors.push(e),
+            }
         } else if let Some((_, _, json)) = current.as_mut() {
             json.push_str(line);
             json.push('\n');
@@ -95,6 +113,25 @@ pub fn parse_console(text: &str) -> Console {
         c.errors.push(ConsoleError::Unterminated { test, line: at });
     }
     c
+}
+
+fn parse_stats(rest: &str, line: usize) -> Result<GuestStats, ConsoleError> {
+    let mut words = rest.split_whitespace();
+    let mut stats = GuestStats {
+        label: words.next().unwrap_or_default().to_string(),
+        ..GuestStats::default()
+    };
+    for w in words {
+        let bad = || ConsoleError::BadStats {
+            line,
+            field: w.to_string(),
+        };
+        let (name, value) = w.split_once('=').ok_or_else(bad)?;
+        stats
+            .counters
+            .insert(name.to_string(), value.parse().map_err(|_| bad())?);
+    }
+    Ok(stats)
 }
 
 fn field<'a>(test: &str, v: &'a Value, path: &[&str]) -> Result<&'a Value, ConsoleError> {
@@ -276,5 +313,33 @@ mod tests {
             "{:?}",
             c.errors
         );
+    }
+
+    #[test]
+    fn console_stats_lines_are_read_and_a_bad_field_is_named() {
+        let c = parse_console(
+            "VNET-STATS start nic.rx_bytes=0 tcp.InSegs=3\r\n\
+             VNET-STATS rev nic.rx_bytes=18446744073709551615 tcp.TCPDSACKOldSent=12\r\n\
+             VNET-STATS fwd nic.rx_bytes=-1\r\nVNET-STATS bidir tcp.InSegs\r\n",
+        );
+        assert_eq!(c.stats.len(), 2);
+        assert_eq!(c.stats[0].label, "start");
+        assert_eq!(c.stats[0].counters["tcp.InSegs"], 3);
+        assert_eq!(c.stats[1].counters["nic.rx_bytes"], u64::MAX);
+        assert_eq!(c.stats[1].counters["tcp.TCPDSACKOldSent"], 12);
+        assert_eq!(
+            c.errors,
+            vec![
+                ConsoleError::BadStats {
+                    line: 3,
+                    field: "nic.rx_bytes=-1".into()
+                },
+                ConsoleError::BadStats {
+                    line: 4,
+                    field: "tcp.InSegs".into()
+                }
+            ]
+        );
+        assert!(c.errors[0].to_string().contains("console line 3"));
     }
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::capture::{self, Capture, CaptureResult, SyscallTracer};
 use super::image::GuestImage;
-use super::iperf::{parse_console, Console, TestResult};
+use super::iperf::{parse_console, Console, GuestStats, TestResult};
 use super::process::Guarded;
 
 /// Guest addresses handed to passt; passt maps the gateway to the host's loopback.
@@ -171,6 +171,8 @@ pub struct RunResult {
     pub iperf3_port: u16,
     /// `--tracer syscalls`: passt's capture, then its peer's.
     pub captures: Vec<CaptureResult>,
+    /// The guest's NIC and TCP counters after boot and after each test.
+    pub guest_stats: Vec<GuestStats>,
 }
 
 /// A mode-1777 directory for the sockets (passt drops to `nobody` before binding).
@@ -705,6 +707,7 @@ fn result(
         iperf3_port: 0,
         shutdown_hung: None,
         captures: Vec::new(),
+        guest_stats: parsed.stats,
     })
 }
 

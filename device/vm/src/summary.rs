@@ -42,6 +42,32 @@ fn insert_run(m: &mut Map<String, Value>, prefix: &str, r: &RunResult) {
     if !r.captures.is_empty() {
         put("captures", json!(r.captures));
     }
+    // In the order the guest printed them: after boot, then after each test.
+    put("guest_stats", json!(r.guest_stats));
+}
+
+/// One line of what the guest itself counted by the end of the run: what its NIC took
+/// from the device, and what its TCP stack made of it.
+fn guest_line(r: &RunResult) -> Option<String> {
+    let last = r.guest_stats.last()?;
+    let c = |name: &str| {
+        last.counters
+            .get(name)
+            .map_or("-".to_string(), u64::to_string)
+    };
+    Some(format!(
+        "guest NIC rx {} frames {} bytes (dropped {}), tx {} frames {} bytes; TCP: \
+         segments received twice {}, receive-queue drops {}, checksum errors {}, retransmitted {}",
+        c("nic.rx_packets"),
+        c("nic.rx_bytes"),
+        c("nic.rx_dropped"),
+        c("nic.tx_packets"),
+        c("nic.tx_bytes"),
+        c("tcp.TCPDSACKOldSent"),
+        c("tcp.TCPRcvQDrop"),
+        c("tcp.InCsumErrors"),
+        c("tcp.RetransSegs"),
+    ))
 }
 
 /// Daemon counters worth a line of their own in the text summary.
@@ -166,6 +192,11 @@ impl Summary<'_> {
                 .collect();
             s.push_str(&format!("daemon: {}\n", parts.join(" ")));
         }
+        for (name, r) in self.runs() {
+            if let Some(line) = r.and_then(guest_line) {
+                s.push_str(&format!("{name}: {line}\n"));
+            }
+        }
         if let Some(t) = self.daemon.and_then(|d| d.trace.as_ref()) {
             s.push_str(&format!("trace: {}\n", t.display()));
         }
@@ -206,6 +237,13 @@ mod tests {
             iperf3_port: 5201,
             shutdown_hung: None,
             captures: vec![],
+            guest_stats: vec![crate::iperf::GuestStats {
+                label: "rev".into(),
+                counters: [("nic.rx_bytes", 1234), ("tcp.TCPDSACKOldSent", 7)]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            }],
         }
     }
 
@@ -252,6 +290,8 @@ mod tests {
             "trace",
             "out_dir",
             "iperf3_port",
+            "guest_stats",
+            "baseline_guest_stats",
             "baseline_fwd_gbit_per_s",
             "baseline_rev_gbit_per_s",
             "baseline_retransmits",
@@ -266,12 +306,19 @@ mod tests {
         assert_eq!(keys, want);
         assert_eq!(v["baseline_retransmits"], 3);
         assert_eq!(v["baseline_out_dir"], "/tmp/x");
+        assert_eq!(v["guest_stats"][0]["label"], "rev");
+        assert_eq!(v["guest_stats"][0]["counters"]["nic.rx_bytes"], 1234);
         let text = s.to_text();
         assert!(
             text.contains("tx_frames=10") && text.contains("rx_bytes=99"),
             "{text}"
         );
         assert!(text.contains("2.000") && text.contains("0.500"), "{text}");
+        assert!(
+            text.contains("vnet-vhost (vhost-user): guest NIC rx - frames 1234 bytes")
+                && text.contains("segments received twice 7"),
+            "{text}"
+        );
         assert_eq!(v["guest_shutdown"], "clean");
         assert!(!text.contains("did not power off"), "{text}");
     }
