@@ -57,7 +57,7 @@ fn guest_line(r: &RunResult) -> Option<String> {
     };
     Some(format!(
         "guest NIC rx {} frames {} bytes (dropped {}), tx {} frames {} bytes; TCP: \
-         segments received twice {}, receive-queue drops {}, checksum errors {}, retransmitted {}",
+         segments received twice {}, receive-queue drops {}, checksum errors {}, segments it retransmitted {}",
         c("nic.rx_packets"),
         c("nic.rx_bytes"),
         c("nic.rx_dropped"),
