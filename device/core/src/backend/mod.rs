@@ -377,17 +377,21 @@ pub fn copy_held<B: Backend + ?Sized>(
 ) -> Result<(), BackendError> {
     for (i, status) in got.iter_mut().enumerate() {
         if let ReadStatus::Held(len) = *status {
-            let frame = backend
-                .held_frame(i)
-                .ok_or_else(|| BackendError::Protocol {
-                    fd: backend.raw_fd(),
-                    detail: format!("frame {i} of a batch reported held, and none is"),
-                })?;
-            bufs[i][..len].copy_from_slice(frame);
+            bufs[i][..len].copy_from_slice(lent_frame(backend, i)?);
             *status = ReadStatus::Frame(len);
         }
     }
     Ok(())
+}
+
+/// The frame `read_frames` reported as [`ReadStatus::Held`] at index `i` of its
+/// statuses. A backend that reports a held frame and lends none broke its contract: a
+/// protocol error, never a silent loss.
+pub fn lent_frame<B: Backend + ?Sized>(backend: &B, i: usize) -> Result<&[u8], BackendError> {
+    backend.held_frame(i).ok_or_else(|| BackendError::Protocol {
+        fd: backend.raw_fd(),
+        detail: format!("frame {i} of a batch reported held, and none is"),
+    })
 }
 
 /// Connects to the proxy named by `spec`.

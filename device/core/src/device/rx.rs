@@ -11,7 +11,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::virtq::Virtq;
 use super::{DeviceError, RxPass, BATCH};
-use crate::backend::{Backend, BackendError, DirectRead, ReadStatus, MAX_BATCH_FRAMES};
+use crate::backend::{lent_frame, Backend, DirectRead, ReadStatus, MAX_BATCH_FRAMES};
 use crate::events::DeviceEvents;
 use crate::frame::{IovBuf, MAX_FRAME};
 use crate::net::{Rejected, RxBuffers, RxOutcome};
@@ -140,28 +140,10 @@ impl RxVirtio {
                     done += 1;
                     continue;
                 }
-                ReadStatus::Frame(len) => (
-                    len,
-                    self.buffers
-                        .deliver(
-                            &mut self.vq.queue,
-                            mem,
-                            &self.bufs[self.next][..len],
-                            self.mergeable,
-                            &mut self.rejected,
-                        )
-                        .map_err(self.vq.err()),
-                ),
-                ReadStatus::Held(len) => {
-                    let Some(frame) = backend.held_frame(self.next) else {
-                        return Err(BackendError::Protocol {
-                            fd: backend.raw_fd(),
-                            detail: format!(
-                                "frame {} of a batch reported held, and none is",
-                                self.next
-                            ),
-                        }
-                        .into());
+                status @ (ReadStatus::Frame(len) | ReadStatus::Held(len)) => {
+                    let frame = match status {
+                        ReadStatus::Held(_) => lent_frame(&*backend, self.next)?,
+                        _ => &self.bufs[self.next][..len],
                     };
                     (
                         len,
