@@ -134,6 +134,14 @@ quiet_bt() { grep -v -e RLIMIT_MEMLOCK -e uprobe_events -e 'failed to detach' >&
 quiet_sys() { grep -v -e RLIMIT_MEMLOCK -e uprobe_events -e 'failed to detach' -e 'WARNING: ' -e '^ *~*$' \
   -e 'fdt->max_fds' -e 'uptr(' >&2 || true; }
 
+# capture_pid NAME PID READY: captures process PID with capture.sh --syscalls until it
+# exits, into $work/NAME.csv (stderr $work/NAME.err); READY appears once the probes are
+# attached (the process waits for it before its first system call under test).
+capture_pid() {
+  bash probes/capture.sh --syscalls -o "$work/$1.csv" -p "$2" --ready "$3" 2> "$work/$1.err" || true
+  wait "$2" || true
+}
+
 # Counts rows per probe in a trace CSV after checking its clock line and header.
 counts() {
   python3 - "$1" <<'EOF'
@@ -542,8 +550,7 @@ for _ in range(500):
     b.recv(1000)
 EOF
 sendpid=$!
-bash probes/capture.sh --syscalls -o "$work/ready.csv" -p "$sendpid" --ready "$work/ready" 2> "$work/ready.err" || true
-wait "$sendpid" || true
+capture_pid ready "$sendpid" "$work/ready"
 tx=$(grep -c ',tx_frame,' "$work/ready.csv" || true)
 rx=$(grep -c ',rx_frame,' "$work/ready.csv" || true)
 if [ -e "$work/ready" ] && [ "$tx" = 500 ] && [ "$rx" = 500 ]; then
@@ -595,8 +602,7 @@ json.dump({"fds": sorted(fds), "begins": begins, "resolved": resolved}, open(sys
 EOF
 python3 "$work/fds.py" "$work/fds.ready" "$work/fds.json" < <(yes | head -c 1000) &
 fdspid=$!
-bash probes/capture.sh --syscalls -o "$work/fds.csv" -p "$fdspid" --ready "$work/fds.ready" 2> "$work/fds.err" || true
-wait "$fdspid" || true
+capture_pid fds "$fdspid" "$work/fds.ready"
 if counts "$work/fds.csv" > /dev/null && python3 - "$work/fds.csv" "$work/fds.json" <<'EOF'
 import csv, json, sys
 from collections import Counter
@@ -651,8 +657,7 @@ json.dump({"fd": a.fileno(), "lens": want}, open(sys.argv[2], "w"))
 EOF
 python3 "$work/iov.py" "$work/iov.ready" "$work/iov.json" &
 iovpid=$!
-bash probes/capture.sh --syscalls -o "$work/iov.csv" -p "$iovpid" --ready "$work/iov.ready" 2> "$work/iov.err" || true
-wait "$iovpid" || true
+capture_pid iov "$iovpid" "$work/iov.ready"
 if counts "$work/iov.csv" > /dev/null && python3 - "$work/iov.csv" "$work/iov.json" <<'EOF'
 import csv, json, sys
 rows = list(csv.DictReader(l for l in open(sys.argv[1]) if not l.startswith("#")))
