@@ -22,8 +22,8 @@
 #                socket of PID bound at PATH, else one connected to the socket bound there);
 #                with --no-frames the receives are not traced and sends write no tx_frame
 #                (episodes and wake-ups only: the '/* frames { */' blocks cut out, -D FRAMES=0);
-#                on Linux syscalls-rows.awk turns syscalls.bt's map lines into the CSV and
-#                counts rows its maps could not hold (reported as lost records); it sets
+#                on Linux syscalls-rows.awk turns syscalls.bt's row lines into the CSV and
+#                counts rows its map could not hold (reported as lost records); it sets
 #                BPFTRACE_MAP_KEYS_MAX=65536 (about 100 MiB of kernel memory, probes/README.md)
 #   --ready FILE create FILE (it must not exist) once every probe is attached (the tracer
 #                printed its header), so a script can start the load then; -p only: -c
@@ -244,20 +244,20 @@ case $(uname -s) in
         # bpftrace 0.17 attaches every clause it is given: cut the frame blocks out
         sed -i '/\/\* frames {/,/\/\* } frames \*\//d' "$tmpscript"
       fi
-      # syscalls.bt keeps its rows in a map between two prints (100 ms apart): 65536 rows
-      # instead of bpftrace's default 4096 (the simulated VM makes ~6000 in 100 ms). Every
-      # map of the script gets that size, preallocated: ~100 MiB of kernel memory while it
-      # runs (probes/README.md). Rows no longer go through the perf ring, so its default
-      # size does.
+      # syscalls.bt keeps its rows in a map between two drains (4 ms apart on each CPU):
+      # 65536 rows instead of bpftrace's default 4096, so that a CPU whose timer is held
+      # off for a moment loses nothing. Every map of the script gets that size,
+      # preallocated: ~100 MiB of kernel memory while it runs (probes/README.md). The
+      # drained rows go through the perf ring: 4 MiB per CPU instead of 256 KiB, so that a
+      # bpftrace held off the CPU for a while loses nothing ("Lost N events").
       export BPFTRACE_MAP_KEYS_MAX=${BPFTRACE_MAP_KEYS_MAX:-65536}
+      export BPFTRACE_PERF_RB_PAGES=${BPFTRACE_PERF_RB_PAGES:-1024}
       status=0
       if [ "${target[0]}" = -p ]; then
-        # mawk (Debian's awk) reads a pipe in blocks, so the header would wait for more
-        # input; -W interactive reads it line by line (gawk reads what is there anyway)
-        rows_awk=(awk)
-        if awk -W version 2> /dev/null | head -1 | grep -q mawk; then rows_awk=(awk -W interactive); fi
+        # (syscalls.bt pads its header so that mawk, which reads a pipe 4 KiB at a time,
+        # passes it on at once: the --ready watcher looks for it in $out)
         start_watch
-        { "${runner[@]}" | "${rows_awk[@]}" -f "$here/syscalls-rows.awk" > "$out"; } 2> >(tee "$err" >&2) || status=$?
+        { "${runner[@]}" | awk -f "$here/syscalls-rows.awk" > "$out"; } 2> >(tee "$err" >&2) || status=$?
         stop_watch
       else
         "${runner[@]}" 2> >(tee "$err" >&2) || status=$?

@@ -1,15 +1,20 @@
 # syscalls-rows.awk - syscalls.bt's output -> the trace CSV of dtrace/README.md.
 #
-# syscalls.bt keeps its rows in BPF maps and prints them every 100 ms as map lines,
-#   @rows_a[TID, N]: (TS_NS, PROBE, FD, A, B, C)
-# (why: the header of its interval probe). This turns each into the CSV row, sorts each
-# batch by ts_ns (then tid and N: one thread's rows in the order they happened), passes the
-# clock line, the header and any other text through, and drops bpftrace's empty lines. At
-# the end syscalls.bt prints how many rows each thread produced (@rows_n); a row that did
-# not fit in the map was counted there but never printed, and the difference is reported
-# in one line on stderr. capture.sh --syscalls runs it; by hand:
+# syscalls.bt keeps its rows in a BPF map and prints each CPU's new ones every 4 ms, three
+# to a line (a slot whose TS_NS is 0 is empty),
+#   R CPU  TS_NS TID PROBE FD A B C  TS_NS TID PROBE FD A B C  TS_NS TID PROBE FD A B C
+# and, at its end, those still in the map as map lines,
+#   @rows[CPU, N]: (TS_NS, TID, PROBE, FD, A, B, C)
+# (why: the header of its profile probe). This turns each into the CSV row, passes the
+# clock line, the header and any other text through, and drops bpftrace's empty lines.
+# Rows come in per-CPU batches, not in time order: sort the file by ts_ns (stable, so
+# the rows of one system call keep their order; capture.sh does). At the end
+# syscalls.bt prints how many rows each CPU made (@cpu_rows); a row that did not fit in
+# the map was counted there but never printed, and the difference is reported in one
+# line on stderr. capture.sh --syscalls runs it; by hand:
 #
-#   bpftrace -q probes/syscalls.bt PID -p PID | awk -f probes/syscalls-rows.awk > trace.csv
+#   bpftrace -q probes/syscalls.bt PID -p PID | awk -f probes/syscalls-rows.awk \
+#     | sort -t, -k1,1n -s > trace.csv      # (keeps the two comment/header lines first)
 #
 # Any POSIX awk (mawk, gawk, BSD awk).
 BEGIN {
@@ -23,41 +28,53 @@ BEGIN {
   layout[6] = "kevent_read data"
   layout[7] = "kevent_write data"
   ncol = split("ts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errno", col, ",")
-  # src[p, i]: which field of the split map line fills column i of probe p's rows
-  # (2 tid, 4 ts_ns, 6 fd, 7-9 A-C); 0: empty
+  # fmt[p]: probe p's row as a printf format taking ts_ns, tid, fd, A, B, C in that order
+  # (a row is printed with one printf: this awk reads tens of thousands of rows a second
+  # on the CPUs the traced process runs on). A, B, C must fill columns left to right.
   for (p in layout) {
     k = split(layout[p], w, " ")
-    name[p] = w[1]
+    fmt[p] = ""
+    next_value = 2
     for (i = 1; i <= ncol; i++) {
-      src[p, i] = col[i] == "ts_ns" ? 4 : col[i] == "tid" ? 2 : col[i] == "fd" ? 6 : 0
-      for (j = 2; j <= k; j++) if (w[j] == col[i]) src[p, i] = 5 + j
+      c = col[i] == "ts_ns" || col[i] == "tid" || col[i] == "fd" ? "%s" : col[i] == "probe" ? w[1] : ""
+      for (j = 2; j <= k; j++) {
+        if (w[j] != col[i]) continue
+        if (j != next_value) { printf "syscalls-rows.awk: layout of %s: values out of column order\n", w[1] > "/dev/stderr"; exit 2 }
+        next_value++
+        c = "%s"
+      }
+      fmt[p] = fmt[p] (i > 1 ? "," : "") c
     }
+    fmt[p] = fmt[p] "\n"
   }
-  sorter = "sort -t, -k1,1n -k2,2n -k11,11n | cut -d, -f1-10"
-  open_sort = 0; rows = 0; counted = 0; total = 0
+  rows = 0; counted = 0; total = 0
 }
 
-/^@rows_[ab]\[/ {
-  # @rows_a[TID, N]: (TS, P, FD, A, B, C) -> f[2] TID, f[3] N, f[4] TS, f[5] P, f[6] FD, f[7-9]
-  n = split($0, f, /[^0-9-]+/)
-  p = f[5] + 0
-  if (n < 9 || !(p in name)) {
-    printf "syscalls-rows.awk: line %d: not a row of syscalls.bt: %s\n", NR, $0 > "/dev/stderr"
-    bad++
-    next
+# drained rows, three a line: R CPU then (TS TID P FD A B C) x 3; a slot with TS 0 is empty
+/^R / {
+  if (NF != 23) { not_a_row(); next }
+  for (i = 3; i <= 17; i += 7) {
+    if ($i == 0) continue
+    if (!($(i + 2) in fmt)) { not_a_row(); next }
+    printf fmt[$(i + 2)], $i, $(i + 1), $(i + 3), $(i + 4), $(i + 5), $(i + 6)
+    seen[$2]++
+    rows++
   }
-  r = ""
-  for (i = 1; i <= ncol; i++)
-    r = r (i > 1 ? "," : "") (col[i] == "probe" ? name[p] : src[p, i] ? f[src[p, i]] : "")
-  if (!open_sort) { fflush(); open_sort = 1 }
-  # N rides along as an 11th field for the sort and is cut off after it
-  print r "," f[3] | sorter
+  next
+}
+
+# a row still in the map at the end: @rows[CPU, N]: (TS, TID, P, FD, A, B, C)
+/^@rows\[/ {
+  n = split($0, f, /[^0-9-]+/)
+  # f[1] is empty (the line starts with "@rows["): f[2] CPU, f[3] N, f[4..10] the row
+  if (n < 11 || !(f[6] in fmt)) { not_a_row(); next }
+  printf fmt[f[6]], f[4], f[5], f[7], f[8], f[9], f[10]
   seen[f[2]]++
   rows++
   next
 }
 
-/^@rows_n\[/ {
+/^@cpu_rows\[/ {
   split($0, f, /[^0-9-]+/)
   made[f[2]] = f[3] + 0
   total += f[3]
@@ -65,24 +82,27 @@ BEGIN {
   next
 }
 
-/^$/ { flush_rows(); next }
+/^$/ { next }
 
-{ flush_rows(); print; fflush() }
+# syscalls.bt's padding after the header (why: its BEGIN probe)
+/^# *$/ { next }
 
-function flush_rows() {
-  if (open_sort) { close(sorter); open_sort = 0 }
+{ print; fflush() }
+
+function not_a_row() {
+  printf "syscalls-rows.awk: line %d: not a row of syscalls.bt: %s\n", NR, $0 > "/dev/stderr"
+  bad++
 }
 
 END {
-  flush_rows()
   if (!counted) {
     if (rows > 0)
       print "syscalls-rows.awk: no row count at the end (bpftrace did not reach its END probe): cannot tell whether rows were lost" > "/dev/stderr"
   } else {
     lost = 0
-    for (t in made) lost += made[t] - seen[t]
+    for (c in made) lost += made[c] - seen[c]
     if (lost > 0)
-      printf "syscalls-rows.awk: lost %d rows of %d: more arrived between two prints than the row map holds (BPFTRACE_MAP_KEYS_MAX); this trace is incomplete\n", lost, total > "/dev/stderr"
+      printf "syscalls-rows.awk: lost %d rows of %d: more arrived between two drains than the row map holds (BPFTRACE_MAP_KEYS_MAX); this trace is incomplete\n", lost, total > "/dev/stderr"
   }
   if (bad) exit 1
 }

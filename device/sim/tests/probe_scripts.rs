@@ -365,15 +365,16 @@ fn awk_layouts() -> BTreeMap<String, (String, Vec<String>)> {
     out
 }
 
-/// The rows syscalls.bt keeps in its maps (`@rows_a[...] = (ts, P, fd, A, B, C)`, the same
-/// tuple in `@rows_b` on the same line, the thread's row count raised first), named and laid
-/// out by syscalls-rows.awk: P must be in the awk's table, and fd plus the columns of A, B, C
+/// The rows syscalls.bt keeps in its map (`@rows[cpu, $row] = (ts, tid, P, fd, A, B, C)`,
+/// the CPU's next row number taken on the line before and stored on the line after, so
+/// the number counts the row only once it is written), named and laid out by
+/// syscalls-rows.awk: P must be in the awk's table, and fd plus the columns of A, B, C
 /// must be exactly the schema's argument columns of that row. Returns the rows written.
 fn map_rows(file: &str, text: &str) -> Vec<String> {
     let layouts = awk_layouts();
     let mut seen = Vec::new();
-    let tuple = |line: &str, map: &str| -> Option<Vec<String>> {
-        let at = line.find(&format!("{map}[tid, @rows_n[tid]] = ("))?;
+    let tuple = |line: &str| -> Option<Vec<String>> {
+        let at = line.find("@rows[cpu, $row] = (")?;
         let rest = &line[at..];
         let rest = &rest[rest.find("= (").unwrap() + 3..];
         let (mut depth, mut cur, mut parts) = (0, String::new(), Vec::new());
@@ -396,23 +397,24 @@ fn map_rows(file: &str, text: &str) -> Vec<String> {
     };
     let lines: Vec<&str> = text.lines().collect();
     for (i, line) in lines.iter().enumerate() {
-        let (a, b) = (tuple(line, "@rows_a"), tuple(line, "@rows_b"));
-        if a.is_none() && b.is_none() {
+        let Some(mut t) = tuple(line) else {
             assert!(
-                !line.contains("@rows_a[") && !line.contains("@rows_b[") || !line.contains('='),
+                !line.contains("@rows[") || !line.contains(" = ") || line.contains("$r"),
                 "{file}: {line}: a row written some other way"
             );
             continue;
-        }
-        assert_eq!(
-            a, b,
-            "{file}: {line}: @rows_a and @rows_b get different rows"
+        };
+        assert!(
+            i > 0 && lines[i - 1].trim() == "$row = @cpu_rows[cpu] + 1;",
+            "{file}: {line}: the row number is not the CPU's next one"
         );
         assert!(
-            i > 0 && lines[i - 1].trim() == "@rows_n[tid]++;",
-            "{file}: {line}: the thread's row count is not raised first"
+            lines.get(i + 1).map(|l| l.trim()) == Some("@cpu_rows[cpu] = $row;"),
+            "{file}: {line}: the CPU's row count is not stored after the row"
         );
-        let t = a.unwrap();
+        assert_eq!(t.len(), 7, "{file}: {line}: (ts, tid, probe, fd, A, B, C)");
+        assert_eq!(t[1], "(int64)tid", "{file}: {line}: tid");
+        t.remove(1);
         assert_eq!(t.len(), 6, "{file}: {line}: (ts, probe, fd, A, B, C)");
         assert_eq!(t[2], "$fd", "{file}: {line}: fd");
         let (name, cols) = layouts.get(&t[1]).unwrap_or_else(|| {
@@ -535,24 +537,66 @@ fn syscall_row_check_catches_a_misplaced_column() {
 
 #[test]
 fn map_row_check_catches_wrong_numbers_values_and_maps() {
-    let good = "\t\t@rows_n[tid]++;\n\t\tif ($b) { @rows_b[tid, @rows_n[tid]] = ($now, 4, $fd, $ret, 0, 0); } \
-                else { @rows_a[tid, @rows_n[tid]] = ($now, 4, $fd, $ret, 0, 0); }\n";
+    let good = "\t\t$row = @cpu_rows[cpu] + 1;\n\t\t@rows[cpu, $row] = ($now, (int64)tid, 4, $fd, $ret, 0, 0);\n\t\t@cpu_rows[cpu] = $row;\n";
     assert_eq!(map_rows("t", good), vec!["tx_frame".to_string()]);
     for bad in [
         // a probe number the awk does not know
-        good.replace("= ($now, 4,", "= ($now, 9,"),
-        // the two maps get different rows
-        good.replacen("$ret, 0, 0", "$ret, 1, 0", 1),
+        good.replace("(int64)tid, 4,", "(int64)tid, 9,"),
         // a value with no column for tx_frame
         good.replace("$ret, 0, 0", "$ret, $x, 0"),
-        // the row count not raised: the awk could not tell lost rows
-        good.replace("@rows_n[tid]++;", ""),
+        // no tid
+        good.replace("(int64)tid, ", ""),
+        // the count not stored: the awk could not tell lost rows, the drain would not see it
+        good.replace("\t\t@cpu_rows[cpu] = $row;\n", ""),
+        // the number not the CPU's next one
+        good.replace("$row = @cpu_rows[cpu] + 1;", "$row = @cpu_rows[cpu];"),
     ] {
         assert!(
             std::panic::catch_unwind(|| map_rows("t", &bad)).is_err(),
             "{bad}"
         );
     }
+}
+
+/// syscalls-rows.awk on the two forms syscalls.bt prints rows in: the drain's lines of
+/// three (empty slots have ts 0) and the map lines of what END still found, with each
+/// CPU's count, of which one row is missing.
+#[test]
+fn syscalls_rows_awk_reads_both_forms_and_counts_a_lost_row() {
+    let input = "# clock mono_ns=1 wall_ns=2\n\
+                 ts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errno\n\
+                 R 1  100 7 4 9 1514 0 0  101 7 3 9 1514 2 55  0 0 0 0 0 0 0\n\
+                 \n\
+                 @rows[1, 4]: (150, 8, 5, 9, 66, 0, 0)\n\
+                 @cpu_rows[1]: 5\n";
+    let dir = std::env::temp_dir().join(format!("vnet-rows-awk-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let raw = dir.join("raw.txt");
+    fs::write(&raw, input).unwrap();
+    let out = std::process::Command::new("awk")
+        .arg("-f")
+        .arg(root().join("probes/syscalls-rows.awk"))
+        .arg(&raw)
+        .output()
+        .expect("awk runs");
+    let _ = fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "awk failed: {stderr}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "# clock mono_ns=1 wall_ns=2",
+            HEADER,
+            "100,7,tx_frame,9,,1514,,,,",
+            "101,7,enobufs_resolved,9,,1514,,2,55,",
+            "150,8,rx_frame,9,,66,,,,",
+        ]
+    );
+    assert!(
+        stderr.contains("lost 2 rows of 5"),
+        "the two rows counted but never printed are reported: {stderr}"
+    );
 }
 
 /// The per-frame probes: the ones a capture for long runs leaves out.
