@@ -13,11 +13,20 @@
 #   syscalls-fd-no-frames  that, with --no-frames
 #   syscalls-fd-nice       syscalls-fd with bpftrace (the reader of the row maps) at nice
 #                          $NICE (default 10), so it takes less CPU from the traced process
+#   syscalls-floor         every tracepoint syscalls.bt attaches, each with a program that
+#                          only counts the process's calls: what being attached costs
+#                          before the script does any work of its own
 # Each syscalls run's map lines go through syscalls-rows.awk, and rows it could not keep
 # are reported with the run's line on stderr ("lost N rows").
 #
 #   sudo probes/bench.sh [SECS per run, default 5] [REPEATS, default 3]
 #   sudo MODES="untraced syscalls.bt" probes/bench.sh 5 7     # only some modes
+#   sudo PIN=1 MODES="untraced syscalls-floor syscalls-fd" probes/bench.sh 5 7
+#
+# PIN=1 runs the simulator on CPU 1 and bpftrace on CPU 0 (taskset): the process then pays
+# only for what the kernel does in its system calls (the probes' programs), not for the
+# reader, which competes with it for the cores otherwise; and its throughput, no longer
+# depending on where the scheduler puts its threads, varies far less between rounds.
 #
 # Prints a markdown table per mode: throughput, and CPU seconds (the simulator plus the
 # tracer) per GB moved, each also as the median over rounds of its ratio to the untraced run
@@ -36,6 +45,11 @@ export BPFTRACE_PERF_RB_PAGES=${BPFTRACE_PERF_RB_PAGES:-1024}
 # syscalls.bt's row maps, as capture.sh --syscalls sizes them
 export BPFTRACE_MAP_KEYS_MAX=${BPFTRACE_MAP_KEYS_MAX:-65536}
 nice=${NICE:-10}
+proc=$sim tracer=(bpftrace)
+if [ "${PIN:-0}" = 1 ]; then
+  [ "$(nproc)" -ge 2 ] || { echo "bench.sh: PIN=1 needs two CPUs"; exit 1; }
+  proc="$(command -v taskset) -c 1 $sim" tracer=(taskset -c 0 bpftrace)
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # the workload: bidirectional, 8 streams, ENOBUFS injected on every 50th send so the
@@ -59,21 +73,22 @@ print(d["gbit_per_s"], c / ((d["tx_bytes"] + d["rx_bytes"]) / 1e9))' "$1" "$work
 one() { # mode -> prints "Gbit/s cpu_s_per_GB" of one run
   local mode=$1 out=$work/run.json
   case $mode in
-    untraced) cpu "$sim" $load > "$out" ;;
-    enobufs.bt) cpu bpftrace -q -o "$work/t.csv" probes/enobufs.bt "$sim" -c "$sim $load" > "$out" 2>/dev/null ;;
-    enobufs.bt-FRAMES=0) cpu bpftrace -q -o "$work/t.csv" probes/enobufs.bt "$sim" 0 -c "$sim $load" > "$out" 2>/dev/null ;;
-    no-frames) cpu bpftrace -q -o "$work/t.csv" "$work/noframes.bt" "$sim" -c "$sim $load" > "$out" 2>/dev/null ;;
-    syscalls.bt) cpu bpftrace -q -o "$work/t.csv" "$work/syscalls.bt" 0 -c "$sim $load" > "$out" 2>/dev/null ;;
-    syscalls-no-frames) cpu bpftrace -q -o "$work/t.csv" "$work/syscalls-nf.bt" 0 -c "$sim $load" > "$out" 2>/dev/null ;;
-    syscalls-fd) cpu bpftrace -q -o "$work/t.csv" "$work/syscalls.bt" 0 "$devfd" -c "$sim $load" > "$out" 2>/dev/null ;;
-    syscalls-fd-no-frames) cpu bpftrace -q -o "$work/t.csv" "$work/syscalls-nf.bt" 0 "$devfd" -c "$sim $load" > "$out" 2>/dev/null ;;
-    syscalls-fd-nice) cpu nice -n "$nice" bpftrace -q -o "$work/t.csv" "$work/syscalls.bt" 0 "$devfd" -c "$sim $load" > "$out" 2>/dev/null ;;
-    recorder) cpu "$sim" $load --trace "$work/r.csv" > "$out" ;;
-    debug-log) cpu "$sim" $load --log-level debug > "$out" 2> "$work/debug.log" ;;
+    untraced) cpu $proc $load > "$out" ;;
+    enobufs.bt) cpu "${tracer[@]}" -q -o "$work/t.csv" probes/enobufs.bt "$sim" -c "$proc $load" > "$out" 2>/dev/null ;;
+    enobufs.bt-FRAMES=0) cpu "${tracer[@]}" -q -o "$work/t.csv" probes/enobufs.bt "$sim" 0 -c "$proc $load" > "$out" 2>/dev/null ;;
+    no-frames) cpu "${tracer[@]}" -q -o "$work/t.csv" "$work/noframes.bt" "$sim" -c "$proc $load" > "$out" 2>/dev/null ;;
+    syscalls.bt) cpu "${tracer[@]}" -q -o "$work/t.csv" "$work/syscalls.bt" 0 -c "$proc $load" > "$out" 2>/dev/null ;;
+    syscalls-no-frames) cpu "${tracer[@]}" -q -o "$work/t.csv" "$work/syscalls-nf.bt" 0 -c "$proc $load" > "$out" 2>/dev/null ;;
+    syscalls-fd) cpu "${tracer[@]}" -q -o "$work/t.csv" "$work/syscalls.bt" 0 "$devfd" -c "$proc $load" > "$out" 2>/dev/null ;;
+    syscalls-fd-no-frames) cpu "${tracer[@]}" -q -o "$work/t.csv" "$work/syscalls-nf.bt" 0 "$devfd" -c "$proc $load" > "$out" 2>/dev/null ;;
+    syscalls-floor) cpu "${tracer[@]}" -q -o "$work/t.csv" "$work/floor.bt" -c "$proc $load" > "$out" 2>/dev/null ;;
+    syscalls-fd-nice) cpu nice -n "$nice" "${tracer[@]}" -q -o "$work/t.csv" "$work/syscalls.bt" 0 "$devfd" -c "$proc $load" > "$out" 2>/dev/null ;;
+    recorder) cpu $proc $load --trace "$work/r.csv" > "$out" ;;
+    debug-log) cpu $proc $load --log-level debug > "$out" 2> "$work/debug.log" ;;
   esac
   # third field: rows syscalls.bt's maps could not hold (the reader too slow), "-" otherwise
   local lost=-
-  if [[ $mode == syscalls* ]]; then
+  if [[ $mode == syscalls* && $mode != syscalls-floor ]]; then
     lost=$(awk -f probes/syscalls-rows.awk "$work/t.csv" 2>&1 > /dev/null | grep -o 'lost [0-9]* rows of [0-9]*' || echo "lost 0 rows")
     lost=${lost// /_}
   fi
@@ -87,6 +102,10 @@ awk -f probes/noframes.awk probes/enobufs.bt > "$work/noframes.bt"
 sed 's/pid == \$1/pid == cpid/' probes/syscalls.bt > "$work/syscalls.bt"
 # ... and with --no-frames: the frame blocks cut out (no receive probes, no tx_frame rows)
 sed '/\/\* frames {/,/\/\* } frames \*\//d' "$work/syscalls.bt" > "$work/syscalls-nf.bt"
+# ... and the floor: its tracepoints, each counting the child's calls and nothing else
+{ grep -o '^tracepoint:syscalls:[a-z0-9_]*' probes/syscalls.bt | sort -u | paste -sd, -
+  echo '/pid == cpid/ { @calls = count(); }'
+  echo 'END { clear(@calls); }'; } > "$work/floor.bt"
 read -r -a modes <<< "${MODES:-untraced enobufs.bt enobufs.bt-FRAMES=0 no-frames syscalls.bt syscalls-no-frames syscalls-fd syscalls-fd-no-frames syscalls-fd-nice recorder debug-log}"
 [ "${modes[0]}" = untraced ] || { echo "bench.sh: MODES must start with untraced (the baseline)"; exit 2; }
 # The device's own socket, for the syscalls-fd modes: the fd whose sends are the device's
@@ -120,7 +139,7 @@ for r in $(seq "$reps"); do
   done
 done
 med() { echo "$1" | tr ' ' '\n' | grep . | median; }
-echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs$([ "${PIN:-0}" = 1 ] && echo ", simulator pinned to CPU 1, bpftrace to CPU 0")"
 echo
 span() { echo "$1" | tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.2f-%.2f", lo, hi }'; }
 echo "| mode | Gbit/s | throughput vs untraced | (min-max over rounds) | CPU s per GB moved | CPU vs untraced |"
