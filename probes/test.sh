@@ -453,6 +453,17 @@ for p in ("enobufs_begin", "enobufs_retry", "enobufs_resolved", "tx_frame", "rx_
         print(f"     {p}: {len(y)} episodes, lengths different in {len(lens)}"
               + (f" (tracer, device: {lens[:3]})" if lens else ""))
         ok &= len(y) > 0 and not lens
+# The built-in proxy's sockets (the other fds): it received every frame the device sent and
+# sent every frame the device received, so their frame rows have the device's lengths, as
+# multisets (the proxy's threads interleave). A row some stale per-thread state wrote (as a
+# sendmmsg pointer left from an earlier call once did: 64 rows of stale lengths) breaks it.
+other = [r for r in sysrows if r["fd"] != fd]
+def lens(rows, p):
+    return sorted(int(r["len"]) for r in rows if r["probe"] == p)
+prx, ptx = lens(other, "rx_frame"), lens(other, "tx_frame")
+print(f"     the proxy's fds {sorted({r['fd'] for r in other})}: rx_frame {len(prx)}, tx_frame {len(ptx)};"
+      f" lengths equal to the device's tx/rx: {prx == lens(rec, 'tx_frame')}/{ptx == lens(rec, 'rx_frame')}")
+ok &= prx == lens(rec, "tx_frame") and ptx == lens(rec, "rx_frame")
 # FIONREAD of a datagram socket is the head datagram's length, which only the device's own
 # read changes: equal. The free send space is read by the tracer at the return and by the
 # device just after; in between only the proxy runs, and its reads free space: the device's
