@@ -274,7 +274,10 @@ impl VhostNetHandler {
         let (rx_kick, tx_kick) = (dup(rx.kick.as_ref())?, dup(tx.kick.as_ref())?);
         let (rx_call, tx_call) = (dup(rx.call.as_ref())?, dup(tx.call.as_ref())?);
         let call_fds = [rx_call.as_raw_fd(), tx_call.as_raw_fd()];
-        let backend: Box<dyn Backend> = Box::new(self.backend.clone());
+        // stop_worker joined the last worker, which gave the connection back as it ended
+        let backend: Box<dyn Backend> = Box::new(self.backend.lend().ok_or_else(|| {
+            handler_err("the proxy connection is still held by a worker".to_string())
+        })?);
         let tx_q = queues.pop().expect("two queues");
         let rx_q = queues.pop().expect("two queues");
         let handle = worker::spawn(WorkerSetup {

@@ -3,72 +3,110 @@
 //! The worker consumes its backend and does not hand it back when it stops, but QEMU stops
 //! and restarts the rings whenever the guest resets the device. Reconnecting is not an
 //! option (passt `-1` serves one connection, and a stream's partial frame would be lost),
-//! so each worker gets a handle on the same backend.
+//! so the connection is lent: a worker owns it outright while it runs (no lock per call,
+//! and a stream frame still in the read buffer goes to the guest without a copy out of
+//! it), and it comes back when the worker drops it, which `stop_worker`'s join waits for.
 
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use vnet_device::backend::{
-    copy_held, Backend, BackendError, BatchWrite, DirectRead, FrameRef, Frames, ReadStatus,
-    SyscallCounts, WriteStatus,
+    Backend, BackendError, BatchWrite, DirectRead, FrameRef, Frames, ReadStatus, SyscallCounts,
+    WriteStatus,
 };
 
-#[derive(Clone)]
+/// The connection between workers; `None` while one has it.
+type Slot = Arc<Mutex<Option<Box<dyn Backend>>>>;
+
 pub struct SharedBackend {
-    inner: Arc<Mutex<Box<dyn Backend>>>,
-    // Fixed for the connection's life; kept here so the hot path does not lock for them.
-    fd: RawFd,
-    kind: &'static str,
-    default_retry_delay: Option<Duration>,
+    slot: Slot,
 }
 
 impl SharedBackend {
     pub fn new(backend: Box<dyn Backend>) -> Self {
         SharedBackend {
-            fd: backend.raw_fd(),
-            kind: backend.kind(),
-            default_retry_delay: backend.default_retry_delay(),
-            inner: Arc::new(Mutex::new(backend)),
+            slot: Arc::new(Mutex::new(Some(backend))),
         }
     }
 
-    // Only one worker runs at a time, so the lock is never contended; a poisoned lock
-    // means a worker panicked mid-frame, and the connection state is still the best we have.
-    fn lock(&self) -> MutexGuard<'_, Box<dyn Backend>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    /// The connection for one worker, or `None` while another worker still has it.
+    pub fn lend(&self) -> Option<LentBackend> {
+        let backend = lock(&self.slot).take()?;
+        Some(LentBackend {
+            backend: Some(backend),
+            slot: self.slot.clone(),
+        })
     }
 }
 
-impl Backend for SharedBackend {
+// A poisoned lock means a worker panicked while putting the connection back (it is put
+// back whole either way): the connection is still the best state there is.
+fn lock(slot: &Slot) -> MutexGuard<'_, Option<Box<dyn Backend>>> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A worker's hold on the connection; dropping it (the worker ending, by return or panic)
+/// puts the connection back for the next worker.
+pub struct LentBackend {
+    // `Some` until dropped.
+    backend: Option<Box<dyn Backend>>,
+    slot: Slot,
+}
+
+impl LentBackend {
+    fn get(&self) -> &dyn Backend {
+        self.backend
+            .as_deref()
+            .expect("a lent backend is there until dropped")
+    }
+
+    fn get_mut(&mut self) -> &mut dyn Backend {
+        self.backend
+            .as_deref_mut()
+            .expect("a lent backend is there until dropped")
+    }
+}
+
+impl Drop for LentBackend {
+    fn drop(&mut self) {
+        *lock(&self.slot) = self.backend.take();
+    }
+}
+
+impl Backend for LentBackend {
     fn raw_fd(&self) -> RawFd {
-        self.fd
+        self.get().raw_fd()
     }
 
     fn default_retry_delay(&self) -> Option<Duration> {
-        self.default_retry_delay
+        self.get().default_retry_delay()
     }
 
     fn kind(&self) -> &'static str {
-        self.kind
+        self.get().kind()
     }
 
     fn write_frame(&mut self, frame: FrameRef<'_>) -> Result<WriteStatus, BackendError> {
-        self.lock().write_frame(frame)
+        self.get_mut().write_frame(frame)
     }
 
-    // The batched calls and the counters go to the shared backend too: without them
-    // vnet-vhost would send and read one frame per call and report no system calls.
+    // Every method is passed on, the batched ones and the counters included: a default
+    // would send and read one frame per call and report no system calls.
     fn batch_limit(&self) -> usize {
-        self.lock().batch_limit()
+        self.get().batch_limit()
+    }
+
+    fn whole_frames(&self) -> bool {
+        self.get().whole_frames()
     }
 
     fn write_frames(&mut self, frames: Frames<'_>) -> Result<BatchWrite, BackendError> {
-        self.lock().write_frames(frames)
+        self.get_mut().write_frames(frames)
     }
 
     fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
-        self.lock().read_frame(buf)
+        self.get_mut().read_frame(buf)
     }
 
     fn read_frames(
@@ -76,27 +114,94 @@ impl Backend for SharedBackend {
         bufs: &mut [Box<[u8]>],
         got: &mut Vec<ReadStatus>,
     ) -> Result<(), BackendError> {
-        let mut inner = self.lock();
-        inner.read_frames(bufs, got)?;
-        // A frame the stream backend keeps in its buffer cannot be lent from behind the
-        // lock: copied out, as before frames were held.
-        copy_held(&**inner, bufs, got)
+        self.get_mut().read_frames(bufs, got)
     }
 
     unsafe fn read_direct(&mut self, dst: &[libc::iovec]) -> Result<DirectRead, BackendError> {
         // SAFETY: the caller's promise about dst, passed on.
-        unsafe { self.lock().read_direct(dst) }
+        unsafe { self.get_mut().read_direct(dst) }
     }
 
     fn skip_direct(&mut self) {
-        self.lock().skip_direct()
+        self.get_mut().skip_direct()
+    }
+
+    fn held_frame(&self, i: usize) -> Option<&[u8]> {
+        self.get().held_frame(i)
     }
 
     fn syscalls(&self) -> SyscallCounts {
-        self.lock().syscalls()
+        self.get().syscalls()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+    use vnet_device::backend::unixstream::UnixStreamBackend;
+    use vnet_device::backend::BackendOptions;
+
+    fn shared() -> (SharedBackend, UnixStream) {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        let backend = UnixStreamBackend::from_socket(ours, &BackendOptions::default()).unwrap();
+        (SharedBackend::new(Box::new(backend)), peer)
     }
 
-    fn whole_frames(&self) -> bool {
-        self.lock().whole_frames()
+    #[test]
+    fn one_worker_at_a_time_and_the_connection_comes_back_on_drop() {
+        let (shared, _peer) = shared();
+        let first = shared.lend().expect("the connection is free");
+        let fd = first.raw_fd();
+        assert!(shared.lend().is_none(), "lent twice");
+        drop(first);
+        let second = shared
+            .lend()
+            .expect("back after the first worker dropped it");
+        assert_eq!(second.raw_fd(), fd, "the same connection");
+    }
+
+    #[test]
+    fn a_panicking_worker_still_gives_the_connection_back() {
+        let (shared, _peer) = shared();
+        let lent = shared.lend().unwrap();
+        let r = std::thread::spawn(move || {
+            let _held = lent;
+            panic!("worker dies");
+        })
+        .join();
+        assert!(r.is_err());
+        assert!(
+            shared.lend().is_some(),
+            "the connection is back after the panic"
+        );
+    }
+
+    #[test]
+    fn a_held_stream_frame_is_lent_through_without_a_copy() {
+        use std::io::Write;
+        let (shared, mut peer) = shared();
+        let mut lent = shared.lend().unwrap();
+        for len in [100usize, 200] {
+            peer.write_all(&(len as u32).to_be_bytes()).unwrap();
+            peer.write_all(&vec![len as u8; len]).unwrap();
+        }
+        let mut bufs: Vec<Box<[u8]>> = (0..4).map(|_| vec![0u8; 2048].into()).collect();
+        let mut got = Vec::new();
+        lent.read_frames(&mut bufs, &mut got).unwrap();
+        let held: Vec<usize> = got
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, ReadStatus::Held(_)))
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            !held.is_empty(),
+            "the stream backend holds small frames: {got:?}"
+        );
+        for i in held {
+            let frame = lent.held_frame(i).expect("lent through");
+            assert!(frame.iter().all(|&b| b as usize == frame.len()));
+        }
     }
 }

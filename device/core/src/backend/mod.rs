@@ -154,8 +154,7 @@ pub enum ReadStatus {
     /// A frame of this many bytes (at least one) left in the backend's own buffer instead
     /// of copied into the caller's: [`Backend::held_frame`] lends it, by the index of this
     /// status, until the next [`Backend::read_frames`] call. Only `read_frames` returns
-    /// it; a wrapper that cannot lend its inner backend's frames copies them out
-    /// ([`copy_held`]).
+    /// it; a wrapper must pass [`Backend::held_frame`] on to its inner backend.
     Held(usize),
 }
 
@@ -365,23 +364,6 @@ pub fn write_first<B: Backend + ?Sized>(
             stopped: Some(other),
         },
     })
-}
-
-/// For a wrapper that cannot lend its inner backend's frames (one behind a lock): copies
-/// each [`ReadStatus::Held`] frame of the statuses `read_frames` just gave into the
-/// caller's buffer for it and makes it a [`ReadStatus::Frame`].
-pub fn copy_held<B: Backend + ?Sized>(
-    backend: &B,
-    bufs: &mut [Box<[u8]>],
-    got: &mut [ReadStatus],
-) -> Result<(), BackendError> {
-    for (i, status) in got.iter_mut().enumerate() {
-        if let ReadStatus::Held(len) = *status {
-            bufs[i][..len].copy_from_slice(lent_frame(backend, i)?);
-            *status = ReadStatus::Frame(len);
-        }
-    }
-    Ok(())
 }
 
 /// The frame `read_frames` reported as [`ReadStatus::Held`] at index `i` of its
