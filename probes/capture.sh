@@ -84,8 +84,11 @@ trap 'stop_watch; rm -f "$err" "$awkerr" "$tmpscript" "$out" ${raw:+"$raw"}' EXI
 
 # --ready: bpftrace -o and dtrace -o buffer the file until the tracer exits, so with --ready
 # the tracer writes to stdout (flushed as it prints) into $out instead, and a watcher creates
-# the ready file once the CSV header is there. The header comes from BEGIN, which both
-# tracers fire after every probe is attached.
+# the ready file once the CSV header is there. syscalls.bt prints its header from the
+# probe bpftrace attaches last, so it means "attached". enobufs.bt prints it from BEGIN,
+# which bpftrace fires BEFORE it attaches the USDT probes (its 11 uprobes take a few ms):
+# there the watcher waits half a second more, a margin, not a proof. (DTrace's BEGIN fires
+# once every probe is enabled.)
 oflag=(-o "$out")
 [ -z "$ready" ] || oflag=()
 tracer_out() { # CMD...: runs the tracer, its stdout into $out when --ready
@@ -94,7 +97,10 @@ tracer_out() { # CMD...: runs the tracer, its stdout into $out when --ready
 start_watch() {
   [ -n "$ready" ] || return 0
   ( while kill -0 $$ 2> /dev/null; do
-      if grep -q '^ts_ns,' "$out" 2> /dev/null; then : > "$ready"; exit 0; fi
+      if grep -q '^ts_ns,' "$out" 2> /dev/null; then
+        [ $syscalls = 1 ] || [ "$(uname)" != Linux ] || sleep 0.5
+        : > "$ready"; exit 0
+      fi
       sleep 0.1
     done ) &
   watcher=$!

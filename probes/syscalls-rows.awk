@@ -50,16 +50,20 @@ BEGIN {
   rows = 0; counted = 0; total = 0
 }
 
-# drained rows, three a line: R CPU then (TS TID P FD A B C) x 3; a slot with TS 0 is empty
+# drained rows, three a line: R CPU then (TS TID P FD A B C) x 3; a slot with TS 0 is empty.
+# Lines a CPU printed before the header reached us (bpftrace reads each CPU's buffer in
+# turn) wait for it.
 /^R / {
-  if (NF != 23) { not_a_row(); next }
-  for (i = 3; i <= 17; i += 7) {
-    if ($i == 0) continue
-    if (!($(i + 2) in fmt)) { not_a_row(); next }
-    printf fmt[$(i + 2)], $i, $(i + 1), $(i + 3), $(i + 4), $(i + 5), $(i + 6)
-    seen[$2]++
-    rows++
-  }
+  if (!header) { pending[++npending] = $0; next }
+  drained()
+  next
+}
+
+/^ts_ns,/ {
+  print; fflush()
+  header = 1
+  for (p = 1; p <= npending; p++) { $0 = pending[p]; drained() }
+  npending = 0
   next
 }
 
@@ -89,12 +93,25 @@ BEGIN {
 
 { print; fflush() }
 
+function drained(   i) {
+  if (NF != 23) { not_a_row(); return }
+  for (i = 3; i <= 17; i += 7) {
+    if ($i == 0) continue
+    if (!($(i + 2) in fmt)) { not_a_row(); return }
+    printf fmt[$(i + 2)], $i, $(i + 1), $(i + 3), $(i + 4), $(i + 5), $(i + 6)
+    seen[$2]++
+    rows++
+  }
+}
+
 function not_a_row() {
   printf "syscalls-rows.awk: line %d: not a row of syscalls.bt: %s\n", NR, $0 > "/dev/stderr"
   bad++
 }
 
 END {
+  # (no header at all: the lines that waited for it are rows all the same)
+  for (p = 1; p <= npending; p++) { $0 = pending[p]; drained() }
   if (!counted) {
     if (rows > 0)
       print "syscalls-rows.awk: no row count at the end (bpftrace did not reach its END probe): cannot tell whether rows were lost" > "/dev/stderr"

@@ -559,13 +559,14 @@ fn map_row_check_catches_wrong_numbers_values_and_maps() {
 }
 
 /// syscalls-rows.awk on the two forms syscalls.bt prints rows in: the drain's lines of
-/// three (empty slots have ts 0) and the map lines of what END still found, with each
-/// CPU's count, of which one row is missing.
+/// three (empty slots have ts 0), one arriving before the header, and the map lines of
+/// what END still found, with each CPU's count, of which two rows are missing.
 #[test]
 fn syscalls_rows_awk_reads_both_forms_and_counts_a_lost_row() {
-    let input = "# clock mono_ns=1 wall_ns=2\n\
+    // (a CPU's line may reach the awk before the header, which another CPU printed)
+    let input = "R 1  100 7 4 9 1514 0 0  101 7 3 9 1514 2 55  0 0 0 0 0 0 0\n\
+                 # clock mono_ns=1 wall_ns=2\n\
                  ts_ns,tid,probe,fd,queue,len,data,retries,wait_ns,errno\n\
-                 R 1  100 7 4 9 1514 0 0  101 7 3 9 1514 2 55  0 0 0 0 0 0 0\n\
                  \n\
                  @rows[1, 4]: (150, 8, 5, 9, 66, 0, 0)\n\
                  @cpu_rows[1]: 5\n";
