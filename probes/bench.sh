@@ -11,12 +11,12 @@
 #                          no tx_frame/rx_frame rows)
 #   syscalls-fd            the device's socket only, as --socket/--fd traces a VMM's
 #   syscalls-fd-no-frames  that, with --no-frames
-#   syscalls-fd-nice       syscalls-fd with bpftrace (the reader of the row maps) at nice
+#   syscalls-fd-nice       syscalls-fd with bpftrace (the reader of the rows) at nice
 #                          $NICE (default 10), so it takes less CPU from the traced process
 #   syscalls-floor         every tracepoint syscalls.bt attaches, each with a program that
 #                          only counts the process's calls: what being attached costs
 #                          before the script does any work of its own
-# Each syscalls run's map lines go through syscalls-rows.awk, and rows it could not keep
+# Each syscalls run's row lines go through syscalls-rows.awk, and rows it could not keep
 # are reported with the run's line on stderr ("lost N rows").
 #
 #   sudo probes/bench.sh [SECS per run, default 5] [REPEATS, default 3]
@@ -42,7 +42,7 @@ sim=${VNET_SIM:-$PWD/target/release/vnet-sim}
 # 4 MiB of perf ring per CPU instead of 256 KiB: a loaded machine must not lose rows
 # ("Lost N events"), or the counts below stop matching.
 export BPFTRACE_PERF_RB_PAGES=${BPFTRACE_PERF_RB_PAGES:-1024}
-# syscalls.bt's row maps, as capture.sh --syscalls sizes them
+# syscalls.bt's row map, as capture.sh --syscalls sizes it
 export BPFTRACE_MAP_KEYS_MAX=${BPFTRACE_MAP_KEYS_MAX:-65536}
 nice=${NICE:-10}
 proc=$sim tracer=(bpftrace)

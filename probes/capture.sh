@@ -241,7 +241,7 @@ case $(uname -s) in
         # syscalls.bt filtering on cpid ($1 is then a placeholder)
         sed 's/pid == \$1/pid == cpid/' "$here/syscalls.bt" > "$tmpscript"
         args=(0); [ -z "$fd" ] || args+=("$fd")
-        # -o: the command's own output goes to our stdout, not into the CSV; the map lines
+        # -o: the command's own output goes to our stdout, not into the CSV; the row lines
         # are turned into rows once it has ended
         raw=$(mktemp "$final.raw.XXXXXX")
         runner=(bpftrace -q -o "$raw" "$tmpscript" "${args[@]}" -c "${target[1]}")
