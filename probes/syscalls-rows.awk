@@ -62,8 +62,7 @@ BEGIN {
 /^ts_ns,/ {
   print; fflush()
   header = 1
-  for (p = 1; p <= npending; p++) { $0 = pending[p]; drained() }
-  npending = 0
+  replay()
   next
 }
 
@@ -71,10 +70,7 @@ BEGIN {
 /^@rows\[/ {
   n = split($0, f, /[^0-9-]+/)
   # f[1] is empty (the line starts with "@rows["): f[2] CPU, f[3] N, f[4..10] the row
-  if (n < 11 || !(f[6] in fmt)) { not_a_row(); next }
-  printf fmt[f[6]], f[4], f[5], f[7], f[8], f[9], f[10]
-  seen[f[2]]++
-  rows++
+  if (n < 11 || !emit(f[2], f[4], f[5], f[6], f[7], f[8], f[9], f[10])) not_a_row()
   next
 }
 
@@ -88,7 +84,7 @@ BEGIN {
 
 /^$/ { next }
 
-# syscalls.bt's padding after the header (why: its BEGIN probe)
+# syscalls.bt's padding after the header (why: its header probe, the last one)
 /^# *$/ { next }
 
 { print; fflush() }
@@ -97,11 +93,26 @@ function drained(   i) {
   if (NF != 23) { not_a_row(); return }
   for (i = 3; i <= 17; i += 7) {
     if ($i == 0) continue
-    if (!($(i + 2) in fmt)) { not_a_row(); return }
-    printf fmt[$(i + 2)], $i, $(i + 1), $(i + 3), $(i + 4), $(i + 5), $(i + 6)
-    seen[$2]++
-    rows++
+    if (!emit($2, $i, $(i + 1), $(i + 2), $(i + 3), $(i + 4), $(i + 5), $(i + 6))) {
+      not_a_row()
+      return
+    }
   }
+}
+
+# One row of CPU cpu into the CSV, counted for the lost-row check; 0 for an unknown probe.
+function emit(cpu, ts, tid, p, fd, a, b, c) {
+  if (!(p in fmt)) return 0
+  printf fmt[p], ts, tid, fd, a, b, c
+  seen[cpu]++
+  rows++
+  return 1
+}
+
+# The row lines that came before the header, now that it is out.
+function replay(   i) {
+  for (i = 1; i <= npending; i++) { $0 = pending[i]; drained() }
+  npending = 0
 }
 
 function not_a_row() {
@@ -111,7 +122,7 @@ function not_a_row() {
 
 END {
   # (no header at all: the lines that waited for it are rows all the same)
-  for (p = 1; p <= npending; p++) { $0 = pending[p]; drained() }
+  replay()
   if (!counted) {
     if (rows > 0)
       print "syscalls-rows.awk: no row count at the end (bpftrace did not reach its END probe): cannot tell whether rows were lost" > "/dev/stderr"
