@@ -18,7 +18,7 @@ use super::summary::Summary;
 use super::workload::{Scheduler, Workload};
 use vnet_device::backend::{self, BackendOptions, BackendSpec, FaultConfig};
 use vnet_device::metrics::Metrics;
-use vnet_device::net::{DEVICE_FEATURES, MAX_FRAME};
+use vnet_device::net::{DEVICE_FEATURES, FEATURE_CSUM, FEATURE_GUEST_CSUM, MAX_FRAME};
 use vnet_device::notify::Notifier;
 use vnet_device::retry_policy::RetryPolicy;
 use vnet_device::retry_timer::RetryTimer;
@@ -255,7 +255,9 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         tx_kick: tx_kick.try_clone().map_err(io("eventfd"))?,
         rx_call: rx_call.try_clone().map_err(io("eventfd"))?,
         tx_call: tx_call.try_clone().map_err(io("eventfd"))?,
-        features: DEVICE_FEATURES,
+        // The simulated guest, like a driver without offloads, acks every feature but the
+        // checksum offloads: its frames carry no NEEDS_CSUM and it ignores DATA_VALID.
+        features: DEVICE_FEATURES & !(FEATURE_CSUM | FEATURE_GUEST_CSUM),
         backend,
         options: WorkerOptions {
             retry_timer,
