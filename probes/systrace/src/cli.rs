@@ -19,8 +19,8 @@ pub struct Args {
     )]
     pub pid: Option<i32>,
 
-    /// Run CMD with `sh -c 'exec CMD'`, held until every probe is attached, and trace it; its
-    /// output goes to stderr, so the CSV on stdout stays clean. The capture ends when it exits.
+    /// Run CMD with `sh -c 'exec CMD'`, held until every probe is attached, and trace it (its
+    /// stdout goes to our stderr unless -o is given). The capture ends when it exits.
     #[arg(short = 'c', long = "command", value_name = "CMD")]
     pub command: Option<String>,
 

@@ -29,7 +29,7 @@ fn run(args: &Args) -> Result<ExitCode, vnet_systrace::error::Error> {
     use std::io::Write;
     use std::rc::Rc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
     use vnet_systrace::error::Error;
     use vnet_systrace::target::Target;
     use vnet_systrace::tracer::{Config, Sink, Tracer};
@@ -62,7 +62,7 @@ fn run(args: &Args) -> Result<ExitCode, vnet_systrace::error::Error> {
     }
     let mut target = match (&args.pid, &args.command) {
         (Some(pid), _) => Target::attach_to(*pid)?,
-        (None, Some(cmd)) => Target::spawn_held(cmd)?,
+        (None, Some(cmd)) => Target::spawn_held(cmd, args.output.is_none())?,
         (None, None) => unreachable!("clap requires -p or -c"),
     };
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
@@ -80,16 +80,30 @@ fn run(args: &Args) -> Result<ExitCode, vnet_systrace::error::Error> {
         epoll: args.epoll.clone(),
         ring_bytes: args.ring_mib << 20,
     };
+    let started = Instant::now();
     let mut tracer = Tracer::load(&config)?;
+    let loaded = started.elapsed();
     tracer.attach()?;
+    let attached = started.elapsed() - loaded;
     let sink = Rc::new(RefCell::new(Sink::new(out)));
     sink.borrow_mut().header()?;
     target.release()?;
+    let (tracing, cpu_before) = (Instant::now(), own_cpu());
     tracer.drain(&sink, Duration::from_millis(args.drain_ms), || {
         STOP.load(Ordering::Relaxed) || target.exited()
     })?;
     let (made, lost) = tracer.counts()?;
     let sink = sink.borrow();
+    // What watching cost this process, apart from loading and attaching (the verifier and
+    // the tracepoint registrations take seconds of system time once, at the start).
+    eprintln!(
+        "vnet-systrace: {} rows in {:.1} s, {lost} lost; loaded in {:.2} s, attached in {:.2} s; the tracer's CPU while tracing: {:.3} s",
+        sink.rows,
+        tracing.elapsed().as_secs_f64(),
+        loaded.as_secs_f64(),
+        attached.as_secs_f64(),
+        (own_cpu() - cpu_before).as_secs_f64()
+    );
     if lost > 0 {
         eprintln!("vnet-systrace: lost {lost} rows of {made}: the ring buffer was full between two reads (raise --ring-mib); this trace is incomplete");
     }
@@ -101,4 +115,15 @@ fn run(args: &Args) -> Result<ExitCode, vnet_systrace::error::Error> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// This process's CPU time (user + system) so far.
+#[cfg(target_os = "linux")]
+fn own_cpu() -> std::time::Duration {
+    // SAFETY: rusage is plain integers and timevals, for which all zeroes is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: ru is a valid rusage to write.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| std::time::Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }

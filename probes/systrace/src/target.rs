@@ -28,8 +28,9 @@ impl Target {
     }
 
     /// Starts `command` held before its exec. The shell execs it, so the pid traced is the
-    /// command's own: a simple command, as bpftrace -c takes. Its stdout goes to our stderr.
-    pub fn spawn_held(command: &str) -> Result<Target, Error> {
+    /// command's own: a simple command, as bpftrace -c takes. With `stdout_to_stderr` (the
+    /// CSV is on our stdout) its output goes to our stderr instead.
+    pub fn spawn_held(command: &str, stdout_to_stderr: bool) -> Result<Target, Error> {
         let spawn_err = |source| Error::Spawn {
             command: command.to_string(),
             source,
@@ -44,15 +45,15 @@ impl Target {
             unsafe { (OwnedFd::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
         let read_fd = read_end.as_raw_fd();
         let script = format!("read _ <&3 || exit 125\nexec 3<&-\nexec {command}");
-        let stdout = std::io::stderr()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(spawn_err)?;
         let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(stdout));
+        cmd.arg("-c").arg(script).stdin(Stdio::null());
+        if stdout_to_stderr {
+            let stderr = std::io::stderr()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(spawn_err)?;
+            cmd.stdout(Stdio::from(stderr));
+        }
         // SAFETY: the closure only calls dup2 and fcntl, which are async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {
