@@ -32,3 +32,13 @@ pub enum Error {
     )]
     NotLinux,
 }
+
+impl Error {
+    /// 2 for what the user named wrongly (a flag's value), 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::NoProcess(_) | Error::NoFd { .. } | Error::Output { .. } => 2,
+            _ => 1,
+        }
+    }
+}

@@ -9,11 +9,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("vnet-systrace: {e}");
-            ExitCode::from(match e {
-                vnet_systrace::error::Error::NoProcess(_)
-                | vnet_systrace::error::Error::NoFd { .. } => 2,
-                _ => 1,
-            })
+            ExitCode::from(e.exit_code())
         }
     }
 }
