@@ -126,7 +126,8 @@ stop_watch() { # before any bare 'wait', which would wait for the watcher too
 finish() {
   # (a tracer writing to stdout, under --ready, may put its "Lost N events" in the CSV)
   # (syscalls-rows.awk says "lost N rows" when syscalls.bt's row map was full)
-  lost=$( { grep -hoE 'Lost [0-9]+ events|[0-9]+ drops on CPU|lost [0-9]+ rows' "$err" "$awkerr" "$out" 2> /dev/null || true; } | { grep -oE '^[0-9]+|[0-9]+' || true; } | awk '{s += $1} END {print s + 0}')
+  # (vnet-systrace says "lost N rows", and "N calls or episodes did not fit" for full maps)
+  lost=$( { grep -hoE 'Lost [0-9]+ events|[0-9]+ drops on CPU|lost [0-9]+ rows|[0-9]+ calls or episodes did not fit' "$err" "$awkerr" "$out" 2> /dev/null || true; } | { grep -oE '^[0-9]+|[0-9]+' || true; } | awk '{s += $1} END {print s + 0}')
   if [ -s "$out" ]; then
     # comment lines and the header stay first; rows sorted by ts_ns, stable (no rows is a
     # capture too: grep's status 1 must not end the script under pipefail)

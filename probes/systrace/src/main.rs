@@ -88,7 +88,8 @@ fn run(args: &Args) -> Result<ExitCode, vnet_systrace::error::Error> {
     tracer.drain(&sink, Duration::from_millis(args.drain_ms), || {
         STOP.load(Ordering::Relaxed) || target.exited()
     })?;
-    let (made, lost) = tracer.counts()?;
+    let counts = tracer.counts()?;
+    let (made, lost) = (counts.made, counts.lost);
     let sink = sink.borrow();
     // What watching cost this process, apart from loading and attaching (the verifier and
     // the tracepoint registrations take seconds of system time once, at the start).
@@ -100,6 +101,9 @@ fn run(args: &Args) -> Result<ExitCode, vnet_systrace::error::Error> {
         attached.as_secs_f64(),
         (own_cpu() - cpu_before).as_secs_f64()
     );
+    if counts.untracked > 0 {
+        eprintln!("vnet-systrace: {} calls or episodes did not fit in the BPF maps (more threads inside traced calls at once than 16384, or more open episodes than 65536): some rows are missing; this trace is incomplete", counts.untracked);
+    }
     if lost > 0 {
         eprintln!("vnet-systrace: lost {lost} rows of {made}: the ring buffer was full between two reads (raise --ring-mib); this trace is incomplete");
     }

@@ -57,6 +57,17 @@ fn bpf(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> Error {
     }
 }
 
+/// The BPF side's counters (`counts` in src/bpf/systrace.bpf.c).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counts {
+    /// Rows the programs made.
+    pub made: u64,
+    /// Rows the ring had no room for.
+    pub lost: u64,
+    /// Calls or episodes a full map could not hold: their rows are missing or wrong.
+    pub untracked: u64,
+}
+
 pub struct Tracer {
     object: Object,
     frames: bool,
@@ -179,10 +190,10 @@ impl Tracer {
         Ok(())
     }
 
-    /// (rows made, rows the ring had no room for), summed over the CPUs.
-    pub fn counts(&self) -> Result<(u64, u64), Error> {
+    /// What the BPF side counted, summed over the CPUs.
+    pub fn counts(&self) -> Result<Counts, Error> {
         let map = self.map("counts")?;
-        let mut sums = [0u64; 2];
+        let mut sums = [0u64; 3];
         for (key, sum) in sums.iter_mut().enumerate() {
             let per_cpu = map
                 .lookup_percpu(&(key as u32).to_ne_bytes(), MapFlags::ANY)
@@ -194,7 +205,11 @@ impl Tracer {
                 .map(|v| u64::from_ne_bytes(v.try_into().expect("8 bytes")))
                 .sum();
         }
-        Ok((sums[0], sums[1]))
+        Ok(Counts {
+            made: sums[0],
+            lost: sums[1],
+            untracked: sums[2],
+        })
     }
 
     /// Reads the ring every `every` until `done` says so, then once more; each record becomes

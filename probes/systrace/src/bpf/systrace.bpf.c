@@ -130,10 +130,12 @@ struct {
 	__uint(max_entries, 16 << 20);	/* the loader may resize it (--ring-mib) */
 } rows SEC(".maps");
 
-/* [0]: rows made, [1]: rows the ring had no room for (per CPU, summed by the loader) */
+/* [0]: rows made, [1]: rows the ring had no room for, [2]: calls or episodes a full map
+ * could not hold (more threads inside a traced call at once than `calls` holds, more
+ * open episodes than `episodes`): per CPU, summed and reported by the loader */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, __u64);
 } counts SEC(".maps");
@@ -303,7 +305,8 @@ static __always_inline void remember(struct sys_enter_ctx *ctx, __s64 len, __u64
 		.nr = ctx->nr,
 	};
 
-	bpf_map_update_elem(&calls, &tid, &c, BPF_ANY);
+	if (bpf_map_update_elem(&calls, &tid, &c, BPF_ANY))
+		count(2);
 }
 
 /* ---- entries ---- */
@@ -474,7 +477,8 @@ static __always_inline int send_return(struct sys_exit_ctx *ctx)
 		if (!ep) {
 			struct episode fresh = { .start_ns = (__s64)now, .retries = 1 };
 
-			bpf_map_update_elem(&episodes, &c.fd, &fresh, BPF_ANY);
+			if (bpf_map_update_elem(&episodes, &c.fd, &fresh, BPF_ANY))
+				count(2);
 			emit(now, P_BEGIN, c.fd, len, -ret, 0);
 		} else {
 			ep->retries += 1;
@@ -634,8 +638,8 @@ static __always_inline int remember_wait(struct sys_enter_ctx *ctx, __u64 events
 	__u32 tid = current_tid();
 	struct wait_call w = { .events = events, .n = n, .nr = ctx->nr };
 
-	if (traced_process())
-		bpf_map_update_elem(&waits, &tid, &w, BPF_ANY);
+	if (traced_process() && bpf_map_update_elem(&waits, &tid, &w, BPF_ANY))
+		count(2);
 	return 0;
 }
 
