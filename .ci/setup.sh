@@ -23,7 +23,10 @@ enable_backports() {
 }
 
 NEED_UPDATE=0
-pkgs=(bpftrace passt iperf3 busybox-static python3-venv cpio hyperfine binutils xz-utils zstd)
+# clang, libbpf-dev, libelf-dev, zlib1g-dev, pkg-config: vnet-systrace (probes/systrace) compiles its BPF
+# object with clang and links libbpf, which needs libelf and zlib
+pkgs=(bpftrace passt iperf3 busybox-static python3-venv cpio hyperfine binutils xz-utils zstd
+      clang libbpf-dev libelf-dev zlib1g-dev pkg-config)
 bpo_pkgs=(qemu-system-x86)
 
 missing=()

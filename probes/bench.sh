@@ -16,6 +16,11 @@
 #   syscalls-floor         every tracepoint syscalls.bt attaches, each with a program that
 #                          only counts the process's calls: what being attached costs
 #                          before the script does any work of its own
+#   systrace               vnet-systrace (probes/systrace: the same rules as one BPF object,
+#                          rows through a BPF ring buffer, CSV written by the loader), every
+#                          AF_UNIX socket, as capture.sh --syscalls runs it when it is built
+#   systrace-no-frames     that, with --no-frames
+#   systrace-fd            that, the device's socket only
 # Each syscalls run's row lines go through syscalls-rows.awk, and rows it could not keep
 # are reported with the run's line on stderr ("lost N rows").
 #
@@ -39,16 +44,18 @@ reps=${2:-3}
 command -v bpftrace >/dev/null || { echo "bench.sh: bpftrace not installed"; exit 1; }
 [ -n "${VNET_SIM:-}" ] || cargo build --release -q -p vnet-sim --bin vnet-sim
 sim=${VNET_SIM:-$PWD/target/release/vnet-sim}
+[ -n "${VNET_SYSTRACE:-}" ] || [[ " ${MODES:-systrace} " != *" systrace"* ]] || cargo build --release -q -p vnet-systrace
+systrace=${VNET_SYSTRACE:-$PWD/target/release/vnet-systrace}
 # 4 MiB of perf ring per CPU instead of 256 KiB: a loaded machine must not lose rows
 # ("Lost N events"), or the counts below stop matching.
 export BPFTRACE_PERF_RB_PAGES=${BPFTRACE_PERF_RB_PAGES:-1024}
 # syscalls.bt's row map, as capture.sh --syscalls sizes it
 export BPFTRACE_MAP_KEYS_MAX=${BPFTRACE_MAP_KEYS_MAX:-65536}
 nice=${NICE:-10}
-proc=$sim tracer=(bpftrace)
+proc=$sim tracer=(bpftrace) native=("$systrace")
 if [ "${PIN:-0}" = 1 ]; then
   [ "$(nproc)" -ge 2 ] || { echo "bench.sh: PIN=1 needs two CPUs"; exit 1; }
-  proc="$(command -v taskset) -c 1 $sim" tracer=(taskset -c 0 bpftrace)
+  proc="$(command -v taskset) -c 1 $sim" tracer=(taskset -c 0 bpftrace) native=(taskset -c 0 "$systrace")
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -83,6 +90,9 @@ one() { # mode -> prints "Gbit/s cpu_s_per_GB" of one run
     syscalls-fd-no-frames) cpu "${tracer[@]}" -q -o "$work/t.csv" "$work/syscalls-nf.bt" 0 "$devfd" -c "$proc $load" > "$out" 2>/dev/null ;;
     syscalls-floor) cpu "${tracer[@]}" -q -o "$work/t.csv" "$work/floor.bt" -c "$proc $load" > "$out" 2>/dev/null ;;
     syscalls-fd-nice) cpu nice -n "$nice" "${tracer[@]}" -q -o "$work/t.csv" "$work/syscalls.bt" 0 "$devfd" -c "$proc $load" > "$out" 2>/dev/null ;;
+    systrace) rm -f "$work/t.csv"; cpu "${native[@]}" -o "$work/t.csv" -c "$proc $load" > "$out" 2> "$work/st.err" ;;
+    systrace-no-frames) rm -f "$work/t.csv"; cpu "${native[@]}" --no-frames -o "$work/t.csv" -c "$proc $load" > "$out" 2> "$work/st.err" ;;
+    systrace-fd) rm -f "$work/t.csv"; cpu "${native[@]}" --fd "$devfd" -o "$work/t.csv" -c "$proc $load" > "$out" 2> "$work/st.err" ;;
     recorder) cpu $proc $load --trace "$work/r.csv" > "$out" ;;
     debug-log) cpu $proc $load --log-level debug > "$out" 2> "$work/debug.log" ;;
   esac
@@ -90,6 +100,9 @@ one() { # mode -> prints "Gbit/s cpu_s_per_GB" of one run
   local lost=-
   if [[ $mode == syscalls* && $mode != syscalls-floor ]]; then
     lost=$(awk -f probes/syscalls-rows.awk "$work/t.csv" 2>&1 > /dev/null | grep -o 'lost [0-9]* rows of [0-9]*' || echo "lost 0 rows")
+    lost=${lost// /_}
+  elif [[ $mode == systrace* ]]; then
+    lost=$(grep -o 'lost [0-9]* rows of [0-9]*' "$work/st.err" || echo "lost 0 rows")
     lost=${lost// /_}
   fi
   echo "$(stats "$out") $lost"
@@ -112,7 +125,7 @@ read -r -a modes <<< "${MODES:-untraced enobufs.bt enobufs.bt-FRAMES=0 no-frames
 # frames (its tx_frame rows number the run's tx_frames), found by a 1 s run of the same
 # command under syscalls.bt (fds are numbered alike in every run of it).
 devfd=""
-if [[ " ${modes[*]} " == *" syscalls-fd"* ]]; then
+if [[ " ${modes[*]} " == *" syscalls-fd"* || " ${modes[*]} " == *" systrace-fd"* ]]; then
   bpftrace -q -o "$work/fd.raw" "$work/syscalls.bt" 0 -c "$sim --duration 1 --inject-enobufs 50 --json --no-progress" \
     > "$work/fd.json" 2> /dev/null
   devfd=$(awk -f probes/syscalls-rows.awk "$work/fd.raw" 2> /dev/null | python3 -c '

@@ -2,7 +2,8 @@
 # capture.sh - Capture a trace CSV with the platform's tracer and check it is complete.
 #
 # Runs probes/enobufs.bt (Linux, bpftrace) or probes/enobufs.d (macOS, DTrace), or with
-# --syscalls probes/syscalls.bt / probes/syscalls.d (any process, no probes needed), then:
+# --syscalls vnet-systrace or probes/syscalls.bt (Linux) / probes/syscalls.d (macOS) (any
+# process, no probes needed), then:
 # warns at exit, on stderr and as a '# warning:' line in the CSV, when the tracer reported
 # lost records (bpftrace "Lost N events", DTrace "N drops on CPU M"), and sorts the rows by
 # ts_ns (both tracers write per-CPU buffers, so raw captures are ordered per CPU only).
@@ -11,7 +12,7 @@
 #        sudo probes/capture.sh -o FILE [--no-frames] -c 'BINARY ARGS' BINARY
 #        sudo probes/capture.sh -o FILE --syscalls [--no-frames] -p PID [--socket PATH | --fd N]
 #        sudo probes/capture.sh -o FILE --syscalls [--no-frames] -c 'CMD ARGS' [--fd N]
-#        any of the -p forms with --ready FILE
+#        any of the -p forms with --ready FILE; any --syscalls form with --tracer T
 #
 #   BINARY       executable with the vnet probes (bpftrace needs its path; DTrace ignores it)
 #   --no-frames  leave out tx_frame/rx_frame, for long runs: they are not attached at all
@@ -22,9 +23,15 @@
 #                socket of PID bound at PATH, else one connected to the socket bound there);
 #                with --no-frames the receives are not traced and sends write no tx_frame
 #                (episodes and wake-ups only: the '/* frames { */' blocks cut out, -D FRAMES=0);
-#                on Linux syscalls-rows.awk turns syscalls.bt's row lines into the CSV and
-#                counts rows its map could not hold (reported as lost records); it sets
-#                BPFTRACE_MAP_KEYS_MAX=65536 (about 100 MiB of kernel memory, probes/README.md)
+#                on Linux with vnet-systrace (probes/systrace: the same rules as one BPF
+#                object; rows through a BPF ring buffer; about a tenth of syscalls.bt's cost,
+#                probes/README.md "Cost") when it is built, else with syscalls.bt, whose row
+#                lines syscalls-rows.awk turns into the CSV, counting rows its map could not
+#                hold (reported as lost records; it sets BPFTRACE_MAP_KEYS_MAX=65536, about
+#                100 MiB of kernel memory)
+#   --tracer T   with --syscalls on Linux: systrace (vnet-systrace: $VNET_SYSTRACE, else
+#                target/release/vnet-systrace of this checkout, else one on PATH) or
+#                bpftrace (probes/syscalls.bt); default systrace when it is found
 #   --ready FILE create FILE (it must not exist) once every probe is attached (the tracer
 #                printed its header), so a script can start the load then; -p only: -c
 #                holds the command until then anyway
@@ -34,18 +41,20 @@
 #          sudo probes/capture.sh -o passt.csv --syscalls -p "$(pgrep -n passt)" --socket /tmp/passt.sock
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-usage() { sed -n 's/^# \{0,1\}//; 10,33p' "$0" >&2; exit 2; }
+usage() { sed -n 's/^# \{0,1\}//; 11,41p' "$0" >&2; exit 2; }
 # usage errors: one line naming the problem, exit 2
 die() { echo "capture.sh: $*" >&2; exit 2; }
 need() { [ $# -ge 2 ] || die "$1 needs a value"; }
 
-out="" frames=1 target=() binary="" syscalls=0 socket="" fd="" ready="" watcher=""
+out="" frames=1 target=() binary="" syscalls=0 socket="" fd="" ready="" watcher="" tracer=""
 while [ $# -gt 0 ]; do
   case $1 in
     -o) need "$@"; out=$2; shift 2 ;;
     --no-frames) frames=0; shift ;;
     --syscalls) syscalls=1; shift ;;
     --ready) need "$@"; ready=$2; shift 2 ;;
+    --tracer) need "$@"; tracer=$2; shift 2
+      [[ $tracer =~ ^(systrace|bpftrace)$ ]] || die "--tracer $tracer: systrace or bpftrace" ;;
     --socket) need "$@"; socket=$2; shift 2 ;;
     --fd) need "$@"; fd=$2; shift 2
       [[ $fd =~ ^[0-9]+$ ]] || die "--fd $fd: not a file descriptor number" ;;
@@ -69,6 +78,7 @@ if [ $syscalls = 1 ]; then
   fi
 else
   [ -z "$socket$fd" ] || die "--socket and --fd go with --syscalls"
+  [ -z "$tracer" ] || die "--tracer goes with --syscalls"
 fi
 # The tracer writes to a scratch file beside FILE, renamed over FILE when the run ends: FILE
 # is never removed or truncated before a capture exists to replace it, and a device or FIFO
@@ -116,7 +126,8 @@ stop_watch() { # before any bare 'wait', which would wait for the watcher too
 finish() {
   # (a tracer writing to stdout, under --ready, may put its "Lost N events" in the CSV)
   # (syscalls-rows.awk says "lost N rows" when syscalls.bt's row map was full)
-  lost=$( { grep -hoE 'Lost [0-9]+ events|[0-9]+ drops on CPU|lost [0-9]+ rows' "$err" "$awkerr" "$out" 2> /dev/null || true; } | { grep -oE '^[0-9]+|[0-9]+' || true; } | awk '{s += $1} END {print s + 0}')
+  # (vnet-systrace says "lost N rows", and "N calls or episodes did not fit" for full maps)
+  lost=$( { grep -hoE 'Lost [0-9]+ events|[0-9]+ drops on CPU|lost [0-9]+ rows|[0-9]+ calls or episodes did not fit' "$err" "$awkerr" "$out" 2> /dev/null || true; } | { grep -oE '^[0-9]+|[0-9]+' || true; } | awk '{s += $1} END {print s + 0}')
   if [ -s "$out" ]; then
     # comment lines and the header stay first; rows sorted by ts_ns, stable (no rows is a
     # capture too: grep's status 1 must not end the script under pipefail)
@@ -191,8 +202,19 @@ socket_fd_macos() { # PID PATH
 case $(uname -s) in
   Linux)
     if [ $syscalls = 1 ]; then
-      [ "$(id -u)" = 0 ] || die "--syscalls needs root (bpftrace attaches to the syscall tracepoints)"
-      command -v bpftrace > /dev/null || die "--syscalls needs bpftrace, which is not installed"
+      [ "$(id -u)" = 0 ] || die "--syscalls needs root (it attaches BPF programs to the syscall tracepoints)"
+      systrace=${VNET_SYSTRACE:-}
+      [ -n "$systrace" ] || { [ -x "$here/../target/release/vnet-systrace" ] && systrace=$here/../target/release/vnet-systrace; } \
+        || systrace=$(command -v vnet-systrace) || true
+      if [ -z "$tracer" ]; then
+        tracer=bpftrace; [ -z "$systrace" ] || tracer=systrace
+      fi
+      if [ "$tracer" = systrace ]; then
+        [ -n "$systrace" ] && [ -x "$systrace" ] \
+          || die "--tracer systrace: no vnet-systrace (cargo build --release -p vnet-systrace, or set VNET_SYSTRACE)"
+      else
+        command -v bpftrace > /dev/null || die "--syscalls needs bpftrace, which is not installed (or build vnet-systrace)"
+      fi
       # syscall tracepoints live in tracefs; a fresh boot may not have it mounted, and
       # bpftrace then only says "tracepoint not found: syscalls:sys_exit_sendmsg"
       if [ ! -d /sys/kernel/tracing/events/syscalls ] && [ ! -d /sys/kernel/debug/tracing/events/syscalls ]; then
@@ -222,19 +244,47 @@ case $(uname -s) in
           fi
           [ "$(wc -l <<< "$fds")" = 1 ] || echo "capture.sh: fds $(echo $fds) of process $pid are the same socket; tracing fd $fd only" >&2
         fi
-        args=("$pid")
+        args=("$pid") sargs=(-p "$pid")
         if [ -n "$fd" ]; then
           [ -e "/proc/$pid/fd/$fd" ] || die "--fd $fd: process $pid has no fd $fd"
-          args+=("$fd")
+          args+=("$fd") sargs+=(--fd "$fd")
           read -r -a seeds <<< "$(epoll_seeds "$pid" "$fd" | tr '\n' ' ')"
           args+=(${seeds[@]+"${seeds[@]}"})
+          # vnet-systrace takes each as EPFD:DATA (bash's printf prints the 64 bits unsigned)
+          for ((i = 0; i + 2 < ${#seeds[@]}; i += 3)); do
+            sargs+=(--epoll "$(printf '%s:0x%x' "${seeds[i]}" $(( (seeds[i + 1] << 32) | seeds[i + 2] )))")
+          done
           echo "capture.sh: tracing fd $fd of process $pid${seeds:+ (epoll registrations: ${seeds[*]})}" >&2
+        fi
+        if [ "$tracer" = systrace ]; then
+          [ $frames = 1 ] || sargs+=(--no-frames)
+          status=0
+          # the CSV on stdout, written as it is read from the ring; the header comes once every
+          # probe is attached, which is what --ready waits for
+          start_watch
+          "$systrace" "${sargs[@]}" > "$out" 2> >(tee "$err" >&2) || status=$?
+          stop_watch
+          wait
+          finish
         fi
         cp "$here/syscalls.bt" "$tmpscript"
         # stdout, not -o: the rows go through the awk as they are printed (and --ready sees
         # the header at once); a running process's output is not in the way. Line-buffered:
         # into a pipe bpftrace's stdio would hold the header until 4 KiB had gathered.
         runner=(stdbuf -oL bpftrace -q "$tmpscript" "${args[@]}" -p "$pid")
+      elif [ "$tracer" = systrace ]; then
+        # vnet-systrace -c holds the command until every probe is attached; -o a new file (it
+        # creates it), so the command's own output goes to our stdout, not into the CSV
+        sargs=(-c "${target[1]}")
+        [ -z "$fd" ] || sargs+=(--fd "$fd")
+        [ $frames = 1 ] || sargs+=(--no-frames)
+        rawdir=$(mktemp -d)
+        status=0
+        "$systrace" "${sargs[@]}" -o "$rawdir/rows.csv" 2> >(tee "$err" >&2) || status=$?
+        [ ! -f "$rawdir/rows.csv" ] || cat "$rawdir/rows.csv" > "$out"
+        rm -rf "$rawdir"
+        wait
+        finish
       else
         # bpftrace -c holds the command until every probe is attached; the pid filter is
         # then its child, cpid, which the script cannot name unless -c is given: a copy of

@@ -12,13 +12,14 @@
 #  (c) enobufs-hist.bt: prints the histograms of a run with episodes.
 #  (d) capture.sh: sorts a bpftrace capture and still matches the in-process trace; and, with
 #      a stand-in tracer (runs without root too), turns "Lost N events" into warnings.
-#  (e) syscalls.bt (capture.sh --syscalls), which sees the process only through its system
-#      calls: on the device's socket it finds the same episodes as the device's own recorder
+#  (e) capture.sh --syscalls, which sees the process only through its system calls, once
+#      with each tracer (vnet-systrace, then syscalls.bt; lines tagged [systrace]/[bpftrace]):
+#      on the device's socket it finds the same episodes as the device's own recorder
 #      in the same run (count, retries histogram; median |wait difference| and median begin
 #      stamp difference under 10 us; begin and resolved lengths equal episode by episode),
 #      the same frames (length by length) and poller wake-ups, and no device stamp
-#      earlier than the tracer's for the same event; a row map
-#      too small is reported (lost rows counted); with --no-frames the same episodes and no
+#      earlier than the tracer's for the same event; a row map (syscalls.bt) or ring
+#      (vnet-systrace) too small is reported (lost rows counted); with --no-frames the same episodes and no
 #      frame rows; attached by --socket PATH to a running process it traces that fd; with -p
 #      and no fd only the process's unix sockets (not a polled stdin), and no episode
 #      outlives its socket; on a stream socket, begin/resolved len of 40- and 1024-iovec
@@ -67,6 +68,7 @@ if [ "$(id -u)" = 0 ]; then
   bad_use "not a file descriptor" -p $$ --fd x || use_ok=0
   bad_use "exists already" -p $$ --ready "$fake" || use_ok=0
   bad_use "goes with -p" -c true --ready "$fake.none" || use_ok=0
+  bad_use "systrace or bpftrace" -p $$ --tracer dtrace || use_ok=0
   # -o naming a device is refused, never removed (it once deleted /dev/null)
   rc=0; bash probes/capture.sh -o /dev/null --syscalls -p $$ > /dev/null 2> "$fake.err" || rc=$?
   { [ $rc = 2 ] && [ -c /dev/null ] && grep -q "not a regular file" "$fake.err"; } \
@@ -104,6 +106,9 @@ if [ -z "${VNET_SIM:-}" ] || [ -z "${ANALYZE:-}" ]; then
   cargo build --release -q -p vnet-sim --bin vnet-sim -p analyze --bin analyze
 fi
 sim=${VNET_SIM:-$PWD/target/release/vnet-sim}
+# vnet-systrace, the native twin of syscalls.bt that capture.sh --syscalls prefers
+[ -n "${VNET_SYSTRACE:-}" ] || cargo build --release -q -p vnet-systrace
+systrace=${VNET_SYSTRACE:-$PWD/target/release/vnet-systrace}
 # 4 MiB of perf ring per CPU instead of 256 KiB: a loaded machine must not lose rows
 # ("Lost N events"), or the counts below stop matching.
 export BPFTRACE_PERF_RB_PAGES=${BPFTRACE_PERF_RB_PAGES:-1024}
@@ -125,8 +130,10 @@ EOF
 trap 'rm -rf "$work"' EXIT
 pass=$capture_ok
 fail=$((capture_total - capture_ok))
-ok() { pass=$((pass + 1)); echo "ok   $*"; }
-bad() { fail=$((fail + 1)); echo "FAIL $*"; }
+# (e) runs once per syscall tracer; $tag names it in each line
+tag=""
+ok() { pass=$((pass + 1)); echo "ok   ${tag:+[$tag] }$*"; }
+bad() { fail=$((fail + 1)); echo "FAIL ${tag:+[$tag] }$*"; }
 # bpftrace's harmless noise on this kernel (no tracefs mount for legacy detach, memlock)
 quiet_bt() { grep -v -e RLIMIT_MEMLOCK -e uprobe_events -e 'failed to detach' >&2 || true; }
 # ... and, for syscalls.bt, its compile warnings (bpftrace 0.17 flags the file-table walk
@@ -138,7 +145,7 @@ quiet_sys() { grep -v -e RLIMIT_MEMLOCK -e uprobe_events -e 'failed to detach' -
 # exits, into $work/NAME.csv (stderr $work/NAME.err); READY appears once the probes are
 # attached (the process waits for it before its first system call under test).
 capture_pid() {
-  bash probes/capture.sh --syscalls -o "$work/$1.csv" -p "$2" --ready "$3" 2> "$work/$1.err" || true
+  bash probes/capture.sh --syscalls --tracer "$tr" -o "$work/$1.csv" -p "$2" --ready "$3" 2> "$work/$1.err" || true
   wait "$2" || true
 }
 
@@ -368,15 +375,17 @@ else
   bad "enobufs-hist.bt output lacks histograms:"; sed 's/^/     /' "$work/hist.out" | head -30
 fi
 
+for tr in systrace bpftrace; do
+tag=$tr
 # --- (e) syscalls.bt: the device seen from outside, through its system calls -------------
 # A default run: the built-in unixgram proxy binds its own socket, so the device meets real
 # EAGAIN. The device's own recorder writes the same run's trace; both must show the same
 # episodes. syscalls.bt traces every AF_UNIX socket of the process (the proxy runs in it
 # too), so only the device's fd is compared: the fd of the recorder's tx_frame rows.
-bash probes/capture.sh --syscalls -o "$work/sys.csv" \
+bash probes/capture.sh --syscalls --tracer "$tr" -o "$work/sys.csv" \
   -c "$sim --duration 3 --json --no-progress --trace $work/sys.inproc.csv" > "$work/sys.json" 2> >(quiet_sys) || true
 if counts "$work/sys.csv" > /dev/null && counts "$work/sys.inproc.csv" > /dev/null; then
-  python3 - "$work/sys.csv" "$work/sys.inproc.csv" "$work/sys.json" "$work/sys.fd.csv" <<'EOF' && ok "syscalls.bt agrees with the device's recorder: episodes, retries, waits, frames, wake-ups" || bad "syscalls.bt and the recorder disagree"
+  python3 - "$work/sys.csv" "$work/sys.inproc.csv" "$work/sys.json" "$work/sys.fd.csv" <<'EOF' && ok "the syscall capture agrees with the device's recorder: episodes, retries, waits, frames, wake-ups" || bad "the syscall capture and the recorder disagree"
 import csv, json, statistics, sys
 from collections import Counter
 def load(path):
@@ -478,18 +487,19 @@ for p in ("kevent_read", "kevent_write"):
 sys.exit(0 if ok else 1)
 EOF
   if "$analyze" compare "$work/sys.inproc.csv" "$work/sys.fd.csv" > "$work/sys.compare" 2>&1; then
-    ok "analyze compare, recorder (A) vs syscalls.bt (B):"; sed 's/^/     /' "$work/sys.compare"
+    ok "analyze compare, recorder (A) vs the syscall capture (B):"; sed 's/^/     /' "$work/sys.compare"
   else
     bad "analyze compare failed:"; sed 's/^/     /' "$work/sys.compare"
   fi
 else
-  bad "the syscalls.bt capture or its recorder trace did not parse"
+  bad "the syscall capture or its recorder trace did not parse"
 fi
 
+if [ "$tr" = bpftrace ]; then
 # A row map too small for the run (64 rows between two drains, 4 ms apart): the rows that did not fit
 # are counted, not silently missing: syscalls-rows.awk says how many in one line, capture.sh
 # warns, and the rows in the CSV plus the lost ones are every row the script made.
-BPFTRACE_MAP_KEYS_MAX=64 bash probes/capture.sh --syscalls -o "$work/small.csv" \
+BPFTRACE_MAP_KEYS_MAX=64 bash probes/capture.sh --syscalls --tracer bpftrace -o "$work/small.csv" \
   -c "$sim --duration 2 --no-progress" > /dev/null 2> "$work/small.err" || true
 lostline=$(grep '^syscalls-rows.awk: lost' "$work/small.err" || true)
 rows=$(grep -c '^[0-9]' "$work/small.csv" || true)
@@ -499,10 +509,26 @@ if [[ $lostline =~ lost\ ([0-9]+)\ rows\ of\ ([0-9]+) ]] && [ $((rows + BASH_REM
 else
   bad "syscalls.bt with a full row map: $rows rows, no or wrong lost-rows report:"; quiet_sys < "$work/small.err" 2>&1 | sed 's/^/     /'
 fi
+else
+# A ring too small for the time between two reads (1 MiB, read once a second): vnet-systrace
+# counts the rows it had no room for, capture.sh warns, and kept plus lost is every row made.
+printf '#!/bin/sh\nexec %s --ring-mib 1 --drain-ms 1000 "$@"\n' "$systrace" > "$work/small-ring"
+chmod +x "$work/small-ring"
+VNET_SYSTRACE=$work/small-ring bash probes/capture.sh --syscalls --tracer systrace -o "$work/small.csv" \
+  -c "$sim --duration 2 --no-progress" > /dev/null 2> "$work/small.err" || true
+lostline=$(grep '^vnet-systrace: lost' "$work/small.err" || true)
+rows=$(grep -c '^[0-9]' "$work/small.csv" || true)
+if [[ $lostline =~ lost\ ([0-9]+)\ rows\ of\ ([0-9]+) ]] && [ "${BASH_REMATCH[1]}" -gt 0 ] && [ $((rows + BASH_REMATCH[1])) = "${BASH_REMATCH[2]}" ] \
+    && grep -q '^# warning: the tracer lost' "$work/small.csv" && grep -q 'capture.sh: WARNING' "$work/small.err"; then
+  ok "vnet-systrace with a full ring: $rows rows kept; ${lostline#vnet-systrace: }"
+else
+  bad "vnet-systrace with a full ring: $rows rows, no or wrong lost-rows report:"; sed 's/^/     /' "$work/small.err"
+fi
+fi
 
 # --no-frames: the receive probes are not attached and sends write no tx_frame rows; the
 # episodes and wake-ups of the device's fd still equal the recorder's.
-bash probes/capture.sh --syscalls --no-frames -o "$work/sysnf.csv" \
+bash probes/capture.sh --syscalls --tracer "$tr" --no-frames -o "$work/sysnf.csv" \
   -c "$sim --duration 2 --json --no-progress --trace $work/sysnf.inproc.csv" > /dev/null 2> >(quiet_sys) || true
 if counts "$work/sysnf.csv" > /dev/null && python3 - "$work/sysnf.csv" "$work/sysnf.inproc.csv" <<'EOF'
 import csv, sys
@@ -533,7 +559,7 @@ for _ in $(seq 50); do
   [ -n "$sock" ] && break
   sleep 0.1
 done
-bash probes/capture.sh --syscalls -o "$work/sysp.csv" -p "$simpid" --socket "${sock:-/nonexistent}" 2> "$work/sysp.err" || true
+bash probes/capture.sh --syscalls --tracer "$tr" -o "$work/sysp.csv" -p "$simpid" --socket "${sock:-/nonexistent}" 2> "$work/sysp.err" || true
 wait "$simpid" || true
 if [ -n "$sock" ] && c=$(counts "$work/sysp.csv") && python3 - "$work/sysp.csv" "$c" <<'EOF'
 import json, sys
@@ -680,10 +706,13 @@ print(f"     (probe, len) {got}; asked {want['lens']}")
 sys.exit(0 if got == exp else 1)
 EOF
 then
-  ok "syscalls.bt: begin/resolved len of 40- and 1024-iovec sends on a stream socket is every byte asked for"
+  ok "begin/resolved len of 40- and 1024-iovec sends on a stream socket is every byte asked for"
 else
-  bad "syscalls.bt: begin/resolved len of many-iovec sends"; quiet_sys < "$work/iov.err" 2>&1 | sed 's/^/     /'
+  bad "begin/resolved len of many-iovec sends"; quiet_sys < "$work/iov.err" 2>&1 | sed 's/^/     /'
 fi
+
+done
+tag=""
 
 echo "probes: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -25,8 +25,8 @@ fn repo_root() -> PathBuf {
 pub enum TracerKind {
     /// The daemon under probes/enobufs.bt (its USDT probes); trace.csv in the output directory.
     Bpftrace,
-    /// passt and its peer (QEMU, or the daemon) by their system calls (probes/syscalls.bt),
-    /// each capture then read with `analyze report`.
+    /// passt and its peer (QEMU, or the daemon) by their system calls (probes/capture.sh
+    /// --syscalls: vnet-systrace, or probes/syscalls.bt), each then read with `analyze report`.
     Syscalls,
 }
 
@@ -58,9 +58,9 @@ pub struct Args {
     #[arg(long, conflicts_with = "baseline")]
     pub baseline_only: bool,
     /// bpftrace: the daemon under probes/enobufs.bt (trace.csv in the output directory);
-    /// syscalls: passt and QEMU (baseline) or the daemon captured by probes/syscalls.bt
-    /// (passt.csv, qemu.csv / daemon.csv per run) and each printed by `analyze report`.
-    /// Both need root and bpftrace.
+    /// syscalls: passt and QEMU (baseline) or the daemon captured by vnet-systrace (or
+    /// probes/syscalls.bt where it is not built) (passt.csv, qemu.csv / daemon.csv per run)
+    /// and each printed by `analyze report`. Both need root; bpftrace needs bpftrace.
     #[arg(long, value_enum)]
     pub tracer: Option<TracerKind>,
     /// Leave the per-frame rows (tx_frame/rx_frame) out of the capture.
@@ -167,9 +167,20 @@ fn check_tracer_use(kind: TracerKind) -> Result<(), CliError> {
             "{flag} needs root (bpftrace attaches to the processes' probes and system calls)"
         )));
     }
-    if !in_path("bpftrace") {
+    // capture.sh --syscalls runs vnet-systrace where it finds it (this checkout's build,
+    // $VNET_SYSTRACE or PATH), bpftrace's syscalls.bt otherwise
+    let systrace = kind == TracerKind::Syscalls
+        && (repo_root().join("target/release/vnet-systrace").is_file()
+            || std::env::var_os("VNET_SYSTRACE").is_some()
+            || in_path("vnet-systrace"));
+    if !systrace && !in_path("bpftrace") {
         return Err(CliError::Usage(format!(
-            "{flag} needs bpftrace, which is not in PATH (apt-get install bpftrace)"
+            "{flag} needs bpftrace, which is not in PATH (apt-get install bpftrace){}",
+            if kind == TracerKind::Syscalls {
+                ", or vnet-systrace (cargo build --release -p vnet-systrace)"
+            } else {
+                ""
+            }
         )));
     }
     Ok(())
@@ -402,7 +413,7 @@ mod tests {
     fn tracer_syscalls_parses_and_is_checked_before_booting() {
         let a = parse(&["--tracer", "syscalls", "--baseline", "--no-frame-probes"]).unwrap();
         assert_eq!(a.tracer, Some(TracerKind::Syscalls));
-        // Whichever of root and bpftrace is missing here, the refusal is a usage error.
+        // Whichever of root and a tracer is missing here, the refusal is a usage error.
         if let Err(e) = check_tracer_use(TracerKind::Syscalls) {
             assert_eq!(e.exit_code(), 2);
             assert!(e.to_string().starts_with("--tracer syscalls needs "), "{e}");
