@@ -33,21 +33,27 @@ fn fold(mut s: u64) -> u16 {
 /// half of a word whose low half is zero), folded to 16 bits.
 #[inline]
 fn sum_words(bytes: &[u8]) -> u16 {
+    // 32-bit words in the machine's byte order, added into a u64 (a loop the compiler
+    // vectorises; a frame's 16 Ki words stay far below overflow): 2^16 is 1 modulo
+    // 0xffff, so a 32-bit word adds what its two 16-bit halves do. Summed in little-endian
+    // order, the folded result is the big-endian sum byte-swapped (RFC 1071 2(B)).
+    let mut chunks = bytes.chunks_exact(4);
     let mut acc: u64 = 0;
-    let mut chunks = bytes.chunks_exact(8);
     for c in &mut chunks {
-        // Four big-endian words in one u64: its two 32-bit halves are each two words, and
-        // hi * 2^16 + lo is hi + lo modulo 0xffff, so adding the halves adds the words
-        // (folded once at the end). A frame's 8192 words of 64 bits add up to less than
-        // 2^46.
-        let w = u64::from_be_bytes(c.try_into().expect("8 bytes"));
-        acc += (w >> 32) + (w & 0xffff_ffff);
+        acc += u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
     }
-    let mut words = chunks.remainder().chunks_exact(2);
-    for w in &mut words {
+    let words = fold(acc);
+    let mut acc = u64::from(if cfg!(target_endian = "little") {
+        words.swap_bytes()
+    } else {
+        words
+    });
+    // The rest starts at an offset that is a multiple of 4: big-endian words as they are.
+    let mut rest = chunks.remainder().chunks_exact(2);
+    for w in &mut rest {
         acc += u64::from(u16::from_be_bytes([w[0], w[1]]));
     }
-    if let [last] = words.remainder() {
+    if let [last] = rest.remainder() {
         acc += u64::from(*last) << 8;
     }
     fold(acc)

@@ -413,10 +413,16 @@ const CSUM_CHUNK: usize = 4096;
 pub struct TxChain {
     segs: Vec<(GuestAddress, usize)>,
     len: usize,
-    /// Checksum offload: the offset in the frame of the 2-byte field the device completed
-    /// and the bytes it computed, sent from here in place of the guest's 2 bytes (the
-    /// guest's TX buffer is the driver's, and the device never writes it).
-    csum: Option<(usize, [u8; 2])>,
+    /// Checksum offload asked for (NEEDS_CSUM): where the sum starts and where the 2-byte
+    /// field is, in the frame.
+    csum_req: Option<(usize, usize)>,
+    /// The field's bytes once computed, sent from here in place of the guest's 2 bytes
+    /// (the guest's TX buffer is the driver's, and the device never writes it). Computed
+    /// when the frame first goes into a send ([`TxChain::gather_into`],
+    /// [`TxChain::copy_to`]), not at parse: a chain popped and given back to the ring
+    /// (a batch full by bytes, or stopped before it) costs no sum, and a deferred frame's
+    /// sum is kept for its retries.
+    csum: Option<[u8; 2]>,
 }
 
 impl TxChain {
@@ -429,19 +435,33 @@ impl TxChain {
         self.len == 0
     }
 
-    /// The device completed this frame's checksum (NEEDS_CSUM): the field's offset in the
-    /// frame and the value sent there.
+    /// The frame's header asked the device to complete its checksum (NEEDS_CSUM).
+    pub fn offloads_csum(&self) -> bool {
+        self.csum_req.is_some()
+    }
+
+    /// The checksum the device completed, once computed: the field's offset in the frame
+    /// and the value sent there.
     pub fn csum(&self) -> Option<(usize, u16)> {
-        self.csum.map(|(at, b)| (at, u16::from_be_bytes(b)))
+        let (_, field) = self.csum_req?;
+        self.csum.map(|b| (field, u16::from_be_bytes(b)))
+    }
+
+    /// Computes the checksum the header asked for, if not done yet.
+    fn complete_csum<M: GuestMemoryBackend>(&mut self, mem: &M) -> Result<(), ChainError> {
+        if let (Some((start, _)), None) = (self.csum_req, self.csum) {
+            self.csum = Some(self.sum_from(mem, start)?.finish().to_be_bytes());
+        }
+        Ok(())
     }
 
     /// Checks a chain and records its frame's pieces (reusing this value's storage).
     /// Returns the chain's total length in bytes.
     ///
     /// `offload`: VIRTIO_NET_F_CSUM was negotiated, so the header is read and honoured (a
-    /// NEEDS_CSUM checksum is computed now, once per chain, not once per send attempt);
-    /// a header the device cannot honour (a GSO type, a checksum field outside the frame)
-    /// is a malformed chain. Without it the header is skipped unread, as a driver that
+    /// NEEDS_CSUM checksum is computed when the frame first goes into a send); a header
+    /// the device cannot honour (a GSO type, a checksum field outside the frame) is a
+    /// malformed chain. Without it the header is skipped unread, as a driver that
     /// negotiated no offload must leave it zero.
     pub fn parse<M: GuestMemoryBackend>(
         &mut self,
@@ -451,6 +471,7 @@ impl TxChain {
     ) -> Result<usize, ChainError> {
         self.segs.clear();
         self.len = 0;
+        self.csum_req = None;
         self.csum = None;
         let mut hdr = [0u8; NET_HDR_LEN];
         let mut total = 0usize;
@@ -498,10 +519,7 @@ impl TxChain {
         }
         self.len = total - NET_HDR_LEN;
         if offload {
-            if let Some((start, field)) = TxHeader::from_bytes(&hdr).csum_request(self.len)? {
-                let c = self.sum_from(mem, start)?;
-                self.csum = Some((field, c.finish().to_be_bytes()));
-            }
+            self.csum_req = TxHeader::from_bytes(&hdr).csum_request(self.len)?;
         }
         Ok(total)
     }
@@ -535,11 +553,12 @@ impl TxChain {
     /// appended. An error means the memory map changed under a deferred frame and the
     /// chain no longer lies inside it.
     pub fn gather_into<M: GuestMemoryBackend>(
-        &self,
+        &mut self,
         mem: &M,
         list: &mut TxList,
     ) -> Result<bool, ChainError> {
-        let Some((at, bytes)) = &self.csum else {
+        self.complete_csum(mem)?;
+        let (Some((_, at)), Some(bytes)) = (&self.csum_req, &self.csum) else {
             if !self.gather_range(mem, list, 0, self.len)? {
                 return Ok(false);
             }
@@ -646,8 +665,13 @@ impl TxChain {
     }
 
     /// Copies the frame into `out` (for chains [`TxChain::gather_into`] cannot send as
-    /// they are), with the checksum the device completed in place.
-    pub fn copy_to<M: GuestMemory>(&self, mem: &M, out: &mut Vec<u8>) -> Result<(), ChainError> {
+    /// they are), with the checksum the device completed in place (summed from the copy
+    /// when not computed yet).
+    pub fn copy_to<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ChainError> {
         out.clear();
         out.resize(self.len, 0);
         let mut pos = 0;
@@ -659,7 +683,12 @@ impl TxChain {
                 })?;
             pos += len;
         }
-        if let Some((at, bytes)) = self.csum {
+        if let Some((start, at)) = self.csum_req {
+            let bytes = *self.csum.get_or_insert_with(|| {
+                let mut c = Csum::new();
+                c.add(&out[start..]);
+                c.finish().to_be_bytes()
+            });
             out[at..at + 2].copy_from_slice(&bytes);
         }
         Ok(())

@@ -211,7 +211,7 @@ impl TxVirtio {
             let mut first_error = None;
             let mut copy_first = self.batch[0].copied;
             if !copy_first {
-                for (i, p) in self.batch[..n].iter().enumerate() {
+                for (i, p) in self.batch[..n].iter_mut().enumerate() {
                     match p.chain.gather_into(mem, &mut self.list) {
                         Ok(true) => {}
                         Ok(false) if i == 0 => {
@@ -271,7 +271,7 @@ impl TxVirtio {
                     self.episode.on_success(events);
                 }
                 events.frame_sent(p.len);
-                if p.chain.csum().is_some() {
+                if p.chain.offloads_csum() {
                     events.tx_csum_offloaded();
                 }
                 done += 1;
@@ -499,7 +499,7 @@ impl TxVirtio {
         mem: &GuestMemoryMmap,
         backend: &mut dyn Backend,
         events: &DeviceEvents,
-        b: Behind,
+        mut b: Behind,
     ) -> Result<Ahead, DeviceError> {
         let (head, len) = (b.popped.head, b.popped.len);
         self.list.clear();
@@ -524,7 +524,7 @@ impl TxVirtio {
         if out.sent == 1 {
             add_used(&mut self.vq.queue, mem, head, 0).map_err(self.vq.err())?;
             events.frame_sent_ahead(len);
-            if b.popped.chain.csum().is_some() {
+            if b.popped.chain.offloads_csum() {
                 events.tx_csum_offloaded();
             }
             return Ok(Ahead::Sent);
