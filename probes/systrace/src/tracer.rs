@@ -234,8 +234,10 @@ impl Tracer {
             if !last {
                 std::thread::sleep(every);
             }
-            ring.consume().map_err(bpf("reading the ring buffer"))?;
+            let consumed = ring.consume();
+            // a failed write stops the consume from our callback: that error is the one to say
             sink.borrow_mut().flush()?;
+            consumed.map_err(bpf("reading the ring buffer"))?;
             if last {
                 return Ok(());
             }
