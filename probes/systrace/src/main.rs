@@ -101,6 +101,9 @@ fn run(args: &Args) -> Result<ExitCode, vnet_systrace::error::Error> {
         attached.as_secs_f64(),
         (own_cpu() - cpu_before).as_secs_f64()
     );
+    if let Some(status) = target.status().filter(|s| !s.success()) {
+        eprintln!("vnet-systrace: the command ended with {status}");
+    }
     if counts.untracked > 0 {
         eprintln!("vnet-systrace: {} calls or episodes did not fit in the BPF maps (more threads inside traced calls at once than 16384, or more open episodes than 65536): some rows are missing; this trace is incomplete", counts.untracked);
     }

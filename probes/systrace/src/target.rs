@@ -112,4 +112,13 @@ impl Target {
             Target::Held { child, .. } => !matches!(child.try_wait(), Ok(None)),
         }
     }
+
+    /// How a held command ended, once [`Target::exited`] said it had (the shell's 125: it
+    /// was never released; 126/127: it could not be run).
+    pub fn status(&mut self) -> Option<std::process::ExitStatus> {
+        match self {
+            Target::Running { .. } => None,
+            Target::Held { child, .. } => child.try_wait().ok().flatten(),
+        }
+    }
 }

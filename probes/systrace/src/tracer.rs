@@ -92,10 +92,8 @@ impl Tracer {
         let mut configured = false;
         for mut map in open.maps_mut() {
             let name = map.name().to_string_lossy().into_owned();
-            if name.ends_with(".rodata.config")
-                || name.ends_with("rodata.conf")
-                || name.ends_with(".config")
-            {
+            // libbpf names the map of a `.rodata.*` section after the section
+            if name == ".rodata.config" {
                 let value = map.initial_value_mut().ok_or_else(|| Error::Bpf {
                     what: format!("map {name}"),
                     message: "no initial value".into(),
@@ -234,8 +232,10 @@ impl Tracer {
             if !last {
                 std::thread::sleep(every);
             }
-            ring.consume().map_err(bpf("reading the ring buffer"))?;
+            let consumed = ring.consume();
+            // a failed write stops the consume from our callback: that error is the one to say
             sink.borrow_mut().flush()?;
+            consumed.map_err(bpf("reading the ring buffer"))?;
             if last {
                 return Ok(());
             }

@@ -66,3 +66,34 @@ fn bad_flag_values_are_usage_errors() {
         assert_eq!(code, 2, "{args:?}: {err}");
     }
 }
+
+/// Root and tracefs: a held command that fails still leaves a capture with its clock line
+/// and header, and its status is said on stderr. (Skipped, with the reason, without them;
+/// probes/test.sh runs the full checks as root.)
+#[test]
+fn a_held_command_that_fails_is_reported_and_the_capture_kept() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0
+        || !std::path::Path::new("/sys/kernel/tracing/events/syscalls").is_dir()
+    {
+        eprintln!("skipped: needs root and tracefs at /sys/kernel/tracing");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("vnet-systrace-held-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("t.csv");
+    let (code, err) = systrace(&["-o", csv.to_str().unwrap(), "-c", "false"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("the command ended with exit status: 1"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert!(
+        lines.next().unwrap().starts_with("# clock mono_ns="),
+        "{text}"
+    );
+    assert_eq!(lines.next(), Some(vnet_trace_schema::HEADER), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

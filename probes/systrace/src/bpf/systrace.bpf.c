@@ -104,7 +104,7 @@ struct sys_exit_ctx {
 	__s64 ret;
 };
 
-/* ---- the rows: vnet-systrace's Row (src/row.rs) has this layout ---- */
+/* ---- the rows: vnet-systrace's Record (src/record.rs) has this layout ---- */
 enum probe {
 	P_BEGIN = 1,
 	P_RETRY = 2,
@@ -445,21 +445,29 @@ static __always_inline void emit_mmsg_rows(__u64 now, __u32 probe, __s64 fd, __u
 		bpf_loop((__u32)n, mmsg_row, &m, 0);
 }
 
+/* The state this thread's entry left, taken out of the map; 0 when there is none or it
+ * was left by another system call (the number is checked, as syscalls.bt does). */
+static __always_inline int take_call(struct sys_exit_ctx *ctx, struct call *c)
+{
+	__u32 tid = current_tid();
+	struct call *found = bpf_map_lookup_elem(&calls, &tid);
+
+	if (!found)
+		return 0;
+	*c = *found;
+	bpf_map_delete_elem(&calls, &tid);
+	return c->nr == ctx->nr;
+}
+
 static __always_inline int send_return(struct sys_exit_ctx *ctx)
 {
 	__u64 now = bpf_ktime_get_ns();
-	__u32 tid = current_tid();
-	struct call *found = bpf_map_lookup_elem(&calls, &tid);
 	struct episode *ep;
 	struct call c;
 	__s64 ret = ctx->ret, len;
 	int failed, begin, resolved;
 
-	if (!found)
-		return 0;
-	c = *found;
-	bpf_map_delete_elem(&calls, &tid);
-	if (c.nr != ctx->nr)
+	if (!take_call(ctx, &c))
 		return 0;
 	ep = bpf_map_lookup_elem(&episodes, &c.fd);
 	failed = ret == -EAGAIN || ret == -ENOBUFS;
@@ -520,16 +528,10 @@ int exit_sendmmsg(struct sys_exit_ctx *ctx) { return send_return(ctx); }
 static __always_inline int receive_return(struct sys_exit_ctx *ctx)
 {
 	__u64 now = bpf_ktime_get_ns();
-	__u32 tid = current_tid();
-	struct call *found = bpf_map_lookup_elem(&calls, &tid);
 	struct call c;
 	__s64 ret = ctx->ret;
 
-	if (!found)
-		return 0;
-	c = *found;
-	bpf_map_delete_elem(&calls, &tid);
-	if (c.nr != ctx->nr || ret <= 0)
+	if (!take_call(ctx, &c) || ret <= 0)
 		return 0;
 	if (!c.mmsg) {
 		emit(now, P_RX_FRAME, c.fd, ret, 0, 0);
