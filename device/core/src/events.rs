@@ -57,6 +57,12 @@ impl DeviceEvents {
         tracing::debug!(fd = self.fd, len, "Read eth frame from proxy: {len} bytes");
     }
 
+    /// A TX frame that went out carried a checksum the device completed (NEEDS_CSUM).
+    #[inline]
+    pub fn tx_csum_offloaded(&self) {
+        self.metrics.tx_csum_offload.inc();
+    }
+
     /// A frame was read straight into guest buffers.
     #[inline]
     pub fn rx_direct(&self) {

@@ -289,6 +289,17 @@ impl TxList {
         Ok(())
     }
 
+    /// Appends bytes of the device's own (a checksum the device completed) to the frame
+    /// being added; they count toward [`MAX_IOV`] like a piece of guest memory. The
+    /// caller keeps `bytes` where they are until the list is sent.
+    pub fn push_bytes(&mut self, bytes: &[u8]) -> Result<(), TooManyPieces> {
+        if self.iov.len() - self.open_start() == MAX_IOV {
+            return Err(TooManyPieces);
+        }
+        self.push_raw(bytes.as_ptr(), bytes.len());
+        Ok(())
+    }
+
     /// Appends a frame that is one buffer (a copied chain); ends it.
     pub fn push_slice(&mut self, bytes: &[u8]) {
         self.cancel_frame();

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod bufsize;
+pub mod csum;
 pub mod device;
 pub mod episode;
 pub mod events;

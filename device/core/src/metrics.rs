@@ -224,6 +224,10 @@ metrics! {
     /// TX frames copied out of guest memory before sending, because their chain had more
     /// pieces than one gathered send takes (every other frame is sent in place).
     tx_copied: Counter,
+    /// TX frames sent with a TCP/UDP checksum the device computed for the guest
+    /// (VIRTIO_NET_F_CSUM negotiated and the header said NEEDS_CSUM); each counts once,
+    /// when it goes out.
+    tx_csum_offload: Counter,
     /// RX frames read from a stream socket straight into guest buffers (no copy in user
     /// space; see the unixstream backend's `DIRECT_MIN`).
     rx_direct: Counter,

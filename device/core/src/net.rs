@@ -6,7 +6,11 @@
 use std::collections::VecDeque;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_S_LINK_UP};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_S_LINK_UP,
+};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
@@ -16,15 +20,21 @@ use vm_memory::{
     MemoryRegionAddress, Permissions, VolatileSlice,
 };
 
+use crate::csum::Csum;
 use crate::frame::TxList;
 pub use crate::frame::MAX_FRAME;
 
-/// The features the device offers: VERSION_1, MAC, EVENT_IDX and MRG_RXBUF. No
-/// offloads, and no INDIRECT_DESC (so an indirect descriptor from the guest is an error).
+/// The features the device offers: VERSION_1, MAC, EVENT_IDX, MRG_RXBUF and the two
+/// checksum offloads, CSUM (the device completes TX checksums the guest marks
+/// NEEDS_CSUM) and GUEST_CSUM (the device marks RX frames DATA_VALID). No segmentation
+/// offloads (a TX header with a GSO type is refused), and no INDIRECT_DESC (so an
+/// indirect descriptor from the guest is an error).
 pub const DEVICE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
     | (1 << VIRTIO_NET_F_MAC)
     | (1 << VIRTIO_RING_F_EVENT_IDX)
-    | (1 << VIRTIO_NET_F_MRG_RXBUF);
+    | (1 << VIRTIO_NET_F_MRG_RXBUF)
+    | FEATURE_CSUM
+    | FEATURE_GUEST_CSUM;
 /// Length of the virtio_net_hdr_v1 in front of every frame (VERSION_1 makes it 12 bytes,
 /// num_buffers included, whether or not MRG_RXBUF is negotiated).
 pub const NET_HDR_LEN: usize = 12;
@@ -35,6 +45,14 @@ pub const TX_QUEUE: u16 = 1;
 
 pub const FEATURE_EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
 pub const FEATURE_MRG_RXBUF: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
+/// VIRTIO_NET_F_CSUM: the guest may leave TX checksums to the device.
+pub const FEATURE_CSUM: u64 = 1 << VIRTIO_NET_F_CSUM;
+/// VIRTIO_NET_F_GUEST_CSUM: the device may tell the guest an RX frame's checksum is valid.
+pub const FEATURE_GUEST_CSUM: u64 = 1 << VIRTIO_NET_F_GUEST_CSUM;
+/// virtio_net_hdr `flags`: the device must complete the checksum (TX).
+pub const HDR_F_NEEDS_CSUM: u8 = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+/// virtio_net_hdr `flags`: the frame's checksum is known to be good (RX).
+pub const HDR_F_DATA_VALID: u8 = VIRTIO_NET_HDR_F_DATA_VALID as u8;
 
 /// The virtio_net_config the device exposes: mac, status (link up), max_virtqueue_pairs.
 pub fn config_space(mac: [u8; 6]) -> Vec<u8> {
@@ -45,11 +63,70 @@ pub fn config_space(mac: [u8; 6]) -> Vec<u8> {
     c
 }
 
-/// A virtio_net_hdr_v1 with no offloads; only `num_buffers` varies.
-pub fn rx_header(num_buffers: u16) -> [u8; NET_HDR_LEN] {
+/// The virtio_net_hdr_v1 the device writes in front of an RX frame: `flags` (0, or
+/// [`HDR_F_DATA_VALID`] when GUEST_CSUM was negotiated) and `num_buffers`; no GSO.
+pub fn rx_header(num_buffers: u16, flags: u8) -> [u8; NET_HDR_LEN] {
     let mut h = [0u8; NET_HDR_LEN];
+    h[0] = flags;
     h[10..12].copy_from_slice(&num_buffers.to_le_bytes());
     h
+}
+
+/// The fields of a TX virtio_net_hdr_v1 the device acts on (little-endian in memory:
+/// flags u8, gso_type u8, hdr_len u16, gso_size u16, csum_start u16, csum_offset u16,
+/// num_buffers u16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxHeader {
+    pub flags: u8,
+    pub gso_type: u8,
+    pub csum_start: u16,
+    pub csum_offset: u16,
+}
+
+impl TxHeader {
+    pub fn from_bytes(h: &[u8; NET_HDR_LEN]) -> TxHeader {
+        TxHeader {
+            flags: h[0],
+            gso_type: h[1],
+            csum_start: u16::from_le_bytes([h[6], h[7]]),
+            csum_offset: u16::from_le_bytes([h[8], h[9]]),
+        }
+    }
+
+    /// The header's bytes (what a driver writes), for tests and the simulated guest.
+    pub fn to_bytes(&self) -> [u8; NET_HDR_LEN] {
+        let mut h = [0u8; NET_HDR_LEN];
+        h[0] = self.flags;
+        h[1] = self.gso_type;
+        h[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
+        h[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
+        h
+    }
+
+    /// Where the checksum the device must complete lies in a frame of `len` bytes:
+    /// `Ok(None)` when the header asks for none, `Ok(Some((start, field)))` (the sum runs
+    /// from `start` to the end, the result goes at `field`), or why the header cannot be
+    /// honoured. Unknown flag bits are ignored, as the spec (5.1.6.2.2) asks.
+    pub fn csum_request(&self, len: usize) -> Result<Option<(usize, usize)>, ChainError> {
+        if self.gso_type != VIRTIO_NET_HDR_GSO_NONE as u8 {
+            return Err(ChainError::GsoNotOffered {
+                gso_type: self.gso_type,
+            });
+        }
+        if self.flags & HDR_F_NEEDS_CSUM == 0 {
+            return Ok(None);
+        }
+        let start = usize::from(self.csum_start);
+        let field = start + usize::from(self.csum_offset);
+        if field + 2 > len {
+            return Err(ChainError::CsumOutsideFrame {
+                start: self.csum_start,
+                offset: self.csum_offset,
+                len,
+            });
+        }
+        Ok(Some((start, field)))
+    }
 }
 
 /// `[addr, addr + len)` as one host slice when one memory region holds all of it (for
@@ -203,6 +280,12 @@ pub enum ChainError {
     TableUnreadable { index: u16 },
     #[error("guest driver error: the kernel could not read the TX buffers (EFAULT): they lie inside a memory region but past what backs it")]
     Unreadable,
+    #[error(
+        "TX header asks for segmentation (gso_type {gso_type}), which the device never offers"
+    )]
+    GsoNotOffered { gso_type: u8 },
+    #[error("TX header's checksum (csum_start {start} + csum_offset {offset}, 2 bytes) lies outside the {len}-byte frame")]
+    CsumOutsideFrame { start: u16, offset: u16, len: usize },
 }
 
 impl ChainError {
@@ -300,6 +383,29 @@ impl<M: GuestMemoryBackend> Iterator for ChainWalk<'_, M> {
     }
 }
 
+/// Reads `out.len()` bytes of guest memory at `addr` ([`one_slice`] first, then
+/// vm-memory's general path).
+fn read_guest<M: GuestMemoryBackend>(
+    mem: &M,
+    addr: GuestAddress,
+    out: &mut [u8],
+) -> Result<(), ChainError> {
+    if let Some(s) = one_slice(mem, addr, out.len()) {
+        s.copy_to(out);
+        return Ok(());
+    }
+    mem.read_slice(out, addr)
+        .map_err(|_| ChainError::OutOfBounds {
+            addr: addr.0,
+            len: out.len() as u32,
+        })
+}
+
+/// Bytes of guest memory summed per copy into the device's stack buffer (the guest may
+/// change its buffer meanwhile, so the sum reads a private copy, never a Rust reference
+/// into guest memory).
+const CSUM_CHUNK: usize = 4096;
+
 /// A checked TX chain: where its frame's bytes (the header skipped) lie in guest memory.
 /// Kept between sends so a deferred frame is sent again from the guest's own buffers,
 /// which the guest may not reuse until the chain is used.
@@ -307,6 +413,16 @@ impl<M: GuestMemoryBackend> Iterator for ChainWalk<'_, M> {
 pub struct TxChain {
     segs: Vec<(GuestAddress, usize)>,
     len: usize,
+    /// Checksum offload asked for (NEEDS_CSUM): where the sum starts and where the 2-byte
+    /// field is, in the frame.
+    csum_req: Option<(usize, usize)>,
+    /// The field's bytes once computed, sent from here in place of the guest's 2 bytes
+    /// (the guest's TX buffer is the driver's, and the device never writes it). Computed
+    /// when the frame first goes into a send ([`TxChain::gather_into`],
+    /// [`TxChain::copy_to`]), not at parse: a chain popped and given back to the ring
+    /// (a batch full by bytes, or stopped before it) costs no sum, and a deferred frame's
+    /// sum is kept for its retries.
+    csum: Option<[u8; 2]>,
 }
 
 impl TxChain {
@@ -319,15 +435,45 @@ impl TxChain {
         self.len == 0
     }
 
+    /// The frame's header asked the device to complete its checksum (NEEDS_CSUM).
+    pub fn offloads_csum(&self) -> bool {
+        self.csum_req.is_some()
+    }
+
+    /// The checksum the device completed, once computed: the field's offset in the frame
+    /// and the value sent there.
+    pub fn csum(&self) -> Option<(usize, u16)> {
+        let (_, field) = self.csum_req?;
+        self.csum.map(|b| (field, u16::from_be_bytes(b)))
+    }
+
+    /// Computes the checksum the header asked for, if not done yet.
+    fn complete_csum<M: GuestMemoryBackend>(&mut self, mem: &M) -> Result<(), ChainError> {
+        if let (Some((start, _)), None) = (self.csum_req, self.csum) {
+            self.csum = Some(self.sum_from(mem, start)?.finish().to_be_bytes());
+        }
+        Ok(())
+    }
+
     /// Checks a chain and records its frame's pieces (reusing this value's storage).
     /// Returns the chain's total length in bytes.
+    ///
+    /// `offload`: VIRTIO_NET_F_CSUM was negotiated, so the header is read and honoured (a
+    /// NEEDS_CSUM checksum is computed when the frame first goes into a send); a header
+    /// the device cannot honour (a GSO type, a checksum field outside the frame) is a
+    /// malformed chain. Without it the header is skipped unread, as a driver that
+    /// negotiated no offload must leave it zero.
     pub fn parse<M: GuestMemoryBackend>(
         &mut self,
         mem: &M,
         descs: impl Iterator<Item = Result<Descriptor, ChainError>>,
+        offload: bool,
     ) -> Result<usize, ChainError> {
         self.segs.clear();
         self.len = 0;
+        self.csum_req = None;
+        self.csum = None;
+        let mut hdr = [0u8; NET_HDR_LEN];
         let mut total = 0usize;
         let mut any = false;
         // The header may be split across descriptors and share one with frame bytes.
@@ -352,6 +498,11 @@ impl TxChain {
             if total > NET_HDR_LEN + MAX_FRAME {
                 return Err(ChainError::TooLong { len: total });
             }
+            if offload && skip > 0 {
+                let n = skip.min(len);
+                let at = NET_HDR_LEN - skip;
+                read_guest(mem, d.addr(), &mut hdr[at..at + n])?;
+            }
             if skip >= len {
                 skip -= len;
                 continue;
@@ -367,7 +518,33 @@ impl TxChain {
             return Err(ChainError::TooShort { len: total });
         }
         self.len = total - NET_HDR_LEN;
+        if offload {
+            self.csum_req = TxHeader::from_bytes(&hdr).csum_request(self.len)?;
+        }
         Ok(total)
+    }
+
+    /// The internet checksum of the frame's bytes from `start` to its end, read out of
+    /// guest memory in [`CSUM_CHUNK`] pieces.
+    fn sum_from<M: GuestMemoryBackend>(&self, mem: &M, start: usize) -> Result<Csum, ChainError> {
+        let mut c = Csum::new();
+        let mut buf = [0u8; CSUM_CHUNK];
+        let mut skip = start;
+        for &(addr, len) in &self.segs {
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            let mut off = skip;
+            skip = 0;
+            while off < len {
+                let n = (len - off).min(CSUM_CHUNK);
+                read_guest(mem, GuestAddress(addr.0 + off as u64), &mut buf[..n])?;
+                c.add(&buf[..n]);
+                off += n;
+            }
+        }
+        Ok(c)
     }
 
     /// Appends the frame to `list` as pieces of guest memory for one gathered send (the
@@ -376,11 +553,59 @@ impl TxChain {
     /// appended. An error means the memory map changed under a deferred frame and the
     /// chain no longer lies inside it.
     pub fn gather_into<M: GuestMemoryBackend>(
-        &self,
+        &mut self,
         mem: &M,
         list: &mut TxList,
     ) -> Result<bool, ChainError> {
-        for &(addr, len) in &self.segs {
+        self.complete_csum(mem)?;
+        let (Some((_, at)), Some(bytes)) = (&self.csum_req, &self.csum) else {
+            if !self.gather_range(mem, list, 0, self.len)? {
+                return Ok(false);
+            }
+            list.end_frame();
+            return Ok(true);
+        };
+        // The frame with the 2 bytes at `at` sent from the device's copy: the guest's
+        // pieces before the field, the device's 2 bytes, the guest's pieces after. The
+        // list then points into this chain too, which stays where it is until the send
+        // (the batch's chains are not moved while their list is out).
+        if !self.gather_range(mem, list, 0, *at)? {
+            return Ok(false);
+        }
+        if list.push_bytes(bytes).is_err() {
+            list.cancel_frame();
+            return Ok(false);
+        }
+        if !self.gather_range(mem, list, at + 2, self.len)? {
+            return Ok(false);
+        }
+        list.end_frame();
+        Ok(true)
+    }
+
+    /// Appends the frame's bytes `from..to` to the open frame of `list` (see
+    /// [`TxChain::gather_into`]); `Ok(false)` (and the open frame cancelled): too many
+    /// pieces.
+    fn gather_range<M: GuestMemoryBackend>(
+        &self,
+        mem: &M,
+        list: &mut TxList,
+        from: usize,
+        to: usize,
+    ) -> Result<bool, ChainError> {
+        let mut pos = 0;
+        for &(seg_addr, seg_len) in &self.segs {
+            let (seg_start, seg_end) = (pos, pos + seg_len);
+            pos = seg_end;
+            let (a, b) = (seg_start.max(from), seg_end.min(to));
+            if a >= b {
+                if seg_start >= to {
+                    break;
+                }
+                continue;
+            }
+            let addr = GuestAddress(seg_addr.0 + (a - seg_start) as u64);
+            let len = b - a;
             if let Some(slice) = one_slice(mem, addr, len) {
                 if list.push_volatile(&slice).is_err() {
                     list.cancel_frame();
@@ -413,7 +638,6 @@ impl TxChain {
                 }
             }
         }
-        list.end_frame();
         Ok(true)
     }
 
@@ -440,8 +664,14 @@ impl TxChain {
         Ok(pos)
     }
 
-    /// Copies the frame into `out` (for chains [`TxChain::gather_into`] cannot send as they are).
-    pub fn copy_to<M: GuestMemory>(&self, mem: &M, out: &mut Vec<u8>) -> Result<(), ChainError> {
+    /// Copies the frame into `out` (for chains [`TxChain::gather_into`] cannot send as
+    /// they are), with the checksum the device completed in place (summed from the copy
+    /// when not computed yet).
+    pub fn copy_to<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ChainError> {
         out.clear();
         out.resize(self.len, 0);
         let mut pos = 0;
@@ -452,6 +682,14 @@ impl TxChain {
                     len: len as u32,
                 })?;
             pos += len;
+        }
+        if let Some((start, at)) = self.csum_req {
+            let bytes = *self.csum.get_or_insert_with(|| {
+                let mut c = Csum::new();
+                c.add(&out[start..]);
+                c.finish().to_be_bytes()
+            });
+            out[at..at + 2].copy_from_slice(&bytes);
         }
         Ok(())
     }
@@ -587,9 +825,16 @@ pub struct RxBuffers {
     free: Vec<RxBuffer>,
     /// Bytes written into each buffer of the frame being delivered (reused).
     lens: Vec<usize>,
+    /// `flags` of every header written ([`HDR_F_DATA_VALID`] under GUEST_CSUM).
+    hdr_flags: u8,
 }
 
 impl RxBuffers {
+    /// The `flags` byte of the headers this device writes.
+    pub fn set_header_flags(&mut self, flags: u8) {
+        self.hdr_flags = flags;
+    }
+
     pub fn reserved(&self) -> usize {
         self.reserved.len()
     }
@@ -753,7 +998,7 @@ impl RxBuffers {
         len: usize,
         rejected: &mut Vec<Rejected>,
     ) -> Result<RxOutcome, virtio_queue::Error> {
-        let hdr = rx_header(take as u16);
+        let hdr = rx_header(take as u16, self.hdr_flags);
         if let Err(error) = self.reserved[0].fill(mem, &mut [&hdr[..]]) {
             let head = self.reserved[0].head;
             return self.abandon(queue, mem, take, Rejected { head, error }, rejected);
@@ -799,7 +1044,7 @@ impl RxBuffers {
         rejected: &mut Vec<Rejected>,
     ) -> Result<RxOutcome, virtio_queue::Error> {
         let n = take as u16;
-        let hdr = rx_header(n);
+        let hdr = rx_header(n, self.hdr_flags);
         let mut parts: [&[u8]; 2] = [&hdr, frame];
         self.lens.clear();
         let mut failed = None;
@@ -832,13 +1077,55 @@ mod tests {
 
     #[test]
     fn features_and_config() {
+        // VERSION_1, MAC, EVENT_IDX, MRG_RXBUF, CSUM (0), GUEST_CSUM (1).
         assert_eq!(
             DEVICE_FEATURES,
-            (1 << 32) | (1 << 5) | (1 << 29) | (1 << 15)
+            (1 << 32) | (1 << 5) | (1 << 29) | (1 << 15) | (1 << 0) | (1 << 1)
         );
         let c = config_space([2, 0, 0, 0, 0, 1]);
         assert_eq!(&c[..6], &[2, 0, 0, 0, 0, 1]);
         assert_eq!(u16::from_le_bytes([c[6], c[7]]), 1);
-        assert_eq!(rx_header(3)[10..], [3, 0]);
+        assert_eq!(rx_header(3, 0)[10..], [3, 0]);
+        assert_eq!(rx_header(3, HDR_F_DATA_VALID)[0], 2);
+        assert_eq!(rx_header(3, HDR_F_DATA_VALID)[1..10], [0; 9]);
+    }
+
+    #[test]
+    fn tx_header_fields_and_checksum_bounds() {
+        let h = TxHeader {
+            flags: HDR_F_NEEDS_CSUM,
+            gso_type: 0,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let b = h.to_bytes();
+        // flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers (LE).
+        assert_eq!(b, [1, 0, 0, 0, 0, 0, 34, 0, 16, 0, 0, 0]);
+        assert_eq!(TxHeader::from_bytes(&b), h);
+        assert_eq!(h.csum_request(52), Ok(Some((34, 50))));
+        assert_eq!(
+            h.csum_request(51),
+            Err(ChainError::CsumOutsideFrame {
+                start: 34,
+                offset: 16,
+                len: 51
+            })
+        );
+        // Offsets that would overflow a u16 sum do not wrap.
+        let far = TxHeader {
+            csum_start: u16::MAX,
+            csum_offset: u16::MAX,
+            ..h
+        };
+        assert!(far.csum_request(MAX_FRAME).is_err());
+        // Without NEEDS_CSUM the offsets are not used, whatever they say (spec 5.1.6.2.2),
+        // and unknown flag bits are ignored.
+        let none = TxHeader { flags: 0x80, ..far };
+        assert_eq!(none.csum_request(60), Ok(None));
+        let gso = TxHeader { gso_type: 1, ..h };
+        assert_eq!(
+            gso.csum_request(1514),
+            Err(ChainError::GsoNotOffered { gso_type: 1 })
+        );
     }
 }

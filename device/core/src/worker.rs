@@ -34,7 +34,7 @@ pub struct WorkerSetup {
     pub tx_kick: Notifier,
     pub rx_call: Notifier,
     pub tx_call: Notifier,
-    /// Negotiated features; EVENT_IDX and MRG_RXBUF are read from here.
+    /// Negotiated features; EVENT_IDX, MRG_RXBUF, CSUM and GUEST_CSUM are read from here.
     pub features: u64,
     pub backend: Box<dyn Backend>,
     pub options: WorkerOptions,

@@ -19,7 +19,7 @@ use super::integrity::{Checker, Kind, Payload, Stamp, Verdict, STAMP_LEN};
 use super::latency::OneWay;
 use super::workload::{Idle, Next, Scheduler, SendLedger, SIM_HDR};
 use vnet_device::metrics::Metrics;
-use vnet_device::net::NET_HDR_LEN;
+use vnet_device::net::{TxHeader, HDR_F_DATA_VALID, HDR_F_NEEDS_CSUM, NET_HDR_LEN};
 use vnet_device::notify::Notifier;
 use vnet_device::probes::DropReason;
 
@@ -207,6 +207,80 @@ impl SimFramer {
     }
 }
 
+/// The UDP pseudo-header sum (RFC 768) of an Ethernet + IPv4 (no options) + UDP frame
+/// of `frame_len` bytes whose headers are `frame` (at least their 42 bytes), folded and
+/// not complemented: what Linux leaves in the checksum field of a frame it hands a device
+/// with NEEDS_CSUM. `None` for any other frame, and for one with bytes past its IPv4
+/// packet (Ethernet padding, which a device summing to the end of the frame would
+/// include).
+pub fn udp_pseudo_sum(frame: &[u8], frame_len: usize) -> Option<u16> {
+    if frame.len() < SIM_HDR || frame[12..14] != [0x08, 0x00] || frame[14] != 0x45 {
+        return None;
+    }
+    let ip_len = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    if frame[23] != 17 || 14 + ip_len != frame_len {
+        return None;
+    }
+    let mut sum: u32 = frame[26..34]
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    sum += 17 + u32::from(u16::from_be_bytes([frame[38], frame[39]]));
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    Some(sum as u16)
+}
+
+/// Whether a frame's UDP checksum, if it has one (nonzero), verifies: `None` for a
+/// frame without one (or not IPv4/UDP).
+pub fn udp_csum_ok(frame: &[u8]) -> Option<bool> {
+    let pseudo = udp_pseudo_sum(frame, frame.len())?;
+    if frame[40..42] == [0, 0] {
+        return None;
+    }
+    let mut sum = u32::from(pseudo);
+    for c in frame[34..].chunks(2) {
+        sum += u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    Some(sum == 0xffff)
+}
+
+/// The guest's side of TX checksum offload for the frame of `len` bytes after the header
+/// at `addr`: an IPv4/UDP frame gets the pseudo-header sum in its checksum field and a
+/// header saying NEEDS_CSUM from the UDP header on (csum_start 34, csum_offset 6); any
+/// other frame keeps its zero header.
+fn leave_udp_csum_to_device(
+    m: &GuestMemoryMmap,
+    addr: GuestAddress,
+    len: usize,
+) -> Result<(), DriverError> {
+    let err = |a: GuestAddress| move |source| DriverError::Memory { addr: a.0, source };
+    let at = GuestAddress(addr.0 + NET_HDR_LEN as u64);
+    let mut head = [0u8; SIM_HDR];
+    if len < SIM_HDR {
+        return Ok(());
+    }
+    m.read_slice(&mut head, at).map_err(err(at))?;
+    let Some(pseudo) = udp_pseudo_sum(&head, len) else {
+        return Ok(());
+    };
+    let field = GuestAddress(at.0 + 40);
+    m.write_slice(&pseudo.to_be_bytes(), field)
+        .map_err(err(field))?;
+    let hdr = TxHeader {
+        flags: HDR_F_NEEDS_CSUM,
+        gso_type: 0,
+        csum_start: 34,
+        csum_offset: 6,
+    };
+    m.write_slice(&hdr.to_bytes(), addr).map_err(err(addr))?;
+    Ok(())
+}
+
 /// The IPv4 header checksum (RFC 791) of `ip`, its checksum field zero.
 fn ipv4_checksum(ip: &[u8]) -> u16 {
     let mut sum: u32 = ip
@@ -313,6 +387,13 @@ pub struct Shared {
     pub tx_latency: OneWay,
     /// One-way latency, proxy to guest (built-in proxy only).
     pub rx_latency: OneWay,
+    /// Frames the built-in proxy received with a UDP checksum (the sim's guest sends
+    /// none unless the device completes it, `--offload-csum`), and those of them that did
+    /// not verify.
+    pub udp_csum_checked: AtomicU64,
+    pub udp_csum_bad: AtomicU64,
+    /// `--offload-csum`: frames the guest received whose header lacked DATA_VALID.
+    pub rx_data_valid_missing: AtomicU64,
 }
 
 impl Shared {
@@ -337,6 +418,9 @@ impl Shared {
             device: std::sync::OnceLock::new(),
             tx_latency: OneWay::new(Instant::now()),
             rx_latency: OneWay::new(Instant::now()),
+            udp_csum_checked: AtomicU64::new(0),
+            udp_csum_bad: AtomicU64::new(0),
+            rx_data_valid_missing: AtomicU64::new(0),
         })
     }
 
@@ -460,6 +544,9 @@ pub struct GuestTx {
     pub posted_bytes: u64,
     /// Real-proxy mode: at most this many datagrams without an echo yet (0 = no limit).
     pub window: u64,
+    /// CSUM negotiated: IPv4/UDP frames go with their checksum left to the device
+    /// (NEEDS_CSUM, the pseudo-header sum in the field), as Linux sends them.
+    pub offload_csum: bool,
 }
 
 /// Window bookkeeping: a UDP drop leaves its datagram outstanding forever, so once no
@@ -606,6 +693,9 @@ impl GuestTx {
                 )?;
                 slot_len[slot as usize] = next.len;
                 debug_assert_eq!(len, next.len);
+                if self.offload_csum {
+                    leave_udp_csum_to_device(&m, addr, len)?;
+                }
                 self.shared.tx_latency.sent(&stamp_for(&next));
                 self.queue.add(&chain, slot)?;
                 self.shared.guest_frames_out.fetch_add(1, Ordering::AcqRel);
@@ -716,6 +806,9 @@ pub struct GuestRx {
     pub rx_frames: u64,
     pub rx_bytes: u64,
     pub bad_frames: u64,
+    /// GUEST_CSUM negotiated: every header must say DATA_VALID (counted in
+    /// `Shared::rx_data_valid_missing` when one does not).
+    pub expect_data_valid: bool,
 }
 
 /// Reassembly state for a frame spread over several mergeable buffers.
@@ -777,6 +870,11 @@ impl GuestRx {
                             continue;
                         }
                         let want = u16::from_le_bytes([scratch[10], scratch[11]]).max(1);
+                        if self.expect_data_valid && scratch[0] & HDR_F_DATA_VALID == 0 {
+                            self.shared
+                                .rx_data_valid_missing
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
                         partial.insert(Partial {
                             want,
                             have: 1,
@@ -875,6 +973,38 @@ pub fn counts_as_received(v: Verdict) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The proxy's check of a device-completed UDP checksum: none when the field is 0,
+    /// good when the field holds what a device computes from the pseudo-header sum, bad
+    /// once a byte changes; frames with Ethernet padding past the IPv4 packet are left
+    /// alone.
+    #[test]
+    fn udp_checksums_are_checked_against_the_pseudo_header() {
+        let mut framer = SimFramer::new(GUEST_MAC, PROXY_MAC);
+        let mut f = Vec::new();
+        let next = Next {
+            stream: 2,
+            seq: 5,
+            ack: false,
+            len: 1515,
+        };
+        framer.build(&mut f, &next);
+        assert_eq!(udp_csum_ok(&f), None, "no checksum, nothing to check");
+        let pseudo = udp_pseudo_sum(&f, f.len()).unwrap();
+        f[40..42].copy_from_slice(&pseudo.to_be_bytes());
+        let mut c = vnet_device::csum::Csum::new();
+        c.add(&f[34..]);
+        f[40..42].copy_from_slice(&c.finish().to_be_bytes());
+        assert_eq!(udp_csum_ok(&f), Some(true));
+        f[700] ^= 1;
+        assert_eq!(udp_csum_ok(&f), Some(false));
+        let padded = Next {
+            len: vnet_device::frame::MAX_FRAME,
+            ..next
+        };
+        framer.build(&mut f, &padded);
+        assert_eq!(udp_pseudo_sum(&f, f.len()), None);
+    }
 
     #[test]
     fn sim_frames_are_valid_ipv4_udp_whose_flow_is_the_stream() {

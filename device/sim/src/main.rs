@@ -140,6 +140,11 @@ struct Cli {
     /// Skip payload checksums (sequence numbers are still checked).
     #[arg(long)]
     no_checksum: bool,
+    /// The guest negotiates the checksum offloads (VIRTIO_NET_F_CSUM, GUEST_CSUM): its
+    /// IPv4/UDP frames leave their checksum to the device, the built-in proxy verifies
+    /// each, and every RX header must say DATA_VALID.
+    #[arg(long)]
+    offload_csum: bool,
     /// Virtqueue size.
     #[arg(long, default_value_t = 256)]
     queue_size: u16,
@@ -445,6 +450,7 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
         queue_size: cli.queue_size,
         rx_buf_len: cli.rx_buf_len,
         tx_frame_offset: cli.tx_frame_offset,
+        offload_csum: cli.offload_csum,
         window: cli.window,
         progress: !cli.no_progress,
         ..SimConfig::default()

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::guest::{counts_as_received, sim_region, Shared, SimFramer, GUEST_MAC, PROXY_MAC};
+use super::guest::{
+    counts_as_received, sim_region, udp_csum_ok, Shared, SimFramer, GUEST_MAC, PROXY_MAC,
+};
 use super::integrity::{Checker, Kind};
 use super::workload::{Idle, Scheduler, Workload};
 use vnet_device::notify::Notifier;
@@ -261,6 +263,17 @@ fn read_loop(
             continue;
         };
         let frame = &reader.buf[off..off + len];
+        // A UDP checksum is there only when the device completed it (`--offload-csum`).
+        match udp_csum_ok(frame) {
+            Some(true) => {
+                shared.udp_csum_checked.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(false) => {
+                shared.udp_csum_checked.fetch_add(1, Ordering::Relaxed);
+                shared.udp_csum_bad.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {}
+        }
         // Anything not shaped like our frames is damage here: only the device sends.
         let (verdict, stamp) = match sim_region(frame) {
             Some((region, order)) => checker.observe(region, len, Some(order)),

@@ -14,11 +14,11 @@ use super::integrity::{Checker, Counts};
 use super::latency::LatencySummary;
 use super::proxy::{BuiltinProxy, PeerSocket, ProxyOptions};
 use super::real_proxy::{EchoServer, NetConfig, UdpFramer, UDP_OVERHEAD};
-use super::summary::Summary;
+use super::summary::{CsumOffload, Summary};
 use super::workload::{Scheduler, Workload};
 use vnet_device::backend::{self, BackendOptions, BackendSpec, FaultConfig};
 use vnet_device::metrics::Metrics;
-use vnet_device::net::{DEVICE_FEATURES, MAX_FRAME};
+use vnet_device::net::{DEVICE_FEATURES, FEATURE_CSUM, FEATURE_GUEST_CSUM, MAX_FRAME};
 use vnet_device::notify::Notifier;
 use vnet_device::retry_policy::RetryPolicy;
 use vnet_device::retry_timer::RetryTimer;
@@ -83,6 +83,10 @@ pub struct SimConfig {
     pub tx_frame_offset: u64,
     /// Print a live progress line on stderr (only honoured when it is a terminal).
     pub progress: bool,
+    /// The guest negotiates the checksum offloads: it leaves its IPv4/UDP frames'
+    /// checksums to the device (NEEDS_CSUM) and expects DATA_VALID on what it receives;
+    /// the built-in proxy verifies every UDP checksum it receives.
+    pub offload_csum: bool,
 }
 
 impl Default for SimConfig {
@@ -113,6 +117,7 @@ impl Default for SimConfig {
             rx_buf_len: 4096,
             tx_frame_offset: 64,
             progress: true,
+            offload_csum: false,
         }
     }
 }
@@ -255,7 +260,14 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         tx_kick: tx_kick.try_clone().map_err(io("eventfd"))?,
         rx_call: rx_call.try_clone().map_err(io("eventfd"))?,
         tx_call: tx_call.try_clone().map_err(io("eventfd"))?,
-        features: DEVICE_FEATURES,
+        // By default the simulated guest, like a driver without offloads, acks every
+        // feature but the checksum offloads: its frames carry no NEEDS_CSUM and it
+        // ignores DATA_VALID.
+        features: if cfg.offload_csum {
+            DEVICE_FEATURES
+        } else {
+            DEVICE_FEATURES & !(FEATURE_CSUM | FEATURE_GUEST_CSUM)
+        },
         backend,
         options: WorkerOptions {
             retry_timer,
@@ -320,6 +332,7 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         posted_frames: 0,
         posted_bytes: 0,
         window: if real { cfg.window } else { 0 },
+        offload_csum: cfg.offload_csum,
     };
     let guest_rx = GuestRx {
         queue: rx_queue,
@@ -338,6 +351,7 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         rx_frames: 0,
         rx_bytes: 0,
         bad_frames: 0,
+        expect_data_valid: cfg.offload_csum,
     };
     let tx_thread = spawn("sim-guest-tx", move || guest_tx.run())?;
     let rx_thread = spawn("sim-guest-rx", move || guest_rx.run())?;
@@ -470,6 +484,11 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
                 &shared.tx_latency.histograms(),
                 &shared.rx_latency.histograms(),
             )
+        }),
+        csum_offload: cfg.offload_csum.then(|| CsumOffload {
+            udp_checksums_checked: shared.udp_csum_checked.load(Ordering::Acquire),
+            udp_checksums_bad: shared.udp_csum_bad.load(Ordering::Acquire),
+            rx_without_data_valid: shared.rx_data_valid_missing.load(Ordering::Acquire),
         }),
     })
 }

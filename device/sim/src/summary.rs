@@ -73,6 +73,21 @@ pub struct Summary {
     pub device: MetricsSnapshot,
     /// One-way latency per frame class, in microseconds (built-in proxy only).
     pub latency_us: Option<LatencySummary>,
+    /// `--offload-csum`: what the checksum offloads did (else `null`).
+    pub csum_offload: Option<CsumOffload>,
+}
+
+/// The checksum offloads seen from both ends (`--offload-csum`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CsumOffload {
+    /// Guest frames the built-in proxy received with a UDP checksum (the device completed
+    /// it; the device counts them as `device.tx_csum_offload`), and those that did not
+    /// verify (an integrity error).
+    pub udp_checksums_checked: u64,
+    pub udp_checksums_bad: u64,
+    /// Frames the guest received whose header did not say DATA_VALID (an error: the
+    /// guest negotiated GUEST_CSUM).
+    pub rx_without_data_valid: u64,
 }
 
 impl Summary {
@@ -89,6 +104,10 @@ impl Summary {
             }
             + self.corrupted
             + self.stalls
+            + self
+                .csum_offload
+                .as_ref()
+                .map_or(0, |c| c.udp_checksums_bad + c.rx_without_data_valid)
             > 0
     }
 
@@ -166,6 +185,16 @@ impl Summary {
                 self.unreported_drops,
                 d.tx_sent_ahead,
                 d.tx_ahead_refused
+            );
+        }
+        if let Some(c) = &self.csum_offload {
+            let _ = writeln!(
+                s,
+                "  checksum offload: device completed {} TX checksums, proxy checked {} ({} bad); RX frames without DATA_VALID {}",
+                d.tx_csum_offload,
+                c.udp_checksums_checked,
+                c.udp_checksums_bad,
+                c.rx_without_data_valid
             );
         }
         if let Some(c) = &self.to_proxy {

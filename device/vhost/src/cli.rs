@@ -201,6 +201,10 @@ fn print_summary(args: &Args, metrics: &Metrics, run: &DaemonRun, trace_rows: Op
         s.episodes, s.retries, s.resolved, s.max_wait_ns, s.guest_kicks, s.guest_irqs
     );
     println!(
+        "  checksum offload: tx frames completed by the device {}",
+        s.tx_csum_offload
+    );
+    println!(
         "  handshake: features 0x{:x}, early enables {}, worker starts {}",
         run.handshake.acked_features.unwrap_or(0),
         run.handshake.early_enables,

@@ -136,6 +136,12 @@ impl Rig {
 
     /// Everything up to (not including) the rings, in QEMU's order.
     fn negotiate(&mut self, early_enable: bool) -> u64 {
+        self.negotiate_acking(early_enable, !0)
+    }
+
+    /// [`Rig::negotiate`], acking only the offered features in `mask` (a guest or a
+    /// QEMU command line that turns some off).
+    fn negotiate_acking(&mut self, early_enable: bool, mask: u64) -> u64 {
         self.frontend.set_owner().unwrap();
         let offered = self.frontend.get_features().unwrap();
         assert_eq!(offered, OFFERED_FEATURES);
@@ -155,7 +161,8 @@ impl Rig {
             self.raw_enable(0, true);
             self.raw_enable(1, true);
         }
-        self.frontend.set_features(offered).unwrap();
+        let acked = offered & mask;
+        self.frontend.set_features(acked).unwrap();
         let region = VhostUserMemoryRegionInfo {
             guest_phys_addr: 0,
             memory_size: MEM_SIZE as u64,
@@ -164,7 +171,7 @@ impl Rig {
             mmap_handle: self.file.as_raw_fd(),
         };
         self.frontend.set_mem_table(&[region]).unwrap();
-        offered
+        acked
     }
 
     fn setup_ring(&mut self, index: usize, q: &MockSplitQueue<'_, GuestMemoryMmap>) {
@@ -357,13 +364,111 @@ fn features_we_did_not_offer_are_refused() {
     let mut r = rig();
     r.frontend.set_owner().unwrap();
     r.frontend.get_features().unwrap();
-    // CSUM (bit 0) is not ours to give: the handler refuses and records nothing.
-    r.frontend.set_features(OFFERED_FEATURES | 1).unwrap();
+    // GUEST_TSO4 (bit 7) is not ours to give: the handler refuses and records nothing.
+    r.frontend
+        .set_features(OFFERED_FEATURES | (1 << 7))
+        .unwrap();
     r.sync();
     assert_eq!(r.stats().acked_features, None);
     drop(r.frontend);
     drop(r.raw);
     assert_eq!(r.server.join().unwrap(), SessionEnd::Disconnected);
+}
+
+/// The checksum offloads are offered, and the device does what was acked: with CSUM a TX
+/// frame marked NEEDS_CSUM leaves with its checksum completed and with GUEST_CSUM RX
+/// headers say DATA_VALID; a front end that acks neither gets the frame as the guest
+/// wrote it and headers with no flags.
+#[test]
+fn checksum_offloads_follow_what_was_acked() {
+    use vnet_device::net::{
+        TxHeader, FEATURE_CSUM, FEATURE_GUEST_CSUM, HDR_F_DATA_VALID, HDR_F_NEEDS_CSUM,
+    };
+    for acked_csum in [true, false] {
+        let mut r = rig();
+        let mem = r.mem.clone();
+        let rxq = MockSplitQueue::create(&mem, GuestAddress(RXQ), QSIZE);
+        let txq = MockSplitQueue::create(&mem, GuestAddress(TXQ), QSIZE);
+        let offloads = FEATURE_CSUM | FEATURE_GUEST_CSUM;
+        assert_eq!(OFFERED_FEATURES & offloads, offloads, "offloads offered");
+        let mask = if acked_csum { !0 } else { !offloads };
+        let acked = r.negotiate_acking(true, mask);
+        assert_eq!(acked & offloads != 0, acked_csum);
+        r.setup_ring(0, &rxq);
+        r.setup_ring(1, &txq);
+        r.sync();
+        assert_eq!(r.stats().acked_features, Some(acked));
+
+        // The checksum field at 40..42 holds 0x1234 (the guest's pseudo-header sum).
+        let mut out = frame(200, 5);
+        out[40..42].copy_from_slice(&[0x12, 0x34]);
+        let hdr = TxHeader {
+            flags: HDR_F_NEEDS_CSUM,
+            gso_type: 0,
+            csum_start: 34,
+            csum_offset: 6,
+        };
+        mem.write_slice(&hdr.to_bytes(), GuestAddress(DATA))
+            .unwrap();
+        mem.write_slice(&out, GuestAddress(DATA + NET_HDR_LEN as u64))
+            .unwrap();
+        txq.build_desc_chain(&[RawDescriptor::from(Descriptor::new(
+            DATA,
+            (NET_HDR_LEN + out.len()) as u32,
+            0,
+            0,
+        ))])
+        .unwrap();
+        r.kicks[1].write(1).unwrap();
+        r.proxy
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut len = [0u8; 4];
+        r.proxy.read_exact(&mut len).unwrap();
+        let mut got = vec![0u8; u32::from_be_bytes(len) as usize];
+        r.proxy.read_exact(&mut got).unwrap();
+        if acked_csum {
+            // The range from csum_start, with the completed field, plus the pseudo-header
+            // sum the guest had left there, sums to 0xffff.
+            let mut sum: u32 = 0x1234
+                + got[34..]
+                    .chunks(2)
+                    .map(|w| (u32::from(w[0]) << 8) | u32::from(*w.get(1).unwrap_or(&0)))
+                    .sum::<u32>();
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            assert_eq!(sum, 0xffff);
+            assert_eq!((&got[..40], &got[42..]), (&out[..40], &out[42..]));
+        } else {
+            assert_eq!(got, out, "sent as the guest wrote it");
+        }
+        wait_call(&r.calls[1]);
+
+        let rx_buf = DATA + 0x2_0000;
+        rxq.build_desc_chain(&[RawDescriptor::from(Descriptor::new(
+            rx_buf,
+            4096,
+            VRING_DESC_F_WRITE as u16,
+            0,
+        ))])
+        .unwrap();
+        r.kicks[0].write(1).unwrap();
+        let inbound = frame(300, 1);
+        let mut msg = (inbound.len() as u32).to_be_bytes().to_vec();
+        msg.extend_from_slice(&inbound);
+        r.proxy.write_all(&msg).unwrap();
+        wait_call(&r.calls[0]);
+        let mut flags = [0u8; 1];
+        mem.read_slice(&mut flags, GuestAddress(rx_buf)).unwrap();
+        let want = if acked_csum { HDR_F_DATA_VALID } else { 0 };
+        assert_eq!(flags[0], want);
+        assert_eq!(r.metrics.snapshot().tx_csum_offload, u64::from(acked_csum));
+
+        drop(r.frontend);
+        drop(r.raw);
+        assert_eq!(r.server.join().unwrap(), SessionEnd::Disconnected);
+    }
 }
 
 #[test]

@@ -170,11 +170,16 @@ fn region(mem: &GuestMemoryMmap, file: &File, size: u64) -> VhostUserMemoryRegio
 
 /// Features and protocol features, as QEMU negotiates them.
 fn negotiate(fe: &mut Frontend) {
+    negotiate_acking(fe, !0);
+}
+
+/// [`negotiate`], acking only the offered features in `mask`.
+fn negotiate_acking(fe: &mut Frontend, mask: u64) {
     fe.set_owner().unwrap();
     let features = fe.get_features().unwrap();
     let proto = fe.get_protocol_features().unwrap();
     fe.set_protocol_features(proto).unwrap();
-    fe.set_features(features).unwrap();
+    fe.set_features(features & mask).unwrap();
 }
 
 /// Both rings (RX empty) and their eventfds; the worker starts after the enables.
@@ -367,10 +372,15 @@ struct Session {
 }
 
 fn session(dir: &Dir) -> Session {
+    session_acking(dir, !0)
+}
+
+/// [`session`], acking only the offered features in `mask`.
+fn session_acking(dir: &Dir, mask: u64) -> Session {
     let d = start(&dir.0, &[]);
     let (proxy, _) = d.proxy.accept().unwrap();
     let mut fe = Frontend::from_stream(d.connect(), 2);
-    negotiate(&mut fe);
+    negotiate_acking(&mut fe, mask);
     // No MFD_ALLOW_SEALING: the daemon cannot seal it, so the test may shrink it later.
     let file = memfd(MEM as u64, 0);
     let mem = map(&file);
@@ -554,7 +564,9 @@ fn sigterm_stops_a_daemon_whose_tx_avail_index_went_backwards() {
 #[test]
 fn a_tx_buffer_past_the_end_of_a_shrunk_memfd_is_rejected_and_the_next_frame_goes_out() {
     let dir = Dir::new("tx-efault");
-    let mut s = session(&dir);
+    // Without CSUM the daemon reads nothing of a TX chain past its descriptors (with it,
+    // it reads the header itself: see the next test).
+    let mut s = session_acking(&dir, !vnet_device::net::FEATURE_CSUM);
     let txq = MockSplitQueue::create(&s.mem, GuestAddress(TXQ), QSIZE);
     send_frame(&s.mem, &txq, &s.fds[1], &mut s.proxy, b"before", 0);
     // The region still declares 1 MiB; the file now ends at 512 KiB. The rings and the
@@ -589,4 +601,43 @@ fn a_tx_buffer_past_the_end_of_a_shrunk_memfd_is_rejected_and_the_next_frame_goe
         end.stderr
     );
     assert_eq!(end.summary["handshake"]["memory_faults"], 0);
+}
+
+/// With CSUM negotiated the daemon reads each TX header itself (and a NEEDS_CSUM frame,
+/// to sum it), so a TX buffer past the end of a shrunk memfd meets the SIGBUS guard, as
+/// the device's other reads of guest memory do: zero pages, the data path stops, the
+/// daemon lives on and says why. (QEMU's memfds take seals, and a sealed memfd cannot
+/// shrink: see a_sealable_memfd_is_sealed_against_shrinking.)
+#[test]
+fn with_csum_a_tx_header_past_the_end_of_a_shrunk_memfd_meets_the_sigbus_guard() {
+    let dir = Dir::new("tx-sigbus");
+    let mut s = session(&dir);
+    let txq = MockSplitQueue::create(&s.mem, GuestAddress(TXQ), QSIZE);
+    send_frame(&s.mem, &txq, &s.fds[1], &mut s.proxy, b"before", 0);
+    s.file.set_len(MEM as u64 / 2).unwrap();
+    txq.add_desc_chains(
+        &[RawDescriptor::from(Descriptor::new(
+            0x9_0000,
+            (NET_HDR_LEN + 100) as u32,
+            0,
+            0,
+        ))],
+        1,
+    )
+    .unwrap();
+    s.fds[1].write(1).unwrap();
+    thread::sleep(Duration::from_millis(500));
+    // Still answering.
+    s.fe.get_features().unwrap();
+    drop(s.fe);
+    let end = s.d.finish();
+    assert!(end.status.success(), "{}: {}", end.status, end.stderr);
+    assert_eq!(end.summary["end"], "disconnected");
+    assert!(
+        end.summary["handshake"]["memory_faults"].as_u64().unwrap() >= 1,
+        "{}\n{}",
+        end.summary,
+        end.stderr
+    );
+    assert!(end.stderr.contains("guest memory shrank"), "{}", end.stderr);
 }

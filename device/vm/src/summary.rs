@@ -84,6 +84,8 @@ const COUNTERS: &[&str] = &[
     "write_events",
     "timer_fired",
     "rejected_chains",
+    // TX frames whose checksum the daemon completed for the guest (VIRTIO_NET_F_CSUM).
+    "tx_csum_offload",
 ];
 
 /// The daemon's counters, wherever in its JSON they sit (top level or under "device").

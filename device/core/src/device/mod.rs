@@ -19,7 +19,9 @@ use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use crate::backend::{Backend, BackendError, SyscallCounts};
 use crate::events::DeviceEvents;
 use crate::metrics::Metrics;
-use crate::net::{FEATURE_EVENT_IDX, FEATURE_MRG_RXBUF, RX_QUEUE, TX_QUEUE};
+use crate::net::{
+    FEATURE_CSUM, FEATURE_EVENT_IDX, FEATURE_GUEST_CSUM, FEATURE_MRG_RXBUF, RX_QUEUE, TX_QUEUE,
+};
 use crate::notify::Notifier;
 use rx::RxVirtio;
 use tx::TxVirtio;
@@ -76,7 +78,9 @@ pub struct NetDevice {
 
 impl NetDevice {
     /// Takes the data-path parts of a setup (the kick fds and options stay with the loop).
-    /// `features` are the negotiated ones: EVENT_IDX and MRG_RXBUF are read from them.
+    /// `features` are the negotiated ones: EVENT_IDX, MRG_RXBUF, CSUM (TX checksums the
+    /// guest marks NEEDS_CSUM are completed) and GUEST_CSUM (RX headers say DATA_VALID)
+    /// are read from them.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         mem: GuestMemoryAtomic<GuestMemoryMmap>,
@@ -94,10 +98,14 @@ impl NetDevice {
             mem,
             backend,
             events,
-            tx: TxVirtio::new(Virtq::new(tx, tx_call, TX_QUEUE, event_idx)),
+            tx: TxVirtio::new(
+                Virtq::new(tx, tx_call, TX_QUEUE, event_idx),
+                features & FEATURE_CSUM != 0,
+            ),
             rx: RxVirtio::new(
                 Virtq::new(rx, rx_call, RX_QUEUE, event_idx),
                 features & FEATURE_MRG_RXBUF != 0,
+                features & FEATURE_GUEST_CSUM != 0,
             ),
             syscalls_counted: SyscallCounts::default(),
         }

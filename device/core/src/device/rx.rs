@@ -14,7 +14,7 @@ use super::{DeviceError, RxPass, BATCH};
 use crate::backend::{lent_frame, Backend, DirectRead, ReadStatus, MAX_BATCH_FRAMES};
 use crate::events::DeviceEvents;
 use crate::frame::{IovBuf, MAX_FRAME};
-use crate::net::{Rejected, RxBuffers, RxOutcome};
+use crate::net::{Rejected, RxBuffers, RxOutcome, HDR_F_DATA_VALID};
 use crate::probes::DropReason;
 
 /// Most receive calls [`RxVirtio::peer_gone`] makes to count the frames a departed proxy
@@ -42,14 +42,25 @@ pub(crate) struct RxVirtio {
 }
 
 impl RxVirtio {
-    pub(crate) fn new(vq: Virtq, mergeable: bool) -> RxVirtio {
+    /// `data_valid`: VIRTIO_NET_F_GUEST_CSUM was negotiated, so every frame's header says
+    /// VIRTIO_NET_HDR_F_DATA_VALID and the guest does not verify its TCP/UDP checksum.
+    /// That is true of every frame delivered here: the proxy (passt, gvproxy, ...) built
+    /// it in its own memory, from data the host's network stack already checked or
+    /// produced itself, and handed it over a Unix socket, which copies bytes between
+    /// processes and cannot corrupt them; there is no wire in between whose errors a
+    /// checksum would catch. (A host kernel's tap device says the same of the frames it
+    /// hands a VMM with a virtio_net_hdr.) A frame whose checksum the proxy got wrong
+    /// would be accepted, as it would from a NIC that validated it.
+    pub(crate) fn new(vq: Virtq, mergeable: bool, data_valid: bool) -> RxVirtio {
+        let mut buffers = RxBuffers::default();
+        buffers.set_header_flags(if data_valid { HDR_F_DATA_VALID } else { 0 });
         RxVirtio {
             vq,
             mergeable,
             bufs: Vec::new(),
             got: Vec::new(),
             next: 0,
-            buffers: RxBuffers::default(),
+            buffers,
             waiting: false,
             rejected: Vec::new(),
             iov: IovBuf::default(),

@@ -74,10 +74,13 @@ pub(crate) struct TxVirtio {
     behind: VecDeque<Behind>,
     /// A frame's first bytes, read for its flow.
     head_buf: [u8; HEADER_PREFIX],
+    /// VIRTIO_NET_F_CSUM was negotiated: headers are read and NEEDS_CSUM checksums
+    /// completed (`TxChain::parse`).
+    offload: bool,
 }
 
 impl TxVirtio {
-    pub(crate) fn new(vq: Virtq) -> TxVirtio {
+    pub(crate) fn new(vq: Virtq, offload: bool) -> TxVirtio {
         TxVirtio {
             vq,
             batch: Vec::new(),
@@ -89,6 +92,7 @@ impl TxVirtio {
             look_ahead: false,
             behind: VecDeque::new(),
             head_buf: [0; HEADER_PREFIX],
+            offload,
         }
     }
 
@@ -172,7 +176,7 @@ impl TxVirtio {
                 let slot = &mut self.batch[n];
                 match slot
                     .chain
-                    .parse(mem, ChainWalk::new(mem, &self.vq.queue, head))
+                    .parse(mem, ChainWalk::new(mem, &self.vq.queue, head), self.offload)
                 {
                     Ok(_) if n > 0 && bytes + slot.chain.len() > MAX_BATCH_BYTES => {
                         self.unpop(1);
@@ -207,7 +211,7 @@ impl TxVirtio {
             let mut first_error = None;
             let mut copy_first = self.batch[0].copied;
             if !copy_first {
-                for (i, p) in self.batch[..n].iter().enumerate() {
+                for (i, p) in self.batch[..n].iter_mut().enumerate() {
                     match p.chain.gather_into(mem, &mut self.list) {
                         Ok(true) => {}
                         Ok(false) if i == 0 => {
@@ -267,6 +271,9 @@ impl TxVirtio {
                     self.episode.on_success(events);
                 }
                 events.frame_sent(p.len);
+                if p.chain.offloads_csum() {
+                    events.tx_csum_offloaded();
+                }
                 done += 1;
             }
             if out.sent == tried {
@@ -458,9 +465,9 @@ impl TxVirtio {
                 head,
                 ..Popped::default()
             };
-            if let Err(error) = p
-                .chain
-                .parse(mem, ChainWalk::new(mem, &self.vq.queue, head))
+            if let Err(error) =
+                p.chain
+                    .parse(mem, ChainWalk::new(mem, &self.vq.queue, head), self.offload)
             {
                 // Dropped either way, so it reorders nothing by going back now.
                 self.reject(mem, head, error, events)?;
@@ -492,7 +499,7 @@ impl TxVirtio {
         mem: &GuestMemoryMmap,
         backend: &mut dyn Backend,
         events: &DeviceEvents,
-        b: Behind,
+        mut b: Behind,
     ) -> Result<Ahead, DeviceError> {
         let (head, len) = (b.popped.head, b.popped.len);
         self.list.clear();
@@ -517,6 +524,9 @@ impl TxVirtio {
         if out.sent == 1 {
             add_used(&mut self.vq.queue, mem, head, 0).map_err(self.vq.err())?;
             events.frame_sent_ahead(len);
+            if b.popped.chain.offloads_csum() {
+                events.tx_csum_offloaded();
+            }
             return Ok(Ahead::Sent);
         }
         match out.stopped {

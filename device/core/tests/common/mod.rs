@@ -335,6 +335,8 @@ pub struct RxAssembler {
     cur: Vec<u8>,
     remaining: u16,
     pub frames: Vec<Vec<u8>>,
+    /// Each frame's header `flags` (0, or DATA_VALID under GUEST_CSUM).
+    pub flags: Vec<u8>,
 }
 
 impl RxAssembler {
@@ -348,7 +350,16 @@ impl RxAssembler {
             );
             let n = u16::from_le_bytes([bytes[10], bytes[11]]);
             assert!(n >= 1, "num_buffers 0");
-            assert!(bytes[..10].iter().all(|&b| b == 0), "offload fields set");
+            assert_eq!(
+                bytes[0] & !vnet_device::net::HDR_F_DATA_VALID,
+                0,
+                "flags other than DATA_VALID set"
+            );
+            assert!(
+                bytes[1..10].iter().all(|&b| b == 0),
+                "GSO or csum fields set"
+            );
+            self.flags.push(bytes[0]);
             self.remaining = n;
             self.cur = bytes[NET_HDR_LEN..].to_vec();
         } else {

@@ -257,13 +257,15 @@ static __always_inline struct sock *sock_of(__s64 fd)
 	return BPF_CORE_READ(sock, sk);
 }
 
-/* The FD given, or an AF_UNIX socket. */
+/* An AF_UNIX socket, and the FD given if one is: a process may close the traced socket
+ * and reuse its number for a file (glibc's malloc reads /proc/sys/vm/overcommit_memory at
+ * exit), which is not the socket. */
 static __always_inline int traced_fd(__s64 fd)
 {
 	struct sock *sk;
 
-	if (cfg.only_fd >= 0)
-		return fd == cfg.only_fd;
+	if (cfg.only_fd >= 0 && fd != cfg.only_fd)
+		return 0;
 	sk = sock_of(fd);
 	return sk && BPF_CORE_READ(sk, __sk_common.skc_family) == 1;
 }
@@ -729,7 +731,8 @@ static long pollfd_rows(__u32 i, struct wait_scan *scan)
 	if (fd < 0 || !(rev & 0x5))
 		return 0;
 	sk = sock_of(fd);
-	ok = cfg.only_fd >= 0 ? fd == cfg.only_fd : sk && BPF_CORE_READ(sk, __sk_common.skc_family) == 1;
+	ok = (cfg.only_fd < 0 || fd == cfg.only_fd) && sk &&
+	     BPF_CORE_READ(sk, __sk_common.skc_family) == 1;
 	if (ok)
 		wake_rows(scan->now, fd, sk, rev);
 	return 0;
