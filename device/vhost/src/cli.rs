@@ -39,6 +39,11 @@ struct Args {
     /// with sendmmsg/recvmmsg.
     #[arg(long)]
     macos_batch_syscalls: bool,
+    /// Offer neither checksum offload (VIRTIO_NET_F_CSUM, GUEST_CSUM): the guest sums and
+    /// verifies its TCP/UDP checksums itself. Default: offered; the device completes the
+    /// checksums of frames the guest marks and tells it received ones are valid.
+    #[arg(long)]
+    no_checksum_offload: bool,
     /// Record every probe firing into this CSV (the trace CSV of dtrace/README.md).
     #[arg(long)]
     trace: Option<PathBuf>,
@@ -135,6 +140,13 @@ pub fn main() -> ExitCode {
         worker_opts,
         metrics.clone(),
     )
+    .map(|h| {
+        if args.no_checksum_offload {
+            h.without_checksum_offload()
+        } else {
+            h
+        }
+    })
     .and_then(|h| {
         // Only after the proxy answered: a run that cannot start touches no path.
         let (listener, owned) = vnet_vhost::listen(&args.socket)?;

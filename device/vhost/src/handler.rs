@@ -28,7 +28,7 @@ use super::memory::{self, RegionMap};
 use super::shared_backend::SharedBackend;
 use vnet_device::backend::{self, Backend, BackendOptions, BackendSpec};
 use vnet_device::metrics::Metrics;
-use vnet_device::net::{DEVICE_FEATURES, RX_QUEUE, TX_QUEUE};
+use vnet_device::net::{DEVICE_FEATURES, FEATURE_CSUM, FEATURE_GUEST_CSUM, RX_QUEUE, TX_QUEUE};
 use vnet_device::notify::Notifier;
 use vnet_device::worker::{self, ExitReason, WorkerHandle, WorkerOptions, WorkerSetup};
 
@@ -97,6 +97,9 @@ pub struct VhostNetHandler {
     stats: HandshakeStats,
     /// `sigbus::faults()` when we last looked.
     faults_seen: u64,
+    /// What GET_FEATURES answers: [`OFFERED_FEATURES`], less the checksum offloads after
+    /// [`VhostNetHandler::without_checksum_offload`].
+    offered: u64,
 }
 
 impl VhostNetHandler {
@@ -126,7 +129,16 @@ impl VhostNetHandler {
             running: None,
             stats: HandshakeStats::default(),
             faults_seen: crate::sigbus::faults(),
+            offered: OFFERED_FEATURES,
         }
+    }
+
+    /// Offers neither CSUM nor GUEST_CSUM (`vnet-vhost --no-checksum-offload`): the guest
+    /// then sums and verifies every checksum itself, as behind QEMU's `-netdev stream`. For
+    /// comparing, and for hosts where the guest's CPU is cheaper than the device's.
+    pub fn without_checksum_offload(mut self) -> Self {
+        self.offered &= !(FEATURE_CSUM | FEATURE_GUEST_CSUM);
+        self
     }
 
     pub fn stats(&self) -> HandshakeStats {
@@ -329,14 +341,14 @@ impl VhostUserBackendReqHandlerMut for VhostNetHandler {
     }
 
     fn get_features(&mut self) -> VuResult<u64> {
-        Ok(OFFERED_FEATURES)
+        Ok(self.offered)
     }
 
     fn set_features(&mut self, features: u64) -> VuResult<()> {
-        if features & !OFFERED_FEATURES != 0 {
+        if features & !self.offered != 0 {
             return Err(handler_err(format!(
                 "SET_FEATURES 0x{features:x} has bits we did not offer (0x{:x})",
-                features & !OFFERED_FEATURES
+                features & !self.offered
             )));
         }
         let first = self.stats.acked_features.is_none();

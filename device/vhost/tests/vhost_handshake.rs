@@ -532,3 +532,33 @@ fn a_frame_in_flight_at_stop_is_offered_again_and_arrives_whole() {
     drop(r.raw);
     assert_eq!(r.server.join().unwrap(), SessionEnd::Disconnected);
 }
+
+/// `vnet-vhost --no-checksum-offload`: neither offload is offered, and a front end that
+/// acks one anyway is refused like any feature we did not offer.
+#[test]
+fn without_checksum_offload_neither_is_offered_nor_accepted() {
+    use vhost::vhost_user::VhostUserBackendReqHandlerMut;
+    use vnet_device::net::{FEATURE_CSUM, FEATURE_GUEST_CSUM};
+    let (dev_end, _proxy) = UnixStream::pair().unwrap();
+    let backend = UnixStreamBackend::from_socket(dev_end, &BackendOptions::default()).unwrap();
+    let mut h = VhostNetHandler::with_backend(
+        Box::new(backend),
+        WorkerOptions::default(),
+        Arc::new(Metrics::default()),
+    )
+    .without_checksum_offload();
+    let offered = h.get_features().unwrap();
+    assert_eq!(
+        offered & (FEATURE_CSUM | FEATURE_GUEST_CSUM),
+        0,
+        "{offered:#x}"
+    );
+    assert_eq!(
+        offered,
+        OFFERED_FEATURES & !(FEATURE_CSUM | FEATURE_GUEST_CSUM)
+    );
+    assert!(h.set_features(offered | FEATURE_CSUM).is_err());
+    assert!(h.set_features(offered | FEATURE_GUEST_CSUM).is_err());
+    assert!(h.set_features(offered).is_ok());
+    assert_eq!(h.stats().acked_features, Some(offered));
+}
