@@ -285,12 +285,10 @@ fn stream_partial_writes_around_the_checksum_field() {
         let mem = common::memory();
         let (rx, mut tx) = (DriverQueue::new(0, QSIZE), DriverQueue::new(1, QSIZE));
         let metrics = Arc::new(Metrics::new());
-        let mut dev = NetDevice::new(
-            common::atomic(&mem),
-            rx.queue(),
-            tx.queue(),
-            Notifier::new().unwrap(),
-            Notifier::new().unwrap(),
+        let mut dev = common::device_with_features(
+            &mem,
+            &rx,
+            &tx,
             DEVICE_FEATURES,
             Box::new(be),
             metrics.clone(),
@@ -366,16 +364,8 @@ fn rx_header_says_data_valid_only_under_guest_csum() {
         let mem = common::memory();
         let (mut rx, tx) = (DriverQueue::new(0, QSIZE), DriverQueue::new(1, QSIZE));
         let metrics = Arc::new(Metrics::new());
-        let mut dev = NetDevice::new(
-            common::atomic(&mem),
-            rx.queue(),
-            tx.queue(),
-            Notifier::new().unwrap(),
-            Notifier::new().unwrap(),
-            features,
-            Box::new(be),
-            metrics.clone(),
-        );
+        let mut dev =
+            common::device_with_features(&mem, &rx, &tx, features, Box::new(be), metrics.clone());
         for _ in 0..20 {
             rx.add(&mem, &[Seg::write(4096)]).unwrap();
         }

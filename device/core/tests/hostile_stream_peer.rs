@@ -16,7 +16,6 @@ use vnet_device::backend::{BackendOptions, UnixStreamBackend};
 use vnet_device::device::{NetDevice, RxPass};
 use vnet_device::metrics::{Metrics, MetricsSnapshot};
 use vnet_device::net::{DEVICE_FEATURES, FEATURE_MRG_RXBUF, MAX_FRAME, NET_HDR_LEN};
-use vnet_device::notify::Notifier;
 use vnet_device::worker::{ExitReason, WorkerOptions};
 
 /// One guest buffer big enough for any frame.
@@ -37,16 +36,7 @@ fn rig(features: u64) -> Rig {
     let mem = common::memory();
     let (rx, tx) = (DriverQueue::new(0, 256), DriverQueue::new(1, 256));
     let metrics = Arc::new(Metrics::new());
-    let dev = NetDevice::new(
-        common::atomic(&mem),
-        rx.queue(),
-        tx.queue(),
-        Notifier::new().unwrap(),
-        Notifier::new().unwrap(),
-        features,
-        Box::new(be),
-        metrics.clone(),
-    );
+    let dev = common::device_with_features(&mem, &rx, &tx, features, Box::new(be), metrics.clone());
     Rig {
         mem,
         rx,

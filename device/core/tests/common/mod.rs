@@ -424,13 +424,32 @@ pub fn device(
     backend: Box<dyn vnet_device::backend::Backend>,
     metrics: std::sync::Arc<vnet_device::metrics::Metrics>,
 ) -> vnet_device::device::NetDevice {
+    device_with_features(
+        mem,
+        rx,
+        tx,
+        vnet_device::net::DEVICE_FEATURES,
+        backend,
+        metrics,
+    )
+}
+
+/// [`device`] with only `features` negotiated.
+pub fn device_with_features(
+    mem: &GuestMemoryMmap,
+    rx: &DriverQueue,
+    tx: &DriverQueue,
+    features: u64,
+    backend: Box<dyn vnet_device::backend::Backend>,
+    metrics: std::sync::Arc<vnet_device::metrics::Metrics>,
+) -> vnet_device::device::NetDevice {
     vnet_device::device::NetDevice::new(
         atomic(mem),
         rx.queue(),
         tx.queue(),
         vnet_device::notify::Notifier::new().unwrap(),
         vnet_device::notify::Notifier::new().unwrap(),
-        vnet_device::net::DEVICE_FEATURES,
+        features,
         backend,
         metrics,
     )
