@@ -561,17 +561,9 @@ fn sigterm_stops_a_daemon_whose_tx_avail_index_went_backwards() {
     drop(s.fe);
 }
 
-#[test]
-fn a_tx_buffer_past_the_end_of_a_shrunk_memfd_is_rejected_and_the_next_frame_goes_out() {
-    let dir = Dir::new("tx-efault");
-    // Without CSUM the daemon reads nothing of a TX chain past its descriptors (with it,
-    // it reads the header itself: see the next test).
-    let mut s = session_acking(&dir, !vnet_device::net::FEATURE_CSUM);
-    let txq = MockSplitQueue::create(&s.mem, GuestAddress(TXQ), QSIZE);
-    send_frame(&s.mem, &txq, &s.fds[1], &mut s.proxy, b"before", 0);
-    // The region still declares 1 MiB; the file now ends at 512 KiB. The rings and the
-    // good frames stay below; descriptor 1 points at 0x9_0000, past EOF (our own mapping
-    // faults there too: the test never touches it).
+/// Cuts the memfd to half its size (the region still declares all of it) and kicks a TX
+/// chain of one descriptor at 0x9_0000, past the new end, as descriptor 1.
+fn shrink_and_send_past_the_end(s: &Session, txq: &MockSplitQueue<GuestMemoryMmap>) {
     s.file.set_len(MEM as u64 / 2).unwrap();
     txq.add_desc_chains(
         &[RawDescriptor::from(Descriptor::new(
@@ -584,6 +576,20 @@ fn a_tx_buffer_past_the_end_of_a_shrunk_memfd_is_rejected_and_the_next_frame_goe
     )
     .unwrap();
     s.fds[1].write(1).unwrap();
+}
+
+#[test]
+fn a_tx_buffer_past_the_end_of_a_shrunk_memfd_is_rejected_and_the_next_frame_goes_out() {
+    let dir = Dir::new("tx-efault");
+    // Without CSUM the daemon reads nothing of a TX chain past its descriptors (with it,
+    // it reads the header itself: see the next test).
+    let mut s = session_acking(&dir, !vnet_device::net::FEATURE_CSUM);
+    let txq = MockSplitQueue::create(&s.mem, GuestAddress(TXQ), QSIZE);
+    send_frame(&s.mem, &txq, &s.fds[1], &mut s.proxy, b"before", 0);
+    // The region still declares 1 MiB; the file now ends at 512 KiB. The rings and the
+    // good frames stay below; descriptor 1 points at 0x9_0000, past EOF (our own mapping
+    // faults there too: the test never touches it).
+    shrink_and_send_past_the_end(&s, &txq);
     send_frame(&s.mem, &txq, &s.fds[1], &mut s.proxy, b"after", 2);
     // The bad chain went back to the guest unused (length 0), in order.
     assert_eq!(wait_used(&s.mem, &txq, 2), (1, 0));
@@ -614,18 +620,7 @@ fn with_csum_a_tx_header_past_the_end_of_a_shrunk_memfd_meets_the_sigbus_guard()
     let mut s = session(&dir);
     let txq = MockSplitQueue::create(&s.mem, GuestAddress(TXQ), QSIZE);
     send_frame(&s.mem, &txq, &s.fds[1], &mut s.proxy, b"before", 0);
-    s.file.set_len(MEM as u64 / 2).unwrap();
-    txq.add_desc_chains(
-        &[RawDescriptor::from(Descriptor::new(
-            0x9_0000,
-            (NET_HDR_LEN + 100) as u32,
-            0,
-            0,
-        ))],
-        1,
-    )
-    .unwrap();
-    s.fds[1].write(1).unwrap();
+    shrink_and_send_past_the_end(&s, &txq);
     thread::sleep(Duration::from_millis(500));
     // Still answering.
     s.fe.get_features().unwrap();
