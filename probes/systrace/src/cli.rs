@@ -24,7 +24,8 @@ pub struct Args {
     #[arg(short = 'c', long = "command", value_name = "CMD")]
     pub command: Option<String>,
 
-    /// Trace only this fd (default: every AF_UNIX socket of the process).
+    /// Trace only this fd, while it is an AF_UNIX socket (default: every AF_UNIX socket of
+    /// the process).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..))]
     pub fd: Option<i32>,
 
