@@ -90,7 +90,8 @@ err=$(mktemp)
 awkerr=$(mktemp)
 tmpscript=$(mktemp)
 raw=""
-trap 'stop_watch; rm -f "$err" "$awkerr" "$tmpscript" "$out" ${raw:+"$raw"}' EXIT
+rawdir=""
+trap 'stop_watch; rm -f "$err" "$awkerr" "$tmpscript" "$out" ${raw:+"$raw"}; [ -z "$rawdir" ] || rm -rf "$rawdir"' EXIT
 
 # --ready: bpftrace -o and dtrace -o buffer the file until the tracer exits, so with --ready
 # the tracer writes to stdout (flushed as it prints) into $out instead, and a watcher creates
@@ -282,7 +283,7 @@ case $(uname -s) in
         status=0
         "$systrace" "${sargs[@]}" -o "$rawdir/rows.csv" 2> >(tee "$err" >&2) || status=$?
         [ ! -f "$rawdir/rows.csv" ] || cat "$rawdir/rows.csv" > "$out"
-        rm -rf "$rawdir"
+        rm -rf "$rawdir"; rawdir=""
         wait
         finish
       else
