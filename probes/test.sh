@@ -510,9 +510,10 @@ else
   bad "syscalls.bt with a full row map: $rows rows, no or wrong lost-rows report:"; quiet_sys < "$work/small.err" 2>&1 | sed 's/^/     /'
 fi
 else
-# A ring too small for the time between two reads (1 MiB, read once a second): vnet-systrace
-# counts the rows it had no room for, capture.sh warns, and kept plus lost is every row made.
-printf '#!/bin/sh\nexec %s --ring-mib 1 --drain-ms 1000 "$@"\n' "$systrace" > "$work/small-ring"
+# A ring too small for the time between two reads (1 MiB, about 18700 rows, read only once
+# the 2 s run has ended, which makes 35000-130000 rows here): vnet-systrace counts the rows
+# it had no room for, capture.sh warns, and kept plus lost is every row made.
+printf '#!/bin/sh\nexec %s --ring-mib 1 --drain-ms 60000 "$@"\n' "$systrace" > "$work/small-ring"
 chmod +x "$work/small-ring"
 VNET_SYSTRACE=$work/small-ring bash probes/capture.sh --syscalls --tracer systrace -o "$work/small.csv" \
   -c "$sim --duration 2 --no-progress" > /dev/null 2> "$work/small.err" || true

@@ -46,8 +46,9 @@ pub struct Args {
     #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
     pub ring_mib: u32,
 
-    /// How often the ring is read, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    /// How often the ring is read, in milliseconds (up to a minute; the end of the process
+    /// is still noticed within 100 ms).
+    #[arg(long, value_name = "MS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub drain_ms: u64,
 }
 

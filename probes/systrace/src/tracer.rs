@@ -225,12 +225,18 @@ impl Tracer {
             .add(&rows, move |data: &[u8]| into.borrow_mut().push(data))
             .map_err(bpf("reading the ring buffer"))?;
         let ring = builder.build().map_err(bpf("reading the ring buffer"))?;
+        // The end is looked for at least every 100 ms, however long `every` is, so a capture
+        // ends soon after its process whatever the drain interval.
+        let step = every.min(Duration::from_millis(100));
         loop {
-            let last = done();
+            let mut last = done();
             // The programs write with BPF_RB_NO_WAKEUP: nothing wakes us, the ring is read on
             // this timer, so no traced system call pays for waking the reader.
-            if !last {
-                std::thread::sleep(every);
+            let mut waited = Duration::ZERO;
+            while !last && waited < every {
+                std::thread::sleep(step);
+                waited += step;
+                last = done();
             }
             let consumed = ring.consume();
             // a failed write stops the consume from our callback: that error is the one to say
