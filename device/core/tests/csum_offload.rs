@@ -321,13 +321,7 @@ fn stream_partial_writes_around_the_checksum_field() {
                 Err(e) => panic!("{e}"),
             }
         }
-        let mut got = Vec::new();
-        let mut pos = 0;
-        while pos < wire.len() {
-            let len = u32::from_be_bytes(wire[pos..pos + 4].try_into().unwrap()) as usize;
-            got.push(wire[pos + 4..pos + 4 + len].to_vec());
-            pos += 4 + len;
-        }
+        let got = common::split_stream(&wire);
         let want: Vec<Vec<u8>> = frames.iter().map(|f| expected(f, 34, 40)).collect();
         assert_eq!(got, want, "stop at {stop}");
         let m = metrics.snapshot();

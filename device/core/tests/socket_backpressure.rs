@@ -170,13 +170,7 @@ fn stream_partial_writes_resume_exactly() {
             Err(e) => panic!("{e}"),
         }
     }
-    let mut got = Vec::new();
-    let mut pos = 0;
-    while pos < wire.len() {
-        let len = u32::from_be_bytes(wire[pos..pos + 4].try_into().unwrap()) as usize;
-        got.push(wire[pos + 4..pos + 4 + len].to_vec());
-        pos += 4 + len;
-    }
+    let got = common::split_stream(&wire);
     assert_eq!(got, frames);
     let m = s.metrics.snapshot();
     assert!(

@@ -407,6 +407,18 @@ pub fn frame(seq: u32, len: usize) -> Vec<u8> {
     f
 }
 
+/// The frames of a stream backend's bytes: each a 4-byte big-endian length, then the frame.
+pub fn split_stream(wire: &[u8]) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    let mut pos = 0;
+    while pos < wire.len() {
+        let len = u32::from_be_bytes(wire[pos..pos + 4].try_into().unwrap()) as usize;
+        frames.push(wire[pos + 4..pos + 4 + len].to_vec());
+        pos += 4 + len;
+    }
+    frames
+}
+
 pub fn seq_of(f: &[u8]) -> u32 {
     u32::from_be_bytes([f[0], f[1], f[2], f[3]])
 }
