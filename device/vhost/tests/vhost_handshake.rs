@@ -68,6 +68,41 @@ struct Rig {
     calls: [EventFd; 2],
 }
 
+/// One TX chain of one descriptor at DATA holding `hdr` then `frame`, and the kick.
+fn post_tx(
+    mem: &GuestMemoryMmap,
+    txq: &MockSplitQueue<GuestMemoryMmap>,
+    kick: &EventFd,
+    hdr: &[u8],
+    frame: &[u8],
+) {
+    mem.write_slice(hdr, GuestAddress(DATA)).unwrap();
+    mem.write_slice(frame, GuestAddress(DATA + hdr.len() as u64))
+        .unwrap();
+    txq.build_desc_chain(&[RawDescriptor::from(Descriptor::new(
+        DATA,
+        (hdr.len() + frame.len()) as u32,
+        0,
+        0,
+    ))])
+    .unwrap();
+    kick.write(1).unwrap();
+}
+
+/// One writable 4 KiB RX buffer at DATA + 0x2_0000, and the kick; returns its address.
+fn post_rx_buffer(rxq: &MockSplitQueue<GuestMemoryMmap>, kick: &EventFd) -> u64 {
+    let rx_buf = DATA + 0x2_0000;
+    rxq.build_desc_chain(&[RawDescriptor::from(Descriptor::new(
+        rx_buf,
+        4096,
+        VRING_DESC_F_WRITE as u16,
+        0,
+    ))])
+    .unwrap();
+    kick.write(1).unwrap();
+    rx_buf
+}
+
 fn rig() -> Rig {
     rig_with(&BackendOptions::default())
 }
@@ -268,15 +303,7 @@ fn qemu_order_with_early_enable_then_frames_flow_both_ways() {
 
     // Proxy -> guest: a writable buffer in the RX ring, a frame from the proxy.
     let inbound = frame(900, 3);
-    let rx_buf = DATA + 0x2_0000;
-    rxq.build_desc_chain(&[RawDescriptor::from(Descriptor::new(
-        rx_buf,
-        4096,
-        VRING_DESC_F_WRITE as u16,
-        0,
-    ))])
-    .unwrap();
-    r.kicks[0].write(1).unwrap();
+    let rx_buf = post_rx_buffer(&rxq, &r.kicks[0]);
     let mut msg = (inbound.len() as u32).to_be_bytes().to_vec();
     msg.extend_from_slice(&inbound);
     r.proxy.write_all(&msg).unwrap();
@@ -408,18 +435,7 @@ fn checksum_offloads_follow_what_was_acked() {
             csum_start: 34,
             csum_offset: 6,
         };
-        mem.write_slice(&hdr.to_bytes(), GuestAddress(DATA))
-            .unwrap();
-        mem.write_slice(&out, GuestAddress(DATA + NET_HDR_LEN as u64))
-            .unwrap();
-        txq.build_desc_chain(&[RawDescriptor::from(Descriptor::new(
-            DATA,
-            (NET_HDR_LEN + out.len()) as u32,
-            0,
-            0,
-        ))])
-        .unwrap();
-        r.kicks[1].write(1).unwrap();
+        post_tx(&mem, &txq, &r.kicks[1], &hdr.to_bytes(), &out);
         r.proxy
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
@@ -445,15 +461,7 @@ fn checksum_offloads_follow_what_was_acked() {
         }
         wait_call(&r.calls[1]);
 
-        let rx_buf = DATA + 0x2_0000;
-        rxq.build_desc_chain(&[RawDescriptor::from(Descriptor::new(
-            rx_buf,
-            4096,
-            VRING_DESC_F_WRITE as u16,
-            0,
-        ))])
-        .unwrap();
-        r.kicks[0].write(1).unwrap();
+        let rx_buf = post_rx_buffer(&rxq, &r.kicks[0]);
         let inbound = frame(300, 1);
         let mut msg = (inbound.len() as u32).to_be_bytes().to_vec();
         msg.extend_from_slice(&inbound);
@@ -486,18 +494,7 @@ fn a_frame_in_flight_at_stop_is_offered_again_and_arrives_whole() {
     r.setup_ring(1, &txq);
     r.sync();
     let big = frame(60_000, 5);
-    mem.write_slice(&[0u8; NET_HDR_LEN], GuestAddress(DATA))
-        .unwrap();
-    mem.write_slice(&big, GuestAddress(DATA + NET_HDR_LEN as u64))
-        .unwrap();
-    txq.build_desc_chain(&[RawDescriptor::from(Descriptor::new(
-        DATA,
-        (NET_HDR_LEN + big.len()) as u32,
-        0,
-        0,
-    ))])
-    .unwrap();
-    r.kicks[1].write(1).unwrap();
+    post_tx(&mem, &txq, &r.kicks[1], &[0u8; NET_HDR_LEN], &big);
     // Bounded wait for the worker to hit the full socket.
     for _ in 0..2000 {
         if r.metrics.episodes.get() > 0 {
