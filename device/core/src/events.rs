@@ -63,6 +63,18 @@ impl DeviceEvents {
         self.metrics.tx_csum_offload.inc();
     }
 
+    /// A TX frame that went out was a segment the device cut from a GSO chain.
+    #[inline]
+    pub fn tx_gso_segment(&self) {
+        self.metrics.tx_gso_segments.inc();
+    }
+
+    /// Every segment of a GSO chain went out (the chain goes back to the guest).
+    #[inline]
+    pub fn tx_gso_chain(&self) {
+        self.metrics.tx_gso_chains.inc();
+    }
+
     /// A frame was read straight into guest buffers.
     #[inline]
     pub fn rx_direct(&self) {

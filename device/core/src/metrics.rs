@@ -228,6 +228,12 @@ metrics! {
     /// (VIRTIO_NET_F_CSUM negotiated and the header said NEEDS_CSUM); each counts once,
     /// when it goes out.
     tx_csum_offload: Counter,
+    /// TX chains the guest handed over as one large TCP segment (HOST_TSO4/6, a GSO
+    /// header) that the device cut into segments, counted once all of them went out.
+    tx_gso_chains: Counter,
+    /// Frames (segments) sent out of such chains; each is also one `tx_frames` and one
+    /// `tx_csum_offload`.
+    tx_gso_segments: Counter,
     /// RX frames read from a stream socket straight into guest buffers (no copy in user
     /// space; see the unixstream backend's `DIRECT_MIN`).
     rx_direct: Counter,

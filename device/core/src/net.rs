@@ -7,9 +7,10 @@ use std::collections::VecDeque;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
-    VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
-    VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_F_DATA_VALID,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::desc::split::Descriptor;
@@ -23,18 +24,23 @@ use vm_memory::{
 use crate::csum::Csum;
 use crate::frame::TxList;
 pub use crate::frame::MAX_FRAME;
+use crate::gso::{Gso, GsoFault, GSO_HDR_MAX};
 
-/// The features the device offers: VERSION_1, MAC, EVENT_IDX, MRG_RXBUF and the two
+/// The features the device offers: VERSION_1, MAC, EVENT_IDX, MRG_RXBUF, the two
 /// checksum offloads, CSUM (the device completes TX checksums the guest marks
-/// NEEDS_CSUM) and GUEST_CSUM (the device marks RX frames DATA_VALID). No segmentation
-/// offloads (a TX header with a GSO type is refused), and no INDIRECT_DESC (so an
-/// indirect descriptor from the guest is an error).
+/// NEEDS_CSUM) and GUEST_CSUM (the device marks RX frames DATA_VALID), and TX
+/// segmentation, HOST_TSO4 and HOST_TSO6 (the device cuts the guest's large TCP segments
+/// into `gso_size` pieces, `crate::gso`; both need CSUM). No ECN with TSO (a header with
+/// the ECN bit is refused), no UFO, and no INDIRECT_DESC (so an indirect descriptor from
+/// the guest is an error).
 pub const DEVICE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
     | (1 << VIRTIO_NET_F_MAC)
     | (1 << VIRTIO_RING_F_EVENT_IDX)
     | (1 << VIRTIO_NET_F_MRG_RXBUF)
     | FEATURE_CSUM
-    | FEATURE_GUEST_CSUM;
+    | FEATURE_GUEST_CSUM
+    | FEATURE_HOST_TSO4
+    | FEATURE_HOST_TSO6;
 /// Length of the virtio_net_hdr_v1 in front of every frame (VERSION_1 makes it 12 bytes,
 /// num_buffers included, whether or not MRG_RXBUF is negotiated).
 pub const NET_HDR_LEN: usize = 12;
@@ -49,6 +55,39 @@ pub const FEATURE_MRG_RXBUF: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
 pub const FEATURE_CSUM: u64 = 1 << VIRTIO_NET_F_CSUM;
 /// VIRTIO_NET_F_GUEST_CSUM: the device may tell the guest an RX frame's checksum is valid.
 pub const FEATURE_GUEST_CSUM: u64 = 1 << VIRTIO_NET_F_GUEST_CSUM;
+/// VIRTIO_NET_F_HOST_TSO4: the guest may hand over TCP/IPv4 segments for the device to
+/// cut (needs CSUM).
+pub const FEATURE_HOST_TSO4: u64 = 1 << VIRTIO_NET_F_HOST_TSO4;
+/// VIRTIO_NET_F_HOST_TSO6: the same for TCP/IPv6.
+pub const FEATURE_HOST_TSO6: u64 = 1 << VIRTIO_NET_F_HOST_TSO6;
+/// virtio_net_hdr `gso_type` TCPV4 / TCPV6.
+pub const GSO_TCPV4: u8 = VIRTIO_NET_HDR_GSO_TCPV4 as u8;
+pub const GSO_TCPV6: u8 = VIRTIO_NET_HDR_GSO_TCPV6 as u8;
+
+/// The TX offloads a front end negotiated, as the data path acts on them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxOffloads {
+    /// CSUM: headers are read, NEEDS_CSUM checksums completed.
+    pub csum: bool,
+    /// HOST_TSO4 (with CSUM): TCPV4 segments are cut.
+    pub tso4: bool,
+    /// HOST_TSO6 (with CSUM): TCPV6 segments are cut.
+    pub tso6: bool,
+}
+
+impl TxOffloads {
+    /// What `features` (the negotiated ones) turn on. TSO without CSUM is not honoured
+    /// (the spec makes CSUM a requirement of it).
+    pub fn from_features(features: u64) -> TxOffloads {
+        let csum = features & FEATURE_CSUM != 0;
+        TxOffloads {
+            csum,
+            tso4: csum && features & FEATURE_HOST_TSO4 != 0,
+            tso6: csum && features & FEATURE_HOST_TSO6 != 0,
+        }
+    }
+}
+
 /// virtio_net_hdr `flags`: the device must complete the checksum (TX).
 pub const HDR_F_NEEDS_CSUM: u8 = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
 /// virtio_net_hdr `flags`: the frame's checksum is known to be good (RX).
@@ -75,10 +114,14 @@ pub fn rx_header(num_buffers: u16, flags: u8) -> [u8; NET_HDR_LEN] {
 /// The fields of a TX virtio_net_hdr_v1 the device acts on (little-endian in memory:
 /// flags u8, gso_type u8, hdr_len u16, gso_size u16, csum_start u16, csum_offset u16,
 /// num_buffers u16).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TxHeader {
     pub flags: u8,
     pub gso_type: u8,
+    /// Length of the headers (a hint under GSO; the device parses them itself).
+    pub hdr_len: u16,
+    /// GSO: payload bytes per segment.
+    pub gso_size: u16,
     pub csum_start: u16,
     pub csum_offset: u16,
 }
@@ -88,6 +131,8 @@ impl TxHeader {
         TxHeader {
             flags: h[0],
             gso_type: h[1],
+            hdr_len: u16::from_le_bytes([h[2], h[3]]),
+            gso_size: u16::from_le_bytes([h[4], h[5]]),
             csum_start: u16::from_le_bytes([h[6], h[7]]),
             csum_offset: u16::from_le_bytes([h[8], h[9]]),
         }
@@ -98,6 +143,8 @@ impl TxHeader {
         let mut h = [0u8; NET_HDR_LEN];
         h[0] = self.flags;
         h[1] = self.gso_type;
+        h[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
+        h[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
         h[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
         h[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
         h
@@ -281,9 +328,17 @@ pub enum ChainError {
     #[error("guest driver error: the kernel could not read the TX buffers (EFAULT): they lie inside a memory region but past what backs it")]
     Unreadable,
     #[error(
-        "TX header asks for segmentation (gso_type {gso_type}), which the device never offers"
+        "TX header asks for segmentation (gso_type {gso_type:#04x}) of a kind that was not negotiated (ECN and UDP are never offered)"
     )]
     GsoNotOffered { gso_type: u8 },
+    #[error("TX header asks to segment (gso_type {gso_type}, gso_size {gso_size}, csum_start {csum_start}) a {len}-byte frame the device cannot cut: {fault}")]
+    BadGso {
+        gso_type: u8,
+        gso_size: u16,
+        csum_start: u16,
+        len: usize,
+        fault: GsoFault,
+    },
     #[error("TX header's checksum (csum_start {start} + csum_offset {offset}, 2 bytes) lies outside the {len}-byte frame")]
     CsumOutsideFrame { start: u16, offset: u16, len: usize },
 }
@@ -423,6 +478,16 @@ pub struct TxChain {
     /// (a batch full by bytes, or stopped before it) costs no sum, and a deferred frame's
     /// sum is kept for its retries.
     csum: Option<[u8; 2]>,
+    /// Segmentation asked for (HOST_TSO4/6 and a TCPV4/TCPV6 header): the frame goes out
+    /// as [`Gso::segments`] frames, each built by [`TxChain::gather_segments`].
+    gso: Option<Gso>,
+    /// Segment header blocks built for the segments being sent: segment `hdr_base + k`'s
+    /// at `k * header_len`. Built once per segment (its payload summed then) and kept for
+    /// a deferred chain's retries; at most [`crate::frame::MAX_BATCH_FRAMES`] of them, so
+    /// the storage stops growing after the first large chain.
+    seg_hdrs: Vec<u8>,
+    hdr_base: usize,
+    hdr_count: usize,
 }
 
 impl TxChain {
@@ -435,9 +500,25 @@ impl TxChain {
         self.len == 0
     }
 
-    /// The frame's header asked the device to complete its checksum (NEEDS_CSUM).
+    /// The frame's header asked the device to complete its checksum (NEEDS_CSUM), or
+    /// to segment it (every segment's checksum is the device's).
     pub fn offloads_csum(&self) -> bool {
-        self.csum_req.is_some()
+        self.csum_req.is_some() || self.gso.is_some()
+    }
+
+    /// The chain is a TCP segment the device cuts (HOST_TSO4/6).
+    pub fn is_gso(&self) -> bool {
+        self.gso.is_some()
+    }
+
+    /// Frames the chain goes out as: its segments, or 1.
+    pub fn frames(&self) -> usize {
+        self.gso.as_ref().map_or(1, Gso::segments)
+    }
+
+    /// Length of frame `i` of the chain as sent (see [`TxChain::frames`]).
+    pub fn frame_len(&self, i: usize) -> usize {
+        self.gso.as_ref().map_or(self.len, |g| g.segment_len(i))
     }
 
     /// The checksum the device completed, once computed: the field's offset in the frame
@@ -458,21 +539,24 @@ impl TxChain {
     /// Checks a chain and records its frame's pieces (reusing this value's storage).
     /// Returns the chain's total length in bytes.
     ///
-    /// `offload`: VIRTIO_NET_F_CSUM was negotiated, so the header is read and honoured (a
-    /// NEEDS_CSUM checksum is computed when the frame first goes into a send); a header
-    /// the device cannot honour (a GSO type, a checksum field outside the frame) is a
+    /// `offload.csum`: VIRTIO_NET_F_CSUM was negotiated, so the header is read and
+    /// honoured (a NEEDS_CSUM checksum is computed when the frame first goes into a
+    /// send); a header the device cannot honour (a GSO type not negotiated, a checksum
+    /// field outside the frame, a segment whose headers `crate::gso` refuses) is a
     /// malformed chain. Without it the header is skipped unread, as a driver that
     /// negotiated no offload must leave it zero.
     pub fn parse<M: GuestMemoryBackend>(
         &mut self,
         mem: &M,
         descs: impl Iterator<Item = Result<Descriptor, ChainError>>,
-        offload: bool,
+        offload: TxOffloads,
     ) -> Result<usize, ChainError> {
         self.segs.clear();
         self.len = 0;
         self.csum_req = None;
         self.csum = None;
+        self.gso = None;
+        self.hdr_count = 0;
         let mut hdr = [0u8; NET_HDR_LEN];
         let mut total = 0usize;
         let mut any = false;
@@ -498,7 +582,7 @@ impl TxChain {
             if total > NET_HDR_LEN + MAX_FRAME {
                 return Err(ChainError::TooLong { len: total });
             }
-            if offload && skip > 0 {
+            if offload.csum && skip > 0 {
                 let n = skip.min(len);
                 let at = NET_HDR_LEN - skip;
                 read_guest(mem, d.addr(), &mut hdr[at..at + n])?;
@@ -518,27 +602,71 @@ impl TxChain {
             return Err(ChainError::TooShort { len: total });
         }
         self.len = total - NET_HDR_LEN;
-        if offload {
-            self.csum_req = TxHeader::from_bytes(&hdr).csum_request(self.len)?;
+        if offload.csum {
+            let h = TxHeader::from_bytes(&hdr);
+            if h.gso_type == VIRTIO_NET_HDR_GSO_NONE as u8 {
+                self.csum_req = h.csum_request(self.len)?;
+            } else {
+                self.gso = Some(self.parse_gso(mem, &h, offload)?);
+            }
         }
         Ok(total)
+    }
+
+    /// The segmentation a GSO header asks for, its frame's headers read and checked.
+    fn parse_gso<M: GuestMemoryBackend>(
+        &self,
+        mem: &M,
+        h: &TxHeader,
+        offload: TxOffloads,
+    ) -> Result<Gso, ChainError> {
+        let v6 = match h.gso_type {
+            GSO_TCPV4 if offload.tso4 => false,
+            GSO_TCPV6 if offload.tso6 => true,
+            gso_type => return Err(ChainError::GsoNotOffered { gso_type }),
+        };
+        let mut prefix = [0u8; GSO_HDR_MAX];
+        let n = self.read_prefix(mem, &mut prefix)?;
+        Gso::parse(h, &prefix[..n], self.len, v6).map_err(|fault| ChainError::BadGso {
+            gso_type: h.gso_type,
+            gso_size: h.gso_size,
+            csum_start: h.csum_start,
+            len: self.len,
+            fault,
+        })
     }
 
     /// The internet checksum of the frame's bytes from `start` to its end, read out of
     /// guest memory in [`CSUM_CHUNK`] pieces.
     fn sum_from<M: GuestMemoryBackend>(&self, mem: &M, start: usize) -> Result<Csum, ChainError> {
+        self.sum_range(mem, start, self.len)
+    }
+
+    /// The internet checksum of the frame's bytes `from..to`, as [`TxChain::sum_from`].
+    fn sum_range<M: GuestMemoryBackend>(
+        &self,
+        mem: &M,
+        from: usize,
+        to: usize,
+    ) -> Result<Csum, ChainError> {
         let mut c = Csum::new();
         let mut buf = [0u8; CSUM_CHUNK];
-        let mut skip = start;
+        let mut skip = from;
+        let mut left = to.saturating_sub(from);
         for &(addr, len) in &self.segs {
+            if left == 0 {
+                break;
+            }
             if skip >= len {
                 skip -= len;
                 continue;
             }
             let mut off = skip;
             skip = 0;
-            while off < len {
-                let n = (len - off).min(CSUM_CHUNK);
+            let end = len.min(off + left);
+            left -= end - off;
+            while off < end {
+                let n = (end - off).min(CSUM_CHUNK);
                 read_guest(mem, GuestAddress(addr.0 + off as u64), &mut buf[..n])?;
                 c.add(&buf[..n]);
                 off += n;
@@ -581,6 +709,102 @@ impl TxChain {
         }
         list.end_frame();
         Ok(true)
+    }
+
+    /// Appends segments `from..` of a GSO chain to `list` as frames, as many as
+    /// `max_frames` allows and, after the first, as fit in `max_bytes`: each is the
+    /// device's header block for it (built here, see [`Gso::write_header`]) and its
+    /// payload, straight from guest memory, or from `copy` (the whole frame, copied by
+    /// [`TxChain::copy_to`]) when given. Returns how many segments were appended; 0 when
+    /// the first has more pieces than one send takes (then copy the frame). An error
+    /// (memory gone under a deferred chain) is returned only when no segment was
+    /// appended; otherwise the next call, which starts at the segment it concerns, meets
+    /// it. The list points into this chain's storage until it is sent.
+    pub fn gather_segments<M: GuestMemoryBackend>(
+        &mut self,
+        mem: &M,
+        list: &mut TxList,
+        from: usize,
+        max_frames: usize,
+        max_bytes: usize,
+        copy: Option<&[u8]>,
+    ) -> Result<usize, ChainError> {
+        let Some(g) = self.gso else {
+            return Ok(0);
+        };
+        let (hlen, nseg) = (g.header_len(), g.segments());
+        let mut count = 0;
+        let mut bytes = 0;
+        while from + count < nseg && count < max_frames.max(1) {
+            let l = g.segment_len(from + count);
+            if count > 0 && bytes + l > max_bytes {
+                break;
+            }
+            bytes += l;
+            count += 1;
+        }
+        // Headers already built for a retry of these segments are kept (their payload
+        // sums are not taken again): move them to the front.
+        if (self.hdr_base..self.hdr_base + self.hdr_count).contains(&from) {
+            let shift = from - self.hdr_base;
+            self.seg_hdrs
+                .copy_within(shift * hlen..self.hdr_count * hlen, 0);
+            self.hdr_count -= shift;
+        } else {
+            self.hdr_count = 0;
+        }
+        self.hdr_base = from;
+        if self.seg_hdrs.len() < count * hlen {
+            // Nothing in any list points into this storage yet.
+            self.seg_hdrs
+                .resize(count.max(max_frames.min(nseg)) * hlen, 0);
+        }
+        for k in self.hdr_count..count {
+            let r = g.payload(from + k);
+            let sum = match copy {
+                Some(c) => {
+                    let mut s = Csum::new();
+                    s.add(&c[r.clone()]);
+                    s
+                }
+                None => match self.sum_range(mem, r.start, r.end) {
+                    Ok(s) => s,
+                    Err(e) if k == 0 => return Err(e),
+                    Err(_) => {
+                        count = k;
+                        break;
+                    }
+                },
+            };
+            g.write_header(
+                from + k,
+                sum.folded(),
+                &mut self.seg_hdrs[k * hlen..(k + 1) * hlen],
+            );
+            self.hdr_count = k + 1;
+        }
+        for k in 0..count {
+            let r = g.payload(from + k);
+            // A frame's first piece always fits.
+            let _ = list.push_bytes(&self.seg_hdrs[k * hlen..(k + 1) * hlen]);
+            let pushed = match copy {
+                Some(c) => list.push_bytes(&c[r]).map(|()| true).or(Ok(false)),
+                None => self.gather_range(mem, list, r.start, r.end),
+            };
+            match pushed {
+                Ok(true) => list.end_frame(),
+                Ok(false) | Err(_) if k > 0 => {
+                    list.cancel_frame();
+                    return Ok(k);
+                }
+                Ok(false) => {
+                    list.cancel_frame();
+                    return Ok(0);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(count)
     }
 
     /// Appends the frame's bytes `from..to` to the open frame of `list` (see
@@ -1077,10 +1301,18 @@ mod tests {
 
     #[test]
     fn features_and_config() {
-        // VERSION_1, MAC, EVENT_IDX, MRG_RXBUF, CSUM (0), GUEST_CSUM (1).
+        // VERSION_1, MAC, EVENT_IDX, MRG_RXBUF, CSUM (0), GUEST_CSUM (1), HOST_TSO4 (11),
+        // HOST_TSO6 (12).
         assert_eq!(
             DEVICE_FEATURES,
-            (1 << 32) | (1 << 5) | (1 << 29) | (1 << 15) | (1 << 0) | (1 << 1)
+            (1 << 32)
+                | (1 << 5)
+                | (1 << 29)
+                | (1 << 15)
+                | (1 << 0)
+                | (1 << 1)
+                | (1 << 11)
+                | (1 << 12)
         );
         let c = config_space([2, 0, 0, 0, 0, 1]);
         assert_eq!(&c[..6], &[2, 0, 0, 0, 0, 1]);
@@ -1097,6 +1329,7 @@ mod tests {
             gso_type: 0,
             csum_start: 34,
             csum_offset: 16,
+            ..TxHeader::default()
         };
         let b = h.to_bytes();
         // flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers (LE).

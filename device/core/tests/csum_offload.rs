@@ -80,6 +80,7 @@ fn needs(start: usize, offset: usize) -> TxHeader {
         gso_type: 0,
         csum_start: start as u16,
         csum_offset: offset as u16,
+        ..TxHeader::default()
     }
 }
 

@@ -276,6 +276,7 @@ fn leave_udp_csum_to_device(
         gso_type: 0,
         csum_start: 34,
         csum_offset: 6,
+        ..TxHeader::default()
     };
     m.write_slice(&hdr.to_bytes(), addr).map_err(err(addr))?;
     Ok(())

@@ -18,7 +18,10 @@ use super::summary::{CsumOffload, Summary};
 use super::workload::{Scheduler, Workload};
 use vnet_device::backend::{self, BackendOptions, BackendSpec, FaultConfig};
 use vnet_device::metrics::Metrics;
-use vnet_device::net::{DEVICE_FEATURES, FEATURE_CSUM, FEATURE_GUEST_CSUM, MAX_FRAME};
+use vnet_device::net::{
+    DEVICE_FEATURES, FEATURE_CSUM, FEATURE_GUEST_CSUM, FEATURE_HOST_TSO4, FEATURE_HOST_TSO6,
+    MAX_FRAME,
+};
 use vnet_device::notify::Notifier;
 use vnet_device::retry_policy::RetryPolicy;
 use vnet_device::retry_timer::RetryTimer;
@@ -261,12 +264,13 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         rx_call: rx_call.try_clone().map_err(io("eventfd"))?,
         tx_call: tx_call.try_clone().map_err(io("eventfd"))?,
         // By default the simulated guest, like a driver without offloads, acks every
-        // feature but the checksum offloads: its frames carry no NEEDS_CSUM and it
-        // ignores DATA_VALID.
+        // feature but the checksum offloads (and TSO, which needs CSUM): its frames carry
+        // no NEEDS_CSUM and it ignores DATA_VALID. It never sends GSO frames either way.
         features: if cfg.offload_csum {
             DEVICE_FEATURES
         } else {
-            DEVICE_FEATURES & !(FEATURE_CSUM | FEATURE_GUEST_CSUM)
+            DEVICE_FEATURES
+                & !(FEATURE_CSUM | FEATURE_GUEST_CSUM | FEATURE_HOST_TSO4 | FEATURE_HOST_TSO6)
         },
         backend,
         options: WorkerOptions {

@@ -39,11 +39,17 @@ struct Args {
     /// with sendmmsg/recvmmsg.
     #[arg(long)]
     macos_batch_syscalls: bool,
-    /// Offer neither checksum offload (VIRTIO_NET_F_CSUM, GUEST_CSUM): the guest sums and
-    /// verifies its TCP/UDP checksums itself. Default: offered; the device completes the
-    /// checksums of frames the guest marks and tells it received ones are valid.
+    /// Offer neither checksum offload (VIRTIO_NET_F_CSUM, GUEST_CSUM), nor TSO, which
+    /// needs CSUM: the guest sums and verifies its TCP/UDP checksums itself. Default:
+    /// offered; the device completes the checksums of frames the guest marks and tells it
+    /// received ones are valid.
     #[arg(long)]
     no_checksum_offload: bool,
+    /// Offer no TX segmentation offload (VIRTIO_NET_F_HOST_TSO4, HOST_TSO6): the guest
+    /// cuts its TCP segments to the MTU itself. Default: offered; the device cuts the
+    /// guest's large TCP segments (up to 64 KiB) into MTU-sized frames.
+    #[arg(long)]
+    no_tso: bool,
     /// Record every probe firing into this CSV (the trace CSV of dtrace/README.md).
     #[arg(long)]
     trace: Option<PathBuf>,
@@ -141,6 +147,7 @@ pub fn main() -> ExitCode {
         metrics.clone(),
     )
     .map(|h| {
+        let h = if args.no_tso { h.without_tso() } else { h };
         if args.no_checksum_offload {
             h.without_checksum_offload()
         } else {
@@ -213,8 +220,8 @@ fn print_summary(args: &Args, metrics: &Metrics, run: &DaemonRun, trace_rows: Op
         s.episodes, s.retries, s.resolved, s.max_wait_ns, s.guest_kicks, s.guest_irqs
     );
     println!(
-        "  checksum offload: tx frames completed by the device {}",
-        s.tx_csum_offload
+        "  checksum offload: tx frames completed by the device {}; tso: {} chains cut into {} segments",
+        s.tx_csum_offload, s.tx_gso_chains, s.tx_gso_segments
     );
     println!(
         "  handshake: features 0x{:x}, early enables {}, worker starts {}",

@@ -28,7 +28,10 @@ use super::memory::{self, RegionMap};
 use super::shared_backend::SharedBackend;
 use vnet_device::backend::{self, Backend, BackendOptions, BackendSpec};
 use vnet_device::metrics::Metrics;
-use vnet_device::net::{DEVICE_FEATURES, FEATURE_CSUM, FEATURE_GUEST_CSUM, RX_QUEUE, TX_QUEUE};
+use vnet_device::net::{
+    DEVICE_FEATURES, FEATURE_CSUM, FEATURE_GUEST_CSUM, FEATURE_HOST_TSO4, FEATURE_HOST_TSO6,
+    RX_QUEUE, TX_QUEUE,
+};
 use vnet_device::notify::Notifier;
 use vnet_device::worker::{self, ExitReason, WorkerHandle, WorkerOptions, WorkerSetup};
 
@@ -98,7 +101,8 @@ pub struct VhostNetHandler {
     /// `sigbus::faults()` when we last looked.
     faults_seen: u64,
     /// What GET_FEATURES answers: [`OFFERED_FEATURES`], less the checksum offloads after
-    /// [`VhostNetHandler::without_checksum_offload`].
+    /// [`VhostNetHandler::without_checksum_offload`] and TSO after
+    /// [`VhostNetHandler::without_tso`].
     offered: u64,
 }
 
@@ -135,9 +139,17 @@ impl VhostNetHandler {
 
     /// Offers neither CSUM nor GUEST_CSUM (`vnet-vhost --no-checksum-offload`): the guest
     /// then sums and verifies every checksum itself, as behind QEMU's `-netdev stream`. For
-    /// comparing, and for hosts where the guest's CPU is cheaper than the device's.
+    /// comparing, and for hosts where the guest's CPU is cheaper than the device's. TSO
+    /// (HOST_TSO4/6) goes too: it needs CSUM.
     pub fn without_checksum_offload(mut self) -> Self {
         self.offered &= !(FEATURE_CSUM | FEATURE_GUEST_CSUM);
+        self.without_tso()
+    }
+
+    /// Offers no TX segmentation offload (`vnet-vhost --no-tso`): the guest cuts its TCP
+    /// segments to the MTU itself, as behind QEMU's `-netdev stream`.
+    pub fn without_tso(mut self) -> Self {
+        self.offered &= !(FEATURE_HOST_TSO4 | FEATURE_HOST_TSO6);
         self
     }
 

@@ -434,6 +434,7 @@ fn checksum_offloads_follow_what_was_acked() {
             gso_type: 0,
             csum_start: 34,
             csum_offset: 6,
+            ..TxHeader::default()
         };
         post_tx(&mem, &txq, &r.kicks[1], &hdr.to_bytes(), &out);
         r.proxy
@@ -530,32 +531,48 @@ fn a_frame_in_flight_at_stop_is_offered_again_and_arrives_whole() {
     assert_eq!(r.server.join().unwrap(), SessionEnd::Disconnected);
 }
 
-/// `vnet-vhost --no-checksum-offload`: neither offload is offered, and a front end that
-/// acks one anyway is refused like any feature we did not offer.
+/// `vnet-vhost --no-checksum-offload`: neither offload is offered, nor TSO (which needs
+/// CSUM), and a front end that acks one anyway is refused like any feature we did not
+/// offer. `--no-tso` withdraws TSO alone.
 #[test]
 fn without_checksum_offload_neither_is_offered_nor_accepted() {
     use vhost::vhost_user::VhostUserBackendReqHandlerMut;
-    use vnet_device::net::{FEATURE_CSUM, FEATURE_GUEST_CSUM};
-    let (dev_end, _proxy) = UnixStream::pair().unwrap();
-    let backend = UnixStreamBackend::from_socket(dev_end, &BackendOptions::default()).unwrap();
-    let mut h = VhostNetHandler::with_backend(
-        Box::new(backend),
-        WorkerOptions::default(),
-        Arc::new(Metrics::default()),
-    )
-    .without_checksum_offload();
+    use vnet_device::net::{
+        FEATURE_CSUM, FEATURE_GUEST_CSUM, FEATURE_HOST_TSO4, FEATURE_HOST_TSO6,
+    };
+    let handler = || {
+        let (dev_end, proxy) = UnixStream::pair().unwrap();
+        let backend = UnixStreamBackend::from_socket(dev_end, &BackendOptions::default()).unwrap();
+        let h = VhostNetHandler::with_backend(
+            Box::new(backend),
+            WorkerOptions::default(),
+            Arc::new(Metrics::default()),
+        );
+        (h, proxy)
+    };
+    let tso = FEATURE_HOST_TSO4 | FEATURE_HOST_TSO6;
+    assert_eq!(OFFERED_FEATURES & tso, tso, "TSO offered by default");
+    let (h, _proxy) = handler();
+    let mut h = h.without_checksum_offload();
     let offered = h.get_features().unwrap();
     assert_eq!(
-        offered & (FEATURE_CSUM | FEATURE_GUEST_CSUM),
+        offered & (FEATURE_CSUM | FEATURE_GUEST_CSUM | tso),
         0,
         "{offered:#x}"
     );
     assert_eq!(
         offered,
-        OFFERED_FEATURES & !(FEATURE_CSUM | FEATURE_GUEST_CSUM)
+        OFFERED_FEATURES & !(FEATURE_CSUM | FEATURE_GUEST_CSUM | tso)
     );
     assert!(h.set_features(offered | FEATURE_CSUM).is_err());
     assert!(h.set_features(offered | FEATURE_GUEST_CSUM).is_err());
+    assert!(h.set_features(offered | FEATURE_HOST_TSO4).is_err());
     assert!(h.set_features(offered).is_ok());
     assert_eq!(h.stats().acked_features, Some(offered));
+
+    let (h, _proxy) = handler();
+    let mut h = h.without_tso();
+    let offered = h.get_features().unwrap();
+    assert_eq!(offered, OFFERED_FEATURES & !tso);
+    assert!(h.set_features(offered | FEATURE_HOST_TSO6).is_err());
 }

@@ -86,6 +86,9 @@ const COUNTERS: &[&str] = &[
     "rejected_chains",
     // TX frames whose checksum the daemon completed for the guest (VIRTIO_NET_F_CSUM).
     "tx_csum_offload",
+    // TX chains the daemon cut into segments (VIRTIO_NET_F_HOST_TSO4/6), and the segments.
+    "tx_gso_chains",
+    "tx_gso_segments",
 ];
 
 /// The daemon's counters, wherever in its JSON they sit (top level or under "device").

@@ -20,7 +20,7 @@ use crate::backend::{Backend, BackendError, SyscallCounts};
 use crate::events::DeviceEvents;
 use crate::metrics::Metrics;
 use crate::net::{
-    FEATURE_CSUM, FEATURE_EVENT_IDX, FEATURE_GUEST_CSUM, FEATURE_MRG_RXBUF, RX_QUEUE, TX_QUEUE,
+    TxOffloads, FEATURE_EVENT_IDX, FEATURE_GUEST_CSUM, FEATURE_MRG_RXBUF, RX_QUEUE, TX_QUEUE,
 };
 use crate::notify::Notifier;
 use rx::RxVirtio;
@@ -79,8 +79,8 @@ pub struct NetDevice {
 impl NetDevice {
     /// Takes the data-path parts of a setup (the kick fds and options stay with the loop).
     /// `features` are the negotiated ones: EVENT_IDX, MRG_RXBUF, CSUM (TX checksums the
-    /// guest marks NEEDS_CSUM are completed) and GUEST_CSUM (RX headers say DATA_VALID)
-    /// are read from them.
+    /// guest marks NEEDS_CSUM are completed), HOST_TSO4/6 (TX GSO chains are cut into
+    /// segments) and GUEST_CSUM (RX headers say DATA_VALID) are read from them.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         mem: GuestMemoryAtomic<GuestMemoryMmap>,
@@ -100,7 +100,7 @@ impl NetDevice {
             events,
             tx: TxVirtio::new(
                 Virtq::new(tx, tx_call, TX_QUEUE, event_idx),
-                features & FEATURE_CSUM != 0,
+                TxOffloads::from_features(features),
             ),
             rx: RxVirtio::new(
                 Virtq::new(rx, rx_call, RX_QUEUE, event_idx),

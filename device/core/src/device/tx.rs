@@ -29,7 +29,7 @@ use crate::episode::Episode;
 use crate::events::DeviceEvents;
 use crate::flow::{classify, FlowKey, HEADER_PREFIX};
 use crate::frame::TxList;
-use crate::net::{add_used, pop_avail, ChainError, ChainWalk, Rejected, TxChain};
+use crate::net::{add_used, pop_avail, ChainError, ChainWalk, Rejected, TxChain, TxOffloads};
 use crate::probes::DropReason;
 
 /// A chain popped from the ring and parsed, in the batch being sent.
@@ -43,6 +43,26 @@ struct Popped {
     /// breaking the stream's framing, so no retry policy gives up on it.
     started: bool,
     chain: TxChain,
+    /// Frames of the chain already sent: a GSO chain's segments go out over several
+    /// sends, and a deferred one resumes at the first segment not sent.
+    sent: usize,
+    /// Frames of the chain in the batch's list now.
+    listed: usize,
+}
+
+impl Popped {
+    /// Length of the chain's next frame to send (its segment `sent`).
+    fn next_len(&self) -> usize {
+        self.chain.frame_len(self.sent)
+    }
+
+    /// Reports the frames of the chain not sent yet as dropped for `reason`, but for the
+    /// first `skip` of them (reported already).
+    fn drop_rest(&self, events: &DeviceEvents, reason: DropReason, skip: usize) {
+        for i in self.sent + skip..self.chain.frames() {
+            events.frame_dropped(self.chain.frame_len(i), reason);
+        }
+    }
 }
 
 /// Most chains `small-first` holds behind a deferred frame (fewer on a smaller ring): the
@@ -74,13 +94,13 @@ pub(crate) struct TxVirtio {
     behind: VecDeque<Behind>,
     /// A frame's first bytes, read for its flow.
     head_buf: [u8; HEADER_PREFIX],
-    /// VIRTIO_NET_F_CSUM was negotiated: headers are read and NEEDS_CSUM checksums
-    /// completed (`TxChain::parse`).
-    offload: bool,
+    /// The offloads negotiated: with CSUM headers are read and NEEDS_CSUM checksums
+    /// completed, with HOST_TSO4/6 GSO chains cut into segments (`TxChain::parse`).
+    offload: TxOffloads,
 }
 
 impl TxVirtio {
-    pub(crate) fn new(vq: Virtq, offload: bool) -> TxVirtio {
+    pub(crate) fn new(vq: Virtq, offload: TxOffloads) -> TxVirtio {
         TxVirtio {
             vq,
             batch: Vec::new(),
@@ -108,9 +128,10 @@ impl TxVirtio {
         self.max_failed_sends = max;
     }
 
-    /// Length of the deferred frame, if one waits.
+    /// Length of the deferred frame, if one waits (of a GSO chain, the segment it
+    /// resumes at).
     pub(crate) fn deferred_len(&self) -> Option<usize> {
-        self.held.then(|| self.batch[0].len)
+        self.held.then(|| self.batch[0].next_len())
     }
 
     /// Failed sends of the deferred frame so far.
@@ -156,12 +177,18 @@ impl TxVirtio {
             // The batch: the deferred frame first, then new chains while the limits allow.
             let mut n = usize::from(self.held);
             let mut bytes = if self.held { self.batch[0].len } else { 0 };
-            // No more chains than the backend sends in one call: the rest would be popped
-            // and parsed only to go back to the ring.
+            // Frames of the chains popped still to send (a GSO chain has several).
+            let mut planned = if self.held {
+                self.batch[0].chain.frames() - self.batch[0].sent
+            } else {
+                0
+            };
+            // No more frames than the backend sends in one call: the rest would be
+            // popped and parsed only to go back to the ring.
             let limit = backend.batch_limit().clamp(1, MAX_BATCH_FRAMES);
             // Frames waiting behind the deferred one go before anything new, one at a time.
             let limit = if self.behind.is_empty() { limit } else { 1 };
-            while n < limit && done + n < BATCH {
+            while planned < limit && done + n < BATCH {
                 let Some(head) = pop_avail(&mut self.vq.queue, mem) else {
                     // Re-arm kicks (EVENT_IDX: avail_event = next_avail); a chain that
                     // raced in before that shows up here.
@@ -187,7 +214,10 @@ impl TxVirtio {
                         slot.len = slot.chain.len();
                         slot.copied = false;
                         slot.started = false;
+                        slot.sent = 0;
+                        slot.listed = 0;
                         bytes += slot.len;
+                        planned += slot.chain.frames();
                         n += 1;
                     }
                     // Rejected in ring order: after the frames before it are sent.
@@ -206,15 +236,45 @@ impl TxVirtio {
             }
             // The frames as the backend sends them, straight from guest memory. A frame
             // that cannot be gathered ends the batch before it (it comes first in the
-            // next); only a first frame is copied (and then goes alone) or rejected.
+            // next); only a first frame is copied (and then goes alone) or rejected. A
+            // GSO chain adds its segments from the first not sent, as many as the
+            // backend's call takes; one that does not fit whole ends the list.
             self.list.clear();
+            let frame_cap = backend.batch_limit().clamp(1, MAX_BATCH_FRAMES);
+            let mut listed = 0;
             let mut first_error = None;
             let mut copy_first = self.batch[0].copied;
             if !copy_first {
+                let mut list_bytes = 0;
                 for (i, p) in self.batch[..n].iter_mut().enumerate() {
-                    match p.chain.gather_into(mem, &mut self.list) {
-                        Ok(true) => {}
-                        Ok(false) if i == 0 => {
+                    let room = frame_cap - self.list.len();
+                    if room == 0 || (i > 0 && list_bytes + p.next_len() > MAX_BATCH_BYTES) {
+                        break;
+                    }
+                    let got = if p.chain.is_gso() {
+                        p.chain.gather_segments(
+                            mem,
+                            &mut self.list,
+                            p.sent,
+                            room,
+                            MAX_BATCH_BYTES.saturating_sub(list_bytes),
+                            None,
+                        )
+                    } else {
+                        p.chain.gather_into(mem, &mut self.list).map(usize::from)
+                    };
+                    match got {
+                        Ok(k) if k > 0 => {
+                            p.listed = k;
+                            listed += 1;
+                            list_bytes += (p.sent..p.sent + k)
+                                .map(|f| p.chain.frame_len(f))
+                                .sum::<usize>();
+                            if p.sent + k < p.chain.frames() {
+                                break;
+                            }
+                        }
+                        Ok(_) if i == 0 => {
                             copy_first = true;
                             break;
                         }
@@ -241,48 +301,92 @@ impl TxVirtio {
                 self.unpop(n - 1);
                 self.held = false;
                 self.episode.abandon(events);
+                // (A GSO chain's segments already sent stay sent; the chain is one
+                // rejected chain, as any other.)
                 self.reject(mem, self.batch[0].head, error, events)?;
                 used = true;
                 continue;
             }
             if copy_first {
-                self.list.push_slice(&self.copy);
+                let p = &mut self.batch[0];
+                p.listed = if p.chain.is_gso() {
+                    // From the device's copy: two pieces per segment, never too many.
+                    p.chain
+                        .gather_segments(
+                            mem,
+                            &mut self.list,
+                            p.sent,
+                            frame_cap,
+                            MAX_BATCH_BYTES,
+                            Some(&self.copy),
+                        )
+                        // Only guest memory can fail, and none is read here.
+                        .unwrap_or(0)
+                } else {
+                    self.list.push_slice(&self.copy);
+                    1
+                };
+                listed = 1;
             }
             // The list points into `mem`, borrowed for this whole pass.
-            let tried = self.list.len();
             let out = backend.write_frames(self.list.frames());
-            self.unpop(n - tried);
+            self.unpop(n - listed);
             let out = match out {
                 Ok(out) => out,
                 Err(e) => {
                     // Nothing of this call went out: the first frame stays deferred (a
                     // dying proxy's drop report counts it), the rest go back.
-                    self.unpop(tried - 1);
+                    self.unpop(listed - 1);
                     self.held = true;
                     return Err(e.into());
                 }
             };
-            for i in 0..out.sent {
-                let p = &self.batch[i];
+            // The frames sent, chain by chain: a chain all of whose frames are out is
+            // used; the first that is not stops the walk.
+            let mut left = out.sent;
+            let mut finished = 0;
+            for i in 0..listed {
+                let p = &mut self.batch[i];
+                let k = p.listed.min(left);
+                left -= k;
+                if k > 0 {
+                    if i == 0 {
+                        // Only the first chain can have been deferred: its frame (segment)
+                        // that was refused went out.
+                        self.episode.on_success(events);
+                    }
+                    p.started = false;
+                    let gso = p.chain.is_gso();
+                    for f in p.sent..p.sent + k {
+                        events.frame_sent(p.chain.frame_len(f));
+                        if p.chain.offloads_csum() {
+                            events.tx_csum_offloaded();
+                        }
+                        if gso {
+                            events.tx_gso_segment();
+                        }
+                    }
+                    p.sent += k;
+                    done += k;
+                }
+                if p.sent < p.chain.frames() {
+                    break;
+                }
                 add_used(&mut self.vq.queue, mem, p.head, 0).map_err(self.vq.err())?;
                 used = true;
-                if i == 0 {
-                    // Only the first frame can have been deferred.
-                    self.episode.on_success(events);
+                if p.chain.is_gso() {
+                    events.tx_gso_chain();
                 }
-                events.frame_sent(p.len);
-                if p.chain.offloads_csum() {
-                    events.tx_csum_offloaded();
-                }
-                done += 1;
+                finished += 1;
             }
-            if out.sent == tried {
+            if finished == listed {
                 self.held = false;
                 continue;
             }
-            // Frame `sent` did not go out: it is the deferred frame now.
-            self.unpop(tried - out.sent - 1);
-            self.batch.swap(0, out.sent);
+            // Chain `finished` did not go out whole: it is the deferred chain now, to
+            // resume at its first frame not sent.
+            self.unpop(listed - finished - 1);
+            self.batch.swap(0, finished);
             self.held = true;
             let stopped = match out.stopped {
                 Some(status) => status,
@@ -310,7 +414,7 @@ impl TxVirtio {
                         events.partial_write();
                         self.batch[0].started = true;
                     }
-                    let (head, len) = (self.batch[0].head, self.batch[0].len);
+                    let (head, len) = (self.batch[0].head, self.batch[0].next_len());
                     self.episode.on_failure(events, len, errno);
                     if !self.batch[0].started
                         && self
@@ -321,6 +425,8 @@ impl TxVirtio {
                         // frame's does, and the ring moves on.
                         self.held = false;
                         self.episode.give_up(events, len);
+                        // A GSO chain's later segments go with it.
+                        self.batch[0].drop_rest(events, DropReason::RetryExhausted, 1);
                         add_used(&mut self.vq.queue, mem, head, 0).map_err(self.vq.err())?;
                         used = true;
                         // Counts toward the batch, so a policy that drops at once
@@ -368,10 +474,10 @@ impl TxVirtio {
     /// The proxy went away: the deferred frame and those behind it will never be sent.
     pub(crate) fn peer_gone(&mut self, events: &DeviceEvents) {
         if std::mem::take(&mut self.held) {
-            events.frame_dropped(self.batch[0].len, DropReason::PeerGone);
+            self.batch[0].drop_rest(events, DropReason::PeerGone, 0);
         }
         for b in self.behind.drain(..) {
-            events.frame_dropped(b.popped.len, DropReason::PeerGone);
+            b.popped.drop_rest(events, DropReason::PeerGone, 0);
         }
     }
 
@@ -392,6 +498,11 @@ impl TxVirtio {
 
     /// The flow of a parsed chain's frame (`None`: unknown, or its headers unreadable).
     fn flow_of(&mut self, mem: &GuestMemoryMmap, chain: &TxChain) -> Option<FlowKey> {
+        if chain.is_gso() {
+            // A GSO chain goes out over several sends, in ring order: it neither passes
+            // nor is passed.
+            return None;
+        }
         let n = chain.read_prefix(mem, &mut self.head_buf).ok()?;
         classify(&self.head_buf[..n], chain.len())
     }
@@ -543,6 +654,8 @@ impl TxVirtio {
 }
 
 /// What became of a frame offered ahead of the deferred one.
+// A value that lives for one call: boxing the waiting chain would allocate per refusal.
+#[allow(clippy::large_enum_variant)]
 enum Ahead {
     /// Gone: sent, or rejected back to the guest; its chain is used.
     Sent,
