@@ -8,17 +8,21 @@
 
 mod common;
 
+use std::io::{ErrorKind, Read};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use common::{DriverQueue, Seg};
 use proptest::prelude::*;
 use vm_memory::GuestMemoryMmap;
 
-use vnet_device::backend::{BackendOptions, UnixGram};
+use vnet_device::backend::{BackendOptions, FaultConfig, Faulty, UnixGram, UnixStreamBackend};
 use vnet_device::device::{NetDevice, TxPass};
 use vnet_device::metrics::Metrics;
 use vnet_device::net::{
-    TxHeader, DEVICE_FEATURES, GSO_TCPV4, GSO_TCPV6, HDR_F_NEEDS_CSUM, NET_HDR_LEN,
+    TxHeader, DEVICE_FEATURES, FEATURE_HOST_TSO4, FEATURE_HOST_TSO6, GSO_TCPV4, GSO_TCPV6,
+    HDR_F_NEEDS_CSUM, NET_HDR_LEN,
 };
 
 const QSIZE: u16 = 256;
@@ -466,4 +470,370 @@ fn a_chain_of_many_small_pieces_goes_from_a_copy() {
         check_segments(V4, usize::from(mss), &orig, &got).unwrap();
         assert_eq!(r.metrics.snapshot().tx_copied, copied, "mss {mss}");
     }
+}
+
+/// The chains of the stall tests: plain frames around GSO chains of both families, the
+/// frames they owe, and how many of those frames each chain owes.
+struct Batch {
+    chains: Vec<Vec<Seg>>,
+    /// Every frame the chains owe, in order (checked against the reference once).
+    frames: Vec<Vec<u8>>,
+    per_chain: Vec<usize>,
+}
+
+fn stall_batch() -> Batch {
+    let plain = |seq: u32, len: usize| {
+        let f = common::frame(seq, len);
+        (common::tx_segs(&f, &[NET_HDR_LEN, 20]), vec![f])
+    };
+    let gso = |s: Shape, mss: usize, plen: usize, seed: u32| {
+        let orig = tcp_frame(s, &payload(plen, seed));
+        let segs = chain(
+            &tso_header(s, mss as u16),
+            &orig,
+            &[NET_HDR_LEN, s.hlen(), 77],
+        );
+        // The frames owed, built and checked through a device of their own.
+        let (mut r, peer) = gram(DEVICE_FEATURES);
+        r.tx.add(&r.mem, &segs).unwrap();
+        let (_, got) = run_gram(&mut r, &peer);
+        check_segments(s, mss, &orig, &got).unwrap();
+        (segs, got)
+    };
+    let parts = [
+        plain(1, 60),
+        gso(V4, 100, 450, 1),
+        gso(V6, 64, 130, 2),
+        plain(2, 70),
+        gso(Shape { ip_opts: 12, ..V4 }, 50, 101, 3),
+    ];
+    Batch {
+        chains: parts.iter().map(|p| p.0.clone()).collect(),
+        frames: parts.iter().flat_map(|p| p.1.clone()).collect(),
+        per_chain: parts.iter().map(|p| p.1.len()).collect(),
+    }
+}
+
+/// A stream socket that takes any number of bytes of the batch and then refuses (a
+/// stalled peer), at every byte of the wire: the chains wholly on the wire are used and
+/// no other (a GSO chain only after its last segment), and once the socket drains the
+/// rest follows from exactly where it stopped: every frame once, in order, byte-exact.
+#[test]
+fn stream_stalls_inside_gso_chains_at_every_byte() {
+    let b = stall_batch();
+    let wire_len: usize = b.frames.iter().map(|f| 4 + f.len()).sum();
+    // Wire offset at which each chain's last frame ends.
+    let mut chain_ends = Vec::new();
+    let mut pos = 0;
+    let mut k = 0;
+    for &n in &b.per_chain {
+        for f in &b.frames[k..k + n] {
+            pos += 4 + f.len();
+        }
+        k += n;
+        chain_ends.push(pos);
+    }
+    for stop in 0..=wire_len {
+        let (a, mut peer) = UnixStream::pair().unwrap();
+        let mut be = UnixStreamBackend::from_socket(a, &BackendOptions::default()).unwrap();
+        let limit = be.send_limit();
+        let metrics = Arc::new(Metrics::new());
+        let mut r = rig(Box::new(be), metrics.clone(), DEVICE_FEATURES);
+        for c in &b.chains {
+            r.tx.add(&r.mem, c).unwrap();
+        }
+        limit.store(stop, Ordering::SeqCst);
+        let first = r.dev.process_tx().unwrap();
+        let whole = chain_ends.iter().filter(|&&e| e <= stop).count();
+        assert_eq!(r.tx.take_used(&r.mem).len(), whole, "stop {stop}");
+        if whole < b.chains.len() {
+            assert_eq!(first, TxPass::Blocked, "stop {stop}");
+            assert!(r.dev.tx_deferred());
+        }
+        let mut passes = 0;
+        while r.dev.process_tx().unwrap() != TxPass::Idle {
+            passes += 1;
+            assert!(passes < 1000, "stop {stop}: TX never settles");
+        }
+        assert_eq!(r.tx.take_used(&r.mem).len(), b.chains.len() - whole);
+        let got = common::split_stream(&read_stream(&mut peer));
+        assert!(got == b.frames, "stop {stop}: frames differ");
+        let m = metrics.snapshot();
+        assert_eq!(m.tx_frames, b.frames.len() as u64, "stop {stop}");
+        assert_eq!(
+            (m.tx_gso_chains, m.tx_gso_segments),
+            (3, b.frames.len() as u64 - 2),
+            "stop {stop}"
+        );
+        assert_eq!(m.episodes, u64::from(stop < wire_len), "stop {stop}");
+        assert_eq!(m.resolved, m.episodes, "stop {stop}");
+    }
+}
+
+/// Datagram sends refused every `every`-th frame, `burst` times in a row, so a batch stops
+/// at every position of every chain (and again on retries): the deferred frame is the
+/// segment refused, each episode resolves, and the peer gets every frame once, in order;
+/// also under `small-first`, which must not look past a partly sent GSO chain.
+#[test]
+fn datagram_refusals_at_every_position_keep_every_frame_once_in_order() {
+    let b = stall_batch();
+    for look_ahead in [false, true] {
+        for every in 1..=b.frames.len() as u32 {
+            for burst in 1..=3u32 {
+                let (a, peer) = common::gram_pair();
+                peer.set_nonblocking(true).unwrap();
+                let metrics = Arc::new(Metrics::new());
+                let be = Faulty::new(
+                    UnixGram::from_socket(a, &BackendOptions::default()).unwrap(),
+                    FaultConfig {
+                        enobufs_every: every,
+                        enobufs_burst: burst,
+                    },
+                    metrics.clone(),
+                );
+                let mut r = rig(Box::new(be), metrics.clone(), DEVICE_FEATURES);
+                r.dev.set_look_ahead(look_ahead);
+                assert_eq!(r.dev.tx_looks_ahead(), look_ahead);
+                for c in &b.chains {
+                    r.tx.add(&r.mem, c).unwrap();
+                }
+                let (used, got) = run_gram(&mut r, &peer);
+                let case = format!("every {every} burst {burst} look_ahead {look_ahead}");
+                assert_eq!(used.len(), b.chains.len(), "{case}");
+                assert!(got == b.frames, "{case}: frames differ");
+                let m = metrics.snapshot();
+                assert!(m.injected_faults > 0, "{case}");
+                assert_eq!(m.episodes, m.resolved, "{case}");
+                assert_eq!(m.retries, m.injected_faults, "{case}");
+                assert_eq!(
+                    (m.tx_gso_chains, m.tx_gso_segments),
+                    (3, b.frames.len() as u64 - 2),
+                    "{case}"
+                );
+            }
+        }
+    }
+}
+
+/// A real datagram socket that fills (the peer reads only when the device is blocked)
+/// under 64 KiB chains of 45 segments: stops land wherever the socket's room ends, and
+/// every chain still arrives whole, once, in order.
+#[test]
+fn a_filling_datagram_socket_stops_and_resumes_inside_chains() {
+    let (a, peer) = common::gram_pair();
+    peer.set_nonblocking(true).unwrap();
+    let opts = BackendOptions {
+        sndbuf: Some(vnet_device::net::MAX_FRAME),
+        ..Default::default()
+    };
+    let metrics = Arc::new(Metrics::new());
+    let be = UnixGram::from_socket(a, &opts).unwrap();
+    let mut r = rig(Box::new(be), metrics.clone(), DEVICE_FEATURES);
+    let origs: Vec<Vec<u8>> = (0..4)
+        .map(|i| tcp_frame(if i % 2 == 0 { V4 } else { V6 }, &payload(64000, i)))
+        .collect();
+    for (i, o) in origs.iter().enumerate() {
+        let s = if i % 2 == 0 { V4 } else { V6 };
+        r.tx.add(
+            &r.mem,
+            &chain(&tso_header(s, 1448), o, &[NET_HDR_LEN, s.hlen(), 4096]),
+        )
+        .unwrap();
+    }
+    let mut got = Vec::new();
+    let mut passes = 0;
+    loop {
+        match r.dev.process_tx().unwrap() {
+            TxPass::Idle => break,
+            TxPass::Blocked => got.extend(common::recv_all(&peer)),
+            TxPass::More => {}
+        }
+        passes += 1;
+        assert!(passes < 10_000, "TX never settles");
+    }
+    got.extend(common::recv_all(&peer));
+    let mut at = 0;
+    for (i, o) in origs.iter().enumerate() {
+        let s = if i % 2 == 0 { V4 } else { V6 };
+        let n = 64000usize.div_ceil(1448);
+        check_segments(s, 1448, o, &got[at..(at + n).min(got.len())])
+            .unwrap_or_else(|e| panic!("chain {i}: {e}"));
+        at += n;
+    }
+    assert_eq!(at, got.len());
+    let m = metrics.snapshot();
+    assert!(m.episodes >= 1, "the socket never filled");
+    assert_eq!(m.episodes, m.resolved);
+    assert_eq!(lens(&r.tx.take_used(&r.mem)), [0; 4]);
+}
+
+/// Reads everything waiting on a stream peer.
+fn read_stream(peer: &mut UnixStream) -> Vec<u8> {
+    peer.set_nonblocking(true).unwrap();
+    let mut wire = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match peer.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => wire.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    wire
+}
+
+/// Headers the device cannot cut are malformed chains: returned unused, counted as
+/// rejected chains and `tx_bad_chain` drops, nothing of them forwarded, and a valid GSO
+/// chain right after each still goes out exact.
+#[test]
+fn hostile_gso_headers_are_rejected_and_the_next_chain_passes() {
+    let (mut r, peer) = gram(DEVICE_FEATURES);
+    let good = tcp_frame(V4, &payload(5000, 4));
+    let v4 = tcp_frame(V4, &payload(3000, 5));
+    let v6 = tcp_frame(V6, &payload(3000, 6));
+    let h4 = tso_header(V4, 1448);
+    let h6 = tso_header(V6, 1448);
+    let with = |f: &[u8], at: usize, b: u8| {
+        let mut f = f.to_vec();
+        f[at] = b;
+        f
+    };
+    let l4 = V4.l4();
+    let bad: Vec<(&str, TxHeader, Vec<u8>)> = vec![
+        ("gso_size 0", TxHeader { gso_size: 0, ..h4 }, v4.clone()),
+        (
+            "ECN bit",
+            TxHeader {
+                gso_type: GSO_TCPV4 | 0x80,
+                ..h4
+            },
+            v4.clone(),
+        ),
+        ("UDP gso type", TxHeader { gso_type: 3, ..h4 }, v4.clone()),
+        (
+            "unknown gso type",
+            TxHeader { gso_type: 2, ..h4 },
+            v4.clone(),
+        ),
+        ("no NEEDS_CSUM", TxHeader { flags: 0, ..h4 }, v4.clone()),
+        (
+            "csum_start at IP",
+            TxHeader {
+                csum_start: 14,
+                ..h4
+            },
+            v4.clone(),
+        ),
+        (
+            "csum_start past TCP",
+            TxHeader {
+                csum_start: l4 as u16 + 4,
+                ..h4
+            },
+            v4.clone(),
+        ),
+        (
+            "csum_offset not 16",
+            TxHeader {
+                csum_offset: 6,
+                ..h4
+            },
+            v4.clone(),
+        ),
+        ("UDP protocol", h4, with(&v4, 23, 17)),
+        ("ICMP protocol", h4, with(&v4, 23, 1)),
+        ("ihl 4", h4, with(&v4, 14, 0x44)),
+        ("ihl 0", h4, with(&v4, 14, 0x40)),
+        ("IP version 6 in an IPv4 frame", h4, with(&v4, 14, 0x65)),
+        ("fragment", h4, with(&v4, 20, 0x20)),
+        ("doff 4", h4, with(&v4, l4 + 12, 0x40)),
+        ("doff 0", h4, with(&v4, l4 + 12, 0x00)),
+        (
+            "ihl 15 past a short frame",
+            TxHeader {
+                csum_start: 74,
+                ..h4
+            },
+            with(&v4[..90], 14, 0x4f),
+        ),
+        (
+            "doff 15 past a short frame",
+            h4,
+            with(&v4[..80], l4 + 12, 0xf0),
+        ),
+        ("truncated Ethernet", h4, v4[..10].to_vec()),
+        ("truncated IPv4", h4, v4[..30].to_vec()),
+        ("truncated TCP", h4, v4[..50].to_vec()),
+        ("VLAN tag", h4, with(&with(&v4, 12, 0x81), 13, 0x00)),
+        ("ARP", h4, with(&with(&v4, 12, 0x08), 13, 0x06)),
+        ("TCPV4 on IPv6", h4, v6.clone()),
+        ("TCPV6 on IPv4", h6, v4.clone()),
+        ("IPv6 extension header", h6, with(&v6, 20, 0)),
+        ("IPv6 next header UDP", h6, with(&v6, 20, 17)),
+        ("truncated IPv6", h6, v6[..40].to_vec()),
+        (
+            "IPv4 segment over 65535 bytes",
+            TxHeader {
+                gso_size: 65535,
+                ..h4
+            },
+            tcp_frame(V4, &payload(65550 - V4.hlen(), 7)),
+        ),
+    ];
+    for (name, h, f) in &bad {
+        let (used, got) = {
+            r.tx.add(&r.mem, &chain(h, f, &[NET_HDR_LEN, 30, 8192]))
+                .unwrap();
+            run_gram(&mut r, &peer)
+        };
+        assert_eq!(lens(&used), [0], "{name}");
+        assert!(got.is_empty(), "{name}: forwarded");
+        r.tx.add(&r.mem, &chain(&h4, &good, &[NET_HDR_LEN + 5, 1000]))
+            .unwrap();
+        let (used, got) = run_gram(&mut r, &peer);
+        assert_eq!(lens(&used), [0], "{name}");
+        check_segments(V4, 1448, &good, &got).unwrap_or_else(|e| panic!("after {name}: {e}"));
+    }
+    let m = r.metrics.snapshot();
+    assert_eq!(m.rejected_chains, bad.len() as u64);
+    assert_eq!(m.drops.tx_bad_chain, bad.len() as u64);
+    assert_eq!(m.drops.guest_driver_error, 0);
+    assert_eq!(m.tx_gso_chains, bad.len() as u64);
+}
+
+/// Without HOST_TSO4 (or TSO6) negotiated a chain asking for it is refused like any
+/// offload not offered, and without CSUM TSO is not honoured at all (the header is not
+/// read: the frame goes out as it is, as before offloads were offered).
+#[test]
+fn tso_only_where_negotiated() {
+    let v4 = tcp_frame(V4, &payload(3000, 1));
+    let v6 = tcp_frame(V6, &payload(3000, 2));
+    for (features, v6_ok, v4_ok) in [
+        (DEVICE_FEATURES & !FEATURE_HOST_TSO4, true, false),
+        (DEVICE_FEATURES & !FEATURE_HOST_TSO6, false, true),
+    ] {
+        let (mut r, peer) = gram(features);
+        for (f, h, ok, s) in [
+            (&v4, tso_header(V4, 1000), v4_ok, V4),
+            (&v6, tso_header(V6, 1000), v6_ok, V6),
+        ] {
+            r.tx.add(&r.mem, &chain(&h, f, &[])).unwrap();
+            let (used, got) = run_gram(&mut r, &peer);
+            assert_eq!(lens(&used), [0]);
+            if ok {
+                check_segments(s, 1000, f, &got).unwrap();
+            } else {
+                assert!(got.is_empty());
+            }
+        }
+        assert_eq!(r.metrics.snapshot().rejected_chains, 1);
+    }
+    let (mut r, peer) = gram(DEVICE_FEATURES & !vnet_device::net::FEATURE_CSUM);
+    r.tx.add(&r.mem, &chain(&tso_header(V4, 1000), &v4, &[]))
+        .unwrap();
+    let (_, got) = run_gram(&mut r, &peer);
+    assert_eq!(got, [v4]);
+    let m = r.metrics.snapshot();
+    assert_eq!((m.rejected_chains, m.tx_gso_segments), (0, 0));
 }
