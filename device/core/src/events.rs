@@ -63,10 +63,15 @@ impl DeviceEvents {
         self.metrics.tx_csum_offload.inc();
     }
 
-    /// A TX frame that went out was a segment the device cut from a GSO chain.
+    /// A TX frame that went out was a segment the device cut from a GSO chain, carrying
+    /// `added` header bytes beyond what the guest handed over (a copy of the chain's
+    /// headers, for every segment but the first).
     #[inline]
-    pub fn tx_gso_segment(&self) {
+    pub fn tx_gso_segment(&self, added: usize) {
         self.metrics.tx_gso_segments.inc();
+        if added > 0 {
+            self.metrics.tx_gso_header_bytes.add(added as u64);
+        }
     }
 
     /// Every segment of a GSO chain went out (the chain goes back to the guest).

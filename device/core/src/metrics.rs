@@ -234,6 +234,11 @@ metrics! {
     /// Frames (segments) sent out of such chains; each is also one `tx_frames` and one
     /// `tx_csum_offload`.
     tx_gso_segments: Counter,
+    /// Header bytes segmentation added: every segment after a chain's first carries its
+    /// own copy of the chain's headers, counted in `tx_bytes`. `tx_bytes` less this is
+    /// what the guest handed over (its NIC's `tx_bytes`), as `tx_frames - tx_gso_segments
+    /// + tx_gso_chains` is its packet count.
+    tx_gso_header_bytes: Counter,
     /// RX frames read from a stream socket straight into guest buffers (no copy in user
     /// space; see the unixstream backend's `DIRECT_MIN`).
     rx_direct: Counter,

@@ -511,6 +511,11 @@ impl TxChain {
         self.gso.is_some()
     }
 
+    /// Length of the header block every segment of a GSO chain carries (0 otherwise).
+    pub fn gso_header_len(&self) -> usize {
+        self.gso.as_ref().map_or(0, Gso::header_len)
+    }
+
     /// Frames the chain goes out as: its segments, or 1.
     pub fn frames(&self) -> usize {
         self.gso.as_ref().map_or(1, Gso::segments)

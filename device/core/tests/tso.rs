@@ -337,6 +337,7 @@ fn segments_are_exact_over_shapes_and_lengths() {
     let (mut r, peer) = gram(DEVICE_FEATURES);
     let mut chains = 0u64;
     let mut segments = 0u64;
+    let mut handed_over = 0u64;
     let shapes = [
         V4,
         V6,
@@ -384,11 +385,15 @@ fn segments_are_exact_over_shapes_and_lengths() {
                 }
                 chains += 1;
                 segments += got.len() as u64;
+                handed_over += orig.len() as u64;
             }
         }
     }
     let m = r.metrics.snapshot();
     assert_eq!((m.tx_gso_chains, m.tx_gso_segments), (chains, segments));
+    // What the guest's NIC would count: the chains, their bytes.
+    assert_eq!(m.tx_frames - m.tx_gso_segments + m.tx_gso_chains, chains);
+    assert_eq!(m.tx_bytes - m.tx_gso_header_bytes, handed_over);
     assert_eq!((m.tx_frames, m.tx_csum_offload), (segments, segments));
     assert_eq!(m.rejected_chains, 0);
 }

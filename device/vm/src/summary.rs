@@ -89,6 +89,7 @@ const COUNTERS: &[&str] = &[
     // TX chains the daemon cut into segments (VIRTIO_NET_F_HOST_TSO4/6), and the segments.
     "tx_gso_chains",
     "tx_gso_segments",
+    "tx_gso_header_bytes",
 ];
 
 /// The daemon's counters, wherever in its JSON they sit (top level or under "device").

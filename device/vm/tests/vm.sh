@@ -91,11 +91,17 @@ nic = stats[-1]["counters"] if stats else {}
 check(bool(nic), f"the guest reported its counters after {[g['label'] for g in stats]}")
 if nic:
     for way, what in (("rx", "delivered to the guest"), ("tx", "taken from the guest")):
-        df = d[f"{way}_frames"] - nic[f"nic.{way}_packets"]
-        db = d[f"{way}_bytes"] - nic[f"nic.{way}_bytes"]
-        check(0 <= df <= 64, f"daemon {way} frames {d[f'{way}_frames']} = the guest NIC's {nic[f'nic.{way}_packets']} ({what}; {df} later)")
+        frames, nbytes = d[f"{way}_frames"], d[f"{way}_bytes"]
+        if way == "tx":
+            # TSO: the guest counts a GSO chain as one packet of the length it handed over;
+            # the daemon counts each segment it cut, each with its copy of the headers.
+            frames += d.get("tx_gso_chains", 0) - d.get("tx_gso_segments", 0)
+            nbytes -= d.get("tx_gso_header_bytes", 0)
+        df = frames - nic[f"nic.{way}_packets"]
+        db = nbytes - nic[f"nic.{way}_bytes"]
+        check(0 <= df <= 64, f"daemon {way} frames {frames} = the guest NIC's {nic[f'nic.{way}_packets']} ({what}; {df} later)")
         check(0 <= db <= df * 65550 and (db == 0) == (df == 0),
-              f"daemon {way} bytes {d[f'{way}_bytes']} = the guest NIC's {nic[f'nic.{way}_bytes']} ({db} in the {df} frames later)")
+              f"daemon {way} bytes {nbytes} = the guest NIC's {nic[f'nic.{way}_bytes']} ({db} in the {df} frames later)")
     check(nic["nic.rx_dropped"] == 0 and nic["nic.rx_errors"] == 0 and nic.get("nic.rx_length_errors", 0) == 0,
           f"the guest's NIC dropped nothing (rx_dropped {nic['nic.rx_dropped']}, rx_errors {nic['nic.rx_errors']}, rx_length_errors {nic.get('nic.rx_length_errors')})")
     check(nic.get("ip.InHdrErrors", 0) == 0 and nic.get("ip.InTruncatedPkts", 0) == 0,
@@ -117,6 +123,14 @@ check(acked & (1 << 32) != 0, f"VERSION_1 negotiated (features {acked:#x})")
 check(acked & 3 == 3, f"CSUM and GUEST_CSUM negotiated (features {acked:#x})")
 check(d.get("tx_csum_offload", 0) > d["tx_frames"] // 2,
       f"the daemon completed TX checksums: tx_csum_offload {d.get('tx_csum_offload')} of {d['tx_frames']} frames")
+# TSO (HOST_TSO4 bit 11, HOST_TSO6 bit 12): the guest's driver takes it and, at MTU 1500,
+# hands the daemon TCP segments larger than one frame, which the daemon cuts (every
+# segment also counts in tx_csum_offload above).
+mtu = int(args[args.index("--mtu") + 1]) if "--mtu" in args else 1500
+check(acked & (3 << 11) == 3 << 11, f"HOST_TSO4 and HOST_TSO6 negotiated (features {acked:#x})")
+if mtu <= 9000:
+    check(d.get("tx_gso_chains", 0) > 0 and d.get("tx_gso_segments", 0) > d.get("tx_gso_chains", 0),
+          f"the daemon cut the guest's TCP segments at MTU {mtu}: {d.get('tx_gso_chains')} chains into {d.get('tx_gso_segments')} segments of {d['tx_frames']} frames")
 check(d["drops"]["total"] == 0, f"no frames dropped ({d['drops']})")
 if "--mtu" in args and int(args[args.index("--mtu") + 1]) > 9000:
     check(d.get("rx_direct", 0) > 0, f"frames read straight into the guest at MTU {args[args.index('--mtu') + 1]}: rx_direct {d.get('rx_direct')}")

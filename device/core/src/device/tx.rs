@@ -363,7 +363,8 @@ impl TxVirtio {
                             events.tx_csum_offloaded();
                         }
                         if gso {
-                            events.tx_gso_segment();
+                            let added = if f > 0 { p.chain.gso_header_len() } else { 0 };
+                            events.tx_gso_segment(added);
                         }
                     }
                     p.sent += k;
