@@ -63,6 +63,13 @@ impl DeviceEvents {
         self.metrics.tx_csum_offload.inc();
     }
 
+    /// `segments` frames from the proxy went to the guest as one GSO frame.
+    #[inline]
+    pub fn rx_coalesced(&self, segments: usize) {
+        self.metrics.rx_gso_frames.inc();
+        self.metrics.rx_coalesced_segments.add(segments as u64);
+    }
+
     /// A frame was read straight into guest buffers.
     #[inline]
     pub fn rx_direct(&self) {

@@ -228,6 +228,12 @@ metrics! {
     /// (VIRTIO_NET_F_CSUM negotiated and the header said NEEDS_CSUM); each counts once,
     /// when it goes out.
     tx_csum_offload: Counter,
+    /// GSO frames the device built for the guest by merging consecutive TCP segments
+    /// from the proxy (VIRTIO_NET_F_GUEST_TSO4/6 negotiated; `crate::gro`).
+    rx_gso_frames: Counter,
+    /// Proxy frames that went into those GSO frames (each still counts in `rx_frames`
+    /// when read).
+    rx_coalesced_segments: Counter,
     /// RX frames read from a stream socket straight into guest buffers (no copy in user
     /// space; see the unixstream backend's `DIRECT_MIN`).
     rx_direct: Counter,

@@ -18,7 +18,10 @@ use super::summary::{CsumOffload, Summary};
 use super::workload::{Scheduler, Workload};
 use vnet_device::backend::{self, BackendOptions, BackendSpec, FaultConfig};
 use vnet_device::metrics::Metrics;
-use vnet_device::net::{DEVICE_FEATURES, FEATURE_CSUM, FEATURE_GUEST_CSUM, MAX_FRAME};
+use vnet_device::net::{
+    DEVICE_FEATURES, FEATURES_GUEST_OFFLOAD, FEATURE_CSUM, FEATURE_GUEST_TSO4, FEATURE_GUEST_TSO6,
+    MAX_FRAME,
+};
 use vnet_device::notify::Notifier;
 use vnet_device::retry_policy::RetryPolicy;
 use vnet_device::retry_timer::RetryTimer;
@@ -262,11 +265,12 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         tx_call: tx_call.try_clone().map_err(io("eventfd"))?,
         // By default the simulated guest, like a driver without offloads, acks every
         // feature but the checksum offloads: its frames carry no NEEDS_CSUM and it
-        // ignores DATA_VALID.
+        // ignores DATA_VALID. It never takes GSO frames (GUEST_TSO4/6): its proxy's
+        // traffic is not TCP, and its receive side checks frames as they were sent.
         features: if cfg.offload_csum {
-            DEVICE_FEATURES
+            DEVICE_FEATURES & !(FEATURE_GUEST_TSO4 | FEATURE_GUEST_TSO6)
         } else {
-            DEVICE_FEATURES & !(FEATURE_CSUM | FEATURE_GUEST_CSUM)
+            DEVICE_FEATURES & !(FEATURE_CSUM | FEATURES_GUEST_OFFLOAD)
         },
         backend,
         options: WorkerOptions {

@@ -39,11 +39,17 @@ struct Args {
     /// with sendmmsg/recvmmsg.
     #[arg(long)]
     macos_batch_syscalls: bool,
-    /// Offer neither checksum offload (VIRTIO_NET_F_CSUM, GUEST_CSUM): the guest sums and
-    /// verifies its TCP/UDP checksums itself. Default: offered; the device completes the
-    /// checksums of frames the guest marks and tells it received ones are valid.
+    /// Offer neither checksum offload (VIRTIO_NET_F_CSUM, GUEST_CSUM), nor the receive
+    /// coalescing that needs GUEST_CSUM: the guest sums and verifies its TCP/UDP checksums
+    /// itself. Default: offered; the device completes the checksums of frames the guest
+    /// marks and tells it received ones are valid.
     #[arg(long)]
     no_checksum_offload: bool,
+    /// Offer no receive coalescing (VIRTIO_NET_F_GUEST_TSO4/6): every frame from the proxy
+    /// reaches the guest as it came. Default: offered; consecutive TCP segments of one
+    /// stream in a batch go to the guest as one GSO frame.
+    #[arg(long)]
+    no_rx_coalescing: bool,
     /// Record every probe firing into this CSV (the trace CSV of dtrace/README.md).
     #[arg(long)]
     trace: Option<PathBuf>,
@@ -141,8 +147,13 @@ pub fn main() -> ExitCode {
         metrics.clone(),
     )
     .map(|h| {
-        if args.no_checksum_offload {
+        let h = if args.no_checksum_offload {
             h.without_checksum_offload()
+        } else {
+            h
+        };
+        if args.no_rx_coalescing {
+            h.without_rx_coalescing()
         } else {
             h
         }
@@ -215,6 +226,10 @@ fn print_summary(args: &Args, metrics: &Metrics, run: &DaemonRun, trace_rows: Op
     println!(
         "  checksum offload: tx frames completed by the device {}",
         s.tx_csum_offload
+    );
+    println!(
+        "  rx coalescing: gso frames to the guest {} made of {} proxy frames",
+        s.rx_gso_frames, s.rx_coalesced_segments
     );
     println!(
         "  handshake: features 0x{:x}, early enables {}, worker starts {}",

@@ -391,9 +391,10 @@ fn features_we_did_not_offer_are_refused() {
     let mut r = rig();
     r.frontend.set_owner().unwrap();
     r.frontend.get_features().unwrap();
-    // GUEST_TSO4 (bit 7) is not ours to give: the handler refuses and records nothing.
+    // GUEST_ECN (bit 9) is not ours to give: the handler refuses and records nothing.
+    assert_eq!(OFFERED_FEATURES & (1 << 9), 0);
     r.frontend
-        .set_features(OFFERED_FEATURES | (1 << 7))
+        .set_features(OFFERED_FEATURES | (1 << 9))
         .unwrap();
     r.sync();
     assert_eq!(r.stats().acked_features, None);
@@ -530,32 +531,48 @@ fn a_frame_in_flight_at_stop_is_offered_again_and_arrives_whole() {
     assert_eq!(r.server.join().unwrap(), SessionEnd::Disconnected);
 }
 
-/// `vnet-vhost --no-checksum-offload`: neither offload is offered, and a front end that
-/// acks one anyway is refused like any feature we did not offer.
+/// `vnet-vhost --no-checksum-offload`: neither offload is offered, nor the receive
+/// coalescing that needs GUEST_CSUM, and a front end that acks one anyway is refused like
+/// any feature we did not offer. `--no-rx-coalescing` withdraws only GUEST_TSO4/6.
 #[test]
 fn without_checksum_offload_neither_is_offered_nor_accepted() {
     use vhost::vhost_user::VhostUserBackendReqHandlerMut;
-    use vnet_device::net::{FEATURE_CSUM, FEATURE_GUEST_CSUM};
-    let (dev_end, _proxy) = UnixStream::pair().unwrap();
-    let backend = UnixStreamBackend::from_socket(dev_end, &BackendOptions::default()).unwrap();
-    let mut h = VhostNetHandler::with_backend(
-        Box::new(backend),
-        WorkerOptions::default(),
-        Arc::new(Metrics::default()),
-    )
-    .without_checksum_offload();
+    use vnet_device::net::{
+        FEATURE_CSUM, FEATURE_GUEST_CSUM, FEATURE_GUEST_TSO4, FEATURE_GUEST_TSO6,
+    };
+    let handler = || {
+        let (dev_end, proxy) = UnixStream::pair().unwrap();
+        let backend = UnixStreamBackend::from_socket(dev_end, &BackendOptions::default()).unwrap();
+        let h = VhostNetHandler::with_backend(
+            Box::new(backend),
+            WorkerOptions::default(),
+            Arc::new(Metrics::default()),
+        );
+        (h, proxy)
+    };
+    let tso = FEATURE_GUEST_TSO4 | FEATURE_GUEST_TSO6;
+    let all = FEATURE_CSUM | FEATURE_GUEST_CSUM | tso;
+    let (h, _proxy) = handler();
+    let mut h = h.without_checksum_offload();
     let offered = h.get_features().unwrap();
-    assert_eq!(
-        offered & (FEATURE_CSUM | FEATURE_GUEST_CSUM),
-        0,
-        "{offered:#x}"
-    );
-    assert_eq!(
-        offered,
-        OFFERED_FEATURES & !(FEATURE_CSUM | FEATURE_GUEST_CSUM)
-    );
-    assert!(h.set_features(offered | FEATURE_CSUM).is_err());
-    assert!(h.set_features(offered | FEATURE_GUEST_CSUM).is_err());
+    assert_eq!(offered & all, 0, "{offered:#x}");
+    assert_eq!(offered, OFFERED_FEATURES & !all);
+    for f in [
+        FEATURE_CSUM,
+        FEATURE_GUEST_CSUM,
+        FEATURE_GUEST_TSO4,
+        FEATURE_GUEST_TSO6,
+    ] {
+        assert!(h.set_features(offered | f).is_err(), "{f:#x} accepted");
+    }
     assert!(h.set_features(offered).is_ok());
     assert_eq!(h.stats().acked_features, Some(offered));
+
+    let (h, _proxy) = handler();
+    let mut h = h.without_rx_coalescing();
+    let offered = h.get_features().unwrap();
+    assert_eq!(offered, OFFERED_FEATURES & !tso, "{offered:#x}");
+    assert_eq!(OFFERED_FEATURES & tso, tso, "offered by default");
+    assert!(h.set_features(offered | FEATURE_GUEST_TSO4).is_err());
+    assert!(h.set_features(offered).is_ok());
 }

@@ -86,6 +86,10 @@ const COUNTERS: &[&str] = &[
     "rejected_chains",
     // TX frames whose checksum the daemon completed for the guest (VIRTIO_NET_F_CSUM).
     "tx_csum_offload",
+    // GSO frames the daemon merged for the guest, and the proxy frames in them
+    // (VIRTIO_NET_F_GUEST_TSO4/6).
+    "rx_gso_frames",
+    "rx_coalesced_segments",
 ];
 
 /// The daemon's counters, wherever in its JSON they sit (top level or under "device").
