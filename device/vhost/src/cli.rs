@@ -228,8 +228,8 @@ fn print_summary(args: &Args, metrics: &Metrics, run: &DaemonRun, trace_rows: Op
         s.tx_csum_offload
     );
     println!(
-        "  rx coalescing: gso frames to the guest {} made of {} proxy frames",
-        s.rx_gso_frames, s.rx_coalesced_segments
+        "  rx coalescing: gso frames to the guest {} made of {} proxy frames ({} header bytes left out)",
+        s.rx_gso_frames, s.rx_coalesced_segments, s.rx_coalesced_hdr_bytes
     );
     println!(
         "  handshake: features 0x{:x}, early enables {}, worker starts {}",

@@ -90,6 +90,7 @@ const COUNTERS: &[&str] = &[
     // (VIRTIO_NET_F_GUEST_TSO4/6).
     "rx_gso_frames",
     "rx_coalesced_segments",
+    "rx_coalesced_hdr_bytes",
 ];
 
 /// The daemon's counters, wherever in its JSON they sit (top level or under "device").

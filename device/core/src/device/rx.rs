@@ -165,7 +165,8 @@ impl RxVirtio {
                 }
             }
             let direct = matches!(self.got[self.next], ReadStatus::Direct(_));
-            // `count`: frames of the batch the outcome is for (more than one: merged).
+            // `count`: frames of the batch the outcome is for (more than one: merged, into
+            // a frame of `len` bytes).
             let (len, count, outcome) = match self.got[self.next] {
                 ReadStatus::WouldBlock => {
                     self.next = self.got.len();
@@ -222,7 +223,14 @@ impl RxVirtio {
                         events.rx_direct();
                     }
                     if count > 1 {
-                        events.rx_coalesced(count);
+                        let parts = self.got[self.next..self.next + count].iter();
+                        let read: usize = parts
+                            .map(|s| match *s {
+                                ReadStatus::Frame(n) | ReadStatus::Held(n) => n,
+                                _ => 0,
+                            })
+                            .sum();
+                        events.rx_coalesced(count, read.saturating_sub(len));
                     }
                     self.next += count;
                     self.waiting = false;
