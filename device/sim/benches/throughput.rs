@@ -28,7 +28,9 @@
 //!
 //! `cargo bench -p vnet-sim --bench throughput` (env BENCH_SECS, default 2, per run;
 //! BENCH_ROUNDS, default 5: each measurement is the median of that many alternating runs;
-//! BENCH_ONLY=TEXT: only the cases whose name contains TEXT).
+//! BENCH_ONLY=TEXT: only the cases whose name contains TEXT; BENCH_RAW_SLOTS=N, default 1:
+//! the raw loop sends from N page-aligned slots in turn, as the guest's TX ring does, to
+//! see whether the device pays for reading colder memory than one hot buffer).
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -137,10 +139,13 @@ fn device_with(kind: BuiltinKind, workload: Workload, offset: usize) -> Rate {
 
 /// Two threads, the same sockets as the device and its proxy (a bound receiver for
 /// datagrams, a socketpair for streams), the same frames: what the transport carries.
-fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize) -> Rate {
+fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize, slots: usize) -> Rate {
     let stop = Arc::new(AtomicBool::new(false));
     let deadline = Duration::from_secs_f64(secs);
-    let mut mem = vec![0x5au8; frame + 2 * 4096];
+    // Slot i's frame starts at `at + i * stride`, as the simulated guest lays out its TX
+    // slots (a page-aligned slot each, the frame `offset` bytes in).
+    let stride = (offset + frame).next_multiple_of(4096);
+    let mut mem = vec![0x5au8; stride * slots + 2 * 4096];
     let page = mem.as_ptr().align_offset(4096);
     let at = page + offset;
     let cpu0 = process_cpu_seconds();
@@ -171,11 +176,13 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize) -> Rate {
             });
             let t = Instant::now();
             let cpu0 = thread_cpu_ns();
-            let buf = &mem[at..at + frame];
             let mut sends = 0u64;
+            let mut slot = 0;
             while t.elapsed() < deadline {
-                a.send(buf).unwrap();
+                let from = at + slot * stride;
+                a.send(&mem[from..from + frame]).unwrap();
                 sends += 1;
+                slot = (slot + 1) % slots;
             }
             let sender_cpu = thread_cpu_ns() - cpu0;
             let elapsed = t.elapsed();
@@ -205,15 +212,20 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize) -> Rate {
                 (n, b.calls)
             });
             // The length prefix right before the frame, the frame where the device's is.
-            mem[at - 4..at].copy_from_slice(&(frame as u32).to_be_bytes());
-            let framed = &mem[at - 4..at + frame];
+            for slot in 0..slots {
+                let from = at + slot * stride;
+                mem[from - 4..from].copy_from_slice(&(frame as u32).to_be_bytes());
+            }
             let t = Instant::now();
             let cpu0 = thread_cpu_ns();
             let mut a = Counted { inner: a, calls: 0 };
             let mut sent = 0u64;
+            let mut slot = 0;
             while t.elapsed() < deadline {
-                a.write_all(framed).unwrap();
+                let from = at + slot * stride;
+                a.write_all(&mem[from - 4..from + frame]).unwrap();
                 sent += 1;
+                slot = (slot + 1) % slots;
             }
             let sender_cpu = thread_cpu_ns() - cpu0;
             let elapsed = t.elapsed();
@@ -342,6 +354,7 @@ fn main() {
     let rounds: usize = env_num("BENCH_ROUNDS", 5);
     // BENCH_ONLY=TEXT runs only the cases whose name contains TEXT.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let raw_slots: usize = env_num("BENCH_RAW_SLOTS", 1).max(1);
     let wanted = |case: &str| case.contains(only.as_str());
     println!("vnet-sim throughput bench: {secs} s per run, median of {rounds} alternating runs");
     println!(
@@ -379,7 +392,7 @@ fn main() {
             let runs = paired(
                 rounds,
                 || device(kind, frame, secs, offset),
-                || raw(kind, frame, secs, offset),
+                || raw(kind, frame, secs, offset, raw_slots),
             );
             line(&format!("{name} {label}"), &runs, per_frame, note);
         }
@@ -390,7 +403,7 @@ fn main() {
         let runs = paired(
             rounds,
             || device_both(kind, 1514, secs),
-            || raw(kind, 1514, secs, ALIGNED),
+            || raw(kind, 1514, secs, ALIGNED, raw_slots),
         );
         line(
             &case,
