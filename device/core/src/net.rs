@@ -244,6 +244,22 @@ pub fn add_used<M: GuestMemoryBackend>(
     head: u16,
     len: u32,
 ) -> Result<(), virtio_queue::Error> {
+    put_used(queue, mem, head, len)?;
+    publish_used(queue, mem)
+}
+
+/// The first half of [`add_used`]: writes the used element at the device's next slot
+/// and moves past it, without publishing the used index, so the driver does not see it
+/// yet. An RX frame's buffers are put one by one and published together with
+/// [`publish_used`]: the spec has the device use all buffers of one received packet
+/// together, and Linux's `receive_mergeable` drops a frame whose `num_buffers` entries
+/// are not all there when it looks (`rx_length_errors`, "buffers out of ... missing").
+pub fn put_used<M: GuestMemoryBackend>(
+    queue: &mut Queue,
+    mem: &M,
+    head: u16,
+    len: u32,
+) -> Result<(), virtio_queue::Error> {
     use virtio_queue::Error;
     let size = queue.size();
     if head >= size {
@@ -260,9 +276,21 @@ pub fn add_used<M: GuestMemoryBackend>(
     if !fast {
         mem.write_slice(&elem, at).map_err(Error::GuestMemory)?;
     }
-    let next = next.wrapping_add(1);
-    queue.set_next_used(next);
-    let idx = ring.checked_add(2).ok_or(Error::AddressOverflow)?;
+    queue.set_next_used(next.wrapping_add(1));
+    Ok(())
+}
+
+/// The second half of [`add_used`]: publishes the used index (release ordering, so the
+/// driver sees every element put before it).
+pub fn publish_used<M: GuestMemoryBackend>(
+    queue: &Queue,
+    mem: &M,
+) -> Result<(), virtio_queue::Error> {
+    use virtio_queue::Error;
+    let next = queue.next_used();
+    let idx = GuestAddress(queue.used_ring())
+        .checked_add(2)
+        .ok_or(Error::AddressOverflow)?;
     let order = std::sync::atomic::Ordering::Release;
     let fast = one_slice(mem, idx, 2).is_some_and(|s| s.store(next.to_le(), 0, order).is_ok());
     if !fast {
@@ -1066,9 +1094,10 @@ impl RxBuffers {
         for b in self.reserved.drain(..take) {
             let w = b.capacity.min(left);
             left -= w;
-            add_used(queue, mem, b.head, w as u32)?;
+            put_used(queue, mem, b.head, w as u32)?;
             self.free.push(b);
         }
+        publish_used(queue, mem)?;
         Ok(RxOutcome::Delivered {
             buffers: take as u16,
         })
@@ -1085,9 +1114,10 @@ impl RxBuffers {
         rejected: &mut Vec<Rejected>,
     ) -> Result<RxOutcome, virtio_queue::Error> {
         for b in self.reserved.drain(..take) {
-            add_used(queue, mem, b.head, 0)?;
+            put_used(queue, mem, b.head, 0)?;
             self.free.push(b);
         }
+        publish_used(queue, mem)?;
         rejected.push(why);
         Ok(RxOutcome::NoRoom)
     }
@@ -1122,10 +1152,12 @@ impl RxBuffers {
         if let Some(r) = failed {
             return self.abandon(queue, mem, take, r, rejected);
         }
+        // All of the frame's buffers become visible to the driver at once.
         for (b, &len) in self.reserved.drain(..take).zip(&self.lens) {
-            add_used(queue, mem, b.head, len as u32)?;
+            put_used(queue, mem, b.head, len as u32)?;
             self.free.push(b);
         }
+        publish_used(queue, mem)?;
         Ok(RxOutcome::Delivered { buffers: n })
     }
 }
