@@ -80,6 +80,15 @@ impl DeviceEvents {
         self.metrics.tx_gso_chains.inc();
     }
 
+    /// `segments` frames from the proxy went to the guest as one GSO frame, `hdr_bytes`
+    /// shorter than they were together (their headers but the first's).
+    #[inline]
+    pub fn rx_coalesced(&self, segments: usize, hdr_bytes: usize) {
+        self.metrics.rx_gso_frames.inc();
+        self.metrics.rx_coalesced_segments.add(segments as u64);
+        self.metrics.rx_coalesced_hdr_bytes.add(hdr_bytes as u64);
+    }
+
     /// A frame was read straight into guest buffers.
     #[inline]
     pub fn rx_direct(&self) {

@@ -14,6 +14,7 @@ pub mod episode;
 pub mod events;
 pub mod flow;
 pub mod frame;
+pub mod gro;
 pub mod gso;
 pub mod metrics;
 pub mod net;

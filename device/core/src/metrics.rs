@@ -239,6 +239,16 @@ metrics! {
     /// what the guest handed over (its NIC's `tx_bytes`), as `tx_frames - tx_gso_segments
     /// + tx_gso_chains` is its packet count.
     tx_gso_header_bytes: Counter,
+    /// GSO frames the device built for the guest by merging consecutive TCP segments
+    /// from the proxy (VIRTIO_NET_F_GUEST_TSO4/6 negotiated; `crate::gro`).
+    rx_gso_frames: Counter,
+    /// Proxy frames that went into those GSO frames (each still counts in `rx_frames`
+    /// when read): the guest received `rx_frames - rx_coalesced_segments + rx_gso_frames`
+    /// frames (less drops).
+    rx_coalesced_segments: Counter,
+    /// Header bytes the merges left out (a GSO frame carries its segments' headers once):
+    /// the guest received `rx_bytes - rx_coalesced_hdr_bytes` frame bytes (less drops).
+    rx_coalesced_hdr_bytes: Counter,
     /// RX frames read from a stream socket straight into guest buffers (no copy in user
     /// space; see the unixstream backend's `DIRECT_MIN`).
     rx_direct: Counter,

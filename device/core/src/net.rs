@@ -7,10 +7,10 @@ use std::collections::VecDeque;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_HDR_F_DATA_VALID,
-    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
-    VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::desc::split::Descriptor;
@@ -28,11 +28,13 @@ use crate::gso::{Gso, GsoFault, GSO_HDR_MAX};
 
 /// The features the device offers: VERSION_1, MAC, EVENT_IDX, MRG_RXBUF, the two
 /// checksum offloads, CSUM (the device completes TX checksums the guest marks
-/// NEEDS_CSUM) and GUEST_CSUM (the device marks RX frames DATA_VALID), and TX
-/// segmentation, HOST_TSO4 and HOST_TSO6 (the device cuts the guest's large TCP segments
-/// into `gso_size` pieces, `crate::gso`; both need CSUM). No ECN with TSO (a header with
-/// the ECN bit is refused), no UFO, and no INDIRECT_DESC (so an indirect descriptor from
-/// the guest is an error).
+/// NEEDS_CSUM) and GUEST_CSUM (the device marks RX frames DATA_VALID); TX segmentation,
+/// HOST_TSO4 and HOST_TSO6 (the device cuts the guest's large TCP segments into
+/// `gso_size` pieces, `crate::gso`; both need CSUM); and receive coalescing, GUEST_TSO4
+/// and GUEST_TSO6 (the device merges TCP segments from the proxy into GSO frames,
+/// `crate::gro`; only with GUEST_CSUM, as the spec requires). No ECN either way (a TX
+/// header with the ECN bit is refused), no UFO, and no INDIRECT_DESC (so an indirect
+/// descriptor from the guest is an error).
 pub const DEVICE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
     | (1 << VIRTIO_NET_F_MAC)
     | (1 << VIRTIO_RING_F_EVENT_IDX)
@@ -40,7 +42,9 @@ pub const DEVICE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
     | FEATURE_CSUM
     | FEATURE_GUEST_CSUM
     | FEATURE_HOST_TSO4
-    | FEATURE_HOST_TSO6;
+    | FEATURE_HOST_TSO6
+    | FEATURE_GUEST_TSO4
+    | FEATURE_GUEST_TSO6;
 /// Length of the virtio_net_hdr_v1 in front of every frame (VERSION_1 makes it 12 bytes,
 /// num_buffers included, whether or not MRG_RXBUF is negotiated).
 pub const NET_HDR_LEN: usize = 12;
@@ -88,7 +92,15 @@ impl TxOffloads {
     }
 }
 
-/// virtio_net_hdr `flags`: the device must complete the checksum (TX).
+/// VIRTIO_NET_F_GUEST_TSO4: the device may hand the guest TCP/IPv4 GSO frames.
+pub const FEATURE_GUEST_TSO4: u64 = 1 << VIRTIO_NET_F_GUEST_TSO4;
+/// VIRTIO_NET_F_GUEST_TSO6: the device may hand the guest TCP/IPv6 GSO frames.
+pub const FEATURE_GUEST_TSO6: u64 = 1 << VIRTIO_NET_F_GUEST_TSO6;
+/// The receive offloads: GUEST_CSUM and the coalescing that needs it.
+pub const FEATURES_GUEST_OFFLOAD: u64 =
+    FEATURE_GUEST_CSUM | FEATURE_GUEST_TSO4 | FEATURE_GUEST_TSO6;
+/// virtio_net_hdr `flags`: the device must complete the checksum (TX); on RX, the
+/// guest's checksum field holds only the pseudo-header sum (a merged GSO frame).
 pub const HDR_F_NEEDS_CSUM: u8 = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
 /// virtio_net_hdr `flags`: the frame's checksum is known to be good (RX).
 pub const HDR_F_DATA_VALID: u8 = VIRTIO_NET_HDR_F_DATA_VALID as u8;
@@ -108,6 +120,33 @@ pub fn rx_header(num_buffers: u16, flags: u8) -> [u8; NET_HDR_LEN] {
     let mut h = [0u8; NET_HDR_LEN];
     h[0] = flags;
     h[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+    h
+}
+
+/// The GSO fields of the virtio_net_hdr_v1 in front of a merged RX frame (`crate::gro`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxGso {
+    /// VIRTIO_NET_HDR_GSO_TCPV4 or _TCPV6.
+    pub gso_type: u8,
+    /// Ethernet, IP and TCP headers together.
+    pub hdr_len: u16,
+    /// Payload bytes per segment (the last may carry fewer).
+    pub gso_size: u16,
+    /// Where the TCP header starts; the checksum field is `csum_offset` into it.
+    pub csum_start: u16,
+    pub csum_offset: u16,
+}
+
+/// The virtio_net_hdr_v1 in front of a merged RX frame: NEEDS_CSUM (the TCP checksum
+/// field holds the pseudo-header sum; the guest treats the frame as CHECKSUM_PARTIAL)
+/// and the GSO fields, little-endian.
+pub fn rx_gso_header(num_buffers: u16, g: &RxGso) -> [u8; NET_HDR_LEN] {
+    let mut h = rx_header(num_buffers, HDR_F_NEEDS_CSUM);
+    h[1] = g.gso_type;
+    h[2..4].copy_from_slice(&g.hdr_len.to_le_bytes());
+    h[4..6].copy_from_slice(&g.gso_size.to_le_bytes());
+    h[6..8].copy_from_slice(&g.csum_start.to_le_bytes());
+    h[8..10].copy_from_slice(&g.csum_offset.to_le_bytes());
     h
 }
 
@@ -252,6 +291,22 @@ pub fn add_used<M: GuestMemoryBackend>(
     head: u16,
     len: u32,
 ) -> Result<(), virtio_queue::Error> {
+    put_used(queue, mem, head, len)?;
+    publish_used(queue, mem)
+}
+
+/// The first half of [`add_used`]: writes the used element at the device's next slot
+/// and moves past it, without publishing the used index, so the driver does not see it
+/// yet. An RX frame's buffers are put one by one and published together with
+/// [`publish_used`]: the spec has the device use all buffers of one received packet
+/// together, and Linux's `receive_mergeable` drops a frame whose `num_buffers` entries
+/// are not all there when it looks (`rx_length_errors`, "buffers out of ... missing").
+pub fn put_used<M: GuestMemoryBackend>(
+    queue: &mut Queue,
+    mem: &M,
+    head: u16,
+    len: u32,
+) -> Result<(), virtio_queue::Error> {
     use virtio_queue::Error;
     let size = queue.size();
     if head >= size {
@@ -268,9 +323,21 @@ pub fn add_used<M: GuestMemoryBackend>(
     if !fast {
         mem.write_slice(&elem, at).map_err(Error::GuestMemory)?;
     }
-    let next = next.wrapping_add(1);
-    queue.set_next_used(next);
-    let idx = ring.checked_add(2).ok_or(Error::AddressOverflow)?;
+    queue.set_next_used(next.wrapping_add(1));
+    Ok(())
+}
+
+/// The second half of [`add_used`]: publishes the used index (release ordering, so the
+/// driver sees every element put before it).
+pub fn publish_used<M: GuestMemoryBackend>(
+    queue: &Queue,
+    mem: &M,
+) -> Result<(), virtio_queue::Error> {
+    use virtio_queue::Error;
+    let next = queue.next_used();
+    let idx = GuestAddress(queue.used_ring())
+        .checked_add(2)
+        .ok_or(Error::AddressOverflow)?;
     let order = std::sync::atomic::Ordering::Release;
     let fast = one_slice(mem, idx, 2).is_some_and(|s| s.store(next.to_le(), 0, order).is_ok());
     if !fast {
@@ -1064,8 +1131,25 @@ impl RxBuffers {
         self.hdr_flags = flags;
     }
 
+    /// The `flags` byte of the headers this device writes for frames as they came.
+    pub fn header_flags(&self) -> u8 {
+        self.hdr_flags
+    }
+
     pub fn reserved(&self) -> usize {
         self.reserved.len()
+    }
+
+    /// Most frame bytes (header excluded) the buffers reserved now can take: all of them
+    /// with `mergeable`, else the first. After [`RxBuffers::reserve`] failed, that is all
+    /// the guest has posted (and with `NoRoom` and `mergeable`, all its ring can hold).
+    pub fn room(&self, mergeable: bool) -> usize {
+        let cap = if mergeable {
+            self.reserved_capacity()
+        } else {
+            self.reserved.front().map_or(0, |b| b.capacity)
+        };
+        cap.saturating_sub(NET_HDR_LEN)
     }
 
     fn reserved_capacity(&self) -> usize {
@@ -1117,7 +1201,10 @@ impl RxBuffers {
         rejected: &mut Vec<Rejected>,
     ) -> Result<RxOutcome, virtio_queue::Error> {
         match self.reserve(queue, mem, frame.len(), mergeable, rejected)? {
-            Ok(take) => self.write(queue, mem, frame, take, rejected),
+            Ok(take) => {
+                let hdr = rx_header(take as u16, self.hdr_flags);
+                self.write_parts(queue, mem, &mut [&hdr, frame], take, rejected)
+            }
             Err(outcome) => Ok(outcome),
         }
     }
@@ -1236,9 +1323,10 @@ impl RxBuffers {
         for b in self.reserved.drain(..take) {
             let w = b.capacity.min(left);
             left -= w;
-            add_used(queue, mem, b.head, w as u32)?;
+            put_used(queue, mem, b.head, w as u32)?;
             self.free.push(b);
         }
+        publish_used(queue, mem)?;
         Ok(RxOutcome::Delivered {
             buffers: take as u16,
         })
@@ -1255,30 +1343,31 @@ impl RxBuffers {
         rejected: &mut Vec<Rejected>,
     ) -> Result<RxOutcome, virtio_queue::Error> {
         for b in self.reserved.drain(..take) {
-            add_used(queue, mem, b.head, 0)?;
+            put_used(queue, mem, b.head, 0)?;
             self.free.push(b);
         }
+        publish_used(queue, mem)?;
         rejected.push(why);
         Ok(RxOutcome::NoRoom)
     }
 
-    /// Writes the header and `frame` into the first `take` reserved buffers and uses
-    /// them; they then go to the free list.
-    fn write<M: GuestMemoryBackend>(
+    /// Writes `parts` (the header, with `num_buffers` = `take`, then the frame in as many
+    /// pieces as it comes) back to back into the first `take` reserved buffers (which
+    /// [`RxBuffers::reserve`] sized for them) and uses them; they then go to the free
+    /// list. The pieces are consumed.
+    pub fn write_parts<M: GuestMemoryBackend>(
         &mut self,
         queue: &mut Queue,
         mem: &M,
-        frame: &[u8],
+        parts: &mut [&[u8]],
         take: usize,
         rejected: &mut Vec<Rejected>,
     ) -> Result<RxOutcome, virtio_queue::Error> {
         let n = take as u16;
-        let hdr = rx_header(n, self.hdr_flags);
-        let mut parts: [&[u8]; 2] = [&hdr, frame];
         self.lens.clear();
         let mut failed = None;
         for b in self.reserved.range(..take) {
-            match b.fill(mem, &mut parts) {
+            match b.fill(mem, parts) {
                 Ok(w) => self.lens.push(w),
                 Err(error) => {
                     failed = Some(Rejected {
@@ -1292,10 +1381,12 @@ impl RxBuffers {
         if let Some(r) = failed {
             return self.abandon(queue, mem, take, r, rejected);
         }
+        // All of the frame's buffers become visible to the driver at once.
         for (b, &len) in self.reserved.drain(..take).zip(&self.lens) {
-            add_used(queue, mem, b.head, len as u32)?;
+            put_used(queue, mem, b.head, len as u32)?;
             self.free.push(b);
         }
+        publish_used(queue, mem)?;
         Ok(RxOutcome::Delivered { buffers: n })
     }
 }
@@ -1306,8 +1397,8 @@ mod tests {
 
     #[test]
     fn features_and_config() {
-        // VERSION_1, MAC, EVENT_IDX, MRG_RXBUF, CSUM (0), GUEST_CSUM (1), HOST_TSO4 (11),
-        // HOST_TSO6 (12).
+        // VERSION_1, MAC, EVENT_IDX, MRG_RXBUF, CSUM (0), GUEST_CSUM (1), GUEST_TSO4 (7),
+        // GUEST_TSO6 (8), HOST_TSO4 (11), HOST_TSO6 (12); never GUEST_ECN (9) or HOST_ECN (13).
         assert_eq!(
             DEVICE_FEATURES,
             (1 << 32)
@@ -1316,8 +1407,23 @@ mod tests {
                 | (1 << 15)
                 | (1 << 0)
                 | (1 << 1)
+                | (1 << 7)
+                | (1 << 8)
                 | (1 << 11)
                 | (1 << 12)
+        );
+        let g = RxGso {
+            gso_type: 4,
+            hdr_len: 74,
+            gso_size: 1440,
+            csum_start: 54,
+            csum_offset: 16,
+        };
+        // flags NEEDS_CSUM, gso_type, hdr_len, gso_size, csum_start, csum_offset,
+        // num_buffers, little-endian.
+        assert_eq!(
+            rx_gso_header(3, &g),
+            [1, 4, 74, 0, 0xa0, 5, 54, 0, 16, 0, 3, 0]
         );
         let c = config_space([2, 0, 0, 0, 0, 1]);
         assert_eq!(&c[..6], &[2, 0, 0, 0, 0, 1]);

@@ -19,8 +19,8 @@ use super::workload::{Scheduler, Workload};
 use vnet_device::backend::{self, BackendOptions, BackendSpec, FaultConfig};
 use vnet_device::metrics::Metrics;
 use vnet_device::net::{
-    DEVICE_FEATURES, FEATURE_CSUM, FEATURE_GUEST_CSUM, FEATURE_HOST_TSO4, FEATURE_HOST_TSO6,
-    MAX_FRAME,
+    DEVICE_FEATURES, FEATURES_GUEST_OFFLOAD, FEATURE_CSUM, FEATURE_GUEST_TSO4, FEATURE_GUEST_TSO6,
+    FEATURE_HOST_TSO4, FEATURE_HOST_TSO6, MAX_FRAME,
 };
 use vnet_device::notify::Notifier;
 use vnet_device::retry_policy::RetryPolicy;
@@ -265,12 +265,14 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         tx_call: tx_call.try_clone().map_err(io("eventfd"))?,
         // By default the simulated guest, like a driver without offloads, acks every
         // feature but the checksum offloads (and TSO, which needs CSUM): its frames carry
-        // no NEEDS_CSUM and it ignores DATA_VALID. It never sends GSO frames either way.
+        // no NEEDS_CSUM and it ignores DATA_VALID. It never sends GSO frames either way,
+        // and never takes them (GUEST_TSO4/6): its proxy's traffic is not TCP, and its
+        // receive side checks frames as they were sent.
         features: if cfg.offload_csum {
-            DEVICE_FEATURES
+            DEVICE_FEATURES & !(FEATURE_GUEST_TSO4 | FEATURE_GUEST_TSO6)
         } else {
             DEVICE_FEATURES
-                & !(FEATURE_CSUM | FEATURE_GUEST_CSUM | FEATURE_HOST_TSO4 | FEATURE_HOST_TSO6)
+                & !(FEATURE_CSUM | FEATURES_GUEST_OFFLOAD | FEATURE_HOST_TSO4 | FEATURE_HOST_TSO6)
         },
         backend,
         options: WorkerOptions {

@@ -40,9 +40,9 @@ struct Args {
     #[arg(long)]
     macos_batch_syscalls: bool,
     /// Offer neither checksum offload (VIRTIO_NET_F_CSUM, GUEST_CSUM), nor TSO, which
-    /// needs CSUM: the guest sums and verifies its TCP/UDP checksums itself. Default:
-    /// offered; the device completes the checksums of frames the guest marks and tells it
-    /// received ones are valid.
+    /// needs CSUM, nor the receive coalescing that needs GUEST_CSUM: the guest sums and
+    /// verifies its TCP/UDP checksums itself. Default: offered; the device completes the
+    /// checksums of frames the guest marks and tells it received ones are valid.
     #[arg(long)]
     no_checksum_offload: bool,
     /// Offer no TX segmentation offload (VIRTIO_NET_F_HOST_TSO4, HOST_TSO6): the guest
@@ -50,6 +50,11 @@ struct Args {
     /// guest's large TCP segments (up to 64 KiB) into MTU-sized frames.
     #[arg(long)]
     no_tso: bool,
+    /// Offer no receive coalescing (VIRTIO_NET_F_GUEST_TSO4/6): every frame from the proxy
+    /// reaches the guest as it came. Default: offered; consecutive TCP segments of one
+    /// stream in a batch go to the guest as one GSO frame.
+    #[arg(long)]
+    no_rx_coalescing: bool,
     /// Record every probe firing into this CSV (the trace CSV of dtrace/README.md).
     #[arg(long)]
     trace: Option<PathBuf>,
@@ -148,8 +153,13 @@ pub fn main() -> ExitCode {
     )
     .map(|h| {
         let h = if args.no_tso { h.without_tso() } else { h };
-        if args.no_checksum_offload {
+        let h = if args.no_checksum_offload {
             h.without_checksum_offload()
+        } else {
+            h
+        };
+        if args.no_rx_coalescing {
+            h.without_rx_coalescing()
         } else {
             h
         }
@@ -222,6 +232,10 @@ fn print_summary(args: &Args, metrics: &Metrics, run: &DaemonRun, trace_rows: Op
     println!(
         "  checksum offload: tx frames completed by the device {}; tso: {} chains cut into {} segments",
         s.tx_csum_offload, s.tx_gso_chains, s.tx_gso_segments
+    );
+    println!(
+        "  rx coalescing: gso frames to the guest {} made of {} proxy frames ({} header bytes left out)",
+        s.rx_gso_frames, s.rx_coalesced_segments, s.rx_coalesced_hdr_bytes
     );
     println!(
         "  handshake: features 0x{:x}, early enables {}, worker starts {}",

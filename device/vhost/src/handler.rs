@@ -29,8 +29,8 @@ use super::shared_backend::SharedBackend;
 use vnet_device::backend::{self, Backend, BackendOptions, BackendSpec};
 use vnet_device::metrics::Metrics;
 use vnet_device::net::{
-    DEVICE_FEATURES, FEATURE_CSUM, FEATURE_GUEST_CSUM, FEATURE_HOST_TSO4, FEATURE_HOST_TSO6,
-    RX_QUEUE, TX_QUEUE,
+    DEVICE_FEATURES, FEATURES_GUEST_OFFLOAD, FEATURE_CSUM, FEATURE_GUEST_TSO4, FEATURE_GUEST_TSO6,
+    FEATURE_HOST_TSO4, FEATURE_HOST_TSO6, RX_QUEUE, TX_QUEUE,
 };
 use vnet_device::notify::Notifier;
 use vnet_device::worker::{self, ExitReason, WorkerHandle, WorkerOptions, WorkerSetup};
@@ -100,9 +100,9 @@ pub struct VhostNetHandler {
     stats: HandshakeStats,
     /// `sigbus::faults()` when we last looked.
     faults_seen: u64,
-    /// What GET_FEATURES answers: [`OFFERED_FEATURES`], less the checksum offloads after
-    /// [`VhostNetHandler::without_checksum_offload`] and TSO after
-    /// [`VhostNetHandler::without_tso`].
+    /// What GET_FEATURES answers: [`OFFERED_FEATURES`], less the offloads
+    /// [`VhostNetHandler::without_checksum_offload`], [`VhostNetHandler::without_tso`] and
+    /// [`VhostNetHandler::without_rx_coalescing`] withdraw.
     offered: u64,
 }
 
@@ -140,9 +140,10 @@ impl VhostNetHandler {
     /// Offers neither CSUM nor GUEST_CSUM (`vnet-vhost --no-checksum-offload`): the guest
     /// then sums and verifies every checksum itself, as behind QEMU's `-netdev stream`. For
     /// comparing, and for hosts where the guest's CPU is cheaper than the device's. TSO
-    /// (HOST_TSO4/6) goes too: it needs CSUM.
+    /// (HOST_TSO4/6) goes too, as it needs CSUM, and so does the receive coalescing:
+    /// GUEST_TSO4/6 require GUEST_CSUM (virtio spec 5.1.3.1).
     pub fn without_checksum_offload(mut self) -> Self {
-        self.offered &= !(FEATURE_CSUM | FEATURE_GUEST_CSUM);
+        self.offered &= !(FEATURE_CSUM | FEATURES_GUEST_OFFLOAD);
         self.without_tso()
     }
 
@@ -150,6 +151,13 @@ impl VhostNetHandler {
     /// segments to the MTU itself, as behind QEMU's `-netdev stream`.
     pub fn without_tso(mut self) -> Self {
         self.offered &= !(FEATURE_HOST_TSO4 | FEATURE_HOST_TSO6);
+        self
+    }
+
+    /// Offers neither GUEST_TSO4 nor GUEST_TSO6 (`vnet-vhost --no-rx-coalescing`): every
+    /// frame from the proxy reaches the guest as it came, checksum offload or not.
+    pub fn without_rx_coalescing(mut self) -> Self {
+        self.offered &= !(FEATURE_GUEST_TSO4 | FEATURE_GUEST_TSO6);
         self
     }
 

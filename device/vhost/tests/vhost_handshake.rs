@@ -391,9 +391,10 @@ fn features_we_did_not_offer_are_refused() {
     let mut r = rig();
     r.frontend.set_owner().unwrap();
     r.frontend.get_features().unwrap();
-    // GUEST_TSO4 (bit 7) is not ours to give: the handler refuses and records nothing.
+    // GUEST_ECN (bit 9) is not ours to give: the handler refuses and records nothing.
+    assert_eq!(OFFERED_FEATURES & (1 << 9), 0);
     r.frontend
-        .set_features(OFFERED_FEATURES | (1 << 7))
+        .set_features(OFFERED_FEATURES | (1 << 9))
         .unwrap();
     r.sync();
     assert_eq!(r.stats().acked_features, None);
@@ -532,13 +533,15 @@ fn a_frame_in_flight_at_stop_is_offered_again_and_arrives_whole() {
 }
 
 /// `vnet-vhost --no-checksum-offload`: neither offload is offered, nor TSO (which needs
-/// CSUM), and a front end that acks one anyway is refused like any feature we did not
-/// offer. `--no-tso` withdraws TSO alone.
+/// CSUM), nor the receive coalescing that needs GUEST_CSUM, and a front end that acks one
+/// anyway is refused like any feature we did not offer. `--no-tso` withdraws only
+/// HOST_TSO4/6, `--no-rx-coalescing` only GUEST_TSO4/6.
 #[test]
 fn without_checksum_offload_neither_is_offered_nor_accepted() {
     use vhost::vhost_user::VhostUserBackendReqHandlerMut;
     use vnet_device::net::{
-        FEATURE_CSUM, FEATURE_GUEST_CSUM, FEATURE_HOST_TSO4, FEATURE_HOST_TSO6,
+        FEATURE_CSUM, FEATURE_GUEST_CSUM, FEATURE_GUEST_TSO4, FEATURE_GUEST_TSO6,
+        FEATURE_HOST_TSO4, FEATURE_HOST_TSO6,
     };
     let handler = || {
         let (dev_end, proxy) = UnixStream::pair().unwrap();
@@ -552,21 +555,23 @@ fn without_checksum_offload_neither_is_offered_nor_accepted() {
     };
     let tso = FEATURE_HOST_TSO4 | FEATURE_HOST_TSO6;
     assert_eq!(OFFERED_FEATURES & tso, tso, "TSO offered by default");
+    let gro = FEATURE_GUEST_TSO4 | FEATURE_GUEST_TSO6;
+    let all = FEATURE_CSUM | FEATURE_GUEST_CSUM | tso | gro;
     let (h, _proxy) = handler();
     let mut h = h.without_checksum_offload();
     let offered = h.get_features().unwrap();
-    assert_eq!(
-        offered & (FEATURE_CSUM | FEATURE_GUEST_CSUM | tso),
-        0,
-        "{offered:#x}"
-    );
-    assert_eq!(
-        offered,
-        OFFERED_FEATURES & !(FEATURE_CSUM | FEATURE_GUEST_CSUM | tso)
-    );
-    assert!(h.set_features(offered | FEATURE_CSUM).is_err());
-    assert!(h.set_features(offered | FEATURE_GUEST_CSUM).is_err());
-    assert!(h.set_features(offered | FEATURE_HOST_TSO4).is_err());
+    assert_eq!(offered & all, 0, "{offered:#x}");
+    assert_eq!(offered, OFFERED_FEATURES & !all);
+    for f in [
+        FEATURE_CSUM,
+        FEATURE_GUEST_CSUM,
+        FEATURE_HOST_TSO4,
+        FEATURE_HOST_TSO6,
+        FEATURE_GUEST_TSO4,
+        FEATURE_GUEST_TSO6,
+    ] {
+        assert!(h.set_features(offered | f).is_err(), "{f:#x} accepted");
+    }
     assert!(h.set_features(offered).is_ok());
     assert_eq!(h.stats().acked_features, Some(offered));
 
@@ -575,4 +580,13 @@ fn without_checksum_offload_neither_is_offered_nor_accepted() {
     let offered = h.get_features().unwrap();
     assert_eq!(offered, OFFERED_FEATURES & !tso);
     assert!(h.set_features(offered | FEATURE_HOST_TSO6).is_err());
+    assert!(h.set_features(offered).is_ok());
+
+    let (h, _proxy) = handler();
+    let mut h = h.without_rx_coalescing();
+    let offered = h.get_features().unwrap();
+    assert_eq!(offered, OFFERED_FEATURES & !gro, "{offered:#x}");
+    assert_eq!(OFFERED_FEATURES & gro, gro, "offered by default");
+    assert!(h.set_features(offered | FEATURE_GUEST_TSO4).is_err());
+    assert!(h.set_features(offered).is_ok());
 }

@@ -90,6 +90,11 @@ const COUNTERS: &[&str] = &[
     "tx_gso_chains",
     "tx_gso_segments",
     "tx_gso_header_bytes",
+    // GSO frames the daemon merged for the guest, and the proxy frames in them
+    // (VIRTIO_NET_F_GUEST_TSO4/6).
+    "rx_gso_frames",
+    "rx_coalesced_segments",
+    "rx_coalesced_hdr_bytes",
 ];
 
 /// The daemon's counters, wherever in its JSON they sit (top level or under "device").

@@ -90,13 +90,16 @@ stats = summary.get("guest_stats", [])
 nic = stats[-1]["counters"] if stats else {}
 check(bool(nic), f"the guest reported its counters after {[g['label'] for g in stats]}")
 if nic:
+    # RX coalescing (GUEST_TSO4/6): the guest received each GSO frame as one, and its
+    # segments' headers but the first's once.
+    merged = d.get("rx_coalesced_segments", 0) - d.get("rx_gso_frames", 0)
+    # TSO: the guest counts a GSO chain as one packet of the length it handed over; the
+    # daemon counts each segment it cut, each with its copy of the headers.
+    cut = d.get("tx_gso_segments", 0) - d.get("tx_gso_chains", 0)
+    delivered = {"rx": (d["rx_frames"] - merged, d["rx_bytes"] - d.get("rx_coalesced_hdr_bytes", 0)),
+                 "tx": (d["tx_frames"] - cut, d["tx_bytes"] - d.get("tx_gso_header_bytes", 0))}
     for way, what in (("rx", "delivered to the guest"), ("tx", "taken from the guest")):
-        frames, nbytes = d[f"{way}_frames"], d[f"{way}_bytes"]
-        if way == "tx":
-            # TSO: the guest counts a GSO chain as one packet of the length it handed over;
-            # the daemon counts each segment it cut, each with its copy of the headers.
-            frames += d.get("tx_gso_chains", 0) - d.get("tx_gso_segments", 0)
-            nbytes -= d.get("tx_gso_header_bytes", 0)
+        frames, nbytes = delivered[way]
         df = frames - nic[f"nic.{way}_packets"]
         db = nbytes - nic[f"nic.{way}_bytes"]
         check(0 <= df <= 64, f"daemon {way} frames {frames} = the guest NIC's {nic[f'nic.{way}_packets']} ({what}; {df} later)")
@@ -123,14 +126,21 @@ check(acked & (1 << 32) != 0, f"VERSION_1 negotiated (features {acked:#x})")
 check(acked & 3 == 3, f"CSUM and GUEST_CSUM negotiated (features {acked:#x})")
 check(d.get("tx_csum_offload", 0) > d["tx_frames"] // 2,
       f"the daemon completed TX checksums: tx_csum_offload {d.get('tx_csum_offload')} of {d['tx_frames']} frames")
+mtu = int(args[args.index("--mtu") + 1]) if "--mtu" in args else 1500
 # TSO (HOST_TSO4 bit 11, HOST_TSO6 bit 12): the guest's driver takes it and, at MTU 1500,
 # hands the daemon TCP segments larger than one frame, which the daemon cuts (every
 # segment also counts in tx_csum_offload above).
-mtu = int(args[args.index("--mtu") + 1]) if "--mtu" in args else 1500
 check(acked & (3 << 11) == 3 << 11, f"HOST_TSO4 and HOST_TSO6 negotiated (features {acked:#x})")
 if mtu <= 9000:
     check(d.get("tx_gso_chains", 0) > 0 and d.get("tx_gso_segments", 0) > d.get("tx_gso_chains", 0),
           f"the daemon cut the guest's TCP segments at MTU {mtu}: {d.get('tx_gso_chains')} chains into {d.get('tx_gso_segments')} segments of {d['tx_frames']} frames")
+# Receive coalescing (GUEST_TSO4 bit 7, GUEST_TSO6 bit 8): the guest's driver takes GSO
+# frames, and at MTU 1500 passt's segments of the reverse test were merged into them (at
+# 65520 a segment fills a GSO frame alone: merging has nothing to do).
+check(acked & (3 << 7) == 3 << 7, f"GUEST_TSO4 and GUEST_TSO6 negotiated (features {acked:#x})")
+if mtu == 1500:
+    check(d.get("rx_gso_frames", 0) > 0 and d.get("rx_coalesced_segments", 0) >= 2 * d.get("rx_gso_frames", 0),
+          f"the daemon merged segments for the guest: {d.get('rx_coalesced_segments')} proxy frames into {d.get('rx_gso_frames')} GSO frames")
 check(d["drops"]["total"] == 0, f"no frames dropped ({d['drops']})")
 if "--mtu" in args and int(args[args.index("--mtu") + 1]) > 9000:
     check(d.get("rx_direct", 0) > 0, f"frames read straight into the guest at MTU {args[args.index('--mtu') + 1]}: rx_direct {d.get('rx_direct')}")

@@ -18,9 +18,11 @@ use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::backend::{Backend, BackendError, SyscallCounts};
 use crate::events::DeviceEvents;
+use crate::gro::Allow;
 use crate::metrics::Metrics;
 use crate::net::{
-    TxOffloads, FEATURE_EVENT_IDX, FEATURE_GUEST_CSUM, FEATURE_MRG_RXBUF, RX_QUEUE, TX_QUEUE,
+    TxOffloads, FEATURE_EVENT_IDX, FEATURE_GUEST_CSUM, FEATURE_GUEST_TSO4, FEATURE_GUEST_TSO6,
+    FEATURE_MRG_RXBUF, RX_QUEUE, TX_QUEUE,
 };
 use crate::notify::Notifier;
 use rx::RxVirtio;
@@ -80,7 +82,9 @@ impl NetDevice {
     /// Takes the data-path parts of a setup (the kick fds and options stay with the loop).
     /// `features` are the negotiated ones: EVENT_IDX, MRG_RXBUF, CSUM (TX checksums the
     /// guest marks NEEDS_CSUM are completed), HOST_TSO4/6 (TX GSO chains are cut into
-    /// segments) and GUEST_CSUM (RX headers say DATA_VALID) are read from them.
+    /// segments), GUEST_CSUM (RX headers say DATA_VALID) and GUEST_TSO4/6 (TCP segments
+    /// from the proxy are merged into GSO frames; only with GUEST_CSUM, which the spec
+    /// requires for them) are read from them.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         mem: GuestMemoryAtomic<GuestMemoryMmap>,
@@ -93,6 +97,11 @@ impl NetDevice {
         metrics: Arc<Metrics>,
     ) -> NetDevice {
         let event_idx = features & FEATURE_EVENT_IDX != 0;
+        let guest_csum = features & FEATURE_GUEST_CSUM != 0;
+        let gro = Allow {
+            v4: guest_csum && features & FEATURE_GUEST_TSO4 != 0,
+            v6: guest_csum && features & FEATURE_GUEST_TSO6 != 0,
+        };
         let events = DeviceEvents::new(backend.raw_fd(), metrics);
         NetDevice {
             mem,
@@ -105,7 +114,8 @@ impl NetDevice {
             rx: RxVirtio::new(
                 Virtq::new(rx, rx_call, RX_QUEUE, event_idx),
                 features & FEATURE_MRG_RXBUF != 0,
-                features & FEATURE_GUEST_CSUM != 0,
+                guest_csum,
+                gro,
             ),
             syscalls_counted: SyscallCounts::default(),
         }

@@ -3,6 +3,12 @@
 //! Frames are read in batches, no more than the guest has posted buffers for; a frame read
 //! from the proxy waits in its batch buffer until the guest has buffers for it; until then
 //! the socket is not read (the proxy's queue is the buffer), and the next RX kick resumes.
+//!
+//! With GUEST_TSO4/6 negotiated, consecutive frames of a batch that are segments of one
+//! TCP stream are merged while they are copied into the guest: one GSO frame, one
+//! header (`crate::gro`). A merge never reorders (a frame of anything else ends it) and
+//! never waits for buffers a smaller merge would not need: it shrinks to what the guest
+//! has posted, down to the single frame, which then waits as any frame does.
 
 use std::sync::atomic::Ordering;
 
@@ -14,13 +20,32 @@ use super::{DeviceError, RxPass, BATCH};
 use crate::backend::{lent_frame, Backend, DirectRead, ReadStatus, MAX_BATCH_FRAMES};
 use crate::events::DeviceEvents;
 use crate::frame::{IovBuf, MAX_FRAME};
-use crate::net::{Rejected, RxBuffers, RxOutcome, HDR_F_DATA_VALID};
+use crate::gro::{self, Allow};
+use crate::net::{rx_gso_header, Rejected, RxBuffers, RxOutcome, HDR_F_DATA_VALID};
 use crate::probes::DropReason;
 
 /// Most receive calls [`RxVirtio::peer_gone`] makes to count the frames a departed proxy
 /// left unread: a socket buffer's worth many times over, and a bound should the "gone"
 /// peer (one that only shut down its reading side) keep writing.
 const MAX_READS_TO_COUNT: u64 = 512;
+
+/// Most proxy frames one GSO frame carries: a batch's worth.
+const MAX_MERGE: usize = MAX_BATCH_FRAMES;
+
+/// Frame `i` of the batch, if it is one (a frame copied into `bufs` or held by the
+/// backend); `None` for every other status.
+fn batch_frame<'a>(
+    bufs: &'a [Box<[u8]>],
+    got: &[ReadStatus],
+    backend: &'a dyn Backend,
+    i: usize,
+) -> Option<&'a [u8]> {
+    match got.get(i)? {
+        ReadStatus::Frame(len @ 1..) => bufs.get(i)?.get(..*len),
+        ReadStatus::Held(_) => backend.held_frame(i),
+        _ => None,
+    }
+}
 
 pub(crate) struct RxVirtio {
     pub(crate) vq: Virtq,
@@ -39,6 +64,8 @@ pub(crate) struct RxVirtio {
     rejected: Vec<Rejected>,
     /// The guest memory a direct frame is read into (reused).
     iov: IovBuf,
+    /// Which TCP segments may be merged into GSO frames (GUEST_TSO4/6, with GUEST_CSUM).
+    gro: Allow,
 }
 
 impl RxVirtio {
@@ -51,7 +78,9 @@ impl RxVirtio {
     /// checksum would catch. (A host kernel's tap device says the same of the frames it
     /// hands a VMM with a virtio_net_hdr.) A frame whose checksum the proxy got wrong
     /// would be accepted, as it would from a NIC that validated it.
-    pub(crate) fn new(vq: Virtq, mergeable: bool, data_valid: bool) -> RxVirtio {
+    ///
+    /// `gro`: the guest takes GSO frames of those IP versions (see [`RxVirtio::merge`]).
+    pub(crate) fn new(vq: Virtq, mergeable: bool, data_valid: bool, gro: Allow) -> RxVirtio {
         let mut buffers = RxBuffers::default();
         buffers.set_header_flags(if data_valid { HDR_F_DATA_VALID } else { 0 });
         RxVirtio {
@@ -64,6 +93,7 @@ impl RxVirtio {
             waiting: false,
             rejected: Vec::new(),
             iov: IovBuf::default(),
+            gro,
         }
     }
 
@@ -135,7 +165,9 @@ impl RxVirtio {
                 }
             }
             let direct = matches!(self.got[self.next], ReadStatus::Direct(_));
-            let (len, outcome) = match self.got[self.next] {
+            // `count`: frames of the batch the outcome is for (more than one: merged, into
+            // a frame of `len` bytes).
+            let (len, count, outcome) = match self.got[self.next] {
                 ReadStatus::WouldBlock => {
                     self.next = self.got.len();
                     if read_in_this_pass {
@@ -152,25 +184,30 @@ impl RxVirtio {
                     continue;
                 }
                 status @ (ReadStatus::Frame(len) | ReadStatus::Held(len)) => {
-                    let frame = match status {
-                        ReadStatus::Held(_) => lent_frame(&*backend, self.next)?,
-                        _ => &self.bufs[self.next][..len],
-                    };
-                    (
-                        len,
-                        self.buffers
-                            .deliver(
-                                &mut self.vq.queue,
-                                mem,
-                                frame,
-                                self.mergeable,
-                                &mut self.rejected,
-                            )
-                            .map_err(self.vq.err()),
-                    )
+                    if let Some((count, merged, outcome)) = self.merge(mem, &*backend)? {
+                        (merged, count, Ok(outcome))
+                    } else {
+                        let frame = match status {
+                            ReadStatus::Held(_) => lent_frame(&*backend, self.next)?,
+                            _ => &self.bufs[self.next][..len],
+                        };
+                        (
+                            len,
+                            1,
+                            self.buffers
+                                .deliver(
+                                    &mut self.vq.queue,
+                                    mem,
+                                    frame,
+                                    self.mergeable,
+                                    &mut self.rejected,
+                                )
+                                .map_err(self.vq.err()),
+                        )
+                    }
                 }
                 ReadStatus::Direct(len) => match self.direct(mem, backend, len)? {
-                    Some(outcome) => (len, Ok(outcome)),
+                    Some(outcome) => (len, 1, Ok(outcome)),
                     // The rest of the frame has not arrived: the next readable event
                     // resumes it, into the same buffers.
                     None => break RxPass::Idle,
@@ -185,10 +222,31 @@ impl RxVirtio {
                     if direct {
                         events.rx_direct();
                     }
-                    self.next += 1;
+                    if count > 1 {
+                        let parts = self.got[self.next..self.next + count].iter();
+                        let read: usize = parts
+                            .map(|s| match *s {
+                                ReadStatus::Frame(n) | ReadStatus::Held(n) => n,
+                                _ => 0,
+                            })
+                            .sum();
+                        events.rx_coalesced(count, read.saturating_sub(len));
+                    }
+                    self.next += count;
                     self.waiting = false;
                     used = true;
-                    done += 1;
+                    done += count;
+                }
+                // A merged frame only meets this when guest memory went away under its
+                // buffers: each of its frames is dropped, as a lone one would be.
+                RxOutcome::NoRoom if count > 1 => {
+                    for status in &self.got[self.next..self.next + count] {
+                        if let ReadStatus::Frame(n) | ReadStatus::Held(n) = *status {
+                            events.frame_dropped(n, DropReason::RxNoRoom);
+                        }
+                    }
+                    self.next += count;
+                    done += count;
                 }
                 RxOutcome::NoRoom => {
                     self.next += 1;
@@ -212,6 +270,68 @@ impl RxVirtio {
             self.vq.signal(mem, events)?;
         }
         Ok(result)
+    }
+
+    /// Merges the segments of one TCP stream at the front of the batch (`gro::plan`) into
+    /// one GSO frame and delivers it: `Some((frames merged, its length, outcome))`, the
+    /// outcome `Delivered`, or `NoRoom` if guest memory went away under the buffers.
+    /// `None`: fewer than two frames merge, so the first goes as it is. A merged frame
+    /// is as large as the buffers the guest has posted take (all of them, or the first
+    /// without MRG_RXBUF): when it needs more, fewer segments go now rather than all of
+    /// them waiting for a kick.
+    fn merge(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        backend: &dyn Backend,
+    ) -> Result<Option<(usize, usize, RxOutcome)>, DeviceError> {
+        if !self.gro.any() {
+            return Ok(None);
+        }
+        let mut cap = MAX_FRAME;
+        loop {
+            let (bufs, got, at) = (&self.bufs, &self.got, self.next);
+            let frames = (at..got.len()).map(|i| batch_frame(bufs, got, backend, i));
+            let Some(m) = gro::plan(frames, self.gro, cap, MAX_MERGE) else {
+                return Ok(None);
+            };
+            if m.count < 2 {
+                return Ok(None);
+            }
+            let q = &mut self.vq.queue;
+            let take = match self
+                .buffers
+                .reserve(q, mem, m.len, self.mergeable, &mut self.rejected)
+                .map_err(self.vq.err())?
+            {
+                Ok(take) => take,
+                Err(_) => {
+                    // Strictly smaller each time: ends at one frame, at worst.
+                    cap = self.buffers.room(self.mergeable).min(m.len - 1);
+                    continue;
+                }
+            };
+            let Some(first) = batch_frame(bufs, got, backend, at) else {
+                return Ok(None);
+            };
+            let mut head = [0u8; gro::MAX_HDR];
+            let (hl, gso) = gro::merged_header(first, &m, &mut head);
+            let vhdr = rx_gso_header(take as u16, &gso);
+            let mut parts: [&[u8]; MAX_MERGE + 2] = [&[]; MAX_MERGE + 2];
+            parts[0] = &vhdr;
+            parts[1] = &head[..hl];
+            for (k, part) in parts[2..2 + m.count].iter_mut().enumerate() {
+                // Every planned frame is there, its headers `hl` bytes long.
+                *part = batch_frame(bufs, got, backend, at + k)
+                    .and_then(|f| f.get(hl..))
+                    .unwrap_or_default();
+            }
+            let q = &mut self.vq.queue;
+            let outcome = self
+                .buffers
+                .write_parts(q, mem, &mut parts[..2 + m.count], take, &mut self.rejected)
+                .map_err(self.vq.err())?;
+            return Ok(Some((m.count, m.len, outcome)));
+        }
     }
 
     /// A frame announced by [`ReadStatus::Direct`]: reserves guest buffers for it and has
