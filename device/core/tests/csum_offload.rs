@@ -14,7 +14,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use common::{DriverQueue, RxAssembler, Seg};
+use common::{cut_chain, reference_sum, DriverQueue, RxAssembler, Seg};
 use proptest::prelude::*;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -29,18 +29,6 @@ use vnet_device::notify::Notifier;
 
 const QSIZE: u16 = 256;
 
-/// Word-by-word ones'-complement sum of `b` (big-endian words, a last odd byte padded).
-fn reference_sum(b: &[u8]) -> u16 {
-    let mut s: u64 = b
-        .chunks(2)
-        .map(|w| (u64::from(w[0]) << 8) | u64::from(*w.get(1).unwrap_or(&0)))
-        .sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
-
 /// What the device must send for `frame` with a NEEDS_CSUM header (`start`, `field`): the
 /// frame with the complement of the sum from `start` at `field` (0 sent as 0xffff).
 fn expected(frame: &[u8], start: usize, field: usize) -> Vec<u8> {
@@ -51,27 +39,6 @@ fn expected(frame: &[u8], start: usize, field: usize) -> Vec<u8> {
     let mut out = frame.to_vec();
     out[field..field + 2].copy_from_slice(&c.to_be_bytes());
     out
-}
-
-/// TX chain bytes: `hdr` then `frame`, cut at `cuts` (cycled; the last piece takes the
-/// rest).
-fn chain(hdr: &TxHeader, frame: &[u8], cuts: &[usize]) -> Vec<Seg> {
-    let mut all = hdr.to_bytes().to_vec();
-    all.extend_from_slice(frame);
-    let mut segs = Vec::new();
-    let mut pos = 0;
-    let mut k = 0;
-    while pos < all.len() {
-        let c = cuts
-            .get(k % cuts.len().max(1))
-            .copied()
-            .unwrap_or(all.len());
-        let end = (pos + c.max(1)).min(all.len());
-        segs.push(Seg::read(&all[pos..end]));
-        pos = end;
-        k += 1;
-    }
-    segs
 }
 
 fn needs(start: usize, offset: usize) -> TxHeader {
@@ -157,7 +124,7 @@ proptest! {
             offset &= !1;
         }
         let field = start + offset;
-        let segs = chain(&needs(start, offset), &frame, &cuts);
+        let segs = cut_chain(&needs(start, offset), &frame, &cuts);
         let before: Vec<u8> = segs.iter().flat_map(|s| s.data.clone()).collect();
         let (used, sent) = g.send(&segs);
         prop_assert_eq!(used.len(), 1);
@@ -206,7 +173,7 @@ fn udp_frame_with_pseudo_header_sum_verifies() {
     f.extend_from_slice(&reference_sum(&pseudo).to_be_bytes());
     f.extend_from_slice(&payload);
     // Header apart, then the linear part and a page fragment, as Linux lays it out.
-    let (_, sent) = g.send(&chain(&needs(34, 6), &f, &[NET_HDR_LEN, 42, 4096]));
+    let (_, sent) = g.send(&cut_chain(&needs(34, 6), &f, &[NET_HDR_LEN, 42, 4096]));
     let got = &sent[0];
     assert_ne!(got[40..42], f[40..42], "checksum completed");
     let mut whole = pseudo.clone();
@@ -240,10 +207,10 @@ fn bad_offload_headers_are_rejected_and_counted() {
     let mut want = Vec::new();
     for (i, h) in bad.iter().enumerate() {
         let good = common::frame(10 + i as u32, 100);
-        let (used, sent) = g.send(&chain(h, &f, &[NET_HDR_LEN, 30]));
+        let (used, sent) = g.send(&cut_chain(h, &f, &[NET_HDR_LEN, 30]));
         assert_eq!(used.iter().map(|u| u.len).collect::<Vec<_>>(), [0], "{h:?}");
         assert!(sent.is_empty(), "{h:?} was forwarded");
-        let (used, sent) = g.send(&chain(&needs(98, 0), &good, &[7]));
+        let (used, sent) = g.send(&cut_chain(&needs(98, 0), &good, &[7]));
         assert_eq!(used.len(), 1);
         sent_all.extend(sent);
         want.push(expected(&good, 98, 98));
@@ -262,13 +229,13 @@ fn bad_offload_headers_are_rejected_and_counted() {
 fn without_csum_negotiated_the_header_is_ignored() {
     let mut g = gram(DEVICE_FEATURES & !FEATURE_CSUM);
     let f = common::frame(3, 200);
-    let (_, sent) = g.send(&chain(&needs(20, 4), &f, &[5, 100]));
+    let (_, sent) = g.send(&cut_chain(&needs(20, 4), &f, &[5, 100]));
     assert_eq!(sent, std::slice::from_ref(&f));
     let gso = TxHeader {
         gso_type: 1,
         ..needs(65535, 65535)
     };
-    let (used, sent) = g.send(&chain(&gso, &f, &[]));
+    let (used, sent) = g.send(&cut_chain(&gso, &f, &[]));
     assert_eq!((used.len(), sent), (1, vec![f]));
     let m = g.metrics.snapshot();
     assert_eq!((m.tx_csum_offload, m.rejected_chains), (0, 0));
@@ -298,7 +265,7 @@ fn stream_partial_writes_around_the_checksum_field() {
         for f in &frames {
             // The field at frame offset 40..42, so at stream offset 44..46 of the first
             // frame (after its 4-byte length).
-            tx.add(&mem, &chain(&needs(34, 6), f, &[NET_HDR_LEN, 41, 300]))
+            tx.add(&mem, &cut_chain(&needs(34, 6), f, &[NET_HDR_LEN, 41, 300]))
                 .unwrap();
         }
         limit.store(stop, Ordering::SeqCst);

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::sync::Arc;
 
-use common::{DriverQueue, Seg};
+use common::{reference_sum, DriverQueue, Seg};
 use proptest::prelude::*;
 
 use vnet_device::backend::{BackendOptions, UnixGram, UnixStreamBackend};
@@ -27,19 +27,6 @@ const QSIZE: u16 = 256;
 const ACK: u8 = 0x10;
 const PSH: u8 = 0x08;
 const FIN: u8 = 0x01;
-
-/// Word-by-word ones'-complement sum of `b` (big-endian words, a last odd byte padded),
-/// folded.
-fn ref_sum(b: &[u8]) -> u16 {
-    let mut s: u64 = b
-        .chunks(2)
-        .map(|w| (u64::from(w[0]) << 8) | u64::from(*w.get(1).unwrap_or(&0)))
-        .sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
 
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
@@ -84,14 +71,14 @@ fn fix_tcp_csum(f: &mut [u8]) {
     f[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
     let mut all = pseudo(f, f.len() - l4);
     all.extend_from_slice(&f[l4..]);
-    let c = !ref_sum(&all);
+    let c = !reference_sum(&all);
     f[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
 }
 
 fn fix_ip_csum(f: &mut [u8]) {
     if f.len() >= 34 && !is_v6(f) {
         f[24..26].copy_from_slice(&[0, 0]);
-        let c = !ref_sum(&f[14..34]);
+        let c = !reference_sum(&f[14..34]);
         f[24..26].copy_from_slice(&c.to_be_bytes());
     }
 }
@@ -250,7 +237,7 @@ fn resegment(g: &Got, counting: bool) -> Vec<Vec<u8>> {
         );
     } else {
         assert_eq!(usize::from(be16(f, 16)), f.len() - 14, "IPv4 total length");
-        assert_eq!(ref_sum(&f[14..34]), 0xffff, "IPv4 header checksum");
+        assert_eq!(reference_sum(&f[14..34]), 0xffff, "IPv4 header checksum");
     }
     assert!(f.len() - 14 <= 65535, "IP length fits 16 bits");
     // The field holds the pseudo-header sum for the whole segment (not complemented);
@@ -258,15 +245,19 @@ fn resegment(g: &Got, counting: bool) -> Vec<Vec<u8>> {
     let tcp_len = f.len() - l4;
     assert_eq!(
         be16(f, l4 + 16),
-        ref_sum(&pseudo(f, tcp_len)),
+        reference_sum(&pseudo(f, tcp_len)),
         "pseudo-header sum in the TCP checksum field"
     );
     let mut done = f.clone();
-    let c = !ref_sum(&f[l4..]);
+    let c = !reference_sum(&f[l4..]);
     done[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
     let mut all = pseudo(f, tcp_len);
     all.extend_from_slice(&done[l4..]);
-    assert_eq!(ref_sum(&all), 0xffff, "completed TCP checksum verifies");
+    assert_eq!(
+        reference_sum(&all),
+        0xffff,
+        "completed TCP checksum verifies"
+    );
 
     let seq0 = u32::from_be_bytes(f[l4 + 4..l4 + 8].try_into().unwrap());
     let id0 = be16(f, 18);

@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use common::{DriverQueue, Seg};
+use common::{cut_chain, DriverQueue, Seg};
 use proptest::prelude::*;
 use vm_memory::GuestMemoryMmap;
 
@@ -137,28 +137,6 @@ fn tso_header(s: Shape, mss: u16) -> TxHeader {
         csum_start: s.l4() as u16,
         csum_offset: 16,
     }
-}
-
-/// TX chain bytes: `hdr` then `frame`, cut at `cuts` (cycled; the last piece takes the
-/// rest).
-fn chain(hdr: &TxHeader, frame: &[u8], cuts: &[usize]) -> Vec<Seg> {
-    let mut all = hdr.to_bytes().to_vec();
-    all.extend_from_slice(frame);
-    let mut segs = Vec::new();
-    let mut pos = 0;
-    let mut k = 0;
-    while pos < all.len() {
-        let c = if cuts.is_empty() {
-            all.len()
-        } else {
-            cuts[k % cuts.len()].max(1)
-        };
-        let end = (pos + c).min(all.len());
-        segs.push(Seg::read(&all[pos..end]));
-        pos = end;
-        k += 1;
-    }
-    segs
 }
 
 /// Checks that `got` are exactly the segments the device owes for `orig` (shape `s`,
@@ -376,7 +354,7 @@ fn segments_are_exact_over_shapes_and_lengths() {
                     1 => &[NET_HDR_LEN + 7, 19, 1000],
                     _ => &[],
                 };
-                r.tx.add(&r.mem, &chain(&tso_header(s, mss as u16), &orig, cuts))
+                r.tx.add(&r.mem, &cut_chain(&tso_header(s, mss as u16), &orig, cuts))
                     .unwrap();
                 let (used, got) = run_gram(&mut r, &peer);
                 assert_eq!(lens(&used), [0], "{s:?} mss {mss} payload {plen}");
@@ -419,7 +397,7 @@ proptest! {
         let plen = plen.min(mss * 2000);
         let (mut r, peer) = gram(DEVICE_FEATURES);
         let orig = tcp_frame(s, &payload(plen, seed));
-        let segs = chain(&tso_header(s, mss as u16), &orig, &cuts);
+        let segs = cut_chain(&tso_header(s, mss as u16), &orig, &cuts);
         let before: Vec<u8> = segs.iter().flat_map(|s| s.data.clone()).collect();
         r.tx.add(&r.mem, &segs).unwrap();
         let (used, got) = run_gram(&mut r, &peer);
@@ -468,7 +446,7 @@ fn a_chain_of_many_small_pieces_goes_from_a_copy() {
     let orig = tcp_frame(V4, &payload(20000, 9));
     // The first segment (1440 bytes) fits in 16 pieces of 100 bytes; MSS 9000 would not.
     for (mss, copied) in [(1440u16, 0u64), (9000, 1)] {
-        r.tx.add(&r.mem, &chain(&tso_header(V4, mss), &orig, &[100]))
+        r.tx.add(&r.mem, &cut_chain(&tso_header(V4, mss), &orig, &[100]))
             .unwrap();
         let (used, got) = run_gram(&mut r, &peer);
         assert_eq!(lens(&used), [0]);
@@ -493,7 +471,7 @@ fn stall_batch() -> Batch {
     };
     let gso = |s: Shape, mss: usize, plen: usize, seed: u32| {
         let orig = tcp_frame(s, &payload(plen, seed));
-        let segs = chain(
+        let segs = cut_chain(
             &tso_header(s, mss as u16),
             &orig,
             &[NET_HDR_LEN, s.hlen(), 77],
@@ -641,7 +619,7 @@ fn a_filling_datagram_socket_stops_and_resumes_inside_chains() {
         let s = if i % 2 == 0 { V4 } else { V6 };
         r.tx.add(
             &r.mem,
-            &chain(&tso_header(s, 1448), o, &[NET_HDR_LEN, s.hlen(), 4096]),
+            &cut_chain(&tso_header(s, 1448), o, &[NET_HDR_LEN, s.hlen(), 4096]),
         )
         .unwrap();
     }
@@ -788,13 +766,13 @@ fn hostile_gso_headers_are_rejected_and_the_next_chain_passes() {
     ];
     for (name, h, f) in &bad {
         let (used, got) = {
-            r.tx.add(&r.mem, &chain(h, f, &[NET_HDR_LEN, 30, 8192]))
+            r.tx.add(&r.mem, &cut_chain(h, f, &[NET_HDR_LEN, 30, 8192]))
                 .unwrap();
             run_gram(&mut r, &peer)
         };
         assert_eq!(lens(&used), [0], "{name}");
         assert!(got.is_empty(), "{name}: forwarded");
-        r.tx.add(&r.mem, &chain(&h4, &good, &[NET_HDR_LEN + 5, 1000]))
+        r.tx.add(&r.mem, &cut_chain(&h4, &good, &[NET_HDR_LEN + 5, 1000]))
             .unwrap();
         let (used, got) = run_gram(&mut r, &peer);
         assert_eq!(lens(&used), [0], "{name}");
@@ -823,7 +801,7 @@ fn tso_only_where_negotiated() {
             (&v4, tso_header(V4, 1000), v4_ok, V4),
             (&v6, tso_header(V6, 1000), v6_ok, V6),
         ] {
-            r.tx.add(&r.mem, &chain(&h, f, &[])).unwrap();
+            r.tx.add(&r.mem, &cut_chain(&h, f, &[])).unwrap();
             let (used, got) = run_gram(&mut r, &peer);
             assert_eq!(lens(&used), [0]);
             if ok {
@@ -835,7 +813,7 @@ fn tso_only_where_negotiated() {
         assert_eq!(r.metrics.snapshot().rejected_chains, 1);
     }
     let (mut r, peer) = gram(DEVICE_FEATURES & !vnet_device::net::FEATURE_CSUM);
-    r.tx.add(&r.mem, &chain(&tso_header(V4, 1000), &v4, &[]))
+    r.tx.add(&r.mem, &cut_chain(&tso_header(V4, 1000), &v4, &[]))
         .unwrap();
     let (_, got) = run_gram(&mut r, &peer);
     assert_eq!(got, [v4]);

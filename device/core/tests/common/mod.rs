@@ -11,7 +11,7 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 
-use vnet_device::net::NET_HDR_LEN;
+use vnet_device::net::{TxHeader, NET_HDR_LEN};
 
 /// Per-descriptor data slot: room for the largest buffer (header + 65550-byte frame).
 pub const SLOT: u64 = 0x11000;
@@ -375,7 +375,13 @@ impl RxAssembler {
 /// TX chain bytes: the 12-byte header then the frame, cut at `cuts` (segment lengths,
 /// cycled; the last segment takes the rest).
 pub fn tx_segs(frame: &[u8], cuts: &[usize]) -> Vec<Seg> {
-    let mut all = vec![0u8; NET_HDR_LEN];
+    cut_chain(&TxHeader::default(), frame, cuts)
+}
+
+/// TX chain bytes: `hdr` then `frame`, cut at `cuts` (piece lengths, cycled; the last
+/// piece takes the rest).
+pub fn cut_chain(hdr: &TxHeader, frame: &[u8], cuts: &[usize]) -> Vec<Seg> {
+    let mut all = hdr.to_bytes().to_vec();
     all.extend_from_slice(frame);
     let mut segs = Vec::new();
     let mut pos = 0;
@@ -392,6 +398,19 @@ pub fn tx_segs(frame: &[u8], cuts: &[usize]) -> Vec<Seg> {
         k += 1;
     }
     segs
+}
+
+/// Word-by-word ones'-complement sum of `b` (big-endian words, a last odd byte padded),
+/// folded: the plain reference the checksum tests hold the device's sums to.
+pub fn reference_sum(b: &[u8]) -> u16 {
+    let mut s: u64 = b
+        .chunks(2)
+        .map(|w| (u64::from(w[0]) << 8) | u64::from(*w.get(1).unwrap_or(&0)))
+        .sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
 }
 
 /// A frame whose bytes encode its sequence number, so loss, duplication, reordering and
