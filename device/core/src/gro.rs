@@ -25,7 +25,8 @@
 //!   (what the guest's buffers can take).
 
 use crate::csum::Csum;
-use crate::net::RxGso;
+use crate::gso::TCP_CSUM_OFFSET;
+use crate::net::{RxGso, GSO_TCPV4, GSO_TCPV6};
 
 /// Ethernet header length (no VLAN tag: a tagged frame does not merge).
 pub const ETH_HLEN: usize = 14;
@@ -41,11 +42,6 @@ const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_TCP: u8 = 6;
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
-/// virtio_net_hdr gso_type values (VIRTIO_NET_HDR_GSO_TCPV4, _TCPV6).
-pub const GSO_TCPV4: u8 = 1;
-pub const GSO_TCPV6: u8 = 4;
-/// Offset of the checksum field in the TCP header.
-pub const TCP_CSUM_OFFSET: usize = 16;
 
 /// The GUEST_TSO features the guest negotiated (with GUEST_CSUM, which the spec requires
 /// for them): which IP versions may be merged.
@@ -278,14 +274,14 @@ pub fn merged_header(first: &[u8], m: &Merge, out: &mut [u8; MAX_HDR]) -> (usize
         pseudo.add(&[0, IPPROTO_TCP]);
         pseudo.add(&(tcp_len as u16).to_be_bytes());
     }
-    let field = l4 + TCP_CSUM_OFFSET;
+    let field = l4 + usize::from(TCP_CSUM_OFFSET);
     out[field..field + 2].copy_from_slice(&pseudo.folded().to_be_bytes());
     let gso = RxGso {
         gso_type: if s.v6 { GSO_TCPV6 } else { GSO_TCPV4 },
         hdr_len: hl as u16,
         gso_size: s.payload as u16,
         csum_start: l4 as u16,
-        csum_offset: TCP_CSUM_OFFSET as u16,
+        csum_offset: TCP_CSUM_OFFSET,
     };
     (hl, gso)
 }
