@@ -1131,11 +1131,6 @@ impl RxBuffers {
         self.hdr_flags = flags;
     }
 
-    /// The `flags` byte of the headers this device writes for frames as they came.
-    pub fn header_flags(&self) -> u8 {
-        self.hdr_flags
-    }
-
     pub fn reserved(&self) -> usize {
         self.reserved.len()
     }
