@@ -25,23 +25,18 @@
 //!   (what the guest's buffers can take).
 
 use crate::csum::Csum;
-use crate::gso::TCP_CSUM_OFFSET;
+use crate::inet::{
+    be16, be32, set_tcp_segment_len, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HLEN, IPPROTO_TCP,
+    IPV6_HLEN, TCP_ACK, TCP_CSUM_OFFSET, TCP_PSH,
+};
 use crate::net::{RxGso, GSO_TCPV4, GSO_TCPV6};
 
-/// Ethernet header length (no VLAN tag: a tagged frame does not merge).
-pub const ETH_HLEN: usize = 14;
 /// Longest header a merged frame carries: Ethernet, IPv6 (40 bytes) and TCP with 40
 /// bytes of options.
-pub const MAX_HDR: usize = ETH_HLEN + 40 + 60;
+pub const MAX_HDR: usize = ETH_HLEN + IPV6_HLEN + 60;
 /// Most bytes after the Ethernet header (IPv4 total length, IPv6 header plus payload
 /// length, both 16-bit fields; the guest's GRO never builds more either).
 pub const MAX_L3: usize = 65535;
-
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const IPPROTO_TCP: u8 = 6;
-const TCP_ACK: u8 = 0x10;
-const TCP_PSH: u8 = 0x08;
 
 /// The GUEST_TSO features the guest negotiated (with GUEST_CSUM, which the spec requires
 /// for them): which IP versions may be merged.
@@ -80,14 +75,6 @@ impl Segment {
     }
 }
 
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
 /// The frame's headers if it is a TCP segment over IPv4 (ihl 5, not a fragment, checksum
 /// good) or IPv6 (next header TCP) whose IP length matches the frame exactly and whose
 /// TCP header lies within it; `None` for anything else, however malformed.
@@ -96,7 +83,7 @@ pub fn parse(f: &[u8]) -> Option<Segment> {
         return None;
     }
     let (v6, l4) = match be16(f, 12) {
-        ETH_P_IP => {
+        ETHERTYPE_IPV4 => {
             if f.len() < ETH_HLEN + 20
                 || f[14] != 0x45
                 || usize::from(be16(f, 16)) != f.len() - ETH_HLEN
@@ -113,15 +100,15 @@ pub fn parse(f: &[u8]) -> Option<Segment> {
             }
             (false, ETH_HLEN + 20)
         }
-        ETH_P_IPV6 => {
-            if f.len() < ETH_HLEN + 40
+        ETHERTYPE_IPV6 => {
+            if f.len() < ETH_HLEN + IPV6_HLEN
                 || f[14] >> 4 != 6
-                || usize::from(be16(f, 18)) != f.len() - ETH_HLEN - 40
+                || usize::from(be16(f, 18)) != f.len() - ETH_HLEN - IPV6_HLEN
                 || f[20] != IPPROTO_TCP
             {
                 return None;
             }
-            (true, ETH_HLEN + 40)
+            (true, ETH_HLEN + IPV6_HLEN)
         }
         _ => return None,
     };
@@ -257,23 +244,7 @@ pub fn merged_header(first: &[u8], m: &Merge, out: &mut [u8; MAX_HDR]) -> (usize
     let (l4, hl) = (s.l4, s.hdr_len);
     out[..hl].copy_from_slice(&first[..hl]);
     out[l4 + 13] = TCP_ACK | if m.psh { TCP_PSH } else { 0 };
-    let tcp_len = m.len - l4;
-    let mut pseudo = Csum::new();
-    if s.v6 {
-        out[18..20].copy_from_slice(&((m.len - l4) as u16).to_be_bytes());
-        pseudo.add(&out[22..54]);
-        pseudo.add(&(tcp_len as u32).to_be_bytes());
-        pseudo.add(&[0, 0, 0, IPPROTO_TCP]);
-    } else {
-        out[16..18].copy_from_slice(&((m.len - ETH_HLEN) as u16).to_be_bytes());
-        out[24..26].copy_from_slice(&[0, 0]);
-        let mut c = Csum::new();
-        c.add(&out[14..34]);
-        out[24..26].copy_from_slice(&(!c.folded()).to_be_bytes());
-        pseudo.add(&out[26..34]);
-        pseudo.add(&[0, IPPROTO_TCP]);
-        pseudo.add(&(tcp_len as u16).to_be_bytes());
-    }
+    let pseudo = set_tcp_segment_len(&mut out[ETH_HLEN..l4], s.v6, m.len - l4);
     let field = l4 + usize::from(TCP_CSUM_OFFSET);
     out[field..field + 2].copy_from_slice(&pseudo.folded().to_be_bytes());
     let gso = RxGso {
@@ -295,7 +266,7 @@ mod tests {
         let mut f = vec![0u8; 54 + payload];
         f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
         f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
-        f[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+        f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
         f[14] = 0x45;
         f[16..18].copy_from_slice(&((40 + payload) as u16).to_be_bytes());
         f[18..20].copy_from_slice(&id.to_be_bytes());

@@ -17,24 +17,15 @@
 
 use std::ops::Range;
 
-use crate::csum::Csum;
+use crate::inet::{
+    be16, be32, set_tcp_segment_len, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HLEN, IPPROTO_TCP,
+    IPV6_HLEN, TCP_CSUM_OFFSET, TCP_CWR, TCP_FIN, TCP_PSH,
+};
 use crate::net::{TxHeader, HDR_F_NEEDS_CSUM};
 
 /// Longest header block a segment carries: Ethernet (14), IPv4 with options (60), TCP with
 /// options (60). IPv6 (40 bytes, no extension headers) fits in less.
 pub const GSO_HDR_MAX: usize = 14 + 60 + 60;
-
-const ETH_LEN: usize = 14;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_IPV6: u16 = 0x86dd;
-const IPPROTO_TCP: u8 = 6;
-const IPV6_LEN: usize = 40;
-/// TCP flags byte (offset 13 of the TCP header).
-const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
-const TCP_CWR: u8 = 0x80;
-/// Where the TCP checksum lies in the TCP header: the only `csum_offset` accepted.
-pub const TCP_CSUM_OFFSET: u16 = 16;
 
 /// Why a GSO request cannot be honoured (the frame is then a malformed chain).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -85,11 +76,6 @@ pub struct Gso {
     plen: usize,
 }
 
-/// Reads a big-endian u16 at `at` of `b`.
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
 impl Gso {
     /// Parses the headers of a frame of `len` bytes whose first bytes are `prefix` (at
     /// least `min(len, GSO_HDR_MAX)` of them), for a header `h` asking for TCPv4 (`v6`
@@ -109,7 +95,7 @@ impl Gso {
                 Ok(())
             }
         };
-        need(ETH_LEN)?;
+        need(ETH_HLEN)?;
         let want = if v6 { 6 } else { 4 };
         let got = match be16(prefix, 12) {
             ETHERTYPE_IPV4 => 4,
@@ -119,9 +105,9 @@ impl Gso {
         if got != want {
             return Err(GsoFault::Family { want, got });
         }
-        let l3 = ETH_LEN;
+        let l3 = ETH_HLEN;
         let l4 = if v6 {
-            need(l3 + IPV6_LEN)?;
+            need(l3 + IPV6_HLEN)?;
             let version = prefix[l3] >> 4;
             if version != 6 {
                 return Err(GsoFault::IpVersion(version));
@@ -130,7 +116,7 @@ impl Gso {
             if next != IPPROTO_TCP {
                 return Err(GsoFault::NotTcp(next));
             }
-            l3 + IPV6_LEN
+            l3 + IPV6_HLEN
         } else {
             need(l3 + 20)?;
             let version = prefix[l3] >> 4;
@@ -217,36 +203,18 @@ impl Gso {
     /// given the folded ones'-complement sum of its payload (`Csum::folded` over the
     /// payload's bytes, which start at an even offset of the TCP segment).
     pub fn write_header(&self, i: usize, payload_sum: u16, out: &mut [u8]) {
-        let (l3, l4, hlen) = (ETH_LEN, self.l4, self.hlen);
+        let (l3, l4, hlen) = (ETH_HLEN, self.l4, self.hlen);
         out.copy_from_slice(&self.hdr[..hlen]);
         let n = self.payload(i).len();
         let last = i + 1 >= self.segments();
         let tcp_len = hlen - l4 + n;
-        let mut pseudo = Csum::new();
-        if self.v6 {
-            out[l3 + 4..l3 + 6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
-            pseudo.add(&out[l3 + 8..l3 + 40]);
-        } else {
-            out[l3 + 2..l3 + 4].copy_from_slice(&((l4 - l3 + tcp_len) as u16).to_be_bytes());
+        if !self.v6 {
             // Linux's GSO numbers the segments' ids up from the first one's.
             let id = be16(&self.hdr, l3 + 4).wrapping_add(i as u16);
             out[l3 + 4..l3 + 6].copy_from_slice(&id.to_be_bytes());
-            out[l3 + 10..l3 + 12].fill(0);
-            let mut ip = Csum::new();
-            ip.add(&out[l3..l4]);
-            out[l3 + 10..l3 + 12].copy_from_slice(&(!ip.folded()).to_be_bytes());
-            pseudo.add(&out[l3 + 12..l3 + 20]);
         }
-        // Protocol and TCP length: 32 bits (IPv6) or 16 + 16 (IPv4) sum alike.
-        pseudo.add(&[0, IPPROTO_TCP]);
-        pseudo.add(&(tcp_len as u32).to_be_bytes());
-        let seq = u32::from_be_bytes([
-            self.hdr[l4 + 4],
-            self.hdr[l4 + 5],
-            self.hdr[l4 + 6],
-            self.hdr[l4 + 7],
-        ])
-        .wrapping_add((i * self.mss) as u32);
+        let pseudo = set_tcp_segment_len(&mut out[l3..l4], self.v6, tcp_len);
+        let seq = be32(&self.hdr, l4 + 4).wrapping_add((i * self.mss) as u32);
         out[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
         let mut flags = out[l4 + 13];
         if !last {

@@ -16,6 +16,7 @@ pub mod flow;
 pub mod frame;
 pub mod gro;
 pub mod gso;
+pub mod inet;
 pub mod metrics;
 pub mod net;
 pub mod notify;
