@@ -9,18 +9,16 @@
 //! protocols) is `None`, "no flow", and the device never reorders such a frame relative to
 //! anything: two frames whose flow is unknown may well be the same flow.
 
+use crate::inet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HLEN, IPPROTO_TCP};
+
 /// Bytes of a frame's start that [`classify`] may look at: Ethernet + 2 VLAN tags (22),
 /// the longest IPv4 header (60) and a TCP header without options (20) take 102.
 pub const HEADER_PREFIX: usize = 128;
 
-const ETH_HDR: usize = 14;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_IPV6: u16 = 0x86dd;
 /// 802.1Q customer tag and 802.1ad service tag.
 const ETHERTYPE_VLAN: [u16; 2] = [0x8100, 0x88a8];
 const MAX_VLAN_TAGS: usize = 2;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
+const IPPROTO_UDP: u8 = 17;
 
 /// One transport flow as the frame's headers name it: VLAN tags, IP version, addresses,
 /// protocol and ports. Opaque: only compared for equality.
@@ -48,7 +46,7 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 /// IPv4 or IPv6 (see the module documentation). Never panics, whatever the bytes.
 pub fn classify(head: &[u8], frame_len: usize) -> Option<FlowKey> {
     let head = &head[..head.len().min(frame_len)];
-    let mut at = ETH_HDR - 2;
+    let mut at = ETH_HLEN - 2;
     let mut vlans = [0xffff; MAX_VLAN_TAGS];
     let mut ethertype = be16(head, at)?;
     at += 2;
@@ -107,8 +105,8 @@ pub fn classify(head: &[u8], frame_len: usize) -> Option<FlowKey> {
     };
     let (l4, end) = l4;
     let l4_min = match proto {
-        PROTO_UDP => 8,
-        PROTO_TCP => 20,
+        IPPROTO_UDP => 8,
+        IPPROTO_TCP => 20,
         _ => return None,
     };
     // The transport header must lie inside the IP packet and inside what we were given.
@@ -116,7 +114,7 @@ pub fn classify(head: &[u8], frame_len: usize) -> Option<FlowKey> {
         return None;
     }
     let t = head.get(l4..l4 + l4_min)?;
-    if proto == PROTO_TCP && usize::from(t[12] >> 4) * 4 < 20 {
+    if proto == IPPROTO_TCP && usize::from(t[12] >> 4) * 4 < 20 {
         return None;
     }
     Some(FlowKey {

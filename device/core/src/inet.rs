@@ -1,6 +1,7 @@
-//! The Ethernet, IP and TCP header fields that TX segmentation (`crate::gso`) and receive
-//! coalescing (`crate::gro`) read and rewrite: both turn one TCP segment's headers into
-//! another's, with new lengths, a new IPv4 header checksum and a new pseudo-header sum.
+//! The Ethernet, IP and TCP header fields that flow classification (`crate::flow`), TX
+//! segmentation (`crate::gso`) and receive coalescing (`crate::gro`) read; the last two
+//! also turn one TCP segment's headers into another's, with new lengths, a new IPv4
+//! header checksum and a new pseudo-header sum.
 
 use crate::csum::Csum;
 
