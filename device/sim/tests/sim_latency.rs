@@ -17,6 +17,10 @@ fn every_frame_is_measured_and_a_pause_shows_in_the_tx_tail() {
             "40",
             "--proxy-pause-every-ms",
             "20",
+            // 600 x 65226 B at 1000 Mbit/s take about 310 ms: unpaced, a fast machine
+            // sends them all before the first pause is due, and nothing waits.
+            "--rate-mbit",
+            "1000",
         ],
         BOUND,
     );
