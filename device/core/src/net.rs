@@ -41,10 +41,8 @@ pub const DEVICE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
     | (1 << VIRTIO_NET_F_MRG_RXBUF)
     | FEATURE_CSUM
     | FEATURE_GUEST_CSUM
-    | FEATURE_HOST_TSO4
-    | FEATURE_HOST_TSO6
-    | FEATURE_GUEST_TSO4
-    | FEATURE_GUEST_TSO6;
+    | FEATURES_HOST_TSO
+    | FEATURES_GUEST_TSO;
 /// Length of the virtio_net_hdr_v1 in front of every frame (VERSION_1 makes it 12 bytes,
 /// num_buffers included, whether or not MRG_RXBUF is negotiated).
 pub const NET_HDR_LEN: usize = 12;
@@ -64,6 +62,8 @@ pub const FEATURE_GUEST_CSUM: u64 = 1 << VIRTIO_NET_F_GUEST_CSUM;
 pub const FEATURE_HOST_TSO4: u64 = 1 << VIRTIO_NET_F_HOST_TSO4;
 /// VIRTIO_NET_F_HOST_TSO6: the same for TCP/IPv6.
 pub const FEATURE_HOST_TSO6: u64 = 1 << VIRTIO_NET_F_HOST_TSO6;
+/// TX segmentation for both IP versions.
+pub const FEATURES_HOST_TSO: u64 = FEATURE_HOST_TSO4 | FEATURE_HOST_TSO6;
 /// virtio_net_hdr `gso_type` TCPV4 / TCPV6.
 pub const GSO_TCPV4: u8 = VIRTIO_NET_HDR_GSO_TCPV4 as u8;
 pub const GSO_TCPV6: u8 = VIRTIO_NET_HDR_GSO_TCPV6 as u8;
@@ -96,9 +96,14 @@ impl TxOffloads {
 pub const FEATURE_GUEST_TSO4: u64 = 1 << VIRTIO_NET_F_GUEST_TSO4;
 /// VIRTIO_NET_F_GUEST_TSO6: the device may hand the guest TCP/IPv6 GSO frames.
 pub const FEATURE_GUEST_TSO6: u64 = 1 << VIRTIO_NET_F_GUEST_TSO6;
+/// Receive coalescing for both IP versions.
+pub const FEATURES_GUEST_TSO: u64 = FEATURE_GUEST_TSO4 | FEATURE_GUEST_TSO6;
 /// The receive offloads: GUEST_CSUM and the coalescing that needs it.
-pub const FEATURES_GUEST_OFFLOAD: u64 =
-    FEATURE_GUEST_CSUM | FEATURE_GUEST_TSO4 | FEATURE_GUEST_TSO6;
+pub const FEATURES_GUEST_OFFLOAD: u64 = FEATURE_GUEST_CSUM | FEATURES_GUEST_TSO;
+/// Every offload that rests on the checksum ones: CSUM with the TSO that needs it,
+/// GUEST_CSUM with the coalescing that needs it. A guest without checksum offload takes
+/// none of them.
+pub const FEATURES_CSUM_OFFLOADS: u64 = FEATURE_CSUM | FEATURES_HOST_TSO | FEATURES_GUEST_OFFLOAD;
 /// virtio_net_hdr `flags`: the device must complete the checksum (TX); on RX, the
 /// guest's checksum field holds only the pseudo-header sum (a merged GSO frame).
 pub const HDR_F_NEEDS_CSUM: u8 = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;

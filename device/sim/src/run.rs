@@ -18,10 +18,7 @@ use super::summary::{CsumOffload, Summary};
 use super::workload::{Scheduler, Workload};
 use vnet_device::backend::{self, BackendOptions, BackendSpec, FaultConfig};
 use vnet_device::metrics::Metrics;
-use vnet_device::net::{
-    DEVICE_FEATURES, FEATURES_GUEST_OFFLOAD, FEATURE_CSUM, FEATURE_GUEST_TSO4, FEATURE_GUEST_TSO6,
-    FEATURE_HOST_TSO4, FEATURE_HOST_TSO6, MAX_FRAME,
-};
+use vnet_device::net::{DEVICE_FEATURES, FEATURES_CSUM_OFFLOADS, FEATURES_GUEST_TSO, MAX_FRAME};
 use vnet_device::notify::Notifier;
 use vnet_device::retry_policy::RetryPolicy;
 use vnet_device::retry_timer::RetryTimer;
@@ -269,10 +266,9 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         // and never takes them (GUEST_TSO4/6): its proxy's traffic is not TCP, and its
         // receive side checks frames as they were sent.
         features: if cfg.offload_csum {
-            DEVICE_FEATURES & !(FEATURE_GUEST_TSO4 | FEATURE_GUEST_TSO6)
+            DEVICE_FEATURES & !FEATURES_GUEST_TSO
         } else {
-            DEVICE_FEATURES
-                & !(FEATURE_CSUM | FEATURES_GUEST_OFFLOAD | FEATURE_HOST_TSO4 | FEATURE_HOST_TSO6)
+            DEVICE_FEATURES & !FEATURES_CSUM_OFFLOADS
         },
         backend,
         options: WorkerOptions {

@@ -29,8 +29,8 @@ use super::shared_backend::SharedBackend;
 use vnet_device::backend::{self, Backend, BackendOptions, BackendSpec};
 use vnet_device::metrics::Metrics;
 use vnet_device::net::{
-    DEVICE_FEATURES, FEATURES_GUEST_OFFLOAD, FEATURE_CSUM, FEATURE_GUEST_TSO4, FEATURE_GUEST_TSO6,
-    FEATURE_HOST_TSO4, FEATURE_HOST_TSO6, RX_QUEUE, TX_QUEUE,
+    DEVICE_FEATURES, FEATURES_CSUM_OFFLOADS, FEATURES_GUEST_TSO, FEATURES_HOST_TSO, RX_QUEUE,
+    TX_QUEUE,
 };
 use vnet_device::notify::Notifier;
 use vnet_device::worker::{self, ExitReason, WorkerHandle, WorkerOptions, WorkerSetup};
@@ -143,21 +143,21 @@ impl VhostNetHandler {
     /// (HOST_TSO4/6) goes too, as it needs CSUM, and so does the receive coalescing:
     /// GUEST_TSO4/6 require GUEST_CSUM (virtio spec 5.1.3.1).
     pub fn without_checksum_offload(mut self) -> Self {
-        self.offered &= !(FEATURE_CSUM | FEATURES_GUEST_OFFLOAD);
-        self.without_tso()
+        self.offered &= !FEATURES_CSUM_OFFLOADS;
+        self
     }
 
     /// Offers no TX segmentation offload (`vnet-vhost --no-tso`): the guest cuts its TCP
     /// segments to the MTU itself, as behind QEMU's `-netdev stream`.
     pub fn without_tso(mut self) -> Self {
-        self.offered &= !(FEATURE_HOST_TSO4 | FEATURE_HOST_TSO6);
+        self.offered &= !FEATURES_HOST_TSO;
         self
     }
 
     /// Offers neither GUEST_TSO4 nor GUEST_TSO6 (`vnet-vhost --no-rx-coalescing`): every
     /// frame from the proxy reaches the guest as it came, checksum offload or not.
     pub fn without_rx_coalescing(mut self) -> Self {
-        self.offered &= !(FEATURE_GUEST_TSO4 | FEATURE_GUEST_TSO6);
+        self.offered &= !FEATURES_GUEST_TSO;
         self
     }
 
