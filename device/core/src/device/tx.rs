@@ -185,9 +185,9 @@ impl TxVirtio {
             };
             // No more frames than the backend sends in one call: the rest would be
             // popped and parsed only to go back to the ring.
-            let limit = backend.batch_limit().clamp(1, MAX_BATCH_FRAMES);
+            let frame_cap = backend.batch_limit().clamp(1, MAX_BATCH_FRAMES);
             // Frames waiting behind the deferred one go before anything new, one at a time.
-            let limit = if self.behind.is_empty() { limit } else { 1 };
+            let limit = if self.behind.is_empty() { frame_cap } else { 1 };
             while planned < limit && done + n < BATCH {
                 let Some(head) = pop_avail(&mut self.vq.queue, mem) else {
                     // Re-arm kicks (EVENT_IDX: avail_event = next_avail); a chain that
@@ -240,7 +240,6 @@ impl TxVirtio {
             // GSO chain adds its segments from the first not sent, as many as the
             // backend's call takes; one that does not fit whole ends the list.
             self.list.clear();
-            let frame_cap = backend.batch_limit().clamp(1, MAX_BATCH_FRAMES);
             let mut listed = 0;
             let mut first_error = None;
             let mut copy_first = self.batch[0].copied;
