@@ -204,6 +204,20 @@ impl Asm {
             self.cur = Some((hdr, frame, left - 1));
         }
     }
+
+    /// Proxy frames in what the guest got so far (a GSO frame counts its segments).
+    fn segments(&self) -> usize {
+        self.got
+            .iter()
+            .map(|g| {
+                if g.hdr[1] == 0 {
+                    1
+                } else {
+                    resegment(g, true).len()
+                }
+            })
+            .sum()
+    }
 }
 
 /// What a guest makes of a GSO frame: the checks a careful driver would do, then the
@@ -398,17 +412,7 @@ impl Rig {
 
     /// Sent frames the guest got so far (GSO frames count their segments).
     fn segments(&self) -> usize {
-        self.asm
-            .got
-            .iter()
-            .map(|g| {
-                if g.hdr[1] == 0 {
-                    1
-                } else {
-                    resegment(g, true).len()
-                }
-            })
-            .sum()
+        self.asm.segments()
     }
 
     /// Runs RX until it stops (nothing to read, or no buffers), collecting what the
@@ -994,18 +998,7 @@ fn a_frames_buffers_become_visible_together() {
             asm.cur.is_none(),
             "the used index showed part of a frame (look {looks})"
         );
-        let done: usize = asm
-            .got
-            .iter()
-            .map(|g| {
-                if g.hdr[1] == 0 {
-                    1
-                } else {
-                    resegment(g, true).len()
-                }
-            })
-            .sum();
-        if done == frames.len() {
+        if asm.segments() == frames.len() {
             break;
         }
         d.check("all frames");
