@@ -1,11 +1,12 @@
 //! `vnet-vm` command line and the order of runs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
 use super::capture::{CaptureResult, SyscallTracer};
 use super::image::{self, ImageOptions};
+use super::rounds;
 use super::runner::{self, Accel, Machine, NetMode, RunConfig, RunResult, Tracer};
 use super::summary::Summary;
 
@@ -75,6 +76,18 @@ pub struct Args {
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 512)]
     pub mem_mb: u32,
+    /// Guest CPU model under TCG (KVM uses `host`). The default leaves out ERMS and FSRM:
+    /// with them the guest's kernel and libc copy with `rep movsb`, which TCG runs one
+    /// byte per loop turn, and those copies, not the network device, set the throughput
+    /// of both devices (README, "The guest's CPU model under TCG"). `max` is the model
+    /// used before 3 Dec 2026.
+    #[arg(long, default_value = runner::DEFAULT_TCG_CPU, value_parser = parse_cpu_model)]
+    pub tcg_cpu: String,
+    /// Boot each device this many times and end with each figure's median and range
+    /// (one TCG run moves by 30% or more from the next); round K's logs and summary go
+    /// to OUT/round-K.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub rounds: u32,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -143,6 +156,19 @@ impl CliError {
             _ => 1,
         }
     }
+}
+
+/// A QEMU `-cpu` value: a model name and optional `,feature=value` parts, nothing QEMU
+/// could read as another option.
+fn parse_cpu_model(v: &str) -> Result<String, String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || "-_.,=+".contains(c);
+    if v.is_empty() || v.starts_with(['-', ',']) || !v.chars().all(ok) {
+        return Err(format!(
+            "{v:?} is not a CPU model (a name such as max or qemu64, optionally \
+             followed by ,feature=on|off parts)"
+        ));
+    }
+    Ok(v.to_string())
 }
 
 fn in_path(program: &str) -> bool {
@@ -291,11 +317,12 @@ pub fn run(args: &Args) -> Result<serde_json::Value, CliError> {
             tests.push(t.name().to_string());
         }
     }
-    let cfg = |mode: NetMode, label: &str| RunConfig {
+    let cfg = |mode: NetMode, dir: &Path| RunConfig {
         image: image.clone(),
         mode,
         machine: args.machine,
         accel,
+        tcg_cpu: args.tcg_cpu.clone(),
         mtu: args.mtu,
         seconds: args.seconds,
         streams: args.streams,
@@ -305,15 +332,62 @@ pub fn run(args: &Args) -> Result<serde_json::Value, CliError> {
         daemon: daemon.clone(),
         daemon_args: args.daemon_arg.clone(),
         tracer: tracer.clone(),
-        out_dir: out.join(label),
+        out_dir: dir.to_path_buf(),
     };
+    let round_count = args.rounds as usize;
+    if round_count == 1 {
+        return run_round(args, &image.kernel_package, &out, need_daemon, false, &cfg);
+    }
+    // Each round in its own directory, the daemon's run first in odd rounds and the
+    // baseline's in even ones, so neither always boots second on a machine that warms up.
+    let mut all = Vec::with_capacity(round_count);
+    for k in 1..=round_count {
+        eprintln!("vnet-vm: round {k} of {round_count}");
+        let dir = out.join(format!("round-{k}"));
+        let baseline_first = k % 2 == 0;
+        all.push(run_round(
+            args,
+            &image.kernel_package,
+            &dir,
+            need_daemon,
+            baseline_first,
+            &cfg,
+        )?);
+    }
+    let over = rounds::aggregate(&all);
+    let json = serde_json::json!({ "rounds": all, "over_rounds": over });
+    let _ = std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    );
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{}", rounds::to_text(round_count, &over));
+    }
+    Ok(json)
+}
+
+/// One run of each device asked for into `out` (`vhost/`, `baseline/`, `summary.json`),
+/// its summary printed as text, or under `--json` as one line when it is the only round.
+fn run_round(
+    args: &Args,
+    kernel: &str,
+    out: &Path,
+    need_daemon: bool,
+    baseline_first: bool,
+    cfg: &dyn Fn(NetMode, &Path) -> RunConfig,
+) -> Result<serde_json::Value, CliError> {
     let one = |mode: NetMode, label: &'static str| -> Result<RunResult, CliError> {
-        eprintln!(
-            "vnet-vm: {label} run (logs in {})",
-            out.join(label).display()
-        );
-        runner::run(&cfg(mode, label)).map_err(|source| CliError::Run { label, source })
+        let dir = out.join(label);
+        eprintln!("vnet-vm: {label} run (logs in {})", dir.display());
+        runner::run(&cfg(mode, &dir)).map_err(|source| CliError::Run { label, source })
     };
+    let want_baseline = args.baseline || args.baseline_only;
+    let mut baseline_run = None;
+    if want_baseline && baseline_first {
+        baseline_run = Some(one(NetMode::Baseline, "baseline")?);
+    }
     let mut daemon_run = if need_daemon {
         Some(one(NetMode::Vhost, "vhost")?)
     } else {
@@ -330,13 +404,11 @@ pub fn run(args: &Args) -> Result<serde_json::Value, CliError> {
             });
         }
     }
-    let baseline_run = if args.baseline || args.baseline_only {
-        Some(one(NetMode::Baseline, "baseline")?)
-    } else {
-        None
-    };
+    if want_baseline && !baseline_first {
+        baseline_run = Some(one(NetMode::Baseline, "baseline")?);
+    }
     let summary = Summary {
-        kernel: &image.kernel_package,
+        kernel,
         seconds: args.seconds,
         streams: args.streams,
         daemon: daemon_run.as_ref(),
@@ -348,7 +420,10 @@ pub fn run(args: &Args) -> Result<serde_json::Value, CliError> {
         serde_json::to_string_pretty(&json).unwrap_or_default(),
     );
     if args.json {
-        println!("{json}");
+        // Several rounds print one object at the end; a round's goes to its directory.
+        if args.rounds == 1 {
+            println!("{json}");
+        }
     } else {
         print!("{}", summary.to_text());
     }
@@ -396,6 +471,11 @@ mod tests {
         let a = parse(&["--tests", "rev,fwd", "--mtu", "65520", "--baseline"]).unwrap();
         assert_eq!(a.tests, [Test::Rev, Test::Fwd]);
         assert!(a.baseline && a.mtu == 65520);
+        assert_eq!(a.tcg_cpu, "max,erms=off,fsrm=off");
+        let a = parse(&["--tcg-cpu", "max"]).unwrap();
+        assert_eq!(a.tcg_cpu, "max");
+        assert_eq!(a.rounds, 1);
+        assert_eq!(parse(&["--rounds", "5"]).unwrap().rounds, 5);
     }
 
     #[test]
@@ -407,6 +487,17 @@ mod tests {
         assert!(parse(&["--baseline", "--baseline-only"]).is_err());
         let e = parse(&["--tracer", "strace"]).unwrap_err().to_string();
         assert!(e.contains("strace") && e.contains("syscalls"), "{e}");
+        for bad in ["0", "51", "-1", "x"] {
+            let e = parse(&[&format!("--rounds={bad}")]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+            assert!(e.to_string().contains("--rounds"), "{bad:?}: {e}");
+        }
+        // QEMU would take these as an option of its own or choke on them.
+        for bad in ["", "-machine", ",erms=off", "max -S", "max;id", "max\nx"] {
+            let e = parse(&[&format!("--tcg-cpu={bad}")]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+            assert!(e.to_string().contains("--tcg-cpu"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

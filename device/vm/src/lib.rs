@@ -10,5 +10,6 @@ pub mod image;
 pub mod iperf;
 pub mod process;
 pub mod qmp;
+pub mod rounds;
 pub mod runner;
 pub mod summary;

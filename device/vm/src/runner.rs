@@ -131,6 +131,8 @@ pub struct RunConfig {
     pub machine: Machine,
     /// Kvm or Tcg (resolve Auto with [`probe_kvm`] first).
     pub accel: Accel,
+    /// QEMU's `-cpu` under TCG.
+    pub tcg_cpu: String,
     pub mtu: u32,
     pub seconds: u32,
     pub streams: u32,
@@ -150,6 +152,8 @@ pub struct RunResult {
     pub mode: NetMode,
     pub machine: Machine,
     pub accel: Accel,
+    /// The guest CPU model QEMU was given.
+    pub cpu: String,
     pub mtu: u32,
     pub fwd_gbit_per_s: Option<f64>,
     pub rev_gbit_per_s: Option<f64>,
@@ -289,6 +293,23 @@ fn kernel_cmdline(cfg: &RunConfig, port: u16, tests: &str) -> String {
     )
 }
 
+/// `max` without ERMS and FSRM: why, in `--tcg-cpu`'s help.
+pub const DEFAULT_TCG_CPU: &str = "max,erms=off,fsrm=off";
+
+fn accel_name(accel: Accel) -> &'static str {
+    match accel {
+        Accel::Kvm => "kvm",
+        _ => "tcg",
+    }
+}
+
+fn cpu_model(cfg: &RunConfig, accel: Accel) -> String {
+    match accel {
+        Accel::Kvm => "host".to_string(),
+        _ => cfg.tcg_cpu.clone(),
+    }
+}
+
 fn qemu_command(cfg: &RunConfig, accel: Accel, console: &Path, append: &str) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     let mem = format!("{}M", cfg.mem_mb);
@@ -303,10 +324,7 @@ fn qemu_command(cfg: &RunConfig, accel: Accel, console: &Path, append: &str) -> 
         // virtio-mmio defaults to the legacy interface; the device is a VERSION_1 device.
         cmd.args(["-global", "virtio-mmio.force-legacy=false"]);
     }
-    match accel {
-        Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
-        _ => cmd.args(["-accel", "tcg", "-cpu", "max"]),
-    };
+    cmd.args(["-accel", accel_name(accel), "-cpu", &cpu_model(cfg, accel)]);
     cmd.args(["-smp", "1", "-m", &mem])
         .arg("-object")
         .arg(format!("memory-backend-memfd,id=mem,size={mem},share=on"))
@@ -338,6 +356,7 @@ pub fn probe_kvm(image: &GuestImage, machine: Machine, work: &Path) -> bool {
         mode: NetMode::Baseline,
         machine,
         accel: Accel::Kvm,
+        tcg_cpu: DEFAULT_TCG_CPU.to_string(),
         mtu: 1500,
         seconds: 0,
         streams: 1,
@@ -693,6 +712,7 @@ fn result(
         mode: cfg.mode,
         machine: cfg.machine,
         accel: cfg.accel,
+        cpu: cpu_model(cfg, cfg.accel),
         mtu: cfg.mtu,
         fwd_gbit_per_s: fwd.map(|d| d.gbit_per_s),
         rev_gbit_per_s: rev.map(|d| d.gbit_per_s),

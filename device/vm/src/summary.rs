@@ -129,6 +129,7 @@ impl Summary<'_> {
         if let Some(r) = any {
             m.insert("machine".into(), json!(r.machine));
             m.insert("accel".into(), json!(r.accel));
+            m.insert("cpu".into(), json!(r.cpu));
             m.insert("mtu".into(), json!(r.mtu));
         }
         if let Some(d) = self.daemon {
@@ -163,8 +164,8 @@ impl Summary<'_> {
         let any = self.daemon.or(self.baseline);
         if let Some(r) = any {
             s.push_str(&format!(
-                "guest: {} on {:?}/{:?}, MTU {}, {} s per test, {} streams for bidir\n",
-                self.kernel, r.machine, r.accel, r.mtu, self.seconds, self.streams
+                "guest: {} on {:?}/{:?} (-cpu {}), MTU {}, {} s per test, {} streams for bidir\n",
+                self.kernel, r.machine, r.accel, r.cpu, r.mtu, self.seconds, self.streams
             ));
         }
         s.push_str(&format!(
@@ -234,6 +235,7 @@ mod tests {
             mode,
             machine: Machine::Pc,
             accel: Accel::Tcg,
+            cpu: "max,erms=off".into(),
             mtu: 1500,
             fwd_gbit_per_s: Some(fwd),
             rev_gbit_per_s: Some(rev),
@@ -289,6 +291,7 @@ mod tests {
             "streams",
             "machine",
             "accel",
+            "cpu",
             "mtu",
             "fwd_gbit_per_s",
             "rev_gbit_per_s",
