@@ -10,6 +10,30 @@ use crate::net::Rejected;
 use crate::poller;
 use crate::probes::{self, DropReason};
 
+/// One TX frame that went out, as [`DeviceEvents::frame_sent`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentFrame {
+    /// Its length in bytes, as sent.
+    pub len: usize,
+    /// The device completed its checksum (the guest asked with NEEDS_CSUM).
+    pub csum_completed: bool,
+    /// A segment the device cut from a GSO chain: `Some` of the header bytes it carries
+    /// beyond what the guest handed over (a copy of the chain's headers; 0 for the
+    /// first segment, whose headers are the guest's own).
+    pub gso_header_added: Option<usize>,
+}
+
+impl SentFrame {
+    /// A frame the device sent as the guest handed it over.
+    pub fn as_given(len: usize) -> SentFrame {
+        SentFrame {
+            len,
+            csum_completed: false,
+            gso_header_added: None,
+        }
+    }
+}
+
 /// The reporting side of one device: its proxy socket (the `fd` of probes and logs) and
 /// its counters.
 #[derive(Debug, Clone)]
@@ -39,11 +63,22 @@ impl DeviceEvents {
         &self.metrics
     }
 
-    /// A TX frame of `len` bytes went out to the proxy.
+    /// A TX frame went out to the proxy: the probe, the frame and byte counters and those
+    /// of what the device did to it on the way (a completed checksum, a GSO segment).
     #[inline]
-    pub fn frame_sent(&self, len: usize) {
+    pub fn frame_sent(&self, f: SentFrame) {
+        let len = f.len;
         self.metrics.tx_frames.inc();
         self.metrics.tx_bytes.add(len as u64);
+        if f.csum_completed {
+            self.metrics.tx_csum_offload.inc();
+        }
+        if let Some(added) = f.gso_header_added {
+            self.metrics.tx_gso_segments.inc();
+            if added > 0 {
+                self.metrics.tx_gso_header_bytes.add(added as u64);
+            }
+        }
         probes::tx_frame(self.fd.into(), len as i64);
         tracing::debug!(fd = self.fd, len, "Written eth frame to proxy: {len} bytes");
     }
@@ -55,23 +90,6 @@ impl DeviceEvents {
         self.metrics.rx_bytes.add(len as u64);
         probes::rx_frame(self.fd.into(), len as i64);
         tracing::debug!(fd = self.fd, len, "Read eth frame from proxy: {len} bytes");
-    }
-
-    /// A TX frame that went out carried a checksum the device completed (NEEDS_CSUM).
-    #[inline]
-    pub fn tx_csum_offloaded(&self) {
-        self.metrics.tx_csum_offload.inc();
-    }
-
-    /// A TX frame that went out was a segment the device cut from a GSO chain, carrying
-    /// `added` header bytes beyond what the guest handed over (a copy of the chain's
-    /// headers, for every segment but the first).
-    #[inline]
-    pub fn tx_gso_segment(&self, added: usize) {
-        self.metrics.tx_gso_segments.inc();
-        if added > 0 {
-            self.metrics.tx_gso_header_bytes.add(added as u64);
-        }
     }
 
     /// Every segment of a GSO chain went out (the chain goes back to the guest).
@@ -158,11 +176,11 @@ impl DeviceEvents {
         self.metrics.tx_copied.inc();
     }
 
-    /// A TX frame of `len` bytes went out ahead of the deferred frame (`small-first`).
+    /// A TX frame went out ahead of the deferred frame (`small-first`).
     #[inline]
-    pub fn frame_sent_ahead(&self, len: usize) {
+    pub fn frame_sent_ahead(&self, f: SentFrame) {
         self.metrics.tx_sent_ahead.inc();
-        self.frame_sent(len);
+        self.frame_sent(f);
     }
 
     /// A send trying to go ahead of the deferred frame was refused (`small-first`).

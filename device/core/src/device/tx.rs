@@ -26,7 +26,7 @@ use super::virtq::Virtq;
 use super::{DeviceError, TxPass, BATCH};
 use crate::backend::{Backend, WriteStatus, MAX_BATCH_BYTES, MAX_BATCH_FRAMES};
 use crate::episode::Episode;
-use crate::events::DeviceEvents;
+use crate::events::{DeviceEvents, SentFrame};
 use crate::flow::{classify, FlowKey, HEADER_PREFIX};
 use crate::frame::TxList;
 use crate::net::{add_used, pop_avail, ChainError, ChainWalk, Rejected, TxChain, TxOffloads};
@@ -355,16 +355,8 @@ impl TxVirtio {
                         self.episode.on_success(events);
                     }
                     p.started = false;
-                    let gso = p.chain.is_gso();
                     for f in p.sent..p.sent + k {
-                        events.frame_sent(p.chain.frame_len(f));
-                        if p.chain.offloads_csum() {
-                            events.tx_csum_offloaded();
-                        }
-                        if gso {
-                            let added = if f > 0 { p.chain.gso_header_len() } else { 0 };
-                            events.tx_gso_segment(added);
-                        }
+                        events.frame_sent(sent_frame(&p.chain, f));
                     }
                     p.sent += k;
                     done += k;
@@ -612,7 +604,7 @@ impl TxVirtio {
         events: &DeviceEvents,
         mut b: Behind,
     ) -> Result<Ahead, DeviceError> {
-        let (head, len) = (b.popped.head, b.popped.len);
+        let head = b.popped.head;
         self.list.clear();
         match b.popped.chain.gather_into(mem, &mut self.list) {
             Ok(true) => {}
@@ -634,10 +626,7 @@ impl TxVirtio {
         };
         if out.sent == 1 {
             add_used(&mut self.vq.queue, mem, head, 0).map_err(self.vq.err())?;
-            events.frame_sent_ahead(len);
-            if b.popped.chain.offloads_csum() {
-                events.tx_csum_offloaded();
-            }
+            events.frame_sent_ahead(sent_frame(&b.popped.chain, 0));
             return Ok(Ahead::Sent);
         }
         match out.stopped {
@@ -650,6 +639,17 @@ impl TxVirtio {
                 Ok(Ahead::Waits(b))
             }
         }
+    }
+}
+
+/// Frame `i` of `chain` as it went out: its length and what the device did to it.
+fn sent_frame(chain: &TxChain, i: usize) -> SentFrame {
+    SentFrame {
+        len: chain.frame_len(i),
+        csum_completed: chain.offloads_csum(),
+        gso_header_added: chain
+            .is_gso()
+            .then(|| if i > 0 { chain.gso_header_len() } else { 0 }),
     }
 }
 
