@@ -9,7 +9,7 @@
 //! protocols) is `None`, "no flow", and the device never reorders such a frame relative to
 //! anything: two frames whose flow is unknown may well be the same flow.
 
-use crate::inet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HLEN, IPPROTO_TCP};
+use crate::inet::{be16, get_be16, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HLEN, IPPROTO_TCP};
 
 /// Bytes of a frame's start that [`classify`] may look at: Ethernet + 2 VLAN tags (22),
 /// the longest IPv4 header (60) and a TCP header without options (20) take 102.
@@ -36,11 +36,6 @@ pub struct FlowKey {
     dport: u16,
 }
 
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    let s = b.get(at..at + 2)?;
-    Some(u16::from_be_bytes([s[0], s[1]]))
-}
-
 /// The flow of a frame whose first bytes are `head` (at most its whole length) and whose
 /// length is `frame_len`; `None` when the headers are not a plain TCP/UDP packet over
 /// IPv4 or IPv6 (see the module documentation). Never panics, whatever the bytes.
@@ -48,15 +43,15 @@ pub fn classify(head: &[u8], frame_len: usize) -> Option<FlowKey> {
     let head = &head[..head.len().min(frame_len)];
     let mut at = ETH_HLEN - 2;
     let mut vlans = [0xffff; MAX_VLAN_TAGS];
-    let mut ethertype = be16(head, at)?;
+    let mut ethertype = get_be16(head, at)?;
     at += 2;
     let mut tags = 0;
     while ETHERTYPE_VLAN.contains(&ethertype) {
         if tags == MAX_VLAN_TAGS {
             return None;
         }
-        vlans[tags] = be16(head, at)? & 0x0fff;
-        ethertype = be16(head, at + 2)?;
+        vlans[tags] = get_be16(head, at)? & 0x0fff;
+        ethertype = get_be16(head, at + 2)?;
         at += 4;
         tags += 1;
     }
@@ -71,13 +66,13 @@ pub fn classify(head: &[u8], frame_len: usize) -> Option<FlowKey> {
                 return None;
             }
             let ip = head.get(l3..l3 + ihl)?;
-            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let total = usize::from(be16(ip, 2));
             if total < ihl || total > l3_len {
                 return None;
             }
             // More-fragments flag or a fragment offset: the ports are in the first
             // fragment only, so no fragment has a flow.
-            let frag = u16::from_be_bytes([ip[6], ip[7]]);
+            let frag = be16(ip, 6);
             if frag & 0x3fff != 0 {
                 return None;
             }
@@ -92,7 +87,7 @@ pub fn classify(head: &[u8], frame_len: usize) -> Option<FlowKey> {
             if ip[0] >> 4 != 6 {
                 return None;
             }
-            let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            let payload = usize::from(be16(ip, 4));
             // Payload length 0 is a jumbogram (a hop-by-hop option): not parsed.
             if payload == 0 || 40 + payload > l3_len {
                 return None;
@@ -123,8 +118,8 @@ pub fn classify(head: &[u8], frame_len: usize) -> Option<FlowKey> {
         proto,
         src,
         dst,
-        sport: u16::from_be_bytes([t[0], t[1]]),
-        dport: u16::from_be_bytes([t[2], t[3]]),
+        sport: be16(t, 0),
+        dport: be16(t, 2),
     })
 }
 

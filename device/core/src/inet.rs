@@ -25,6 +25,13 @@ pub fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
+/// The big-endian u16 at `at` of `b`, `None` where `b` ends first: for bytes whose
+/// length nothing has checked yet.
+pub fn get_be16(b: &[u8], at: usize) -> Option<u16> {
+    let s = b.get(at..at.checked_add(2)?)?;
+    Some(u16::from_be_bytes([s[0], s[1]]))
+}
+
 /// The big-endian u32 at `at` of `b`.
 pub fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
@@ -52,4 +59,20 @@ pub fn set_tcp_segment_len(ip: &mut [u8], v6: bool, tcp_len: usize) -> Csum {
     pseudo.add(&[0, IPPROTO_TCP]);
     pseudo.add(&(tcp_len as u32).to_be_bytes());
     pseudo
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_be16_reads_inside_the_bytes_and_refuses_past_their_end() {
+        let b = [0x12, 0x34, 0x56];
+        assert_eq!(get_be16(&b, 0), Some(0x1234));
+        assert_eq!(get_be16(&b, 1), Some(0x3456));
+        assert_eq!(get_be16(&b, 2), None);
+        assert_eq!(get_be16(&b, 3), None);
+        assert_eq!(get_be16(&b, usize::MAX), None);
+        assert_eq!(get_be16(&[], 0), None);
+    }
 }
