@@ -231,6 +231,8 @@ pub struct TxList {
     spans: Vec<Span>,
     /// Bytes of the frame being added (after the last `end_frame`).
     open_len: usize,
+    /// Bytes of the frames added and ended.
+    bytes: usize,
 }
 
 // SAFETY: the iovecs are plain addresses; a TxList never reads through them itself, and
@@ -247,6 +249,7 @@ impl TxList {
         self.iov.clear();
         self.spans.clear();
         self.open_len = 0;
+        self.bytes = 0;
     }
 
     /// Frames added and ended.
@@ -256,6 +259,11 @@ impl TxList {
 
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
+    }
+
+    /// Bytes of the frames added and ended (what one send of the list carries).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     fn open_start(&self) -> usize {
@@ -318,10 +326,12 @@ impl TxList {
     /// The pieces added since the last frame ended make a frame.
     pub fn end_frame(&mut self) {
         let start = self.open_start();
+        let len = std::mem::take(&mut self.open_len);
+        self.bytes += len;
         self.spans.push(Span {
             start: start as u32,
             end: self.iov.len() as u32,
-            len: std::mem::take(&mut self.open_len),
+            len,
         });
     }
 
@@ -401,6 +411,7 @@ mod tests {
             list.clear();
             list.push_slice(&a);
             list.push_raw(b.as_ptr(), b.len());
+            assert_eq!(list.bytes(), 3, "an open frame's bytes are not counted yet");
             list.cancel_frame();
             let mut f = TxFrame::new();
             f.push_raw(b.as_ptr(), b.len());
@@ -409,6 +420,7 @@ mod tests {
             list.push_slice(&b);
             let frames = list.frames();
             assert_eq!(frames.len(), 3, "round {round}");
+            assert_eq!(list.bytes(), 3 + 5 + 2, "round {round}");
             let got: Vec<(usize, Vec<u8>)> = frames
                 .iter()
                 .map(|f| (f.len(), bytes_of(f.iovecs())))

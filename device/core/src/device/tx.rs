@@ -244,9 +244,9 @@ impl TxVirtio {
             let mut first_error = None;
             let mut copy_first = self.batch[0].copied;
             if !copy_first {
-                let mut list_bytes = 0;
                 for (i, p) in self.batch[..n].iter_mut().enumerate() {
                     let room = frame_cap - self.list.len();
+                    let list_bytes = self.list.bytes();
                     if room == 0 || (i > 0 && list_bytes + p.next_len() > MAX_BATCH_BYTES) {
                         break;
                     }
@@ -266,9 +266,6 @@ impl TxVirtio {
                         Ok(k) if k > 0 => {
                             p.listed = k;
                             listed += 1;
-                            list_bytes += (p.sent..p.sent + k)
-                                .map(|f| p.chain.frame_len(f))
-                                .sum::<usize>();
                             if p.sent + k < p.chain.frames() {
                                 break;
                             }
