@@ -30,12 +30,19 @@
 //! BENCH_ROUNDS, default 5: each measurement is the median of that many alternating runs;
 //! BENCH_ONLY=TEXT: only the cases whose name contains TEXT; BENCH_RAW_SLOTS=N, default 1:
 //! the raw loop sends from N page-aligned slots in turn, as the guest's TX ring does, to
-//! see whether the device pays for reading colder memory than one hot buffer).
+//! see whether the device pays for reading colder memory than one hot buffer;
+//! BENCH_RAW_PRODUCER=writes: a third thread writes each frame's bytes into its slot
+//! (at least 2) and hands it to the raw sender through a bounded channel, as the simulated
+//! guest writes each frame the device sends: the sender then copies bytes another core
+//! wrote, and three threads share the two cores as the guest, the worker and the proxy
+//! do; BENCH_RAW_PRODUCER=hands-over: the same handoff without the writing, which is
+//! what the channel alone costs the sender).
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -139,15 +146,14 @@ fn device_with(kind: BuiltinKind, workload: Workload, offset: usize) -> Rate {
 
 /// Two threads, the same sockets as the device and its proxy (a bound receiver for
 /// datagrams, a socketpair for streams), the same frames: what the transport carries.
-fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize, slots: usize) -> Rate {
+fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize, src: RawSource) -> Rate {
     let stop = Arc::new(AtomicBool::new(false));
     let deadline = Duration::from_secs_f64(secs);
-    // Slot i's frame starts at `at + i * stride`, as the simulated guest lays out its TX
-    // slots (a page-aligned slot each, the frame `offset` bytes in).
-    let stride = (offset + frame).next_multiple_of(4096);
-    let mut mem = vec![0x5au8; stride * slots + 2 * 4096];
-    let page = mem.as_ptr().align_offset(4096);
-    let at = page + offset;
+    // A stream frame goes out behind its 4-byte length prefix.
+    let prefix = match kind {
+        BuiltinKind::UnixGram => 0,
+        BuiltinKind::UnixStream => 4,
+    };
     let cpu0 = process_cpu_seconds();
     let (frames, elapsed, sends, recvs, sender_cpu, sent) = match kind {
         BuiltinKind::UnixGram => {
@@ -174,17 +180,17 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize, slots: usize) 
                 }
                 (n, calls)
             });
+            let mut frames = FrameSource::new(src, frame, offset, prefix);
             let t = Instant::now();
             let cpu0 = thread_cpu_ns();
             let mut sends = 0u64;
-            let mut slot = 0;
             while t.elapsed() < deadline {
-                let from = at + slot * stride;
-                a.send(&mem[from..from + frame]).unwrap();
+                a.send(frames.next()).unwrap();
                 sends += 1;
-                slot = (slot + 1) % slots;
+                frames.done();
             }
             let sender_cpu = thread_cpu_ns() - cpu0;
+            drop(frames);
             let elapsed = t.elapsed();
             stop.store(true, Ordering::Relaxed);
             let (n, recvs) = rx.join().unwrap();
@@ -211,23 +217,18 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize, slots: usize) 
                 }
                 (n, b.calls)
             });
-            // The length prefix right before the frame, the frame where the device's is.
-            for slot in 0..slots {
-                let from = at + slot * stride;
-                mem[from - 4..from].copy_from_slice(&(frame as u32).to_be_bytes());
-            }
+            let mut frames = FrameSource::new(src, frame, offset, prefix);
             let t = Instant::now();
             let cpu0 = thread_cpu_ns();
             let mut a = Counted { inner: a, calls: 0 };
             let mut sent = 0u64;
-            let mut slot = 0;
             while t.elapsed() < deadline {
-                let from = at + slot * stride;
-                a.write_all(&mem[from - 4..from + frame]).unwrap();
+                a.write_all(frames.next()).unwrap();
                 sent += 1;
-                slot = (slot + 1) % slots;
+                frames.done();
             }
             let sender_cpu = thread_cpu_ns() - cpu0;
+            drop(frames);
             let elapsed = t.elapsed();
             let sends = a.calls;
             drop(a);
@@ -245,6 +246,164 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize, slots: usize) 
         tx_calls_per_frame: sends as f64 / sent as f64,
         rx_calls_per_frame: recvs as f64 / frames as f64,
         cpu_ns_per_frame: sender_cpu as f64 / sent as f64,
+    }
+}
+
+/// Where the raw loop's frames come from.
+#[derive(Clone, Copy)]
+struct RawSource {
+    /// Page-aligned slots sent in turn, as the guest's TX ring has them.
+    slots: usize,
+    /// A third thread hands the sender each frame's slot, as the guest hands the device
+    /// its frames; without it the sender sends its own slots in turn.
+    producer: Producer,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Producer {
+    None,
+    /// The producer writes every byte of the frame into the slot before handing it
+    /// over, as the guest writes a frame before the device sends it.
+    Writes,
+    /// The producer only hands the slot over (what the handoff alone costs the sender).
+    HandsOver,
+}
+
+/// The raw sender's frames, one at a time: `next` is the frame to send (behind its
+/// length prefix, for a stream), `done` says it went out.
+struct FrameSource {
+    frame: usize,
+    offset: usize,
+    prefix: usize,
+    /// Own slots (no producer): the memory, its stride and the slot sent next.
+    mem: Vec<u8>,
+    stride: usize,
+    slots: usize,
+    slot: usize,
+    /// With a producer: written slots come in on `filled`, sent ones go back on `free`.
+    filled: Option<Receiver<Box<[u8]>>>,
+    free: Option<SyncSender<Box<[u8]>>>,
+    producer: Option<std::thread::JoinHandle<()>>,
+    current: Option<Box<[u8]>>,
+    /// Frames the sender had to wait for (none written yet): each wait is a futex sleep
+    /// and wake-up in the sender's CPU time.
+    waits: u64,
+}
+
+/// Where a frame starts in `buf`: `offset` bytes into its first whole page.
+fn frame_start(buf: &[u8], offset: usize) -> usize {
+    buf.as_ptr().align_offset(4096) + offset
+}
+
+impl FrameSource {
+    fn new(src: RawSource, frame: usize, offset: usize, prefix: usize) -> FrameSource {
+        // Slot i starts a page-aligned stride after slot i-1, the frame `offset` bytes in,
+        // as the simulated guest lays out its TX slots.
+        let stride = (offset + frame).next_multiple_of(4096);
+        let slot_buf = |len: usize| {
+            let mut b = vec![0x5au8; len].into_boxed_slice();
+            let at = frame_start(&b, offset);
+            b[at - prefix..at].copy_from_slice(&(frame as u32).to_be_bytes()[4 - prefix..]);
+            b
+        };
+        let mut source = FrameSource {
+            frame,
+            offset,
+            prefix,
+            mem: Vec::new(),
+            stride,
+            slots: src.slots,
+            slot: 0,
+            filled: None,
+            free: None,
+            producer: None,
+            current: None,
+            waits: 0,
+        };
+        if src.producer == Producer::None {
+            source.mem = vec![0x5au8; stride * src.slots + 2 * 4096];
+            let at = frame_start(&source.mem, offset);
+            for i in 0..src.slots {
+                let from = at + i * stride;
+                source.mem[from - prefix..from]
+                    .copy_from_slice(&(frame as u32).to_be_bytes()[4 - prefix..]);
+            }
+            return source;
+        }
+        // At least two slots, so the producer writes one while the sender sends another.
+        let n = src.slots.max(2);
+        let (free_tx, free_rx) = sync_channel::<Box<[u8]>>(n);
+        let (filled_tx, filled_rx) = sync_channel::<Box<[u8]>>(n);
+        for _ in 0..n {
+            free_tx.send(slot_buf(stride + 4096)).unwrap();
+        }
+        let writes = src.producer == Producer::Writes;
+        source.producer = Some(std::thread::spawn(move || {
+            let mut value = 0u8;
+            // Ends when the sender drops its ends of the channels.
+            while let Ok(mut b) = free_rx.recv() {
+                if writes {
+                    let at = frame_start(&b, offset);
+                    b[at..at + frame].fill(value);
+                    value = value.wrapping_add(1);
+                }
+                if filled_tx.send(b).is_err() {
+                    break;
+                }
+            }
+        }));
+        source.filled = Some(filled_rx);
+        source.free = Some(free_tx);
+        source
+    }
+
+    fn next(&mut self) -> &[u8] {
+        let (buf, at) = match &self.filled {
+            Some(filled) => {
+                let b = match filled.try_recv() {
+                    Ok(b) => b,
+                    Err(_) => {
+                        self.waits += 1;
+                        filled.recv().expect("the producer runs")
+                    }
+                };
+                let b = self.current.insert(b);
+                let at = frame_start(b, self.offset);
+                (&b[..], at)
+            }
+            None => {
+                let at = frame_start(&self.mem, self.offset) + self.slot * self.stride;
+                (&self.mem[..], at)
+            }
+        };
+        &buf[at - self.prefix..at + self.frame]
+    }
+
+    fn done(&mut self) {
+        match (&self.free, self.current.take()) {
+            (Some(free), Some(b)) => {
+                let _ = free.send(b);
+            }
+            _ => self.slot = (self.slot + 1) % self.slots,
+        }
+    }
+}
+
+impl Drop for FrameSource {
+    fn drop(&mut self) {
+        if self.filled.is_some() {
+            eprintln!(
+                "raw loop, {} B from {} slots of a producer: the sender waited for it {} times",
+                self.frame,
+                self.slots.max(2),
+                self.waits
+            );
+        }
+        self.filled = None;
+        self.free = None;
+        if let Some(p) = self.producer.take() {
+            let _ = p.join();
+        }
     }
 }
 
@@ -354,9 +513,30 @@ fn main() {
     let rounds: usize = env_num("BENCH_ROUNDS", 5);
     // BENCH_ONLY=TEXT runs only the cases whose name contains TEXT.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let raw_slots: usize = env_num("BENCH_RAW_SLOTS", 1).max(1);
+    let src = RawSource {
+        slots: env_num("BENCH_RAW_SLOTS", 1).max(1),
+        producer: match std::env::var("BENCH_RAW_PRODUCER").as_deref() {
+            Ok("writes") => Producer::Writes,
+            Ok("hands-over") => Producer::HandsOver,
+            Ok("") | Err(_) => Producer::None,
+            Ok(other) => {
+                eprintln!("BENCH_RAW_PRODUCER: writes or hands-over, not {other:?}");
+                std::process::exit(2);
+            }
+        },
+    };
+    let raw_loop = |kind, frame, secs, offset| raw(kind, frame, secs, offset, src);
     let wanted = |case: &str| case.contains(only.as_str());
     println!("vnet-sim throughput bench: {secs} s per run, median of {rounds} alternating runs");
+    println!(
+        "raw loop: {} slot(s), {}",
+        src.slots,
+        match src.producer {
+            Producer::None => "sent as they are",
+            Producer::Writes => "each written by a producer thread before it is sent",
+            Producer::HandsOver => "each handed over by a producer thread, not written",
+        }
+    );
     println!(
         "case (a vs b): medians of a and b, then the ratio a/b as median (min..max) of the \
          rounds; wall clock, then per CPU second of the process; second line: calls per \
@@ -392,7 +572,7 @@ fn main() {
             let runs = paired(
                 rounds,
                 || device(kind, frame, secs, offset),
-                || raw(kind, frame, secs, offset, raw_slots),
+                || raw_loop(kind, frame, secs, offset),
             );
             line(&format!("{name} {label}"), &runs, per_frame, note);
         }
@@ -403,7 +583,7 @@ fn main() {
         let runs = paired(
             rounds,
             || device_both(kind, 1514, secs),
-            || raw(kind, 1514, secs, ALIGNED, raw_slots),
+            || raw_loop(kind, 1514, secs, ALIGNED),
         );
         line(
             &case,
