@@ -36,7 +36,8 @@
 //! guest writes each frame the device sends: the sender then copies bytes another core
 //! wrote, and three threads share the two cores as the guest, the worker and the proxy
 //! do; BENCH_RAW_PRODUCER=hands-over: the same handoff without the writing, which is
-//! what the channel alone costs the sender).
+//! what the channel alone costs the sender; BENCH_RAW_HANDOFF=N, default 1: the producer
+//! hands over N slots at a time, as a guest kicks once for several frames).
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -257,6 +258,8 @@ struct RawSource {
     /// A third thread hands the sender each frame's slot, as the guest hands the device
     /// its frames; without it the sender sends its own slots in turn.
     producer: Producer,
+    /// Slots per handoff (the producer's frames per kick, as it were).
+    per_handoff: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -280,11 +283,12 @@ struct FrameSource {
     stride: usize,
     slots: usize,
     slot: usize,
-    /// With a producer: written slots come in on `filled`, sent ones go back on `free`.
-    filled: Option<Receiver<Box<[u8]>>>,
-    free: Option<SyncSender<Box<[u8]>>>,
+    /// With a producer: batches of written slots come in on `filled`, sent ones go back
+    /// on `free`; `current` is the batch being sent, `slot` its next slot.
+    filled: Option<Receiver<Vec<Box<[u8]>>>>,
+    free: Option<SyncSender<Vec<Box<[u8]>>>>,
     producer: Option<std::thread::JoinHandle<()>>,
-    current: Option<Box<[u8]>>,
+    current: Vec<Box<[u8]>>,
     /// Frames the sender had to wait for (none written yet): each wait is a futex sleep
     /// and wake-up in the sender's CPU time.
     waits: u64,
@@ -317,7 +321,7 @@ impl FrameSource {
             filled: None,
             free: None,
             producer: None,
-            current: None,
+            current: Vec::new(),
             waits: 0,
         };
         if src.producer == Producer::None {
@@ -330,24 +334,30 @@ impl FrameSource {
             }
             return source;
         }
-        // At least two slots, so the producer writes one while the sender sends another.
-        let n = src.slots.max(2);
-        let (free_tx, free_rx) = sync_channel::<Box<[u8]>>(n);
-        let (filled_tx, filled_rx) = sync_channel::<Box<[u8]>>(n);
-        for _ in 0..n {
-            free_tx.send(slot_buf(stride + 4096)).unwrap();
+        // At least two batches, so the producer fills one while the sender sends another.
+        let per = src.per_handoff.max(1);
+        let batches = (src.slots / per).max(2);
+        source.slots = batches * per;
+        let (free_tx, free_rx) = sync_channel::<Vec<Box<[u8]>>>(batches);
+        let (filled_tx, filled_rx) = sync_channel::<Vec<Box<[u8]>>>(batches);
+        for _ in 0..batches {
+            free_tx
+                .send((0..per).map(|_| slot_buf(stride + 4096)).collect())
+                .unwrap();
         }
         let writes = src.producer == Producer::Writes;
         source.producer = Some(std::thread::spawn(move || {
             let mut value = 0u8;
             // Ends when the sender drops its ends of the channels.
-            while let Ok(mut b) = free_rx.recv() {
+            while let Ok(mut batch) = free_rx.recv() {
                 if writes {
-                    let at = frame_start(&b, offset);
-                    b[at..at + frame].fill(value);
-                    value = value.wrapping_add(1);
+                    for b in &mut batch {
+                        let at = frame_start(b, offset);
+                        b[at..at + frame].fill(value);
+                        value = value.wrapping_add(1);
+                    }
                 }
-                if filled_tx.send(b).is_err() {
+                if filled_tx.send(batch).is_err() {
                     break;
                 }
             }
@@ -360,16 +370,18 @@ impl FrameSource {
     fn next(&mut self) -> &[u8] {
         let (buf, at) = match &self.filled {
             Some(filled) => {
-                let b = match filled.try_recv() {
-                    Ok(b) => b,
-                    Err(_) => {
-                        self.waits += 1;
-                        filled.recv().expect("the producer runs")
-                    }
-                };
-                let b = self.current.insert(b);
-                let at = frame_start(b, self.offset);
-                (&b[..], at)
+                if self.current.is_empty() {
+                    self.current = match filled.try_recv() {
+                        Ok(batch) => batch,
+                        Err(_) => {
+                            self.waits += 1;
+                            filled.recv().expect("the producer runs")
+                        }
+                    };
+                    self.slot = 0;
+                }
+                let b = &self.current[self.slot];
+                (&b[..], frame_start(b, self.offset))
             }
             None => {
                 let at = frame_start(&self.mem, self.offset) + self.slot * self.stride;
@@ -380,11 +392,13 @@ impl FrameSource {
     }
 
     fn done(&mut self) {
-        match (&self.free, self.current.take()) {
-            (Some(free), Some(b)) => {
-                let _ = free.send(b);
+        self.slot += 1;
+        match &self.free {
+            Some(free) if self.slot == self.current.len() => {
+                let _ = free.send(std::mem::take(&mut self.current));
             }
-            _ => self.slot = (self.slot + 1) % self.slots,
+            Some(_) => {}
+            None => self.slot %= self.slots,
         }
     }
 }
@@ -394,9 +408,7 @@ impl Drop for FrameSource {
         if self.filled.is_some() {
             eprintln!(
                 "raw loop, {} B from {} slots of a producer: the sender waited for it {} times",
-                self.frame,
-                self.slots.max(2),
-                self.waits
+                self.frame, self.slots, self.waits
             );
         }
         self.filled = None;
@@ -515,6 +527,7 @@ fn main() {
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let src = RawSource {
         slots: env_num("BENCH_RAW_SLOTS", 1).max(1),
+        per_handoff: env_num("BENCH_RAW_HANDOFF", 1).max(1),
         producer: match std::env::var("BENCH_RAW_PRODUCER").as_deref() {
             Ok("writes") => Producer::Writes,
             Ok("hands-over") => Producer::HandsOver,
@@ -532,9 +545,15 @@ fn main() {
         "raw loop: {} slot(s), {}",
         src.slots,
         match src.producer {
-            Producer::None => "sent as they are",
-            Producer::Writes => "each written by a producer thread before it is sent",
-            Producer::HandsOver => "each handed over by a producer thread, not written",
+            Producer::None => "sent as they are".to_string(),
+            Producer::Writes => format!(
+                "written by a producer thread and handed over {} at a time",
+                src.per_handoff
+            ),
+            Producer::HandsOver => format!(
+                "handed over by a producer thread {} at a time, not written",
+                src.per_handoff
+            ),
         }
     );
     println!(
