@@ -40,6 +40,12 @@ pub enum RunError {
         secs: u64,
         detail: String,
     },
+    #[error("{name} exited before it was ready ({status}){detail}")]
+    ExitedBeforeReady {
+        name: String,
+        status: String,
+        detail: String,
+    },
     #[error("QEMU exited with {status} before the guest finished; last console lines:\n{tail}")]
     QemuFailed { status: String, tail: String },
     #[error("the guest did not finish within {secs} s; last console lines:\n{tail}")]
@@ -219,10 +225,10 @@ fn wait_for(
                 .try_status()
                 .map_err(io_err(format!("waiting for {name}")))?
             {
-                return Err(RunError::NotReady {
+                return Err(RunError::ExitedBeforeReady {
                     name: name.into(),
-                    secs: timeout.as_secs(),
-                    detail: format!(" (it exited with {s})"),
+                    status: s.to_string(),
+                    detail: String::new(),
                 });
             }
         }
@@ -490,16 +496,21 @@ pub fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
             Some(&mut d),
             || vhost_sock.exists(),
         )
-        .map_err(|e| match e {
-            RunError::NotReady { name, secs, detail } => RunError::NotReady {
-                name,
-                secs,
-                detail: format!(
-                    "{detail}; daemon log:\n{}",
-                    tail(&out.join("daemon.log"), 15)
-                ),
-            },
-            e => e,
+        .map_err(|e| {
+            let log = || format!("; daemon log:\n{}", tail(&out.join("daemon.log"), 15));
+            match e {
+                RunError::NotReady { name, secs, .. } => RunError::NotReady {
+                    name,
+                    secs,
+                    detail: log(),
+                },
+                RunError::ExitedBeforeReady { name, status, .. } => RunError::ExitedBeforeReady {
+                    name,
+                    status,
+                    detail: log(),
+                },
+                e => e,
+            }
         })?;
         daemon = Some(d);
     }
