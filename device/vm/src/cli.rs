@@ -142,6 +142,14 @@ pub enum CliError {
         #[source]
         source: runner::RunError,
     },
+    /// One of several rounds failed; those before it are in the summary.
+    #[error("round {round} of {of}: {source}")]
+    Round {
+        round: usize,
+        of: usize,
+        #[source]
+        source: Box<CliError>,
+    },
     #[error("{0}")]
     Setup(String),
     /// A flag this machine cannot honour (exit 2).
@@ -153,6 +161,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Usage(_) => 2,
+            CliError::Round { source, .. } => source.exit_code(),
             _ => 1,
         }
     }
@@ -341,31 +350,46 @@ pub fn run(args: &Args) -> Result<serde_json::Value, CliError> {
     // Each round in its own directory, the daemon's run first in odd rounds and the
     // baseline's in even ones, so neither always boots second on a machine that warms up.
     let mut all = Vec::with_capacity(round_count);
+    let mut failed = None;
     for k in 1..=round_count {
         eprintln!("vnet-vm: round {k} of {round_count}");
         let dir = out.join(format!("round-{k}"));
         let baseline_first = k % 2 == 0;
-        all.push(run_round(
+        match run_round(
             args,
             &image.kernel_package,
             &dir,
             need_daemon,
             baseline_first,
             &cfg,
-        )?);
+        ) {
+            Ok(summary) => all.push(summary),
+            // The rounds already run took minutes each: they are summarised and kept
+            // before the error ends the run.
+            Err(e) => {
+                failed = Some((k, e));
+                break;
+            }
+        }
     }
-    let over = rounds::aggregate(&all);
-    let json = serde_json::json!({ "rounds": all, "over_rounds": over });
+    let json = rounds::summary(&all, failed.as_ref().map(|(k, e)| (*k, e.to_string())));
     let _ = std::fs::write(
         out.join("summary.json"),
         serde_json::to_string_pretty(&json).unwrap_or_default(),
     );
     if args.json {
         println!("{json}");
-    } else {
-        print!("{}", rounds::to_text(round_count, &over));
+    } else if !all.is_empty() {
+        print!("{}", rounds::to_text(all.len(), &rounds::aggregate(&all)));
     }
-    Ok(json)
+    match failed {
+        None => Ok(json),
+        Some((round, source)) => Err(CliError::Round {
+            round,
+            of: round_count,
+            source: Box::new(source),
+        }),
+    }
 }
 
 /// One run of each device asked for into `out` (`vhost/`, `baseline/`, `summary.json`),

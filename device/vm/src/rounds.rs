@@ -59,6 +59,20 @@ pub fn aggregate(rounds: &[Value]) -> Map<String, Value> {
     m
 }
 
+/// What `--rounds` writes to `OUT/summary.json` and prints under `--json`: every round's
+/// summary, each figure's spread over them, and, when a round failed, which and why (the
+/// rounds before it are kept).
+pub fn summary(rounds: &[Value], failed: Option<(usize, String)>) -> Value {
+    let mut m = Map::new();
+    m.insert("rounds".into(), Value::Array(rounds.to_vec()));
+    m.insert("over_rounds".into(), Value::Object(aggregate(rounds)));
+    if let Some((round, error)) = failed {
+        m.insert("failed_round".into(), json!(round));
+        m.insert("error".into(), json!(error));
+    }
+    Value::Object(m)
+}
+
 /// The table printed after the last round: each row's figures as median (min..max).
 pub fn to_text(rounds: usize, agg: &Map<String, Value>) -> String {
     let cell = |key: &str| {
@@ -135,5 +149,29 @@ mod tests {
         assert!(text.contains("1.500 (1.000..2.000)"), "{text}");
         // No baseline in any round: no baseline row.
         assert!(!text.contains("QEMU"), "{text}");
+    }
+
+    #[test]
+    fn a_failed_round_keeps_the_rounds_before_it() {
+        let done = [
+            json!({"ratio_fwd": 2.0, "fwd_gbit_per_s": 1.0}),
+            json!({"ratio_fwd": 4.0, "fwd_gbit_per_s": 3.0}),
+        ];
+        let s = summary(&done, Some((3, "vhost run: QEMU exited".into())));
+        assert_eq!(s["rounds"].as_array().map(Vec::len), Some(2));
+        assert_eq!(s["over_rounds"]["ratio_fwd"]["median"], json!(3.0));
+        assert_eq!(s["failed_round"], json!(3));
+        assert_eq!(s["error"], json!("vhost run: QEMU exited"));
+        // The first round failing leaves no figures, and says so.
+        let s = summary(&[], Some((1, "no daemon".into())));
+        assert_eq!(s["rounds"], json!([]));
+        assert_eq!(s["over_rounds"], json!({}));
+        assert_eq!(s["failed_round"], json!(1));
+        // All rounds done: no failure keys.
+        let s = summary(&done, None);
+        assert!(
+            s.get("failed_round").is_none() && s.get("error").is_none(),
+            "{s}"
+        );
     }
 }

@@ -352,6 +352,45 @@ check(order == ["vhost", "baseline", "baseline", "vhost"], f"rounds: boot order 
 if fail:
     sys.exit(1)
 EOF
+# A round that fails keeps the rounds before it: a daemon that works once and then dies at
+# start makes round 2 fail; the run exits 1 and its JSON still carries round 1.
+flaky_dir="$out/rounds-failing"; mkdir -p "$flaky_dir"
+cat > "$flaky_dir/daemon" <<EOF2
+#!/bin/sh
+if [ -e "$flaky_dir/started" ]; then echo "stand-in daemon: dying" >&2; exit 1; fi
+touch "$flaky_dir/started"
+exec "$(realpath "$bin/vnet-vhost")" "\$@"
+EOF2
+chmod +x "$flaky_dir/daemon"
+echo "vm.sh: rounds: round 2 of 2 fails"
+rc=0
+TMPDIR="$out/tmp" timeout --kill-after=10 120 "$bin/vnet-vm" --rounds 2 --daemon "$flaky_dir/daemon" --tests fwd \
+  --seconds 1 --json --out "$flaky_dir/out" >"$flaky_dir/stdout.json" 2>"$flaky_dir/runner.log" || rc=$?
+python3 - "$flaky_dir" "$rc" <<'EOF'
+import json, os, sys
+d, rc = sys.argv[1], int(sys.argv[2])
+fail = []
+def check(cond, msg):
+    print(("ok   " if cond else "FAIL ") + msg)
+    if not cond:
+        fail.append(msg)
+check(rc == 1, f"rounds: a failed round exits 1 ({rc})")
+try:
+    s = json.load(open(os.path.join(d, "stdout.json")))
+except ValueError as e:
+    s = {}
+    check(False, f"rounds: the JSON of a failed run parses ({e})")
+check(len(s.get("rounds", [])) == 1 and s.get("failed_round") == 2,
+      f"rounds: round 1 kept, round 2 named as failed ({len(s.get('rounds', []))} rounds, failed_round {s.get('failed_round')})")
+check("exited before it was ready" in s.get("error", "") and "stand-in daemon: dying" in s.get("error", ""),
+      f"rounds: the error says the daemon died and shows its log ({s.get('error')!r})")
+saved = json.load(open(os.path.join(d, "out", "summary.json")))
+check(saved == s, "rounds: OUT/summary.json is the printed JSON")
+log = open(os.path.join(d, "runner.log")).read()
+check("round 2 of 2:" in log, "rounds: the error line names the round")
+if fail:
+    sys.exit(1)
+EOF
 # microvm, whose guest then lingers instead of powering off: the runner must stop it.
 run microvm --machine microvm --tests fwd,rev --seconds 2 --guest-linger 600
 # Debian 13's kernel: the image builder must unpack its compressed modules.
