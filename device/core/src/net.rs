@@ -220,6 +220,10 @@ impl TxHeader {
     }
 }
 
+/// A host slice of guest memory as [`one_slice`] returns it.
+type TableSlice<'a, M> =
+    VolatileSlice<'a, BS<'a, <<M as GuestMemoryBackend>::R as GuestMemoryRegion>::B>>;
+
 /// `[addr, addr + len)` as one host slice when one memory region holds all of it (for
 /// the device's guests, always: buffers do not cross regions), found with one binary
 /// search. vm-memory's general range walk (`get_slices`, `check_range`, `read_obj`,
@@ -442,9 +446,12 @@ impl ChainError {
 /// when `next` points past the table or when a read fails, and it follows indirect tables;
 /// the device would then forward whatever it got. This walk turns each of those into an
 /// error instead, and ends after it.
-pub struct ChainWalk<'a, M> {
+pub struct ChainWalk<'a, M: GuestMemoryBackend> {
     mem: &'a M,
     table: GuestAddress,
+    /// The whole descriptor table as one host slice, looked up once per chain rather than
+    /// once per descriptor (`None`: not inside one region; each read then goes its own way).
+    table_slice: Option<TableSlice<'a, M>>,
     size: u16,
     /// Index of the next descriptor to read; `None` once the chain (or an error) ended.
     next: Option<u16>,
@@ -457,10 +464,13 @@ pub struct ChainWalk<'a, M> {
 impl<'a, M: GuestMemoryBackend> ChainWalk<'a, M> {
     /// The chain at `head` of `queue`'s descriptor table.
     pub fn new(mem: &'a M, queue: &Queue, head: u16) -> ChainWalk<'a, M> {
+        let table = GuestAddress(queue.desc_table());
+        let size = queue.size();
         ChainWalk {
             mem,
-            table: GuestAddress(queue.desc_table()),
-            size: queue.size(),
+            table,
+            table_slice: one_slice(mem, table, usize::from(size) * size_of::<Descriptor>()),
+            size,
             next: Some(head),
             read: 0,
             last: head,
@@ -490,13 +500,14 @@ impl<M: GuestMemoryBackend> Iterator for ChainWalk<'_, M> {
         }
         self.read += 1;
         self.last = index;
-        let addr = self
-            .table
-            .checked_add(u64::from(index) * std::mem::size_of::<Descriptor>() as u64);
-        let d = addr.and_then(|a| match one_slice(self.mem, a, size_of::<Descriptor>()) {
-            Some(s) => s.read_obj::<Descriptor>(0).ok(),
-            None => self.mem.read_obj::<Descriptor>(a).ok(),
-        });
+        let at = usize::from(index) * size_of::<Descriptor>();
+        let d = match &self.table_slice {
+            Some(t) => t.read_obj::<Descriptor>(at).ok(),
+            None => self
+                .table
+                .checked_add(at as u64)
+                .and_then(|a| self.mem.read_obj::<Descriptor>(a).ok()),
+        };
         let Some(d) = d else {
             return Some(Err(ChainError::TableUnreadable { index }));
         };
