@@ -364,3 +364,43 @@ fn tx_buffer_past_the_end_of_its_backing_is_rejected_and_the_next_goes_out() {
     assert_eq!((m.rejected_chains, m.drops.guest_driver_error), (1, 1));
     assert_eq!(m.tx_frames, 1);
 }
+
+/// Guest memory in two regions that meet inside the TX descriptor table: the device
+/// cannot see the table as one slice, reads each descriptor on its own, and still follows
+/// chains across the seam and rejects a looped one.
+#[test]
+fn a_descriptor_table_split_across_two_regions_is_still_walked() {
+    let tx_table = common::DriverQueue::new(1, QSIZE).queue_desc_addr();
+    // Descriptors 0-7 in the first region, 8-15 in the second.
+    let seam = tx_table + 8 * 16;
+    let mem = GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), seam as usize),
+        (GuestAddress(seam), common::MEM_SIZE - seam as usize),
+    ])
+    .unwrap();
+    let mut r = rig_on(mem, DEVICE_FEATURES);
+    // Header in descriptor 6, frame in 9: one chain across the seam.
+    let f = frame(1, 300);
+    let hdr = r.tx.slot_addr(6);
+    r.mem
+        .write_slice(&[0u8; NET_HDR_LEN], GuestAddress(hdr))
+        .unwrap();
+    let body = r.tx.slot_addr(9);
+    r.mem.write_slice(&f, GuestAddress(body)).unwrap();
+    r.tx_desc(6, hdr, NET_HDR_LEN as u32, NEXT, 9);
+    r.tx_desc(9, body, f.len() as u32, 0, 0);
+    r.tx.publish_raw(&r.mem, 6);
+    // A loop across the seam: 7 -> 10 -> 7.
+    r.tx_desc(7, r.tx.slot_addr(7), 100, NEXT, 10);
+    r.tx_desc(10, r.tx.slot_addr(10), 100, NEXT, 7);
+    r.tx.publish_raw(&r.mem, 7);
+    // And a one-descriptor chain wholly in the second region.
+    let g = frame(2, 200);
+    r.good_tx(12, &g);
+    assert_eq!(r.dev.process_tx().unwrap(), TxPass::Idle);
+    assert_eq!(r.sent(), vec![f, g]);
+    assert_eq!(r.tx.take_used_raw(&r.mem), vec![(6, 0), (7, 0), (12, 0)]);
+    let m = r.m();
+    assert_eq!((m.rejected_chains, m.drops.guest_driver_error), (1, 1));
+    assert_eq!(m.tx_frames, 2);
+}
