@@ -356,6 +356,112 @@ pub fn publish_used<M: GuestMemoryBackend>(
     Ok(())
 }
 
+/// One pass's view of a queue's avail and used rings, each looked up once as one host
+/// slice (as [`ChainWalk`] does its descriptor table): taking a chain and using one then
+/// cost a load or a store each, not a region lookup each. A ring not inside one region
+/// (never, for the device's guests), or an access the slice refuses, goes through
+/// [`pop_avail`], [`put_used`] and [`publish_used`] instead, which behave the same.
+/// Built at the start of a pass: the memory it borrows and the queue's ring addresses and
+/// size do not change during one.
+pub struct Rings<'m, M: GuestMemoryBackend> {
+    mem: &'m M,
+    /// flags, idx, ring[size], used_event.
+    avail: Option<TableSlice<'m, M>>,
+    /// flags, idx, ring[size] of 8-byte elements, avail_event.
+    used: Option<TableSlice<'m, M>>,
+}
+
+impl<'m, M: GuestMemoryBackend> Rings<'m, M> {
+    pub fn new(queue: &Queue, mem: &'m M) -> Rings<'m, M> {
+        let size = usize::from(queue.size());
+        let ring = |addr: u64, len: usize| {
+            if addr == 0 {
+                None
+            } else {
+                one_slice(mem, GuestAddress(addr), len)
+            }
+        };
+        Rings {
+            mem,
+            avail: ring(queue.avail_ring(), 6 + 2 * size),
+            used: ring(queue.used_ring(), 6 + 8 * size),
+        }
+    }
+
+    pub fn mem(&self) -> &'m M {
+        self.mem
+    }
+
+    /// [`pop_avail`] through the avail ring's slice.
+    pub fn pop_avail(&self, queue: &mut Queue) -> Option<u16> {
+        let Some(ring) = &self.avail else {
+            return pop_avail(queue, self.mem);
+        };
+        if !queue.ready() {
+            return None;
+        }
+        let order = std::sync::atomic::Ordering::Acquire;
+        let Ok(idx) = ring.load::<u16>(2, order) else {
+            return pop_avail(queue, self.mem);
+        };
+        let next = queue.next_avail();
+        let ahead = u16::from_le(idx).wrapping_sub(next);
+        if ahead == 0 || ahead > queue.size() {
+            return None;
+        }
+        let slot = usize::from(next.checked_rem(queue.size())?);
+        let Ok(head) = ring.load::<u16>(4 + 2 * slot, order) else {
+            return pop_avail(queue, self.mem);
+        };
+        queue.set_next_avail(next.wrapping_add(1));
+        Some(u16::from_le(head))
+    }
+
+    /// [`put_used`] through the used ring's slice.
+    pub fn put_used(
+        &self,
+        queue: &mut Queue,
+        head: u16,
+        len: u32,
+    ) -> Result<(), virtio_queue::Error> {
+        let Some(ring) = &self.used else {
+            return put_used(queue, self.mem, head, len);
+        };
+        let size = queue.size();
+        if head >= size {
+            return Err(virtio_queue::Error::InvalidDescriptorIndex);
+        }
+        let next = queue.next_used();
+        let at = 4 + 8 * usize::from(next % size);
+        let elem = (u64::from(len) << 32 | u64::from(head)).to_le_bytes();
+        if ring.write_slice(&elem, at).is_err() {
+            return put_used(queue, self.mem, head, len);
+        }
+        queue.set_next_used(next.wrapping_add(1));
+        Ok(())
+    }
+
+    /// [`publish_used`] through the used ring's slice.
+    pub fn publish_used(&self, queue: &Queue) -> Result<(), virtio_queue::Error> {
+        let order = std::sync::atomic::Ordering::Release;
+        match &self.used {
+            Some(ring) if ring.store(queue.next_used().to_le(), 2, order).is_ok() => Ok(()),
+            _ => publish_used(queue, self.mem),
+        }
+    }
+
+    /// [`add_used`] through the used ring's slice.
+    pub fn add_used(
+        &self,
+        queue: &mut Queue,
+        head: u16,
+        len: u32,
+    ) -> Result<(), virtio_queue::Error> {
+        self.put_used(queue, head, len)?;
+        self.publish_used(queue)
+    }
+}
+
 /// EVENT_IDX: the driver's `used_event` (interrupt me once the used index passes it),
 /// read as virtio-queue reads it (relaxed, after the caller's fence).
 pub fn used_event<M: GuestMemoryBackend>(
@@ -1172,11 +1278,12 @@ impl RxBuffers {
     fn reserve_one<M: GuestMemoryBackend>(
         &mut self,
         queue: &mut Queue,
-        mem: &M,
+        rings: &Rings<'_, M>,
         rejected: &mut Vec<Rejected>,
     ) -> Result<bool, virtio_queue::Error> {
+        let mem = rings.mem();
         loop {
-            let Some(head) = pop_avail(queue, mem) else {
+            let Some(head) = rings.pop_avail(queue) else {
                 return Ok(false);
             };
             let mut b = self.free.pop().unwrap_or_else(|| RxBuffer {
@@ -1193,7 +1300,7 @@ impl RxBuffers {
                 Err(error) => {
                     self.free.push(b);
                     if error.returnable() {
-                        add_used(queue, mem, head, 0)?;
+                        rings.add_used(queue, head, 0)?;
                     }
                     rejected.push(Rejected { head, error });
                 }
@@ -1206,15 +1313,15 @@ impl RxBuffers {
     pub fn deliver<M: GuestMemoryBackend>(
         &mut self,
         queue: &mut Queue,
-        mem: &M,
+        rings: &Rings<'_, M>,
         frame: &[u8],
         mergeable: bool,
         rejected: &mut Vec<Rejected>,
     ) -> Result<RxOutcome, virtio_queue::Error> {
-        match self.reserve(queue, mem, frame.len(), mergeable, rejected)? {
+        match self.reserve(queue, rings, frame.len(), mergeable, rejected)? {
             Ok(take) => {
                 let hdr = rx_header(take as u16, self.hdr_flags);
-                self.write_parts(queue, mem, &mut [&hdr, frame], take, rejected)
+                self.write_parts(queue, rings, &mut [&hdr, frame], take, rejected)
             }
             Err(outcome) => Ok(outcome),
         }
@@ -1226,14 +1333,14 @@ impl RxBuffers {
     pub fn reserve<M: GuestMemoryBackend>(
         &mut self,
         queue: &mut Queue,
-        mem: &M,
+        rings: &Rings<'_, M>,
         len: usize,
         mergeable: bool,
         rejected: &mut Vec<Rejected>,
     ) -> Result<Result<usize, RxOutcome>, virtio_queue::Error> {
         let needed = NET_HDR_LEN + len;
         if !mergeable {
-            if self.reserved.is_empty() && !self.reserve_one(queue, mem, rejected)? {
+            if self.reserved.is_empty() && !self.reserve_one(queue, rings, rejected)? {
                 return Ok(Err(RxOutcome::NoBuffers));
             }
             if self.reserved[0].capacity < needed {
@@ -1243,7 +1350,7 @@ impl RxBuffers {
             return Ok(Ok(1));
         }
         while self.reserved_capacity() < needed {
-            if !self.reserve_one(queue, mem, rejected)? {
+            if !self.reserve_one(queue, rings, rejected)? {
                 let descs: usize = self.reserved.iter().map(|b| b.descs).sum();
                 // Every descriptor of the ring is already reserved: no kick can help.
                 if descs >= usize::from(queue.size()) {
@@ -1320,24 +1427,24 @@ impl RxBuffers {
     pub fn complete<M: GuestMemoryBackend>(
         &mut self,
         queue: &mut Queue,
-        mem: &M,
+        rings: &Rings<'_, M>,
         take: usize,
         len: usize,
         rejected: &mut Vec<Rejected>,
     ) -> Result<RxOutcome, virtio_queue::Error> {
         let hdr = rx_header(take as u16, self.hdr_flags);
-        if let Err(error) = self.reserved[0].fill(mem, &mut [&hdr[..]]) {
+        if let Err(error) = self.reserved[0].fill(rings.mem(), &mut [&hdr[..]]) {
             let head = self.reserved[0].head;
-            return self.abandon(queue, mem, take, Rejected { head, error }, rejected);
+            return self.abandon(queue, rings, take, Rejected { head, error }, rejected);
         }
         let mut left = NET_HDR_LEN + len;
         for b in self.reserved.drain(..take) {
             let w = b.capacity.min(left);
             left -= w;
-            put_used(queue, mem, b.head, w as u32)?;
+            rings.put_used(queue, b.head, w as u32)?;
             self.free.push(b);
         }
-        publish_used(queue, mem)?;
+        rings.publish_used(queue)?;
         Ok(RxOutcome::Delivered {
             buffers: take as u16,
         })
@@ -1348,16 +1455,16 @@ impl RxBuffers {
     pub fn abandon<M: GuestMemoryBackend>(
         &mut self,
         queue: &mut Queue,
-        mem: &M,
+        rings: &Rings<'_, M>,
         take: usize,
         why: Rejected,
         rejected: &mut Vec<Rejected>,
     ) -> Result<RxOutcome, virtio_queue::Error> {
         for b in self.reserved.drain(..take) {
-            put_used(queue, mem, b.head, 0)?;
+            rings.put_used(queue, b.head, 0)?;
             self.free.push(b);
         }
-        publish_used(queue, mem)?;
+        rings.publish_used(queue)?;
         rejected.push(why);
         Ok(RxOutcome::NoRoom)
     }
@@ -1369,7 +1476,7 @@ impl RxBuffers {
     pub fn write_parts<M: GuestMemoryBackend>(
         &mut self,
         queue: &mut Queue,
-        mem: &M,
+        rings: &Rings<'_, M>,
         parts: &mut [&[u8]],
         take: usize,
         rejected: &mut Vec<Rejected>,
@@ -1378,7 +1485,7 @@ impl RxBuffers {
         self.lens.clear();
         let mut failed = None;
         for b in self.reserved.range(..take) {
-            match b.fill(mem, parts) {
+            match b.fill(rings.mem(), parts) {
                 Ok(w) => self.lens.push(w),
                 Err(error) => {
                     failed = Some(Rejected {
@@ -1390,14 +1497,14 @@ impl RxBuffers {
             }
         }
         if let Some(r) = failed {
-            return self.abandon(queue, mem, take, r, rejected);
+            return self.abandon(queue, rings, take, r, rejected);
         }
         // All of the frame's buffers become visible to the driver at once.
         for (b, &len) in self.reserved.drain(..take).zip(&self.lens) {
-            put_used(queue, mem, b.head, len as u32)?;
+            rings.put_used(queue, b.head, len as u32)?;
             self.free.push(b);
         }
-        publish_used(queue, mem)?;
+        rings.publish_used(queue)?;
         Ok(RxOutcome::Delivered { buffers: n })
     }
 }

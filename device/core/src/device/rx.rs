@@ -21,7 +21,7 @@ use crate::backend::{lent_frame, Backend, DirectRead, ReadStatus, MAX_BATCH_FRAM
 use crate::events::DeviceEvents;
 use crate::frame::{IovBuf, MAX_FRAME};
 use crate::gro::{self, Allow};
-use crate::net::{rx_gso_header, Rejected, RxBuffers, RxOutcome, HDR_F_DATA_VALID};
+use crate::net::{rx_gso_header, Rejected, Rings, RxBuffers, RxOutcome, HDR_F_DATA_VALID};
 use crate::probes::DropReason;
 
 /// Most receive calls [`RxVirtio::peer_gone`] makes to count the frames a departed proxy
@@ -129,6 +129,8 @@ impl RxVirtio {
         // it; a later pass cannot trust it (the readable event for what came since may
         // already be spent), so it reads again.
         let mut read_in_this_pass = false;
+        // The rings' places in memory, looked up once for the pass.
+        let rings = Rings::new(&self.vq.queue, mem);
         let result = loop {
             if self.next == self.got.len() {
                 if done >= BATCH {
@@ -184,7 +186,7 @@ impl RxVirtio {
                     continue;
                 }
                 status @ (ReadStatus::Frame(len) | ReadStatus::Held(len)) => {
-                    if let Some((count, merged, outcome)) = self.merge(mem, &*backend)? {
+                    if let Some((count, merged, outcome)) = self.merge(&rings, &*backend)? {
                         (merged, count, Ok(outcome))
                     } else {
                         let frame = match status {
@@ -197,7 +199,7 @@ impl RxVirtio {
                             self.buffers
                                 .deliver(
                                     &mut self.vq.queue,
-                                    mem,
+                                    &rings,
                                     frame,
                                     self.mergeable,
                                     &mut self.rejected,
@@ -206,7 +208,7 @@ impl RxVirtio {
                         )
                     }
                 }
-                ReadStatus::Direct(len) => match self.direct(mem, backend, len)? {
+                ReadStatus::Direct(len) => match self.direct(&rings, backend, len)? {
                     Some(outcome) => (len, 1, Ok(outcome)),
                     // The rest of the frame has not arrived: the next readable event
                     // resumes it, into the same buffers.
@@ -281,7 +283,7 @@ impl RxVirtio {
     /// them waiting for a kick.
     fn merge(
         &mut self,
-        mem: &GuestMemoryMmap,
+        rings: &Rings<'_, GuestMemoryMmap>,
         backend: &dyn Backend,
     ) -> Result<Option<(usize, usize, RxOutcome)>, DeviceError> {
         if !self.gro.any() {
@@ -300,7 +302,7 @@ impl RxVirtio {
             let q = &mut self.vq.queue;
             let take = match self
                 .buffers
-                .reserve(q, mem, m.len, self.mergeable, &mut self.rejected)
+                .reserve(q, rings, m.len, self.mergeable, &mut self.rejected)
                 .map_err(self.vq.err())?
             {
                 Ok(take) => take,
@@ -328,7 +330,13 @@ impl RxVirtio {
             let q = &mut self.vq.queue;
             let outcome = self
                 .buffers
-                .write_parts(q, mem, &mut parts[..2 + m.count], take, &mut self.rejected)
+                .write_parts(
+                    q,
+                    rings,
+                    &mut parts[..2 + m.count],
+                    take,
+                    &mut self.rejected,
+                )
                 .map_err(self.vq.err())?;
             return Ok(Some((m.count, m.len, outcome)));
         }
@@ -340,14 +348,14 @@ impl RxVirtio {
     /// went (`NoBuffers`: the guest has none yet; nothing of it was read).
     fn direct(
         &mut self,
-        mem: &GuestMemoryMmap,
+        rings: &Rings<'_, GuestMemoryMmap>,
         backend: &mut dyn Backend,
         len: usize,
     ) -> Result<Option<RxOutcome>, DeviceError> {
         let q = &mut self.vq.queue;
         let take = match self
             .buffers
-            .reserve(q, mem, len, self.mergeable, &mut self.rejected)
+            .reserve(q, rings, len, self.mergeable, &mut self.rejected)
             .map_err(self.vq.err())?
         {
             Ok(take) => take,
@@ -358,24 +366,27 @@ impl RxVirtio {
             Err(outcome) => return Ok(Some(outcome)),
         };
         self.iov.clear();
-        if let Err(why) = self.buffers.payload_iovecs(mem, take, len, &mut self.iov) {
+        if let Err(why) = self
+            .buffers
+            .payload_iovecs(rings.mem(), take, len, &mut self.iov)
+        {
             backend.skip_direct();
             let q = &mut self.vq.queue;
             let outcome = self
                 .buffers
-                .abandon(q, mem, take, why, &mut self.rejected)
+                .abandon(q, rings, take, why, &mut self.rejected)
                 .map_err(self.vq.err())?;
             return Ok(Some(outcome));
         }
         // SAFETY: the iovecs cover guest RX buffers the device has reserved (checked
-        // device-writable and inside guest memory), mapped while `mem` is borrowed.
+        // device-writable and inside guest memory), mapped while the pass borrows the memory.
         match unsafe { backend.read_direct(&self.iov) }? {
             DirectRead::WouldBlock => Ok(None),
             DirectRead::Done => {
                 let q = &mut self.vq.queue;
                 let outcome = self
                     .buffers
-                    .complete(q, mem, take, len, &mut self.rejected)
+                    .complete(q, rings, take, len, &mut self.rejected)
                     .map_err(self.vq.err())?;
                 Ok(Some(outcome))
             }

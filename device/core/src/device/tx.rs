@@ -29,7 +29,9 @@ use crate::episode::Episode;
 use crate::events::{DeviceEvents, SentFrame};
 use crate::flow::{classify, FlowKey, HEADER_PREFIX};
 use crate::frame::TxList;
-use crate::net::{add_used, pop_avail, ChainError, ChainWalk, Rejected, TxChain, TxOffloads};
+use crate::net::{
+    add_used, pop_avail, ChainError, ChainWalk, Rejected, Rings, TxChain, TxOffloads,
+};
 use crate::probes::DropReason;
 
 /// A chain popped from the ring and parsed, in the batch being sent.
@@ -169,6 +171,8 @@ impl TxVirtio {
     ) -> Result<TxPass, DeviceError> {
         let mut done = 0;
         let mut used = false;
+        // The rings' places in memory, looked up once for the pass.
+        let rings = Rings::new(&self.vq.queue, mem);
         let result = loop {
             if done >= BATCH {
                 break TxPass::More;
@@ -189,7 +193,7 @@ impl TxVirtio {
             // Frames waiting behind the deferred one go before anything new, one at a time.
             let limit = if self.behind.is_empty() { frame_cap } else { 1 };
             while planned < limit && done + n < BATCH {
-                let Some(head) = pop_avail(&mut self.vq.queue, mem) else {
+                let Some(head) = rings.pop_avail(&mut self.vq.queue) else {
                     // Re-arm kicks (EVENT_IDX: avail_event = next_avail); a chain that
                     // raced in before that shows up here.
                     if n == 0 && self.vq.enable_notification(mem, events)? {
@@ -361,7 +365,9 @@ impl TxVirtio {
                 if p.sent < p.chain.frames() {
                     break;
                 }
-                add_used(&mut self.vq.queue, mem, p.head, 0).map_err(self.vq.err())?;
+                rings
+                    .add_used(&mut self.vq.queue, p.head, 0)
+                    .map_err(self.vq.err())?;
                 used = true;
                 if p.chain.is_gso() {
                     events.tx_gso_chain();

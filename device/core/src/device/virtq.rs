@@ -110,7 +110,7 @@ impl Virtq {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::{add_used, pop_avail};
+    use crate::net::{add_used, pop_avail, Rings};
     use proptest::prelude::*;
     use vm_memory::{Bytes, GuestAddress};
 
@@ -155,13 +155,15 @@ mod tests {
     }
 
     proptest! {
-        /// `net::pop_avail`, `net::add_used` and `needs_interrupt` against virtio-queue's
+        /// `net::pop_avail`, `net::add_used` (or the same through a `net::Rings` view,
+        /// as the data path takes them) and `needs_interrupt` against virtio-queue's
         /// `pop_descriptor_chain`, `add_used` and `needs_notification`, each on its own
         /// copy of guest memory: the same heads, the same used ring bytes, the same
         /// interrupt decisions, with EVENT_IDX and without.
         #[test]
         fn ring_access_matches_virtio_queue(
             event_idx: bool,
+            via_rings: bool,
             ops in prop::collection::vec(op(), 1..200),
         ) {
             let mem = |_| GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
@@ -185,13 +187,22 @@ mod tests {
                         }
                     }
                     Op::Pop => {
-                        let a = pop_avail(&mut ours.queue, &ma);
+                        let a = if via_rings {
+                            Rings::new(&ours.queue, &ma).pop_avail(&mut ours.queue)
+                        } else {
+                            pop_avail(&mut ours.queue, &ma)
+                        };
                         let b = theirs.pop_descriptor_chain(&mb).map(|c| c.head_index());
                         prop_assert_eq!(a, b);
                         prop_assert_eq!(ours.queue.next_avail(), theirs.next_avail());
                     }
                     Op::Used { head, len } => {
-                        let a = add_used(&mut ours.queue, &ma, head, len).is_ok();
+                        let a = if via_rings {
+                            Rings::new(&ours.queue, &ma).add_used(&mut ours.queue, head, len)
+                        } else {
+                            add_used(&mut ours.queue, &ma, head, len)
+                        }
+                        .is_ok();
                         let b = theirs.add_used(&mb, head, len).is_ok();
                         prop_assert_eq!(a, b);
                         let mut ua = vec![0u8; 4 + 8 * usize::from(SIZE)];

@@ -229,6 +229,14 @@ impl DriverQueue {
         self.desc.0
     }
 
+    pub fn avail_ring_addr(&self) -> u64 {
+        self.avail.0
+    }
+
+    pub fn used_ring_addr(&self) -> u64 {
+        self.used.0
+    }
+
     /// Address of data slot `i` (room for [`SLOT`] bytes) for raw chains.
     pub fn slot_addr(&self, i: u16) -> u64 {
         self.slot(i)
