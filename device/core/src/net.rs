@@ -220,8 +220,8 @@ impl TxHeader {
     }
 }
 
-/// A host slice of guest memory as [`one_slice`] returns it.
-type TableSlice<'a, M> =
+/// A piece of guest memory as one host slice, as [`one_slice`] returns it.
+type HostSlice<'a, M> =
     VolatileSlice<'a, BS<'a, <<M as GuestMemoryBackend>::R as GuestMemoryRegion>::B>>;
 
 /// `[addr, addr + len)` as one host slice when one memory region holds all of it (for
@@ -366,9 +366,9 @@ pub fn publish_used<M: GuestMemoryBackend>(
 pub struct Rings<'m, M: GuestMemoryBackend> {
     mem: &'m M,
     /// flags, idx, ring[size], used_event.
-    avail: Option<TableSlice<'m, M>>,
+    avail: Option<HostSlice<'m, M>>,
     /// flags, idx, ring[size] of 8-byte elements, avail_event.
-    used: Option<TableSlice<'m, M>>,
+    used: Option<HostSlice<'m, M>>,
 }
 
 impl<'m, M: GuestMemoryBackend> Rings<'m, M> {
@@ -557,7 +557,7 @@ pub struct ChainWalk<'a, M: GuestMemoryBackend> {
     table: GuestAddress,
     /// The whole descriptor table as one host slice, looked up once per chain rather than
     /// once per descriptor (`None`: not inside one region; each read then goes its own way).
-    table_slice: Option<TableSlice<'a, M>>,
+    table_slice: Option<HostSlice<'a, M>>,
     size: u16,
     /// Index of the next descriptor to read; `None` once the chain (or an error) ended.
     next: Option<u16>,
