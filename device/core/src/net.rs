@@ -261,108 +261,33 @@ fn ring_load<M: GuestMemoryBackend>(
 /// The head index of the next chain the driver made available, taken off the ring (as
 /// `Queue::pop_descriptor_chain` does, whose chain the device only ever asked its head
 /// of): `None` when there is none, the queue is not ready, or the driver's avail index is
-/// more than a ring ahead (which `Virtq::enable_notification` reports). Two loads through
-/// [`one_slice`]: virtio-queue's iterator, through vm-memory's general range walk, cost
-/// about 300 instructions per chain (callgrind, 1514-byte frames).
+/// more than a ring ahead (which `Virtq::enable_notification` reports). A pass taking
+/// several chains keeps one [`Rings`] instead.
 pub fn pop_avail<M: GuestMemoryBackend>(queue: &mut Queue, mem: &M) -> Option<u16> {
-    if !queue.ready() || queue.avail_ring() == 0 {
-        return None;
-    }
-    let ring = GuestAddress(queue.avail_ring());
-    let idx = ring_load(
-        mem,
-        ring.checked_add(2)?,
-        std::sync::atomic::Ordering::Acquire,
-    )?;
-    let next = queue.next_avail();
-    let ahead = idx.wrapping_sub(next);
-    if ahead == 0 || ahead > queue.size() {
-        return None;
-    }
-    let slot = u64::from(next.checked_rem(queue.size())?);
-    let head = ring_load(
-        mem,
-        ring.checked_add(4 + 2 * slot)?,
-        std::sync::atomic::Ordering::Acquire,
-    )?;
-    queue.set_next_avail(next.wrapping_add(1));
-    Some(head)
+    Rings::new(queue, mem).pop_avail(queue)
 }
 
 /// `Queue::add_used` (the used element, then the used index with release ordering, so the
-/// driver never sees the index before the element) through [`one_slice`]: virtio-queue's,
-/// through vm-memory's general range walk, cost about 300 instructions per entry. It
-/// leaves virtio-queue's count of entries since the last interrupt decision alone:
-/// `Virtq::signal` decides from the used index instead.
+/// driver never sees the index before the element). It leaves virtio-queue's count of
+/// entries since the last interrupt decision alone: `Virtq::signal` decides from the used
+/// index instead. A pass using several chains keeps one [`Rings`] instead.
 pub fn add_used<M: GuestMemoryBackend>(
     queue: &mut Queue,
     mem: &M,
     head: u16,
     len: u32,
 ) -> Result<(), virtio_queue::Error> {
-    put_used(queue, mem, head, len)?;
-    publish_used(queue, mem)
+    Rings::new(queue, mem).add_used(queue, head, len)
 }
 
-/// The first half of [`add_used`]: writes the used element at the device's next slot
-/// and moves past it, without publishing the used index, so the driver does not see it
-/// yet. An RX frame's buffers are put one by one and published together with
-/// [`publish_used`]: the spec has the device use all buffers of one received packet
-/// together, and Linux's `receive_mergeable` drops a frame whose `num_buffers` entries
-/// are not all there when it looks (`rx_length_errors`, "buffers out of ... missing").
-pub fn put_used<M: GuestMemoryBackend>(
-    queue: &mut Queue,
-    mem: &M,
-    head: u16,
-    len: u32,
-) -> Result<(), virtio_queue::Error> {
-    use virtio_queue::Error;
-    let size = queue.size();
-    if head >= size {
-        return Err(Error::InvalidDescriptorIndex);
-    }
-    let ring = GuestAddress(queue.used_ring());
-    let next = queue.next_used();
-    let at = ring
-        .checked_add(4 + 8 * u64::from(next % size))
-        .ok_or(Error::AddressOverflow)?;
-    // struct virtq_used_elem { le32 id; le32 len; }
-    let elem = (u64::from(len) << 32 | u64::from(head)).to_le_bytes();
-    let fast = one_slice(mem, at, elem.len()).is_some_and(|s| s.write_slice(&elem, 0).is_ok());
-    if !fast {
-        mem.write_slice(&elem, at).map_err(Error::GuestMemory)?;
-    }
-    queue.set_next_used(next.wrapping_add(1));
-    Ok(())
-}
-
-/// The second half of [`add_used`]: publishes the used index (release ordering, so the
-/// driver sees every element put before it).
-pub fn publish_used<M: GuestMemoryBackend>(
-    queue: &Queue,
-    mem: &M,
-) -> Result<(), virtio_queue::Error> {
-    use virtio_queue::Error;
-    let next = queue.next_used();
-    let idx = GuestAddress(queue.used_ring())
-        .checked_add(2)
-        .ok_or(Error::AddressOverflow)?;
-    let order = std::sync::atomic::Ordering::Release;
-    let fast = one_slice(mem, idx, 2).is_some_and(|s| s.store(next.to_le(), 0, order).is_ok());
-    if !fast {
-        mem.store(next.to_le(), idx, order)
-            .map_err(Error::GuestMemory)?;
-    }
-    Ok(())
-}
-
-/// One pass's view of a queue's avail and used rings, each looked up once as one host
-/// slice (as [`ChainWalk`] does its descriptor table): taking a chain and using one then
-/// cost a load or a store each, not a region lookup each. A ring not inside one region
-/// (never, for the device's guests), or an access the slice refuses, goes through
-/// [`pop_avail`], [`put_used`] and [`publish_used`] instead, which behave the same.
-/// Built at the start of a pass: the memory it borrows and the queue's ring addresses and
-/// size do not change during one.
+/// A queue's avail and used rings, each looked up once as one host slice (as
+/// [`ChainWalk`] does its descriptor table), so that taking a chain and using one cost a
+/// load or a store each: virtio-queue's own, through vm-memory's general range walk, cost
+/// about 300 instructions per chain (callgrind, 1514-byte frames), and one region lookup
+/// per access was 6% of the worker's instructions. A ring not inside one region (never,
+/// for the device's guests), or an access its slice refuses, takes vm-memory's general
+/// path. A pass builds one at its start: the memory it borrows and the queue's ring
+/// addresses and size do not change during one.
 pub struct Rings<'m, M: GuestMemoryBackend> {
     mem: &'m M,
     /// flags, idx, ring[size], used_event.
@@ -392,65 +317,103 @@ impl<'m, M: GuestMemoryBackend> Rings<'m, M> {
         self.mem
     }
 
-    /// [`pop_avail`] through the avail ring's slice.
-    pub fn pop_avail(&self, queue: &mut Queue) -> Option<u16> {
-        let Some(ring) = &self.avail else {
-            return pop_avail(queue, self.mem);
+    /// The little-endian `u16` `off` bytes into the avail ring; `None` when it cannot be
+    /// read.
+    fn avail_u16(
+        &self,
+        queue: &Queue,
+        off: usize,
+        order: std::sync::atomic::Ordering,
+    ) -> Option<u16> {
+        let v = match &self.avail {
+            Some(s) => s.load::<u16>(off, order).ok(),
+            None => None,
         };
-        if !queue.ready() {
+        v.or_else(|| {
+            let at = GuestAddress(queue.avail_ring()).checked_add(off as u64)?;
+            self.mem.load::<u16>(at, order).ok()
+        })
+        .map(u16::from_le)
+    }
+
+    /// See [`pop_avail`].
+    pub fn pop_avail(&self, queue: &mut Queue) -> Option<u16> {
+        if !queue.ready() || queue.avail_ring() == 0 {
             return None;
         }
         let order = std::sync::atomic::Ordering::Acquire;
-        let Ok(idx) = ring.load::<u16>(2, order) else {
-            return pop_avail(queue, self.mem);
-        };
+        let idx = self.avail_u16(queue, 2, order)?;
         let next = queue.next_avail();
-        let ahead = u16::from_le(idx).wrapping_sub(next);
+        let ahead = idx.wrapping_sub(next);
         if ahead == 0 || ahead > queue.size() {
             return None;
         }
         let slot = usize::from(next.checked_rem(queue.size())?);
-        let Ok(head) = ring.load::<u16>(4 + 2 * slot, order) else {
-            return pop_avail(queue, self.mem);
-        };
+        let head = self.avail_u16(queue, 4 + 2 * slot, order)?;
         queue.set_next_avail(next.wrapping_add(1));
-        Some(u16::from_le(head))
+        Some(head)
     }
 
-    /// [`put_used`] through the used ring's slice.
+    /// The first half of [`add_used`]: writes the used element at the device's next slot
+    /// and moves past it, without publishing the used index, so the driver does not see it
+    /// yet. An RX frame's buffers are put one by one and published together with
+    /// [`Rings::publish_used`]: the spec has the device use all buffers of one received
+    /// packet together, and Linux's `receive_mergeable` drops a frame whose `num_buffers`
+    /// entries are not all there when it looks (`rx_length_errors`, "buffers out of ...
+    /// missing").
     pub fn put_used(
         &self,
         queue: &mut Queue,
         head: u16,
         len: u32,
     ) -> Result<(), virtio_queue::Error> {
-        let Some(ring) = &self.used else {
-            return put_used(queue, self.mem, head, len);
-        };
+        use virtio_queue::Error;
         let size = queue.size();
         if head >= size {
-            return Err(virtio_queue::Error::InvalidDescriptorIndex);
+            return Err(Error::InvalidDescriptorIndex);
         }
         let next = queue.next_used();
-        let at = 4 + 8 * usize::from(next % size);
+        let off = 4 + 8 * usize::from(next % size);
+        // struct virtq_used_elem { le32 id; le32 len; }
         let elem = (u64::from(len) << 32 | u64::from(head)).to_le_bytes();
-        if ring.write_slice(&elem, at).is_err() {
-            return put_used(queue, self.mem, head, len);
+        let fast = self
+            .used
+            .as_ref()
+            .is_some_and(|s| s.write_slice(&elem, off).is_ok());
+        if !fast {
+            let at = GuestAddress(queue.used_ring())
+                .checked_add(off as u64)
+                .ok_or(Error::AddressOverflow)?;
+            self.mem
+                .write_slice(&elem, at)
+                .map_err(Error::GuestMemory)?;
         }
         queue.set_next_used(next.wrapping_add(1));
         Ok(())
     }
 
-    /// [`publish_used`] through the used ring's slice.
+    /// The second half of [`add_used`]: publishes the used index (release ordering, so the
+    /// driver sees every element put before it).
     pub fn publish_used(&self, queue: &Queue) -> Result<(), virtio_queue::Error> {
+        use virtio_queue::Error;
+        let next = queue.next_used().to_le();
         let order = std::sync::atomic::Ordering::Release;
-        match &self.used {
-            Some(ring) if ring.store(queue.next_used().to_le(), 2, order).is_ok() => Ok(()),
-            _ => publish_used(queue, self.mem),
+        let fast = self
+            .used
+            .as_ref()
+            .is_some_and(|s| s.store(next, 2, order).is_ok());
+        if !fast {
+            let at = GuestAddress(queue.used_ring())
+                .checked_add(2)
+                .ok_or(Error::AddressOverflow)?;
+            self.mem
+                .store(next, at, order)
+                .map_err(Error::GuestMemory)?;
         }
+        Ok(())
     }
 
-    /// [`add_used`] through the used ring's slice.
+    /// See [`add_used`].
     pub fn add_used(
         &self,
         queue: &mut Queue,

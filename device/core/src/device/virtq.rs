@@ -155,22 +155,35 @@ mod tests {
     }
 
     proptest! {
-        /// `net::pop_avail`, `net::add_used` (or the same through a `net::Rings` view,
-        /// as the data path takes them) and `needs_interrupt` against virtio-queue's
+        /// `net::pop_avail`, `net::add_used` (or one `net::Rings` view kept over all the
+        /// operations, as a pass keeps it) and `needs_interrupt` against virtio-queue's
         /// `pop_descriptor_chain`, `add_used` and `needs_notification`, each on its own
         /// copy of guest memory: the same heads, the same used ring bytes, the same
-        /// interrupt decisions, with EVENT_IDX and without.
+        /// interrupt decisions, with EVENT_IDX and without, with the rings in one memory
+        /// region and split across two (vm-memory's general path).
         #[test]
         fn ring_access_matches_virtio_queue(
             event_idx: bool,
-            via_rings: bool,
+            one_view: bool,
+            split: bool,
             ops in prop::collection::vec(op(), 1..200),
         ) {
-            let mem = |_| GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+            // Seams at avail entry 6 and inside used element 7.
+            let seams: &[u64] = if split { &[AVAIL + 0x10, USED + 0x40] } else { &[] };
+            let mem = |_| {
+                let mut ranges = vec![];
+                let mut start = 0;
+                for &end in seams.iter().chain(&[0x10000]) {
+                    ranges.push((GuestAddress(start), (end - start) as usize));
+                    start = end;
+                }
+                GuestMemoryMmap::from_ranges(&ranges).unwrap()
+            };
             let (ma, mb): (GuestMemoryMmap, GuestMemoryMmap) = (mem(0), mem(1));
             let mut ours = Virtq::new(ring(&ma), Notifier::new().unwrap(), 0, event_idx);
             let mut theirs = ring(&mb);
             theirs.set_event_idx(event_idx);
+            let view = Rings::new(&ours.queue, &ma);
             let mut avail = 0u16;
             for op in ops {
                 match op {
@@ -187,8 +200,8 @@ mod tests {
                         }
                     }
                     Op::Pop => {
-                        let a = if via_rings {
-                            Rings::new(&ours.queue, &ma).pop_avail(&mut ours.queue)
+                        let a = if one_view {
+                            view.pop_avail(&mut ours.queue)
                         } else {
                             pop_avail(&mut ours.queue, &ma)
                         };
@@ -197,8 +210,8 @@ mod tests {
                         prop_assert_eq!(ours.queue.next_avail(), theirs.next_avail());
                     }
                     Op::Used { head, len } => {
-                        let a = if via_rings {
-                            Rings::new(&ours.queue, &ma).add_used(&mut ours.queue, head, len)
+                        let a = if one_view {
+                            view.add_used(&mut ours.queue, head, len)
                         } else {
                             add_used(&mut ours.queue, &ma, head, len)
                         }
