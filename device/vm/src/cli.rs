@@ -380,7 +380,10 @@ pub fn run(args: &Args) -> Result<serde_json::Value, CliError> {
     if args.json {
         println!("{json}");
     } else if !all.is_empty() {
-        print!("{}", rounds::to_text(all.len(), &rounds::aggregate(&all)));
+        // The spread the summary already holds, printed as a table.
+        if let Some(over) = json["over_rounds"].as_object() {
+            print!("{}", rounds::to_text(all.len(), over));
+        }
     }
     match failed {
         None => Ok(json),
