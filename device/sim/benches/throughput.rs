@@ -299,15 +299,21 @@ fn frame_start(buf: &[u8], offset: usize) -> usize {
     buf.as_ptr().align_offset(4096) + offset
 }
 
+/// Writes a stream frame's length prefix (`prefix` bytes: 4, or 0 for a datagram) just
+/// before the frame that starts at `at`.
+fn put_prefix(buf: &mut [u8], at: usize, prefix: usize, frame: usize) {
+    buf[at - prefix..at].copy_from_slice(&(frame as u32).to_be_bytes()[4 - prefix..]);
+}
+
 impl FrameSource {
     fn new(src: RawSource, frame: usize, offset: usize, prefix: usize) -> FrameSource {
         // Slot i starts a page-aligned stride after slot i-1, the frame `offset` bytes in,
         // as the simulated guest lays out its TX slots.
         let stride = (offset + frame).next_multiple_of(4096);
-        let slot_buf = |len: usize| {
-            let mut b = vec![0x5au8; len].into_boxed_slice();
+        let slot_buf = || {
+            let mut b = vec![0x5au8; stride + 4096].into_boxed_slice();
             let at = frame_start(&b, offset);
-            b[at - prefix..at].copy_from_slice(&(frame as u32).to_be_bytes()[4 - prefix..]);
+            put_prefix(&mut b, at, prefix, frame);
             b
         };
         let mut source = FrameSource {
@@ -328,9 +334,7 @@ impl FrameSource {
             source.mem = vec![0x5au8; stride * src.slots + 2 * 4096];
             let at = frame_start(&source.mem, offset);
             for i in 0..src.slots {
-                let from = at + i * stride;
-                source.mem[from - prefix..from]
-                    .copy_from_slice(&(frame as u32).to_be_bytes()[4 - prefix..]);
+                put_prefix(&mut source.mem, at + i * stride, prefix, frame);
             }
             return source;
         }
@@ -342,7 +346,7 @@ impl FrameSource {
         let (filled_tx, filled_rx) = sync_channel::<Vec<Box<[u8]>>>(batches);
         for _ in 0..batches {
             free_tx
-                .send((0..per).map(|_| slot_buf(stride + 4096)).collect())
+                .send((0..per).map(|_| slot_buf()).collect())
                 .unwrap();
         }
         let writes = src.producer == Producer::Writes;
