@@ -372,13 +372,10 @@ fn tx_buffer_past_the_end_of_its_backing_is_rejected_and_the_next_goes_out() {
 fn a_descriptor_table_split_across_two_regions_is_still_walked() {
     let tx_table = common::DriverQueue::new(1, QSIZE).queue_desc_addr();
     // Descriptors 0-7 in the first region, 8-15 in the second.
-    let seam = tx_table + 8 * 16;
-    let mem = GuestMemoryMmap::from_ranges(&[
-        (GuestAddress(0), seam as usize),
-        (GuestAddress(seam), common::MEM_SIZE - seam as usize),
-    ])
-    .unwrap();
-    let mut r = rig_on(mem, DEVICE_FEATURES);
+    let mut r = rig_on(
+        common::memory_split_at(&[tx_table + 8 * 16]),
+        DEVICE_FEATURES,
+    );
     // Header in descriptor 6, frame in 9: one chain across the seam.
     let f = frame(1, 300);
     let hdr = r.tx.slot_addr(6);
@@ -422,14 +419,10 @@ fn rings_split_across_memory_regions_still_carry_every_frame() {
         seams.push(q.used_ring_addr() + 0x40);
     }
     seams.sort();
-    let mut ranges = vec![];
-    let mut start = 0;
-    for s in seams.iter().copied().chain([common::MEM_END]) {
-        ranges.push((GuestAddress(start), (s - start) as usize));
-        start = s;
-    }
-    let mem = GuestMemoryMmap::from_ranges(&ranges).unwrap();
-    let mut r = rig_on(mem, DEVICE_FEATURES & !FEATURE_MRG_RXBUF);
+    let mut r = rig_on(
+        common::memory_split_at(&seams),
+        DEVICE_FEATURES & !FEATURE_MRG_RXBUF,
+    );
     let (tx_frames, rx_frames): (Vec<_>, Vec<_>) = (0..10)
         .map(|i| (frame(i, 300 + i as usize), frame(100 + i, 500)))
         .unzip();

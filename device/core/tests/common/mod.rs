@@ -23,6 +23,18 @@ pub fn memory() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
 }
 
+/// The same memory as [`memory`], in regions that meet at each of `seams` (ascending):
+/// a ring or table across a seam is not one host slice.
+pub fn memory_split_at(seams: &[u64]) -> GuestMemoryMmap {
+    let mut ranges = vec![];
+    let mut start = 0;
+    for &end in seams.iter().chain(&[MEM_END]) {
+        ranges.push((GuestAddress(start), (end - start) as usize));
+        start = end;
+    }
+    GuestMemoryMmap::from_ranges(&ranges).unwrap()
+}
+
 /// One segment of a chain the test builds.
 #[derive(Debug, Clone)]
 pub struct Seg {
