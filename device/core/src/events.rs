@@ -9,6 +9,7 @@ use crate::metrics::Metrics;
 use crate::net::Rejected;
 use crate::poller;
 use crate::probes::{self, DropReason};
+use crate::thread_usage::ThreadUsage;
 
 /// One TX frame that went out, as [`DeviceEvents::frame_sent`] reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,10 +154,22 @@ impl DeviceEvents {
         }
     }
 
-    /// The worker thread is exiting after `cpu_ns` of its own CPU time.
-    pub fn worker_exit_cpu(&self, cpu_ns: u64) {
-        self.metrics.worker_cpu_ns.add(cpu_ns);
-        tracing::info!(fd = self.fd, cpu_ns, "device worker CPU time");
+    /// The worker thread is exiting, having used `usage` since it started.
+    pub fn worker_exit(&self, usage: ThreadUsage) {
+        self.metrics.worker_cpu_ns.add(usage.cpu_ns);
+        self.metrics
+            .worker_voluntary_switches
+            .add(usage.voluntary_switches);
+        self.metrics
+            .worker_involuntary_switches
+            .add(usage.involuntary_switches);
+        tracing::info!(
+            fd = self.fd,
+            cpu_ns = usage.cpu_ns,
+            voluntary_switches = usage.voluntary_switches,
+            involuntary_switches = usage.involuntary_switches,
+            "device worker usage"
+        );
     }
 
     /// The driver published an avail index more than a ring ahead of the device's (or moved

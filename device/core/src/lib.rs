@@ -26,5 +26,6 @@ pub mod recorder;
 pub mod retry_policy;
 pub mod retry_timer;
 pub mod sockopt;
+pub mod thread_usage;
 pub mod usage;
 pub mod worker;

@@ -282,6 +282,11 @@ metrics! {
     /// CPU time (user + system, the thread's own clock) of device worker threads, added
     /// when a worker exits: 0 while the first one runs.
     worker_cpu_ns: Counter,
+    /// Times device worker threads gave up the CPU to wait for work, and times the
+    /// scheduler took it from them (mostly for a thread they had just woken), added when a
+    /// worker exits; 0 where the system keeps no per-thread count (macOS).
+    worker_voluntary_switches: Counter,
+    worker_involuntary_switches: Counter,
 }
 
 impl Metrics {

@@ -23,6 +23,7 @@ use crate::notify::Notifier;
 use crate::poller::{Event, Interest, Poller};
 use crate::retry_policy::RetryPolicy;
 use crate::retry_timer::RetryTimer;
+use crate::thread_usage::ThreadUsage;
 
 /// Everything a worker runs on.
 pub struct WorkerSetup {
@@ -227,7 +228,7 @@ fn run(setup: WorkerSetup, stop: Notifier) -> Result<WorkerExit, WorkerError> {
         watching_writable: (true, None),
     };
     let ended = l.event_loop();
-    l.report.worker_exit_cpu(thread_cpu_ns());
+    l.report.worker_exit(ThreadUsage::now());
     let reason = match ended {
         Ok(reason) => reason,
         Err(WorkerError::Device(DeviceError::Backend(BackendError::PeerGone {
@@ -429,20 +430,6 @@ impl Loop {
         }
         .into())
     }
-}
-
-/// CPU time this thread has used (user + system), from its own clock: what the device
-/// costs, apart from the guest and proxy threads sharing the process. 0 if unreadable.
-pub fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec for the call to fill.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Drains a kick notifier; true when the guest really kicked `queue`.

@@ -166,7 +166,7 @@ mod linux {
     }
 
     fn thread_cpu_ns() -> u64 {
-        let ns = vnet_device::worker::thread_cpu_ns();
+        let ns = vnet_device::thread_usage::thread_cpu_ns();
         assert!(ns > 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
         ns
     }

@@ -16,8 +16,10 @@
 //! `tx_syscalls`/`rx_syscalls` counters; the raw loop counts its own) and CPU time per
 //! frame of the device's worker thread (its thread clock, read when it exits) against the
 //! raw loop's sending thread, median and min..max over the rounds (the raw loop's RX
-//! figure is its receiving thread's, reading what the sender sent). Instructions per frame,
-//! which other jobs on the machine do not move, come from `callgrind.sh`.
+//! figure is its receiving thread's, reading what the sender sent), and how often per
+//! frame each of those threads left the CPU (Linux's per-thread context-switch counts; 0
+//! on macOS). Instructions per frame, which other jobs on the machine do not move, come
+//! from `callgrind.sh`; where the rest of the worker's time goes, from `worker-profile.sh`.
 //!
 //! Both sides send frames from the same place relative to a cache line: 64 bytes into a
 //! page by default (the simulated guest's default), and again 12 bytes in (a virtio header
@@ -51,7 +53,7 @@ use vnet_device::backend::unixgram;
 use vnet_device::probes;
 use vnet_device::recorder::Recorder;
 use vnet_device::sockopt::{set_sock_buf, SockBuf};
-use vnet_device::worker::thread_cpu_ns;
+use vnet_device::thread_usage::ThreadUsage;
 use vnet_sim::run::process_cpu_seconds;
 use vnet_sim::workload::{Direction, Limit, Workload};
 use vnet_sim::{run, BuiltinKind, SimConfig};
@@ -70,6 +72,11 @@ struct Rate {
     /// CPU ns per frame of the thread doing the work: the device's worker (frames both
     /// ways), the raw loop's sender.
     cpu_ns_per_frame: f64,
+    /// Times per frame that thread gave up the CPU to wait, and had it taken away: each
+    /// costs microseconds on a virtual machine, and they are most of what the worker pays
+    /// beyond the raw sender (README, "Where the worker's CPU goes").
+    voluntary_switches_per_frame: f64,
+    involuntary_switches_per_frame: f64,
 }
 
 /// Where frames start relative to a page: the device's default, and a misaligned one.
@@ -142,6 +149,8 @@ fn device_with(kind: BuiltinKind, workload: Workload, offset: usize) -> Rate {
             d.rx_syscalls as f64 / d.rx_frames as f64
         },
         cpu_ns_per_frame: d.worker_cpu_ns as f64 / frames,
+        voluntary_switches_per_frame: d.worker_voluntary_switches as f64 / frames,
+        involuntary_switches_per_frame: d.worker_involuntary_switches as f64 / frames,
     }
 }
 
@@ -156,7 +165,7 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize, src: RawSource
         BuiltinKind::UnixStream => 4,
     };
     let cpu0 = process_cpu_seconds();
-    let (frames, elapsed, sends, recvs, sender_cpu, sent) = match kind {
+    let (frames, elapsed, sends, recvs, sender, sent) = match kind {
         BuiltinKind::UnixGram => {
             let dir = std::env::temp_dir().join(format!("vnet-bench-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
@@ -183,20 +192,20 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize, src: RawSource
             });
             let mut frames = FrameSource::new(src, frame, offset, prefix);
             let t = Instant::now();
-            let cpu0 = thread_cpu_ns();
+            let usage0 = ThreadUsage::now();
             let mut sends = 0u64;
             while t.elapsed() < deadline {
                 a.send(frames.next()).unwrap();
                 sends += 1;
                 frames.done();
             }
-            let sender_cpu = thread_cpu_ns() - cpu0;
+            let sender = ThreadUsage::now().since(&usage0);
             drop(frames);
             let elapsed = t.elapsed();
             stop.store(true, Ordering::Relaxed);
             let (n, recvs) = rx.join().unwrap();
             let _ = std::fs::remove_dir_all(&dir);
-            (n, elapsed, sends, recvs, sender_cpu, sends)
+            (n, elapsed, sends, recvs, sender, sends)
         }
         BuiltinKind::UnixStream => {
             let (a, b) = UnixStream::pair().unwrap();
@@ -220,7 +229,7 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize, src: RawSource
             });
             let mut frames = FrameSource::new(src, frame, offset, prefix);
             let t = Instant::now();
-            let cpu0 = thread_cpu_ns();
+            let usage0 = ThreadUsage::now();
             let mut a = Counted { inner: a, calls: 0 };
             let mut sent = 0u64;
             while t.elapsed() < deadline {
@@ -228,13 +237,13 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize, src: RawSource
                 sent += 1;
                 frames.done();
             }
-            let sender_cpu = thread_cpu_ns() - cpu0;
+            let sender = ThreadUsage::now().since(&usage0);
             drop(frames);
             let elapsed = t.elapsed();
             let sends = a.calls;
             drop(a);
             let (n, recvs) = rx.join().unwrap();
-            (n, elapsed, sends, recvs, sender_cpu, sent)
+            (n, elapsed, sends, recvs, sender, sent)
         }
     };
     let cpu = process_cpu_seconds() - cpu0;
@@ -246,7 +255,9 @@ fn raw(kind: BuiltinKind, frame: usize, secs: f64, offset: usize, src: RawSource
         frames_per_cpu_s: frames as f64 / cpu,
         tx_calls_per_frame: sends as f64 / sent as f64,
         rx_calls_per_frame: recvs as f64 / frames as f64,
-        cpu_ns_per_frame: sender_cpu as f64 / sent as f64,
+        cpu_ns_per_frame: sender.cpu_ns as f64 / sent as f64,
+        voluntary_switches_per_frame: sender.voluntary_switches as f64 / sent as f64,
+        involuntary_switches_per_frame: sender.involuntary_switches as f64 / sent as f64,
     }
 }
 
@@ -474,7 +485,7 @@ fn paired(
 
 /// One case: wall-clock rates (medians) and the ratio (median and min..max of the rounds'
 /// ratios), the same per process CPU second; then system calls per frame and CPU per frame
-/// of the working thread, median (min..max).
+/// of the working thread, then its context switches per frame, median (min..max).
 fn line(case: &str, rounds: &[(Rate, Rate)], frames: bool, note: &str) {
     let (scale, unit): (fn(&Rate) -> f64, &str) = if frames {
         (|r| r.frames_per_s / 1e3, "kf/s")
@@ -509,6 +520,14 @@ fn line(case: &str, rounds: &[(Rate, Rate)], frames: bool, note: &str) {
         spread(a(&|r| r.cpu_ns_per_frame), 0),
         spread(b(&|r| r.cpu_ns_per_frame), 0),
         spread(ratio(&|r| r.cpu_ns_per_frame), 1),
+    );
+    println!(
+        "{:<40} thread switches/frame: voluntary {} vs {}, involuntary {} vs {}",
+        "",
+        spread(a(&|r| r.voluntary_switches_per_frame), 4),
+        spread(b(&|r| r.voluntary_switches_per_frame), 4),
+        spread(a(&|r| r.involuntary_switches_per_frame), 4),
+        spread(b(&|r| r.involuntary_switches_per_frame), 4),
     );
 }
 
@@ -563,7 +582,7 @@ fn main() {
     println!(
         "case (a vs b): medians of a and b, then the ratio a/b as median (min..max) of the \
          rounds; wall clock, then per CPU second of the process; second line: calls per \
-         frame and the working thread's CPU per frame"
+         frame and the working thread's CPU per frame; third: its context switches per frame"
     );
     for kind in [BuiltinKind::UnixGram, BuiltinKind::UnixStream] {
         let name = match kind {

@@ -58,6 +58,24 @@ fn check_frames(backend: &str, direction: &str, extra: &[&str], n: u64) {
     assert_eq!(trace_rows(&trace, "tx_frame"), o.u("tx_frames"));
     assert_eq!(trace_rows(&trace, "rx_frame"), o.u("rx_frames"));
     assert_eq!(trace_rows(&trace, "enobufs_begin"), o.u("episodes"));
+    // The worker's own usage reaches the summary. It waits for work in the poller, so it
+    // leaves the CPU to wait about as often as the poller returns; a few more (the trace
+    // recorder's lock, its start) under load.
+    let device = &o.json["device"];
+    let counter = |name: &str| {
+        device[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name}: {device}"))
+    };
+    assert!(counter("worker_cpu_ns") > 0, "{device}");
+    if cfg!(target_os = "linux") {
+        let waits = counter("worker_voluntary_switches");
+        let wakeups = counter("wakeups");
+        assert!(
+            (1..=wakeups + wakeups / 2 + 16).contains(&waits),
+            "worker_voluntary_switches {waits} against {wakeups} wakeups: {device}"
+        );
+    }
 }
 
 #[test]
