@@ -25,8 +25,9 @@ enable_backports() {
 NEED_UPDATE=0
 # clang, libbpf-dev, libelf-dev, zlib1g-dev, pkg-config: vnet-systrace (probes/systrace) compiles its BPF
 # object with clang and links libbpf, which needs libelf and zlib
+# valgrind, linux-perf: the bench's callgrind.sh and worker-profile.sh (device/sim/benches/test-scripts.sh)
 pkgs=(bpftrace passt iperf3 busybox-static python3-venv cpio hyperfine binutils xz-utils zstd
-      clang libbpf-dev libelf-dev zlib1g-dev pkg-config)
+      clang libbpf-dev libelf-dev zlib1g-dev pkg-config valgrind linux-perf)
 bpo_pkgs=(qemu-system-x86)
 
 missing=()

@@ -37,6 +37,7 @@ step build cargo build --release --workspace --all-targets
 step clippy cargo clippy --release --workspace --all-targets -- -D warnings
 step macos-check bash .ci/macos-check.sh
 step cargo-test cargo test --release --workspace --no-fail-fast
+step bench-scripts bash device/sim/benches/test-scripts.sh
 [ -f probes/test.sh ] && step probes bash probes/test.sh
 [ -f notebooks/run.sh ] && step notebooks bash notebooks/run.sh
 [ -f device/vm/tests/vm.sh ] && step vm bash device/vm/tests/vm.sh
