@@ -7,14 +7,9 @@
 //! and a stream frame still in the read buffer goes to the guest without a copy out of
 //! it), and it comes back when the worker drops it, which `stop_worker`'s join waits for.
 
-use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
-use vnet_device::backend::{
-    Backend, BackendError, BatchWrite, DirectRead, FrameRef, Frames, ReadStatus, SyscallCounts,
-    WriteStatus,
-};
+use vnet_device::backend::{Backend, Forward};
 
 /// The connection between workers; `None` while one has it.
 type Slot = Arc<Mutex<Option<Box<dyn Backend>>>>;
@@ -54,14 +49,19 @@ pub struct LentBackend {
     slot: Slot,
 }
 
-impl LentBackend {
-    fn get(&self) -> &dyn Backend {
+// Every call goes to the lent connection (`Forward`), the batched ones and the counters
+// included: a method left to its default would send and read one frame per call and
+// report no system calls.
+impl Forward for LentBackend {
+    type Inner = dyn Backend;
+
+    fn inner(&self) -> &Self::Inner {
         self.backend
             .as_deref()
             .expect("a lent backend is there until dropped")
     }
 
-    fn get_mut(&mut self) -> &mut dyn Backend {
+    fn inner_mut(&mut self) -> &mut Self::Inner {
         self.backend
             .as_deref_mut()
             .expect("a lent backend is there until dropped")
@@ -74,73 +74,12 @@ impl Drop for LentBackend {
     }
 }
 
-impl Backend for LentBackend {
-    fn raw_fd(&self) -> RawFd {
-        self.get().raw_fd()
-    }
-
-    fn default_retry_delay(&self) -> Option<Duration> {
-        self.get().default_retry_delay()
-    }
-
-    fn kind(&self) -> &'static str {
-        self.get().kind()
-    }
-
-    fn write_frame(&mut self, frame: FrameRef<'_>) -> Result<WriteStatus, BackendError> {
-        self.get_mut().write_frame(frame)
-    }
-
-    // Every method is passed on, the batched ones and the counters included: a default
-    // would send and read one frame per call and report no system calls.
-    fn batch_limit(&self) -> usize {
-        self.get().batch_limit()
-    }
-
-    fn whole_frames(&self) -> bool {
-        self.get().whole_frames()
-    }
-
-    fn write_frames(&mut self, frames: Frames<'_>) -> Result<BatchWrite, BackendError> {
-        self.get_mut().write_frames(frames)
-    }
-
-    fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
-        self.get_mut().read_frame(buf)
-    }
-
-    fn read_frames(
-        &mut self,
-        bufs: &mut [Box<[u8]>],
-        got: &mut Vec<ReadStatus>,
-    ) -> Result<(), BackendError> {
-        self.get_mut().read_frames(bufs, got)
-    }
-
-    unsafe fn read_direct(&mut self, dst: &[libc::iovec]) -> Result<DirectRead, BackendError> {
-        // SAFETY: the caller's promise about dst, passed on.
-        unsafe { self.get_mut().read_direct(dst) }
-    }
-
-    fn skip_direct(&mut self) {
-        self.get_mut().skip_direct()
-    }
-
-    fn held_frame(&self, i: usize) -> Option<&[u8]> {
-        self.get().held_frame(i)
-    }
-
-    fn syscalls(&self) -> SyscallCounts {
-        self.get().syscalls()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::net::UnixStream;
     use vnet_device::backend::unixstream::UnixStreamBackend;
-    use vnet_device::backend::BackendOptions;
+    use vnet_device::backend::{BackendOptions, ReadStatus, UnixGram};
 
     fn shared() -> (SharedBackend, UnixStream) {
         let (ours, peer) = UnixStream::pair().unwrap();
@@ -175,6 +114,35 @@ mod tests {
             shared.lend().is_some(),
             "the connection is back after the panic"
         );
+    }
+
+    /// The methods the trait gives a default answer the lent connection's own: a default
+    /// would have the worker send one datagram per call, allow no `small-first`, and
+    /// count no system calls.
+    #[test]
+    fn the_lent_connection_answers_for_itself() {
+        use std::os::unix::net::UnixDatagram;
+        let (ours, peer) = UnixDatagram::pair().unwrap();
+        let direct =
+            UnixGram::from_socket(ours.try_clone().unwrap(), &BackendOptions::default()).unwrap();
+        let shared = SharedBackend::new(Box::new(
+            UnixGram::from_socket(ours, &BackendOptions::default()).unwrap(),
+        ));
+        let mut lent = shared.lend().unwrap();
+        assert_eq!(lent.kind(), "unixgram");
+        assert_eq!(lent.batch_limit(), direct.batch_limit());
+        assert!(lent.whole_frames());
+        assert_eq!(lent.default_retry_delay(), direct.default_retry_delay());
+        lent.write_bytes(b"one").unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(peer.recv(&mut buf).unwrap(), 3);
+        assert_eq!(lent.syscalls().sends, 1, "the send was counted");
+        peer.send(b"back").unwrap();
+        let mut bufs: Vec<Box<[u8]>> = (0..2).map(|_| vec![0u8; 70000].into()).collect();
+        let mut got = Vec::new();
+        lent.read_frames(&mut bufs, &mut got).unwrap();
+        assert!(matches!(got[0], ReadStatus::Frame(4)), "{got:?}");
+        assert!(lent.syscalls().recvs >= 1, "the receive was counted");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 #[cfg(any(target_os = "linux", target_os = "macos"))]
 mod batch_call;
 mod faulty;
+mod forward;
 #[cfg(target_os = "linux")]
 mod mmsg;
 #[cfg(target_os = "macos")]
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 pub use crate::frame::{FrameRef, Frames, TxFrame, TxList};
 pub use faulty::{FaultConfig, Faulty};
+pub use forward::Forward;
 pub use unixgram::UnixGram;
 pub use unixstream::UnixStreamBackend;
 
@@ -279,66 +281,6 @@ pub trait Backend: Send {
     /// Send and receive calls made so far (a backend that makes none reports zeros).
     fn syscalls(&self) -> SyscallCounts {
         SyscallCounts::default()
-    }
-}
-
-/// A boxed backend is a backend, so wrappers such as [`Faulty`] take either.
-impl<B: Backend + ?Sized> Backend for Box<B> {
-    fn raw_fd(&self) -> RawFd {
-        (**self).raw_fd()
-    }
-
-    fn default_retry_delay(&self) -> Option<Duration> {
-        (**self).default_retry_delay()
-    }
-
-    fn kind(&self) -> &'static str {
-        (**self).kind()
-    }
-
-    fn write_frame(&mut self, frame: FrameRef<'_>) -> Result<WriteStatus, BackendError> {
-        (**self).write_frame(frame)
-    }
-
-    fn batch_limit(&self) -> usize {
-        (**self).batch_limit()
-    }
-
-    fn whole_frames(&self) -> bool {
-        (**self).whole_frames()
-    }
-
-    fn write_frames(&mut self, frames: Frames<'_>) -> Result<BatchWrite, BackendError> {
-        (**self).write_frames(frames)
-    }
-
-    fn read_frame(&mut self, buf: &mut [u8]) -> Result<ReadStatus, BackendError> {
-        (**self).read_frame(buf)
-    }
-
-    fn read_frames(
-        &mut self,
-        bufs: &mut [Box<[u8]>],
-        got: &mut Vec<ReadStatus>,
-    ) -> Result<(), BackendError> {
-        (**self).read_frames(bufs, got)
-    }
-
-    unsafe fn read_direct(&mut self, dst: &[libc::iovec]) -> Result<DirectRead, BackendError> {
-        // SAFETY: the caller's promise about dst, passed on.
-        unsafe { (**self).read_direct(dst) }
-    }
-
-    fn skip_direct(&mut self) {
-        (**self).skip_direct()
-    }
-
-    fn held_frame(&self, i: usize) -> Option<&[u8]> {
-        (**self).held_frame(i)
-    }
-
-    fn syscalls(&self) -> SyscallCounts {
-        (**self).syscalls()
     }
 }
 
