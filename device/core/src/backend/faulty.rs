@@ -337,6 +337,25 @@ mod tests {
         assert_eq!(&buf[..3], b"two");
         assert!(peer.recv(&mut buf).is_err());
         assert_eq!(metrics.snapshot().injected_faults, 1);
+        // Two sends reached the socket; the injected refusal made no system call.
+        assert_eq!(b.syscalls().sends, 2);
+    }
+
+    /// Apart from the sends it refuses, a faulty backend is the backend it wraps: the
+    /// methods the trait answers by default for backends without batches must not take
+    /// the default here.
+    #[test]
+    fn answers_for_the_backend_it_wraps() {
+        let (a, _peer) = UnixDatagram::pair().unwrap();
+        let direct =
+            UnixGram::from_socket(a.try_clone().unwrap(), &BackendOptions::default()).unwrap();
+        let gram = UnixGram::from_socket(a, &BackendOptions::default()).unwrap();
+        let b = Faulty::new(gram, FaultConfig::default(), Arc::new(Metrics::new()));
+        assert_eq!(b.kind(), "unixgram");
+        assert_eq!(b.batch_limit(), direct.batch_limit());
+        assert_eq!(b.whole_frames(), direct.whole_frames());
+        assert_eq!(b.default_retry_delay(), direct.default_retry_delay());
+        assert_eq!(b.raw_fd(), b.inner().raw_fd());
     }
 
     /// A stream that wrote part of a frame gets the rest offered without a refusal in
