@@ -510,24 +510,23 @@ fn line(case: &str, rounds: &[(Rate, Rate)], frames: bool, note: &str) {
         median(b(&per_cpu)),
         spread(ratio(&per_cpu), 1),
     );
+    // "a (min..max) vs b (min..max)" for one measure.
+    let vs = |f: &dyn Fn(&Rate) -> f64, digits| {
+        format!("{} vs {}", spread(a(f), digits), spread(b(f), digits))
+    };
     println!(
-        "{:<40} syscalls/frame TX {} vs {}, RX {} vs {}; CPU ns/frame {} vs {} = {}%",
+        "{:<40} syscalls/frame TX {}, RX {}; CPU ns/frame {} = {}%",
         "",
-        spread(a(&|r| r.tx_calls_per_frame), 3),
-        spread(b(&|r| r.tx_calls_per_frame), 3),
-        spread(a(&|r| r.rx_calls_per_frame), 3),
-        spread(b(&|r| r.rx_calls_per_frame), 3),
-        spread(a(&|r| r.cpu_ns_per_frame), 0),
-        spread(b(&|r| r.cpu_ns_per_frame), 0),
+        vs(&|r| r.tx_calls_per_frame, 3),
+        vs(&|r| r.rx_calls_per_frame, 3),
+        vs(&|r| r.cpu_ns_per_frame, 0),
         spread(ratio(&|r| r.cpu_ns_per_frame), 1),
     );
     println!(
-        "{:<40} thread switches/frame: voluntary {} vs {}, involuntary {} vs {}",
+        "{:<40} thread switches/frame: voluntary {}, involuntary {}",
         "",
-        spread(a(&|r| r.voluntary_switches_per_frame), 4),
-        spread(b(&|r| r.voluntary_switches_per_frame), 4),
-        spread(a(&|r| r.involuntary_switches_per_frame), 4),
-        spread(b(&|r| r.involuntary_switches_per_frame), 4),
+        vs(&|r| r.voluntary_switches_per_frame, 4),
+        vs(&|r| r.involuntary_switches_per_frame, 4),
     );
 }
 
