@@ -74,7 +74,7 @@ struct Rate {
     cpu_ns_per_frame: f64,
     /// Times per frame that thread gave up the CPU to wait, and had it taken away: each
     /// costs microseconds on a virtual machine, and they are most of what the worker pays
-    /// beyond the raw sender (README, "Where the worker's CPU goes").
+    /// beyond the raw sender (README, "Where the worker's CPU goes at 1514 B").
     voluntary_switches_per_frame: f64,
     involuntary_switches_per_frame: f64,
 }

@@ -6,7 +6,7 @@
 # and the rest of the kernel (epoll, eventfd reads, system call entry and exit).
 # `callgrind.sh` counts the user-space part exactly; this script shows how small that part
 # is next to the others at 1514 B, which is why the throughput bench's worker costs more
-# per frame than a raw loop that only sends (README, "Where the worker's CPU goes").
+# per frame than a raw loop that only sends (README, "Where the worker's CPU goes at 1514 B").
 #
 #   bash device/sim/benches/worker-profile.sh [SECONDS (default 4)] [SIZE (default 1514)] [extra vnet-sim flags...]
 #   VNET_SIM=/path/to/vnet-sim PROFILE_OUT=dir bash device/sim/benches/worker-profile.sh ...
