@@ -97,6 +97,27 @@ const COUNTERS: &[&str] = &[
     "rx_coalesced_hdr_bytes",
 ];
 
+/// What the daemon's worker threads cost per frame moved either way: their CPU time and
+/// how often they left the CPU (README, "Where the worker's CPU goes at 1514 B"). `None`
+/// when no worker exited before the daemon reported (the counters are added at exit) or
+/// nothing moved.
+fn worker_line(daemon: &Value) -> Option<String> {
+    let c = |name| daemon_counter(daemon, name);
+    let frames = c("tx_frames")? + c("rx_frames")?;
+    let cpu_ns = c("worker_cpu_ns")?;
+    if frames == 0 || cpu_ns == 0 {
+        return None;
+    }
+    let per_frame = |n: u64| n as f64 / frames as f64;
+    Some(format!(
+        "{:.0} ns of CPU per frame moved, context switches per frame: voluntary {:.4}, \
+         involuntary {:.4}",
+        per_frame(cpu_ns),
+        per_frame(c("worker_voluntary_switches").unwrap_or(0)),
+        per_frame(c("worker_involuntary_switches").unwrap_or(0)),
+    ))
+}
+
 /// The daemon's counters, wherever in its JSON they sit (top level or under "device").
 pub fn daemon_counter(daemon: &Value, name: &str) -> Option<u64> {
     daemon
@@ -203,6 +224,9 @@ impl Summary<'_> {
                 .filter_map(|c| daemon_counter(d, c).map(|v| format!("{c}={v}")))
                 .collect();
             s.push_str(&format!("daemon: {}\n", parts.join(" ")));
+            if let Some(line) = worker_line(d) {
+                s.push_str(&format!("daemon worker: {line}\n"));
+            }
         }
         for (name, r) in self.runs() {
             if let Some(line) = r.and_then(guest_line) {
@@ -268,6 +292,28 @@ mod tests {
             daemon,
             baseline,
         }
+    }
+
+    #[test]
+    fn the_daemon_workers_cost_per_frame_when_they_reported_it() {
+        let mut d = run(NetMode::Vhost, 1.0, 0.5);
+        d.daemon = Some(json!({"device": {
+            "tx_frames": 600, "rx_frames": 400, "worker_cpu_ns": 2_500_000,
+            "worker_voluntary_switches": 50, "worker_involuntary_switches": 7
+        }}));
+        let text = summary(Some(&d), None).to_text();
+        assert!(
+            text.contains(
+                "daemon worker: 2500 ns of CPU per frame moved, context switches per frame: \
+                 voluntary 0.0500, involuntary 0.0070"
+            ),
+            "{text}"
+        );
+        // A worker still running has added nothing yet: no line rather than a zero.
+        d.daemon =
+            Some(json!({"device": {"tx_frames": 600, "rx_frames": 400, "worker_cpu_ns": 0}}));
+        let text = summary(Some(&d), None).to_text();
+        assert!(!text.contains("daemon worker"), "{text}");
     }
 
     #[test]

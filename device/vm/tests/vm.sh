@@ -76,6 +76,11 @@ check(fwd is not None and fwd > 0, f"forward throughput {fwd} Gbit/s > 0")
 check(rev is not None and rev > 0, f"reverse throughput {rev} Gbit/s > 0")
 d = summary["daemon"]
 check(d is not None and d.get("end") == "disconnected", f"daemon ended on QEMU's disconnect: {d and d.get('end')}")
+# Its workers exited before it reported, so their own usage is in the counters.
+dev = (d or {}).get("device", d or {})
+usage = {k: dev.get(k) for k in ("worker_cpu_ns", "worker_voluntary_switches", "worker_involuntary_switches")}
+check(all(isinstance(v, int) for v in usage.values()) and usage["worker_cpu_ns"] > 0
+      and usage["worker_voluntary_switches"] > 0, f"the daemon's workers reported CPU time and context switches: {usage}")
 tests = {t["name"]: t for t in summary["tests"]}
 # The payload each test's receiver got: it crossed the link. (Not the sender's count: bytes
 # iperf3 wrote into the guest's socket buffer and the test's end discarded never left the
