@@ -1,9 +1,10 @@
 //! Backends that are another backend behind a handle: a box, or a connection a front end
 //! lends to one worker at a time. Implementing [`Forward`] gives such a handle the whole
 //! [`Backend`] trait, every call passed to the inner backend. A forwarding impl written
-//! method by method silently takes the trait's default for any method it leaves out (or
-//! any added to the trait later): one frame per call, no held frames, no system calls
-//! counted. Here there is nothing to leave out.
+//! method by method silently takes the trait's default for any method it leaves out:
+//! one frame per call, no held frames, no system calls counted. Each handle had its own
+//! such list; now the one below is the only one (with [`super::Faulty`]'s, which
+//! overrides the sends), so a method added to the trait is passed on in one place.
 
 use std::os::fd::RawFd;
 use std::time::Duration;

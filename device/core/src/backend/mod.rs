@@ -199,6 +199,9 @@ pub struct SyscallCounts {
 
 /// A connection to a user-space network proxy. Non-blocking; the worker polls `raw_fd`
 /// edge-triggered, so callers read and write until `WouldBlock`/`Blocked`.
+///
+/// A method added here is passed on by hand in two places, or handles take its default:
+/// the blanket impl in `forward.rs` and [`Faulty`]'s impl.
 pub trait Backend: Send {
     fn raw_fd(&self) -> RawFd;
     /// The retry timer this transport needs when the front end does not choose one (see
