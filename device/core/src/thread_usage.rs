@@ -41,10 +41,6 @@ impl ThreadUsage {
                 .saturating_sub(earlier.involuntary_switches),
         }
     }
-
-    pub fn switches(&self) -> u64 {
-        self.voluntary_switches + self.involuntary_switches
-    }
 }
 
 /// CPU time this thread has used (user + system), from its own clock: what the device
