@@ -59,7 +59,7 @@ fn small_first_sends_ahead_and_keeps_every_stream_whole_and_in_order() {
         // timer never reorders anything; the checker would see it.
         assert_eq!(timer.u("reordered_across_streams"), 0, "{}", timer.json);
         assert_eq!(timer.json["device"]["tx_sent_ahead"].as_u64(), Some(0));
-        let ahead = small.json["device"]["tx_sent_ahead"].as_u64().unwrap();
+        let ahead = small.device_u("tx_sent_ahead");
         let across = small.u("reordered_across_streams");
         if room {
             // With macOS's admission rule the deferred 64 KiB frame is refused while the

@@ -61,19 +61,14 @@ fn check_frames(backend: &str, direction: &str, extra: &[&str], n: u64) {
     // The worker's own usage reaches the summary. It waits for work in the poller, so it
     // leaves the CPU to wait about as often as the poller returns; a few more (the trace
     // recorder's lock, its start) under load.
-    let device = &o.json["device"];
-    let counter = |name: &str| {
-        device[name]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{name}: {device}"))
-    };
-    assert!(counter("worker_cpu_ns") > 0, "{device}");
+    assert!(o.device_u("worker_cpu_ns") > 0, "{}", o.json);
     if cfg!(target_os = "linux") {
-        let waits = counter("worker_voluntary_switches");
-        let wakeups = counter("wakeups");
+        let waits = o.device_u("worker_voluntary_switches");
+        let wakeups = o.device_u("wakeups");
         assert!(
             (1..=wakeups + wakeups / 2 + 16).contains(&waits),
-            "worker_voluntary_switches {waits} against {wakeups} wakeups: {device}"
+            "worker_voluntary_switches {waits} against {wakeups} wakeups: {}",
+            o.json["device"]
         );
     }
 }
@@ -211,7 +206,7 @@ fn offloaded_checksums_verify_at_the_proxy() {
             assert_eq!(o.code, 0, "{args:?}: {}\n{}", o.stderr, o.json);
             assert_eq!(o.errors(), 0, "{}", o.json);
             let c = &o.json["csum_offload"];
-            let offloaded = o.json["device"]["tx_csum_offload"].as_u64().unwrap();
+            let offloaded = o.device_u("tx_csum_offload");
             assert!(o.u("tx_frames") >= 300, "{}", o.json);
             assert_eq!(offloaded, o.u("tx_frames"), "every guest frame: {}", o.json);
             assert_eq!(c["udp_checksums_checked"].as_u64(), Some(offloaded));

@@ -19,6 +19,13 @@ impl Outcome {
             .unwrap_or_else(|| panic!("summary has no integer {key:?}: {}", self.json))
     }
 
+    /// A device counter (the summary's `device` object).
+    pub fn device_u(&self, key: &str) -> u64 {
+        self.json["device"][key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("device counters have no integer {key:?}: {}", self.json))
+    }
+
     pub fn errors(&self) -> u64 {
         self.u("lost") + self.u("duplicated") + self.u("reordered") + self.u("corrupted")
     }
