@@ -36,6 +36,7 @@ shift $(( $# > 2 ? 2 : $# ))
 [[ $size =~ ^[1-9][0-9]{0,5}$ ]] || { echo "worker-profile.sh: SIZE: a frame size in bytes, not '$size'" >&2; exit 2; }
 command -v perf >/dev/null || { echo "worker-profile.sh: perf is not installed (Debian: apt-get install linux-perf)" >&2; exit 1; }
 out=${PROFILE_OUT:-target/worker-profile}
+hz=4000
 mkdir -p "$out"
 bin=${VNET_SIM:-}
 if [ -z "$bin" ]; then
@@ -63,13 +64,13 @@ if [ -z "$worker" ]; then
   echo "worker-profile.sh: no vnet-worker thread appeared in vnet-sim (pid $sim); see $out/run.log" >&2
   exit 1
 fi
-perf record -q -e cpu-clock -F 4000 -g -t "$worker" -o "$out/perf.data" -- sleep "$secs" 2> "$out/perf.log" ||
+perf record -q -e cpu-clock -F "$hz" -g -t "$worker" -o "$out/perf.data" -- sleep "$secs" 2> "$out/perf.log" ||
   { kill "$sim" 2>/dev/null || true; echo "worker-profile.sh: perf record failed; see $out/perf.log" >&2; exit 1; }
 wait "$sim" || { echo "worker-profile.sh: the run failed; see $out/run.log and $out/run.json" >&2; exit 1; }
 perf script -i "$out/perf.data" -F ip,sym,dso 2> /dev/null > "$out/stacks.txt"
-python3 - "$out" "$secs" <<'PY'
+python3 - "$out" "$secs" "$hz" <<'PY'
 import json, sys
-out, secs = sys.argv[1], float(sys.argv[2])
+out, secs, hz = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 run = json.load(open(f"{out}/run.json"))
 d = run["device"]
 bad = {k: run[k] for k in ("lost", "duplicated", "reordered", "corrupted") if run[k]}
@@ -129,7 +130,7 @@ if samples == 0 or frames == 0:
 # the whole run.
 per_frame = d["worker_cpu_ns"] / frames
 print(f"worker: {per_frame:.0f} ns of CPU per frame over the run ({frames} frames both ways); "
-      f"{samples} samples at 4000 Hz over {secs:g} s")
+      f"{samples} samples at {hz} Hz over {secs:g} s")
 for name, n in sorted(counts.items(), key=lambda kv: -kv[1]):
     print(f"{name:<40} {100 * n / samples:5.1f}%  {per_frame * n / samples:5.0f} ns/frame")
 print(f"switches per frame: voluntary {d['worker_voluntary_switches'] / frames:.4f}"
