@@ -20,6 +20,8 @@
 //! frame each of those threads left the CPU (Linux's per-thread context-switch counts; 0
 //! on macOS). Instructions per frame, which other jobs on the machine do not move, come
 //! from `callgrind.sh`; where the rest of the worker's time goes, from `worker-profile.sh`.
+//! The first line prices one sleep and wake-up between two threads on this machine
+//! ([`vnet_sim::wake_cost`]), which the worker pays and the raw sender does not.
 //!
 //! Both sides send frames from the same place relative to a cache line: 64 bytes into a
 //! page by default (the simulated guest's default), and again 12 bytes in (a virtio header
@@ -55,6 +57,7 @@ use vnet_device::recorder::Recorder;
 use vnet_device::sockopt::{set_sock_buf, SockBuf};
 use vnet_device::thread_usage::ThreadUsage;
 use vnet_sim::run::process_cpu_seconds;
+use vnet_sim::wake_cost;
 use vnet_sim::workload::{Direction, Limit, Workload};
 use vnet_sim::{run, BuiltinKind, SimConfig};
 
@@ -583,6 +586,19 @@ fn main() {
          rounds; wall clock, then per CPU second of the process; second line: calls per \
          frame and the working thread's CPU per frame; third: its context switches per frame"
     );
+    // The worker pays this price at every sleep and at most batches it hands on; the raw
+    // sender almost never does (README, "What a sleep and a wake-up cost on this machine").
+    match wake_cost::measure(20_000, Duration::from_secs(1)) {
+        Ok(c) => println!(
+            "machine: a sleep and a wake-up cost each of two threads {:.0} ns of CPU \
+             ({:.2} sleeps per side; round trip {:.1} us wall, {} round trips)",
+            c.cpu_ns_per_side,
+            c.sleeps_per_side,
+            c.wall_ns_per_round_trip / 1e3,
+            c.round_trips
+        ),
+        Err(e) => println!("machine: the wake-up cost could not be measured: {e}"),
+    }
     for kind in [BuiltinKind::UnixGram, BuiltinKind::UnixStream] {
         let name = match kind {
             BuiltinKind::UnixGram => "unixgram",
