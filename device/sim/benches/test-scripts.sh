@@ -55,6 +55,15 @@ assert abs(sum(int(r[2]) for r in rows) - per) <= 6, (per, rows)
 assert int(re.search(r"(\d+) samples at", text).group(1)) > 100, text
 switches = re.search(r"voluntary (\d\.\d+)\s+involuntary (\d\.\d+)", text)
 assert float(switches.group(1)) > 0, text
+# The worker hands frames to the proxy's reader and interrupts the guest: under the
+# default load it wakes each of them some of the time.
+woken = re.search(r"wake-ups the worker gave per frame: (\d\.\d+): (.*)$", text, re.M)
+assert woken, text
+assert float(woken.group(1)) > 0, text
+per_thread = dict((name, float(n)) for name, n in re.findall(r"([\w -]+?) (\d\.\d+)(?:, |$)", woken.group(2)))
+assert per_thread.get("sim-proxy-rx", 0) > 0, per_thread
+assert per_thread.get("sim-guest-rx", 0) + per_thread.get("sim-guest-tx", 0) > 0, per_thread
+assert abs(sum(per_thread.values()) - float(woken.group(1))) < 0.001 * (len(per_thread) + 1), per_thread
 PY
   echo "test-scripts: worker-profile.sh ok: $(head -1 "$tmp/wp")"
 else

@@ -26,7 +26,14 @@
 #   kernel: receiving from the proxy          16.7%    368 ns/frame
 #   user space (device code, libc)             7.9%    175 ns/frame
 #   kernel: epoll, eventfd, entry and exit     5.4%    120 ns/frame
+#   wake-ups the worker gave per frame: 0.0873: sim-proxy-rx 0.0370, sim-guest-rx 0.0263, sim-guest-tx 0.0238, threads outside vnet-sim 0.0001
 #   switches per frame: voluntary 0.0446  involuntary 0.0465  (the whole run; wakeups 0.0736, irqs 0.0719)
+#
+# The wake-ups line counts the scheduler's sched_waking events the worker raised in the
+# sampled seconds, by the thread woken, per frame moved in them; with the "waking another
+# thread" row it gives the price of one wake-up on this machine (README, "What a sleep and
+# a wake-up cost on this machine"). The worker's `wakeups` counter is something else: its
+# own returns from epoll_wait.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 secs=${1:-4}
@@ -64,12 +71,24 @@ if [ -z "$worker" ]; then
   echo "worker-profile.sh: no vnet-worker thread appeared in vnet-sim (pid $sim); see $out/run.log" >&2
   exit 1
 fi
+ps -T -p "$sim" -o spid=,comm= > "$out/threads.txt" 2> /dev/null || true
+# Which threads the worker wakes, from the scheduler's tracepoint, over the same seconds
+# as the samples. Tracepoints need tracefs, which a fresh boot may not have mounted.
+if [ ! -d /sys/kernel/tracing/events/sched ] && [ ! -d /sys/kernel/debug/tracing/events/sched ]; then
+  mount -t tracefs nodev /sys/kernel/tracing 2> /dev/null || true
+fi
+rm -f "$out/wake.data"
+perf record -q -e sched:sched_waking -t "$worker" -o "$out/wake.data" -- sleep "$secs" 2> "$out/wake.log" &
+wakes=$!
 perf record -q -e cpu-clock -F "$hz" -g -t "$worker" -o "$out/perf.data" -- sleep "$secs" 2> "$out/perf.log" ||
-  { kill "$sim" 2>/dev/null || true; echo "worker-profile.sh: perf record failed; see $out/perf.log" >&2; exit 1; }
+  { kill "$sim" "$wakes" 2>/dev/null || true; echo "worker-profile.sh: perf record failed; see $out/perf.log" >&2; exit 1; }
+wait "$wakes" || true
 wait "$sim" || { echo "worker-profile.sh: the run failed; see $out/run.log and $out/run.json" >&2; exit 1; }
 perf script -i "$out/perf.data" -F ip,sym,dso 2> /dev/null > "$out/stacks.txt"
+: > "$out/wakes.txt"
+[ -s "$out/wake.data" ] && perf script -i "$out/wake.data" -F trace 2> /dev/null > "$out/wakes.txt"
 python3 - "$out" "$secs" "$hz" <<'PY'
-import json, sys
+import json, re, sys
 out, secs, hz = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 run = json.load(open(f"{out}/run.json"))
 d = run["device"]
@@ -133,6 +152,26 @@ print(f"worker: {per_frame:.0f} ns of CPU per frame over the run ({frames} frame
       f"{samples} samples at {hz} Hz over {secs:g} s")
 for name, n in sorted(counts.items(), key=lambda kv: -kv[1]):
     print(f"{name:<40} {100 * n / samples:5.1f}%  {per_frame * n / samples:5.0f} ns/frame")
+# Frames in the sampled seconds, from the worker's CPU in them (one sample per 1/hz s of
+# it) and its CPU per frame over the whole run.
+window_frames = samples * 1e9 / hz / per_frame
+sim_threads = {}
+for line in open(f"{out}/threads.txt"):
+    parts = line.split(None, 1)
+    if len(parts) == 2:
+        sim_threads[parts[0]] = parts[1].strip()
+woken = {}
+for line in open(f"{out}/wakes.txt"):
+    m = re.search(r"comm=(.*?) pid=(\d+)", line)
+    if m:
+        name = sim_threads.get(m.group(2), "threads outside vnet-sim")
+        woken[name] = woken.get(name, 0) + 1
+if woken:
+    total = sum(woken.values())
+    print(f"wake-ups the worker gave per frame: {total / window_frames:.4f}: " + ", ".join(
+        f"{name} {n / window_frames:.4f}" for name, n in sorted(woken.items(), key=lambda kv: -kv[1])))
+else:
+    print(f"wake-ups the worker gave: not recorded (sched:sched_waking; see {out}/wake.log)")
 print(f"switches per frame: voluntary {d['worker_voluntary_switches'] / frames:.4f}"
       f"  involuntary {d['worker_involuntary_switches'] / frames:.4f}"
       f"  (the whole run; wakeups {d['wakeups'] / frames:.4f}, irqs {d['guest_irqs'] / frames:.4f})")
