@@ -588,17 +588,23 @@ fn main() {
     );
     // The worker pays this price at every sleep and at most batches it hands on; the raw
     // sender almost never does (README, "What a sleep and a wake-up cost on this machine").
-    match wake_cost::measure(20_000, Duration::from_secs(1)) {
-        Ok(c) => println!(
-            "machine: a sleep and a wake-up cost each of two threads {:.0} ns of CPU \
-             ({:.2} sleeps per side; round trip {:.1} us wall, {} round trips)",
+    let price = |c: std::io::Result<wake_cost::WakeCost>| {
+        match c {
+        Ok(c) => format!(
+            "{:.0} ns of CPU each ({:.2} sleeps per side; round trip {:.1} us wall, {} round trips)",
             c.cpu_ns_per_side,
             c.sleeps_per_side,
             c.wall_ns_per_round_trip / 1e3,
             c.round_trips
         ),
-        Err(e) => println!("machine: the wake-up cost could not be measured: {e}"),
+        Err(e) => format!("not measured: {e}"),
     }
+    };
+    println!(
+        "machine: one thread waking another and sleeping until it answers: unpinned {}; on one CPU {}",
+        price(wake_cost::measure(20_000, Duration::from_secs(1))),
+        price(wake_cost::measure_on_one_core(20_000, Duration::from_secs(1))),
+    );
     for kind in [BuiltinKind::UnixGram, BuiltinKind::UnixStream] {
         let name = match kind {
             BuiltinKind::UnixGram => "unixgram",

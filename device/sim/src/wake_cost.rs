@@ -7,7 +7,8 @@
 //! and the price differs by machine by an order of magnitude: on a virtual machine whose
 //! idle vCPUs halt without polling, each wake-up of a thread on another vCPU goes through
 //! the hypervisor (README, "What a sleep and a wake-up cost on this machine"). The bench
-//! prints it so a ratio can be read against the machine that produced it.
+//! prints it, across CPUs as its threads run and on one CPU, so a ratio can be read
+//! against the machine that produced it.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -70,6 +71,54 @@ pub fn measure(max_round_trips: u64, budget: Duration) -> std::io::Result<WakeCo
     })
 }
 
+/// The same round trips with both threads held to the CPU the caller is on: what a sleep
+/// and a wake-up cost when no other CPU has to be woken. The caller's CPU affinity is put
+/// back afterwards. Linux only: macOS has no way to hold a thread to a CPU.
+#[cfg(target_os = "linux")]
+pub fn measure_on_one_core(max_round_trips: u64, budget: Duration) -> std::io::Result<WakeCost> {
+    let affinity = |set: &mut libc::cpu_set_t, get: bool| {
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        // SAFETY: `set` is a valid cpu_set_t of `size` bytes; pid 0 is the calling thread.
+        let rc = unsafe {
+            if get {
+                libc::sched_getaffinity(0, size, set)
+            } else {
+                libc::sched_setaffinity(0, size, set)
+            }
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut before: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    affinity(&mut before, true)?;
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    if cpu < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` came from the kernel, so it is below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu as usize, &mut one) };
+    affinity(&mut one, false)?;
+    // The echo thread is created inside and inherits the one-CPU set.
+    let cost = measure(max_round_trips, budget);
+    affinity(&mut before, false)?;
+    cost
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn measure_on_one_core(_: u64, _: Duration) -> std::io::Result<WakeCost> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "no per-thread CPU affinity on this system",
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +143,27 @@ mod tests {
                 "{cost:?}"
             );
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn one_core_holds_both_threads_and_then_lets_the_caller_go() {
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        let count = || {
+            // SAFETY: an all-zero cpu_set_t is the empty set, filled by the call.
+            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            // SAFETY: `set` is a valid cpu_set_t of `size` bytes.
+            assert_eq!(unsafe { libc::sched_getaffinity(0, size, &mut set) }, 0);
+            // SAFETY: reads the set filled above.
+            unsafe { libc::CPU_COUNT(&set) }
+        };
+        let cpus = count();
+        let cost = measure_on_one_core(1000, Duration::from_secs(5)).unwrap();
+        assert_eq!(count(), cpus, "the caller's affinity was not put back");
+        assert_eq!(cost.round_trips, 1000);
+        // On one CPU the woken thread runs only when the writer sleeps or is preempted,
+        // so the writer's next read finds no answer yet, unless it was preempted first.
+        assert!(cost.sleeps_per_side > 0.5, "{cost:?}");
     }
 
     #[test]
