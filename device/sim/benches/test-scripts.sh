@@ -60,7 +60,7 @@ assert float(switches.group(1)) > 0, text
 woken = re.search(r"wake-ups the worker gave per frame: (\d\.\d+): (.*)$", text, re.M)
 assert woken, text
 assert float(woken.group(1)) > 0, text
-per_thread = dict((name, float(n)) for name, n in re.findall(r"([\w -]+?) (\d\.\d+)(?:, |$)", woken.group(2)))
+per_thread = dict((name, float(n)) for name, n in re.findall(r"([^,]+?) (\d\.\d+)(?:, |$)", woken.group(2)))
 assert per_thread.get("sim-proxy-rx", 0) > 0, per_thread
 assert per_thread.get("sim-guest-rx", 0) + per_thread.get("sim-guest-tx", 0) > 0, per_thread
 assert abs(sum(per_thread.values()) - float(woken.group(1))) < 0.001 * (len(per_thread) + 1), per_thread

@@ -409,4 +409,29 @@ run trixie --kernel-deb "$deb" --tests fwd,rev --seconds 2 --mtu 65520
 grep -q '"kernel": *"linux-image-[^"]*deb13' "$out/trixie/stdout.json" ||
   { echo "vm.sh: trixie run did not boot the Debian 13 kernel:"; grep '"kernel"' "$out/trixie/stdout.json"; exit 1; }
 echo "ok   guest booted $(basename "$deb") with its .ko.xz modules"
+# The script the README's real-VM wake-up counts come from: a run must show the worker
+# waking QEMU (the guest's interrupts) and passt (the frames it sent), and its usage errors
+# exit 2.
+if command -v perf >/dev/null; then
+  echo "vm.sh: worker-wakes.sh"
+  rc=0; bash device/vm/benches/worker-wakes.sh --rounds 2 2> "$out/wakes.err" || rc=$?
+  [ $rc -eq 2 ] && [ "$(wc -l < "$out/wakes.err")" -eq 1 ] ||
+    { echo "vm.sh: worker-wakes.sh --rounds 2: exit $rc, stderr: $(cat "$out/wakes.err")"; exit 1; }
+  TMPDIR="$out/tmp" VNET_VM="$bin/vnet-vm" WAKES_OUT="$out/wakes" timeout --kill-after=10 240 \
+    bash device/vm/benches/worker-wakes.sh --tests fwd,rev --seconds 2 > "$out/wakes.txt" 2>&1 ||
+    { echo "vm.sh: worker-wakes.sh failed:"; cat "$out/wakes.txt"; exit 1; }
+  cat "$out/wakes.txt"
+  python3 - "$out/wakes.txt" <<'EOF' || exit 1
+import re, sys
+text = open(sys.argv[1]).read()
+m = re.search(r"wake-ups the worker gave per frame: (\d\.\d+): (.*)$", text, re.M)
+per = dict((k, float(v)) for k, v in re.findall(r"([^,]+?) (\d\.\d+)(?:, |$)", m.group(2))) if m else {}
+ok = bool(m) and any(k.startswith("qemu") for k in per) and any(k.startswith("passt") for k in per) \
+    and abs(sum(per.values()) - float(m.group(1))) < 0.0001 * (len(per) + 1)
+print(("ok   " if ok else "FAIL ") + f"worker-wakes.sh: the worker woke QEMU and passt, and the parts add up ({per})")
+sys.exit(0 if ok else 1)
+EOF
+else
+  echo "vm.sh: worker-wakes.sh skipped: perf is not installed"
+fi
 echo "vm.sh: ok"
