@@ -588,17 +588,19 @@ fn main() {
     );
     // The worker pays this price at every sleep and at most batches it hands on; the raw
     // sender almost never does (README, "What a sleep and a wake-up cost on this machine").
-    let price = |c: std::io::Result<wake_cost::WakeCost>| {
-        match c {
+    let price = |c: std::io::Result<wake_cost::WakeCost>| match c {
         Ok(c) => format!(
-            "{:.0} ns of CPU each ({:.2} sleeps per side; round trip {:.1} us wall, {} round trips)",
+            "{:.0} ns of CPU each ({}; round trip {:.1} us wall, {} round trips)",
             c.cpu_ns_per_side,
-            c.sleeps_per_side,
+            if cfg!(target_os = "linux") {
+                format!("{:.2} sleeps per side", c.sleeps_per_side)
+            } else {
+                "sleeps not counted on this system".to_string()
+            },
             c.wall_ns_per_round_trip / 1e3,
             c.round_trips
         ),
         Err(e) => format!("not measured: {e}"),
-    }
     };
     println!(
         "machine: one thread waking another and sleeping until it answers: unpinned {}; on one CPU {}",

@@ -67,7 +67,8 @@ rec=$!
 # passt keep theirs until the run ends.
 : > "$out/threads.txt"
 while kill -0 "$vm" 2> /dev/null; do
-  ps -eLo tid=,comm= > "$out/threads.now" 2> /dev/null && cat "$out/threads.now" >> "$out/threads.txt"
+  # Merged without repeats, so a long run keeps one line per thread that ever ran.
+  ps -eLo tid=,comm= > "$out/threads.now" 2> /dev/null && sort -u -o "$out/threads.txt" "$out/threads.txt" "$out/threads.now"
   sleep 2
 done
 status=0; wait "$vm" || status=$?
