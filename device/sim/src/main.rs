@@ -119,6 +119,12 @@ struct Cli {
     /// with sendmmsg/recvmmsg.
     #[arg(long)]
     macos_batch_syscalls: bool,
+    /// One frame per send call, and one datagram per receive call (unixgram), as a VMM
+    /// that never batches does (libkrun, most others): the proxy then sees that VMM's
+    /// exact pattern of sends, ENOBUFS included. A stream read still takes what the socket
+    /// holds. Default: batches (sendmmsg/recvmmsg, several frames per stream write).
+    #[arg(long)]
+    one_frame_per_call: bool,
     /// Report a stall (and fail) after this long without progress.
     #[arg(long, default_value_t = 1.0)]
     stall_timeout: f64,
@@ -446,6 +452,7 @@ fn config(cli: &Cli) -> Result<SimConfig, String> {
             .map_err(|e| format!("--retry-policy {e}"))?,
         sndbuf: cli.sndbuf,
         macos_batch_syscalls: cli.macos_batch_syscalls,
+        one_frame_per_call: cli.one_frame_per_call,
         stall_timeout: secs("--stall-timeout", cli.stall_timeout, MAX_STALL_TIMEOUT_SECS)?,
         queue_size: cli.queue_size,
         rx_buf_len: cli.rx_buf_len,

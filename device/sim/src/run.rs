@@ -67,6 +67,8 @@ pub struct SimConfig {
     /// macOS, unixgram: batches of datagrams per `sendmsg_x`/`recvmsg_x` (see
     /// `BackendOptions::macos_batch_syscalls`; type-checked for macOS, never run).
     pub macos_batch_syscalls: bool,
+    /// `BackendOptions::one_frame_per_call`: no batched calls.
+    pub one_frame_per_call: bool,
     pub stall_timeout: Duration,
     /// Real-proxy mode: how long to wait for the last echoes once sending stopped.
     pub drain_timeout: Duration,
@@ -110,6 +112,7 @@ impl Default for SimConfig {
             retry_policy: RetryPolicy::Timer,
             sndbuf: None,
             macos_batch_syscalls: false,
+            one_frame_per_call: false,
             stall_timeout: Duration::from_secs(1),
             drain_timeout: Duration::from_millis(500),
             window: 64,
@@ -201,6 +204,7 @@ pub fn run(cfg: &SimConfig) -> Result<Summary, SimError> {
         vfkit: cfg.vfkit,
         sndbuf: cfg.sndbuf,
         macos_batch_syscalls: cfg.macos_batch_syscalls,
+        one_frame_per_call: cfg.one_frame_per_call,
         ..BackendOptions::default()
     };
     // Declared before the backend so it outlives it: the device's socket file is inside.

@@ -222,3 +222,42 @@ fn offloaded_checksums_verify_at_the_proxy() {
         assert_eq!(o.json["device"]["tx_csum_offload"].as_u64(), Some(0));
     }
 }
+
+/// `--one-frame-per-call`: every frame still arrives once and in order, and each took a
+/// send call of its own (and, on datagrams, a receive call of its own) where the default
+/// run batched them.
+#[test]
+fn one_frame_per_call_moves_every_frame_with_a_call_each() {
+    for backend in ["unixgram", "unixstream"] {
+        let args = |extra: &[&'static str]| {
+            let mut a = vec![
+                "--backend",
+                backend,
+                "--frames",
+                "3000",
+                "--tx-size",
+                "1514",
+                "--rx-size",
+                "1514",
+            ];
+            a.extend_from_slice(extra);
+            a
+        };
+        let one = sim(&args(&["--one-frame-per-call"]), Duration::from_secs(120));
+        assert_eq!(one.code, 0, "{backend}: {}", one.stderr);
+        assert_eq!(one.errors(), 0, "{backend}: {}", one.json);
+        let (tx, rx) = (one.device_u("tx_frames"), one.device_u("rx_frames"));
+        assert!(tx >= 3000 && rx >= 3000, "{backend}: {}", one.json);
+        assert!(one.device_u("tx_syscalls") >= tx, "{backend}: {}", one.json);
+        if backend == "unixgram" {
+            assert!(one.device_u("rx_syscalls") >= rx, "{backend}: {}", one.json);
+        }
+        let batched = sim(&args(&[]), Duration::from_secs(120));
+        assert_eq!(batched.code, 0, "{backend}: {}", batched.stderr);
+        assert!(
+            batched.device_u("tx_syscalls") < batched.device_u("tx_frames"),
+            "{backend}: the default run did not batch: {}",
+            batched.json
+        );
+    }
+}

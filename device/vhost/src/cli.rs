@@ -39,6 +39,12 @@ struct Args {
     /// with sendmmsg/recvmmsg.
     #[arg(long)]
     macos_batch_syscalls: bool,
+    /// One frame per send call, and one datagram per receive call (unixgram), as a VMM
+    /// that never batches does (libkrun, most others): the proxy then sees that VMM's
+    /// exact pattern of sends, ENOBUFS included. A stream read still takes what the socket
+    /// holds. Default: batches (sendmmsg/recvmmsg, several frames per stream write).
+    #[arg(long)]
+    one_frame_per_call: bool,
     /// Offer neither checksum offload (VIRTIO_NET_F_CSUM, GUEST_CSUM), nor TSO, which
     /// needs CSUM, nor the receive coalescing that needs GUEST_CSUM: the guest sums and
     /// verifies its TCP/UDP checksums itself. Default: offered; the device completes the
@@ -133,6 +139,7 @@ pub fn main() -> ExitCode {
     let backend_opts = BackendOptions {
         vfkit: args.vfkit,
         macos_batch_syscalls: args.macos_batch_syscalls,
+        one_frame_per_call: args.one_frame_per_call,
         ..Default::default()
     };
     let worker_opts = WorkerOptions {

@@ -138,6 +138,15 @@ check(acked & 3 == 3, f"CSUM and GUEST_CSUM negotiated (features {acked:#x})")
 check(d.get("tx_csum_offload", 0) > d["tx_frames"] // 2,
       f"the daemon completed TX checksums: tx_csum_offload {d.get('tx_csum_offload')} of {d['tx_frames']} frames")
 mtu = int(args[args.index("--mtu") + 1]) if "--mtu" in args else 1500
+# A daemon told to send one frame per call made a send call for every frame it sent (more
+# when the socket was full). The others batch: at MTU 1500 they made fewer calls than
+# frames (at 65520 most frames are too large to share a call).
+if "--daemon-arg=--one-frame-per-call" in args:
+    check(d["tx_syscalls"] >= d["tx_frames"],
+          f"--one-frame-per-call: a send call per frame ({d['tx_syscalls']} calls for {d['tx_frames']} frames)")
+elif mtu == 1500:
+    check(d["tx_syscalls"] < d["tx_frames"],
+          f"batched sends ({d['tx_syscalls']} calls for {d['tx_frames']} frames)")
 # TSO (HOST_TSO4 bit 11, HOST_TSO6 bit 12): the guest's driver takes it and, at MTU 1500,
 # hands the daemon TCP segments larger than one frame, which the daemon cuts (every
 # segment also counts in tx_csum_offload above).
@@ -396,8 +405,9 @@ check("round 2 of 2:" in log, "rounds: the error line names the round")
 if fail:
     sys.exit(1)
 EOF
-# microvm, whose guest then lingers instead of powering off: the runner must stop it.
-run microvm --machine microvm --tests fwd,rev --seconds 2 --guest-linger 600
+# microvm, whose guest then lingers instead of powering off: the runner must stop it. Its
+# daemon sends one frame per call (the other runs batch), which the check below counts.
+run microvm --machine microvm --tests fwd,rev --seconds 2 --guest-linger 600 --daemon-arg=--one-frame-per-call
 # Debian 13's kernel: the image builder must unpack its compressed modules.
 deb=$(newer_kernel) || { echo "vm.sh: could not fetch Debian 13's cloud kernel"; exit 1; }
 dpkg-deb -c "$deb" > "$out/trixie-files.txt"

@@ -85,6 +85,13 @@ pub struct BackendOptions {
     /// `recvmsg_x` (private XNU calls; type-checked for macOS, never run) instead of one
     /// datagram per call. Ignored elsewhere (Linux batches with `sendmmsg`/`recvmmsg`).
     pub macos_batch_syscalls: bool,
+    /// One frame per send call on both backends, and one datagram per receive call
+    /// (unixgram), as a VMM that never batches does (libkrun's net worker, most others):
+    /// to see a proxy under the exact pattern of sends such a VMM makes, ENOBUFS
+    /// included, and as the baseline of what batching saves under the same load. A stream
+    /// read still takes what the socket holds, as any buffered stream reader's does.
+    /// Overrides `macos_batch_syscalls`.
+    pub one_frame_per_call: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

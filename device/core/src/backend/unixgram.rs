@@ -54,6 +54,10 @@ pub struct UnixGram {
     /// Our bound path, unlinked on drop (only when we created it).
     bound: Option<PathBuf>,
     calls: SyscallCounts,
+    /// `BackendOptions::one_frame_per_call`: no `sendmmsg`/`recvmmsg`, one frame per
+    /// call. (On macOS the option leaves `msgx` unset, which is the same.)
+    #[cfg(target_os = "linux")]
+    one_per_call: bool,
     /// The batched calls' message headers, reused from call to call.
     #[cfg(target_os = "linux")]
     mmsg: Mmsg,
@@ -125,9 +129,11 @@ impl UnixGram {
             bound: None,
             calls: SyscallCounts::default(),
             #[cfg(target_os = "linux")]
+            one_per_call: opts.one_frame_per_call,
+            #[cfg(target_os = "linux")]
             mmsg: Mmsg::default(),
             #[cfg(target_os = "macos")]
-            msgx: opts.macos_batch_syscalls.then(Msgx::default),
+            msgx: (opts.macos_batch_syscalls && !opts.one_frame_per_call).then(Msgx::default),
         };
         // connect() sends it itself after connecting; a connected pair can send now.
         if opts.vfkit && me.sock.peer_addr().is_ok() {
@@ -217,7 +223,11 @@ impl Backend for UnixGram {
 
     #[cfg(target_os = "linux")]
     fn batch_limit(&self) -> usize {
-        super::MAX_BATCH_FRAMES
+        if self.one_per_call {
+            1
+        } else {
+            super::MAX_BATCH_FRAMES
+        }
     }
 
     /// Linux: one `sendmmsg` per batch.
@@ -268,13 +278,18 @@ impl Backend for UnixGram {
         }
     }
 
-    /// Linux: one `recvmmsg` per batch.
+    /// Linux: one `recvmmsg` per batch, or one `recvmsg` per frame when asked for.
     #[cfg(target_os = "linux")]
     fn read_frames(
         &mut self,
         bufs: &mut [Box<[u8]>],
         got: &mut Vec<ReadStatus>,
     ) -> Result<(), BackendError> {
+        if self.one_per_call {
+            got.clear();
+            got.push(self.read_frame(&mut bufs[0])?);
+            return Ok(());
+        }
         self.mmsg
             .recv(self.sock.as_raw_fd(), bufs, got, &mut self.calls.recvs)
     }
@@ -375,6 +390,55 @@ mod tests {
         drop(peer);
         let e = b.write_bytes(&[0; 60]).unwrap_err();
         assert!(matches!(e, BackendError::PeerGone { .. }), "{e}");
+    }
+
+    /// With the option the backend neither offers the device a batch nor reads more
+    /// than one datagram per call; without it one call takes everything queued.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn one_frame_per_call_sends_and_reads_one_datagram_per_call() {
+        let read_all = |opts: &BackendOptions| {
+            let (a, peer) = UnixDatagram::pair().unwrap();
+            let mut b = UnixGram::from_socket(a, opts).unwrap();
+            for len in [60, 61, 62] {
+                peer.send(&vec![1u8; len]).unwrap();
+            }
+            let mut bufs: Vec<Box<[u8]>> = (0..4)
+                .map(|_| vec![0u8; crate::frame::MAX_FRAME].into_boxed_slice())
+                .collect();
+            let (mut got, mut per_call) = (Vec::new(), Vec::new());
+            loop {
+                b.read_frames(&mut bufs, &mut got).unwrap();
+                per_call.push(got.clone());
+                if got.contains(&ReadStatus::WouldBlock) {
+                    break;
+                }
+            }
+            (b.batch_limit(), per_call, b.syscalls().recvs)
+        };
+        let one = BackendOptions {
+            one_frame_per_call: true,
+            ..Default::default()
+        };
+        let (limit, per_call, recvs) = read_all(&one);
+        assert_eq!(limit, 1);
+        assert_eq!(
+            per_call,
+            [60, 61, 62]
+                .map(|n| vec![ReadStatus::Frame(n)])
+                .into_iter()
+                .chain([vec![ReadStatus::WouldBlock]])
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(recvs, 4);
+        let (limit, per_call, recvs) = read_all(&BackendOptions::default());
+        assert_eq!(limit, crate::backend::MAX_BATCH_FRAMES);
+        assert_eq!(
+            per_call[0][..3],
+            [60, 61, 62].map(ReadStatus::Frame),
+            "{per_call:?}"
+        );
+        assert!(recvs <= 2, "{recvs} calls for 3 datagrams");
     }
 
     pub(crate) fn tempdir() -> PathBuf {

@@ -48,6 +48,8 @@ pub struct UnixStreamBackend {
     /// others). `rbuf` keeps those bytes in place until the next `read_frames` call.
     held: Vec<Option<(usize, usize)>>,
     calls: SyscallCounts,
+    /// `BackendOptions::one_frame_per_call`: one frame per `sendmsg`.
+    one_per_call: bool,
 }
 
 /// A frame read straight into the caller's buffers: its length, and bytes of it read.
@@ -119,6 +121,7 @@ impl UnixStreamBackend {
             large_recent: 0,
             held: Vec::with_capacity(MAX_BATCH_FRAMES),
             calls: SyscallCounts::default(),
+            one_per_call: opts.one_frame_per_call,
         })
     }
 
@@ -155,7 +158,11 @@ impl Backend for UnixStreamBackend {
     }
 
     fn batch_limit(&self) -> usize {
-        MAX_BATCH_FRAMES
+        if self.one_per_call {
+            1
+        } else {
+            MAX_BATCH_FRAMES
+        }
     }
 
     /// Several length-prefixed frames per `sendmsg` (see `stream_tx`).
@@ -546,6 +553,22 @@ mod tests {
             UnixStreamBackend::from_socket(a, &BackendOptions::default()).unwrap(),
             b,
         )
+    }
+
+    #[test]
+    fn one_frame_per_call_offers_the_device_no_batch() {
+        let (a, _peer) = UnixStream::pair().unwrap();
+        let opts = BackendOptions {
+            one_frame_per_call: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            UnixStreamBackend::from_socket(a, &opts)
+                .unwrap()
+                .batch_limit(),
+            1
+        );
+        assert_eq!(pair().0.batch_limit(), MAX_BATCH_FRAMES);
     }
 
     #[test]
