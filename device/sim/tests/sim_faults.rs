@@ -2,7 +2,7 @@
 //! events with and without the retry timer.
 
 mod sim_support;
-use sim_support::{sim, trace_rows, TempDir};
+use sim_support::{sim, trace_rows, Outcome, TempDir};
 use std::time::Duration;
 
 const BOUND: Duration = Duration::from_secs(120);
@@ -47,24 +47,35 @@ fn slow_proxy_backpressure_has_episodes_and_no_integrity_errors() {
 
 #[test]
 fn injected_enobufs_episodes_match_the_trace() {
+    injected_enobufs_episodes_match_the_trace_with(&[]);
+}
+
+/// The same with one frame per send call, the pattern of a VMM that never batches: each
+/// episode still begins at the refused frame and every identity holds.
+#[test]
+fn injected_enobufs_episodes_match_the_trace_one_frame_per_call() {
+    let o = injected_enobufs_episodes_match_the_trace_with(&["--one-frame-per-call"]);
+    assert!(o.device_u("tx_syscalls") >= o.u("tx_frames"), "{}", o.json);
+}
+
+fn injected_enobufs_episodes_match_the_trace_with(extra: &[&str]) -> Outcome {
     let dir = TempDir::new("enobufs");
     let trace = dir.path().join("trace.csv");
     // On the socketpair peer Linux exempts the queue from max_dgram_qlen, so every
     // refusal is an injected one and the counts below are exact.
-    let o = sim(
-        &[
-            "--proxy-socketpair",
-            "--frames",
-            "400",
-            "--inject-enobufs",
-            "7",
-            "--inject-enobufs-burst",
-            "2",
-            "--trace",
-            trace.to_str().unwrap(),
-        ],
-        BOUND,
-    );
+    let mut args = vec![
+        "--proxy-socketpair",
+        "--frames",
+        "400",
+        "--inject-enobufs",
+        "7",
+        "--inject-enobufs-burst",
+        "2",
+        "--trace",
+        trace.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = sim(&args, BOUND);
     assert_eq!(o.code, 0, "{}\n{}", o.stderr, o.json);
     assert_eq!(o.errors(), 0);
     let episodes = o.u("episodes");
@@ -79,6 +90,7 @@ fn injected_enobufs_episodes_match_the_trace() {
         o.json["device"]["injected_faults"].as_u64(),
         Some(o.u("retries"))
     );
+    o
 }
 
 /// Injected failures make episodes deterministically; with write events lost, only the
