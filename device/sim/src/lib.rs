@@ -4,8 +4,8 @@
 //! device side of the same rings to [`vnet_device::worker::spawn`] (the one data path every
 //! front end uses), connects a peer (the built-in [`proxy`], or a real proxy reached with
 //! [`real_proxy`]'s UDP frames), drives a [`workload`], checks every frame ([`integrity`])
-//! and returns a [`summary::Summary`]. [`wake_cost`] prices the machine's thread wake-ups, which
-//! the throughput bench prints beside its ratios.
+//! and returns a [`summary::Summary`]. [`wake_cost`] prices the machine's thread
+//! wake-ups, which the throughput bench prints beside its ratios.
 
 pub mod driver;
 pub mod guest;
