@@ -261,9 +261,7 @@ pub trait Backend: Send {
         bufs: &mut [Box<[u8]>],
         got: &mut Vec<ReadStatus>,
     ) -> Result<(), BackendError> {
-        got.clear();
-        got.push(self.read_frame(&mut bufs[0])?);
-        Ok(())
+        read_first(self, bufs, got)
     }
     /// Reads the payload of the frame the last [`Backend::read_frames`] announced as
     /// [`ReadStatus::Direct`] into `dst`, which covers exactly its length; after
@@ -316,6 +314,18 @@ pub fn write_first<B: Backend + ?Sized>(
             stopped: Some(other),
         },
     })
+}
+
+/// [`Backend::read_frames`] for a backend that reads one frame per call: into the first
+/// of `bufs`, through [`Backend::read_frame`].
+pub fn read_first<B: Backend + ?Sized>(
+    backend: &mut B,
+    bufs: &mut [Box<[u8]>],
+    got: &mut Vec<ReadStatus>,
+) -> Result<(), BackendError> {
+    got.clear();
+    got.push(backend.read_frame(&mut bufs[0])?);
+    Ok(())
 }
 
 /// The frame `read_frames` reported as [`ReadStatus::Held`] at index `i` of its

@@ -270,11 +270,7 @@ impl Backend for UnixGram {
         let fd = self.sock.as_raw_fd();
         match &mut self.msgx {
             Some(m) => m.recv(fd, bufs, got, &mut self.calls.recvs),
-            None => {
-                got.clear();
-                got.push(self.read_frame(&mut bufs[0])?);
-                Ok(())
-            }
+            None => super::read_first(self, bufs, got),
         }
     }
 
@@ -286,9 +282,7 @@ impl Backend for UnixGram {
         got: &mut Vec<ReadStatus>,
     ) -> Result<(), BackendError> {
         if self.one_per_call {
-            got.clear();
-            got.push(self.read_frame(&mut bufs[0])?);
-            return Ok(());
+            return super::read_first(self, bufs, got);
         }
         self.mmsg
             .recv(self.sock.as_raw_fd(), bufs, got, &mut self.calls.recvs)
