@@ -422,7 +422,9 @@ impl TxVirtio {
                         self.episode.give_up(events, len);
                         // A GSO chain's later segments go with it.
                         self.batch[0].drop_rest(events, DropReason::RetryExhausted, 1);
-                        add_used(&mut self.vq.queue, mem, head, 0).map_err(self.vq.err())?;
+                        rings
+                            .add_used(&mut self.vq.queue, head, 0)
+                            .map_err(self.vq.err())?;
                         used = true;
                         // Counts toward the batch, so a policy that drops at once
                         // cannot keep the loop from RX.
