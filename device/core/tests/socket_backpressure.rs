@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{frame, seq_of, tx_segs, wait_until, DriverQueue, Seg};
+use virtio_queue::QueueT;
 use vnet_device::backend::{BackendOptions, FaultConfig, UnixGram, UnixStreamBackend};
 use vnet_device::device::{NetDevice, TxPass};
 use vnet_device::metrics::Metrics;
@@ -570,6 +571,43 @@ fn deferred_frame_asks_for_a_kick_on_the_next_chain() {
     // The guest publishes chain #1 next: avail_event 1 makes that publication kick, and
     // the kick retries the deferred frame.
     assert_eq!(s.tx.avail_event(&s.mem), 1);
+}
+
+/// A batch refused at its first frame keeps the chains behind it popped and parsed for the
+/// next batch (they are not given back to the ring to be parsed again), yet the guest is
+/// asked for kicks exactly as if they had been: avail_event stays just past the deferred
+/// frame. Once the proxy reads, all of them go out once, in ring order.
+#[test]
+fn chains_behind_a_deferred_frame_stay_popped_and_go_out_in_order() {
+    let (a, peer) = common::gram_pair();
+    peer.set_nonblocking(true).unwrap();
+    let filler = a.try_clone().unwrap();
+    let mut s = stepped(
+        Box::new(UnixGram::from_socket(a, &BackendOptions::default()).unwrap()),
+        DEVICE_FEATURES | FEATURE_EVENT_IDX,
+    );
+    let junk = fill_gram(&filler);
+    for i in 0..4 {
+        s.tx.add(&s.mem, &tx_segs(&frame(i, 200 + 10 * i as usize), &[]))
+            .unwrap();
+    }
+    assert_eq!(s.dev.process_tx().unwrap(), TxPass::Blocked);
+    assert_eq!(s.dev.queues().1.next_avail(), 4, "all four stay popped");
+    assert_eq!(s.tx.used_idx(&s.mem), 0);
+    assert_eq!(
+        s.tx.avail_event(&s.mem),
+        1,
+        "a kick is asked for as if chains 1..4 were still in the ring"
+    );
+    assert_eq!(s.dev.tx_deferred_len(), Some(200));
+    assert_eq!(common::recv_all(&peer).len(), junk);
+    assert_eq!(s.dev.process_tx().unwrap(), TxPass::Idle);
+    let got = common::recv_all(&peer);
+    let want: Vec<_> = (0..4).map(|i| frame(i, 200 + 10 * i as usize)).collect();
+    assert_eq!(got, want);
+    assert_eq!(s.tx.used_idx(&s.mem), 4);
+    let m = s.metrics.snapshot();
+    assert_eq!((m.tx_frames, m.episodes, m.resolved), (4, 1, 1));
 }
 
 #[test]

@@ -532,6 +532,76 @@ fn a_frame_in_flight_at_stop_is_offered_again_and_arrives_whole() {
     assert_eq!(r.server.join().unwrap(), SessionEnd::Disconnected);
 }
 
+/// The device keeps the chains popped behind a stuck frame for its next batch; stopped
+/// then, it reports none of them as done, and the restarted ring offers all three again:
+/// each arrives once, in order, the first completing the bytes it had started.
+#[test]
+fn chains_popped_behind_a_stuck_frame_at_stop_are_offered_again_in_order() {
+    let mut r = rig_with(&BackendOptions {
+        sndbuf: Some(4096),
+        ..Default::default()
+    });
+    let mem = r.mem.clone();
+    let rxq = MockSplitQueue::create(&mem, GuestAddress(RXQ), QSIZE);
+    let txq = MockSplitQueue::create(&mem, GuestAddress(TXQ), QSIZE);
+    r.negotiate(true);
+    r.setup_ring(0, &rxq);
+    r.setup_ring(1, &txq);
+    r.sync();
+    // Three one-descriptor chains, made available together, so one batch takes them all.
+    let frames = [frame(60_000, 1), frame(300, 2), frame(400, 3)];
+    let mut descs = Vec::new();
+    for (f, at) in frames.iter().zip([DATA, DATA + 0x1_0000, DATA + 0x1_0800]) {
+        mem.write_slice(&[0u8; NET_HDR_LEN], GuestAddress(at))
+            .unwrap();
+        mem.write_slice(f, GuestAddress(at + NET_HDR_LEN as u64))
+            .unwrap();
+        let len = (NET_HDR_LEN + f.len()) as u32;
+        descs.push(RawDescriptor::from(Descriptor::new(at, len, 0, 0)));
+    }
+    txq.add_desc_chains(&descs, 0).unwrap();
+    r.kicks[1].write(1).unwrap();
+    for _ in 0..2000 {
+        if r.metrics.episodes.get() > 0 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(r.metrics.episodes.get() > 0, "frame never blocked");
+    assert_eq!(r.frontend.get_vring_base(1).unwrap(), 0);
+    assert_eq!(txq.used().idx().load(), 0);
+
+    r.setup_ring_at(0, &rxq, 0);
+    r.setup_ring_at(1, &txq, 0);
+    r.sync();
+    r.proxy
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    for want in &frames {
+        let mut len = [0u8; 4];
+        r.proxy.read_exact(&mut len).unwrap();
+        assert_eq!(u32::from_be_bytes(len) as usize, want.len());
+        let mut got = vec![0u8; want.len()];
+        r.proxy.read_exact(&mut got).unwrap();
+        assert!(
+            &got == want,
+            "frame of {} B changed across the restart",
+            want.len()
+        );
+    }
+    for _ in 0..2000 {
+        if txq.used().idx().load() == 3 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(txq.used().idx().load(), 3);
+    assert_eq!(r.metrics.snapshot().tx_frames, 3);
+    drop(r.frontend);
+    drop(r.raw);
+    assert_eq!(r.server.join().unwrap(), SessionEnd::Disconnected);
+}
+
 /// `vnet-vhost --no-checksum-offload`: neither offload is offered, nor TSO (which needs
 /// CSUM), nor the receive coalescing that needs GUEST_CSUM, and a front end that acks one
 /// anyway is refused like any feature we did not offer. `--no-tso` withdraws only

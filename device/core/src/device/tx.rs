@@ -7,7 +7,9 @@
 //! frame deferred: the chain is neither re-queued nor used, so the guest sees it
 //! outstanding (its buffers stay the frame's until the chain is used), and nothing else is
 //! sent before it (frames stay in order). A write event, a TX kick or the one-shot timer
-//! retries it.
+//! retries it. The chains popped behind it stay popped and parsed (`TxVirtio::popped`) and
+//! follow it in the next batch: a datagram batch stopped by a full peer queue would
+//! otherwise give most of itself back to the ring and parse it all again.
 //!
 //! Except under `small-first` (`look_ahead`, datagram backends only): while a frame is
 //! deferred, `send_ahead` walks the chains behind it and sends those of *other* flows
@@ -81,6 +83,11 @@ pub(crate) struct TxVirtio {
     pub(crate) vq: Virtq,
     /// The batch: chains popped and parsed, in ring order (storage reused across passes).
     batch: Vec<Popped>,
+    /// `batch[..popped]` are popped from the ring and not used yet, in ring order: what a
+    /// batch did not send waits there for the next one. Under `small-first` (whose
+    /// look-ahead pops the chains behind the deferred frame itself) only the deferred
+    /// frame stays; the rest go back to the ring.
+    popped: usize,
     /// `batch[0]` is a frame popped earlier and not sent yet: the deferred frame.
     held: bool,
     copy: Vec<u8>,
@@ -106,6 +113,7 @@ impl TxVirtio {
         TxVirtio {
             vq,
             batch: Vec::new(),
+            popped: 0,
             held: false,
             copy: Vec::new(),
             list: TxList::new(),
@@ -155,6 +163,49 @@ impl TxVirtio {
         }
     }
 
+    /// Takes the first `k` popped chains out of the batch (used, or rejected).
+    fn retire(&mut self, k: usize) {
+        // Those left move to the front (the chains used go behind them as spare storage).
+        if k < self.popped {
+            self.batch[..self.popped].rotate_left(k);
+        }
+        self.popped -= k;
+    }
+
+    /// Gives the popped chains but the first `keep` back to the ring.
+    fn give_back(&mut self, keep: usize) {
+        if self.popped > keep {
+            self.unpop(self.popped - keep);
+            self.popped = keep;
+        }
+    }
+
+    /// Under `small-first`, [`TxVirtio::give_back`]; otherwise the chains stay for the
+    /// next batch (see [`TxVirtio::popped`]).
+    fn give_back_unless_kept(&mut self, keep: usize) {
+        if self.look_ahead {
+            self.give_back(keep);
+        }
+    }
+
+    /// EVENT_IDX: asks for a kick on the guest's next chain after the deferred frame, as
+    /// if the chains popped behind it were still in the ring. The guest published those
+    /// already, so it kicks exactly as it would had they been given back: while they wait,
+    /// not at all. The ring's state itself is left alone.
+    fn rearm_behind_deferred(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        events: &DeviceEvents,
+    ) -> Result<(), DeviceError> {
+        let behind = (self.popped - 1) as u16;
+        let q = &mut self.vq.queue;
+        q.set_next_avail(q.next_avail().wrapping_sub(behind));
+        let armed = self.vq.enable_notification(mem, events);
+        let q = &mut self.vq.queue;
+        q.set_next_avail(q.next_avail().wrapping_add(behind));
+        armed.map(|_| ())
+    }
+
     /// Sends the deferred frame, then every chain the guest made available, in batches
     /// (one backend call each), until the proxy pushes back, the ring is empty or the pass
     /// has sent [`BATCH`] frames.
@@ -178,21 +229,28 @@ impl TxVirtio {
                 break TxPass::More;
             }
             self.next_from_behind();
-            // The batch: the deferred frame first, then new chains while the limits allow.
-            let mut n = usize::from(self.held);
-            let mut bytes = if self.held { self.batch[0].len } else { 0 };
-            // Frames of the chains popped still to send (a GSO chain has several).
-            let mut planned = if self.held {
-                self.batch[0].chain.frames() - self.batch[0].sent
-            } else {
-                0
-            };
             // No more frames than the backend sends in one call: the rest would be
-            // popped and parsed only to go back to the ring.
+            // popped and parsed only to wait for the next call.
             let frame_cap = backend.batch_limit().clamp(1, MAX_BATCH_FRAMES);
             // Frames waiting behind the deferred one go before anything new, one at a time.
             let limit = if self.behind.is_empty() { frame_cap } else { 1 };
-            while planned < limit && done + n < BATCH {
+            // The batch: the chains popped earlier (the deferred frame first), then new
+            // chains, while the limits allow. `planned` counts the frames still to send
+            // (a GSO chain has several).
+            let (mut n, mut bytes, mut planned) = (0, 0, 0);
+            while n < self.popped {
+                let p = &self.batch[n];
+                if n > 0
+                    && (planned >= limit || done + n >= BATCH || bytes + p.len > MAX_BATCH_BYTES)
+                {
+                    break;
+                }
+                bytes += p.len;
+                planned += p.chain.frames() - p.sent;
+                n += 1;
+            }
+            // New chains only behind all those popped, so the ring's order holds.
+            while n == self.popped && planned < limit && done + n < BATCH {
                 let Some(head) = rings.pop_avail(&mut self.vq.queue) else {
                     // Re-arm kicks (EVENT_IDX: avail_event = next_avail); a chain that
                     // raced in before that shows up here.
@@ -209,10 +267,6 @@ impl TxVirtio {
                     .chain
                     .parse(mem, ChainWalk::new(mem, &self.vq.queue, head), self.offload)
                 {
-                    Ok(_) if n > 0 && bytes + slot.chain.len() > MAX_BATCH_BYTES => {
-                        self.unpop(1);
-                        break;
-                    }
                     Ok(_) => {
                         slot.head = head;
                         slot.len = slot.chain.len();
@@ -220,6 +274,11 @@ impl TxVirtio {
                         slot.started = false;
                         slot.sent = 0;
                         slot.listed = 0;
+                        self.popped += 1;
+                        if n > 0 && bytes + slot.len > MAX_BATCH_BYTES {
+                            // Too big for this call: it opens the next.
+                            break;
+                        }
                         bytes += slot.len;
                         planned += slot.chain.frames();
                         n += 1;
@@ -298,12 +357,13 @@ impl TxVirtio {
             if let Some(error) = first_error {
                 // The memory map changed under the frame: it no longer lies inside guest
                 // memory. Dropped, and its episode (if any) with it.
-                self.unpop(n - 1);
                 self.held = false;
                 self.episode.abandon(events);
                 // (A GSO chain's segments already sent stay sent; the chain is one
                 // rejected chain, as any other.)
                 self.reject(mem, self.batch[0].head, error, events)?;
+                self.retire(1);
+                self.give_back_unless_kept(0);
                 used = true;
                 continue;
             }
@@ -330,14 +390,13 @@ impl TxVirtio {
             }
             // The list points into `mem`, borrowed for this whole pass.
             let out = backend.write_frames(self.list.frames());
-            self.unpop(n - listed);
             let out = match out {
                 Ok(out) => out,
                 Err(e) => {
                     // Nothing of this call went out: the first frame stays deferred (a
                     // dying proxy's drop report counts it), the rest go back.
-                    self.unpop(listed - 1);
                     self.held = true;
+                    self.give_back(1);
                     return Err(e.into());
                 }
             };
@@ -374,15 +433,16 @@ impl TxVirtio {
                 }
                 finished += 1;
             }
+            self.retire(finished);
             if finished == listed {
                 self.held = false;
+                self.give_back_unless_kept(0);
                 continue;
             }
             // Chain `finished` did not go out whole: it is the deferred chain now, to
             // resume at its first frame not sent.
-            self.unpop(listed - finished - 1);
-            self.batch.swap(0, finished);
             self.held = true;
+            self.give_back_unless_kept(1);
             let stopped = match out.stopped {
                 Some(status) => status,
                 // Not tried: it goes first in the next batch.
@@ -402,6 +462,7 @@ impl TxVirtio {
                     self.held = false;
                     self.episode.abandon(events);
                     self.reject(mem, self.batch[0].head, ChainError::Unreadable, events)?;
+                    self.retire(1);
                     used = true;
                 }
                 WriteStatus::Blocked { errno, partial } => {
@@ -425,14 +486,14 @@ impl TxVirtio {
                         rings
                             .add_used(&mut self.vq.queue, head, 0)
                             .map_err(self.vq.err())?;
+                        self.retire(1);
                         used = true;
                         // Counts toward the batch, so a policy that drops at once
                         // cannot keep the loop from RX.
                         done += 1;
                     } else {
                         // EVENT_IDX: ask for a kick on the guest's next chain, so a
-                        // kick can retry the frame (the ring's state itself is left
-                        // alone).
+                        // kick can retry the frame.
                         if self.look_ahead {
                             used |= self.send_ahead(mem, backend, events)?;
                             // A chain that raced in before the kick was asked for.
@@ -440,7 +501,7 @@ impl TxVirtio {
                                 used |= self.send_ahead(mem, backend, events)?;
                             }
                         } else {
-                            self.vq.enable_notification(mem, events)?;
+                            self.rearm_behind_deferred(mem, events)?;
                         }
                         break TxPass::Blocked;
                     }
@@ -469,10 +530,14 @@ impl TxVirtio {
     }
 
     /// The proxy went away: the deferred frame and those behind it will never be sent.
+    /// Chains popped behind it and never tried go back to the ring, as the guest had
+    /// them.
     pub(crate) fn peer_gone(&mut self, events: &DeviceEvents) {
+        self.give_back(usize::from(self.held));
         if std::mem::take(&mut self.held) {
             self.batch[0].drop_rest(events, DropReason::PeerGone, 0);
         }
+        self.popped = 0;
         for b in self.behind.drain(..) {
             b.popped.drop_rest(events, DropReason::PeerGone, 0);
         }
@@ -485,10 +550,13 @@ impl TxVirtio {
             return;
         }
         if let Some(b) = self.behind.pop_front() {
+            // Under `small-first` nothing stays popped but a deferred frame.
+            debug_assert_eq!(self.popped, 0);
             if self.batch.is_empty() {
                 self.batch.push(Popped::default());
             }
             self.batch[0] = b.popped;
+            self.popped = 1;
             self.held = true;
         }
     }
