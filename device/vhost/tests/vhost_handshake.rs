@@ -483,7 +483,22 @@ fn checksum_offloads_follow_what_was_acked() {
 
 #[test]
 fn a_frame_in_flight_at_stop_is_offered_again_and_arrives_whole() {
-    // A tiny send buffer and a proxy that does not read: the frame is stuck half-written.
+    stuck_at_stop_then_restarted(&[frame(60_000, 5)]);
+}
+
+/// The device keeps the chains popped behind a stuck frame for its next batch; stopped
+/// then, it reports none of them as done, and the restarted ring offers all three again.
+#[test]
+fn chains_popped_behind_a_stuck_frame_at_stop_are_offered_again_in_order() {
+    stuck_at_stop_then_restarted(&[frame(60_000, 1), frame(300, 2), frame(400, 3)]);
+}
+
+/// Makes `frames` available as one-descriptor TX chains together, the first big enough to
+/// stick half-written in a tiny send buffer that the proxy does not read; stops the ring
+/// there (the base excludes every chain taken but not used) and restarts it at that base.
+/// Then the proxy reads: each frame exactly once, intact and in order, the first one
+/// completing the bytes it had started before the stop.
+fn stuck_at_stop_then_restarted(frames: &[Vec<u8>]) {
     let mut r = rig_with(&BackendOptions {
         sndbuf: Some(4096),
         ..Default::default()
@@ -495,8 +510,20 @@ fn a_frame_in_flight_at_stop_is_offered_again_and_arrives_whole() {
     r.setup_ring(0, &rxq);
     r.setup_ring(1, &txq);
     r.sync();
-    let big = frame(60_000, 5);
-    post_tx(&mem, &txq, &r.kicks[1], &[0u8; NET_HDR_LEN], &big);
+    let mut descs = Vec::new();
+    let mut at = DATA;
+    for f in frames {
+        mem.write_slice(&[0u8; NET_HDR_LEN], GuestAddress(at))
+            .unwrap();
+        mem.write_slice(f, GuestAddress(at + NET_HDR_LEN as u64))
+            .unwrap();
+        let len = (NET_HDR_LEN + f.len()) as u32;
+        descs.push(RawDescriptor::from(Descriptor::new(at, len, 0, 0)));
+        at += u64::from(len).next_multiple_of(0x1000);
+    }
+    assert!(at <= DATA + 0x2_0000, "frames overlap the RX buffer");
+    txq.add_desc_chains(&descs, 0).unwrap();
+    r.kicks[1].write(1).unwrap();
     // Bounded wait for the worker to hit the full socket.
     for _ in 0..2000 {
         if r.metrics.episodes.get() > 0 {
@@ -505,7 +532,6 @@ fn a_frame_in_flight_at_stop_is_offered_again_and_arrives_whole() {
         thread::sleep(Duration::from_millis(10));
     }
     assert!(r.metrics.episodes.get() > 0, "frame never blocked");
-    // Stopped with the chain taken but not used: the base excludes it.
     assert_eq!(r.frontend.get_vring_base(0).unwrap(), 0);
     assert_eq!(r.frontend.get_vring_base(1).unwrap(), 0);
     assert_eq!(txq.used().idx().load(), 0);
@@ -514,70 +540,10 @@ fn a_frame_in_flight_at_stop_is_offered_again_and_arrives_whole() {
     r.setup_ring_at(1, &txq, 0);
     r.sync();
     assert_eq!(r.stats().worker_starts, 2);
-    // Now the proxy reads: exactly one frame, intact, although its start went out before.
     r.proxy
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let mut len = [0u8; 4];
-    r.proxy.read_exact(&mut len).unwrap();
-    assert_eq!(u32::from_be_bytes(len) as usize, big.len());
-    let mut got = vec![0u8; big.len()];
-    r.proxy.read_exact(&mut got).unwrap();
-    assert!(got == big, "frame corrupted across the restart");
-    wait_call(&r.calls[1]);
-    assert_eq!(txq.used().idx().load(), 1);
-    assert_eq!(r.frontend.get_vring_base(1).unwrap(), 1);
-    drop(r.frontend);
-    drop(r.raw);
-    assert_eq!(r.server.join().unwrap(), SessionEnd::Disconnected);
-}
-
-/// The device keeps the chains popped behind a stuck frame for its next batch; stopped
-/// then, it reports none of them as done, and the restarted ring offers all three again:
-/// each arrives once, in order, the first completing the bytes it had started.
-#[test]
-fn chains_popped_behind_a_stuck_frame_at_stop_are_offered_again_in_order() {
-    let mut r = rig_with(&BackendOptions {
-        sndbuf: Some(4096),
-        ..Default::default()
-    });
-    let mem = r.mem.clone();
-    let rxq = MockSplitQueue::create(&mem, GuestAddress(RXQ), QSIZE);
-    let txq = MockSplitQueue::create(&mem, GuestAddress(TXQ), QSIZE);
-    r.negotiate(true);
-    r.setup_ring(0, &rxq);
-    r.setup_ring(1, &txq);
-    r.sync();
-    // Three one-descriptor chains, made available together, so one batch takes them all.
-    let frames = [frame(60_000, 1), frame(300, 2), frame(400, 3)];
-    let mut descs = Vec::new();
-    for (f, at) in frames.iter().zip([DATA, DATA + 0x1_0000, DATA + 0x1_0800]) {
-        mem.write_slice(&[0u8; NET_HDR_LEN], GuestAddress(at))
-            .unwrap();
-        mem.write_slice(f, GuestAddress(at + NET_HDR_LEN as u64))
-            .unwrap();
-        let len = (NET_HDR_LEN + f.len()) as u32;
-        descs.push(RawDescriptor::from(Descriptor::new(at, len, 0, 0)));
-    }
-    txq.add_desc_chains(&descs, 0).unwrap();
-    r.kicks[1].write(1).unwrap();
-    for _ in 0..2000 {
-        if r.metrics.episodes.get() > 0 {
-            break;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    assert!(r.metrics.episodes.get() > 0, "frame never blocked");
-    assert_eq!(r.frontend.get_vring_base(1).unwrap(), 0);
-    assert_eq!(txq.used().idx().load(), 0);
-
-    r.setup_ring_at(0, &rxq, 0);
-    r.setup_ring_at(1, &txq, 0);
-    r.sync();
-    r.proxy
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    for want in &frames {
+    for want in frames {
         let mut len = [0u8; 4];
         r.proxy.read_exact(&mut len).unwrap();
         assert_eq!(u32::from_be_bytes(len) as usize, want.len());
@@ -585,18 +551,21 @@ fn chains_popped_behind_a_stuck_frame_at_stop_are_offered_again_in_order() {
         r.proxy.read_exact(&mut got).unwrap();
         assert!(
             &got == want,
-            "frame of {} B changed across the restart",
+            "frame of {} B corrupted across the restart",
             want.len()
         );
     }
+    wait_call(&r.calls[1]);
+    let n = frames.len() as u16;
     for _ in 0..2000 {
-        if txq.used().idx().load() == 3 {
+        if txq.used().idx().load() == n {
             break;
         }
         thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(txq.used().idx().load(), 3);
-    assert_eq!(r.metrics.snapshot().tx_frames, 3);
+    assert_eq!(txq.used().idx().load(), n);
+    assert_eq!(r.metrics.snapshot().tx_frames, u64::from(n));
+    assert_eq!(r.frontend.get_vring_base(1).unwrap(), u32::from(n));
     drop(r.frontend);
     drop(r.raw);
     assert_eq!(r.server.join().unwrap(), SessionEnd::Disconnected);
