@@ -610,6 +610,36 @@ fn chains_behind_a_deferred_frame_stay_popped_and_go_out_in_order() {
     assert_eq!((m.tx_frames, m.episodes, m.resolved), (4, 1, 1));
 }
 
+/// The proxy dies while chains wait popped behind the deferred frame: the deferred frame
+/// is the one drop counted, and the chains never tried go back to the ring as the guest
+/// made them available (the worker's poller can report the hang-up before any send fails).
+#[test]
+fn a_dead_proxy_counts_the_deferred_frame_and_gives_the_rest_back() {
+    let (a, peer) = common::gram_pair();
+    let filler = a.try_clone().unwrap();
+    let mut s = stepped(
+        Box::new(UnixGram::from_socket(a, &BackendOptions::default()).unwrap()),
+        DEVICE_FEATURES | FEATURE_EVENT_IDX,
+    );
+    fill_gram(&filler);
+    for i in 0..3 {
+        s.tx.add(&s.mem, &tx_segs(&frame(i, 300), &[])).unwrap();
+    }
+    assert_eq!(s.dev.process_tx().unwrap(), TxPass::Blocked);
+    assert_eq!(s.dev.queues().1.next_avail(), 3);
+    drop(peer);
+    s.dev.peer_gone("hang-up reported by the poller");
+    let m = s.metrics.snapshot();
+    assert!(m.peer_gone);
+    assert_eq!((m.drops.peer_gone, m.tx_frames), (1, 0));
+    assert_eq!(
+        s.dev.queues().1.next_avail(),
+        1,
+        "chains 1 and 2 back in the ring"
+    );
+    assert_eq!(s.dev.tx_deferred_len(), None);
+}
+
 #[test]
 fn worker_sleeps_while_a_frame_is_deferred_without_timer() {
     let (a, _peer) = common::gram_pair();
