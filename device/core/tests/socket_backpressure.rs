@@ -75,16 +75,23 @@ fn fill_gram(sock: &UnixDatagram) -> usize {
     }
 }
 
-#[test]
-fn gram_full_peer_defers_frame_keeps_descriptor_then_delivers_in_order() {
+/// A device stepped by hand over a datagram socket whose proxy's queue is full; the
+/// proxy's end (non-blocking), and how many junk datagrams fill its queue.
+fn stepped_behind_full_gram(features: u64) -> (Stepped, UnixDatagram, usize) {
     let (a, peer) = common::gram_pair();
     peer.set_nonblocking(true).unwrap();
     let filler = a.try_clone().unwrap();
-    let mut s = stepped(
+    let s = stepped(
         Box::new(UnixGram::from_socket(a, &BackendOptions::default()).unwrap()),
-        DEVICE_FEATURES,
+        features,
     );
     let junk = fill_gram(&filler);
+    (s, peer, junk)
+}
+
+#[test]
+fn gram_full_peer_defers_frame_keeps_descriptor_then_delivers_in_order() {
+    let (mut s, peer, junk) = stepped_behind_full_gram(DEVICE_FEATURES);
     assert!(junk > 0);
     let frames: Vec<Vec<u8>> = (0..5).map(|i| frame(i, 1514)).collect();
     for f in &frames {
@@ -559,13 +566,7 @@ fn worker_rx_waits_for_guest_buffers_and_resumes_on_kick() {
 
 #[test]
 fn deferred_frame_asks_for_a_kick_on_the_next_chain() {
-    let (a, _peer) = common::gram_pair();
-    let filler = a.try_clone().unwrap();
-    let mut s = stepped(
-        Box::new(UnixGram::from_socket(a, &BackendOptions::default()).unwrap()),
-        DEVICE_FEATURES | FEATURE_EVENT_IDX,
-    );
-    fill_gram(&filler);
+    let (mut s, _peer, _) = stepped_behind_full_gram(DEVICE_FEATURES | FEATURE_EVENT_IDX);
     s.tx.add(&s.mem, &tx_segs(&frame(0, 1000), &[])).unwrap();
     assert_eq!(s.dev.process_tx().unwrap(), TxPass::Blocked);
     // The guest publishes chain #1 next: avail_event 1 makes that publication kick, and
@@ -579,14 +580,7 @@ fn deferred_frame_asks_for_a_kick_on_the_next_chain() {
 /// frame. Once the proxy reads, all of them go out once, in ring order.
 #[test]
 fn chains_behind_a_deferred_frame_stay_popped_and_go_out_in_order() {
-    let (a, peer) = common::gram_pair();
-    peer.set_nonblocking(true).unwrap();
-    let filler = a.try_clone().unwrap();
-    let mut s = stepped(
-        Box::new(UnixGram::from_socket(a, &BackendOptions::default()).unwrap()),
-        DEVICE_FEATURES | FEATURE_EVENT_IDX,
-    );
-    let junk = fill_gram(&filler);
+    let (mut s, peer, junk) = stepped_behind_full_gram(DEVICE_FEATURES | FEATURE_EVENT_IDX);
     for i in 0..4 {
         s.tx.add(&s.mem, &tx_segs(&frame(i, 200 + 10 * i as usize), &[]))
             .unwrap();
@@ -615,13 +609,7 @@ fn chains_behind_a_deferred_frame_stay_popped_and_go_out_in_order() {
 /// made them available (the worker's poller can report the hang-up before any send fails).
 #[test]
 fn a_dead_proxy_counts_the_deferred_frame_and_gives_the_rest_back() {
-    let (a, peer) = common::gram_pair();
-    let filler = a.try_clone().unwrap();
-    let mut s = stepped(
-        Box::new(UnixGram::from_socket(a, &BackendOptions::default()).unwrap()),
-        DEVICE_FEATURES | FEATURE_EVENT_IDX,
-    );
-    fill_gram(&filler);
+    let (mut s, peer, _) = stepped_behind_full_gram(DEVICE_FEATURES | FEATURE_EVENT_IDX);
     for i in 0..3 {
         s.tx.add(&s.mem, &tx_segs(&frame(i, 300), &[])).unwrap();
     }
